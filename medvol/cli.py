@@ -1,0 +1,47 @@
+"""The ``medvol`` command: one subcommand per verb, each in ``medvol/commands/<verb>.py``.
+
+The CLI only parses, calls one library function and reports. A :class:`MedvolError` (bad input)
+becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import medvol
+from medvol.errors import MedvolError
+
+#: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
+COMMANDS: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medvol",
+        description="Memory-efficient 3D generative models of medical volumes.",
+    )
+    parser.add_argument("--version", action="version", version=f"medvol {medvol.__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"medvol.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MedvolError as error:
+        print(f"medvol {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medvol {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `medvol` verb: `register(subparsers)` and `run(args)`."""
