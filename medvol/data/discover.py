@@ -1,0 +1,121 @@
+"""Finding the volumes of a dataset: a file, a folder (recursive), a glob, or a text list.
+
+Dataset layouts as shipped work unchanged:
+    LUNA16: ``subset0/ ... subset9/`` with ``<seriesuid>.mhd`` + ``.raw``; the lung masks in
+        ``seg-lungs-LUNA16/`` are not images and are skipped.
+    LiTS: ``volume-<n>.nii`` images beside ``segmentation-<n>.nii`` labels; only volumes are images.
+    DICOM: every folder holding DICOM slices is one series (one source).
+Masks written beside images (``*_mask.*``, ``*_seg.*``, ``*_label.*``) are skipped in folders and
+globs; a file named explicitly (directly or in a list) is always taken.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob as globlib
+import os
+from pathlib import Path
+
+from medvol.data.io import is_dicom_file, volume_stem, volume_suffix
+from medvol.errors import MedvolError
+
+#: Names (lower case, fnmatch) of label/mask files that are not images.
+MASK_PATTERNS = ("segmentation-*", "segmentation_*", "*_mask", "*-mask", "*_seg", "*-seg",
+                 "*_label", "*_labels", "*_labelmap")
+#: Folders whose contents are masks (LUNA16 lung segmentations).
+MASK_FOLDERS = ("seg-lungs-*", "seg_lungs*")
+
+
+def _is_mask(path: Path) -> bool:
+    stem = volume_stem(path).lower()
+    if any(fnmatch.fnmatch(stem, pattern) for pattern in MASK_PATTERNS):
+        return True
+    return any(fnmatch.fnmatch(part.lower(), pattern) for part in path.parent.parts for pattern in MASK_FOLDERS)
+
+
+def _scan_folder(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        root_path = Path(root)
+        dicom_here = False
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            file = root_path / name
+            suffix = volume_suffix(file)
+            if suffix == ".dcm" or (not suffix and not Path(name).suffix and is_dicom_file(file)):
+                dicom_here = True
+            elif suffix and not _is_mask(file):
+                found.append(file)
+        if dicom_here and not _is_mask(root_path / "x"):
+            found.append(root_path)
+    return found
+
+
+def discover(source: str | os.PathLike | list) -> list[Path]:
+    """List the volumes named by ``source``.
+
+    Args:
+        source: a volume file, a DICOM folder, a folder searched recursively, a glob pattern
+            (``**`` allowed), a ``.txt`` file listing one path per line (``#`` comments, paths
+            relative to the list's folder), or a list of any of these.
+
+    Returns:
+        Sorted, de-duplicated paths; a DICOM series is its folder.
+
+    Raises:
+        MedvolError: a missing path, a glob matching nothing, a folder without volumes, or a list
+            naming a missing file (the message names it).
+    """
+    if isinstance(source, (list, tuple)):
+        found = [path for item in source for path in discover(item)]
+        if not found:
+            raise MedvolError("no volumes given")
+        return sorted(dict.fromkeys(found))
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if any(ch in text for ch in "*?["):
+            matches = [Path(m) for m in sorted(globlib.glob(os.path.expanduser(text), recursive=True))]
+            found = []
+            for match in matches:
+                if match.is_dir():
+                    found.extend(_scan_folder(match))
+                elif volume_suffix(match) == ".dcm" or (not volume_suffix(match) and is_dicom_file(match)):
+                    found.append(match.parent)  # DICOM slices stand for their series folder
+                elif volume_suffix(match) and not _is_mask(match):
+                    found.append(match)
+            if not found:
+                raise MedvolError(f"{text}: no volumes match this pattern")
+            return sorted(dict.fromkeys(found))
+        raise MedvolError(f"{text}: no such file or folder")
+    if path.is_dir():
+        found = _scan_folder(path)
+        if not found:
+            raise MedvolError(
+                f"{path}: no volumes found in this folder (looked for .nii, .nii.gz, .mhd, .mha, "
+                f".nrrd and DICOM series)")
+        return sorted(dict.fromkeys(found))
+    if path.suffix.lower() == ".txt":
+        return _read_list(path)
+    if not volume_suffix(path) and not is_dicom_file(path):
+        raise MedvolError(f"{path}: not a volume (expected .nii, .nii.gz, .mhd, .mha, .nrrd, .dcm or a .txt list)")
+    return [path]
+
+
+def _read_list(list_file: Path) -> list[Path]:
+    found: list[Path] = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        entry = Path(line).expanduser()
+        if not entry.is_absolute():
+            entry = list_file.parent / entry
+        if not entry.exists():
+            raise MedvolError(f"{list_file}:{number}: {line}: no such file or folder")
+        found.extend(_scan_folder(entry) if entry.is_dir() else [entry])
+    if not found:
+        raise MedvolError(f"{list_file}: the list names no volumes")
+    return sorted(dict.fromkeys(found))

@@ -1,0 +1,306 @@
+"""The published preprocessing protocol, configurable: volume in HU -> (S, S, S) float32 in [-1, 1].
+
+Steps (:func:`preprocess_volume`), in order:
+
+1. Check the volume: 3D, every voxel finite.
+2. Reorient to a standard orientation (``orient="LPS"``: axial slices inferior -> superior, rows
+   anterior -> posterior, columns right -> left), so that volumes from different scanners and file
+   formats agree. ``orient=None`` keeps the stored voxel order.
+3. Blank axial slices (every voxel at or below ``blank_threshold``, i.e. air or scanner padding;
+   for MR at or below the volume minimum). ``"replace"`` (default) overwrites each blank slice
+   *inside* the scanned anatomy (a dropped or corrupt slice) with its nearest non-blank slice along
+   z (the lower one on a tie), so the physical extent and slice spacing are kept and no sheet of air
+   cuts through the anatomy; blank slices before the first and after the last non-blank one are
+   real air beyond the patient and stay as they are (they become background, like the padding).
+   ``"remove"`` drops every blank slice (the published code's literal step; the volume gets
+   shorter), ``"keep"`` leaves them all.
+4. Intensity, with MONAI: CT is clipped to the HU ``window`` and scaled linearly to [-1, 1]
+   (``ScaleIntensityRange``); MR is scaled between the ``percentiles`` (default 0.5-99.5) and
+   clipped (``ScaleIntensityRangePercentiles``).
+5. Resample to isotropic voxels with SimpleITK (linear, Gaussian anti-aliasing along the axes that
+   are downsampled). The isotropic spacing is the finest original spacing, but never finer than
+   the final grid needs (longest physical extent / S), so a 512 x 512 x 300 CT is not first blown
+   up to 1 GB.
+6. Resize to S^3 with MONAI: the longest axis becomes S and the others keep the physical aspect
+   ratio (``Resize(size_mode="longest")``), then the short axes are padded symmetrically with -1
+   (air / background) up to S (``ResizeWithPadOrCrop``). ``keep_aspect=False`` stretches every axis
+   to S instead.
+
+:func:`to_intensity` maps [-1, 1] back to HU for generated volumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from medvol.data.io import Volume
+from medvol.errors import MedvolError
+
+#: Output sizes (cube edge S) the models are built for.
+SIZES = (32, 64, 128, 256, 512)
+MODALITIES = ("ct", "mr")
+BLANK_MODES = ("replace", "remove", "keep")
+#: Bumped whenever the pipeline's output changes, so caches built by an older one are redone.
+PIPELINE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessParams:
+    """Every parameter of the preprocessing (all recorded in the cache manifest).
+
+    Attributes:
+        size: output cube edge S, one of 32, 64, 128, 256, 512.
+        modality: ``"ct"`` (HU window) or ``"mr"`` (percentile normalisation).
+        window: CT window (min, max) in HU; clipped to it, then scaled to [-1, 1].
+        percentiles: MR lower and upper percentiles mapped to -1 and 1.
+        keep_aspect: pad to a cube keeping the physical aspect ratio (True) or stretch (False).
+        blank_slices: ``"replace"`` | ``"remove"`` | ``"keep"`` (see the module docstring).
+        blank_threshold: CT: a slice whose every voxel is at or below this HU is blank.
+        orient: target orientation code for ``SimpleITK.DICOMOrient`` (e.g. ``"LPS"``), or None.
+        antialias: Gaussian smoothing before downsampling.
+    """
+
+    size: int
+    modality: str = "ct"
+    window: tuple[float, float] = (-1024.0, 600.0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    keep_aspect: bool = True
+    blank_slices: str = "replace"
+    blank_threshold: float = -1000.0
+    orient: str | None = "LPS"
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size not in SIZES:
+            raise MedvolError(f"unsupported size {self.size!r} (--size): choose one of {', '.join(map(str, SIZES))}")
+        if self.modality not in MODALITIES:
+            raise MedvolError(f"unknown modality {self.modality!r} (--modality): choose ct or mr")
+        window = tuple(float(v) for v in self.window)
+        if len(window) != 2 or not all(np.isfinite(window)):
+            raise MedvolError(f"invalid window {self.window!r} (--window): expected two finite numbers MIN,MAX")
+        if window[0] >= window[1]:
+            raise MedvolError(f"invalid window {window[0]:g},{window[1]:g} (--window): min must be below max")
+        percentiles = tuple(float(v) for v in self.percentiles)
+        if len(percentiles) != 2 or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
+            raise MedvolError(f"invalid percentiles {self.percentiles!r} (--percentiles): need 0 <= low < high <= 100")
+        if self.blank_slices not in BLANK_MODES:
+            raise MedvolError(f"unknown blank-slice handling {self.blank_slices!r} (--blank-slices): "
+                              f"choose one of {', '.join(BLANK_MODES)}")
+        object.__setattr__(self, "size", int(self.size))
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "percentiles", percentiles)
+        object.__setattr__(self, "blank_threshold", float(self.blank_threshold))
+
+    @property
+    def intensity_window(self) -> tuple[float, float] | None:
+        """The HU window that [-1, 1] stands for (CT), or None (MR has no absolute scale)."""
+        return self.window if self.modality == "ct" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready parameters, with the pipeline version (compared to decide cache reuse)."""
+        data = dataclasses.asdict(self)
+        data["window"] = list(self.window)
+        data["percentiles"] = list(self.percentiles)
+        data["pipeline_version"] = PIPELINE_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PreprocessParams":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        for key in ("window", "percentiles"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """Parse ``"-1024,600"`` into ``(-1024.0, 600.0)``; a MedvolError names ``--window`` otherwise."""
+    parts = str(text).replace(":", ",").split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise MedvolError(f"invalid window {text!r} (--window): expected MIN,MAX such as -1024,600") from None
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise MedvolError(f"invalid window {text!r} (--window): expected two finite numbers")
+    if low >= high:
+        raise MedvolError(f"invalid window {text!r} (--window): min must be below max")
+    return low, high
+
+
+def check_volume(volume: Volume) -> None:
+    """Raise a MedvolError naming the volume if it is not 3D or holds NaN/inf voxels."""
+    array = np.asarray(volume.array)
+    if array.ndim != 3 or min(array.shape) < 2:
+        raise MedvolError(f"{volume.name}: shape {tuple(array.shape)} is not a 3D volume")
+    if not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise MedvolError(f"{volume.name}: {bad} voxels are NaN or infinite")
+
+
+def blank_slice_mask(array: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean (D,): True for axial slices whose every voxel is <= ``threshold``."""
+    return array.reshape(array.shape[0], -1).max(axis=1) <= threshold
+
+
+def handle_blank_slices(array: np.ndarray, blank: np.ndarray, mode: str) -> np.ndarray:
+    """Replace, remove or keep the slices flagged in ``blank`` (see the module docstring).
+
+    Args:
+        array: (D, H, W).
+        blank: (D,) bool.
+        mode: ``"replace"`` | ``"remove"`` | ``"keep"``.
+    """
+    if mode == "keep" or not blank.any():
+        return array
+    kept = np.flatnonzero(~blank)
+    if mode == "remove":
+        return array[kept]
+    # Nearest non-blank index for every slice; on a tie the lower neighbour wins. Slices outside
+    # [first, last] non-blank map to themselves (air beyond the patient stays air).
+    positions = np.arange(array.shape[0])
+    right = np.clip(np.searchsorted(kept, positions), 0, len(kept) - 1)
+    left = np.clip(right - 1, 0, len(kept) - 1)
+    use_left = np.abs(kept[left] - positions) <= np.abs(kept[right] - positions)
+    source = np.where(use_left, kept[left], kept[right])
+    outside = (positions < kept[0]) | (positions > kept[-1])
+    return array[np.where(outside, positions, source)]
+
+
+def _scale_intensity(array: np.ndarray, params: PreprocessParams, name: str) -> np.ndarray:
+    from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
+    from monai.utils import convert_to_numpy
+
+    if params.modality == "ct":
+        low, high = params.window
+        transform = ScaleIntensityRange(a_min=low, a_max=high, b_min=-1.0, b_max=1.0, clip=True)
+    else:
+        low, high = np.percentile(array, params.percentiles)
+        if high <= low:
+            raise MedvolError(f"{name}: intensities between the {params.percentiles[0]:g} and "
+                              f"{params.percentiles[1]:g} percentiles are constant; cannot normalise")
+        transform = ScaleIntensityRangePercentiles(lower=params.percentiles[0], upper=params.percentiles[1],
+                                                   b_min=-1.0, b_max=1.0, clip=True)
+    return convert_to_numpy(transform(array[None]), dtype=np.float32)[0]
+
+
+def _resample_isotropic(image, size: int, antialias: bool):
+    """SimpleITK image -> isotropic image (spacing = finest original, at least extent / size)."""
+    import SimpleITK as sitk
+
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    extent = spacing * np.asarray(image.GetSize())
+    iso = max(float(spacing.min()), float(extent.max()) / size)
+    new_size = [max(1, int(round(e / iso))) for e in extent]
+    if antialias:
+        # skimage's rule: sigma = (factor - 1) / 2 input voxels along each downsampled axis.
+        sigma = np.maximum(0.0, (iso / spacing - 1.0) / 2.0) * spacing
+        if sigma.max() > 0:
+            image = sitk.DiscreteGaussian(image, [float(s) ** 2 for s in sigma], 32, 0.01, True)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    # Keep the outer edges of the volume in place: voxel centres move by half the size change.
+    origin = np.asarray(image.GetOrigin()) + direction @ ((iso - spacing) / 2.0)
+    return sitk.Resample(image, new_size, sitk.Transform(), sitk.sitkLinear, tuple(origin),
+                         (iso,) * 3, image.GetDirection(), -1.0, sitk.sitkFloat32)
+
+
+def preprocess_with_info(volume: Volume, params: PreprocessParams) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`preprocess_volume` that also says what it did.
+
+    Returns:
+        ``(array, info)``: array float32 (S, S, S) in [-1, 1]; info holds ``spacing`` (z, y, x mm of
+        the output voxels), ``isotropic_spacing``, ``blank_slices`` (how many were found),
+        ``shape_before_pad`` and ``direction`` after reorientation.
+    """
+    import SimpleITK as sitk
+    from monai.transforms import Resize, ResizeWithPadOrCrop
+    from monai.utils import convert_to_numpy
+
+    check_volume(volume)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
+    image.SetSpacing(tuple(float(s) for s in reversed(volume.spacing)))
+    image.SetOrigin(tuple(float(o) for o in volume.origin))
+    image.SetDirection(tuple(float(d) for d in volume.direction))
+    if params.orient:
+        image = sitk.DICOMOrient(image, params.orient)
+    array = sitk.GetArrayFromImage(image)
+
+    threshold = params.blank_threshold if params.modality == "ct" else float(array.min())
+    blank = blank_slice_mask(array, threshold)
+    if blank.all():
+        raise MedvolError(f"{volume.name}: every axial slice is blank (all voxels <= {threshold:g})")
+    array = handle_blank_slices(array, blank, params.blank_slices)
+    array = _scale_intensity(array, params, volume.name)
+
+    scaled = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    scaled.SetSpacing(image.GetSpacing())
+    scaled.SetOrigin(image.GetOrigin())
+    scaled.SetDirection(image.GetDirection())
+    iso_image = _resample_isotropic(scaled, params.size, params.antialias)
+    iso = float(iso_image.GetSpacing()[0])
+    iso_array = sitk.GetArrayFromImage(iso_image)[None]
+
+    size = params.size
+    if params.keep_aspect:
+        longest = max(iso_array.shape[1:])
+        resized = Resize(size, size_mode="longest", mode="trilinear", anti_aliasing=params.antialias)(iso_array)
+        before_pad = tuple(int(s) for s in resized.shape[1:])
+        out = ResizeWithPadOrCrop(size, mode="constant", value=-1.0)(resized)
+        spacing = (iso * longest / size,) * 3
+    else:
+        out = Resize((size,) * 3, mode="trilinear", anti_aliasing=params.antialias)(iso_array)
+        before_pad = (size,) * 3
+        spacing = tuple(iso * n / size for n in iso_array.shape[1:])
+    out = np.clip(convert_to_numpy(out, dtype=np.float32)[0], -1.0, 1.0)
+    info = {
+        "spacing": tuple(float(s) for s in spacing),
+        "isotropic_spacing": iso,
+        "blank_slices": int(blank.sum()),
+        "shape_before_pad": before_pad,
+        "direction": tuple(float(d) for d in image.GetDirection()),
+    }
+    return np.ascontiguousarray(out), info
+
+
+def preprocess_volume(volume: Volume, params: PreprocessParams) -> np.ndarray:
+    """Apply the protocol (module docstring) to one volume.
+
+    Args:
+        volume: CT in HU (or MR in scanner units), any shape and spacing.
+        params: the preprocessing parameters.
+
+    Returns:
+        float32 array (S, S, S) = (z, y, x) in [-1, 1], S = ``params.size``.
+
+    Raises:
+        MedvolError: a volume that is not 3D, holds NaN/inf, or is entirely blank (names the file).
+
+    Example:
+        >>> vol, _ = make_phantom(64, seed=1)                      # doctest: +SKIP
+        >>> preprocess_volume(vol, PreprocessParams(size=64)).shape  # doctest: +SKIP
+        (64, 64, 64)
+    """
+    return preprocess_with_info(volume, params)[0]
+
+
+def to_intensity(x, params_or_window: PreprocessParams | Sequence[float] | None):
+    """Invert the intensity scaling: [-1, 1] -> HU (window min .. max).
+
+    Args:
+        x: numpy array or torch tensor of any shape, values in [-1, 1].
+        params_or_window: the :class:`PreprocessParams`, a (min, max) window, or None (MR: values
+            are returned unchanged, since percentile scaling has no absolute unit).
+
+    Returns:
+        Same type and shape as ``x``: ``min + (x + 1) / 2 * (max - min)``.
+    """
+    window = params_or_window.intensity_window if isinstance(params_or_window, PreprocessParams) else params_or_window
+    if window is None:
+        return x
+    low, high = (float(v) for v in window)
+    if low >= high:
+        raise MedvolError(f"invalid window {low:g},{high:g}: min must be below max")
+    return (x + 1.0) * ((high - low) / 2.0) + low
