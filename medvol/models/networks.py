@@ -1,0 +1,303 @@
+"""The sub-networks of HA-GAN and CRF-GAN, parametrised by volume size S and base width c.
+
+Geometry (all sizes): the generator's embedding has 2c channels at (S/4)^3; a training crop is
+S/8 voxel slices (1/8 of the depth), i.e. S/32 embedding slices. At S=256, c=32 the layers are
+those of the published models (see docs/models.md for the per-size choices).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvol.models.blocks import ConvStage, SNConv3d, SNLinear, norm_groups, sn_conv_stack, to_layout
+
+#: Which of the five G^A stages upsample (nearest x2) before their conv, per size. The published
+#: 256^3 model upsamples before stages 2-5 and the 128^3 one before stages 2-4; 64^3 and 32^3
+#: continue that rule, and 512^3 also upsamples before stage 1 so G keeps the same weights.
+TRUNK_UPSAMPLE: dict[int, tuple[bool, ...]] = {
+    32: (False, True, False, False, False),
+    64: (False, True, True, False, False),
+    128: (False, True, True, True, False),
+    256: (False, True, True, True, True),
+    512: (True, True, True, True, True),
+}
+
+SIZES = tuple(TRUNK_UPSAMPLE)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes derived from the volume size S (voxels per side)."""
+
+    size: int
+
+    @property
+    def emb(self) -> int:
+        """Embedding side (and CRF node count): S/4."""
+        return self.size // 4
+
+    @property
+    def crop(self) -> int:
+        """Training crop depth in voxels: S/8."""
+        return self.size // 8
+
+    @property
+    def crop_emb(self) -> int:
+        """Training crop depth in embedding slices: S/32."""
+        return self.size // 32
+
+    @property
+    def n_down(self) -> int:
+        """Stride-2 stages from the embedding side S/4 down to 4 (D^L, sub-encoder)."""
+        return int(math.log2(self.size // 16))
+
+
+class Generator(nn.Module):
+    """G^A (latent -> embedding), G^H (embedding slab -> image slab) and, for HA-GAN, G^L.
+
+    Args:
+        size: S.
+        base_width: c (32 published).
+        latent_dim: length of z (1024 published).
+        num_classes: K; a one-hot label is concatenated to z when K > 0.
+        low_branch: build G^L (HA-GAN): three conv3x3x3 (c, c/2, 1) on the full embedding.
+
+    Example:
+        >>> g = Generator(32, 4, 16, 0, low_branch=False)
+        >>> g.embed(torch.randn(2, 16)).shape
+        torch.Size([2, 8, 8, 8, 8])
+    """
+
+    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, low_branch: bool):
+        super().__init__()
+        c = base_width
+        self.num_classes = num_classes
+        self.width0 = 16 * c
+        self.fc = nn.Linear(latent_dim + num_classes, 4 * 4 * 4 * 16 * c)
+        widths = (16 * c, 16 * c, 16 * c, 8 * c, 4 * c, 2 * c)
+        self.trunk = nn.ModuleList(
+            ConvStage(widths[i], widths[i + 1], upsample=up) for i, up in enumerate(TRUNK_UPSAMPLE[size])
+        )
+        self.head = nn.ModuleList(
+            [ConvStage(2 * c, c, upsample=True), ConvStage(c, 1, upsample=True, final=True)]
+        )
+        self.low = None
+        if low_branch:
+            self.low = nn.ModuleList(
+                [
+                    ConvStage(2 * c, c, upsample=False),
+                    ConvStage(c, c // 2, upsample=False),
+                    ConvStage(c // 2, 1, upsample=False, final=True),
+                ]
+            )
+        self.optimized = False
+        self.channels_last = False
+
+    def embed(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """G^A: ``z[B, L]`` (+ labels ``[B]`` int) -> embedding ``[B, 2c, S/4, S/4, S/4]``."""
+        if self.num_classes > 0:
+            z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
+        h = self.fc(z).view(z.shape[0], self.width0, 4, 4, 4)
+        h = to_layout(h, self.channels_last)
+        for stage in self.trunk:
+            h = stage(h)
+        return h
+
+    def render(self, emb: torch.Tensor) -> torch.Tensor:
+        """G^H: embedding slab ``[B, 2c, d, S/4, S/4]`` -> image slab ``[B, 1, 4d, S, S]`` in [-1, 1]."""
+        emb = to_layout(emb, self.channels_last)
+        for stage in self.head:
+            emb = stage(emb)
+        return emb
+
+    def render_low(self, emb: torch.Tensor) -> torch.Tensor:
+        """G^L: full embedding -> low-resolution volume ``[B, 1, S/4, S/4, S/4]`` (HA-GAN only)."""
+        for stage in self.low:
+            emb = stage(emb)
+        return emb
+
+    def render_tiled(self, emb: torch.Tensor, tile_depth: int) -> torch.Tensor:
+        """G^H over depth tiles of ``tile_depth`` embedding slices; equals :meth:`render` on the whole.
+
+        Each tile carries a halo of one embedding slice on each side: the two 3x3x3 convs at 2x and
+        4x resolution reach one voxel each, i.e. at most one embedding slice after the nearest
+        upsamplings, so the kept core of every tile sees exactly the inputs it sees untiled.
+        GroupNorm of the first stage normalises over the whole volume, so its statistics are
+        accumulated over all tiles first (float64) and the tiles are then rendered again.
+
+        Args:
+            emb: ``[B, 2c, N, N, N]`` embedding, N = S/4.
+            tile_depth: embedding slices per tile (>= 1).
+
+        Returns:
+            ``[B, 1, 4N, 4N, 4N]``.
+        """
+        stage1, stage2 = self.head
+        n = emb.shape[2]
+        halo = 1
+        tiles = [(a, min(a + tile_depth, n)) for a in range(0, n, tile_depth)]
+
+        def conv1(a: int, b: int) -> tuple[torch.Tensor, int, int]:
+            lo, hi = max(a - halo, 0), min(b + halo, n)
+            return stage1.pre_norm(emb[:, :, lo:hi]), lo, hi
+
+        groups = stage1.norm.num_groups
+        total = torch.zeros(emb.shape[0], groups, dtype=torch.float64, device=emb.device)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for a, b in tiles:
+            y, lo, _ = conv1(a, b)
+            core = y[:, :, 2 * (a - lo) : 2 * (b - lo)].double()
+            core = core.reshape(core.shape[0], groups, -1)
+            total += core.sum(dim=2)
+            total_sq += (core * core).sum(dim=2)
+            count += core.shape[2]
+        mean = total / count
+        var = (total_sq / count - mean * mean).clamp_min(0.0)
+        norm = stage1.norm
+        channels_per_group = norm.num_channels // groups
+        # Per-channel scale/shift that reproduce GroupNorm with the global statistics.
+        inv = torch.rsqrt(var + norm.eps).repeat_interleave(channels_per_group, dim=1)
+        mean_c = mean.repeat_interleave(channels_per_group, dim=1)
+        scale = inv * norm.weight.double()
+        shift = norm.bias.double() - mean_c * scale
+        scale = scale.float()[:, :, None, None, None]
+        shift = shift.float()[:, :, None, None, None]
+
+        out = []
+        for a, b in tiles:
+            y, lo, _ = conv1(a, b)
+            h = F.relu(y.float() * scale + shift)
+            x = stage2(h)
+            out.append(x[:, :, 4 * (a - lo) : 4 * (b - lo)])
+        return torch.cat(out, dim=2)
+
+
+class HighResDiscriminator(nn.Module):
+    """D^H: SN conv3d stack on a crop ``[B, 1, S/8, S, S]`` + the crop position, two SN linears.
+
+    With width w = 16c (512 published) the published 256^3 convs are w/32, w/16, w/8 (4^3 kernels,
+    stride 2), w/4, w/2 ((2,4,4) kernels), w ((1,4,4), stride (1,2,2)), w/4 ((1,4,4), valid).
+    Smaller sizes drop leading 4^3 layers (128^3 drops one, as published; 64^3 two; 32^3 three);
+    512^3 adds one of width w/64.
+
+    Returns ``(logit[B, 1], class_logits[B, K] or None)``.
+    """
+
+    def __init__(self, size: int, base_width: int, num_classes: int):
+        super().__init__()
+        w = 16 * base_width
+        lead = {32: 0, 64: 1, 128: 2, 256: 3, 512: 4}[size]
+        lead_widths = [max(1, (w // 8) >> (lead - 1 - i)) for i in range(lead)]
+        layers = []
+        cin = 1
+        for width in lead_widths:
+            layers.append(SNConv3d(cin, width, kernel_size=4, stride=2, padding=1))
+            cin = width
+        layers += [
+            SNConv3d(cin, w // 4, kernel_size=(2, 4, 4), stride=2, padding=(0, 1, 1)),
+            SNConv3d(w // 4, w // 2, kernel_size=(2, 4, 4), stride=2, padding=(0, 1, 1)),
+            SNConv3d(w // 2, w, kernel_size=(1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1)),
+            SNConv3d(w, w // 4, kernel_size=(1, 4, 4), stride=1, padding=0),
+        ]
+        self.convs = nn.ModuleList(layers)
+        self.fc1 = SNLinear(w // 4 + 1, w // 8)
+        self.fc2 = SNLinear(w // 8, 1)
+        self.fc_class = SNLinear(w // 8, num_classes) if num_classes > 0 else None
+        self.optimized = False
+        self.channels_last = False
+
+    def forward(self, x: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x[B, 1, S/8, S, S]``, ``position[B, 1]`` (crop start / (S - S/8), in [0, 1])."""
+        x = to_layout(x, self.channels_last)
+        h = sn_conv_stack(self.convs, x, self.optimized).flatten(1)
+        h = torch.cat([h, position.to(h.dtype)], dim=1)
+        h = F.leaky_relu(self.fc1(h), 0.2)
+        cls = self.fc_class(h) if self.fc_class is not None else None
+        return self.fc2(h), cls
+
+
+class LowResDiscriminator(nn.Module):
+    """D^L (HA-GAN): SN convs on the (S/4)^3 volume down to 4^3, then a 4^3 valid conv to 1 + K.
+
+    Widths end at 8c and halve backwards (published 256^3: c, 2c, 4c, 8c; 128^3: 2c, 4c, 8c).
+    """
+
+    def __init__(self, size: int, base_width: int, num_classes: int):
+        super().__init__()
+        n = Geometry(size).n_down
+        widths = [max(1, (8 * base_width) >> (n - 1 - i)) for i in range(n)]
+        layers = []
+        cin = 1
+        for width in widths:
+            layers.append(SNConv3d(cin, width, kernel_size=4, stride=2, padding=1))
+            cin = width
+        layers.append(SNConv3d(cin, 1 + num_classes, kernel_size=4, stride=1, padding=0))
+        self.convs = nn.ModuleList(layers)
+        self.num_classes = num_classes
+        self.optimized = False
+        self.channels_last = False
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x[B, 1, S/4, S/4, S/4]`` -> ``(logit[B, 1], class_logits[B, K] or None)``."""
+        x = to_layout(x, self.channels_last)
+        h = sn_conv_stack(self.convs, x, self.optimized, last_plain=True).flatten(1)
+        return h[:, :1], (h[:, 1:] if self.num_classes > 0 else None)
+
+
+class Encoder(nn.Module):
+    """E: image slab ``[B, 1, d, S, S]`` -> embedding slab ``[B, 2c, d/4, S/4, S/4]``.
+
+    Three conv3d with GroupNorm + ReLU: c (4^3, stride 2), c (3^3), 2c (4^3, stride 2).
+    """
+
+    def __init__(self, base_width: int):
+        super().__init__()
+        c = base_width
+        self.net = nn.Sequential(
+            nn.Conv3d(1, c, kernel_size=4, stride=2, padding=1),
+            nn.GroupNorm(norm_groups(c), c),
+            nn.ReLU(),
+            nn.Conv3d(c, c, kernel_size=3, stride=1, padding=1),
+            nn.GroupNorm(norm_groups(c), c),
+            nn.ReLU(),
+            nn.Conv3d(c, 2 * c, kernel_size=4, stride=2, padding=1),
+            nn.GroupNorm(norm_groups(2 * c), 2 * c),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SubEncoder(nn.Module):
+    """HA-GAN sub-encoder: full embedding ``[B, 2c, S/4, S/4, S/4]`` -> latent ``[B, L]``.
+
+    Stride-2 convs (4^3) with GroupNorm + ReLU down to 4^3, widths ending at 8c and halving
+    backwards (published 256^3: c, 2c, 4c, 8c; 128^3: 2c, 4c, 8c), then a 4^3 valid conv to L.
+    """
+
+    def __init__(self, size: int, base_width: int, latent_dim: int):
+        super().__init__()
+        c = base_width
+        n = Geometry(size).n_down
+        widths = [max(1, (8 * c) >> (n - 1 - i)) for i in range(n)]
+        layers: list[nn.Module] = []
+        cin = 2 * c
+        for width in widths:
+            layers += [
+                nn.Conv3d(cin, width, kernel_size=4, stride=2, padding=1),
+                nn.GroupNorm(norm_groups(width), width),
+                nn.ReLU(),
+            ]
+            cin = width
+        layers.append(nn.Conv3d(cin, latent_dim, kernel_size=4, stride=1, padding=0))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.net(emb).flatten(1)

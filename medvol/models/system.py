@@ -1,0 +1,268 @@
+"""GANSystem: the part of the HA-GAN / CRF-GAN API that both models share.
+
+A system owns its sub-networks (``G``, ``D``, ``E`` and ``sub_E`` or ``crf``) and knows its
+published training step (:meth:`train_step`, written in :mod:`medvol.models.hagan` and
+:mod:`medvol.models.crfgan`), generation with depth tiling and the encoder path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvol.errors import MedvolError
+from medvol.models.networks import Encoder, Geometry
+
+MODES = ("reference", "optimized")
+
+#: Adam learning rates per sub-network group, as published (betas (0, 0.999) for all).
+LEARNING_RATES = {"G": 1e-4, "D": 4e-4, "E": 1e-4, "sub_E": 1e-4, "crf": 4e-4}
+BETAS = (0.0, 0.999)
+
+Substep = Callable[[str], ContextManager]
+
+
+class GANSystem(nn.Module):
+    """Base class of the two models; build one with :func:`medvol.models.build`.
+
+    Attributes:
+        name, size, latent_dim, num_classes, base_width: the build options.
+        mode: "reference" or "optimized" (see :meth:`set_mode`).
+        grad_sync: optional ``fn(group_name, params)`` called after each sub-step's backward and
+            before its optimiser step (the trainer all-reduces gradients there under DDP).
+    """
+
+    name: str = ""
+    extra: str = ""  # "sub_E" or "crf"
+
+    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int):
+        super().__init__()
+        self.size = size
+        self.base_width = base_width
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        self.geometry = Geometry(size)
+        self.mode = "reference"
+        self.channels_last = False
+        self.grad_sync: Callable[[str, list[nn.Parameter]], None] | None = None
+        self.E = Encoder(base_width)
+
+    # ------------------------------------------------------------------ structure
+    def groups(self) -> dict[str, nn.Module]:
+        """Sub-network groups in update order, keyed like the optimisers."""
+        return {"D": self.D, "G": self.G, "E": self.E, self.extra: getattr(self, self.extra)}
+
+    def param_counts(self) -> dict[str, int]:
+        """Trainable parameters per group and ``total`` (spectral-norm vectors are buffers)."""
+        counts = {k: sum(p.numel() for p in m.parameters()) for k, m in self.groups().items()}
+        ordered = {k: counts[k] for k in ("G", "D", "E", self.extra)}
+        ordered["total"] = sum(counts.values())
+        return ordered
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam per group with the published learning rates and betas (0, 0.999)."""
+        return {
+            k: torch.optim.Adam(m.parameters(), lr=LEARNING_RATES[k], betas=BETAS)
+            for k, m in self.groups().items()
+        }
+
+    def set_mode(self, mode: str) -> "GANSystem":
+        """Switch execution mode; weights are untouched (only their memory layout).
+
+        "reference": plain interpolate + conv3d, no checkpointing, contiguous tensors, torch CRF.
+        "optimized": fused :func:`medvol.ops.upsample_conv3d`, activation checkpointing of the
+        G and D stages, :func:`medvol.ops.meanfield_crf` with backend "auto", and
+        ``channels_last_3d`` weights and activations unless the parameters are on the CPU.
+
+        Call it after moving the system to its device. The CPU keeps the contiguous layout: there
+        it buys nothing, and oneDNN's bfloat16 channels_last conv3d weight gradient is wrong for
+        inputs of depth 2 (torch 2.14; garbage or NaN), a depth our crops reach.
+        """
+        if mode not in MODES:
+            raise MedvolError(f"unknown mode {mode!r} (choose reference or optimized)")
+        optimized = mode == "optimized"
+        channels_last = optimized and self._device().type != "cpu"
+        for module in self.modules():
+            if hasattr(module, "optimized"):
+                module.optimized = optimized
+                module.channels_last = channels_last
+        self.to(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+        self.channels_last = channels_last
+        self.mode = mode
+        return self
+
+    # ------------------------------------------------------------------ sampling
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def sample_latent(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Standard normal ``z[B, latent_dim]``, drawn on the generator's device, moved to ``device``."""
+        device = self._device() if device is None else torch.device(device)
+        gen_device = generator.device if generator is not None else device
+        return torch.randn(batch, self.latent_dim, generator=generator, device=gen_device).to(device)
+
+    def _sample_crop(self, generator: torch.Generator | None) -> int:
+        """Random crop start in embedding slices, in [0, S/4 - S/32].
+
+        The start is a host-side int. Under ``FakeTensorMode`` (memory tracing) it is still drawn
+        from a real tensor, since a fake one has no value to read.
+        """
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        g = self.geometry
+        device = generator.device if generator is not None else "cpu"
+        with unset_fake_temporarily():
+            return int(torch.randint(g.emb - g.crop_emb + 1, (1,), generator=generator, device=device))
+
+    def _position(self, start: int, batch: int, device: torch.device) -> torch.Tensor:
+        """Crop position fed to D^H: voxel start / (S - S/8), shape [B, 1]."""
+        g = self.geometry
+        return torch.full((batch, 1), 4 * start / (g.size - g.crop), device=device)
+
+    def _check_labels(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if self.num_classes == 0:
+            return None
+        if labels is None:
+            raise MedvolError(
+                f"labels: the model is class-conditional ({self.num_classes} classes); pass labels"
+            )
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1 and batch > 1:
+            labels = labels.expand(batch)
+        if labels.numel() != batch or int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise MedvolError(f"labels: expected {batch} class ids in [0, {self.num_classes})")
+        return labels
+
+    def _check_volume(self, x: torch.Tensor) -> None:
+        s = self.size
+        if x.dim() != 5 or tuple(x.shape[1:]) != (1, s, s, s):
+            raise MedvolError(f"volume: expected shape [B, 1, {s}, {s}, {s}], got {list(x.shape)}")
+
+    # ------------------------------------------------------------------ inference
+    @contextlib.contextmanager
+    def _eval(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def generate(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, tile_depth: int | None = None
+    ) -> torch.Tensor:
+        """Full-resolution volumes ``[B, 1, S, S, S]`` in [-1, 1] (no grad, eval mode).
+
+        Args:
+            z: ``[B, latent_dim]``.
+            labels: ``[B]`` class ids (class-conditional models only).
+            tile_depth: embedding slices per G^H tile (bounded memory); the tiled output equals the
+                untiled one up to float rounding (GroupNorm statistics are global in both).
+        """
+        if tile_depth is not None and tile_depth < 1:
+            raise MedvolError(f"tile_depth: must be >= 1, got {tile_depth}")
+        labels = self._check_labels(labels, z.shape[0])
+        with self._eval():
+            emb = self.G.embed(z.to(self._device()), labels)
+            return self._render(emb, tile_depth)
+
+    def _render(self, emb: torch.Tensor, tile_depth: int | None) -> torch.Tensor:
+        if tile_depth is None or tile_depth >= emb.shape[2]:
+            return self.G.render(emb)
+        return self.G.render_tiled(emb, tile_depth)
+
+    def _encode_slabs(self, x: torch.Tensor) -> torch.Tensor:
+        """E applied to each depth crop of S/8 slices, concatenated: ``[B, 2c, S/4, S/4, S/4]``.
+
+        Crop by crop, as E is trained (and as HA-GAN builds the sub-encoder's input).
+        """
+        c = self.geometry.crop
+        return torch.cat([self.E(x[:, :, i : i + c]) for i in range(0, self.size, c)], dim=2)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder path: real volume ``[B, 1, S, S, S]`` -> embedding ``[B, 2c, S/4, S/4, S/4]``.
+
+        This is the latent G^H decodes; :meth:`reconstruct` maps it back to a volume.
+        """
+        self._check_volume(x)
+        with self._eval():
+            return self._encode_slabs(x.to(self._device()))
+
+    def reconstruct(self, x: torch.Tensor, tile_depth: int | None = None) -> torch.Tensor:
+        """``G^H(E(x))``: ``[B, 1, S, S, S]`` -> ``[B, 1, S, S, S]`` in [-1, 1]."""
+        emb = self.encode(x)
+        with self._eval():
+            return self._render(emb, tile_depth)
+
+    # ------------------------------------------------------------------ training helpers
+    def _train_only(self, group: str) -> None:
+        """Only ``group``'s parameters record gradients during a sub-step (frozen nets cost nothing)."""
+        for name, module in self.groups().items():
+            module.requires_grad_(name == group)
+
+    @staticmethod
+    def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    def _update(
+        self,
+        group: str,
+        loss: torch.Tensor,
+        optimizers: dict[str, torch.optim.Optimizer],
+        scaler: "torch.amp.GradScaler | None",
+    ) -> None:
+        optimizer = optimizers[group]
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.grad_sync is not None:
+            self.grad_sync(group, list(self.groups()[group].parameters()))
+        if scaler is not None:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+    def _prepare_step(
+        self,
+        real: torch.Tensor,
+        labels: torch.Tensor | None,
+        substep: Substep | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Substep, int, torch.Tensor, torch.Tensor]:
+        """Validate inputs; pick the crop. Returns real, labels, substep, start, real crop, position."""
+        self._check_volume(real)
+        labels = self._check_labels(labels, real.shape[0])
+        if labels is not None:
+            labels = labels.to(real.device)
+        if self.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last_3d)
+        start = self._sample_crop(generator)
+        crop = real[:, :, 4 * start : 4 * start + self.geometry.crop]
+        position = self._position(start, real.shape[0], real.device)
+        return real, labels, substep or (lambda name: contextlib.nullcontext()), start, crop, position
+
+    def _crop_emb(self, emb: torch.Tensor, start: int) -> torch.Tensor:
+        return emb[:, :, start : start + self.geometry.crop_emb]
+
+    @staticmethod
+    def _bce(logit: torch.Tensor, target: float) -> torch.Tensor:
+        logit = logit.float()
+        return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
+
+    def _class_loss(self, cls: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if cls is None:
+            return None
+        return F.cross_entropy(cls.float(), labels)
+
+    def _unfreeze(self) -> None:
+        """Undo :meth:`_train_only` after a step (also after a failed one)."""
+        for module in self.groups().values():
+            module.requires_grad_(True)

@@ -1,0 +1,154 @@
+"""The published training step: which sub-networks each sub-step updates, mode agreement, AMP."""
+
+import contextlib
+import copy
+
+import pytest
+import torch
+
+from medvol.models import crf_weight
+
+SUBSTEPS = {"crfgan": ["D", "G", "E", "crf"], "hagan": ["D", "G", "E", "sub_E"]}
+
+
+def _snapshot(system):
+    return {name: [p.detach().clone() for p in net.parameters()] for name, net in system.groups().items()}
+
+
+def _changed(before, after):
+    return {name for name in before if any(not torch.equal(a, b) for a, b in zip(before[name], after[name]))}
+
+
+@pytest.mark.parametrize("name", ["crfgan", "hagan"])
+def test_each_substep_updates_only_its_network(tiny, name, volume):
+    system = tiny(name)
+    optimizers = system.make_optimizers()
+    seen = []
+
+    @contextlib.contextmanager
+    def substep(step):
+        before = _snapshot(system)
+        yield
+        seen.append((step, _changed(before, _snapshot(system))))
+
+    generator = torch.Generator().manual_seed(0)
+    losses = system.train_step(volume(2, 32), optimizers, 0, substep=substep, generator=generator)
+    assert seen == [(step, {step}) for step in SUBSTEPS[name]]
+    assert all(v.dim() == 0 and not v.requires_grad and torch.isfinite(v) for v in losses.values())
+    expected = {"D", "D_real", "D_fake", "G", "E", SUBSTEPS[name][-1]}
+    assert expected <= set(losses)
+    # Parameters record gradients again after the step (the trainer and optimisers see normal modules).
+    assert all(p.requires_grad for p in system.parameters())
+
+
+def test_crf_weight_schedule():
+    assert crf_weight(0) == 0.5
+    assert crf_weight(30_000) == pytest.approx(0.25)
+    assert crf_weight(60_000) == 0.0 and crf_weight(10**6) == 0.0
+
+
+def test_crf_blend_enters_generator_loss(tiny, volume):
+    # Same state and randomness: the generator loss differs only through the CRF's share.
+    system = tiny("crfgan")
+    losses = {}
+    for iteration in (0, 60_000):
+        clone = copy.deepcopy(system)
+        generator = torch.Generator().manual_seed(1)
+        out = clone.train_step(volume(2, 32), clone.make_optimizers(), iteration, generator=generator)
+        losses[iteration] = out
+        assert out["crf_weight"].item() == crf_weight(iteration)
+    assert torch.equal(losses[0]["D"], losses[60_000]["D"])
+    assert not torch.equal(losses[0]["G"], losses[60_000]["G"])
+
+
+def _step(system, real, mode, amp_dtype=None):
+    system = copy.deepcopy(system).set_mode(mode)
+    generator = torch.Generator().manual_seed(7)
+    return system.train_step(real, system.make_optimizers(), 0, amp_dtype=amp_dtype, generator=generator)
+
+
+@pytest.mark.parametrize("name,size", [("hagan", 32), ("crfgan", 64)])
+def test_modes_agree(tiny, volume, name, size):
+    system, real = tiny(name, size), volume(2, size, seed=3)
+    reference = _step(system, real, "reference")
+    optimized = _step(system, real, "optimized")
+    optimized_bf16 = _step(system, real, "optimized", torch.bfloat16)
+    assert reference.keys() == optimized.keys() == optimized_bf16.keys()
+    for key in reference:
+        torch.testing.assert_close(optimized[key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+        # bf16 autocast: ~3 significant digits per op, a few ops deep.
+        torch.testing.assert_close(optimized_bf16[key], reference[key], rtol=5e-2, atol=2e-2, msg=key)
+
+
+def test_optimized_mode_layout_and_back(tiny):
+    system = tiny("crfgan").set_mode("optimized")
+    stage = system.G.trunk[1]
+    # The CPU keeps the contiguous layout (oneDNN bf16 channels_last conv3d bug, see set_mode).
+    assert stage.optimized and not stage.channels_last and stage.conv.weight.is_contiguous()
+    state = {k: v.clone() for k, v in system.state_dict().items()}
+    system.set_mode("reference")
+    assert not stage.optimized and system.crf.optimized is False
+    assert all(torch.equal(state[k], v) for k, v in system.state_dict().items())
+
+
+def test_optimized_layout_off_the_cpu():
+    from medvol.models import build
+
+    with torch.device("meta"):
+        system = build("hagan", 64, base_width=8, latent_dim=64).set_mode("optimized")
+    weight = system.G.trunk[1].conv.weight
+    assert system.channels_last and weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert system.D.high.channels_last and system.G.head[0].channels_last
+    system.set_mode("reference")
+    assert weight.is_contiguous() and not system.channels_last
+
+
+def test_grad_scaler_and_grad_sync(tiny, volume):
+    system = tiny("hagan")
+    calls = []
+    system.grad_sync = lambda group, params: calls.append((group, len(params)))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    generator = torch.Generator().manual_seed(0)
+    losses = system.train_step(volume(2, 32), system.make_optimizers(), 0, scaler=scaler, generator=generator)
+    assert [c[0] for c in calls] == ["D", "G", "E", "sub_E"]
+    assert all(n > 0 for _, n in calls)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_train_step_is_reproducible(tiny, volume):
+    system = tiny("crfgan")
+    a, b = copy.deepcopy(system), copy.deepcopy(system)
+    for s in (a, b):
+        s.train_step(volume(2, 32), s.make_optimizers(), 0, generator=torch.Generator().manual_seed(5))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("name,mode", [("crfgan", "optimized"), ("hagan", "reference")])
+def test_step_traces_on_fake_tensors(name, mode):
+    # The profiler traces whole steps under FakeTensorMode (memory at any size without a GPU).
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from medvol.models import build
+
+    with torch.device("meta"):
+        system = build(name, 64, base_width=8, latent_dim=64).set_mode(mode)
+    with FakeTensorMode():
+        for module in system.modules():
+            for table in (module._parameters, module._buffers):
+                for key, tensor in list(table.items()):
+                    new = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype)
+                    table[key] = torch.nn.Parameter(new) if isinstance(tensor, torch.nn.Parameter) else new
+        amp = torch.bfloat16 if mode == "optimized" else None
+        losses = system.train_step(torch.empty(2, 1, 64, 64, 64), system.make_optimizers(), 0, amp_dtype=amp)
+    assert all(v.shape == () for v in losses.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["crfgan", "hagan"])
+def test_modes_agree_on_cuda(tiny, volume, name):
+    # On CUDA the optimized mode also runs channels_last_3d and the GPU backends of the ops.
+    system, real = tiny(name, 64).cuda(), volume(2, 64, seed=3).cuda()
+    reference = _step(system, real, "reference")
+    optimized = _step(system, real, "optimized", torch.bfloat16)
+    for key in reference:
+        torch.testing.assert_close(optimized[key], reference[key], rtol=5e-2, atol=2e-2, msg=key)
