@@ -23,7 +23,15 @@ def _temp_sibling(path: Path, *, directory: bool) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600); outputs should get the user's usual permissions.
+    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

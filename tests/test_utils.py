@@ -1,6 +1,7 @@
 """Atomic writes, checksums and size parsing."""
 
 import hashlib
+import os
 
 import pytest
 
@@ -16,6 +17,9 @@ def test_atomic_path_renames_on_success(tmp_path):
         assert not target.exists()
     assert target.read_bytes() == b"data"
     assert [p.name for p in target.parent.iterdir()] == ["vol.nii.gz"]
+    old = os.umask(0o022)
+    os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~old
 
 
 def test_atomic_path_leaves_nothing_on_error(tmp_path):
