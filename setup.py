@@ -47,9 +47,15 @@ def _extensions():
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if not cpp_sources:
         return [], {}
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # Only torch/library.h and ATen are included (no pybind11): medvol._C is loaded with
+    # torch.ops.load_library by medvol/ops/_loader.py, which keeps the compile short.
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     cuda_home = _cuda_home()
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) if cuda_home else []
+    skip_reason = "MEDVOL_NO_CUDA=1 or no nvcc matching torch's CUDA" if not cuda_home else ""
+    if cuda_sources and not os.path.exists(os.path.join(cuda_home, "include", "cuda_runtime_api.h")):
+        skip_reason = f"{cuda_home}/include/cuda_runtime_api.h missing"
+        cuda_sources = []
     if cuda_sources:
         os.environ["CUDA_HOME"] = cuda_home
         # Without a GPU to ask, build for the data-centre archs medvol targets (A100, H100/H200).
@@ -61,15 +67,38 @@ def _extensions():
             "medvol._C",
             cpp_sources + cuda_sources,
             define_macros=[("MEDVOL_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
             extra_link_args=["-fopenmp"],
         )
     else:
         ext = CppExtension("medvol._C", cpp_sources, extra_compile_args={"cxx": cxx_flags},
                            extra_link_args=["-fopenmp"])
     print(f"medvol build: C++ sources {len(cpp_sources)}, CUDA sources {len(cuda_sources)}"
-          f" (CUDA toolkit: {cuda_home or 'none'})")
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=False)}
+          f" (CUDA toolkit: {cuda_home or 'none'}"
+          + (f", archs {os.environ['TORCH_CUDA_ARCH_LIST']})" if cuda_sources else f"; CUDA skipped: {skip_reason})"))
+    # Ninja compiles the sources in parallel (the .cu file dominates the build time).
+    from torch.utils.cpp_extension import is_ninja_available
+
+    class _Build(BuildExtension.with_options(use_ninja=is_ninja_available())):
+        """Builds medvol._C; if the CUDA sources fail to compile, builds the C++ ops alone."""
+
+        def build_extension(self, extension):
+            try:
+                super().build_extension(extension)
+            except Exception as error:  # noqa: BLE001 - any toolchain failure: retry without CUDA
+                if not any(src.endswith(".cu") for src in extension.sources):
+                    raise
+                first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+                print(f"medvol build: CUDA sources failed to compile ({first}); building the C++ ops only"
+                      " (the CUDA ops will be compiled just in time where a GPU is present)")
+                extension.sources = [src for src in extension.sources if not src.endswith(".cu")]
+                extension.extra_compile_args.pop("nvcc", None)
+                extension.define_macros = [m for m in extension.define_macros if m[0] != "MEDVOL_WITH_CUDA"]
+                extension.libraries = [lib for lib in extension.libraries
+                                       if lib not in ("cudart", "c10_cuda", "torch_cuda")]
+                super().build_extension(extension)
+
+    return [ext], {"build_ext": _Build}
 
 
 ext_modules, cmdclass = _extensions()
@@ -96,7 +125,7 @@ setup(
         "itk>=5.3",
         "pytorch-fid>=0.3",
         "scipy",
-        "napari>=0.5",
+        "napari>=0.9",
         "PyQt5>=5.15",
         "tensorboard",
         "tqdm",

@@ -1,0 +1,207 @@
+"""The patch-wise mean-field CRF of CRF-GAN: one function, four backends.
+
+Nodes i = 1..N carry features f_i (a row of ``feats``) and unary logits u_i. With the learned
+compatibility W and Wsym = (W + W^T) / 2, the pair potentials are
+
+    P_ij = cos(f_i, f_j) * Wsym_ij  for i != j,   P_ii = 0,
+
+i.e. self-pairs are excluded (a node sends no message to itself; so ``compat``'s diagonal gets a
+zero gradient), with cos(f_i, f_j) = f_i.f_j / (max(|f_i|, 1e-8) max(|f_j|, 1e-8)). Mean field runs
+T iterations from l = u:  q = sigmoid(l);  l <- u + P (2q - 1).  The result is l.
+
+Fast backends compute the raw Gram G = F F^T in one pass over ``feats`` (norms from its diagonal,
+no normalised copy of feats), run the iterations on N x N matrices, and save for backward only G
+and the T logit vectors entering each iteration. Backward walks the iterations back, forms
+dP = sum_t g_t m_{t-1}^T, chains it through P = C * Wsym and C = G / (n n^T) into
+Gsym = dG + dG^T, and gives dL/dF = Gsym F in a second pass over feats.
+
+Backends: ``torch`` (the reference below, any float dtype, double backward works), ``triton``
+(kernels/meanfield_crf.py), ``cpp`` (csrc/cpu, OpenMP), ``cuda`` (csrc/cuda). The fast backends take
+float32, bfloat16 or float16 ``feats`` and accumulate in float32; N <= 128 for ``triton``/``cuda``;
+their backward is not differentiable (double backward raises).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from medvol.errors import MedvolError
+from medvol.ops import _dispatch, _loader
+
+BACKENDS = ("torch", "triton", "cpp", "cuda")
+EPS = 1e-8
+MAX_NODES_GPU = 128
+_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def meanfield_crf_reference(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor,
+                            iterations: int = 10) -> torch.Tensor:
+    """Plain-PyTorch mean-field CRF, written for clarity: the ground truth of the tests.
+
+    Computes in float32 (float64 if any input is float64) and returns ``unary.dtype``.
+
+    Args:
+        feats: [B, N, F] node features.
+        unary: [B, N] unary logits.
+        compat: [N, N] compatibility (symmetrised inside).
+        iterations: number of mean-field updates T >= 0.
+
+    Returns:
+        [B, N] node logits.
+    """
+    dtype = torch.promote_types(torch.promote_types(feats.dtype, unary.dtype),
+                                torch.promote_types(compat.dtype, torch.float32))
+    f, u, w = feats.to(dtype), unary.to(dtype), compat.to(dtype)
+    unit = f / f.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    cos = unit @ unit.transpose(1, 2)
+    off_diagonal = 1.0 - torch.eye(w.shape[0], dtype=dtype, device=w.device)
+    pot = cos * ((w + w.t()) / 2 * off_diagonal)
+    logits = u
+    for _ in range(iterations):
+        logits = u + (pot @ (2 * torch.sigmoid(logits) - 1).unsqueeze(-1)).squeeze(-1)
+    return logits.to(unary.dtype)
+
+
+def _forward_fake(feats, unary, compat, iterations):
+    B, N, _ = feats.shape
+    return (feats.new_empty(B, N, dtype=torch.float32), feats.new_empty(B, N, N, dtype=torch.float32),
+            feats.new_empty(iterations, B, N, dtype=torch.float32))
+
+
+def _backward_fake(grad, feats, compat, gram, saved):
+    N = feats.shape[1]
+    return (feats.new_empty(feats.shape), grad.new_empty(grad.shape, dtype=torch.float32),
+            compat.new_empty(N, N, dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    feats, unary, compat, _ = inputs
+    _, gram, saved = output
+    ctx.save_for_backward(feats, compat, gram, saved)
+    ctx.dtypes = (unary.dtype, compat.dtype)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_logits, _grad_gram, _grad_saved):
+        feats, compat, gram, saved = ctx.saved_tensors
+        if grad_logits is None:
+            grad_logits = gram.new_zeros(gram.shape[:2])
+        grad_feats, grad_unary, grad_compat = backward_op(grad_logits, feats, compat, gram, saved)
+        return grad_feats, grad_unary.to(ctx.dtypes[0]), grad_compat.to(ctx.dtypes[1]), None
+
+    return backward
+
+
+@functools.lru_cache(maxsize=None)
+def _extension_op():
+    """torch.ops.medvol.meanfield_crf_forward with its fake impl and autograd (needs medvol._C)."""
+    _loader.ops_registered()  # loads medvol._C if the dispatch has not yet
+    forward = torch.ops.medvol.meanfield_crf_forward
+    backward = torch.ops.medvol.meanfield_crf_backward
+    torch.library.register_fake("medvol::meanfield_crf_forward")(_forward_fake)
+    torch.library.register_fake("medvol::meanfield_crf_backward")(_backward_fake)
+    torch.library.register_autograd("medvol::meanfield_crf_forward", _make_backward(backward),
+                                    setup_context=_setup_context)
+    return forward
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_op():
+    """The Triton launchers wrapped as the custom op medvol_triton::meanfield_crf_forward.
+
+    Being a custom op with a fake impl, it traces under FakeTensorMode like the C++ op.
+    """
+    from medvol.kernels import meanfield_crf as kernels
+
+    @torch.library.custom_op("medvol_triton::meanfield_crf_forward", mutates_args=())
+    def forward(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor,
+                iterations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return kernels.meanfield_crf_forward(feats, unary, compat, iterations)
+
+    @torch.library.custom_op("medvol_triton::meanfield_crf_backward", mutates_args=())
+    def backward(grad: torch.Tensor, feats: torch.Tensor, compat: torch.Tensor, gram: torch.Tensor,
+                 saved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return kernels.meanfield_crf_backward(grad, feats, compat, gram, saved)
+
+    forward.register_fake(_forward_fake)
+    backward.register_fake(_backward_fake)
+    forward.register_autograd(_make_backward(backward), setup_context=_setup_context)
+    return forward
+
+
+def _unavailable(backend: str, feats: torch.Tensor) -> str | None:
+    fake = _dispatch.is_fake(feats)
+    if backend == "torch":
+        return None
+    if feats.dtype not in _FAST_DTYPES:
+        return f"it takes float32, bfloat16 or float16 feats, got {feats.dtype} (use backend='torch')"
+    if backend in ("triton", "cuda") and feats.shape[1] > MAX_NODES_GPU:
+        return f"it handles N <= {MAX_NODES_GPU} nodes, got N = {feats.shape[1]}"
+    if backend == "triton":
+        # On fake tensors only the custom op's fake impl runs: any device will do.
+        return _loader._import_triton() if fake else _loader.triton_status(feats.device)
+    if backend == "cpp":
+        if not fake and feats.device.type != "cpu":
+            return f"it runs on CPU tensors, got a {feats.device.type} tensor"
+        return _loader.cpp_status()
+    if fake:
+        return None if _loader.ops_registered() else _loader.cpp_status()
+    if feats.device.type != "cuda":
+        return f"it runs on CUDA tensors, got a {feats.device.type} tensor"
+    return _loader.cuda_status()
+
+
+def _auto_order(feats: torch.Tensor) -> tuple[str, ...]:
+    if feats.device.type == "cpu":
+        # The interpreted Triton path is for tests only; never picked automatically on the CPU.
+        return ("cpp", "torch")
+    # CUDA: Triton first (tensor-core Gram), then the CUDA kernels (CUDA-core Gram).
+    # Fake and meta tensors get the same order: both fast backends have the same fake impl.
+    return ("triton", "cuda", "torch")
+
+
+_dispatch.register("meanfield_crf", BACKENDS, _unavailable, _auto_order)
+
+
+def meanfield_crf(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor, iterations: int = 10,
+                  backend: str = "auto") -> torch.Tensor:
+    """Mean-field CRF over N nodes with cosine-similarity pair potentials (module docstring).
+
+    Args:
+        feats: [B, N, F] node features (float32, bfloat16 or float16; any float for ``torch``).
+            F may be millions; the fast backends read it once forward and once backward.
+        unary: [B, N] unary logits.
+        compat: [N, N] learned compatibility; symmetrised inside, its diagonal is unused.
+        iterations: T >= 0 mean-field updates (10 in CRF-GAN).
+        backend: ``"auto"`` (see :func:`medvol.ops.selected_backend`), ``"torch"``, ``"triton"``,
+            ``"cpp"`` or ``"cuda"``.
+
+    Returns:
+        [B, N] logits in ``unary.dtype``. Differentiable w.r.t. feats, unary and compat on every
+        backend; gradients come back in each input's dtype.
+
+    Raises:
+        MedvolError: bad shapes, or a named backend that cannot run here (with the reason).
+
+    Example:
+        >>> feats, unary, compat = torch.randn(2, 16, 4096), torch.randn(2, 16), torch.randn(16, 16)
+        >>> meanfield_crf(feats, unary, compat, iterations=10).shape
+        torch.Size([2, 16])
+    """
+    if feats.dim() != 3:
+        raise MedvolError(f"meanfield_crf: feats must be [B, N, F], got shape {tuple(feats.shape)}")
+    B, N, _ = feats.shape
+    if tuple(unary.shape) != (B, N):
+        raise MedvolError(f"meanfield_crf: unary must be [B, N] = [{B}, {N}], got {tuple(unary.shape)}")
+    if tuple(compat.shape) != (N, N):
+        raise MedvolError(f"meanfield_crf: compat must be [N, N] = [{N}, {N}], got {tuple(compat.shape)}")
+    if iterations < 0:
+        raise MedvolError(f"meanfield_crf: iterations must be >= 0, got {iterations}")
+    chosen = _dispatch.choose("meanfield_crf", backend, feats)
+    if chosen == "torch":
+        return meanfield_crf_reference(feats, unary, compat, iterations)
+    op = _triton_op() if chosen == "triton" else _extension_op()
+    logits, _, _ = op(feats, unary, compat, int(iterations))
+    return logits.to(unary.dtype)

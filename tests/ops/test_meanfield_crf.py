@@ -1,0 +1,97 @@
+"""meanfield_crf: every backend vs the float64 reference, forward and all gradients."""
+
+import pytest
+import torch
+from _tolerances import assert_close_to_reference
+
+from medvol.ops import available_backends, meanfield_crf, meanfield_crf_reference
+
+# (B, N, F, T): minimal, N not a power of two, odd F, B = 1 and 3, zero iterations.
+SHAPES = [(1, 1, 1, 1), (1, 7, 33, 3), (3, 12, 40, 5), (2, 16, 129, 10), (3, 5, 17, 0)]
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _inputs(B, N, F, dtype, device="cpu", seed=None):
+    gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    feats = torch.randn(B, N, F, generator=gen)
+    unary = torch.randn(B, N, generator=gen) * 2
+    compat = torch.randn(N, N, generator=gen)
+    grad = torch.randn(B, N, generator=gen)
+    return [t.to(device=device, dtype=dtype) for t in (feats, unary, compat)], grad.to(device)
+
+
+def _run(fn, inputs, grad):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    (out.to(grad.dtype) * grad.to(out.device, grad.dtype)).sum().backward()
+    # With T = 0 the reference does not touch feats/compat (grad None); fast backends return zeros.
+    return out.detach(), [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
+
+
+def _check_backend(backend, shape, dtype, device="cpu"):
+    B, N, F, T = shape
+    inputs, grad = _inputs(B, N, F, dtype, device)
+    ref_out, ref_grads = _run(lambda *a: meanfield_crf_reference(*a, iterations=T),
+                              [t.to(torch.float64) for t in inputs], grad.to(torch.float64))
+    out, grads = _run(lambda *a: meanfield_crf(*a, iterations=T, backend=backend), inputs, grad)
+    assert out.dtype == dtype and out.shape == (B, N)
+    assert_close_to_reference(out.cpu(), ref_out.cpu(), dtype, f"{backend} logits")
+    for name, g, ref, inp in zip(("feats", "unary", "compat"), grads, ref_grads, inputs):
+        assert g.dtype == inp.dtype and g.shape == inp.shape
+        assert_close_to_reference(g.cpu(), ref.cpu(), dtype, f"{backend} grad {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+def test_backend_matches_float64_reference(backend, shape, dtype):
+    reason = available_backends("meanfield_crf", torch.zeros(1, 1, 1))[backend]
+    if reason is not None:
+        pytest.skip(reason)
+    _check_backend(backend, shape, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(2, 64, 100_003, 10), (1, 128, 4099, 4), (8, 33, 65_537, 10)], ids=str)
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_backend_matches_float64_reference(backend, shape, dtype):
+    _check_backend(backend, shape, dtype, device="cuda")
+
+
+def test_reference_gradcheck():
+    inputs, _ = _inputs(2, 5, 7, torch.float64, seed=3)
+    leaves = [t.requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(lambda f, u, w: meanfield_crf_reference(f, u, w, iterations=4), leaves)
+    assert torch.autograd.gradgradcheck(lambda f, u, w: meanfield_crf_reference(f, u, w, iterations=2), leaves)
+
+
+def test_reference_definition():
+    """Spells out the documented maths once, independently of the reference's code."""
+    feats = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]], dtype=torch.float64)
+    unary = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    compat = torch.tensor([[9.0, 1.0, 2.0], [3.0, 9.0, 0.0], [0.0, 4.0, 9.0]], dtype=torch.float64)
+    s = 2 ** -0.5
+    pot = torch.tensor([[0.0, 2.0 * s, 0.0], [2.0 * s, 0.0, 2.0 * s], [0.0, 2.0 * s, 0.0]], dtype=torch.float64)
+    m = 2 * torch.sigmoid(unary[0]) - 1
+    expected = unary[0] + pot @ m  # one iteration; the diagonal (9s) is excluded
+    torch.testing.assert_close(meanfield_crf_reference(feats, unary, compat, iterations=1)[0], expected)
+
+
+def test_non_contiguous_feats():
+    inputs, grad = _inputs(2, 9, 50, torch.float32, seed=1)
+    feats = inputs[0].transpose(0, 1).contiguous().transpose(0, 1)[:, :, ::2]  # strided rows and columns
+    ref = meanfield_crf_reference(feats.double(), inputs[1].double(), inputs[2].double(), iterations=5)
+    for backend in ("cpp", "torch"):
+        if available_backends("meanfield_crf", feats)[backend] is None:
+            out = meanfield_crf(feats, inputs[1], inputs[2], iterations=5, backend=backend)
+            assert_close_to_reference(out, ref, torch.float32, backend)
+
+
+def test_zero_feature_node_is_finite():
+    inputs, grad = _inputs(1, 4, 8, torch.float32, seed=2)
+    inputs[0][0, 1] = 0.0  # cos with a zero vector is 0 (norm clamped at 1e-8), not NaN
+    for backend, reason in available_backends("meanfield_crf", inputs[0]).items():
+        if reason is None:
+            out, grads = _run(lambda *a: meanfield_crf(*a, iterations=3, backend=backend), inputs, grad)
+            assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads), backend
