@@ -14,7 +14,7 @@ import medvol
 from medvol.errors import MedvolError
 
 #: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
-COMMANDS: list[str] = []
+COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "profile", "info", "view"]
 
 
 def build_parser() -> argparse.ArgumentParser:

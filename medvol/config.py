@@ -1,0 +1,298 @@
+"""Typed experiment configs: dataclasses filled from ``configs/*.yaml``, overridable from the CLI.
+
+A config file has three sections, ``model``, ``data`` and ``train``; every key is optional and falls
+back to the default below. Overrides name a key by its dotted path (``--train.iterations 10``,
+``--data.batch=4``, ``train.lr.G=2e-4``); values are parsed as YAML scalars and checked against the
+field's type. An unknown key or a bad value raises :class:`MedvolError` naming the key, so a typo
+never silently trains the wrong thing.
+
+Example:
+    >>> cfg = load_config("configs/demo.yaml", ["--train.iterations", "10"])   # doctest: +SKIP
+    >>> cfg.train.iterations                                                  # doctest: +SKIP
+    10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from medvol.errors import MedvolError
+from medvol.utils import atomic_path
+
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build: ``medvol.models.build(name, size, **options)``."""
+
+    name: Literal["crfgan", "hagan"] = "crfgan"
+    size: int = 256
+    base_width: int = 32
+    latent_dim: int = 1024
+    num_classes: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where training volumes come from and how they are loaded.
+
+    ``source`` is ``"phantom"`` (procedural volumes generated on the fly) or the folder of a
+    preprocessing cache built by ``medvol.data.cache.build_cache``.
+    """
+
+    source: str = "phantom"
+    split: Literal["train", "val"] = "train"
+    phantom_n: int = 64
+    phantom_seed: int = 0
+    phantom_nodules: bool = False
+    workers: int = 2
+    batch: int = 2
+    prefetch: int = 2
+
+
+@dataclass
+class TrainOptions:
+    """How to train: length, precision/memory mode, seeds, output cadence and folder.
+
+    ``mode`` is ``"reference"`` (fp32, plain ops, no activation checkpointing: the published
+    procedure) or ``"optimized"`` (autocast in ``amp``, activation checkpointing, channels_last_3d,
+    fused ops; ``compile`` adds ``torch.compile``). ``lr`` overrides the published learning rate
+    of an optimiser by its key in ``GANSystem.make_optimizers()`` (e.g. ``{"G": 1e-4}``).
+    """
+
+    iterations: int = 80000
+    mode: Literal["reference", "optimized"] = "optimized"
+    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    sample_every: int = 500
+    progress: bool = True
+    out: str = "runs/run"
+    lr: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """A whole experiment: ``model``, ``data`` and ``train`` sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+
+_POSITIVE = {"model.base_width", "model.latent_dim", "data.phantom_n", "data.batch", "data.prefetch",
+             "train.ckpt_every", "train.log_every", "train.sample_every"}
+_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float etc.)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if not any(type(value) is type(c) and value == c for c in choices):
+            raise MedvolError(f"config key {key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, inner[0], key)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise MedvolError(f"config key {key}: expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(tp)
+        return {str(k): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MedvolError(f"config key {key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MedvolError(f"config key {key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept any float literal.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MedvolError(f"config key {key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise MedvolError(f"config key {key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config field type {tp!r} for {key}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MedvolError(f"config section {prefix or 'top level'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise MedvolError(f"unknown config key {key!r} (known in {prefix or 'top level'}: "
+                          f"{', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names & set(data):
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, data[name], key)
+        else:
+            kwargs[name] = _coerce(data[name], tp, key)
+    return cls(**kwargs)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    from medvol.models.networks import SIZES
+
+    if cfg.model.size not in SIZES:
+        raise MedvolError(f"config key model.size: {cfg.model.name} supports sizes "
+                          f"{', '.join(map(str, SIZES))}, not {cfg.model.size}")
+    for key in _POSITIVE | _NON_NEGATIVE:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 0 or (key in _POSITIVE and value == 0):
+            need = "positive" if key in _POSITIVE else "non-negative"
+            raise MedvolError(f"config key {key}: must be {need}, got {value}")
+    for name, lr in cfg.train.lr.items():
+        if lr <= 0:
+            raise MedvolError(f"config key train.lr.{name}: must be positive, got {lr}")
+    if cfg.train.device not in ("auto", "cpu") and not cfg.train.device.startswith("cuda"):
+        raise MedvolError(f"config key train.device: {cfg.train.device!r} is not auto, cpu or cuda[:N]")
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    """Turn ``["--train.iterations", "10", "--data.batch=4"]`` into ``[(key, value), ...]``.
+
+    Values are parsed as YAML scalars (``10`` -> int, ``1e-4`` -> float, ``true`` -> bool).
+    A flag without a value (``--train.compile``) means ``true``.
+    """
+    pairs: list[tuple[str, Any]] = []
+    items = list(overrides or [])
+    i = 0
+    while i < len(items):
+        item = items[i]
+        key = item[2:] if item.startswith("--") else item
+        if "=" in key:
+            key, text = key.split("=", 1)
+            i += 1
+        elif item.startswith("--") and (i + 1 >= len(items) or items[i + 1].startswith("--")):
+            text = "true"
+            i += 1
+        elif item.startswith("--"):
+            text = items[i + 1]
+            i += 2
+        else:
+            raise MedvolError(f"config override {item!r}: expected --section.key VALUE or section.key=VALUE")
+        if not key or "." not in key:
+            raise MedvolError(f"config override {item!r}: keys are dotted, e.g. --train.iterations 10")
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            value = text
+        pairs.append((key, value))
+    return pairs
+
+
+def _apply_override(raw: dict, key: str, value: Any) -> None:
+    """Set ``raw[a][b]... = value`` after checking each part of ``key`` is a known field."""
+    parts = key.split(".")
+    cls: Any = TrainConfig
+    node = raw
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if cls is dict:
+            # Inside a mapping field (train.lr): any name is a valid key, one level deep.
+            if not last:
+                raise MedvolError(f"unknown config key {key!r}")
+            node[part] = value
+            return
+        hints = _hints(cls)
+        if part not in hints:
+            raise MedvolError(f"unknown config key {here!r}")
+        tp = hints[part]
+        if last:
+            node[part] = value
+            return
+        if dataclasses.is_dataclass(tp):
+            cls = tp
+        elif typing.get_origin(tp) is dict:
+            cls = dict
+        else:
+            raise MedvolError(f"unknown config key {key!r} ({here} is not a section)")
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+
+
+def config_from_dict(data: dict | None, overrides: list[str] | None = None, source: str = "config") -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a plain mapping plus CLI overrides."""
+    raw = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy, plain types only
+    if not isinstance(raw, dict):
+        raise MedvolError(f"{source}: expected a mapping with model/data/train sections")
+    for key, value in parse_overrides(overrides):
+        _apply_override(raw, key, value)
+    cfg = _from_dict(TrainConfig, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load ``path`` (YAML; ``None`` for the defaults) and apply ``overrides``.
+
+    Args:
+        path: a YAML file with optional ``model``, ``data``, ``train`` sections.
+        overrides: CLI-style overrides, e.g. ``["--train.iterations", "10", "--data.batch=4"]``.
+
+    Raises:
+        MedvolError: missing/unparsable file, unknown key, or a value of the wrong type/range.
+    """
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MedvolError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            first = str(error).splitlines()[0] if str(error) else "parse error"
+            raise MedvolError(f"config file {path}: invalid YAML ({first})") from None
+    return config_from_dict(data, overrides, source=str(path))
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """The config as plain nested dicts (YAML/checkpoint friendly)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML, atomically; ``load_config`` reads it back unchanged."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,126 @@
+"""Training data: the dataset named by ``cfg.data`` and a resumable, rank-sharded loader.
+
+The index stream is a pure function of ``(seed, rank, world_size, samples already consumed)``:
+each epoch is a fresh permutation drawn from ``seed + epoch``, split across ranks like
+``DistributedSampler``. Resuming at iteration ``i`` restarts the stream at ``i * batch`` samples,
+so no sampler state needs saving and prefetching workers never make it drift. The datasets are
+deterministic per index (the phantom of index ``k`` is always the same volume), so which worker
+loads an item does not change it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medvol.config import DataConfig
+from medvol.errors import MedvolError
+
+
+def build_dataset(data: DataConfig, size: int) -> Dataset:
+    """The training dataset of ``data.source``: ``"phantom"`` or a preprocessing cache folder.
+
+    Raises:
+        MedvolError: the folder is missing, holds no volumes, or volumes of another size.
+    """
+    if data.source == "phantom":
+        from medvol.data.datasets import PhantomVolumeDataset
+
+        dataset = PhantomVolumeDataset(size, data.phantom_n, seed=data.phantom_seed,
+                                       nodules=data.phantom_nodules)
+    else:
+        from medvol.data.datasets import CachedVolumeDataset
+
+        folder = Path(data.source)
+        if not folder.is_dir():
+            raise MedvolError(f"data.source {folder}: no such folder (expected 'phantom' or a preprocessing cache)")
+        dataset = CachedVolumeDataset(folder, split=data.split)
+    if len(dataset) == 0:
+        raise MedvolError(f"data.source {data.source}: no {data.split} volumes found")
+    shape = tuple(dataset[0]["image"].shape)
+    if shape != (1, size, size, size):
+        raise MedvolError(f"data.source {data.source}: volumes have shape {shape}, "
+                          f"model.size {size} needs (1, {size}, {size}, {size})")
+    return dataset
+
+
+class StreamSampler(Sampler[int]):
+    """Endless, resumable stream of dataset indices for one rank.
+
+    Args:
+        length: dataset length.
+        seed: base seed; epoch ``e`` is ``randperm(length)`` drawn from ``seed + e``.
+        rank, world_size: this rank's share (every rank gets ``ceil(length / world_size)`` per
+            epoch; the permutation is padded by wrapping around, as ``DistributedSampler`` does).
+        start: samples this rank already consumed (``iteration * batch``).
+    """
+
+    def __init__(self, length: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0):
+        self.length = length
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start = start
+        self.per_rank = math.ceil(length / world_size)
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        perm = torch.randperm(self.length, generator=generator).tolist()
+        total = self.per_rank * self.world_size
+        perm = (perm * math.ceil(total / self.length))[:total]
+        return perm[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            yield from self.epoch_indices(epoch)[offset:]
+            epoch, offset = epoch + 1, 0
+
+
+def _seed_worker(worker_id: int) -> None:
+    # numpy and python RNGs are not reseeded per worker by PyTorch; derive them from torch's.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: Dataset, data: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1,
+                start_iteration: int = 0, pin_memory: bool = False) -> DataLoader:
+    """An endless ``DataLoader`` of ``data.batch`` volumes per rank, resumed at ``start_iteration``.
+
+    Loading runs in ``data.workers`` worker processes (0 = in the main process). Its own
+    ``generator`` keeps the loader from drawing on the global torch RNG, which the training step
+    owns.
+    """
+    sampler = StreamSampler(len(dataset), seed=seed, rank=rank, world_size=world_size,
+                            start=start_iteration * data.batch)
+    workers = data.workers
+    return DataLoader(
+        dataset,
+        batch_size=data.batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        prefetch_factor=data.prefetch if workers > 0 else None,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed + 7919 * rank),
+    )
+
+
+def data_meta(dataset: Dataset, data: DataConfig) -> dict:
+    """Facts generation needs about the training volumes: spacing (z, y, x mm), HU window."""
+    spacing = getattr(dataset, "spacing", None)
+    window = getattr(dataset, "window", None)
+    return {
+        "source": data.source,
+        "spacing": [float(s) for s in spacing] if spacing is not None else [1.0, 1.0, 1.0],
+        "window": [float(w) for w in window] if window is not None else None,
+    }

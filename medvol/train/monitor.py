@@ -1,0 +1,110 @@
+"""What a run reports while it trains: TensorBoard scalars and images, a progress bar, memory.
+
+TensorBoard and tqdm are optional: where they are not installed (the bare GPU images have only
+torch, triton, numpy and pyyaml) the run goes on with plain log lines instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("medvol.train")
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process so far: CUDA max allocated on a GPU, else peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def mid_slices(volume: torch.Tensor) -> torch.Tensor:
+    """Axial, coronal and sagittal mid-slices of ``volume[B,1,S,S,S]`` side by side.
+
+    Returns:
+        ``[B, 1, S, 3*S]`` float32 in [0, 1] (input assumed in [-1, 1]).
+    """
+    v = volume.detach().float().cpu()
+    s = v.shape[-1] // 2
+    planes = [v[:, :, s], v[:, :, :, s], v[:, :, :, :, s]]
+    return ((torch.cat(planes, dim=-1) + 1) / 2).clamp(0, 1)
+
+
+class Monitor:
+    """TensorBoard writer plus progress bar for the main rank; silent on the others.
+
+    Args:
+        run_dir: TensorBoard events go to ``run_dir/tb``.
+        total: iterations of the whole run; ``start``: iterations already done (resume).
+        enabled: False on non-main ranks.
+        progress: show a tqdm bar (else a log line every ``log_every``).
+    """
+
+    def __init__(self, run_dir: Path, total: int, start: int, enabled: bool = True, progress: bool = True):
+        self.enabled = enabled
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start)
+        except ImportError:
+            log.warning("tensorboard is not installed: no TensorBoard logs for this run")
+        if progress:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True,
+                                mininterval=1.0, desc="train")
+            except ImportError:
+                self.bar = None
+
+    def scalars(self, iteration: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, iteration)
+
+    def images(self, iteration: int, tag: str, volume: torch.Tensor) -> None:
+        """Mid-slices of each volume in ``volume[B,1,S,S,S]`` as TensorBoard images."""
+        if self.writer is not None:
+            self.writer.add_images(tag, mid_slices(volume), iteration, dataformats="NCHW")
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def report(self, iteration: int, total: int, losses: dict[str, float], rate: float) -> None:
+        """Show the latest losses and speed (bar postfix, or one log line without a bar)."""
+        if not self.enabled:
+            return
+        short = {k.replace("loss_", ""): f"{v:.3g}" for k, v in losses.items()}
+        if self.bar is not None:
+            self.bar.set_postfix(short, refresh=False)
+        else:
+            eta = (total - iteration) / rate if rate > 0 else float("inf")
+            text = " ".join(f"{k}={v}" for k, v in short.items())
+            log.info("it %d/%d %s %.2f it/s eta %.0fs", iteration, total, text, rate, eta)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            log.info(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

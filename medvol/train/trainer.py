@@ -1,0 +1,331 @@
+"""The training loop: one ``GANSystem.train_step`` per iteration, plus everything around it.
+
+Around the model's published step the trainer adds: the data stream (``data.py``), the precision
+and memory mode (``reference``: fp32 plain ops; ``optimized``: autocast, activation checkpointing,
+channels_last_3d, fused ops, optional ``torch.compile``), data-parallel gradient averaging under
+``torchrun`` (``distributed.py``), checkpoints that resume bit-exactly (``checkpoint.py``),
+TensorBoard and a progress bar (``monitor.py``), and a stop on the first NaN/inf loss.
+
+Example:
+    >>> from medvol.config import load_config
+    >>> run_dir = train(load_config("configs/demo.yaml", ["--train.iterations", "5"]))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medvol.config import TrainConfig, config_to_dict, save_config
+from medvol.errors import MedvolError
+from medvol.train import checkpoint as ckpt
+from medvol.train.data import build_dataset, data_meta, make_loader
+from medvol.train.distributed import (DistInfo, all_finite, average_gradients, barrier, broadcast_module,
+                                      gather_objects, init_distributed)
+from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
+from medvol.utils import atomic_path
+
+log = logging.getLogger("medvol.train")
+
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+class TrainingDiverged(MedvolError):
+    """A loss became NaN or inf; the run stopped without writing a checkpoint of that state."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_system(cfg: TrainConfig):
+    """``medvol.models.build`` with the config's model options."""
+    from medvol.models import build
+
+    m = cfg.model
+    return build(m.name, m.size, base_width=m.base_width, latent_dim=m.latent_dim, num_classes=m.num_classes)
+
+
+def amp_settings(cfg: TrainConfig) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, use a GradScaler)``; the reference mode is always fp32."""
+    if cfg.train.mode == "reference":
+        return None, False
+    dtype = _AMP[cfg.train.amp]
+    return dtype, dtype is torch.float16
+
+
+def apply_lr_overrides(optimizers: dict[str, torch.optim.Optimizer], lr: dict[str, float]) -> None:
+    """Set ``lr[name]`` on every param group of optimiser ``name``."""
+    for name, value in lr.items():
+        if name not in optimizers:
+            raise MedvolError(f"config key train.lr.{name}: no such optimiser "
+                              f"(this model has {', '.join(sorted(optimizers))})")
+        for group in optimizers[name].param_groups:
+            group["lr"] = value
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """``None``, ``"auto"`` (latest checkpoint of the run folder, if any) or a checkpoint path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = ckpt.list_checkpoints(run_dir / "checkpoints")
+        return found[-1][1] if found else None
+    return ckpt.resolve_checkpoint(resume)
+
+
+class Trainer:
+    """One training run; :func:`train` is the entry point.
+
+    Args:
+        cfg: the resolved config.
+        info: rank, world size and device (from :func:`init_distributed`).
+    """
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        self.cfg = cfg
+        self.info = info
+        self.device = info.device
+        self.run_dir = Path(cfg.train.out)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.amp_dtype, use_scaler = amp_settings(cfg)
+        if self.device.type == "cuda" and self.amp_dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise MedvolError("train.amp bf16: this GPU has no bf16 support; use --train.amp fp16")
+
+        # Same seed on every rank -> identical initial weights (broadcast below makes it certain).
+        seed_everything(cfg.train.seed)
+        self.system = build_system(cfg)
+        self.system.to(self.device)
+        self.system.set_mode(cfg.train.mode)
+        self.optimizers = self.system.make_optimizers()
+        if info.enabled:
+            world = info.world_size
+            self.system.grad_sync = lambda group, params: average_gradients(params, world)
+        self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
+
+        # Per-rank randomness from here on: crops, latents, anything the model draws.
+        rank_seed = cfg.train.seed + 1_000_003 * info.rank
+        seed_everything(rank_seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(rank_seed)
+        self.iteration = 0
+        self.last_checkpoint: Path | None = None
+        self.dataset = None
+        self.meta: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------
+    def resume(self, path: Path) -> None:
+        """Load networks, optimisers, scaler, RNG states and the iteration from ``path``."""
+        state = ckpt.read_checkpoint(path)
+        ckpt.check_compatible(state, self.cfg)
+        ckpt.load_system_state(self.system, state)
+        missing = set(self.optimizers) ^ set(state["optimizers"])
+        if missing:
+            raise MedvolError(f"checkpoint {path}: optimisers {sorted(missing)} do not match the model's")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        if len(rngs) == self.info.world_size:
+            ckpt.restore_rng(rngs[self.info.rank], self.generator)
+        else:
+            log.warning("checkpoint %s was written by %d ranks, this run has %d: RNG states reseeded",
+                        path, len(rngs), self.info.world_size)
+        self.iteration = int(state["iteration"])
+        self.last_checkpoint = Path(path)
+
+    def save(self) -> Path:
+        """Checkpoint the current state (every rank takes part: RNG states are gathered)."""
+        rngs = gather_objects(ckpt.capture_rng(self.generator), self.info)
+        path = self.ckpt_dir / ckpt.checkpoint_name(self.iteration)
+        if self.info.is_main:
+            ckpt.save_checkpoint(path, {
+                "iteration": self.iteration,
+                "config": config_to_dict(self.cfg),
+                "system": self.system.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": rngs,
+                "world_size": self.info.world_size,
+                "data": {**self.meta, "consumed_per_rank": self.iteration * self.cfg.data.batch},
+            })
+            ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+        barrier(self.info)
+        self.last_checkpoint = path
+        return path
+
+    # ------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _labels(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        if self.cfg.model.num_classes <= 0:
+            return None
+        return torch.as_tensor(batch["label"], dtype=torch.long).to(self.device, non_blocking=True)
+
+    def _sample_images(self, monitor: Monitor, real: torch.Tensor, fixed_z: torch.Tensor,
+                       fixed_labels: torch.Tensor | None) -> None:
+        was_training = self.system.training
+        with torch.no_grad(), self._autocast():
+            fake = self.system.generate(fixed_z, labels=fixed_labels)
+        self.system.train(was_training)
+        real = real[: fixed_z.shape[0]]
+        monitor.images(self.iteration, "volumes/real", real)
+        monitor.images(self.iteration, "volumes/generated", fake)
+        # Mid-slices also land on disk (small, numpy only) for looking at without TensorBoard.
+        path = self.run_dir / "samples" / f"slices_{self.iteration:07d}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, real=mid_slices(real).numpy(), generated=mid_slices(fake).numpy())
+
+    def _stop_on_nonfinite(self, losses: dict[str, torch.Tensor], monitor: Monitor) -> None:
+        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        if all_finite(bool(torch.isfinite(values).all()), self.device):
+            return
+        bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items() if not math.isfinite(v.item())) \
+            or "on another rank"
+        kept = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint written yet"
+        monitor.close()
+        raise TrainingDiverged(f"non-finite loss at iteration {self.iteration + 1} ({bad}); "
+                               f"training stopped, {kept}")
+
+    # ------------------------------------------------------------------------------------------
+    def run(self, resume: str | None = None) -> Path:
+        cfg, info = self.cfg, self.info
+        path = resolve_resume(resume, self.run_dir)
+        if path is not None:
+            self.resume(path)
+        elif resume == "auto":
+            log.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
+        # After the checkpoint check: a wrong --resume is named before any data is read.
+        self.dataset = build_dataset(cfg.data, cfg.model.size)
+        self.meta = data_meta(self.dataset, cfg.data)
+        if info.enabled and path is None:
+            broadcast_module(self.system)
+        apply_lr_overrides(self.optimizers, cfg.train.lr)
+        if cfg.train.compile and cfg.train.mode == "optimized":
+            # In place: the modules keep their names, so checkpoints stay interchangeable.
+            for name in ("G", "D", "E"):
+                getattr(self.system, name).compile()
+        elif cfg.train.compile:
+            log.warning("train.compile is ignored in reference mode (plain eager PyTorch by definition)")
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        total = cfg.train.iterations
+        monitor = Monitor(self.run_dir, total, min(self.iteration, total), enabled=info.is_main,
+                          progress=cfg.train.progress)
+        try:
+            self._loop(monitor, total)
+        finally:
+            monitor.close()
+        return self.run_dir
+
+    def _loop(self, monitor: Monitor, total: int) -> None:
+        cfg, info = self.cfg, self.info
+        if self.iteration >= total:
+            monitor.message(f"already at iteration {self.iteration} of {total}: nothing to do")
+            return
+        loader = make_loader(self.dataset, cfg.data, seed=cfg.train.seed, rank=info.rank,
+                             world_size=info.world_size, start_iteration=self.iteration,
+                             pin_memory=self.device.type == "cuda")
+        batches = iter(loader)
+        optimized = cfg.train.mode == "optimized"
+        # Fixed latents (drawn from their own generator) so sample images are comparable over time.
+        n_show = min(2, cfg.data.batch)
+        fixed_z = self.system.sample_latent(n_show, generator=torch.Generator().manual_seed(cfg.train.seed),
+                                            device=torch.device("cpu")).to(self.device)
+        fixed_labels = (torch.arange(n_show, device=self.device) % cfg.model.num_classes
+                        if cfg.model.num_classes > 0 else None)
+        sums: dict[str, float] = {}
+        wait = compute = 0.0
+        window_start, window_iters = time.perf_counter(), 0
+        self.system.train()
+        while self.iteration < total:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            real = batch["image"].to(self.device, non_blocking=True)
+            if optimized:
+                real = real.contiguous(memory_format=torch.channels_last_3d)
+            labels = self._labels(batch)
+            t1 = time.perf_counter()
+            losses = self.system.train_step(real, self.optimizers, self.iteration, labels=labels,
+                                            amp_dtype=self.amp_dtype, scaler=self.scaler,
+                                            generator=self.generator)
+            self._stop_on_nonfinite(losses, monitor)
+            t2 = time.perf_counter()
+            self.iteration += 1
+            wait += t1 - t0
+            compute += t2 - t1
+            window_iters += 1
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            monitor.advance()
+
+            if self.iteration % cfg.train.log_every == 0 or self.iteration == total:
+                elapsed = time.perf_counter() - window_start
+                rate = window_iters / elapsed if elapsed > 0 else 0.0
+                means = {k: v / window_iters for k, v in sums.items()}
+                scalars = {f"loss/{k}": v for k, v in means.items()}
+                scalars.update({
+                    "speed/it_per_s": rate,
+                    "speed/data_wait_s": wait / window_iters,
+                    "speed/step_s": compute / window_iters,
+                    "speed/data_wait_fraction": wait / max(elapsed, 1e-9),
+                    "memory/peak_mb": peak_memory_bytes(self.device) / 2**20,
+                })
+                if self.scaler is not None:
+                    scalars["amp/grad_scale"] = float(self.scaler.get_scale())
+                for name, optimizer in self.optimizers.items():
+                    scalars[f"lr/{name}"] = optimizer.param_groups[0]["lr"]
+                monitor.scalars(self.iteration, scalars)
+                monitor.report(self.iteration, total, means, rate)
+                sums, wait, compute = {}, 0.0, 0.0
+                window_start, window_iters = time.perf_counter(), 0
+            if info.is_main and (self.iteration % cfg.train.sample_every == 0 or self.iteration == total):
+                self._sample_images(monitor, real, fixed_z, fixed_labels)
+            if self.iteration % cfg.train.ckpt_every == 0 or self.iteration == total:
+                path = self.save()
+                monitor.message(f"checkpoint {path}")
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> Path:
+    """Train ``cfg``; under ``torchrun`` every rank calls this and they train data-parallel.
+
+    Args:
+        cfg: resolved config (``medvol.config.load_config``).
+        resume: ``None``, a checkpoint file/run folder, or ``"auto"`` (the latest checkpoint in
+            ``cfg.train.out``, starting fresh when there is none).
+
+    Returns:
+        The run folder: ``config.yaml``, ``checkpoints/ckpt_*.pt`` (+ ``.sha256``), ``tb/``.
+
+    Raises:
+        MedvolError: bad data/checkpoint/config; :class:`TrainingDiverged` on a NaN/inf loss.
+    """
+    info = init_distributed(cfg.train.device)
+    ok = False
+    try:
+        run_dir = Trainer(cfg, info).run(resume)
+        ok = True
+        return run_dir
+    finally:
+        if info.owns_group:
+            import torch.distributed as dist
+
+            if ok:
+                dist.barrier()
+            dist.destroy_process_group()
