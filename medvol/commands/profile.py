@@ -1,0 +1,116 @@
+"""``medvol profile``: peak memory and iterations/s of the training step, side by side.
+
+Example::
+
+    medvol profile --model hagan,crfgan --size 128,256 --batch 2,4,6 \\
+        --mode reference,optimized --iters 10 --warmup 3 --device cuda --budget 12GiB --out prof/
+    medvol profile --estimate --size 256,512 --batch 1,2,4,6 --out est/      # no device needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from medvol.errors import MedvolError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "profile", help="measure (or estimate) peak memory and iterations/s per configuration",
+        description="Profile the full training step of each model x size x batch x mode, each "
+                    "configuration in a fresh process. Out of memory is reported as OOM. Writes "
+                    "profile.md, profile.csv, profile.json and profile.png into --out.")
+    parser.add_argument("--model", default="hagan,crfgan", help="comma list of hagan, crfgan")
+    parser.add_argument("--size", default="64", help="comma list of volume sizes, e.g. 64,128,256,512")
+    parser.add_argument("--batch", default="1,2", help="comma list of batch sizes")
+    parser.add_argument("--mode", default="reference,optimized",
+                        help="comma list: reference (fp32) and/or optimized (bf16 autocast, "
+                             "checkpointing, fused ops, channels_last_3d)")
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    parser.add_argument("--device", default=None,
+                        help="cuda or cpu (default: cuda if available, else cpu)")
+    parser.add_argument("--budget", default=None,
+                        help="memory cap such as 12GB or 11GiB: on CUDA enforced with "
+                             "set_per_process_memory_fraction; on the CPU and for --estimate a "
+                             "peak above it is reported as OOM")
+    parser.add_argument("--find-max-batch", action="store_true",
+                        help="also search the largest batch that fits (doubling then bisection)")
+    parser.add_argument("--max-batch-limit", type=int, default=64,
+                        help="upper end of the --find-max-batch search (default 64)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="estimate peak memory on fake tensors (seconds on any machine); with "
+                             "a GPU present (or --measure) it is printed beside the measured peak")
+    parser.add_argument("--measure", action="store_true",
+                        help="with --estimate on a machine without CUDA: measure on the CPU too")
+    parser.add_argument("--base-width", type=int, default=None,
+                        help="generator base width c (default: the published 32)")
+    parser.add_argument("--data", default="synthetic", choices=["synthetic", "phantom"],
+                        help="batches of device noise (default) or procedural phantoms from the host")
+    parser.add_argument("--factory", default=None,
+                        help="module:function building the system (default medvol.models:build); "
+                             "for profiling your own GANSystem")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="seconds before one configuration is abandoned (reported as error)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.set_defaults(func=run)
+
+
+def _device(args) -> str:
+    import torch
+
+    if args.device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.split(":")[0] not in ("cuda", "cpu"):
+        raise MedvolError(f"--device: {args.device!r} is not cuda or cpu")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MedvolError("--device cuda: CUDA is not available on this machine")
+    return args.device
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line, rebuilt from the parsed options (also right when called from Python)."""
+    words = ["medvol", "profile"]
+    for name in ("model", "size", "batch", "mode", "iters", "warmup", "device", "budget",
+                 "max_batch_limit", "base_width", "data", "factory", "out"):
+        value = getattr(args, name)
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    words += [f"--{flag.replace('_', '-')}" for flag in ("find_max_batch", "estimate", "measure")
+              if getattr(args, flag)]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medvol.profile.cases import DEFAULT_FACTORY, MODELS, MODES, grid, parse_list
+    from medvol.profile.runner import run_profile
+    from medvol.utils import parse_size_bytes
+
+    models = parse_list(args.model, "--model", allowed=None if args.factory else MODELS)
+    sizes = parse_list(args.size, "--size", kind=int)
+    batches = parse_list(args.batch, "--batch", kind=int)
+    modes = parse_list(args.mode, "--mode", allowed=MODES)
+    if args.iters < 1 or args.warmup < 0:
+        raise MedvolError("--iters must be >= 1 and --warmup >= 0")
+    if args.base_width is not None and args.base_width < 1:
+        raise MedvolError("--base-width must be positive")
+    budget = parse_size_bytes(args.budget) if args.budget else None
+    device = _device(args)
+    measure = not args.estimate or args.measure or device.startswith("cuda")
+    if args.find_max_batch and args.estimate and not measure and budget is None:
+        raise MedvolError("--find-max-batch with --estimate needs --budget (nothing runs out of "
+                          "memory on fake tensors)")
+    common = dict(iters=args.iters, warmup=args.warmup, base_width=args.base_width,
+                  budget_bytes=budget, data=args.data, factory=args.factory or DEFAULT_FACTORY)
+    cases = []
+    if measure:
+        cases += grid(models, sizes, batches, modes, kind="measure", device=device, **common)
+    if args.estimate:
+        cases += grid(models, sizes, batches, modes, kind="estimate", device=device, **common)
+    report = run_profile(cases, args.out, max_batch=args.find_max_batch,
+                         max_batch_limit=args.max_batch_limit, command=_command(args),
+                         timeout=args.timeout)
+    print(f"wrote {args.out}/profile.md, profile.csv, profile.json, profile.png")
+    errors = [r for r in report["results"] if r["status"] == "error"]
+    return 1 if errors and len(errors) == len(report["results"]) else 0

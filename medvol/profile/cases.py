@@ -1,0 +1,108 @@
+"""What one profiled configuration is, and how a grid of them is spelled on the command line.
+
+A :class:`Case` is everything a fresh worker process needs to build the system and run it; it
+travels to the worker as JSON and comes back inside the result, so every number in a report
+names exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Iterable
+
+from medvol.errors import MedvolError
+
+MODELS = ("hagan", "crfgan")
+MODES = ("reference", "optimized")
+DATA = ("synthetic", "phantom")
+KINDS = ("measure", "estimate")
+#: The published system builder; tests and third-party systems may name another ``module:function``.
+DEFAULT_FACTORY = "medvol.models:build"
+#: Published base width c of both generators (DESIGN.md "Reference architectures").
+PUBLISHED_WIDTH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration: a model at a size and batch, in a mode, measured or estimated.
+
+    Attributes:
+        model: ``"hagan"`` or ``"crfgan"`` (any name the factory accepts).
+        size: volume edge S of the ``[B, 1, S, S, S]`` training batch.
+        batch: batch size B.
+        mode: ``"reference"`` (fp32, ``set_mode("reference")``) or ``"optimized"`` (bf16 autocast,
+            ``set_mode("optimized")``: checkpointing, fused ops, channels_last_3d).
+        kind: ``"measure"`` (real tensors on ``device``) or ``"estimate"`` (fake tensors).
+        device: ``"cpu"`` or ``"cuda"``; for an estimate, the device whose autocast rules apply.
+        iters: timed iterations (the median is reported).
+        warmup: untimed iterations first (the first allocates Adam states, cuDNN picks algorithms).
+        base_width: generator base width c; None means the published 32.
+        budget_bytes: memory cap; on CUDA set with ``set_per_process_memory_fraction``, elsewhere
+            (CPU, estimate) a peak above it is reported as OOM after the fact.
+        data: ``"synthetic"`` (uniform noise made on the device) or ``"phantom"`` (the procedural
+            phantom dataset, read on the host and copied).
+        factory: ``module:function`` building the system, called as ``f(model, size, base_width=c)``.
+        seed: seed of the torch RNG in the worker.
+    """
+
+    model: str
+    size: int
+    batch: int
+    mode: str
+    kind: str = "measure"
+    device: str = "cpu"
+    iters: int = 3
+    warmup: int = 1
+    base_width: int | None = None
+    budget_bytes: int | None = None
+    data: str = "synthetic"
+    factory: str = DEFAULT_FACTORY
+    seed: int = 0
+
+    @property
+    def width(self) -> int:
+        return PUBLISHED_WIDTH if self.base_width is None else self.base_width
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.size}^3 b{self.batch} {self.mode} ({self.kind}, {self.device})"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Case":
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def parse_list(text: str, option: str, *, kind: type = str, allowed: Iterable | None = None) -> list:
+    """Split ``"a,b,c"`` into typed values, keeping order and dropping repeats.
+
+    Raises:
+        MedvolError: naming ``option`` if a value is not of ``kind`` or not in ``allowed``.
+    """
+    values = []
+    for item in (part.strip() for part in str(text).split(",")):
+        if not item:
+            continue
+        try:
+            value = kind(item)
+        except ValueError:
+            raise MedvolError(f"{option}: {item!r} is not a valid {kind.__name__}") from None
+        if allowed is not None and value not in allowed:
+            raise MedvolError(f"{option}: {item!r} is not one of {', '.join(map(str, allowed))}")
+        if kind is int and value <= 0:
+            raise MedvolError(f"{option}: {item!r} must be positive")
+        if value not in values:
+            values.append(value)
+    if not values:
+        raise MedvolError(f"{option}: empty list")
+    return values
+
+
+def grid(models, sizes, batches, modes, **common) -> list[Case]:
+    """All cases of a grid, ordered model, size, batch, mode (reference before optimized)."""
+    return [Case(model=m, size=s, batch=b, mode=mode, **common)
+            for m, s, b, mode in itertools.product(models, sizes, batches, modes)]

@@ -1,0 +1,83 @@
+"""Building the system under test and feeding it batches, shared by measurement and estimate."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from typing import Callable
+
+import torch
+
+from medvol.errors import MedvolError
+from medvol.profile.cases import Case
+
+#: Environment variable making the worker fail as if out of memory above a batch size: it lets
+#: tests (and users checking their scripts) exercise OOM handling on machines with plenty of memory.
+SIMULATE_MAX_BATCH_ENV = "MEDVOL_PROFILE_SIMULATE_MAX_BATCH"
+
+
+def load_factory(spec: str) -> Callable:
+    """Import ``"package.module:function"``."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise MedvolError(f"system factory {spec!r}: expected 'module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise MedvolError(f"system factory {spec!r}: {error}") from None
+
+
+def build_system(case: Case) -> torch.nn.Module:
+    """Build the GANSystem of ``case`` on the current default device, in the case's mode."""
+    factory = load_factory(case.factory)
+    system = factory(case.model, case.size, base_width=case.width)
+    system.set_mode(case.mode)
+    return system
+
+
+def amp_dtype(case: Case) -> torch.dtype | None:
+    """The optimized path trains under bf16 autocast; the reference path in fp32."""
+    return torch.bfloat16 if case.mode == "optimized" else None
+
+
+def check_simulated_oom(case: Case) -> None:
+    """Raise MemoryError if :data:`SIMULATE_MAX_BATCH_ENV` says this batch does not fit."""
+    limit = os.environ.get(SIMULATE_MAX_BATCH_ENV)
+    if limit and case.batch > int(limit):
+        raise MemoryError(f"simulated allocation failure: batch {case.batch} > "
+                          f"{SIMULATE_MAX_BATCH_ENV}={limit}")
+
+
+class BatchSource:
+    """Produces ``[B, 1, S, S, S]`` batches in [-1, 1] on ``device`` and times how long that takes.
+
+    ``synthetic`` makes noise directly on the device (data-wait ~ a kernel launch); ``phantom``
+    draws procedural phantoms on the host, as a data loader would, and copies them over.
+    """
+
+    def __init__(self, case: Case, device: torch.device):
+        self.case = case
+        self.device = device
+        self.index = 0
+        self.dataset = None
+        if case.data == "phantom":
+            try:
+                from medvol.data.datasets import PhantomVolumeDataset
+            except ImportError as error:
+                raise MedvolError(f"--data phantom: the phantom dataset is unavailable ({error})") from None
+            self.dataset = PhantomVolumeDataset(case.size, length=1 << 20, seed=case.seed)
+
+    def next(self) -> tuple[torch.Tensor, float]:
+        """Returns (batch ``[B,1,S,S,S]``, seconds spent producing it, synchronised)."""
+        start = time.perf_counter()
+        if self.dataset is None:
+            shape = (self.case.batch, 1, self.case.size, self.case.size, self.case.size)
+            batch = torch.rand(shape, device=self.device).mul_(2).sub_(1)
+        else:
+            items = [self.dataset[self.index + i]["image"] for i in range(self.case.batch)]
+            self.index += self.case.batch
+            batch = torch.stack(items).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return batch, time.perf_counter() - start
