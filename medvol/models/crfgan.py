@@ -10,7 +10,6 @@ adversarial target, with a CRF weight decaying linearly 0.5 -> 0 over the first 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medvol.models.networks import Generator, HighResDiscriminator
@@ -155,12 +154,7 @@ class CRFGAN(GANSystem):
             out.update(G=loss_g.detach(), crf_weight=torch.tensor(weight))
 
             with substep("E"):
-                self._train_only("E")
-                with autocast():
-                    reconstruction = self.G.render(self.E(real_crop))
-                    loss_e = F.l1_loss(reconstruction.float(), real_crop.float())
-                self._update("E", loss_e, optimizers, scaler)
-            out["E"] = loss_e.detach()
+                out["E"] = self._encoder_step(real_crop, optimizers, amp_dtype, scaler)
 
             with substep("crf"):
                 self._train_only("crf")

@@ -129,12 +129,7 @@ class HAGAN(GANSystem):
             out["G"] = loss_g.detach()
 
             with substep("E"):
-                self._train_only("E")
-                with autocast():
-                    reconstruction = self.G.render(self.E(real_crop))
-                    loss_e = F.l1_loss(reconstruction.float(), real_crop.float())
-                self._update("E", loss_e, optimizers, scaler)
-            out["E"] = loss_e.detach()
+                out["E"] = self._encoder_step(real_crop, optimizers, amp_dtype, scaler)
 
             with substep("sub_E"):
                 self._train_only("sub_E")

@@ -64,9 +64,14 @@ class GANSystem(nn.Module):
         return ordered
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One Adam per group with the published learning rates and betas (0, 0.999)."""
+        """One Adam per group with the published learning rates and betas (0, 0.999).
+
+        In optimized mode the Adams are fused (one kernel per group, no multi-tensor temporaries
+        of the size of the parameters); call :meth:`set_mode` first.
+        """
+        fused = True if self.mode == "optimized" else None
         return {
-            k: torch.optim.Adam(m.parameters(), lr=LEARNING_RATES[k], betas=BETAS)
+            k: torch.optim.Adam(m.parameters(), lr=LEARNING_RATES[k], betas=BETAS, fused=fused)
             for k, m in self.groups().items()
         }
 
@@ -229,6 +234,25 @@ class GANSystem(nn.Module):
             scaler.step(optimizer)
         else:
             optimizer.step()
+        if self.mode == "optimized":
+            # The published code keeps each group's gradients alive until its next update; freeing
+            # them now keeps only one sub-network's gradients live at a time.
+            optimizer.zero_grad(set_to_none=True)
+
+    def _encoder_step(
+        self,
+        real_crop: torch.Tensor,
+        optimizers: dict[str, torch.optim.Optimizer],
+        amp_dtype: torch.dtype | None,
+        scaler: "torch.amp.GradScaler | None",
+    ) -> torch.Tensor:
+        """The E update shared by both models: L1 between the real crop and G^H(E(real crop))."""
+        self._train_only("E")
+        with self._autocast(real_crop.device, amp_dtype):
+            reconstruction = self.G.render(self.E(real_crop))
+            loss = F.l1_loss(reconstruction.float(), real_crop.float())
+        self._update("E", loss, optimizers, scaler)
+        return loss.detach()
 
     def _prepare_step(
         self,
