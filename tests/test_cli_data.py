@@ -27,7 +27,7 @@ def test_phantom_then_preprocess(tmp_path, capsys):
             "--window", "-1024,600", "--workers", 1]
     code, out, _ = run(argv, capsys)
     assert code == 0 and "preprocessed 3 volume(s), reused 0, skipped 0" in out
-    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text(encoding="utf-8"))
     assert [v["name"] for v in manifest["volumes"]] == ["phantom_0000", "phantom_0001", "phantom_0002"]
     code, out, _ = run(argv, capsys)
     assert code == 0 and "preprocessed 0 volume(s), reused 3" in out
@@ -38,7 +38,7 @@ def test_preprocess_options(tmp_path, capsys):
     code, _, _ = run(["preprocess", "--src", tmp_path / "ph", "--dst", tmp_path / "c", "--size", 32,
                       "--window", "-1000,400", "--no-keep-aspect", "--blank-slices", "remove", "--seed", 4], capsys)
     assert code == 0
-    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["params"]["window"] == [-1000.0, 400.0] and manifest["params"]["keep_aspect"] is False
     assert manifest["params"]["blank_slices"] == "remove" and manifest["split"]["seed"] == 4
     assert manifest["volumes"][0]["source"].endswith("phantom_0000.mhd")

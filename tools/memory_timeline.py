@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         summary = cuda_summary(case, args.top, out / "memory_snapshot.pickle")
     with atomic_path(out / "memory_timeline.json") as tmp:
-        Path(tmp).write_text(json.dumps({"case": case.to_dict(), **summary}, indent=1))
+        Path(tmp).write_text(json.dumps({"case": case.to_dict(), **summary}, indent=1), encoding="utf-8")
     with atomic_path(out / "memory_timeline.md") as tmp:
-        Path(tmp).write_text(markdown(case, summary))
+        Path(tmp).write_text(markdown(case, summary), encoding="utf-8")
     print(f"peak {summary['peak_bytes'] / MIB:,.0f} MiB; wrote {out}/memory_timeline.md")
     return 0
 

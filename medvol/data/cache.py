@@ -77,7 +77,7 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise MedvolError(f"{path}: missing; {cache_dir} is not a medvol cache (run `medvol preprocess`)")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise MedvolError(f"{path}: unreadable manifest ({error})") from None
     if not isinstance(manifest, dict) or "volumes" not in manifest or "params" not in manifest:
@@ -291,7 +291,7 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         if name in entries:
             os.replace(out, volume_dir / f"{name}.npy")
     with atomic_path(dst / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     # Arrays of volumes no longer in the source set (or of another name) do not belong to the cache.
     listed = {f"{name}.npy" for name in ordered}
     for stale in volume_dir.glob("*.npy"):

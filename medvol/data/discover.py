@@ -106,7 +106,7 @@ def discover(source: str | os.PathLike | list) -> list[Path]:
 
 def _read_list(list_file: Path) -> list[Path]:
     found: list[Path] = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

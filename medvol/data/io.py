@@ -341,7 +341,7 @@ def source_files(path: str | os.PathLike) -> list[Path]:
     files = [path]
     if volume_suffix(path) in (".mhd", ".nhdr"):
         key = "elementdatafile" if volume_suffix(path) == ".mhd" else "data file"
-        for line in path.read_text(errors="replace").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             name, _, value = line.partition("=" if key == "elementdatafile" else ":")
             value = value.strip()
             if name.strip().lower() == key and value and value.upper() not in ("LOCAL", "LIST"):

@@ -43,7 +43,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
@@ -105,12 +105,12 @@ def write_csv(path: Path, rows: list[dict], keys: tuple[str, ...]) -> None:
     new = {key(r) for r in rows}
     old = []
     if path.exists():
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8") as fh:
             old = [r for r in csv.DictReader(fh) if key(r) not in new]
     fields = list(dict.fromkeys([k for r in old + rows for k in r]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(old + rows)

@@ -47,7 +47,7 @@ def environment(command: str | None = None) -> dict:
 
 def write_json(report: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(report, indent=1, default=str))
+        Path(tmp).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
 
 
 def write_outputs(report: dict, out: Path) -> list[Path]:
@@ -55,9 +55,9 @@ def write_outputs(report: dict, out: Path) -> list[Path]:
     out = Path(out)
     write_json(report, out / "profile.json")
     with atomic_path(out / "profile.md") as tmp:
-        Path(tmp).write_text(markdown(report))
+        Path(tmp).write_text(markdown(report), encoding="utf-8")
     with atomic_path(out / "profile.csv") as tmp:
-        Path(tmp).write_text(to_csv(report))
+        Path(tmp).write_text(to_csv(report), encoding="utf-8")
     written = [out / name for name in FILES[:3]]
     if plot(report, out / "profile.png"):
         written.append(out / "profile.png")

@@ -29,7 +29,7 @@ def run_in_subprocess(case: Case, *, timeout: float | None = None) -> dict:
     """
     with tempfile.TemporaryDirectory(prefix="medvol-profile-") as tmp:
         case_file, result_file = Path(tmp, "case.json"), Path(tmp, "result.json")
-        case_file.write_text(json.dumps(case.to_dict()))
+        case_file.write_text(json.dumps(case.to_dict()), encoding="utf-8")
         command = [sys.executable, "-m", "medvol.profile.worker", "--case", str(case_file),
                    "--result", str(result_file)]
         try:
@@ -39,7 +39,7 @@ def run_in_subprocess(case: Case, *, timeout: float | None = None) -> dict:
             return {"case": case.to_dict(), "status": "error",
                     "error": f"timed out after {timeout:g} s"}
         if result_file.exists():
-            return json.loads(result_file.read_text())
+            return json.loads(result_file.read_text(encoding="utf-8"))
         killed = proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
         tail = (proc.stderr or "").strip().splitlines()[-5:]
         return {"case": case.to_dict(), "status": "OOM" if killed else "error",

@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", required=True, help="case JSON file")
     parser.add_argument("--result", required=True, help="where to write the result JSON")
     args = parser.parse_args(argv)
-    result = run_case(json.loads(Path(args.case).read_text()))
+    result = run_case(json.loads(Path(args.case).read_text(encoding="utf-8")))
     with atomic_path(args.result) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=1))
+        Path(tmp).write_text(json.dumps(result, indent=1), encoding="utf-8")
     summary = {k: result.get(k) for k in ("status", "peak_bytes", "it_per_s", "error")}
     print(json.dumps(summary), flush=True)
     return 1 if result["status"] == "error" else 0

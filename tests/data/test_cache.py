@@ -22,7 +22,7 @@ def test_manifest_records_everything(tmp_path, phantom_files):
     assert sorted(summary.processed) == ["phantom_0000", "phantom_0001", "phantom_0002"]
     assert summary.reused == [] and summary.failed == []
     manifest = load_manifest(tmp_path / "cache")
-    assert manifest == json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest == json.loads((tmp_path / "cache" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["medvol_version"] == medvol.__version__
     assert manifest["params"] == P32.to_dict()
     assert manifest["split"] == {"seed": 3, "val_fraction": 0.1, "folds": 10, "val_fold": 0, "train": 2, "val": 1}

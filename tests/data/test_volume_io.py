@@ -30,7 +30,7 @@ def test_round_trip_keeps_voxels_and_geometry(tmp_path, oblique_volume, suffix):
 
 def test_mhd_header_names_its_raw_file(tmp_path, oblique_volume):
     write_volume(oblique_volume, tmp_path / "scan.mhd", dtype=np.int16)
-    header = (tmp_path / "scan.mhd").read_text()
+    header = (tmp_path / "scan.mhd").read_text(encoding="utf-8")
     assert "ElementDataFile = scan.raw" in header
     assert "MET_SHORT" in header
     assert (tmp_path / "scan.raw").stat().st_size == oblique_volume.array.size * 2

@@ -21,12 +21,12 @@ def _tool():
 def test_fake_timeline_summary(tmp_path):
     assert _tool().main(["--model", "hagan", "--size", "32", "--base-width", "4", "--batch", "2",
                          "--mode", "optimized", "--device", "cpu", "--top", "5", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "memory_timeline.json").read_text())
+    summary = json.loads((tmp_path / "memory_timeline.json").read_text(encoding="utf-8"))
     assert 0 < len(summary["modules"]) <= 5 and len(summary["largest"]) <= 5
     assert summary["peak_bytes"] >= sum(summary["persistent"].values())
     sizes = [t["bytes"] for t in summary["largest"]]
     assert sizes == sorted(sizes, reverse=True)
-    assert "Alive at the peak, by module" in (tmp_path / "memory_timeline.md").read_text()
+    assert "Alive at the peak, by module" in (tmp_path / "memory_timeline.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.gpu
@@ -35,7 +35,7 @@ def test_cuda_snapshot(tmp_path):
                          "--device", "cuda", "--out", str(tmp_path)]) == 0
     snapshot = pickle.loads((tmp_path / "memory_snapshot.pickle").read_bytes())
     assert snapshot["segments"] and snapshot["device_traces"]
-    summary = json.loads((tmp_path / "memory_timeline.json").read_text())
+    summary = json.loads((tmp_path / "memory_timeline.json").read_text(encoding="utf-8"))
     assert summary["peak_reserved_bytes"] >= summary["peak_bytes"] > 0
     assert summary["modules"]
     assert torch.cuda.is_available()

@@ -73,7 +73,7 @@ def test_run_profile_reports_max_batch(tmp_path):
     report = run_profile(cases, tmp_path, max_batch=True, max_batch_limit=8, run=run, log=lambda _: None)
     found = {f["mode"]: f["max_batch"] for f in report["max_batch"]}
     assert found == {"reference": 1, "optimized": 3}
-    table = (tmp_path / "profile.md").read_text()
+    table = (tmp_path / "profile.md").read_text(encoding="utf-8")
     assert "Largest batch that fits" in table and "| HA-GAN | optimized | measure | 3 |" in table
     assert "| HA-GAN | reference | 1.00 / " not in table
     assert report["meta"]["device"] == "test device"

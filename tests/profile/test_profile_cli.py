@@ -21,7 +21,7 @@ def test_tiny_profile_writes_every_output(tmp_path, monkeypatch, capsys):
         assert (out / name).stat().st_size > 0, name
     assert not [p for p in out.iterdir() if p.name not in FILES]  # no temp files left behind
 
-    report = json.loads((out / "profile.json").read_text())
+    report = json.loads((out / "profile.json").read_text(encoding="utf-8"))
     meta = report["meta"]
     assert meta["versions"]["torch"] and meta["versions"]["medvol"]
     assert meta["command"].startswith("medvol profile") and "--base-width 4" in meta["command"]
@@ -41,7 +41,7 @@ def test_tiny_profile_writes_every_output(tmp_path, monkeypatch, capsys):
         failed = results[(2, mode, "measure")]
         assert failed["status"] == "OOM" and "simulated" in failed["error"]
 
-    table = (out / "profile.md").read_text()
+    table = (out / "profile.md").read_text(encoding="utf-8")
     assert "| CRF-GAN | optimized |" in table and "OOM" in table and "×)" in table
     rows = list(csv.DictReader((out / "profile.csv").open()))
     assert len(rows) == 4
@@ -57,13 +57,13 @@ def test_estimate_with_budget_and_max_batch(tmp_path):
     assert cli.main(["profile", "--estimate", "--device", "cpu", "--model", "hagan", "--size", "32",
                      "--base-width", "4", "--batch", "1", "--mode", "optimized", "--budget", "1MB",
                      "--find-max-batch", "--out", str(out)]) == 0
-    report = json.loads((out / "profile.json").read_text())
+    report = json.loads((out / "profile.json").read_text(encoding="utf-8"))
     [result] = report["results"]
     assert result["case"]["kind"] == "estimate" and result["status"] == "OOM"
     assert "exceeds the budget" in result["error"] and result["peak_bytes"] > 10**6
     [found] = report["max_batch"]
     assert found["max_batch"] == 0 and [t["batch"] for t in found["trials"]] == [1]
-    table = (out / "profile.md").read_text()
+    table = (out / "profile.md").read_text(encoding="utf-8")
     assert "Estimated peak memory" in table and "Largest batch that fits" in table
     assert "Measured" not in table
 

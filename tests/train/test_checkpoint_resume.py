@@ -67,7 +67,7 @@ def test_checkpoint_contents_and_load(run2):
     cfg, run_dir = run2
     assert (run_dir / "config.yaml").is_file() and (run_dir / "tb").is_dir()
     path = run_dir / "checkpoints" / ckpt.checkpoint_name(2)
-    assert ckpt.checksum_path(path).read_text().split()[1] == path.name
+    assert ckpt.checksum_path(path).read_text(encoding="utf-8").split()[1] == path.name
     state = ckpt.read_checkpoint(path)
     assert state["iteration"] == 2 and state["world_size"] == 1
     assert set(state["optimizers"]) == {"G", "D", "E", "crf"}

@@ -75,4 +75,4 @@ def test_save_config_round_trip(tmp_path):
     cfg = load_config(ROOT / "configs" / "crfgan_128.yaml", ["--train.lr.G", "3e-4", "--data.workers", "0"])
     path = save_config(cfg, tmp_path / "config.yaml")
     assert load_config(path) == cfg
-    assert yaml.safe_load(path.read_text())["train"]["lr"]["G"] == 3e-4
+    assert yaml.safe_load(path.read_text(encoding="utf-8"))["train"]["lr"]["G"] == 3e-4
