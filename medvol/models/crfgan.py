@@ -52,10 +52,14 @@ class PatchCRF(nn.Module):
         # Slice-major flattening: a view when emb is channels_last_3d; cosines ignore feature order.
         feats = emb.permute(0, 2, 3, 4, 1).reshape(b, n, -1)
         backend = "auto" if self.optimized else "torch"
-        # The CRF is tiny next to the networks: run it in float32 whatever the autocast dtype.
+        # The CRF is tiny next to the networks: run it in float32 whatever the autocast dtype. The
+        # fused backends read bf16/fp16 features and accumulate in float32, so the optimized mode
+        # hands them over as they are instead of making a float32 copy of the whole embedding.
+        if not self.optimized:
+            feats = feats.float()
         with torch.autocast(emb.device.type, enabled=False):
             logits = meanfield_crf(
-                feats.float(),
+                feats,
                 unary.float().reshape(b, 1).expand(b, n).contiguous(),
                 self.compat.float(),
                 iterations=self.iterations,
@@ -152,6 +156,9 @@ class CRFGAN(GANSystem):
                         out["G_cls"] = cls_loss.detach()
                 self._update("G", loss_g, optimizers, scaler)
             out.update(G=loss_g.detach(), crf_weight=torch.tensor(weight))
+            # Only the CRF step needs the fake embedding now; under autocast keep it in the autocast
+            # dtype (the CRF reads it with float32 accumulation) rather than in float32.
+            emb = self._amp_cast(emb.detach(), amp_dtype)
 
             with substep("E"):
                 out["E"] = self._encoder_step(real_crop, optimizers, amp_dtype, scaler)
@@ -160,9 +167,9 @@ class CRFGAN(GANSystem):
                 self._train_only("crf")
                 with autocast():
                     with torch.no_grad():
-                        emb_real = self._encode_slabs(real)
+                        emb_real = self._amp_cast(self._encode_slabs(real), amp_dtype)
                     logit_real = self.crf(emb_real, d_real.detach())
-                    logit_fake = self.crf(emb.detach(), d_gen.detach())
+                    logit_fake = self.crf(emb, d_gen.detach())
                     loss_crf = self._bce(logit_real, 1.0) + self._bce(logit_fake, 0.0)
                 self._update("crf", loss_crf, optimizers, scaler)
             out["crf"] = loss_crf.detach()

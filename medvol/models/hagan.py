@@ -135,7 +135,7 @@ class HAGAN(GANSystem):
                 self._train_only("sub_E")
                 with autocast():
                     with torch.no_grad():
-                        emb_real = self._encode_slabs(real)
+                        emb_real = self._amp_cast(self._encode_slabs(real), amp_dtype)
                     rec, rec_low = self._fake(self.sub_E(emb_real), labels, start)
                     loss_sub = F.l1_loss(rec.float(), real_crop.float())
                     loss_sub = (loss_sub + F.l1_loss(rec_low.float(), real_low.float())) / 2

@@ -239,6 +239,16 @@ class GANSystem(nn.Module):
             # them now keeps only one sub-network's gradients live at a time.
             optimizer.zero_grad(set_to_none=True)
 
+    def _amp_cast(self, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+        """``x`` in the autocast dtype in optimized mode under autocast; otherwise unchanged.
+
+        For activations kept across sub-steps without grad: the next layer would cast them anyway,
+        so a float32 copy alive beside the cast one is memory for nothing.
+        """
+        if self.mode == "optimized" and amp_dtype is not None:
+            return x.to(amp_dtype)
+        return x
+
     def _encoder_step(
         self,
         real_crop: torch.Tensor,
