@@ -24,7 +24,7 @@ log = logging.getLogger("medvol.generate")
 def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, seed: int = 0,
                      label: int | None = None, tile_depth: int | None = None, device: str = "auto",
                      mode: str | None = None) -> list[Path]:
-    """Generate ``n`` volumes from a checkpoint and write them to ``out/sample_XXXX.nii.gz``.
+    """Generate ``n`` volumes from a checkpoint and write them as ``out/sample_0000.nii.gz``, ….
 
     Args:
         ckpt: a checkpoint file or a run folder (its latest checkpoint).
