@@ -108,10 +108,7 @@ class HAGAN(GANSystem):
                     d_fake, _ = self.D(fake, fake_low, position)
                     loss_real, loss_fake = self._bce(d_real, 1.0), self._bce(d_fake, 0.0)
                     loss_d = loss_real + loss_fake
-                    cls_loss = self._class_loss(cls_real, labels)
-                    if cls_loss is not None:
-                        loss_d = loss_d + cls_loss
-                        out["D_cls"] = cls_loss.detach()
+                    loss_d = self._add_class_loss(loss_d, cls_real, labels, out, "D_cls")
                 self._update("D", loss_d, optimizers, scaler)
             out.update(D=loss_d.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
 
@@ -121,10 +118,7 @@ class HAGAN(GANSystem):
                 with autocast():
                     d_gen, cls_gen = self.D(*self._fake(z, labels, start), position)
                     loss_g = self._bce(d_gen, 1.0)
-                    cls_loss = self._class_loss(cls_gen, labels)
-                    if cls_loss is not None:
-                        loss_g = loss_g + cls_loss
-                        out["G_cls"] = cls_loss.detach()
+                    loss_g = self._add_class_loss(loss_g, cls_gen, labels, out, "G_cls")
                 self._update("G", loss_g, optimizers, scaler)
             out["G"] = loss_g.detach()
 

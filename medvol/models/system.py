@@ -296,6 +296,21 @@ class GANSystem(nn.Module):
             return None
         return F.cross_entropy(cls.float(), labels)
 
+    def _add_class_loss(
+        self,
+        loss: torch.Tensor,
+        cls: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        out: dict[str, torch.Tensor],
+        key: str,
+    ) -> torch.Tensor:
+        """``loss`` plus the auxiliary classifier's loss (recorded as ``out[key]``) when conditional."""
+        cls_loss = self._class_loss(cls, labels)
+        if cls_loss is None:
+            return loss
+        out[key] = cls_loss.detach()
+        return loss + cls_loss
+
     def _unfreeze(self) -> None:
         """Undo :meth:`_train_only` after a step (also after a failed one)."""
         for module in self.groups().values():
