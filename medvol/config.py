@@ -62,9 +62,10 @@ class TrainOptions:
     """How to train: length, precision/memory mode, seeds, output cadence and folder.
 
     ``mode`` is ``"reference"`` (fp32, plain ops, no activation checkpointing: the published
-    procedure) or ``"optimized"`` (autocast in ``amp``, activation checkpointing, channels_last_3d,
-    fused ops; ``compile`` adds ``torch.compile``). ``lr`` overrides the published learning rate
-    of an optimiser by its key in ``GANSystem.make_optimizers()`` (e.g. ``{"G": 1e-4}``).
+    procedure) or ``"optimized"`` (autocast in ``amp``, activation checkpointing, fused ops,
+    norms in the autocast dtype; ``compile`` adds ``torch.compile``). ``lr`` overrides the
+    published learning rate of an optimiser by its key in ``GANSystem.make_optimizers()``
+    (e.g. ``{"G": 1e-4}``).
     """
 
     iterations: int = 80000

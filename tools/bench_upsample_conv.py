@@ -8,8 +8,9 @@ Stages (batch 2, base width c = 32; G^H stages at the training crop of S/32 embe
 
 Reports the median time of forward and forward+backward, the peak memory of forward+backward above
 the inputs, and the speed-up and memory saving of ``decomposed`` over ``torch`` (interpolate +
-conv3d). Inputs are channels_last_3d as in the optimized models. Writes a CSV keyed by device and
-prints a markdown table for docs/kernels.md.
+conv3d). Inputs are contiguous, as in the optimized models (``--layout channels_last`` for the
+channels_last_3d option of ``set_mode``). Writes a CSV keyed by device and layout and prints a
+markdown table for docs/kernels.md.
 
     python tools/bench_upsample_conv.py                       # CUDA if present, else CPU
     python tools/bench_upsample_conv.py --device cpu --batch 1 --sizes 128 --reps 3
@@ -47,7 +48,8 @@ def worker(config: dict) -> dict:
     torch.manual_seed(0)
     dtype = getattr(torch, config["dtype"])
     shape, out_ch = config["shape"], config["out_channels"]
-    x = torch.randn(*shape, device=device, dtype=dtype).to(memory_format=torch.channels_last_3d).requires_grad_()
+    fmt = torch.channels_last_3d if config.get("layout") == "channels_last" else torch.contiguous_format
+    x = torch.randn(*shape, device=device, dtype=dtype).to(memory_format=fmt).requires_grad_()
     w = (torch.randn(out_ch, shape[1], 3, 3, 3, device=device, dtype=dtype) * 0.02).requires_grad_()
     bias = torch.zeros(out_ch, device=device, dtype=dtype, requires_grad=True)
 
@@ -74,6 +76,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--backends", nargs="+", default=["torch", "decomposed"])
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--layout", choices=["contiguous", "channels_last"], default="contiguous",
+                        help="memory format of the input (the models use contiguous)")
     parser.add_argument("--csv", type=Path, default=ROOT / "docs" / "bench" / "upsample_conv.csv")
     args = parser.parse_args(argv)
     if args.worker:
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
                 base = None
                 for backend in args.backends:
                     config = dict(device=args.device, shape=shape, out_channels=out_ch, dtype=dtype, backend=backend,
-                                  reps=args.reps)
+                                  reps=args.reps, layout=args.layout)
                     result = _bench.run_isolated(__file__, config)
                     if backend == "torch" and "error" not in result:
                         base = result
@@ -105,9 +109,9 @@ def main(argv=None) -> int:
                     rows.append({"device": name, "date": date, "size": size, "stage": label,
                                  **{k: v for k, v in result.items() if k not in ("device", "reps")}})
                     print(rows[-1], file=sys.stderr)
-    _bench.write_csv(args.csv, rows, ("device", "size", "stage", "shape", "dtype", "backend"))
+    _bench.write_csv(args.csv, rows, ("device", "size", "stage", "shape", "dtype", "backend", "layout"))
     command = "python tools/bench_upsample_conv.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    print(f"Device: {name}; {date}; `{command.strip()}`\n")
+    print(f"Device: {name}; {date}; input layout {args.layout}; `{command.strip()}`\n")
     print("| S | stage | input [B, C, D, H, W] -> O | dtype | backend | fwd ms | fwd+bwd ms | peak MB | "
           "fwd+bwd speed-up | memory saving |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", default="1,2", help="comma list of batch sizes")
     parser.add_argument("--mode", default="reference,optimized",
                         help="comma list: reference (fp32) and/or optimized (bf16 autocast, "
-                             "checkpointing, fused ops, channels_last_3d)")
+                             "checkpointing, fused ops)")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--device", default=None,

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/crfgan_256.yaml")
     parser.add_argument("--mode", choices=["reference", "optimized"],
                         help="reference: fp32 plain ops (published); optimized (default): autocast, "
-                             "activation checkpointing, channels_last_3d, fused ops")
+                             "activation checkpointing, fused ops")
     parser.add_argument("--resume", metavar="PATH|auto",
                         help="continue from a checkpoint file or run folder, or 'auto' (latest in train.out)")
     parser.add_argument("--out", help="run folder (same as --train.out)")

@@ -80,6 +80,59 @@ def upsample_conv(
     return upsample_conv3d(x, weight, bias, backend="auto")
 
 
+def full_precision(layer: nn.Module, x: torch.Tensor, optimized: bool) -> torch.Tensor:
+    """``layer(x)``, in float32 with autocast off when ``optimized``.
+
+    For the layers that map a few vectors through a large weight (G's latent linear, 33.6M
+    weights at c = 32; the sub-encoder's last 4^3 conv, 16.8M): their cost is reading the weight,
+    and under autocast a bf16 copy of it would be written, kept for backward and read again, more
+    memory and traffic than the float32 product itself.
+    """
+    if not optimized:
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state dict) that keeps the activation dtype in
+    optimized mode.
+
+    Under autocast CUDA runs group_norm in float32, so a bf16 convolution output comes back as a
+    float32 tensor twice its size, which the ReLU after it copies and the next convolution casts
+    back to bf16. In optimized mode under autocast this runs the norm in the input's dtype
+    instead; the kernels accumulate the statistics in float32 either way. Reference mode and
+    runs without autocast are plain ``nn.GroupNorm``.
+    """
+
+    optimized = False
+    channels_last = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _autocast_dtype(x.device.type) if self.optimized else None
+        if dtype is None or x.dtype != dtype:
+            y = super().forward(x)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                y = F.group_norm(x, self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
+        if self.channels_last:
+            # CUDA's kernel returns the contiguous layout; the next convolution wants channels_last,
+            # and converting here, once, keeps the converted tensor the one a checkpoint saves.
+            y = to_layout(y, True)
+        return y
+
+
+class ReLU(nn.ReLU):
+    """``nn.ReLU`` that works in place in optimized mode (after a norm, whose backward needs only
+    its input, the norm's output is then never a second live tensor)."""
+
+    optimized = False
+    channels_last = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x, inplace=self.optimized)
+
+
 class ConvStage(nn.Module):
     """[nearest x2] -> conv3x3x3 -> GroupNorm + ReLU (or tanh for an output stage).
 
@@ -99,7 +152,8 @@ class ConvStage(nn.Module):
         self.optimized = False
         self.channels_last = False
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.norm = None if final else nn.GroupNorm(norm_groups(out_channels), out_channels)
+        self.norm = None if final else GroupNorm(norm_groups(out_channels), out_channels)
+        self.relu = None if final else ReLU()
 
     def pre_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution part only (tiled generation normalises with global statistics)."""
@@ -110,7 +164,7 @@ class ConvStage(nn.Module):
     def post_conv(self, y: torch.Tensor) -> torch.Tensor:
         if self.final:
             return torch.tanh(y)
-        return F.relu(self.norm(y))
+        return self.relu(self.norm(y))
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
         return self.post_conv(self.pre_norm(x))

@@ -130,6 +130,7 @@ class CRFGAN(GANSystem):
                         fake = self.G.render(self._crop_emb(self.G.embed(z, labels), start))
                     d_real, cls_real = self.D(real_crop, position)
                     d_fake, _ = self.D(fake, position)
+                    del fake  # no grad: nothing needs it through the later sub-steps
                     loss_real, loss_fake = self._bce(d_real, 1.0), self._bce(d_fake, 0.0)
                     loss_d = loss_real + loss_fake
                     loss_d = self._add_class_loss(loss_d, cls_real, labels, out, "D_cls")

@@ -66,6 +66,23 @@ class HAGAN(GANSystem):
         emb = self.G.embed(z, labels)
         return self.G.render(self._crop_emb(emb, start)), self.G.render_low(emb)
 
+    def _sub_encoder_loss(
+        self,
+        emb_real: torch.Tensor,
+        labels: torch.Tensor | None,
+        start: int,
+        real_crop: torch.Tensor,
+        real_low: torch.Tensor,
+    ) -> torch.Tensor:
+        """(L1(G^H crop of sub_E(emb), real crop) + L1(G^L(sub_E(emb)), real low-res)) / 2.
+
+        A function of its own so that the reconstructions are not held by the caller's frame
+        through the backward pass (only what autograd saved stays alive).
+        """
+        rec, rec_low = self._fake(self.sub_E(emb_real), labels, start)
+        loss = F.l1_loss(rec.float(), real_crop.float())
+        return (loss + F.l1_loss(rec_low.float(), real_low.float())) / 2
+
     def train_step(
         self,
         real: torch.Tensor,
@@ -106,6 +123,7 @@ class HAGAN(GANSystem):
                         fake, fake_low = self._fake(z, labels, start)
                     d_real, cls_real = self.D(real_crop, real_low, position)
                     d_fake, _ = self.D(fake, fake_low, position)
+                    del fake, fake_low  # no grad: nothing needs them through the later sub-steps
                     loss_real, loss_fake = self._bce(d_real, 1.0), self._bce(d_fake, 0.0)
                     loss_d = loss_real + loss_fake
                     loss_d = self._add_class_loss(loss_d, cls_real, labels, out, "D_cls")
@@ -130,9 +148,7 @@ class HAGAN(GANSystem):
                 with autocast():
                     with torch.no_grad():
                         emb_real = self._amp_cast(self._encode_slabs(real), amp_dtype)
-                    rec, rec_low = self._fake(self.sub_E(emb_real), labels, start)
-                    loss_sub = F.l1_loss(rec.float(), real_crop.float())
-                    loss_sub = (loss_sub + F.l1_loss(rec_low.float(), real_low.float())) / 2
+                    loss_sub = self._sub_encoder_loss(emb_real, labels, start, real_crop, real_low)
                 self._update("sub_E", loss_sub, optimizers, scaler)
             out["sub_E"] = loss_sub.detach()
         finally:

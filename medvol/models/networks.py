@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvol.models.blocks import ConvStage, SNConv3d, SNLinear, norm_groups, sn_conv_stack, to_layout
+from medvol.models.blocks import (ConvStage, GroupNorm, ReLU, SNConv3d, SNLinear, full_precision, norm_groups,
+                                  sn_conv_stack, to_layout)
 
 #: Which of the five G^A stages upsample (nearest x2) before their conv, per size. The published
 #: 256^3 model upsamples before stages 2-5 and the 128^3 one before stages 2-4; 64^3 and 32^3
@@ -102,7 +103,7 @@ class Generator(nn.Module):
         """G^A: ``z[B, L]`` (+ labels ``[B]`` int) -> embedding ``[B, 2c, S/4, S/4, S/4]``."""
         if self.num_classes > 0:
             z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
-        h = self.fc(z).view(z.shape[0], self.width0, 4, 4, 4)
+        h = full_precision(self.fc, z, self.optimized).view(z.shape[0], self.width0, 4, 4, 4)
         h = to_layout(h, self.channels_last)
         for stage in self.trunk:
             h = stage(h)
@@ -261,14 +262,14 @@ class Encoder(nn.Module):
         c = base_width
         self.net = nn.Sequential(
             nn.Conv3d(1, c, kernel_size=4, stride=2, padding=1),
-            nn.GroupNorm(norm_groups(c), c),
-            nn.ReLU(),
+            GroupNorm(norm_groups(c), c),
+            ReLU(),
             nn.Conv3d(c, c, kernel_size=3, stride=1, padding=1),
-            nn.GroupNorm(norm_groups(c), c),
-            nn.ReLU(),
+            GroupNorm(norm_groups(c), c),
+            ReLU(),
             nn.Conv3d(c, 2 * c, kernel_size=4, stride=2, padding=1),
-            nn.GroupNorm(norm_groups(2 * c), 2 * c),
-            nn.ReLU(),
+            GroupNorm(norm_groups(2 * c), 2 * c),
+            ReLU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,12 +293,15 @@ class SubEncoder(nn.Module):
         for width in widths:
             layers += [
                 nn.Conv3d(cin, width, kernel_size=4, stride=2, padding=1),
-                nn.GroupNorm(norm_groups(width), width),
-                nn.ReLU(),
+                GroupNorm(norm_groups(width), width),
+                ReLU(),
             ]
             cin = width
         layers.append(nn.Conv3d(cin, latent_dim, kernel_size=4, stride=1, padding=0))
         self.net = nn.Sequential(*layers)
+        self.optimized = False
+        self.channels_last = False
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.net(emb).flatten(1)
+        h = self.net[:-1](emb)
+        return full_precision(self.net[-1], h, self.optimized).flatten(1)

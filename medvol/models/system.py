@@ -75,22 +75,35 @@ class GANSystem(nn.Module):
             for k, m in self.groups().items()
         }
 
-    def set_mode(self, mode: str) -> "GANSystem":
-        """Switch execution mode; weights are untouched (only their memory layout).
+    def set_mode(self, mode: str, channels_last: bool = False) -> "GANSystem":
+        """Switch execution mode; weights are untouched (only, with ``channels_last``, their layout).
 
-        "reference": plain interpolate + conv3d, no checkpointing, contiguous tensors, torch CRF.
+        "reference": plain interpolate + conv3d, no checkpointing, torch CRF.
         "optimized": fused :func:`medvol.ops.upsample_conv3d`, activation checkpointing of the
-        G and D stages, :func:`medvol.ops.meanfield_crf` with backend "auto", and
-        ``channels_last_3d`` weights and activations unless the parameters are on the CPU.
+        G and D stages, :func:`medvol.ops.meanfield_crf` with backend "auto", group norms in the
+        autocast dtype followed by in-place ReLUs, and G's latent linear and the sub-encoder's last
+        layer in float32 (see :func:`medvol.models.blocks.full_precision`).
 
-        Call it after moving the system to its device. The CPU keeps the contiguous layout: there
-        it buys nothing, and oneDNN's bfloat16 channels_last conv3d weight gradient is wrong for
-        inputs of depth 2 (torch 2.14; garbage or NaN), a depth our crops reach.
+        Args:
+            mode: "reference" or "optimized".
+            channels_last: optimized mode only, not on the CPU: ``channels_last_3d`` weights and
+                activations. Off by default: on CUDA ``group_norm`` has no channels-last kernel
+                and copies its input to the contiguous layout, so every conv -> GroupNorm pair of
+                these networks would convert layouts twice; no GPU measurement has shown it paying
+                for that (docs/models.md). On the CPU oneDNN's bfloat16 channels_last conv3d weight
+                gradient is wrong for inputs of depth 2 (torch 2.14; garbage or NaN), a depth our
+                crops reach, so it is refused there.
+
+        Call it after moving the system to its device.
         """
         if mode not in MODES:
             raise MedvolError(f"unknown mode {mode!r} (choose reference or optimized)")
         optimized = mode == "optimized"
-        channels_last = optimized and self._device().type != "cpu"
+        if channels_last and not optimized:
+            raise MedvolError("channels_last: only with the optimized mode")
+        if channels_last and self._device().type == "cpu":
+            raise MedvolError("channels_last: not on the CPU (oneDNN's bf16 channels_last conv3d "
+                              "weight gradient is wrong at depth 2)")
         for module in self.modules():
             if hasattr(module, "optimized"):
                 module.optimized = optimized

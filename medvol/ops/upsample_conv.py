@@ -57,14 +57,72 @@ def _decomposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     # only x, never the 8x larger upsampled tensor.
     kernels = fold_weights(weight).reshape(8 * O, weight.shape[1], 2, 2, 2)
     y = F.conv3d(x, kernels, bias.repeat(8) if bias is not None else None, padding=1)
-    memory_format = (torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d)
-                     and not x.is_contiguous() else torch.contiguous_format)
-    out = torch.empty(B, O, 2 * D, 2 * H, 2 * W, dtype=y.dtype, device=x.device, memory_format=memory_format)
-    for p in range(8):
-        pd, ph, pw = p >> 2, (p >> 1) & 1, p & 1
-        # padding=1 gives D+1 window positions per axis; parity 0 starts at x[d-1], parity 1 at x[d].
-        out[:, :, pd::2, ph::2, pw::2] = y[:, p * O:(p + 1) * O, pd:pd + D, ph:ph + H, pw:pw + W]
-    return out
+    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    return _Interleave.apply(y, O, channels_last)
+
+
+def _parity_view(y: torch.Tensor, shape: tuple[int, ...], stride: tuple[int, ...], offset: int,
+                 out_channels: int) -> torch.Tensor:
+    """The stacked parity output ``y`` [B, 8 O, D+1, H+1, W+1] (given by its geometry) seen as
+    [B, O, D, 2, H, 2, W, 2], i.e. in output voxel order.
+
+    Output voxel (2d + pd, 2h + ph, 2w + pw) of channel o is ``y[p O + o, d + pd, h + ph, w + pw]``
+    with p = 4 pd + 2 ph + pw: an address linear in (d, pd, h, ph, w, pw), hence one strided view
+    (non-overlapping: each element of ``y`` appears at most once).
+    """
+    B, _, D1, H1, W1 = shape
+    sb, sc, sd, sh, sw = stride
+    O = out_channels
+    return y.as_strided(
+        (B, O, D1 - 1, 2, H1 - 1, 2, W1 - 1, 2),
+        (sb, sc, sd, 4 * O * sc + sd, sh, 2 * O * sc + sh, sw, O * sc + sw),
+        offset,
+    )
+
+
+class _Interleave(torch.autograd.Function):
+    """Stacked parity output ``y`` -> upsampled output ``[B, O, 2D, 2H, 2W]`` in one copy.
+
+    Written as a Function because autograd's own backward of the strided view (or of eight slice
+    assignments) materialises several y-sized gradients and index tensors; this backward writes
+    one y-sized gradient (:class:`_Deinterleave`, whose backward is this again: double backward).
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, out_channels: int, channels_last: bool) -> torch.Tensor:
+        B, _, D1, H1, W1 = y.shape
+        ctx.geometry = (tuple(y.shape), tuple(y.stride()), out_channels)
+        ctx.channels_last = channels_last
+        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        out = torch.empty(B, out_channels, 2 * (D1 - 1), 2 * (H1 - 1), 2 * (W1 - 1),
+                          dtype=y.dtype, device=y.device, memory_format=fmt)
+        out.view(B, out_channels, D1 - 1, 2, H1 - 1, 2, W1 - 1, 2).copy_(
+            _parity_view(y, y.shape, y.stride(), y.storage_offset(), out_channels))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        shape, stride, out_channels = ctx.geometry
+        return _Deinterleave.apply(grad_out, shape, stride, out_channels, ctx.channels_last), None, None
+
+
+class _Deinterleave(torch.autograd.Function):
+    """Gradient of :class:`_Interleave`: scatter ``[B, O, 2D, 2H, 2W]`` back into y's geometry
+    (zeros where y holds the unused border window positions)."""
+
+    @staticmethod
+    def forward(ctx, grad_out: torch.Tensor, shape, stride, out_channels: int, channels_last: bool):
+        ctx.out_channels, ctx.channels_last = out_channels, channels_last
+        grad_y = torch.empty_strided(shape, stride, dtype=grad_out.dtype, device=grad_out.device).zero_()
+        B, O, D2, H2, W2 = grad_out.shape
+        # Splitting single dimensions is a view in any layout.
+        source = grad_out.view(B, O, D2 // 2, 2, H2 // 2, 2, W2 // 2, 2)
+        _parity_view(grad_y, shape, stride, 0, out_channels).copy_(source)
+        return grad_y
+
+    @staticmethod
+    def backward(ctx, grad_grad_y: torch.Tensor):
+        return _Interleave.apply(grad_grad_y, ctx.out_channels, ctx.channels_last), None, None, None, None
 
 
 def stores_less(x: torch.Tensor, out_channels: int) -> bool:
@@ -86,14 +144,9 @@ def _unavailable(backend: str, x: torch.Tensor) -> str | None:
 
 
 def _auto_order(x: torch.Tensor, out_channels: int | None = None) -> tuple[str, ...]:
-    if x.device.type == "cpu" and not _dispatch.is_fake(x):
-        # Measured on the CPU (docs/kernels.md): the decomposition wins forward+backward only where
-        # the upsampled input dwarfs the output (32 -> 1 channels: 1.4x faster, 91% less memory);
-        # at C = 2 O oneDNN's 3x3x3 backward is 1.4-5x faster than the stacked 2x2x2 one.
-        if out_channels is not None and x.shape[1] >= 8 * out_channels:
-            return ("decomposed", "torch")
-        return ("torch", "decomposed")
-    # CUDA and fake tensors (memory estimates): the decomposition wherever it stores less.
+    # Every device: the decomposition wherever it stores less (every generator stage but the two
+    # smallest trunk ones). On the CPU it is also the faster one there, 1.3-17x forward+backward
+    # (docs/kernels.md); on CUDA speed is to be measured.
     if out_channels is None or stores_less(x, out_channels):
         return ("decomposed", "torch")
     return ("torch", "decomposed")
@@ -110,9 +163,8 @@ def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         x: [B, C, D, H, W] (any float dtype; contiguous or channels_last_3d).
         weight: [O, C, 3, 3, 3] (the plain conv3d layout).
         bias: [O] or None.
-        backend: ``"auto"`` (on CUDA and fake tensors ``"decomposed"`` where it stores less than
-            ``"torch"``, see :func:`stores_less`; on real CPU tensors only where C >= 8 O),
-            ``"torch"`` or ``"decomposed"``.
+        backend: ``"auto"`` (``"decomposed"`` where it stores less than ``"torch"``, see
+            :func:`stores_less`), ``"torch"`` or ``"decomposed"``.
 
     Returns:
         [B, O, 2D, 2H, 2W], equal to ``conv3d(interpolate(x, scale_factor=2), weight, bias, padding=1)``

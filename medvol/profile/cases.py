@@ -32,7 +32,7 @@ class Case:
         size: volume edge S of the ``[B, 1, S, S, S]`` training batch.
         batch: batch size B.
         mode: ``"reference"`` (fp32, ``set_mode("reference")``) or ``"optimized"`` (bf16 autocast,
-            ``set_mode("optimized")``: checkpointing, fused ops, channels_last_3d).
+            ``set_mode("optimized")``: checkpointing, fused ops, bf16 group norms).
         kind: ``"measure"`` (real tensors on ``device``) or ``"estimate"`` (fake tensors).
         device: ``"cpu"`` or ``"cuda"``; for an estimate, the device whose autocast rules apply.
         iters: timed iterations (the median is reported).

@@ -168,7 +168,7 @@ def markdown(report: dict) -> str:
     lines = ["# medvol profile", ""] + _provenance(report) + [""]
     lines += ["Cells: `OOM` = out of memory (the paper's \"—\"); optimized cells show "
               "(optimized / reference) in parentheses. Reference = fp32, no checkpointing; "
-              "optimized = bf16 autocast, activation checkpointing, fused ops, channels_last_3d.", ""]
+              "optimized = bf16 autocast, activation checkpointing, fused ops, bf16 group norms.", ""]
     if "measure" in kinds:
         what = ("CUDA max allocated / max reserved" if devices == {"cuda"} else
                 "peak RSS above the idle process" if devices == {"cpu"} else

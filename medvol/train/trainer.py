@@ -2,7 +2,7 @@
 
 Around the model's published step the trainer adds: the data stream (``data.py``), the precision
 and memory mode (``reference``: fp32 plain ops; ``optimized``: autocast, activation checkpointing,
-channels_last_3d, fused ops, optional ``torch.compile``), data-parallel gradient averaging under
+fused ops, bf16 group norms, optional ``torch.compile``), data-parallel gradient averaging under
 ``torchrun`` (``distributed.py``), checkpoints that resume bit-exactly (``checkpoint.py``),
 TensorBoard and a progress bar (``monitor.py``), and a stop on the first NaN/inf loss.
 
@@ -245,7 +245,6 @@ class Trainer:
                              world_size=info.world_size, start_iteration=self.iteration,
                              pin_memory=self.device.type == "cuda")
         batches = iter(loader)
-        optimized = cfg.train.mode == "optimized"
         # Fixed latents (drawn from their own generator) so sample images are comparable over time.
         n_show = min(2, cfg.data.batch)
         fixed_z = self.system.sample_latent(n_show, generator=torch.Generator().manual_seed(cfg.train.seed),
@@ -260,8 +259,6 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(batches)
             real = batch["image"].to(self.device, non_blocking=True)
-            if optimized:
-                real = real.contiguous(memory_format=torch.channels_last_3d)
             labels = self._labels(batch)
             t1 = time.perf_counter()
             losses = self.system.train_step(real, self.optimizers, self.iteration, labels=labels,

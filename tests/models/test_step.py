@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from medvol.errors import MedvolError
 from medvol.models import crf_weight
 
 SUBSTEPS = {"crfgan": ["D", "G", "E", "crf"], "hagan": ["D", "G", "E", "sub_E"]}
@@ -61,8 +62,8 @@ def test_crf_blend_enters_generator_loss(tiny, volume):
     assert not torch.equal(losses[0]["G"], losses[60_000]["G"])
 
 
-def _step(system, real, mode, amp_dtype=None):
-    system = copy.deepcopy(system).set_mode(mode)
+def _step(system, real, mode, amp_dtype=None, channels_last=False):
+    system = copy.deepcopy(system).set_mode(mode, channels_last=channels_last)
     generator = torch.Generator().manual_seed(7)
     return system.train_step(real, system.make_optimizers(), 0, amp_dtype=amp_dtype, generator=generator)
 
@@ -83,19 +84,24 @@ def test_modes_agree(tiny, volume, name, size):
 def test_optimized_mode_layout_and_back(tiny):
     system = tiny("crfgan").set_mode("optimized")
     stage = system.G.trunk[1]
-    # The CPU keeps the contiguous layout (oneDNN bf16 channels_last conv3d bug, see set_mode).
+    # The layout stays contiguous unless asked for (see set_mode).
     assert stage.optimized and not stage.channels_last and stage.conv.weight.is_contiguous()
+    # channels_last is refused on the CPU (oneDNN bf16 channels_last conv3d bug) and in reference.
+    with pytest.raises(MedvolError, match="channels_last: not on the CPU"):
+        system.set_mode("optimized", channels_last=True)
+    with pytest.raises(MedvolError, match="only with the optimized mode"):
+        system.set_mode("reference", channels_last=True)
     state = {k: v.clone() for k, v in system.state_dict().items()}
     system.set_mode("reference")
     assert not stage.optimized and system.crf.optimized is False
     assert all(torch.equal(state[k], v) for k, v in system.state_dict().items())
 
 
-def test_optimized_layout_off_the_cpu():
+def test_channels_last_layout_off_the_cpu():
     from medvol.models import build
 
     with torch.device("meta"):
-        system = build("hagan", 64, base_width=8, latent_dim=64).set_mode("optimized")
+        system = build("hagan", 64, base_width=8, latent_dim=64).set_mode("optimized", channels_last=True)
     weight = system.G.trunk[1].conv.weight
     assert system.channels_last and weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert system.D.high.channels_last and system.G.head[0].channels_last
@@ -123,15 +129,17 @@ def test_train_step_is_reproducible(tiny, volume):
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-@pytest.mark.parametrize("name,mode", [("crfgan", "optimized"), ("hagan", "reference")])
-def test_step_traces_on_fake_tensors(name, mode):
+@pytest.mark.parametrize("name,mode,channels_last", [
+    ("crfgan", "optimized", False), ("hagan", "reference", False), ("hagan", "optimized", True),
+])
+def test_step_traces_on_fake_tensors(name, mode, channels_last):
     # The profiler traces whole steps under FakeTensorMode (memory at any size without a GPU).
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from medvol.models import build
 
     with torch.device("meta"):
-        system = build(name, 64, base_width=8, latent_dim=64).set_mode(mode)
+        system = build(name, 64, base_width=8, latent_dim=64).set_mode(mode, channels_last=channels_last)
     with FakeTensorMode():
         for module in system.modules():
             for table in (module._parameters, module._buffers):
@@ -146,9 +154,42 @@ def test_step_traces_on_fake_tensors(name, mode):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["crfgan", "hagan"])
 def test_modes_agree_on_cuda(tiny, volume, name):
-    # On CUDA the optimized mode also runs channels_last_3d and the GPU backends of the ops.
+    # On CUDA the optimized mode runs the GPU backends of the ops, and channels_last_3d on request.
     system, real = tiny(name, 64).cuda(), volume(2, 64, seed=3).cuda()
     reference = _step(system, real, "reference")
-    optimized = _step(system, real, "optimized", torch.bfloat16)
-    for key in reference:
-        torch.testing.assert_close(optimized[key], reference[key], rtol=5e-2, atol=2e-2, msg=key)
+    for channels_last in (False, True):
+        optimized = _step(system, real, "optimized", torch.bfloat16, channels_last=channels_last)
+        for key in reference:
+            torch.testing.assert_close(optimized[key], reference[key], rtol=5e-2, atol=2e-2, msg=key)
+
+
+def test_optimized_norms_keep_the_autocast_dtype():
+    # Optimized mode under autocast: GroupNorm returns the activation dtype (CUDA's autocast would
+    # return float32 twice the size), the ReLU after it works in place, and the latent linear runs
+    # in float32 without a bf16 copy of its weight. Reference mode stays plain PyTorch.
+    from medvol.models.blocks import ConvStage, full_precision
+
+    stage = ConvStage(8, 8, upsample=False)
+    x = torch.randn(2, 8, 4, 4, 4)
+    stage.norm.weight.data.uniform_(0.5, 1.5)
+    stage.norm.bias.data.uniform_(-0.5, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = stage(x)
+        for module in stage.modules():
+            module.optimized = True
+        y = stage.conv(x)
+        normed = stage.norm(y)
+        assert y.dtype == normed.dtype == torch.bfloat16
+        out = stage.relu(normed)
+        assert out.data_ptr() == normed.data_ptr() and bool((out >= 0).all())
+        optimized = stage(x)
+    assert optimized.dtype == torch.bfloat16
+    torch.testing.assert_close(optimized.float(), reference.float(), rtol=2e-2, atol=2e-2)
+
+    linear = torch.nn.Linear(16, 32)
+    z = torch.randn(2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert full_precision(linear, z, optimized=False).dtype == torch.bfloat16
+        exact = full_precision(linear, z, optimized=True)
+    assert exact.dtype == torch.float32
+    torch.testing.assert_close(exact, linear(z))

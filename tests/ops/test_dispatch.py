@@ -36,9 +36,10 @@ def test_auto_upsample_conv_takes_the_decomposition_where_it_stores_less():
         assert selected_backend("upsample_conv3d", torch.empty(2, 128, 32, 32, 32), 64) == "decomposed"
         assert selected_backend("upsample_conv3d", torch.empty(2, 512, 4, 4, 4), 512) == "torch"
         assert selected_backend("upsample_conv3d", torch.empty(2, 512, 8, 8, 8), 256) == "torch"
-    # Real CPU tensors: the decomposition only where C >= 8 O (measured faster only there).
+    # Real CPU tensors follow the same rule.
     assert selected_backend("upsample_conv3d", torch.zeros(1, 32, 4, 8, 8), 1) == "decomposed"
-    assert selected_backend("upsample_conv3d", torch.zeros(1, 64, 4, 8, 8), 32) == "torch"
+    assert selected_backend("upsample_conv3d", torch.zeros(1, 64, 8, 32, 32), 32) == "decomposed"
+    assert selected_backend("upsample_conv3d", torch.zeros(1, 512, 4, 4, 4), 512) == "torch"
 
 
 def test_named_unavailable_backend_raises_with_reason():

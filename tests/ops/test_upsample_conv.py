@@ -74,6 +74,44 @@ def test_gradcheck_decomposed():
     assert torch.autograd.gradcheck(lambda *a: upsample_conv3d(*a, backend="decomposed"), leaves, fast_mode=True)
 
 
+def test_gradgradcheck_decomposed():
+    # Double backward goes through the interleave's hand-written backward (_Deinterleave) and back.
+    x, w, b, _ = _inputs(1, 2, 2, 2, 1, 3, torch.float64, True)
+    leaves = [t.requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradgradcheck(lambda *a: upsample_conv3d(*a, backend="decomposed"), leaves,
+                                        fast_mode=True)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_interleave_backward_allocates_one_gradient(channels_last):
+    # The interleave's backward must write one gradient of the stacked parity output and nothing
+    # else (autograd's backward of slice assignments held three, that of a strided view index
+    # tensors): live memory while it runs stays within one such tensor.
+    from medvol.ops.upsample_conv import _Interleave
+    from medvol.profile.estimate import LiveMemoryTracker, _round
+
+    out_channels, (D, H, W) = 3, (4, 5, 6)
+    y = torch.randn(2, 8 * out_channels, D + 1, H + 1, W + 1)
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last_3d)
+    y.requires_grad_()
+    out = _Interleave.apply(y, out_channels, channels_last)
+    tracker = LiveMemoryTracker()
+    with tracker:
+        grad_out = torch.randn_like(out)
+        (grad_y,) = torch.autograd.grad(out, y, grad_out)
+    assert tracker.peak <= _round(out.nbytes) + _round(y.nbytes)
+    assert grad_y.stride() == y.stride()
+    # Each output voxel's gradient lands where its value came from; unused window positions get 0.
+    expected = torch.zeros_like(y)
+    for p in range(8):
+        pd, ph, pw = p >> 2, (p >> 1) & 1, p & 1
+        expected[:, p * out_channels:(p + 1) * out_channels, pd:pd + D, ph:ph + H, pw:pw + W] = \
+            grad_out[:, :, pd::2, ph::2, pw::2]
+    assert torch.equal(grad_y, expected)
+    assert torch.equal(_Interleave.apply(expected, out_channels, channels_last), grad_out)
+
+
 def test_fold_weights_of_a_single_tap():
     """A 3x3x3 kernel with only tap (0, 2, 1) lands at offset 0/1 of the parities that use it."""
     w = torch.zeros(1, 1, 3, 3, 3)
