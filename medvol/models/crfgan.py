@@ -49,8 +49,13 @@ class PatchCRF(nn.Module):
         from medvol.ops import meanfield_crf
 
         b, n = emb.shape[0], emb.shape[2]
-        # Slice-major flattening: a view when emb is channels_last_3d; cosines ignore feature order.
-        feats = emb.permute(0, 2, 3, 4, 1).reshape(b, n, -1)
+        # Each node's features flattened in whichever order is cheapest (cosines ignore the order):
+        # (H, W, C), a view, when emb is channels_last_3d; (C, H, W) otherwise, one copy made of
+        # contiguous runs of H*W values.
+        if emb.is_contiguous(memory_format=torch.channels_last_3d) and not emb.is_contiguous():
+            feats = emb.permute(0, 2, 3, 4, 1).reshape(b, n, -1)
+        else:
+            feats = emb.transpose(1, 2).reshape(b, n, -1)
         backend = "auto" if self.optimized else "torch"
         # The CRF is tiny next to the networks: run it in float32 whatever the autocast dtype. The
         # fused backends read bf16/fp16 features and accumulate in float32, so the optimized mode

@@ -193,3 +193,22 @@ def test_optimized_norms_keep_the_autocast_dtype():
         exact = full_precision(linear, z, optimized=True)
     assert exact.dtype == torch.float32
     torch.testing.assert_close(exact, linear(z))
+
+
+def test_crf_head_does_not_depend_on_the_embedding_layout():
+    # PatchCRF flattens each node as a view of a channels_last_3d embedding and as (C, H, W) of a
+    # contiguous one: cosine similarities, hence the CRF's output and gradients, are the same.
+    from medvol.models.crfgan import PatchCRF
+
+    torch.manual_seed(0)
+    crf = PatchCRF(8)
+    emb = torch.randn(2, 6, 8, 5, 3)
+    unary = torch.randn(2, 1)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        leaf = emb.clone().to(memory_format=layout).requires_grad_()
+        out = crf(leaf, unary)
+        (grad,) = torch.autograd.grad(out.sum(), leaf)
+        results.append((out, grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
