@@ -127,7 +127,6 @@ class ReLU(nn.ReLU):
     its input, the norm's output is then never a second live tensor)."""
 
     optimized = False
-    channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x, inplace=self.optimized)

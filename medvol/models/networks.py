@@ -300,7 +300,6 @@ class SubEncoder(nn.Module):
         layers.append(nn.Conv3d(cin, latent_dim, kernel_size=4, stride=1, padding=0))
         self.net = nn.Sequential(*layers)
         self.optimized = False
-        self.channels_last = False
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         h = self.net[:-1](emb)

@@ -61,22 +61,21 @@ def _decomposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return _Interleave.apply(y, O, channels_last)
 
 
-def _parity_view(y: torch.Tensor, shape: tuple[int, ...], stride: tuple[int, ...], offset: int,
-                 out_channels: int) -> torch.Tensor:
-    """The stacked parity output ``y`` [B, 8 O, D+1, H+1, W+1] (given by its geometry) seen as
+def _parity_view(y: torch.Tensor, out_channels: int) -> torch.Tensor:
+    """The stacked parity output ``y`` [B, 8 O, D+1, H+1, W+1] (any strides) seen as
     [B, O, D, 2, H, 2, W, 2], i.e. in output voxel order.
 
     Output voxel (2d + pd, 2h + ph, 2w + pw) of channel o is ``y[p O + o, d + pd, h + ph, w + pw]``
     with p = 4 pd + 2 ph + pw: an address linear in (d, pd, h, ph, w, pw), hence one strided view
     (non-overlapping: each element of ``y`` appears at most once).
     """
-    B, _, D1, H1, W1 = shape
-    sb, sc, sd, sh, sw = stride
+    B, _, D1, H1, W1 = y.shape
+    sb, sc, sd, sh, sw = y.stride()
     O = out_channels
     return y.as_strided(
         (B, O, D1 - 1, 2, H1 - 1, 2, W1 - 1, 2),
         (sb, sc, sd, 4 * O * sc + sd, sh, 2 * O * sc + sh, sw, O * sc + sw),
-        offset,
+        y.storage_offset(),
     )
 
 
@@ -96,8 +95,7 @@ class _Interleave(torch.autograd.Function):
         fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
         out = torch.empty(B, out_channels, 2 * (D1 - 1), 2 * (H1 - 1), 2 * (W1 - 1),
                           dtype=y.dtype, device=y.device, memory_format=fmt)
-        out.view(B, out_channels, D1 - 1, 2, H1 - 1, 2, W1 - 1, 2).copy_(
-            _parity_view(y, y.shape, y.stride(), y.storage_offset(), out_channels))
+        out.view(B, out_channels, D1 - 1, 2, H1 - 1, 2, W1 - 1, 2).copy_(_parity_view(y, out_channels))
         return out
 
     @staticmethod
@@ -117,7 +115,7 @@ class _Deinterleave(torch.autograd.Function):
         B, O, D2, H2, W2 = grad_out.shape
         # Splitting single dimensions is a view in any layout.
         source = grad_out.view(B, O, D2 // 2, 2, H2 // 2, 2, W2 // 2, 2)
-        _parity_view(grad_y, shape, stride, 0, out_channels).copy_(source)
+        _parity_view(grad_y, out_channels).copy_(source)
         return grad_y
 
     @staticmethod
