@@ -1,43 +1,62 @@
 """The patch-wise mean-field CRF of CRF-GAN: one function, four backends.
 
 Nodes i = 1..N carry features f_i (a row of ``feats``) and unary logits u_i. With the learned
-compatibility W and Wsym = (W + W^T) / 2, the pair potentials are
+compatibility W and Wsym = (W + W^T) / 2, the pair potentials follow the published CRF-GAN:
 
-    P_ij = cos(f_i, f_j) * Wsym_ij  for i != j,   P_ii = 0,
+    cos_ij = f_i.f_j / (|f_i| |f_j| + eps),   P_ij = cos_ij * Wsym_ij,
 
-i.e. self-pairs are excluded (a node sends no message to itself; so ``compat``'s diagonal gets a
-zero gradient), with cos(f_i, f_j) = f_i.f_j / (max(|f_i|, 1e-8) max(|f_j|, 1e-8)). Mean field runs
-T iterations from l = u:  q = sigmoid(l);  l <- u + P (2q - 1).  The result is l.
+self-pairs included (P_ii = Wsym_ii cos_ii, so ``compat``'s diagonal is learned), eps = 1e-6 by
+default (the published 64^3 model uses eps = 0). ``self_pairs=False`` zeroes the diagonal of P
+(medvol's former choice: a node sends no message to itself). Mean field runs T iterations from
+l = u:  q = sigmoid(l);  l <- u + P (2q - 1).  The result is l.
 
 Fast backends compute the raw Gram G = F F^T in one pass over ``feats`` (norms from its diagonal,
 no normalised copy of feats), run the iterations on N x N matrices, and save for backward only G
 and the T logit vectors entering each iteration. Backward walks the iterations back, forms
-dP = sum_t g_t m_{t-1}^T, chains it through P = C * Wsym and C = G / (n n^T) into
+dP = sum_t g_t m_{t-1}^T, chains it through P = C * Wsym and C = G / (n n^T + eps) into
 Gsym = dG + dG^T, and gives dL/dF = Gsym F in a second pass over feats.
 
 Backends: ``torch`` (the reference below, any float dtype, double backward works), ``triton``
 (kernels/meanfield_crf.py), ``cpp`` (csrc/cpu, OpenMP), ``cuda`` (csrc/cuda). The fast backends take
 float32, bfloat16 or float16 ``feats`` and accumulate in float32; N <= 128 for ``triton``/``cuda``;
-their backward is not differentiable (double backward raises).
+their backward is not differentiable (double backward raises). The fast kernels implement only
+``self_pairs=False, eps=0`` so far (see ``_kernels_cover``); for any other setting a named fast
+backend raises and ``auto`` runs ``torch`` (issue #10, part 2, ports them).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
 from medvol.errors import MedvolError
 from medvol.ops import _dispatch, _loader
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("torch", "triton", "cpp", "cuda")
-EPS = 1e-8
+
+
+def _kernels_cover(self_pairs: bool, eps: float) -> bool:
+    """Whether the fast kernels compute this form. Until issue #10 part 2 ports them they hold the
+    former form (no self-pairs, each norm clamped at 1e-8), which equals self_pairs=False, eps=0
+    wherever every |f_i| >= 1e-8; any other setting raises when named and runs the reference on auto."""
+    return not self_pairs and eps == 0
 MAX_NODES_GPU = 128
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _check_options(self_pairs: bool, eps: float) -> None:
+    if not isinstance(self_pairs, bool):
+        raise MedvolError(f"meanfield_crf: self_pairs must be True or False, got {self_pairs!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise MedvolError(f"meanfield_crf: eps must be a number >= 0, got {eps!r}")
+
+
 def meanfield_crf_reference(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor,
-                            iterations: int = 10) -> torch.Tensor:
+                            iterations: int = 10, *, self_pairs: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """Plain-PyTorch mean-field CRF, written for clarity: the ground truth of the tests.
 
     Computes in float32 (float64 if any input is float64) and returns ``unary.dtype``.
@@ -47,17 +66,23 @@ def meanfield_crf_reference(feats: torch.Tensor, unary: torch.Tensor, compat: to
         unary: [B, N] unary logits.
         compat: [N, N] compatibility (symmetrised inside).
         iterations: number of mean-field updates T >= 0.
+        self_pairs: keep P_ii = Wsym_ii cos_ii (published); False zeroes the diagonal of P.
+        eps: >= 0, added to |f_i| |f_j| in the cosine's denominator (0: a zero feature vector
+            gives NaN, as in the published 64^3 model).
 
     Returns:
         [B, N] node logits.
     """
+    _check_options(self_pairs, eps)
     dtype = torch.promote_types(torch.promote_types(feats.dtype, unary.dtype),
                                 torch.promote_types(compat.dtype, torch.float32))
     f, u, w = feats.to(dtype), unary.to(dtype), compat.to(dtype)
-    unit = f / f.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    cos = unit @ unit.transpose(1, 2)
-    off_diagonal = 1.0 - torch.eye(w.shape[0], dtype=dtype, device=w.device)
-    pot = cos * ((w + w.t()) / 2 * off_diagonal)
+    norm = f.norm(dim=-1)
+    cos = (f @ f.transpose(1, 2)) / (norm.unsqueeze(-1) * norm.unsqueeze(-2) + eps)
+    wsym = (w + w.t()) / 2
+    if not self_pairs:
+        wsym = wsym * (1.0 - torch.eye(w.shape[0], dtype=dtype, device=w.device))
+    pot = cos * wsym
     logits = u
     for _ in range(iterations):
         logits = u + (pot @ (2 * torch.sigmoid(logits) - 1).unsqueeze(-1)).squeeze(-1)
@@ -165,16 +190,20 @@ def _auto_order(feats: torch.Tensor) -> tuple[str, ...]:
 _dispatch.register("meanfield_crf", BACKENDS, _unavailable, _auto_order)
 
 
-def meanfield_crf(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor, iterations: int = 10,
-                  backend: str = "auto") -> torch.Tensor:
+def meanfield_crf(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor, iterations: int = 10, *,
+                  self_pairs: bool = True, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
     """Mean-field CRF over N nodes with cosine-similarity pair potentials (module docstring).
 
     Args:
         feats: [B, N, F] node features (float32, bfloat16 or float16; any float for ``torch``).
             F may be millions; the fast backends read it once forward and once backward.
         unary: [B, N] unary logits.
-        compat: [N, N] learned compatibility; symmetrised inside, its diagonal is unused.
+        compat: [N, N] learned compatibility; symmetrised inside (its diagonal is used only
+            with ``self_pairs``).
         iterations: T >= 0 mean-field updates (10 in CRF-GAN).
+        self_pairs: keep P_ii = Wsym_ii cos_ii (published CRF-GAN); False zeroes P's diagonal.
+        eps: >= 0, added to |f_i| |f_j| in the cosine's denominator (1e-6; 0 in the published
+            64^3 model, where a zero feature vector gives NaN).
         backend: ``"auto"`` (see :func:`medvol.ops.selected_backend`), ``"torch"``, ``"triton"``,
             ``"cpp"`` or ``"cuda"``.
 
@@ -183,7 +212,8 @@ def meanfield_crf(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor
         backend; gradients come back in each input's dtype.
 
     Raises:
-        MedvolError: bad shapes, or a named backend that cannot run here (with the reason).
+        MedvolError: bad shapes or options (eps < 0), or a named backend that cannot run here
+            (with the reason).
 
     Example:
         >>> feats, unary, compat = torch.randn(2, 16, 4096), torch.randn(2, 16), torch.randn(16, 16)
@@ -199,9 +229,17 @@ def meanfield_crf(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor
         raise MedvolError(f"meanfield_crf: compat must be [N, N] = [{N}, {N}], got {tuple(compat.shape)}")
     if iterations < 0:
         raise MedvolError(f"meanfield_crf: iterations must be >= 0, got {iterations}")
-    chosen = _dispatch.choose("meanfield_crf", backend, feats)
+    _check_options(self_pairs, eps)
+    if backend == "auto" and not _kernels_cover(self_pairs, eps):
+        chosen = "torch"
+        log.debug("meanfield_crf: auto picked 'torch': the fast kernels do not yet implement the published form")
+    else:
+        chosen = _dispatch.choose("meanfield_crf", backend, feats)
     if chosen == "torch":
-        return meanfield_crf_reference(feats, unary, compat, iterations)
+        return meanfield_crf_reference(feats, unary, compat, iterations, self_pairs=self_pairs, eps=eps)
+    if not _kernels_cover(self_pairs, eps):
+        raise MedvolError(f"meanfield_crf: backend {backend!r} is unavailable: its kernels do not yet implement"
+                          f" self_pairs={self_pairs}, eps={eps} (issue #10 part 2); use backend='torch'")
     op = _triton_op() if chosen == "triton" else _extension_op()
     logits, _, _ = op(feats, unary, compat, int(iterations))
     return logits.to(unary.dtype)

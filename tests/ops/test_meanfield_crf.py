@@ -29,11 +29,13 @@ def _run(fn, inputs, grad):
 
 
 def _check_backend(backend, shape, dtype, device="cpu"):
+    # The fast kernels hold only self_pairs=False, eps=0 until issue #10 part 2 ports them.
+    form = {} if backend == "torch" else dict(self_pairs=False, eps=0.0)
     B, N, F, T = shape
     inputs, grad = _inputs(B, N, F, dtype, device)
-    ref_out, ref_grads = _run(lambda *a: meanfield_crf_reference(*a, iterations=T),
+    ref_out, ref_grads = _run(lambda *a: meanfield_crf_reference(*a, iterations=T, **form),
                               [t.to(torch.float64) for t in inputs], grad.to(torch.float64))
-    out, grads = _run(lambda *a: meanfield_crf(*a, iterations=T, backend=backend), inputs, grad)
+    out, grads = _run(lambda *a: meanfield_crf(*a, iterations=T, backend=backend, **form), inputs, grad)
     assert out.dtype == dtype and out.shape == (B, N)
     assert_close_to_reference(out.cpu(), ref_out.cpu(), dtype, f"{backend} logits")
     for name, g, ref, inp in zip(("feats", "unary", "compat"), grads, ref_grads, inputs):
@@ -72,17 +74,41 @@ def test_reference_definition():
     unary = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
     compat = torch.tensor([[9.0, 1.0, 2.0], [3.0, 9.0, 0.0], [0.0, 4.0, 9.0]], dtype=torch.float64)
     s = 2 ** -0.5
-    pot = torch.tensor([[0.0, 2.0 * s, 0.0], [2.0 * s, 0.0, 2.0 * s], [0.0, 2.0 * s, 0.0]], dtype=torch.float64)
+    pot = torch.tensor([[9.0, 2.0 * s, 1.0], [2.0 * s, 9.0, 2.0 * s], [1.0, 2.0 * s, 9.0]], dtype=torch.float64)
+    pot[0, 2] = pot[2, 0] = 0.0  # f_0 and f_2 are orthogonal
     m = 2 * torch.sigmoid(unary[0]) - 1
-    expected = unary[0] + pot @ m  # one iteration; the diagonal (9s) is excluded
-    torch.testing.assert_close(meanfield_crf_reference(feats, unary, compat, iterations=1)[0], expected)
+    # One iteration, eps = 0: the published form keeps the self-pairs (cos_ii = 1, Wsym_ii = 9).
+    out = meanfield_crf_reference(feats, unary, compat, iterations=1, eps=0.0)[0]
+    torch.testing.assert_close(out, unary[0] + pot @ m)
+    off = pot * (1 - torch.eye(3, dtype=torch.float64))
+    out = meanfield_crf_reference(feats, unary, compat, iterations=1, self_pairs=False, eps=0.0)[0]
+    torch.testing.assert_close(out, unary[0] + off @ m)
+    # eps enters the denominator once: cos_01 = 1 / (1 * sqrt(2) + eps).
+    eps = 0.25
+    pot_eps = pot.clone()
+    pot_eps[0, 1] = pot_eps[1, 0] = 2.0 / (2 ** 0.5 + eps)
+    pot_eps[1, 2] = pot_eps[2, 1] = 2.0 * 2.0 / (2 * 2 ** 0.5 + eps)
+    pot_eps.diagonal().copy_(9.0 * torch.tensor([1 / (1 + eps), 2 / (2 + eps), 4 / (4 + eps)], dtype=torch.float64))
+    out = meanfield_crf_reference(feats, unary, compat, iterations=1, eps=eps)[0]
+    torch.testing.assert_close(out, unary[0] + pot_eps @ m)
+
+
+@pytest.mark.parametrize("bad", [-1e-6, float("nan"), "0.1"])
+def test_bad_eps_raises(bad):
+    from medvol.errors import MedvolError
+
+    feats, unary, compat = torch.randn(1, 3, 4), torch.randn(1, 3), torch.randn(3, 3)
+    with pytest.raises(MedvolError, match="eps"):
+        meanfield_crf(feats, unary, compat, eps=bad)
+    with pytest.raises(MedvolError, match="eps"):
+        meanfield_crf_reference(feats, unary, compat, eps=bad)
 
 
 def test_non_contiguous_feats():
     inputs, grad = _inputs(2, 9, 50, torch.float32, seed=1)
     feats = inputs[0].transpose(0, 1).contiguous().transpose(0, 1)[:, :, ::2]  # strided rows and columns
     ref = meanfield_crf_reference(feats.double(), inputs[1].double(), inputs[2].double(), iterations=5)
-    for backend in ("cpp", "torch"):
+    for backend in ("torch",):  # fast backends: issue #10 part 2
         if available_backends("meanfield_crf", feats)[backend] is None:
             out = meanfield_crf(feats, inputs[1], inputs[2], iterations=5, backend=backend)
             assert_close_to_reference(out, ref, torch.float32, backend)
@@ -90,8 +116,19 @@ def test_non_contiguous_feats():
 
 def test_zero_feature_node_is_finite():
     inputs, grad = _inputs(1, 4, 8, torch.float32, seed=2)
-    inputs[0][0, 1] = 0.0  # cos with a zero vector is 0 (norm clamped at 1e-8), not NaN
+    inputs[0][0, 1] = 0.0  # cos with a zero vector is 0 (eps > 0 in the denominator), not NaN
     for backend, reason in available_backends("meanfield_crf", inputs[0]).items():
-        if reason is None:
+        if reason is None and backend == "torch":  # fast backends: issue #10 part 2
             out, grads = _run(lambda *a: meanfield_crf(*a, iterations=3, backend=backend), inputs, grad)
             assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads), backend
+
+
+def test_unported_fast_backend_raises_and_auto_runs_reference():
+    from medvol.errors import MedvolError
+
+    inputs, _ = _inputs(1, 4, 8, torch.float32, seed=4)
+    for backend, reason in available_backends("meanfield_crf", inputs[0]).items():
+        if reason is None and backend != "torch":
+            with pytest.raises(MedvolError, match="backend='torch'"):
+                meanfield_crf(*inputs, backend=backend)
+    torch.testing.assert_close(meanfield_crf(*inputs), meanfield_crf_reference(*inputs))
