@@ -1,7 +1,7 @@
 """CRF-GAN: the HA-GAN generator trunk without G^L / D^L, plus a patch-wise mean-field CRF.
 
-The CRF's nodes are the S/4 depth slices of the generator's 2c-channel embedding (16, 32, 64 nodes
-at 64^3, 128^3, 256^3). Node features are the flattened slices; node unaries are the
+The CRF has N = S/4 nodes (16, 32, 64 at 64^3, 128^3, 256^3), cut from the generator's 2c-channel
+embedding in the published layout (see :class:`PatchCRF`); node unaries are the
 discriminator's logit for the volume's crop (broadcast over nodes); the only trainable parameter
 is the N x N compatibility W. Its averaged node logits form, with D's, the generator's
 adversarial target, with a CRF weight decaying linearly 0.5 -> 0 over the first 60,000 iterations.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medvol.errors import MedvolError
 from medvol.models.networks import Generator, HighResDiscriminator
 from medvol.models.system import GANSystem, Substep
 
@@ -29,33 +30,56 @@ def crf_weight(iteration: int) -> float:
 
 
 class PatchCRF(nn.Module):
-    """Mean-field CRF over the depth slices of an embedding.
+    """Mean-field CRF over N nodes of the generator's (or encoder's) embedding.
+
+    Node layout ``"channels"`` is the published one: the first N depth slices of the contiguous
+    ``[B, C, D, H, W]`` embedding flattened and cut into N equal rows, so with C = 64 a node is a
+    block of C/N consecutive channels over those slices (not a depth slice). ``"depth"`` (medvol's
+    former choice) makes node i the i-th depth slice, all channels. The compatibility W starts at
+    zeros and the cosine adds ``eps`` to the norm product, as the published code does (1e-6, none in
+    its 64^3 model); self-pairs are included unless ``self_pairs=False``.
 
     Args:
         nodes: N (= S/4).
         iterations: mean-field iterations T.
+        eps: added to |f_i||f_j| in the cosine.
+        self_pairs: keep P_ii = Wsym_ii (published) or zero it.
+        layout: "channels" (published) or "depth".
 
-    Forward: ``emb[B, C, N, h, w]``, ``unary[B, 1]`` -> mean node logit ``[B, 1]`` (float32).
+    Forward: ``emb[B, C, D >= N, h, w]``, ``unary[B, 1]`` -> mean node logit ``[B, 1]`` (float32).
     """
 
-    def __init__(self, nodes: int, iterations: int = CRF_ITERATIONS):
+    LAYOUTS = ("channels", "depth")
+
+    def __init__(self, nodes: int, iterations: int = CRF_ITERATIONS, *, eps: float = 1e-6,
+                 self_pairs: bool = True, layout: str = "channels"):
         super().__init__()
-        self.iterations = iterations
-        # Scale 1/N: the pairwise sum over N nodes then starts small against the unary.
-        self.compat = nn.Parameter(torch.randn(nodes, nodes) / nodes)
+        if layout not in self.LAYOUTS:
+            raise MedvolError(f"crf layout: expected one of {', '.join(self.LAYOUTS)}, got {layout!r}")
+        self.iterations, self.eps, self.self_pairs, self.layout = iterations, eps, self_pairs, layout
+        self.compat = nn.Parameter(torch.zeros(nodes, nodes))
         self.optimized = False
+
+    def node_features(self, emb: torch.Tensor) -> torch.Tensor:
+        """``[B, C, D, h, w]`` -> ``[B, N, F]`` node features in the chosen layout."""
+        b, n = emb.shape[0], self.compat.shape[0]
+        if emb.shape[2] < n:
+            raise MedvolError(f"crf: embedding has {emb.shape[2]} depth slices, fewer than {n} nodes")
+        emb = emb[:, :, :n]
+        if self.layout == "channels":
+            # The published reshape reads the contiguous (C, D, H, W) order; for a channels_last
+            # embedding this is one copy, made so that the nodes are the same whatever the layout.
+            return emb.contiguous().reshape(b, n, -1)
+        # Depth slab: cosines ignore the order inside a node, so take the cheapest flattening.
+        if emb.is_contiguous(memory_format=torch.channels_last_3d) and not emb.is_contiguous():
+            return emb.permute(0, 2, 3, 4, 1).reshape(b, n, -1)
+        return emb.transpose(1, 2).reshape(b, n, -1)
 
     def forward(self, emb: torch.Tensor, unary: torch.Tensor) -> torch.Tensor:
         from medvol.ops import meanfield_crf
 
-        b, n = emb.shape[0], emb.shape[2]
-        # Each node's features flattened in whichever order is cheapest (cosines ignore the order):
-        # (H, W, C), a view, when emb is channels_last_3d; (C, H, W) otherwise, one copy made of
-        # contiguous runs of H*W values.
-        if emb.is_contiguous(memory_format=torch.channels_last_3d) and not emb.is_contiguous():
-            feats = emb.permute(0, 2, 3, 4, 1).reshape(b, n, -1)
-        else:
-            feats = emb.transpose(1, 2).reshape(b, n, -1)
+        feats = self.node_features(emb)
+        b, n = feats.shape[:2]
         backend = "auto" if self.optimized else "torch"
         # The CRF is tiny next to the networks: run it in float32 whatever the autocast dtype. The
         # fused backends read bf16/fp16 features and accumulate in float32, so the optimized mode
@@ -68,6 +92,8 @@ class PatchCRF(nn.Module):
                 unary.float().reshape(b, 1).expand(b, n).contiguous(),
                 self.compat.float(),
                 iterations=self.iterations,
+                self_pairs=self.self_pairs,
+                eps=self.eps,
                 backend=backend,
             )
         return logits.mean(dim=1, keepdim=True)
@@ -83,7 +109,10 @@ class CRFGAN(GANSystem):
         super().__init__(size, base_width, latent_dim, num_classes)
         self.G = Generator(size, base_width, latent_dim, num_classes, low_branch=False)
         self.D = HighResDiscriminator(size, base_width, num_classes)
-        self.crf = PatchCRF(self.geometry.emb)
+        # The published 64^3 model has no epsilon in its cosine (128^3 and 256^3 add 1e-6): a node
+        # whose features are all zero (a dead ReLU block, likely in narrow models) then gives NaN.
+        # medvol adds 1e-6 at every size; elsewhere the two agree to float32 rounding.
+        self.crf = PatchCRF(self.geometry.emb, eps=1e-6)
 
     def train_step(
         self,

@@ -202,6 +202,8 @@ def test_crf_head_does_not_depend_on_the_embedding_layout():
 
     torch.manual_seed(0)
     crf = PatchCRF(8)
+    with torch.no_grad():
+        crf.compat.normal_()
     emb = torch.randn(2, 6, 8, 5, 3)
     unary = torch.randn(2, 1)
     results = []
@@ -212,3 +214,48 @@ def test_crf_head_does_not_depend_on_the_embedding_layout():
         results.append((out, grad))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def _published_crf_float64(emb, unary, w, iterations, eps):
+    # The published CRF written out from its equations: nodes are rows of the contiguous embedding's
+    # first N depth slices reshaped to [B, N, -1]; cos = dot / (|f_i||f_j| + eps), self-pairs kept.
+    b, n = emb.shape[0], w.shape[0]
+    f = emb[:, :, :n].contiguous().reshape(b, n, -1).double()
+    norms = f.norm(dim=2, keepdim=True)
+    cos = (f @ f.transpose(1, 2)) / (norms @ norms.transpose(1, 2) + eps)
+    pot = cos * (w.double() + w.double().t()) / 2
+    u = unary.double().reshape(b, 1, 1).expand(b, n, 1)
+    logits = u
+    for _ in range(iterations):
+        q = logits.sigmoid().transpose(1, 2)
+        logits = u + (q * pot - (1 - q) * pot).sum(dim=2, keepdim=True)
+    return logits.mean(dim=1)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_crf_head_computes_the_published_crf(layout):
+    from medvol.models.crfgan import PatchCRF
+
+    torch.manual_seed(3)
+    crf = PatchCRF(8, eps=1e-6)
+    assert torch.count_nonzero(crf.compat) == 0  # published init: W = 0
+    with torch.no_grad():
+        crf.compat.normal_()
+    emb = torch.randn(2, 6, 9, 5, 3).to(memory_format=layout)
+    unary = torch.randn(2, 1)
+    expected = _published_crf_float64(emb, unary, crf.compat.detach(), crf.iterations, 1e-6)
+    torch.testing.assert_close(crf(emb, unary).double(), expected, rtol=1e-5, atol=1e-6)
+    # The former depth-slab layout without self-pairs is a different function.
+    slab = PatchCRF(8, eps=1e-6, self_pairs=False, layout="depth")
+    slab.load_state_dict(crf.state_dict())
+    assert not torch.allclose(slab(emb, unary).double(), expected, atol=1e-3)
+
+
+def test_crf_head_rejects_unknown_layout_and_short_embeddings():
+    from medvol.errors import MedvolError
+    from medvol.models.crfgan import PatchCRF
+
+    with pytest.raises(MedvolError, match="layout"):
+        PatchCRF(4, layout="slices")
+    with pytest.raises(MedvolError, match="depth slices"):
+        PatchCRF(8)(torch.randn(1, 4, 6, 2, 2), torch.zeros(1, 1))
