@@ -89,6 +89,34 @@ def meanfield_crf_reference(feats: torch.Tensor, unary: torch.Tensor, compat: to
     return logits.to(unary.dtype)
 
 
+def _meanfield_from_gram(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor, iterations: int,
+                         self_pairs: bool, eps: float) -> torch.Tensor:
+    """The reference's function computed from the raw Gram matrix, in plain PyTorch.
+
+    What ``auto`` runs while the fused kernels lack the published form: like them it makes no
+    float32 copy of a bfloat16/float16 ``feats`` (the [B, N, F] tensor is the whole embedding);
+    the Gram F F^T comes out of one batched matmul in the input dtype (float32 accumulation), the
+    norms from its diagonal, and everything after is N x N. Backward holds one gradient the size
+    of ``feats``, in its dtype. Double backward works.
+    """
+    gram = torch.bmm(feats, feats.transpose(1, 2)).float()
+    sq = gram.diagonal(dim1=1, dim2=2)
+    positive = sq > 0
+    # sqrt's gradient at 0 is infinite; a zero node gets norm 0 with a zero gradient, as norm() does.
+    norm = torch.where(positive, sq, torch.ones_like(sq)).sqrt() * positive
+    cos = gram / (norm.unsqueeze(-1) * norm.unsqueeze(-2) + eps)
+    w = compat.float()
+    wsym = (w + w.t()) / 2
+    if not self_pairs:
+        wsym = wsym * (1.0 - torch.eye(w.shape[0], dtype=wsym.dtype, device=w.device))
+    pot = cos * wsym
+    u = unary.float()
+    logits = u
+    for _ in range(iterations):
+        logits = u + (pot @ (2 * torch.sigmoid(logits) - 1).unsqueeze(-1)).squeeze(-1)
+    return logits.to(unary.dtype)
+
+
 def _forward_fake(feats, unary, compat, iterations):
     B, N, _ = feats.shape
     return (feats.new_empty(B, N, dtype=torch.float32), feats.new_empty(B, N, N, dtype=torch.float32),
@@ -231,8 +259,11 @@ def meanfield_crf(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor
         raise MedvolError(f"meanfield_crf: iterations must be >= 0, got {iterations}")
     _check_options(self_pairs, eps)
     if backend == "auto" and not _kernels_cover(self_pairs, eps):
+        log.debug("meanfield_crf: auto picked 'torch' (Gram form): the fast kernels do not yet implement"
+                  " the published form")
+        if feats.dtype in (torch.bfloat16, torch.float16):
+            return _meanfield_from_gram(feats, unary, compat, iterations, self_pairs, eps)
         chosen = "torch"
-        log.debug("meanfield_crf: auto picked 'torch': the fast kernels do not yet implement the published form")
     else:
         chosen = _dispatch.choose("meanfield_crf", backend, feats)
     if chosen == "torch":

@@ -132,3 +132,36 @@ def test_unported_fast_backend_raises_and_auto_runs_reference():
             with pytest.raises(MedvolError, match="backend='torch'"):
                 meanfield_crf(*inputs, backend=backend)
     torch.testing.assert_close(meanfield_crf(*inputs), meanfield_crf_reference(*inputs))
+
+
+@pytest.mark.parametrize("self_pairs", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 16, 1500), (2, 33, 257)])
+def test_auto_reduced_precision_gram_form_matches_float64_reference(shape, self_pairs):
+    # auto runs the Gram form for bf16/fp16 features while the kernels lack the published form.
+    from medvol.ops.meanfield_crf import _meanfield_from_gram
+
+    seed = 1234 + shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    b, n, f = shape
+    feats = torch.randn(b, n, f, generator=gen)
+    unary = torch.randn(b, n, generator=gen)
+    compat = torch.randn(n, n, generator=gen)
+    feats[0, 0] = 0.0  # a dead node: norm 0, finite values and gradients
+    for dtype, rtol, atol in ((torch.float32, 1e-5, 1e-5), (torch.bfloat16, 3e-2, 3e-2)):
+        x = feats.to(dtype).requires_grad_()
+        u, w = unary.clone().requires_grad_(), compat.clone().requires_grad_()
+        out = _meanfield_from_gram(x, u, w, 10, self_pairs, 1e-6)
+        x64 = x.detach().double().requires_grad_()
+        u64, w64 = unary.double().requires_grad_(), compat.double().requires_grad_()
+        ref = meanfield_crf_reference(x64, u64, w64, 10, self_pairs=self_pairs, eps=1e-6)
+        weight = torch.randn(b, n, generator=gen)
+        grads = torch.autograd.grad((out * weight).sum(), (x, u, w))
+        refs = torch.autograd.grad((ref * weight.double()).sum(), (x64, u64, w64))
+        msg = f"seed={seed} dtype={dtype}"
+        torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol, msg=msg)
+        for g, r in zip(grads, refs):
+            assert torch.isfinite(g).all(), msg
+            torch.testing.assert_close(g.double(), r, rtol=rtol, atol=atol * max(1.0, r.abs().max().item()), msg=msg)
+    x = feats.bfloat16()
+    assert torch.equal(meanfield_crf(x, unary, compat, backend="auto"),
+                       _meanfield_from_gram(x, unary, compat, 10, True, 1e-6))
