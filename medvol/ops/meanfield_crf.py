@@ -79,14 +79,20 @@ def meanfield_crf_reference(feats: torch.Tensor, unary: torch.Tensor, compat: to
     f, u, w = feats.to(dtype), unary.to(dtype), compat.to(dtype)
     norm = f.norm(dim=-1)
     cos = (f @ f.transpose(1, 2)) / (norm.unsqueeze(-1) * norm.unsqueeze(-2) + eps)
+    return _mean_field(cos, u, w, iterations, self_pairs).to(unary.dtype)
+
+
+def _mean_field(cos: torch.Tensor, u: torch.Tensor, w: torch.Tensor, iterations: int,
+                self_pairs: bool) -> torch.Tensor:
+    """T mean-field updates from cosines [B, N, N], unaries [B, N] and compatibility [N, N]."""
     wsym = (w + w.t()) / 2
     if not self_pairs:
-        wsym = wsym * (1.0 - torch.eye(w.shape[0], dtype=dtype, device=w.device))
+        wsym = wsym * (1.0 - torch.eye(w.shape[0], dtype=wsym.dtype, device=w.device))
     pot = cos * wsym
     logits = u
     for _ in range(iterations):
         logits = u + (pot @ (2 * torch.sigmoid(logits) - 1).unsqueeze(-1)).squeeze(-1)
-    return logits.to(unary.dtype)
+    return logits
 
 
 def _meanfield_from_gram(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor, iterations: int,
@@ -105,16 +111,7 @@ def _meanfield_from_gram(feats: torch.Tensor, unary: torch.Tensor, compat: torch
     # sqrt's gradient at 0 is infinite; a zero node gets norm 0 with a zero gradient, as norm() does.
     norm = torch.where(positive, sq, torch.ones_like(sq)).sqrt() * positive
     cos = gram / (norm.unsqueeze(-1) * norm.unsqueeze(-2) + eps)
-    w = compat.float()
-    wsym = (w + w.t()) / 2
-    if not self_pairs:
-        wsym = wsym * (1.0 - torch.eye(w.shape[0], dtype=wsym.dtype, device=w.device))
-    pot = cos * wsym
-    u = unary.float()
-    logits = u
-    for _ in range(iterations):
-        logits = u + (pot @ (2 * torch.sigmoid(logits) - 1).unsqueeze(-1)).squeeze(-1)
-    return logits.to(unary.dtype)
+    return _mean_field(cos, unary.float(), compat.float(), iterations, self_pairs).to(unary.dtype)
 
 
 def _forward_fake(feats, unary, compat, iterations):
