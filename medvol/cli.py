@@ -12,6 +12,7 @@ import sys
 
 import medvol
 from medvol.errors import MedvolError
+from medvol.utils import console_safe
 
 #: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
 COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "profile", "info", "view"]
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    console_safe()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

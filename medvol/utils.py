@@ -101,3 +101,21 @@ def parse_size_bytes(text: str) -> int:
     if not match or unit not in _UNITS or float(match.group(1)) <= 0:
         raise MedvolError(f"invalid memory size {text!r}: expected e.g. 12GB, 11GiB or 4096MB")
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+def console_safe() -> None:
+    """Keep printing when the terminal's encoding cannot show medvol's text (``³``, ``×``).
+
+    Under an ASCII locale (``LC_ALL=C`` with ``PYTHONUTF8=0``) a ``print`` of a table would
+    raise ``UnicodeEncodeError`` half-way through a report; such characters are escaped instead.
+    """
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "³×".encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors="backslashreplace")

@@ -34,14 +34,14 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
 def test_atomic_dir_replaces_only_when_complete(tmp_path):
     target = tmp_path / "cache"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    (target / "old.txt").write_text("old", encoding="utf-8")
     with pytest.raises(ValueError):
         with atomic_dir(target) as tmp:
-            (tmp / "new.txt").write_text("new")
+            (tmp / "new.txt").write_text("new", encoding="utf-8")
             raise ValueError("fail")
     assert [p.name for p in target.iterdir()] == ["old.txt"]
     with atomic_dir(target) as tmp:
-        (tmp / "new.txt").write_text("new")
+        (tmp / "new.txt").write_text("new", encoding="utf-8")
     assert [p.name for p in target.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]
 

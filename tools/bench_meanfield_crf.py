@@ -125,4 +125,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from medvol.utils import console_safe
+
+    console_safe()
     sys.exit(main())

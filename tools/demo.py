@@ -85,4 +85,7 @@ def summary_line(summary) -> str:
 
 
 if __name__ == "__main__":
+    from medvol.utils import console_safe
+
+    console_safe()
     sys.exit(main())

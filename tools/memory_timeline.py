@@ -168,4 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from medvol.utils import console_safe
+
+    console_safe()
     sys.exit(main())

@@ -75,7 +75,7 @@ def peak_mb(fn: Callable[[], object], device: torch.device) -> float:
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 1e6
     base = _rss_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")  # resets VmHWM to the current RSS
     fn()
     return (_rss_kb("VmHWM") - base) * 1024 / 1e6
 

@@ -133,11 +133,11 @@ def test_cache_argument_errors(tmp_path, phantom_files):
         build_cache(src, tmp_path / "c", P32, workers=0)
     with pytest.raises(MedvolError, match="--val-fraction"):
         build_cache(src, tmp_path / "c", P32, val_fraction=1.5)
-    (tmp_path / "file").write_text("x")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(MedvolError, match="--dst"):
         build_cache(src, tmp_path / "file", P32)
     with pytest.raises(MedvolError, match="not a medvol cache"):
         load_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text("{broken")
+    (tmp_path / "manifest.json").write_text("{broken", encoding="utf-8")
     with pytest.raises(MedvolError, match="unreadable manifest"):
         load_manifest(tmp_path)

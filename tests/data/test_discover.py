@@ -18,7 +18,7 @@ def test_luna16_layout(tmp_path, tiny):
     for subset, uid in [("subset0", "1.3.6.1.4.1.14519.5.2.1.6279.6001.100"), ("subset1", "1.3.6.1.4.1.2")]:
         write_volume(tiny, root / subset / f"{uid}.mhd", dtype=np.int16)
     write_volume(tiny, root / "seg-lungs-LUNA16" / "1.3.6.1.4.1.2.mhd", dtype=np.uint8)
-    (root / "annotations.csv").write_text("seriesuid,coordX\n")
+    (root / "annotations.csv").write_text("seriesuid,coordX\n", encoding="utf-8")
     found = discover(root)
     assert [p.relative_to(root).as_posix() for p in found] == [
         "subset0/1.3.6.1.4.1.14519.5.2.1.6279.6001.100.mhd", "subset1/1.3.6.1.4.1.2.mhd"]
@@ -53,9 +53,9 @@ def test_text_list_with_comments_and_relative_paths(tmp_path, tiny):
     write_volume(tiny, tmp_path / "data" / "a.nii.gz")
     write_volume(tiny, tmp_path / "data" / "b.mhd")
     listing = tmp_path / "list.txt"
-    listing.write_text("# training set\n\ndata/b.mhd\n" + str(tmp_path / "data" / "a.nii.gz") + "\n")
+    listing.write_text("# training set\n\ndata/b.mhd\n" + str(tmp_path / "data" / "a.nii.gz") + "\n", encoding="utf-8")
     assert discover(listing) == [tmp_path / "data" / "a.nii.gz", tmp_path / "data" / "b.mhd"]
-    listing.write_text("data/a.nii.gz\ndata/missing.nii.gz\n")
+    listing.write_text("data/a.nii.gz\ndata/missing.nii.gz\n", encoding="utf-8")
     with pytest.raises(MedvolError, match=r"list\.txt:2: data/missing\.nii\.gz: no such file"):
         discover(listing)
 
@@ -75,6 +75,6 @@ def test_discovery_errors_name_the_path(tmp_path):
         discover(tmp_path / "empty")
     with pytest.raises(MedvolError, match=r"\*\.nii: no volumes match"):
         discover(str(tmp_path / "*.nii"))
-    (tmp_path / "notes.csv").write_text("a,b\n")
+    (tmp_path / "notes.csv").write_text("a,b\n", encoding="utf-8")
     with pytest.raises(MedvolError, match=r"notes\.csv: not a volume"):
         discover(tmp_path / "notes.csv")

@@ -33,7 +33,7 @@ def test_published_standin_runs_patched_in_a_fresh_process(tmp_path, vs_publishe
 def test_published_failure_is_a_result(tmp_path, vs_published):
     repo = write_standin(tmp_path / "clone", size=32)
     train = repo / "train.py"
-    train.write_text(train.read_text().replace("d_loss.backward()", "raise ValueError('boom')"))
+    train.write_text(train.read_text(encoding="utf-8").replace("d_loss.backward()", "raise ValueError('boom')"))
     config = {"key": "k", "repo": str(repo), "model": "crfgan", "size": 32, "batch": 1,
               "device": "cpu", "iters": 1, "warmup": 0, "seed": 0}
     result = vs_published.published_in_subprocess(config, timeout=120)
@@ -65,10 +65,10 @@ def test_interleaved_order_and_ratios(tmp_path, vs_published):
     assert row["reference_s_it_ratio"] == pytest.approx(0.5)
     assert row["optimized_s_it_ratio"] == pytest.approx(1.0 / 6.0)
     assert row["optimized_peak_mib_ratio"] == pytest.approx(0.25)
-    text = (tmp_path / "out" / "vs_published.md").read_text()
+    text = (tmp_path / "out" / "vs_published.md").read_text(encoding="utf-8")
     assert "| CRF-GAN | 32³ | 2 | 6.000 | 100 | 3.000 | 0.50× | 50 | 0.50× | 1.000 | 0.17× | 25 | 0.25× |" in text
     assert "base width 4" in text
-    saved = json.loads((tmp_path / "out" / "vs_published.json").read_text())
+    saved = json.loads((tmp_path / "out" / "vs_published.json").read_text(encoding="utf-8"))
     assert len(saved["results"]) == 18 and saved["rows"] == json.loads(json.dumps(report["rows"]))
 
 
@@ -81,7 +81,7 @@ def test_a_failed_side_has_no_ratio(tmp_path, vs_published):
         run_mv=lambda config, mode: {"status": "ok", "step_s_median": 1.0, "peak_bytes": 2**20})
     row = report["rows"][0]
     assert row["reference_s_it_ratio"] is None and row["published_status"].startswith("OOM")
-    assert "published: OOM: too big" in (tmp_path / "out" / "vs_published.md").read_text()
+    assert "published: OOM: too big" in (tmp_path / "out" / "vs_published.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -30,7 +30,7 @@ def test_every_shipped_config_loads():
 
 def test_overrides_parse_and_apply(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model: {name: hagan, size: 128}\ntrain: {iterations: 5, lr: {G: 1.0e-4}}\n")
+    path.write_text("model: {name: hagan, size: 128}\ntrain: {iterations: 5, lr: {G: 1.0e-4}}\n", encoding="utf-8")
     cfg = load_config(path, ["--train.iterations", "10", "--data.batch=4", "--train.lr.D", "2e-4",
                              "--train.compile", "--model.size", "64", "--train.amp", "fp16"])
     assert cfg.model.name == "hagan" and cfg.model.size == 64
@@ -61,12 +61,12 @@ def test_bad_override_names_the_key(overrides, culprit):
 
 def test_unknown_key_in_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model: {name: crfgan}\ndata: {batchsize: 2}\n")
+    path.write_text("model: {name: crfgan}\ndata: {batchsize: 2}\n", encoding="utf-8")
     with pytest.raises(MedvolError, match=r"data\.batchsize"):
         load_config(path)
     with pytest.raises(MedvolError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
-    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n", encoding="utf-8")
     with pytest.raises(MedvolError, match="invalid YAML"):
         load_config(tmp_path / "bad.yaml")
 

@@ -46,6 +46,6 @@ def test_napari_opens_a_sample_folder(make_napari_viewer, volumes_dir, tmp_path)
 def test_reader_declines_other_files(tmp_path):
     from medvol.viewer.plugin import get_reader
 
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(tmp_path)) is None  # a folder without volumes
