@@ -415,7 +415,7 @@ def markdown(rows: list[dict], modes: list[str], meta: dict) -> str:
     lines = [f"- Device: {meta['device_name']}",
              f"- medvol commit: {meta.get('medvol_commit') or 'unknown'}; published: "
              + "; ".join(f"{NAMES.get(m, m)} {c}" for m, c in meta.get("published_commits", {}).items()),
-             f"- {meta['reps']} interleaved repetitions (fresh processes), each the median of "
+             f"- {meta['reps']} interleaved repetition(s) (fresh processes), each the median of "
              f"{meta['iters']} timed iterations after {meta['warmup']} warm-up; medians over repetitions",
              f"- Date: {meta['date']}", f"- Command: `{meta['command']}`", "",
              "| model | size | batch | published s/it | published peak MiB | "
@@ -507,6 +507,8 @@ def compare(repos: list[Path], *, sizes: list[int], batches: list[int], device: 
         log(f"[{index}/{len(order)}] {config['key']} rep {rep + 1} {side}: {status}")
         if result["status"] == "error" and result.get("traceback"):
             log(result["traceback"])
+        # Rewritten after every run: a comparison stopped by a timeout keeps what it measured.
+        write_outputs(out, summarise(configs, results, modes), results, modes, meta)
     rows = summarise(configs, results, modes)
     write_outputs(out, rows, results, modes, meta)
     return {"meta": meta, "rows": rows, "results": results}
@@ -581,4 +583,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from medvol.utils import console_safe
+
+    console_safe()
     sys.exit(main())
