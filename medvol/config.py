@@ -37,6 +37,11 @@ class ModelConfig:
     base_width: int = 32
     latent_dim: int = 1024
     num_classes: int = 0
+    #: CRF-GAN only (docs/models.md "CRF-GAN options"): the CRF step's inputs, fresh forwards as
+    #: published or the G/D step's reused; the CRF's node layout; its self-pairs.
+    crf_forwards: Literal["fresh", "reuse"] = "fresh"
+    crf_layout: Literal["channels", "depth"] = "channels"
+    crf_self_pairs: bool = True
 
 
 @dataclass

@@ -3,7 +3,8 @@
 from medvol.models.crfgan import CRFGAN, crf_weight
 from medvol.models.hagan import HAGAN
 from medvol.models.networks import SIZES
-from medvol.models.registry import MODELS, build
+from medvol.models.registry import MODEL_OPTIONS, MODELS, build, build_from_config
 from medvol.models.system import GANSystem
 
-__all__ = ["CRFGAN", "HAGAN", "GANSystem", "MODELS", "SIZES", "build", "crf_weight"]
+__all__ = ["CRFGAN", "HAGAN", "GANSystem", "MODEL_OPTIONS", "MODELS", "SIZES", "build", "build_from_config",
+           "crf_weight"]

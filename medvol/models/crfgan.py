@@ -14,7 +14,7 @@ from torch import nn
 
 from medvol.errors import MedvolError
 from medvol.models.networks import Generator, HighResDiscriminator
-from medvol.models.system import GANSystem, Substep
+from medvol.models.system import GANSystem, StepState
 
 #: Mean-field iterations (10 in the paper).
 CRF_ITERATIONS = 10
@@ -99,111 +99,98 @@ class PatchCRF(nn.Module):
         return logits.mean(dim=1, keepdim=True)
 
 
+#: How the CRF sub-step gets its inputs (:class:`CRFGAN` ``crf_forwards``).
+CRF_FORWARDS = ("fresh", "reuse")
+
+
 class CRFGAN(GANSystem):
-    """CRF-GAN system: ``G`` (G^A + G^H), ``D`` (D^H), ``E``, ``crf``. Build with ``build("crfgan", S)``."""
+    """CRF-GAN system: ``G`` (G^A + G^H), ``D`` (D^H), ``E``, ``crf``. Build with ``build("crfgan", S)``.
+
+    One training iteration (:meth:`train_step`) is the published one, in its order D, G, CRF, E:
+
+    - D: BCE(D(real crop), 1) + BCE(D(fake crop), 0), the crop at a random voxel depth whose
+      position D is given.
+    - G: BCE(blend, 1) on fresh fakes, blend = w * CRF(fake embedding, D logit) + (1 - w) * D logit,
+      w = :func:`crf_weight` (iteration); D and the CRF frozen.
+    - CRF: with ``crf_forwards="fresh"`` (published) a new latent batch is drawn and G and the
+      just-updated D run again on it, E encodes the whole real volume at once (its GroupNorm
+      statistics cover the volume) and D scores the real crop again; then
+      BCE(CRF(fake emb, D(fake)), 0) + BCE(CRF(E(real), D(real crop)), 1), only W trained.
+      ``crf_forwards="reuse"`` (medvol's former step, cheaper) takes the G step's embedding and
+      logit and the D step's pre-update real logit instead, and E crop by crop.
+    - E: L1(G^H(E(real crop)), real crop).
+
+    With ``num_classes > 0`` D's auxiliary head adds cross-entropy on the real labels (D step)
+    and on the conditioning labels of the fakes (G step). Losses returned: D, D_real, D_fake, G,
+    crf_weight, crf, E (+ D_cls, G_cls).
+
+    Args:
+        size, base_width, latent_dim, num_classes: as :func:`medvol.models.build`.
+        crf_forwards: "fresh" (published) or "reuse" (see above).
+        crf_layout: the CRF's node layout, "channels" (published) or "depth" (:class:`PatchCRF`).
+        crf_self_pairs: keep the CRF's self-pairs (published) or drop them.
+    """
 
     name = "crfgan"
     extra = "crf"
+    SUBSTEPS = ("D", "G", "crf", "E")
 
-    def __init__(self, size: int, base_width: int = 32, latent_dim: int = 1024, num_classes: int = 0):
+    def __init__(self, size: int, base_width: int = 32, latent_dim: int = 1024, num_classes: int = 0, *,
+                 crf_forwards: str = "fresh", crf_layout: str = "channels", crf_self_pairs: bool = True):
         super().__init__(size, base_width, latent_dim, num_classes)
+        if crf_forwards not in CRF_FORWARDS:
+            raise MedvolError(f"crf_forwards: expected one of {', '.join(CRF_FORWARDS)}, got {crf_forwards!r}")
+        if not isinstance(crf_self_pairs, bool):
+            raise MedvolError(f"crf_self_pairs: expected true or false, got {crf_self_pairs!r}")
+        self.crf_forwards = crf_forwards
         self.G = Generator(size, base_width, latent_dim, num_classes, low_branch=False)
         self.D = HighResDiscriminator(size, base_width, num_classes)
         # The published 64^3 model has no epsilon in its cosine (128^3 and 256^3 add 1e-6): a node
         # whose features are all zero (a dead ReLU block, likely in narrow models) then gives NaN.
         # medvol adds 1e-6 at every size; elsewhere the two agree to float32 rounding.
-        self.crf = PatchCRF(self.geometry.emb, eps=1e-6)
+        self.crf = PatchCRF(self.geometry.emb, eps=1e-6, self_pairs=crf_self_pairs, layout=crf_layout)
 
-    def train_step(
-        self,
-        real: torch.Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        iteration: int,
-        *,
-        labels: torch.Tensor | None = None,
-        amp_dtype: torch.dtype | None = None,
-        scaler: "torch.amp.GradScaler | None" = None,
-        substep: Substep | None = None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """One published CRF-GAN iteration: D, G, E and CRF updates (in that order).
+    def options(self) -> dict[str, object]:
+        """The build options beyond size and widths (what a checkpoint must rebuild)."""
+        return {"crf_forwards": self.crf_forwards, "crf_layout": self.crf.layout,
+                "crf_self_pairs": self.crf.self_pairs}
 
-        - D: BCE on the real crop vs the fake crop at the same random depth (position fed to D).
-        - G: BCE(blend, 1) with blend = w * CRF(fake embedding, D logit) + (1 - w) * D logit,
-          w = :func:`crf_weight` (iteration).
-        - E: L1 between the real crop and G^H(E(real crop)).
-        - CRF: BCE on real embeddings (E over the real volume, crop by crop) with D's logit of the
-          real crop as unary, vs the fake embedding and its D logit.
-        With ``num_classes > 0`` D's auxiliary head adds cross-entropy on the real labels (D step)
-        and on the conditioning labels of the fakes (G step).
+    def _fake_inputs(self, z: torch.Tensor, labels: torch.Tensor | None, start: int) -> tuple[torch.Tensor]:
+        return (self.G.render(self._crop_emb(self.G.embed(z, labels), start)),)
 
-        Args:
-            real: ``[B, 1, S, S, S]`` in [-1, 1].
-            optimizers: from :meth:`make_optimizers`.
-            iteration: 0-based global iteration (CRF weight schedule).
-            labels: ``[B]`` class ids (class-conditional only); fakes are generated with them too.
-            amp_dtype: autocast dtype on ``real.device.type`` or None for float32.
-            scaler: GradScaler for float16, or None; ``update()`` is called once at the end.
-            substep: ``substep(name)`` context manager around "D", "G", "E", "crf".
-            generator: RNG for the crop position and the latents.
+    def _generator_logit(self, z: torch.Tensor, state: StepState) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = crf_weight(state.iteration)
+        state.out["crf_weight"] = torch.tensor(weight)
+        emb = self.G.embed(z, state.labels)
+        d_gen, cls_gen = self.D(self.G.render(self._crop_emb(emb, state.start)), state.position)
+        adversarial = d_gen
+        if weight > 0:
+            adversarial = weight * self.crf(emb, d_gen) + (1.0 - weight) * d_gen.float()
+        if self.crf_forwards == "reuse":
+            # Only the CRF step needs the fake embedding now; under autocast keep it in the
+            # autocast dtype (the CRF reads it with float32 accumulation) rather than in float32.
+            state.keep["emb_fake"] = self._amp_cast(emb.detach(), state.amp_dtype)
+            state.keep["d_fake"] = d_gen.detach()
+        return adversarial, cls_gen
 
-        Returns:
-            Detached scalar losses: D, D_real, D_fake, G, E, crf, crf_weight (+ D_cls, G_cls).
-        """
-        prepared = self._prepare_step(real, labels, substep, generator)
-        real, labels, substep, start, real_crop, position = prepared
-        batch, device = real.shape[0], real.device
-        autocast = lambda: self._autocast(device, amp_dtype)  # noqa: E731
-        out: dict[str, torch.Tensor] = {}
-        try:
-            with substep("D"):
-                self._train_only("D")
-                with autocast():
-                    with torch.no_grad():
-                        z = self.sample_latent(batch, generator, device)
-                        fake = self.G.render(self._crop_emb(self.G.embed(z, labels), start))
-                    d_real, cls_real = self.D(real_crop, position)
-                    d_fake, _ = self.D(fake, position)
-                    del fake  # no grad: nothing needs it through the later sub-steps
-                    loss_real, loss_fake = self._bce(d_real, 1.0), self._bce(d_fake, 0.0)
-                    loss_d = loss_real + loss_fake
-                    loss_d = self._add_class_loss(loss_d, cls_real, labels, out, "D_cls")
-                self._update("D", loss_d, optimizers, scaler)
-            out.update(D=loss_d.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
+    def _crf_inputs(self, state: StepState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fake embedding, its D logit, real embedding, the real crop's D logit), no grad."""
+        amp = state.amp_dtype
+        if self.crf_forwards == "reuse":
+            emb_real = self._amp_cast(self._encode_slabs(state.real), amp)
+            return state.keep.pop("emb_fake"), state.keep.pop("d_fake"), emb_real, state.keep["d_real"]
+        z = self.sample_latent(state.batch, state.generator, state.device)
+        emb_fake = self.G.embed(z, state.labels)
+        d_fake, _ = self.D(self.G.render(self._crop_emb(emb_fake, state.start)), state.position)
+        emb_fake = self._amp_cast(emb_fake, amp)
+        emb_real = self._amp_cast(self.E(state.real), amp)
+        d_real, _ = self.D(state.real_crop, state.position)
+        return emb_fake, d_fake, emb_real, d_real
 
-            weight = crf_weight(iteration)
-            with substep("G"):
-                self._train_only("G")
-                z = self.sample_latent(batch, generator, device)
-                with autocast():
-                    emb = self.G.embed(z, labels)
-                    d_gen, cls_gen = self.D(self.G.render(self._crop_emb(emb, start)), position)
-                    adversarial = d_gen
-                    if weight > 0:
-                        adversarial = weight * self.crf(emb, d_gen) + (1.0 - weight) * d_gen.float()
-                    loss_g = self._bce(adversarial, 1.0)
-                    loss_g = self._add_class_loss(loss_g, cls_gen, labels, out, "G_cls")
-                self._update("G", loss_g, optimizers, scaler)
-            out.update(G=loss_g.detach(), crf_weight=torch.tensor(weight))
-            # Only the CRF step needs the fake embedding now; under autocast keep it in the autocast
-            # dtype (the CRF reads it with float32 accumulation) rather than in float32.
-            emb = self._amp_cast(emb.detach(), amp_dtype)
-
-            with substep("E"):
-                out["E"] = self._encoder_step(real_crop, optimizers, amp_dtype, scaler)
-
-            with substep("crf"):
-                self._train_only("crf")
-                with autocast():
-                    with torch.no_grad():
-                        emb_real = self._amp_cast(self._encode_slabs(real), amp_dtype)
-                    logit_real = self.crf(emb_real, d_real.detach())
-                    logit_fake = self.crf(emb, d_gen.detach())
-                    loss_crf = self._bce(logit_real, 1.0) + self._bce(logit_fake, 0.0)
-                self._update("crf", loss_crf, optimizers, scaler)
-            out["crf"] = loss_crf.detach()
-        finally:
-            self._unfreeze()
-        if scaler is not None:
-            scaler.update()
-        return out
+    def _step_crf(self, state: StepState) -> None:
+        with state.autocast():
+            with torch.no_grad():
+                emb_fake, d_fake, emb_real, d_real = self._crf_inputs(state)
+            loss = self._bce(self.crf(emb_fake, d_fake), 0.0) + self._bce(self.crf(emb_real, d_real), 1.0)
+        self._update("crf", loss, state.optimizers, state.scaler)
+        state.out["crf"] = loss.detach()

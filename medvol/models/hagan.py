@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvol.models.networks import Generator, HighResDiscriminator, LowResDiscriminator, SubEncoder
-from medvol.models.system import GANSystem, Substep
+from medvol.models.system import GANSystem, StepState
 
 
 class HADiscriminator(nn.Module):
@@ -60,11 +60,26 @@ class HAGAN(GANSystem):
         with self._eval():
             return self.sub_E(emb)
 
+    #: Published order: D, G, E, sub-encoder. Losses: D, D_real, D_fake, G, E, sub_E (+ D_cls, G_cls).
+    SUBSTEPS = ("D", "G", "E", "sub_E")
+
     def _fake(
         self, z: torch.Tensor, labels: torch.Tensor | None, start: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G^H crop at voxel ``start``, G^L low-resolution volume) of ``z``."""
         emb = self.G.embed(z, labels)
         return self.G.render(self._crop_emb(emb, start)), self.G.render_low(emb)
+
+    _fake_inputs = _fake
+
+    def _real_low(self, state: StepState) -> torch.Tensor:
+        if "real_low" not in state.keep:
+            state.keep["real_low"] = downsample_low(state.real)
+        return state.keep["real_low"]
+
+    def _real_inputs(self, state: StepState) -> tuple[torch.Tensor, ...]:
+        """(real crop, real volume nearest-downsampled x1/4) for D^H + D^L."""
+        return state.real_crop, self._real_low(state)
 
     def _sub_encoder_loss(
         self,
@@ -83,76 +98,13 @@ class HAGAN(GANSystem):
         loss = F.l1_loss(rec.float(), real_crop.float())
         return (loss + F.l1_loss(rec_low.float(), real_low.float())) / 2
 
-    def train_step(
-        self,
-        real: torch.Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        iteration: int,
-        *,
-        labels: torch.Tensor | None = None,
-        amp_dtype: torch.dtype | None = None,
-        scaler: "torch.amp.GradScaler | None" = None,
-        substep: Substep | None = None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """One published HA-GAN iteration: D, G, E and sub-encoder updates (in that order).
-
-        - D: BCE on (real crop, real low-res) vs (fake crop, G^L volume) at the same random depth.
-        - G: BCE(D(fake), 1).
-        - E: L1 between the real crop and G^H(E(real crop)).
-        - sub_E: z = sub_E(E(real) crop by crop, no grad into E); loss = (L1(G^H crop of z, real
-          crop) + L1(G^L(z), real low-res)) / 2, gradients through the frozen G.
-        With ``num_classes > 0`` the auxiliary heads add cross-entropy (real labels in the D step,
-        the conditioning labels of the fakes in the G step).
-
-        Args and returns: as :meth:`medvol.models.crfgan.CRFGAN.train_step`; ``iteration`` is
-        unused by HA-GAN. Losses: D, D_real, D_fake, G, E, sub_E (+ D_cls, G_cls).
-        """
-        prepared = self._prepare_step(real, labels, substep, generator)
-        real, labels, substep, start, real_crop, position = prepared
-        batch, device = real.shape[0], real.device
-        real_low = downsample_low(real)
-        autocast = lambda: self._autocast(device, amp_dtype)  # noqa: E731
-        out: dict[str, torch.Tensor] = {}
-        try:
-            with substep("D"):
-                self._train_only("D")
-                with autocast():
-                    with torch.no_grad():
-                        z = self.sample_latent(batch, generator, device)
-                        fake, fake_low = self._fake(z, labels, start)
-                    d_real, cls_real = self.D(real_crop, real_low, position)
-                    d_fake, _ = self.D(fake, fake_low, position)
-                    del fake, fake_low  # no grad: nothing needs them through the later sub-steps
-                    loss_real, loss_fake = self._bce(d_real, 1.0), self._bce(d_fake, 0.0)
-                    loss_d = loss_real + loss_fake
-                    loss_d = self._add_class_loss(loss_d, cls_real, labels, out, "D_cls")
-                self._update("D", loss_d, optimizers, scaler)
-            out.update(D=loss_d.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
-
-            with substep("G"):
-                self._train_only("G")
-                z = self.sample_latent(batch, generator, device)
-                with autocast():
-                    d_gen, cls_gen = self.D(*self._fake(z, labels, start), position)
-                    loss_g = self._bce(d_gen, 1.0)
-                    loss_g = self._add_class_loss(loss_g, cls_gen, labels, out, "G_cls")
-                self._update("G", loss_g, optimizers, scaler)
-            out["G"] = loss_g.detach()
-
-            with substep("E"):
-                out["E"] = self._encoder_step(real_crop, optimizers, amp_dtype, scaler)
-
-            with substep("sub_E"):
-                self._train_only("sub_E")
-                with autocast():
-                    with torch.no_grad():
-                        emb_real = self._amp_cast(self._encode_slabs(real), amp_dtype)
-                    loss_sub = self._sub_encoder_loss(emb_real, labels, start, real_crop, real_low)
-                self._update("sub_E", loss_sub, optimizers, scaler)
-            out["sub_E"] = loss_sub.detach()
-        finally:
-            self._unfreeze()
-        if scaler is not None:
-            scaler.update()
-        return out
+    def _step_sub_E(self, state: StepState) -> None:
+        """sub_E: z = sub_E(E(real) crop by crop, no grad into E); the loss of
+        :meth:`_sub_encoder_loss`, gradients through the frozen G."""
+        with state.autocast():
+            with torch.no_grad():
+                emb_real = self._amp_cast(self._encode_slabs(state.real), state.amp_dtype)
+            loss = self._sub_encoder_loss(emb_real, state.labels, state.start, state.real_crop,
+                                          self._real_low(state))
+        self._update("sub_E", loss, state.optimizers, state.scaler)
+        state.out["sub_E"] = loss.detach()

@@ -8,6 +8,7 @@ published training step (:meth:`train_step`, written in :mod:`medvol.models.haga
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator
 
 import torch
@@ -24,6 +25,39 @@ LEARNING_RATES = {"G": 1e-4, "D": 4e-4, "E": 1e-4, "sub_E": 1e-4, "crf": 4e-4}
 BETAS = (0.0, 0.999)
 
 Substep = Callable[[str], ContextManager]
+
+
+@dataclass
+class StepState:
+    """What the sub-steps of one training iteration share.
+
+    ``start`` is the crop start in voxels; ``out`` collects the detached losses; ``keep`` holds
+    tensors one sub-step hands to a later one (cleared when the step ends).
+    """
+
+    real: torch.Tensor
+    labels: torch.Tensor | None
+    start: int
+    real_crop: torch.Tensor
+    position: torch.Tensor
+    optimizers: dict[str, torch.optim.Optimizer]
+    iteration: int
+    amp_dtype: torch.dtype | None
+    scaler: "torch.amp.GradScaler | None"
+    generator: torch.Generator | None
+    out: dict[str, torch.Tensor] = field(default_factory=dict)
+    keep: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.real.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.real.device
+
+    def autocast(self) -> ContextManager:
+        return GANSystem._autocast(self.device, self.amp_dtype)
 
 
 class GANSystem(nn.Module):
@@ -52,6 +86,10 @@ class GANSystem(nn.Module):
         self.E = Encoder(base_width)
 
     # ------------------------------------------------------------------ structure
+    def options(self) -> dict[str, object]:
+        """Model-specific build options (``build(name, size, **options)``); none by default."""
+        return {}
+
     def groups(self) -> dict[str, nn.Module]:
         """Sub-network groups in update order, keyed like the optimisers."""
         return {"D": self.D, "G": self.G, "E": self.E, self.extra: getattr(self, self.extra)}
@@ -126,22 +164,24 @@ class GANSystem(nn.Module):
         return torch.randn(batch, self.latent_dim, generator=generator, device=gen_device).to(device)
 
     def _sample_crop(self, generator: torch.Generator | None) -> int:
-        """Random crop start in embedding slices, in [0, S/4 - S/32].
+        """Random crop start in voxels, any of 0 .. S - S/8 (as published, for both models).
 
-        The start is a host-side int. Under ``FakeTensorMode`` (memory tracing) it is still drawn
-        from a real tensor, since a fake one has no value to read.
+        The fake crop is rendered from embedding slices ``start // 4`` on, so for a start that is
+        not a multiple of 4 the real and the fake crop are offset by up to 3 voxels, as in the
+        published code. The start is a host-side int; under ``FakeTensorMode`` (memory tracing)
+        it is still drawn from a real tensor, since a fake one has no value to read.
         """
         from torch._subclasses.fake_tensor import unset_fake_temporarily
 
         g = self.geometry
         device = generator.device if generator is not None else "cpu"
         with unset_fake_temporarily():
-            return int(torch.randint(g.emb - g.crop_emb + 1, (1,), generator=generator, device=device))
+            return int(torch.randint(g.size - g.crop + 1, (1,), generator=generator, device=device))
 
     def _position(self, start: int, batch: int, device: torch.device) -> torch.Tensor:
         """Crop position fed to D^H: voxel start / (S - S/8), shape [B, 1]."""
         g = self.geometry
-        return torch.full((batch, 1), 4 * start / (g.size - g.crop), device=device)
+        return torch.full((batch, 1), start / (g.size - g.crop), device=device)
 
     def _check_labels(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if self.num_classes == 0:
@@ -281,10 +321,13 @@ class GANSystem(nn.Module):
         self,
         real: torch.Tensor,
         labels: torch.Tensor | None,
-        substep: Substep | None,
+        optimizers: dict[str, torch.optim.Optimizer],
+        iteration: int,
+        amp_dtype: torch.dtype | None,
+        scaler: "torch.amp.GradScaler | None",
         generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, Substep, int, torch.Tensor, torch.Tensor]:
-        """Validate inputs; pick the crop. Returns real, labels, substep, start, real crop, position."""
+    ) -> "StepState":
+        """Validate inputs and pick the crop (the first draw of ``generator`` in every step)."""
         self._check_volume(real)
         labels = self._check_labels(labels, real.shape[0])
         if labels is not None:
@@ -292,12 +335,102 @@ class GANSystem(nn.Module):
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last_3d)
         start = self._sample_crop(generator)
-        crop = real[:, :, 4 * start : 4 * start + self.geometry.crop]
+        crop = real[:, :, start : start + self.geometry.crop]
         position = self._position(start, real.shape[0], real.device)
-        return real, labels, substep or (lambda name: contextlib.nullcontext()), start, crop, position
+        return StepState(real, labels, start, crop, position, optimizers, iteration, amp_dtype, scaler,
+                         generator)
+
+    # ------------------------------------------------------------------ the training step
+    #: Sub-steps in update order; each ``name`` is run by ``self._step_<name>(state)``.
+    SUBSTEPS: tuple[str, ...] = ()
+
+    def train_step(
+        self,
+        real: torch.Tensor,
+        optimizers: dict[str, torch.optim.Optimizer],
+        iteration: int,
+        *,
+        labels: torch.Tensor | None = None,
+        amp_dtype: torch.dtype | None = None,
+        scaler: "torch.amp.GradScaler | None" = None,
+        substep: Substep | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One published training iteration: the sub-steps :attr:`SUBSTEPS` in order.
+
+        Every sub-step trains only its own group (the others are frozen) and updates it once.
+        The crop start is drawn first, then one latent batch per sub-step that generates.
+
+        Args:
+            real: ``[B, 1, S, S, S]`` in [-1, 1].
+            optimizers: from :meth:`make_optimizers`.
+            iteration: 0-based global iteration (CRF-GAN's CRF weight schedule).
+            labels: ``[B]`` class ids (class-conditional only); fakes are generated with them too.
+            amp_dtype: autocast dtype on ``real.device.type`` or None for float32.
+            scaler: GradScaler for float16, or None; ``update()`` is called once at the end.
+            substep: ``substep(name)`` context manager around each sub-step.
+            generator: RNG for the crop position and the latents.
+
+        Returns:
+            Detached scalar losses (see the model's :attr:`SUBSTEPS` docs).
+        """
+        state = self._prepare_step(real, labels, optimizers, iteration, amp_dtype, scaler, generator)
+        substep = substep or (lambda name: contextlib.nullcontext())
+        try:
+            for name in self.SUBSTEPS:
+                with substep(name):
+                    self._train_only(name)
+                    getattr(self, f"_step_{name}")(state)
+        finally:
+            self._unfreeze()
+            state.keep.clear()
+        if scaler is not None:
+            scaler.update()
+        return state.out
+
+    def _real_inputs(self, state: "StepState") -> tuple[torch.Tensor, ...]:
+        """D's inputs for the real batch, before the position (D^H: the crop)."""
+        return (state.real_crop,)
+
+    def _fake_inputs(self, z: torch.Tensor, labels: torch.Tensor | None, start: int) -> tuple[torch.Tensor, ...]:
+        """D's inputs for the fakes of ``z`` with the crop at voxel ``start``."""
+        raise NotImplementedError
+
+    def _step_D(self, state: "StepState") -> None:
+        """D: BCE(D(real), 1) + BCE(D(fake), 0) at the crop position (+ the real labels' CE)."""
+        with state.autocast():
+            with torch.no_grad():
+                z = self.sample_latent(state.batch, state.generator, state.device)
+                fake = self._fake_inputs(z, state.labels, state.start)
+            d_real, cls_real = self.D(*self._real_inputs(state), state.position)
+            d_fake, _ = self.D(*fake, state.position)
+            del fake  # no grad: nothing needs it through the later sub-steps
+            loss_real, loss_fake = self._bce(d_real, 1.0), self._bce(d_fake, 0.0)
+            loss = self._add_class_loss(loss_real + loss_fake, cls_real, state.labels, state.out, "D_cls")
+        self._update("D", loss, state.optimizers, state.scaler)
+        state.out.update(D=loss.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
+        state.keep["d_real"] = d_real.detach()
+
+    def _generator_logit(self, z: torch.Tensor, state: "StepState") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logit G is trained to push towards "real", and D's class logits of the fakes."""
+        return self.D(*self._fake_inputs(z, state.labels, state.start), state.position)
+
+    def _step_G(self, state: "StepState") -> None:
+        """G: BCE(logit, 1) on fresh fakes through the frozen D (+ the conditioning labels' CE)."""
+        z = self.sample_latent(state.batch, state.generator, state.device)
+        with state.autocast():
+            logit, cls = self._generator_logit(z, state)
+            loss = self._add_class_loss(self._bce(logit, 1.0), cls, state.labels, state.out, "G_cls")
+        self._update("G", loss, state.optimizers, state.scaler)
+        state.out["G"] = loss.detach()
+
+    def _step_E(self, state: "StepState") -> None:
+        state.out["E"] = self._encoder_step(state.real_crop, state.optimizers, state.amp_dtype, state.scaler)
 
     def _crop_emb(self, emb: torch.Tensor, start: int) -> torch.Tensor:
-        return emb[:, :, start : start + self.geometry.crop_emb]
+        """The embedding slices G^H renders into the crop at voxel ``start``: from ``start // 4``."""
+        first = start // 4
+        return emb[:, :, first : first + self.geometry.crop_emb]
 
     @staticmethod
     def _bce(logit: torch.Tensor, target: float) -> torch.Tensor:

@@ -51,10 +51,10 @@ def seed_everything(seed: int) -> None:
 
 def build_system(cfg: TrainConfig):
     """``medvol.models.build`` with the config's model options."""
-    from medvol.models import build
+    from medvol.models import build_from_config
 
     m = cfg.model
-    return build(m.name, m.size, base_width=m.base_width, latent_dim=m.latent_dim, num_classes=m.num_classes)
+    return build_from_config(m)
 
 
 def amp_settings(cfg: TrainConfig) -> tuple[torch.dtype | None, bool]:

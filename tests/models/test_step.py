@@ -9,7 +9,8 @@ import torch
 from medvol.errors import MedvolError
 from medvol.models import crf_weight
 
-SUBSTEPS = {"crfgan": ["D", "G", "E", "crf"], "hagan": ["D", "G", "E", "sub_E"]}
+# The published CRF-GAN iteration updates W right after G, before the encoder step.
+SUBSTEPS = {"crfgan": ["D", "G", "crf", "E"], "hagan": ["D", "G", "E", "sub_E"]}
 
 
 def _snapshot(system):
@@ -36,7 +37,7 @@ def test_each_substep_updates_only_its_network(tiny, name, volume):
     losses = system.train_step(volume(2, 32), optimizers, 0, substep=substep, generator=generator)
     assert seen == [(step, {step}) for step in SUBSTEPS[name]]
     assert all(v.dim() == 0 and not v.requires_grad and torch.isfinite(v) for v in losses.values())
-    expected = {"D", "D_real", "D_fake", "G", "E", SUBSTEPS[name][-1]}
+    expected = {"D", "D_real", "D_fake", "G", "E", *SUBSTEPS[name]}
     assert expected <= set(losses)
     # Parameters record gradients again after the step (the trainer and optimisers see normal modules).
     assert all(p.requires_grad for p in system.parameters())
