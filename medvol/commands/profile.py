@@ -53,6 +53,9 @@ def register(subparsers) -> None:
                              "for profiling your own GANSystem")
     parser.add_argument("--timeout", type=float, default=3600,
                         help="seconds before one configuration is abandoned (reported as error)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model build option for every case, e.g. crf_forwards=reuse, "
+                             "crf_layout=depth, crf_self_pairs=false (repeatable; default: published)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(func=run)
 
@@ -77,13 +80,34 @@ def _command(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value is not None:
             words += [f"--{name.replace('_', '-')}", str(value)]
+    words += [word for option in getattr(args, "model_option", []) for word in ("--model-option", option)]
     words += [f"--{flag.replace('_', '-')}" for flag in ("find_max_batch", "estimate", "measure")
               if getattr(args, flag)]
     return " ".join(shlex.quote(word) for word in words)
 
 
+def _check_model_options(models: list[str], options: dict[str, object]) -> None:
+    """Refuse up front an option a model does not have (not late, in every worker)."""
+    from medvol.models import MODEL_OPTIONS
+
+    for model in models:
+        unknown = sorted(set(options) - set(MODEL_OPTIONS[model]))
+        if unknown:
+            raise MedvolError(f"--model-option {unknown[0]}: {model} has no such option "
+                              f"(it has: {', '.join(MODEL_OPTIONS[model]) or 'none'})")
+        import torch
+
+        from medvol.models import build
+
+        try:  # the values too: a tiny build on the meta device costs nothing
+            with torch.device("meta"):
+                build(model, 32, base_width=2, latent_dim=2, **options)
+        except MedvolError as error:
+            raise MedvolError(f"--model-option: {error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from medvol.profile.cases import DEFAULT_FACTORY, MODELS, MODES, grid, parse_list
+    from medvol.profile.cases import DEFAULT_FACTORY, MODELS, MODES, grid, parse_list, parse_model_options
     from medvol.profile.runner import run_profile
     from medvol.utils import parse_size_bytes
 
@@ -101,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
     if args.find_max_batch and args.estimate and not measure and budget is None:
         raise MedvolError("--find-max-batch with --estimate needs --budget (nothing runs out of "
                           "memory on fake tensors)")
-    common = dict(iters=args.iters, warmup=args.warmup, base_width=args.base_width,
+    model_options = ",".join(args.model_option)
+    if model_options and not args.factory:
+        _check_model_options(models, parse_model_options(model_options))
+    common = dict(model_options=model_options, iters=args.iters, warmup=args.warmup, base_width=args.base_width,
                   budget_bytes=budget, data=args.data, factory=args.factory or DEFAULT_FACTORY)
     cases = []
     if measure:

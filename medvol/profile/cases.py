@@ -44,6 +44,9 @@ class Case:
             phantom dataset, read on the host and copied).
         factory: ``module:function`` building the system, called as ``f(model, size, base_width=c)``.
         seed: seed of the torch RNG in the worker.
+        model_options: the model's build options as ``"key=value,..."`` (e.g.
+            ``"crf_forwards=reuse"``; see ``medvol.models.MODEL_OPTIONS``), passed to the factory;
+            "" for the published defaults.
     """
 
     model: str
@@ -59,6 +62,11 @@ class Case:
     data: str = "synthetic"
     factory: str = DEFAULT_FACTORY
     seed: int = 0
+    model_options: str = ""
+
+    def options(self) -> dict[str, object]:
+        """``model_options`` as keyword arguments (``true``/``false`` become booleans)."""
+        return parse_model_options(self.model_options)
 
     @property
     def width(self) -> int:
@@ -66,7 +74,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.size}^3 b{self.batch} {self.mode} ({self.kind}, {self.device})"
+        options = f" [{self.model_options}]" if self.model_options else ""
+        return f"{self.model}{options} {self.size}^3 b{self.batch} {self.mode} ({self.kind}, {self.device})"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,6 +109,25 @@ def parse_list(text: str, option: str, *, kind: type = str, allowed: Iterable | 
     if not values:
         raise MedvolError(f"{option}: empty list")
     return values
+
+
+def parse_model_options(text: str) -> dict[str, object]:
+    """``"a=x,b=true"`` -> ``{"a": "x", "b": True}``; "" -> {}.
+
+    Raises:
+        MedvolError: for an item without ``=`` or a key given twice.
+    """
+    options: dict[str, object] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise MedvolError(f"--model-option: expected KEY=VALUE, got {item!r}")
+        if key in options:
+            raise MedvolError(f"--model-option: {key} given twice")
+        options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
 
 
 def grid(models, sizes, batches, modes, **common) -> list[Case]:

@@ -214,11 +214,11 @@ def _build_meta(case: Case) -> torch.nn.Module:
     factory = load_factory(case.factory)
     try:
         with torch.device("meta"):
-            system = factory(case.model, case.size, base_width=case.width)
+            system = factory(case.model, case.size, base_width=case.width, **case.options())
     except (RuntimeError, NotImplementedError):
         # A builder that reads values while initialising (e.g. an SVD on the weights) needs real
         # tensors; the published models are ~80M parameters, cheap to build once on the CPU.
-        system = factory(case.model, case.size, base_width=case.width)
+        system = factory(case.model, case.size, base_width=case.width, **case.options())
     system.set_mode(case.mode)
     return system
 

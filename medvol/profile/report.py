@@ -154,6 +154,8 @@ def _setting(report: dict, kind: str) -> str:
         iters = sorted({(c["iters"], c["warmup"]) for c in cases})
         text += "; " + ", ".join(f"median of {i} iterations after {w} warm-up" for i, w in iters)
         text += f"; device {', '.join(devices)}; data {', '.join(sorted({c['data'] for c in cases}))}"
+    options = sorted({c.get("model_options", "") for c in cases})
+    text += "; model options " + ", ".join(o or "published defaults" for o in options)
     budgets = sorted({c["budget_bytes"] for c in cases if c["budget_bytes"]})
     if budgets:
         text += "; budget " + ", ".join(f"{b / MIB:,.0f} MiB" for b in budgets)
@@ -316,7 +318,7 @@ def _params_table(report: dict) -> list[str]:
     return lines + [""]
 
 
-CSV_FIELDS = ["model", "size", "batch", "mode", "kind", "device", "device_name", "base_width", "status",
+CSV_FIELDS = ["model", "model_options", "size", "batch", "mode", "kind", "device", "device_name", "base_width", "status",
               "peak_mib", "peak_reserved_mib", "it_per_s", "step_ms_median", "data_wait_ms_median",
               "mem_ratio_vs_reference", "its_ratio_vs_reference", "params_total",
               "persistent_parameters_mib", "persistent_gradients_mib", "persistent_optimizer_mib",
@@ -346,7 +348,8 @@ def to_csv(report: dict) -> str:
             return None if value is None or not ok else round(value / MIB, 1)
 
         writer.writerow({
-            "model": c["model"], "size": c["size"], "batch": c["batch"], "mode": c["mode"],
+            "model": c["model"], "model_options": c.get("model_options", ""), "size": c["size"],
+            "batch": c["batch"], "mode": c["mode"],
             "kind": c["kind"], "device": c["device"], "device_name": r.get("device_name"),
             "base_width": c["base_width"] or 32, "status": r["status"],
             "peak_mib": mib(r.get("peak_bytes")), "peak_reserved_mib": mib(r.get("peak_reserved_bytes")),
@@ -376,7 +379,8 @@ def plot(report: dict, path: Path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("medvol profile: matplotlib is not installed; no profile.png", file=sys.stderr)
+        print("medvol profile: matplotlib is not installed; no profile.png (pip install 'medvol[plot]')",
+              file=sys.stderr)
         return False
     panels = [("measure", "peak_bytes", "measured peak memory (MiB)", MIB),
               ("estimate", "peak_bytes", "estimated peak memory (MiB)", MIB),

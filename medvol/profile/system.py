@@ -31,7 +31,7 @@ def load_factory(spec: str) -> Callable:
 def build_system(case: Case) -> torch.nn.Module:
     """Build the GANSystem of ``case`` on the current default device, in the case's mode."""
     factory = load_factory(case.factory)
-    system = factory(case.model, case.size, base_width=case.width)
+    system = factory(case.model, case.size, base_width=case.width, **case.options())
     system.set_mode(case.mode)
     return system
 

@@ -81,3 +81,35 @@ def test_bad_option_is_one_line_error(tmp_path, capsys):
 def test_option_errors_name_the_option(tmp_path, capsys, argv, culprit):
     assert cli.main(["profile", "--out", str(tmp_path)] + argv) == 2
     assert culprit in capsys.readouterr().err
+
+
+def test_model_options_reach_the_built_system(tmp_path):
+    """The CRF step with the published fresh forwards runs G and D again; reusing the G step's
+    tensors does not, so the two estimates of the CRF sub-step differ, and the reports say which."""
+    crf_peaks = {}
+    for option in ([], ["--model-option", "crf_forwards=reuse"]):
+        out = tmp_path / ("reuse" if option else "fresh")
+        assert cli.main(["profile", "--estimate", "--device", "cpu", "--model", "crfgan", "--size", "32",
+                         "--base-width", "4", "--batch", "1", "--mode", "reference", *option,
+                         "--out", str(out)]) == 0
+        (result,) = json.loads((out / "profile.json").read_text(encoding="utf-8"))["results"]
+        assert result["status"] == "ok", result.get("error")
+        assert result["case"]["model_options"] == ("crf_forwards=reuse" if option else "")
+        crf_peaks[bool(option)] = result["substeps"]["crf"]["peak_bytes"]
+        table = (out / "profile.md").read_text(encoding="utf-8")
+        assert ("model options crf_forwards=reuse" if option else "model options published defaults") in table
+        (row,) = csv.DictReader((out / "profile.csv").open(encoding="utf-8"))
+        assert row["model_options"] == ("crf_forwards=reuse" if option else "")
+    assert crf_peaks[True] != crf_peaks[False]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "hagan", "--model-option", "crf_layout=depth"], "--model-option crf_layout: hagan has no such option"),
+    (["--model", "crfgan", "--model-option", "crf_layout"], "expected KEY=VALUE"),
+    (["--model", "crfgan", "--model-option", "crf_layout=sideways"], "crf layout"),
+])
+def test_bad_model_options_are_one_line_errors(tmp_path, capsys, argv, message):
+    status = cli.main(["profile", "--estimate", "--device", "cpu", "--size", "32", "--base-width", "4",
+                       "--batch", "1", "--mode", "reference", *argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1
