@@ -81,6 +81,8 @@ def _jit_cuda() -> str | None:
     """Compiles the CUDA kernels from csrc/ once (cached on disk); None on success, else why not."""
     from torch.utils import cpp_extension
 
+    if os.environ.get("MEDVOL_NO_JIT") == "1":  # tools/gpu_check.sh: no device minute goes to nvcc
+        return "just-in-time compilation is disabled (MEDVOL_NO_JIT=1)"
     cuda_home = _find_cuda_home()
     if cuda_home is None:
         return "no nvcc found (set CUDA_HOME) to compile them just in time"

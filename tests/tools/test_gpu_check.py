@@ -1,0 +1,81 @@
+"""tools/gpu_check.sh: the dry run (CPU, tiny sizes) runs every part and reports each one's
+status, so the prepared GPU run cannot rot; bad input and earlier results are handled."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from published_standin import write_standin
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tools" / "gpu_check.sh"
+PARTS = ["build", "pytest", "bench_meanfield_crf", "bench_upsample_conv", "estimate", "profile_crfgan",
+         "budget_12gib", "profile_512", "vs_published"]
+
+
+def run(*args, timeout=1000):
+    env = dict(os.environ, PYTHON=sys.executable)
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def status(out: Path) -> dict[str, str]:
+    rows = [line.split("\t") for line in (out / "status.tsv").read_text(encoding="utf-8").splitlines()]
+    return {row[0]: row[1] for row in rows}
+
+
+def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
+    clone = write_standin(tmp_path / "clone", size=32)
+    out = tmp_path / "out"
+    proc = run("--dry-run", "--out", out, "--published", clone)
+    assert proc.returncode == 0, proc.stderr
+    parts = status(out)
+    assert sorted(parts) == sorted(PARTS)
+    assert all(value == "ok" for value in parts.values()), (parts, {
+        name: (out / "logs" / f"{name}.log").read_text(encoding="utf-8")[-2000:] for name, value in parts.items() if value != "ok"})
+    for table in ["build/build.md", "bench/meanfield_crf.md", "bench/meanfield_crf.csv", "bench/upsample_conv.md",
+                  "bench/upsample_conv.csv", "profile_crfgan/profile.md", "profile_crfgan/profile.csv",
+                  "estimate/profile.md", "budget_12gib/profile.md", "profile_512/profile.md",
+                  "estimate_vs_measured/profile.md", "vs_published/vs_published.md", "pytest/junit.xml"]:
+        assert (out / table).stat().st_size > 0, table
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "dry run" in summary
+    for name in PARTS:
+        assert f"| {name} |" in summary
+    assert summary.count("| ok | 0 |") == len(PARTS)
+    assert "| CRF-GAN 32³ b1 reference |" in summary  # the estimate beside the measured peak
+    assert "| CRF-GAN | 32³ | 1 |" in summary  # the published comparison
+    measured = json.loads((out / "profile_crfgan" / "profile.json").read_text(encoding="utf-8"))
+    assert {r["case"]["mode"] for r in measured["results"]} == {"reference", "optimized"}
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert meta["dry_run"] and meta["elapsed_s"] <= meta["budget_s"]
+
+
+def test_earlier_results_are_kept_and_parts_past_the_budget_are_skipped(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.md").write_text("an earlier run", encoding="utf-8")
+    proc = run("--dry-run", "--out", out, "--budget-s", "0", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "summary.md").read_text(encoding="utf-8") == "an earlier run"
+    (run_dir,) = [p for p in out.iterdir() if p.name.startswith("run-")]
+    parts = status(run_dir)
+    assert set(PARTS) - {"estimate"} <= set(parts) and "estimate" in parts
+    assert all(value.startswith("skipped") for value in parts.values()), parts
+    assert "skipped (no time left)" in (run_dir / "summary.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dry-run"], "--out DIR is required"),
+    (["--dry-run", "--out", "{tmp}/o", "--published", "{tmp}"], "no train.py there"),
+    (["--dry-run", "--out", "{tmp}/o", "--budget-s", "soon"], "whole seconds"),
+    (["--out", "{tmp}/o", "--frobnicate"], "unknown argument"),
+])
+def test_bad_input(tmp_path, args, message):
+    proc = run(*[a.format(tmp=tmp_path) for a in args], timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "o").exists()
