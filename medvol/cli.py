@@ -1,7 +1,8 @@
 """The ``medvol`` command: one subcommand per verb, each in ``medvol/commands/<verb>.py``.
 
 The CLI only parses, calls one library function and reports. A :class:`MedvolError` (bad input)
-becomes one line on stderr and exit status 2.
+becomes one line on stderr and exit status 2. Ctrl-C is exit status 130; ``medvol train``
+checkpoints first and exits 130 on SIGINT, 143 on SIGTERM (128 + the signal, as shells report it).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except MedvolError as error:
         print(f"medvol {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"medvol {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        # A training run stopped by a signal says what it saved and carries its own exit status
+        # (130 SIGINT, 143 SIGTERM); a plain Ctrl-C elsewhere is 130.
+        print(f"medvol {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        return int(getattr(interrupt, "exit_code", 130))
 
 
 if __name__ == "__main__":

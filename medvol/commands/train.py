@@ -9,7 +9,10 @@ import os
 _EPILOG = """config overrides: any config key as --section.key VALUE (or --section.key=VALUE), e.g.
   --train.iterations 10 --data.batch 4 --train.amp fp16 --train.lr.G 2e-4 --data.source CACHE_DIR
 multi-GPU / multi-process: torchrun --nproc_per_node N -m medvol.cli train --config ...
-a NaN/inf loss stops the run (exit 2) and keeps the last good checkpoint."""
+a NaN/inf loss stops the run (exit 2) and keeps the last good checkpoint.
+one run per folder: a folder that already holds a run is refused (exit 2) unless --resume auto
+  continues it; --out starts a new run elsewhere. --resume auto skips damaged newer checkpoints.
+Ctrl-C (SIGINT) or SIGTERM: checkpoint at the end of the current iteration, then exit 130 / 143."""
 
 
 class _OverrideParser(argparse.ArgumentParser):

@@ -11,6 +11,8 @@ its own: the sampler is a pure function of (seed, rank, samples consumed) - see 
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
 import re
@@ -23,6 +25,8 @@ import torch
 from medvol.config import TrainConfig, config_from_dict, config_to_dict
 from medvol.errors import MedvolError
 from medvol.utils import atomic_path, sha256_file
+
+log = logging.getLogger("medvol.train")
 
 FORMAT = "medvol-checkpoint"
 VERSION = 1
@@ -79,12 +83,26 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """
     path = Path(path)
     state = {"format": FORMAT, "version": VERSION, **state}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        digest = sha256_file(tmp)
-        with atomic_path(checksum_path(path)) as side:
-            side.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+            digest = sha256_file(tmp)
+            with atomic_path(checksum_path(path)) as side:
+                side.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a failed write (a full disk) as a RuntimeError from its C++ writer.
+        raise MedvolError(f"cannot write checkpoint {path}: {write_failure(error)}") from None
     return path
+
+
+def write_failure(error: BaseException) -> str:
+    """A one-line reason for a failed write (``no space left on device`` for a full disk)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return os.strerror(error.errno).lower()
+    text = " ".join(str(error).split())
+    if "file write failed" in text or "No space left" in text:
+        return f"{os.strerror(errno.ENOSPC).lower()} or the write failed ({text[:120]})"
+    return text[:200] or type(error).__name__
 
 
 def verify_checksum(path: str | os.PathLike) -> None:
@@ -155,13 +173,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ``(system, cfg, state)``: the ``GANSystem`` with the checkpoint's weights (on the CPU),
         the resolved :class:`TrainConfig` it was trained with, and the whole checkpoint dict.
     """
-    from medvol.models import build
+    from medvol.models import build_from_config
 
     state = read_checkpoint(path, map_location)
     cfg = checkpoint_config(state)
     m = cfg.model
-    system = build(m.name, m.size, base_width=m.base_width, latent_dim=m.latent_dim,
-                   num_classes=m.num_classes)
+    system = build_from_config(m)
     load_system_state(system, state)
     return system, cfg, state
 
@@ -169,15 +186,44 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 # ----------------------------------------------------------------------------------------------
 # Run folders
 
-def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(iteration, path)`` of the checkpoints in ``folder`` that have a checksum, oldest first."""
+def list_checkpoints(folder: str | os.PathLike, require_checksum: bool = True) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of the checkpoints in ``folder`` that have a checksum, oldest first.
+
+    ``require_checksum=False`` also lists ``ckpt_*.pt`` files without a sidecar (foreign or
+    damaged files a run folder may hold).
+    """
     folder = Path(folder)
     found = []
     for path in folder.glob("ckpt_*.pt") if folder.is_dir() else []:
         match = _NAME.match(path.name)
-        if match and checksum_path(path).is_file():
+        if match and (not require_checksum or checksum_path(path).is_file()):
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def read_latest_verified(folder: str | os.PathLike,
+                         map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The newest checkpoint of ``folder`` that passes its checksum and loads, as a dict.
+
+    Newer files that fail are skipped with one warning line each (which file, and why): a run
+    killed or a disk that filled while writing must not block resuming from the checkpoint
+    before it. ``None`` when ``folder`` holds no checkpoint at all.
+
+    Raises:
+        MedvolError: checkpoints exist but none of them is intact.
+    """
+    found = list_checkpoints(folder, require_checksum=False)
+    skipped = []
+    for _, path in reversed(found):
+        try:
+            return read_checkpoint(path, map_location)
+        except MedvolError as error:
+            log.warning("%s; trying the next older checkpoint", error)
+            skipped.append(path.name)
+    if found:
+        raise MedvolError(f"no intact checkpoint in {folder}: {', '.join(skipped)} all failed "
+                          f"verification; resume from a copy with --resume PATH or start a new run with --out")
+    return None
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -192,6 +238,26 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise MedvolError(f"checkpoint {path} does not exist")
     return path
+
+
+#: Names of medvol's own temporaries in a run folder (``atomic_path`` keeps the stem and suffixes):
+#: checkpoints and their sidecars, sample slices, the saved config. A killed writer leaves them.
+TEMP_PATTERNS = ("checkpoints/.ckpt_*.tmp-*.pt", "checkpoints/.ckpt_*.tmp-*.pt.sha256",
+                 "samples/.slices_*.tmp-*.npz", ".config.tmp-*.yaml")
+
+
+def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporaries that killed writes left in ``run_dir``; returns what was removed.
+
+    Only call this while holding the run folder's lock: a live writer's temporary looks the same.
+    """
+    removed = []
+    for pattern in TEMP_PATTERNS:
+        for path in sorted(Path(run_dir).glob(pattern)):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -84,6 +85,10 @@ class StreamSampler(Sampler[int]):
 
 
 def _seed_worker(worker_id: int) -> None:
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the main process stops
+    # between two steps and checkpoints, which needs its workers alive until then.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     # numpy and python RNGs are not reseeded per worker by PyTorch; derive them from torch's.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -118,6 +118,24 @@ def gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
+def broadcast_object(obj, info: DistInfo, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (a decision taken once, e.g. which checkpoint to load)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest ``value`` over all ranks (so every rank sees a signal that reached one of them)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -6,6 +6,10 @@ fused ops, bf16 group norms, optional ``torch.compile``), data-parallel gradient
 ``torchrun`` (``distributed.py``), checkpoints that resume bit-exactly (``checkpoint.py``),
 TensorBoard and a progress bar (``monitor.py``), and a stop on the first NaN/inf loss.
 
+Nothing of a run is lost or mixed: one run per folder, locked while it trains (``runfolder.py``);
+``--resume auto`` falls back past damaged checkpoints to the newest verified one; SIGINT/SIGTERM
+checkpoint before exiting (``interrupt.py``); temporaries of killed writes are removed at start.
+
 Example:
     >>> from medvol.config import load_config
     >>> run_dir = train(load_config("configs/demo.yaml", ["--train.iterations", "5"]))  # doctest: +SKIP
@@ -29,8 +33,10 @@ from medvol.errors import MedvolError
 from medvol.train import checkpoint as ckpt
 from medvol.train.data import build_dataset, data_meta, make_loader
 from medvol.train.distributed import (DistInfo, all_finite, average_gradients, barrier, broadcast_module,
-                                      gather_objects, init_distributed)
+                                      broadcast_object, gather_objects, init_distributed, max_over_ranks)
+from medvol.train.interrupt import StopSignals, TrainingInterrupted
 from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
+from medvol.train.runfolder import RunFolderLock, refuse_second_run
 from medvol.utils import atomic_path
 
 log = logging.getLogger("medvol.train")
@@ -75,14 +81,22 @@ def apply_lr_overrides(optimizers: dict[str, torch.optim.Optimizer], lr: dict[st
             group["lr"] = value
 
 
-def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """``None``, ``"auto"`` (latest checkpoint of the run folder, if any) or a checkpoint path."""
-    if resume is None:
-        return None
+def resolve_resume(resume: str | None, run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint to start from, loaded and verified, or ``None`` for a fresh start.
+
+    Args:
+        resume: ``None`` (a new run: refused where a run already exists), ``"auto"`` (the newest
+            verified checkpoint of ``run_dir``, if any) or a checkpoint file / run folder.
+        run_dir: the run folder being trained into.
+
+    Raises:
+        MedvolError: a second run into ``run_dir``, or no usable checkpoint.
+    """
     if resume == "auto":
-        found = ckpt.list_checkpoints(run_dir / "checkpoints")
-        return found[-1][1] if found else None
-    return ckpt.resolve_checkpoint(resume)
+        return ckpt.read_latest_verified(run_dir / "checkpoints")
+    state = ckpt.read_checkpoint(resume) if resume is not None else None
+    refuse_second_run(run_dir, Path(state["path"]) if state is not None else None)
+    return state
 
 
 class Trainer:
@@ -120,13 +134,16 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(rank_seed)
         self.iteration = 0
         self.last_checkpoint: Path | None = None
+        self.saved_iteration: int | None = None
+        self.lock: RunFolderLock | None = None  # the main rank's, while it runs
         self.dataset = None
         self.meta: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------
-    def resume(self, path: Path) -> None:
-        """Load networks, optimisers, scaler, RNG states and the iteration from ``path``."""
-        state = ckpt.read_checkpoint(path)
+    def resume(self, state: dict[str, Any]) -> None:
+        """Load networks, optimisers, scaler, RNG states and the iteration from a checkpoint dict
+        (:func:`medvol.train.checkpoint.read_checkpoint`)."""
+        path = state["path"]
         ckpt.check_compatible(state, self.cfg)
         ckpt.load_system_state(self.system, state)
         missing = set(self.optimizers) ^ set(state["optimizers"])
@@ -144,6 +161,7 @@ class Trainer:
                         path, len(rngs), self.info.world_size)
         self.iteration = int(state["iteration"])
         self.last_checkpoint = Path(path)
+        self.saved_iteration = self.iteration
 
     def save(self) -> Path:
         """Checkpoint the current state (every rank takes part: RNG states are gathered)."""
@@ -163,6 +181,7 @@ class Trainer:
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
         barrier(self.info)
         self.last_checkpoint = path
+        self.saved_iteration = self.iteration
         return path
 
     # ------------------------------------------------------------------------------------------
@@ -203,13 +222,52 @@ class Trainer:
                                f"training stopped, {kept}")
 
     # ------------------------------------------------------------------------------------------
+    def _start_state(self, resume: str | None) -> dict[str, Any] | None:
+        """The main rank locks and cleans the folder and picks the checkpoint; every rank loads
+        that one. A refusal reaches every rank, so none waits for a rank that gave up."""
+        decision: dict[str, Any] = {}
+        if self.info.is_main:
+            try:
+                # Only the main rank writes into the run folder, so its lock covers every writer.
+                self.lock = RunFolderLock(self.run_dir)
+                removed = ckpt.clean_temporaries(self.run_dir)
+                if removed:
+                    log.info("removed %d temporary file(s) of interrupted writes: %s", len(removed),
+                             ", ".join(str(p.relative_to(self.run_dir)) for p in removed))
+                state = resolve_resume(resume, self.run_dir)
+                decision = {"path": state["path"] if state is not None else None}
+            except MedvolError as error:
+                decision = {"error": str(error)}
+        decision = broadcast_object(decision, self.info)
+        if "error" in decision:
+            raise MedvolError(decision["error"])
+        if decision["path"] is None:
+            return None
+        return state if self.info.is_main else ckpt.read_checkpoint(decision["path"])
+
     def run(self, resume: str | None = None) -> Path:
+        """Train to ``cfg.train.iterations``; see :func:`train`."""
+        ok = False
+        try:
+            run_dir = self._run(resume)
+            ok = True
+            return run_dir
+        finally:
+            if self.lock is not None:
+                self.lock.release(remove_empty=not ok)
+                self.lock = None
+
+    def _run(self, resume: str | None) -> Path:
         cfg, info = self.cfg, self.info
-        path = resolve_resume(resume, self.run_dir)
-        if path is not None:
-            self.resume(path)
-        elif resume == "auto":
+        state = self._start_state(resume)
+        if state is not None:
+            self.resume(state)
+            if info.is_main:
+                log.info("resumed from %s at iteration %d", state["path"], self.iteration)
+        elif resume == "auto" and info.is_main:
             log.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
+        path = state["path"] if state is not None else None
+        del state  # the loaded tensors now live in the model and optimisers
         # After the checkpoint check: a wrong --resume is named before any data is read.
         self.dataset = build_dataset(cfg.data, cfg.model.size)
         self.meta = data_meta(self.dataset, cfg.data)
@@ -231,12 +289,23 @@ class Trainer:
         monitor = Monitor(self.run_dir, total, min(self.iteration, total), enabled=info.is_main,
                           progress=cfg.train.progress)
         try:
-            self._loop(monitor, total)
+            with StopSignals() as stop:
+                self._loop(monitor, total, stop)
         finally:
             monitor.close()
         return self.run_dir
 
-    def _loop(self, monitor: Monitor, total: int) -> None:
+    def _stop_on_signal(self, stop: StopSignals) -> None:
+        """Between two steps: on SIGINT/SIGTERM (on any rank) checkpoint, then stop."""
+        signum = stop.signum or 0
+        if self.info.enabled:
+            signum = max_over_ranks(signum, self.device)
+        if not signum:
+            return
+        path = self.last_checkpoint if self.saved_iteration == self.iteration else self.save()
+        raise TrainingInterrupted(signum, self.iteration, path)
+
+    def _loop(self, monitor: Monitor, total: int, stop: StopSignals) -> None:
         cfg, info = self.cfg, self.info
         if self.iteration >= total:
             monitor.message(f"already at iteration {self.iteration} of {total}: nothing to do")
@@ -299,6 +368,7 @@ class Trainer:
             if self.iteration % cfg.train.ckpt_every == 0 or self.iteration == total:
                 path = self.save()
                 monitor.message(f"checkpoint {path}")
+            self._stop_on_signal(stop)
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> Path:
@@ -306,14 +376,18 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
 
     Args:
         cfg: resolved config (``medvol.config.load_config``).
-        resume: ``None``, a checkpoint file/run folder, or ``"auto"`` (the latest checkpoint in
-            ``cfg.train.out``, starting fresh when there is none).
+        resume: ``None`` (a new run; refused if ``cfg.train.out`` already holds one), a
+            checkpoint file/run folder, or ``"auto"`` (the newest verified checkpoint in
+            ``cfg.train.out``, skipping damaged newer ones with a warning; fresh when there is none).
 
     Returns:
         The run folder: ``config.yaml``, ``checkpoints/ckpt_*.pt`` (+ ``.sha256``), ``tb/``.
 
     Raises:
-        MedvolError: bad data/checkpoint/config; :class:`TrainingDiverged` on a NaN/inf loss.
+        MedvolError: bad data/checkpoint/config, a second run into one folder, a failed
+            checkpoint write; :class:`TrainingDiverged` on a NaN/inf loss.
+        TrainingInterrupted: SIGINT/SIGTERM; a checkpoint of the last completed iteration was
+            written first (``exit_code`` 130 or 143).
     """
     info = init_distributed(cfg.train.device)
     ok = False
