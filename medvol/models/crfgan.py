@@ -183,7 +183,9 @@ class CRFGAN(GANSystem):
         emb_fake = self.G.embed(z, state.labels)
         d_fake, _ = self.D(self.G.render(self._crop_emb(emb_fake, state.start)), state.position)
         emb_fake = self._amp_cast(emb_fake, amp)
-        emb_real = self._amp_cast(self.E(state.real), amp)
+        # E on the whole real volume (published); optimized mode computes the same in depth tiles.
+        emb_real = self.E.forward_tiled(state.real) if self.mode == "optimized" else self.E(state.real)
+        emb_real = self._amp_cast(emb_real, amp)
         d_real, _ = self.D(state.real_crop, state.position)
         return emb_fake, d_fake, emb_real, d_real
 

@@ -275,6 +275,65 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @torch.no_grad()
+    def forward_tiled(self, x: torch.Tensor, tile_depth: int = 8) -> torch.Tensor:
+        """:meth:`forward` on the whole ``x`` (GroupNorm statistics over the whole volume), computed
+        over depth tiles of ``tile_depth`` output slices; no grad.
+
+        The whole-volume forward holds two activations of ``[B, c, d/2, S/2, S/2]`` at once (256 MiB
+        each in bf16 at 256^3, batch 2); this holds only tiles of them and the output. Each block's
+        GroupNorm statistics are summed over every tile (float64) before the next block uses
+        them, recomputing the blocks below from ``x`` each time: 4 passes, about 2.7x E's
+        convolutions, which are tiny beside a G step. Zero padding at the volume's depth borders is
+        applied explicitly; inner tiles read their halo from the neighbouring slices.
+        """
+        if tile_depth < 1:
+            raise ValueError(f"tile_depth: must be >= 1, got {tile_depth}")
+        blocks = [(self.net[i], self.net[i + 1]) for i in range(0, len(self.net), 3)]
+        depths = [x.shape[2]]
+        for conv, _ in blocks:
+            k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            depths.append((depths[-1] + 2 * p - k) // s + 1)
+        affine: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def level(k: int, a: int, b: int) -> torch.Tensor:
+            """Depth slices a..b of block k's output (k >= 1): normalised and rectified where its
+            statistics are known (k <= len(affine)), the raw convolution otherwise."""
+            if k == 0:
+                return x[:, :, a:b]
+            conv, _ = blocks[k - 1]
+            ks, st, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            lo, hi = st * a - pad, st * (b - 1) - pad + ks
+            inp = level(k - 1, max(lo, 0), min(hi, depths[k - 1]))
+            if lo < 0 or hi > depths[k - 1]:
+                inp = F.pad(inp, (0, 0, 0, 0, max(-lo, 0), max(hi - depths[k - 1], 0)))
+            y = F.conv3d(inp, conv.weight, conv.bias, (st, *conv.stride[1:]), (0, *conv.padding[1:]))
+            if k > len(affine):
+                return y
+            scale, shift = affine[k - 1]
+            return F.relu(y.float() * scale + shift).to(y.dtype)
+
+        for k, (_, norm) in enumerate(blocks, start=1):
+            groups = norm.num_groups
+            total = torch.zeros(x.shape[0], groups, dtype=torch.float64, device=x.device)
+            total_sq = torch.zeros_like(total)
+            count = 0
+            for a in range(0, depths[k], tile_depth):
+                y = level(k, a, min(a + tile_depth, depths[k])).double().reshape(x.shape[0], groups, -1)
+                total += y.sum(dim=2)
+                total_sq += (y * y).sum(dim=2)
+                count += y.shape[2]
+            mean = total / count
+            var = (total_sq / count - mean * mean).clamp_min(0.0)
+            per_group = norm.num_channels // groups
+            inv = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)
+            scale = inv * norm.weight.double()
+            shift = norm.bias.double() - mean.repeat_interleave(per_group, dim=1) * scale
+            affine.append((scale.float()[:, :, None, None, None], shift.float()[:, :, None, None, None]))
+        last = len(blocks)
+        return torch.cat([level(last, a, min(a + tile_depth, depths[last]))
+                          for a in range(0, depths[last], tile_depth)], dim=2)
+
 
 class SubEncoder(nn.Module):
     """HA-GAN sub-encoder: full embedding ``[B, 2c, S/4, S/4, S/4]`` -> latent ``[B, L]``.

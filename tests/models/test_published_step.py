@@ -90,3 +90,16 @@ def test_model_options_are_checked(tiny):
     with pytest.raises(MedvolError, match="hagan has no such option"):
         build("hagan", 32, crf_layout="depth")
     assert tiny("crfgan", crf_layout="depth").options()["crf_layout"] == "depth"
+
+
+@pytest.mark.parametrize("tile", [1, 3, 100])
+def test_tiled_encoder_is_the_whole_volume_encoder(tiny, volume, tile):
+    """Optimized mode runs the CRF step's whole-volume E in depth tiles (global GroupNorm
+    statistics, explicit zero padding at the borders); it is the same function."""
+    system = tiny("crfgan", 32)
+    with torch.no_grad():
+        for p in system.E.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    x = volume(2, 32, seed=3)
+    expected = system.E(x)
+    torch.testing.assert_close(system.E.forward_tiled(x, tile), expected, rtol=1e-5, atol=1e-5)
