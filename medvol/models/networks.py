@@ -158,17 +158,7 @@ class Generator(nn.Module):
             total += core.sum(dim=2)
             total_sq += (core * core).sum(dim=2)
             count += core.shape[2]
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0.0)
-        norm = stage1.norm
-        channels_per_group = norm.num_channels // groups
-        # Per-channel scale/shift that reproduce GroupNorm with the global statistics.
-        inv = torch.rsqrt(var + norm.eps).repeat_interleave(channels_per_group, dim=1)
-        mean_c = mean.repeat_interleave(channels_per_group, dim=1)
-        scale = inv * norm.weight.double()
-        shift = norm.bias.double() - mean_c * scale
-        scale = scale.float()[:, :, None, None, None]
-        shift = shift.float()[:, :, None, None, None]
+        scale, shift = group_norm_affine(stage1.norm, total, total_sq, count)
 
         out = []
         for a, b in tiles:
@@ -177,6 +167,19 @@ class Generator(nn.Module):
             x = stage2(h)
             out.append(x[:, :, 4 * (a - lo) : 4 * (b - lo)])
         return torch.cat(out, dim=2)
+
+
+def group_norm_affine(norm: nn.GroupNorm, total: torch.Tensor, total_sq: torch.Tensor,
+                      count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` ``[B, C, 1, 1, 1]`` (float32) that reproduce ``norm`` from
+    statistics summed over tiles: ``total`` and ``total_sq`` ``[B, groups]`` (float64) over
+    ``count`` elements per group."""
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0)
+    per_group = norm.num_channels // norm.num_groups
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1) * norm.weight.double()
+    shift = norm.bias.double() - mean.repeat_interleave(per_group, dim=1) * scale
+    return scale.float()[:, :, None, None, None], shift.float()[:, :, None, None, None]
 
 
 class HighResDiscriminator(nn.Module):
@@ -323,13 +326,7 @@ class Encoder(nn.Module):
                 total += y.sum(dim=2)
                 total_sq += (y * y).sum(dim=2)
                 count += y.shape[2]
-            mean = total / count
-            var = (total_sq / count - mean * mean).clamp_min(0.0)
-            per_group = norm.num_channels // groups
-            inv = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)
-            scale = inv * norm.weight.double()
-            shift = norm.bias.double() - mean.repeat_interleave(per_group, dim=1) * scale
-            affine.append((scale.float()[:, :, None, None, None], shift.float()[:, :, None, None, None]))
+            affine.append(group_norm_affine(norm, total, total_sq, count))
         last = len(blocks)
         return torch.cat([level(last, a, min(a + tile_depth, depths[last]))
                           for a in range(0, depths[last], tile_depth)], dim=2)
