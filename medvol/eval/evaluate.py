@@ -1,0 +1,363 @@
+"""``medvol evaluate``: scores of a generated set against a real one, with their provenance.
+
+Sources (``--real`` / ``--fake``):
+
+- a preprocessing cache (a folder with ``manifest.json``; ``--split`` picks train / val / all);
+- a volume file, a folder or glob of volumes in any format medvol reads, prepared like
+  ``medvol preprocess`` (``--size``, ``--modality``, ``--window``);
+- a checkpoint or run folder (``--fake`` only): volumes generated on the fly, seeded, one at a time;
+- ``phantom`` or ``phantom:SEED``: the built-in phantom generator at ``--size``;
+- a ``.npy`` array ``[N, D]`` of precomputed features (both sides, no extractor then).
+
+Volumes are streamed through the extractors one at a time; only features are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+import medvol
+from medvol.errors import MedvolError
+from medvol.eval import metrics as M
+from medvol.eval.features import FeatureSet, file_hash, get_extractor
+
+METRICS = ("fid", "kid", "mmd", "prdc")
+
+
+# ----------------------------------------------------------------------------------- sources
+
+
+class Source:
+    """Where volumes come from: yields ``(name, float32 (S, S, S) in [-1, 1])`` one at a time."""
+
+    def __init__(self, spec: str, role: str, *, size: int | None, modality: str, window,
+                 split: str, n: int | None, seed: int, device: str):
+        self.spec = spec
+        self.role = role
+        self.size = size
+        self.split = split
+        self.n = n
+        self.seed = seed
+        self.device = device
+        self.info: dict = {"source": spec}
+        self.kind, self._names = self._resolve(spec, modality, window)
+
+    def _resolve(self, spec: str, modality: str, window):
+        if spec == "phantom" or spec.startswith("phantom:"):
+            if self.size is None:
+                raise MedvolError(f"--{self.role} {spec}: give --size for phantom volumes")
+            tail = spec.partition(":")[2]
+            try:
+                self._phantom_seed = int(tail) if tail else self.seed
+            except ValueError:
+                raise MedvolError(f"--{self.role} {spec}: the phantom seed must be an integer") from None
+            count = self.n or 16
+            self.info.update(kind="phantom", seed=self._phantom_seed, size=self.size)
+            return "phantom", [f"phantom_{self._phantom_seed}_{i:04d}" for i in range(count)]
+        path = Path(spec)
+        if not path.exists() and not any(c in spec for c in "*?["):
+            raise MedvolError(f"--{self.role} {spec}: no such file or folder")
+        if path.is_dir() and (path / "manifest.json").is_file():
+            from medvol.data.datasets import CachedVolumeDataset
+
+            self._cache = CachedVolumeDataset(path, split=self.split)
+            if self.size is not None and self._cache.size != self.size:
+                raise MedvolError(f"--{self.role} {spec}: the cache is {self._cache.size}^3, "
+                                  f"--size asks for {self.size}")
+            self.size = self._cache.size
+            names = self._cache.names[: self.n] if self.n else self._cache.names
+            self.info.update(kind="cache", split=self.split, size=self.size,
+                             preprocessing=self._cache.manifest["params"])
+            return "cache", names
+        if self._is_checkpoint(path):
+            return "checkpoint", self._open_checkpoint(path)
+        from medvol.data.discover import discover
+        from medvol.data.preprocess import PreprocessParams
+
+        if self.size is None:
+            raise MedvolError(f"--{self.role} {spec}: give --size to prepare raw volumes")
+        kwargs = {"size": self.size, "modality": modality}
+        if window is not None:
+            kwargs["window"] = window
+        self._params = PreprocessParams(**kwargs)
+        self._files = discover(spec)
+        if self.n:
+            self._files = self._files[: self.n]
+        self.info.update(kind="volumes", size=self.size, preprocessing=self._params.to_dict())
+        from medvol.data.io import volume_stem
+
+        return "volumes", [volume_stem(f) for f in self._files]
+
+    @staticmethod
+    def _is_checkpoint(path: Path) -> bool:
+        if path.is_file():
+            return path.suffix == ".pt"
+        return path.is_dir() and any(path.glob("ckpt_*.pt"))
+
+    def _open_checkpoint(self, path: Path) -> list[str]:
+        if self.role != "fake":
+            raise MedvolError(f"--{self.role} {path}: a checkpoint can only be --fake")
+        from medvol.train.checkpoint import load_checkpoint
+
+        system, _, state = load_checkpoint(path)
+        self._system = system
+        self._state = state
+        ckpt = Path(state["path"])
+        size = int(system.size)
+        if self.size is not None and size != self.size:
+            raise MedvolError(f"--fake {path}: the model generates {size}^3, --size asks for {self.size}")
+        self.size = size
+        count = self.n or 16
+        self.info.update(kind="checkpoint", checkpoint=str(ckpt), checkpoint_sha256=file_hash(ckpt),
+                         iteration=int(state.get("iteration", -1)), seed=self.seed, size=self.size)
+        return [f"generated_{self.seed}_{i:04d}" for i in range(count)]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self.kind == "phantom":
+            from medvol.data.phantom import make_phantom
+            from medvol.data.preprocess import PreprocessParams, preprocess_volume
+
+            params = PreprocessParams(size=self.size)
+            for i, name in enumerate(self._names):
+                volume, _ = make_phantom(self.size, (self._phantom_seed, i))
+                yield name, preprocess_volume(volume, params)
+        elif self.kind == "cache":
+            for i, name in enumerate(self._names):
+                yield name, np.asarray(self._cache.volume(i), dtype=np.float32)
+        elif self.kind == "volumes":
+            from medvol.data.io import read_volume
+            from medvol.data.preprocess import preprocess_volume
+
+            for f, name in zip(self._files, self._names):
+                yield name, preprocess_volume(read_volume(f), self._params)
+        else:
+            yield from self._generate()
+
+    def _generate(self) -> Iterator[tuple[str, np.ndarray]]:
+        import torch
+
+        from medvol.train.distributed import pick_device
+
+        system = self._system
+        dev = pick_device(self.device)
+        system.to(dev).eval()
+        system.set_mode("optimized" if dev.type == "cuda" else "reference")
+        k = system.num_classes
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            for i, name in enumerate(self._names):
+                z = system.sample_latent(1, generator=generator, device=torch.device("cpu")).to(dev)
+                labels = None if k == 0 else torch.tensor([i % k], device=dev)
+                x = system.generate(z, labels=labels)[0, 0].float().cpu().numpy()
+                yield name, np.clip(x, -1.0, 1.0).astype(np.float32)
+
+
+def precomputed(path: str, role: str) -> FeatureSet:
+    p = Path(path)
+    if not p.is_file():
+        raise MedvolError(f"--{role} {path}: no such feature file")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise MedvolError(f"--{role} {path}: unreadable .npy ({error})") from None
+    a = M.as_features(a, f"--{role} {path}")
+    return FeatureSet({"features": a}, {"features": np.arange(len(a))}, len(a),
+                      [f"row_{i}" for i in range(len(a))])
+
+
+# ---------------------------------------------------------------------------------- scoring
+
+
+def _rows(groups: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    order = np.argsort(groups, kind="stable")
+    starts = np.searchsorted(groups[order], pick, side="left")
+    ends = np.searchsorted(groups[order], pick, side="right")
+    return np.concatenate([order[s:e] for s, e in zip(starts, ends)])
+
+
+def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k: int = 5,
+                kid_subsets: int = 100, kid_subset_size: int = 1000, n_boot: int = 50,
+                seed: int = 0, level: float = 0.95) -> dict:
+    """Every metric on every view, the mean over views, and a bootstrap interval over volumes.
+
+    One bootstrap round draws volumes (with replacement) once for the real and once for the fake
+    set and applies the draw to every view, so the interval of the mean over views is that of
+    one resampled set of volumes.
+    """
+    views = list(real.features)
+    if list(fake.features) != views:
+        raise MedvolError(f"real and fake features have different views: {views} vs {list(fake.features)}")
+
+    def scalar_scores(r: dict, f: dict) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for v in views:
+            a, b = r[v], f[v]
+            for m in metrics:
+                if m == "fid":
+                    out[f"{v}/fid"] = M.frechet_distance(a, b)
+                elif m == "mmd":
+                    out[f"{v}/mmd"] = M.mmd(a, b)["mmd2"]
+                elif m == "prdc":
+                    for key, val in M.prdc(a, b, k=k).items():
+                        if key != "k":
+                            out[f"{v}/{key}"] = val
+        if len(views) > 1:
+            names = dict.fromkeys(key.split("/", 1)[1] for key in out)  # first-seen order
+            for name in names:
+                out[f"mean/{name}"] = float(np.mean([out[f"{v}/{name}"] for v in views]))
+        return out
+
+    r_all = {v: real.features[v] for v in views}
+    f_all = {v: fake.features[v] for v in views}
+    caught: list[str] = []
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always", M.SmallSampleWarning)
+        values = scalar_scores(r_all, f_all)
+        caught.extend(sorted({str(w.message) for w in records}))
+    result: dict = {name: {"value": val} for name, val in values.items()}
+    if n_boot >= 2 and values:
+        rng = np.random.default_rng(seed)
+        draws: dict[str, list[float]] = {name: [] for name in values}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", M.SmallSampleWarning)
+            for _ in range(n_boot):
+                pr = rng.integers(0, real.n_volumes, real.n_volumes)
+                pf = rng.integers(0, fake.n_volumes, fake.n_volumes)
+                r = {v: real.features[v][_rows(real.groups[v], pr)] for v in views}
+                f = {v: fake.features[v][_rows(fake.groups[v], pf)] for v in views}
+                try:
+                    for name, val in scalar_scores(r, f).items():
+                        draws[name].append(val)
+                except MedvolError:
+                    continue  # a draw too degenerate for a metric (e.g. all one volume) is skipped
+        for name, vals in draws.items():
+            if len(vals) >= 2:
+                lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+                result[name].update(ci_low=float(lo), ci_high=float(hi),
+                                    std=float(np.std(vals, ddof=1)), n_boot=len(vals))
+    if "kid" in metrics:
+        for v in views:
+            m = min(kid_subset_size, len(r_all[v]), len(f_all[v]))
+            got = M.kid(r_all[v], f_all[v], subsets=kid_subsets, subset_size=m, seed=seed)
+            result[f"{v}/kid"] = {"value": got["mean"], "std": got["std"],
+                                  "subsets": got["subsets"], "subset_size": got["subset_size"]}
+        if len(views) > 1:
+            result["mean/kid"] = {"value": float(np.mean([result[f"{v}/kid"]["value"] for v in views]))}
+    return {"scores": result, "warnings": caught}
+
+
+# ----------------------------------------------------------------------------------- command
+
+
+def _markdown(report: dict) -> str:
+    lines = [f"# medvol evaluate — {report['date']}", "",
+             f"- real: `{report['real']['source']}` ({report['real']['n_volumes']} volumes)",
+             f"- fake: `{report['fake']['source']}` ({report['fake']['n_volumes']} volumes)",
+             f"- seed {report['seed']}, bootstrap {report['bootstrap']} rounds over volumes, "
+             f"medvol {report['medvol_version']}", ""]
+    for ext in report["extractors"]:
+        info = ext["info"]
+        lines += [f"## {info['extractor']}", "",
+                  f"weights: `{info['weights']}` (sha256 `{info['weights_sha256']}`)  ",
+                  f"preprocessing: {info['preprocessing']}", "",
+                  "| score | value | 95% interval |", "|---|---|---|"]
+        for name, s in ext["scores"].items():
+            ci = (f"{s['ci_low']:.4g} .. {s['ci_high']:.4g}" if "ci_low" in s
+                  else (f"± {s['std']:.3g} (std over subsets)" if "std" in s else ""))
+            lines.append(f"| {name} | {s['value']:.6g} | {ci} |")
+        for w in ext["warnings"]:
+            lines.append(f"\nwarning: {w}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    from medvol.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence[str] = ("inception2.5d",),
+             metrics: Sequence[str] = METRICS, n: int | None = None, size: int | None = None,
+             modality: str = "ct", window=None, split: str = "val", seed: int = 0, k: int = 5,
+             n_boot: int = 50, slices_per_volume: int = 16, batch: int = 16, device: str = "cpu",
+             overwrite: bool = False, progress=None, command: str | None = None) -> dict:
+    """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise MedvolError(f"unknown metric {unknown[0]!r} (--metrics): choose from {', '.join(METRICS)}")
+    out = Path(out)
+    if (out / "scores.json").exists() and not overwrite:
+        raise MedvolError(f"{out}: already holds an evaluation (scores.json); choose another --out "
+                          "or pass --overwrite")
+    if n is not None and n < 2:
+        raise MedvolError(f"--n {n}: need at least 2 volumes per set")
+
+    npy = [s.endswith(".npy") for s in (real, fake)]
+    if any(npy) and not all(npy):
+        raise MedvolError("--real and --fake must both be .npy feature files, or neither")
+    report: dict = {
+        "medvol_version": medvol.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "seed": seed,
+        "bootstrap": n_boot,
+        "metrics": list(metrics),
+        "k": k,
+        "extractors": [],
+    }
+    if all(npy):
+        fr, ff = precomputed(real, "real"), precomputed(fake, "fake")
+        if fr.features["features"].shape[1] != ff.features["features"].shape[1]:
+            raise MedvolError("--real and --fake feature files have different dimensions")
+        report["real"] = {"source": real, "kind": "features", "n_volumes": fr.n_volumes}
+        report["fake"] = {"source": fake, "kind": "features", "n_volumes": ff.n_volumes}
+        pairs = [({"extractor": "precomputed", "weights": None, "weights_sha256": None,
+                   "dim": fr.features["features"].shape[1], "views": ["features"],
+                   "preprocessing": "given"}, fr, ff)]
+    else:
+        opts = dict(size=size, modality=modality, window=window, split=split, n=n, seed=seed,
+                    device=device)
+        src_real = Source(real, "real", **opts)
+        src_fake = Source(fake, "fake", **opts)
+        if src_real.size != src_fake.size:
+            raise MedvolError(f"--real volumes are {src_real.size}^3 but --fake are {src_fake.size}^3; "
+                              "give --size to prepare both alike")
+        extractors = [get_extractor(spec, device=device, seed=seed, slices_per_volume=slices_per_volume,
+                                    batch=batch) for spec in features]
+        pairs = []
+        for ext in extractors:
+            fr, ff = (ext.extract(src, progress=None if progress is None else
+                                  (lambda it, s=src: progress(it, len(s), f"{ext.name} {s.role}")))
+                      for src in (src_real, src_fake))
+            pairs.append((ext.info(), fr, ff))
+        report["real"] = dict(src_real.info, n_volumes=len(src_real), names=src_real.names)
+        report["fake"] = dict(src_fake.info, n_volumes=len(src_fake), names=src_fake.names)
+    for info, fr, ff in pairs:
+        scored = score_views(fr, ff, metrics, k=k, n_boot=n_boot, seed=seed)
+        report["extractors"].append({"info": info, "rows": {v: [int(len(fr.features[v])),
+                                                                 int(len(ff.features[v]))]
+                                                             for v in fr.features},
+                                     **scored})
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "scores.md", _markdown(report))
+    _write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
+    return report
