@@ -1,0 +1,111 @@
+"""``medvol evaluate`` end to end on phantoms, with a random-init TorchScript stand-in for the
+Inception network (so no weights are needed) and with precomputed features."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medvol.cli import main
+from test_features import TinyInception
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("w") / "inception_standin.pt"
+    with pytest.warns(FutureWarning):
+        torch.jit.save(torch.jit.script(TinyInception(dim=16)), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def noise_dir(tmp_path_factory):
+    """Volumes of uniform noise over the CT window, as NIfTI files."""
+    from medvol.data.io import Volume, write_volume
+
+    folder = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        write_volume(Volume(array=rng.uniform(-1000, 500, (32, 32, 32)).astype(np.float32),
+                            spacing=(1.0, 1.0, 1.0)), folder / f"noise_{i}.nii.gz")
+    return folder
+
+
+def run_eval(capsys, *args):
+    code = main(["evaluate", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_phantoms_score_closer_than_noise(tmp_path, weights, noise_dir, capsys):
+    common = ["--size", 32, "--n", 6, "--features", f"inception2.5d:{weights}",
+              "--slices-per-volume", 3, "--bootstrap", 5]
+    code, out, err = run_eval(capsys, "--real", "phantom:0", "--fake", "phantom:1",
+                              "--out", tmp_path / "pp", *common)
+    assert code == 0, err
+    code, _, err = run_eval(capsys, "--real", "phantom:0", "--fake", noise_dir,
+                            "--out", tmp_path / "pn", *common)
+    assert code == 0, err
+    pp = json.loads((tmp_path / "pp" / "scores.json").read_text(encoding="utf-8"))
+    pn = json.loads((tmp_path / "pn" / "scores.json").read_text(encoding="utf-8"))
+    s_pp, s_pn = pp["extractors"][0]["scores"], pn["extractors"][0]["scores"]
+    assert s_pp["mean/fid"]["value"] < s_pn["mean/fid"]["value"]
+    assert s_pp["mean/mmd"]["value"] < s_pn["mean/mmd"]["value"]
+    assert s_pp["mean/kid"]["value"] < s_pn["mean/kid"]["value"]
+    assert s_pp["mean/precision"]["value"] > s_pn["mean/precision"]["value"]
+    assert s_pp["mean/coverage"]["value"] > s_pn["mean/coverage"]["value"]
+    # provenance
+    info = pp["extractors"][0]["info"]
+    assert info["weights"] == str(weights) and len(info["weights_sha256"]) == 64
+    assert pp["real"]["n_volumes"] == pp["fake"]["n_volumes"] == 6
+    assert pp["fake"]["seed"] == 1 and pp["seed"] == 0
+    assert pp["extractors"][0]["rows"]["axial"] == [18, 18]
+    assert pn["fake"]["kind"] == "volumes" and pn["fake"]["preprocessing"]["size"] == 32
+    assert "ci_low" in s_pp["axial/fid"] and pp["medvol_version"]
+    assert "| mean/fid |" in (tmp_path / "pp" / "scores.md").read_text(encoding="utf-8")
+
+
+def test_evaluate_refuses_bad_input_in_one_line(tmp_path, weights, capsys):
+    out = tmp_path / "e"
+    base = ["--real", "phantom:0", "--fake", "phantom:1", "--size", 32, "--n", 3,
+            "--slices-per-volume", 1, "--bootstrap", 0, "--metrics", "fid"]
+    code, _, err = run_eval(capsys, *base, "--features", f"inception2.5d:{tmp_path / 'no.pt'}",
+                            "--out", out)
+    assert code == 2 and "no.pt" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    code, _, err = run_eval(capsys, *base[:-1], "fidd", "--features", f"inception2.5d:{weights}",
+                            "--out", out)
+    assert code == 2 and "unknown metric 'fidd'" in err
+    code, _, err = run_eval(capsys, *base, "--features", f"inception2.5d:{weights}", "--out", out)
+    assert code == 0, err
+    before = (out / "scores.json").read_bytes()
+    code, _, err = run_eval(capsys, *base, "--features", f"inception2.5d:{weights}", "--out", out)
+    assert code == 2 and "--overwrite" in err
+    assert (out / "scores.json").read_bytes() == before
+    code, _, err = run_eval(capsys, "--real", "phantom:0", "--fake", tmp_path / "nothing",
+                            "--size", 32, "--out", tmp_path / "x")
+    assert code == 2 and "nothing" in err
+
+
+def test_precomputed_features(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.standard_normal((200, 8)))
+    np.save(tmp_path / "b.npy", rng.standard_normal((200, 8)) + 0.5)
+    code, out, err = run_eval(capsys, "--real", tmp_path / "a.npy", "--fake", tmp_path / "b.npy",
+                              "--out", tmp_path / "o", "--bootstrap", 10)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "o" / "scores.json").read_text(encoding="utf-8"))
+    fid = rep["extractors"][0]["scores"]["features/fid"]
+    from medvol.eval import frechet_distance
+
+    assert fid["value"] == pytest.approx(
+        frechet_distance(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")))
+    assert fid["ci_low"] <= fid["value"] <= fid["ci_high"]
+    np.save(tmp_path / "c.npy", np.zeros((5, 3)))
+    code, _, err = run_eval(capsys, "--real", tmp_path / "a.npy", "--fake", tmp_path / "c.npy",
+                            "--out", tmp_path / "o2")
+    assert code == 2 and "different dimensions" in err
