@@ -21,7 +21,12 @@ def register(subparsers) -> None:
     parser.add_argument("--features", default="inception2.5d",
                         help="comma list: inception2.5d[:PATH], medicalnet:PATH[:SHA256], or a "
                              "registered extractor (default inception2.5d)")
-    parser.add_argument("--metrics", default="fid,kid,mmd,prdc", help="comma list of fid,kid,mmd,prdc")
+    parser.add_argument("--metrics", default="fid,kid,mmd,prdc",
+                        help="comma list of fid,kid,mmd,prdc,msssim,memorization (default: the first four)")
+    parser.add_argument("--train", help="training set for memorization (default: the train split of "
+                                        "--real when it is a cache)")
+    parser.add_argument("--diversity-n", type=int, default=16, dest="diversity_n",
+                        help="msssim: volumes per set kept for pairwise MS-SSIM (default 16)")
     parser.add_argument("--n", type=int, help="volumes per set (default: all; 16 generated)")
     parser.add_argument("--size", type=int, help="volume size for raw volumes, phantoms and checks")
     parser.add_argument("--modality", default="ct", choices=["ct", "mr"], help="raw volumes: ct or mr")
@@ -65,7 +70,7 @@ def run(args) -> int:
         window=parse_window(args.window) if args.window else None,
         split=args.split, seed=args.seed, k=args.k, n_boot=args.bootstrap,
         slices_per_volume=args.slices_per_volume, batch=args.batch, device=args.device,
-        overwrite=args.overwrite, progress=_progress,
+        overwrite=args.overwrite, progress=_progress, train=args.train, diversity_n=args.diversity_n,
         command="medvol " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     for ext in report["extractors"]:
@@ -75,5 +80,12 @@ def run(args) -> int:
             print(f"  {name:<24} {s['value']:.6g}{ci}")
         for w in ext["warnings"]:
             print(f"  warning: {w}")
+    if "diversity" in report:
+        d = report["diversity"]
+        print(f"diversity (MS-SSIM): real {d['real']['mean']:.4f}, fake {d['fake']['mean']:.4f}")
+    if "memorization" in report:
+        m = report["memorization"]
+        print(f"memorisation: authenticity {m['authenticity']:.3f}, likely copies "
+              f"{len(m['likely_copies'])}: {', '.join(m['likely_copies'][:5])}")
     print(f"wrote {args.out}/scores.json, scores.md")
     return 0

@@ -28,7 +28,8 @@ from medvol.errors import MedvolError
 from medvol.eval import metrics as M
 from medvol.eval.features import FeatureSet, file_hash, get_extractor
 
-METRICS = ("fid", "kid", "mmd", "prdc")
+METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization")
+FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
 
 
 # ----------------------------------------------------------------------------------- sources
@@ -67,6 +68,8 @@ class Source:
         if path.is_dir() and (path / "manifest.json").is_file():
             from medvol.data.datasets import CachedVolumeDataset
 
+            if self.role == "fake":
+                self.split = "all"  # --split picks the real volumes; a generated cache is used whole
             self._cache = CachedVolumeDataset(path, split=self.split)
             if self.size is not None and self._cache.size != self.size:
                 raise MedvolError(f"--{self.role} {spec}: the cache is {self._cache.size}^3, "
@@ -164,6 +167,36 @@ class Source:
                 labels = None if k == 0 else torch.tensor([i % k], device=dev)
                 x = system.generate(z, labels=labels)[0, 0].float().cpu().numpy()
                 yield name, np.clip(x, -1.0, 1.0).astype(np.float32)
+
+
+class Keep:
+    """Pass volumes through while keeping copies of the first ``n`` (for pairwise MS-SSIM)."""
+
+    def __init__(self, source, n: int):
+        self.source, self.n, self.kept = source, n, []
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self):
+        for name, volume in self.source:
+            if len(self.kept) < self.n:
+                self.kept.append(np.array(volume, dtype=np.float32))
+            yield name, volume
+
+
+def volume_vectors(fs: FeatureSet) -> np.ndarray:
+    """One vector per volume: the mean of its rows in every view, views concatenated."""
+    parts = []
+    for view, rows in fs.features.items():
+        g = fs.groups[view]
+        means = np.zeros((fs.n_volumes, rows.shape[1]))
+        for i in range(fs.n_volumes):
+            sel = rows[g == i]
+            if len(sel):
+                means[i] = sel.mean(axis=0)
+        parts.append(means)
+    return np.concatenate(parts, axis=1)
 
 
 def precomputed(path: str, role: str) -> FeatureSet:
@@ -282,6 +315,20 @@ def _markdown(report: dict) -> str:
         for w in ext["warnings"]:
             lines.append(f"\nwarning: {w}")
         lines.append("")
+    if "diversity" in report:
+        d = report["diversity"]
+        lines += ["## diversity (mean pairwise 3D MS-SSIM; higher = less diverse)", "",
+                  f"real {d['real']['mean']:.4f} ± {d['real']['std']:.4f} ({d['real']['pairs']} pairs), "
+                  f"fake {d['fake']['mean']:.4f} ± {d['fake']['std']:.4f} ({d['fake']['pairs']} pairs); "
+                  f"kernel {d['real']['kernel_size']}, {d['real']['scales']} scales", ""]
+    if "memorization" in report:
+        m = report["memorization"]
+        lines += ["## memorisation", "",
+                  f"authenticity {m['authenticity']:.3f}; likely copies {m['copy_fraction']:.3f} "
+                  f"(closer to a training volume than {m['copy_threshold']:.4g}, half the 1% quantile "
+                  f"of held-out distances); median distance to the nearest training volume: fake "
+                  f"{m['median_distance_fake']:.4g}, held-out real {m['median_distance_heldout']:.4g}. "
+                  "Per sample: memorization.json.", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -299,7 +346,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
              metrics: Sequence[str] = METRICS, n: int | None = None, size: int | None = None,
              modality: str = "ct", window=None, split: str = "val", seed: int = 0, k: int = 5,
              n_boot: int = 50, slices_per_volume: int = 16, batch: int = 16, device: str = "cpu",
-             overwrite: bool = False, progress=None, command: str | None = None) -> dict:
+             overwrite: bool = False, progress=None, command: str | None = None,
+             train: str | None = None, diversity_n: int = 16) -> dict:
     """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -325,6 +373,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         "extractors": [],
     }
     if all(npy):
+        if set(metrics) - set(FEATURE_METRICS):
+            raise MedvolError("msssim and memorization need volumes, not precomputed features")
         fr, ff = precomputed(real, "real"), precomputed(fake, "fake")
         if fr.features["features"].shape[1] != ff.features["features"].shape[1]:
             raise MedvolError("--real and --fake feature files have different dimensions")
@@ -341,23 +391,73 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         if src_real.size != src_fake.size:
             raise MedvolError(f"--real volumes are {src_real.size}^3 but --fake are {src_fake.size}^3; "
                               "give --size to prepare both alike")
+        src_train = None
+        if "memorization" in metrics:
+            if train is None and src_real.kind == "cache" and split != "train":
+                train = str(Path(real))
+                train_split = "train"
+            else:
+                train_split = "all"
+            if train is None:
+                raise MedvolError("memorization needs the training set: give --train (a cache's "
+                                  "train split is used when --real is that cache's val split)")
+            if split == "train" and src_real.kind == "cache":
+                raise MedvolError("memorization compares with held-out real volumes: use --split val")
+            src_train = Source(train, "train", **dict(opts, split=train_split, n=None))
         extractors = [get_extractor(spec, device=device, seed=seed, slices_per_volume=slices_per_volume,
                                     batch=batch) for spec in features]
+        if not extractors:
+            raise MedvolError("--features: give at least one extractor")
+        keep_r, keep_f = Keep(src_real, diversity_n), Keep(src_fake, diversity_n)
         pairs = []
-        for ext in extractors:
+        for index, ext in enumerate(extractors):
+            sources = (keep_r, keep_f) if index == 0 and "msssim" in metrics else (src_real, src_fake)
             fr, ff = (ext.extract(src, progress=None if progress is None else
-                                  (lambda it, s=src: progress(it, len(s), f"{ext.name} {s.role}")))
-                      for src in (src_real, src_fake))
+                                  (lambda it, s=src: progress(it, len(s), f"{ext.name}")))
+                      for src in sources)
             pairs.append((ext.info(), fr, ff))
         report["real"] = dict(src_real.info, n_volumes=len(src_real), names=src_real.names)
         report["fake"] = dict(src_fake.info, n_volumes=len(src_fake), names=src_fake.names)
+        if "msssim" in metrics:
+            from medvol.eval.diversity import pairwise_ms_ssim
+
+            d_real = pairwise_ms_ssim(keep_r.kept, seed=seed)
+            d_fake = pairwise_ms_ssim(keep_f.kept, seed=seed)
+            report["diversity"] = {"real": d_real, "fake": d_fake,
+                                   "n": [len(keep_r.kept), len(keep_f.kept)],
+                                   "note": "mean pairwise 3D MS-SSIM within each set; higher = "
+                                           "less diverse"}
+        if src_train is not None:
+            ext = extractors[0]
+            ft = ext.extract(src_train)
+            mem = M.memorization(volume_vectors(ft), volume_vectors(pairs[0][2]),
+                                 volume_vectors(pairs[0][1]))
+            records = [{"file": report["fake"]["names"][i],
+                        "nearest_train": ft.names[int(mem["nearest_train"][i])],
+                        "distance": float(mem["distance"][i]),
+                        "train_nn_radius": float(mem["train_radius"][i]),
+                        "authentic": bool(mem["authentic"][i]),
+                        "likely_copy": bool(mem["likely_copy"][i])}
+                       for i in range(len(mem["distance"]))]
+            report["memorization"] = {
+                "extractor": ext.info()["extractor"], "train": dict(src_train.info, n_volumes=len(ft.names)),
+                "features": "per-volume mean of the extractor's rows, views concatenated",
+                **{key: mem[key] for key in ("authenticity", "copy_fraction", "copy_threshold",
+                                             "median_distance_fake", "median_distance_heldout")},
+                "likely_copies": [r["file"] for r in records if r["likely_copy"]],
+            }
+            report["_memorization_records"] = records
+    feature_metrics = [m for m in metrics if m in FEATURE_METRICS]
     for info, fr, ff in pairs:
-        scored = score_views(fr, ff, metrics, k=k, n_boot=n_boot, seed=seed)
+        scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed)
         report["extractors"].append({"info": info, "rows": {v: [int(len(fr.features[v])),
                                                                  int(len(ff.features[v]))]
                                                              for v in fr.features},
                                      **scored})
+    records = report.pop("_memorization_records", None)
     out.mkdir(parents=True, exist_ok=True)
+    if records is not None:
+        _write_text(out / "memorization.json", json.dumps(records, indent=2) + "\n")
     _write_text(out / "scores.md", _markdown(report))
     _write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
     return report

@@ -246,13 +246,16 @@ def prdc(real, fake, k: int = 5) -> dict:
 # ------------------------------------------------------------------------------ memorisation
 
 
-def memorization(train, fake, heldout, k: int = 1, copy_quantile: float = 0.01) -> dict:
+def memorization(train, fake, heldout, k: int = 1, copy_quantile: float = 0.01,
+                 copy_ratio: float = 0.5) -> dict:
     """How close generated samples sit to the training set, against held-out real samples.
 
     For each generated sample: its nearest training sample and the distance to it. The same
     distance for each held-out real sample (never trained on) is the reference: a generated
-    sample closer to a training sample than the ``copy_quantile`` quantile of held-out
-    distances is flagged as a likely copy. Authenticity (Alaa et al. 2022) of a generated sample
+    sample closer to a training sample than ``copy_ratio`` times the ``copy_quantile`` quantile
+    of held-out distances is flagged as a likely copy. (With few held-out samples the quantile is
+    their minimum, which a new sample of the same distribution undercuts with probability about
+    1 / (n_heldout + 1); the ratio keeps such samples from being flagged.) Authenticity (Alaa et al. 2022) of a generated sample
     is whether it lies farther from its nearest training sample than that training sample's own
     nearest other training sample; the radius is looked up by the *training* index found for the
     generated sample (a widely copied implementation indexes it with the generated index).
@@ -269,7 +272,9 @@ def memorization(train, fake, heldout, k: int = 1, copy_quantile: float = 0.01) 
     d_fake = d_gt[np.arange(len(g)), nearest]
     d_held = pairwise_distances(h, t).min(axis=1)
     train_radius = knn_radii(t, k)
-    threshold = float(np.quantile(d_held, copy_quantile))
+    if not copy_ratio > 0.0:
+        raise MedvolError(f"memorization: copy_ratio must be positive, got {copy_ratio}")
+    threshold = copy_ratio * float(np.quantile(d_held, copy_quantile))
     authentic = d_fake > train_radius[nearest]
     copies = d_fake < threshold
     return {

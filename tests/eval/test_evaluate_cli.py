@@ -4,6 +4,7 @@ Inception network (so no weights are needed) and with precomputed features."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,45 @@ def test_precomputed_features(tmp_path, capsys):
     code, _, err = run_eval(capsys, "--real", tmp_path / "a.npy", "--fake", tmp_path / "c.npy",
                             "--out", tmp_path / "o2")
     assert code == 2 and "different dimensions" in err
+
+
+def test_memorization_and_diversity_on_a_phantom_cache(tmp_path, weights, capsys):
+    """A 'generated' set made of exact copies of two training volumes plus new phantoms: the
+    copies are flagged and named; MS-SSIM diversity is reported for both sets."""
+    import shutil
+
+    assert main(["data", "phantom", "--n", "12", "--size", "32", "--out", str(tmp_path / "src"),
+                 "--seed", "0"]) == 0
+    assert main(["preprocess", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "cache"),
+                 "--size", "32", "--val-fraction", "0.25", "--workers", "1"]) == 0
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text(encoding="utf-8"))
+    train = [v for v in manifest["volumes"] if v["split"] == "train"]
+    assert len(train) >= 6
+    fake_src = tmp_path / "fake_src"
+    fake_src.mkdir()
+    copied = [Path(train[i]["source"]) for i in (0, 3)]
+    for p in copied:
+        shutil.copy(p, fake_src / ("copy_" + p.name))
+    assert main(["data", "phantom", "--n", "4", "--size", "32", "--out", str(tmp_path / "new"),
+                 "--seed", "99"]) == 0
+    for p in sorted((tmp_path / "new").glob("*.nii.gz")):
+        shutil.copy(p, fake_src / ("new_" + p.name))
+    capsys.readouterr()
+    code, out, err = run_eval(capsys, "--real", tmp_path / "cache", "--fake", fake_src, "--size", 32,
+                              "--features", f"inception2.5d:{weights}", "--slices-per-volume", 3,
+                              "--metrics", "fid,msssim,memorization", "--bootstrap", 0,
+                              "--out", tmp_path / "ev")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "ev" / "scores.json").read_text(encoding="utf-8"))
+    records = json.loads((tmp_path / "ev" / "memorization.json").read_text(encoding="utf-8"))
+    flagged = {r["file"]: r["nearest_train"] for r in records if r["likely_copy"]}
+    expected = {"copy_" + p.name.removesuffix(".nii.gz"): train[i]["name"]
+                for p, i in zip(copied, (0, 3))}
+    assert flagged == expected
+    for r in records:
+        if r["file"].startswith("copy_"):
+            assert r["distance"] == pytest.approx(0.0, abs=1e-6) and not r["authentic"]
+    assert rep["memorization"]["train"]["n_volumes"] == len(train)
+    d = rep["diversity"]
+    assert 0 < d["real"]["mean"] < 1 and 0 < d["fake"]["mean"] < 1
+    assert "memorisation" in out and "diversity" in out
