@@ -16,7 +16,8 @@ Built in (``get_extractor(spec)``):
   against the SHA-1 that package declares.
 - ``medicalnet:PATH[:SHA256]`` — MedicalNet's 3D ResNet (MONAI's ResNet, shortcut B) with global
   average pooling; depth (10/18/34/50/...) read from the weights.
-- ``npy:REAL.npy`` style precomputed features are handled by the command, not here.
+- ``domain:FILE`` — medvol's own autoencoder features (:mod:`medvol.eval.domain`).
+- precomputed ``.npy`` features are handled by the command, not here.
 - anything registered with :func:`register_extractor`.
 """
 
@@ -387,6 +388,8 @@ def extractor_names() -> list[str]:
 
 def get_extractor(spec: str, **options) -> Extractor:
     """``NAME`` or ``NAME:ARG`` (ARG: a weights path, optionally ``PATH:SHA256``)."""
+    import medvol.eval.domain  # noqa: F401  (registers "domain")
+
     name, _, arg = spec.partition(":")
     if name not in _REGISTRY:
         raise MedvolError(f"unknown feature extractor {name!r} (--features): choose from "

@@ -1,0 +1,66 @@
+"""The domain feature network: plumbing with random-init weights, refusals, and that
+`medvol features train` learns (its reconstruction loss falls)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medvol.cli import main
+from medvol.errors import MedvolError
+from medvol.eval import domain as D
+from medvol.eval.features import get_extractor
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("domain")
+    assert main(["data", "phantom", "--n", "6", "--size", "32", "--out", str(root / "src")]) == 0
+    assert main(["preprocess", "--src", str(root / "src"), "--dst", str(root / "cache"),
+                 "--size", "32", "--workers", "1"]) == 0
+    return root / "cache"
+
+
+def test_untrained_plumbing(tmp_path, seeded_rng):
+    path = D.save_untrained(tmp_path / "d.pt", size=32, seed=3)
+    ext = get_extractor(f"domain:{path}")
+    vols = [(f"v{i}", seeded_rng.uniform(-1, 1, (32, 32, 32)).astype(np.float32)) for i in range(3)]
+    a = ext.extract(vols)
+    assert a.features["volume"].shape == (3, 1024) and ext.dim == 1024
+    np.testing.assert_array_equal(a.features["volume"], get_extractor(f"domain:{path}").extract(vols).features["volume"])
+    # one volume alone gives the same features as in a set (instance norm, no batch statistics)
+    np.testing.assert_allclose(ext.extract(vols[1:2]).features["volume"][0], a.features["volume"][1],
+                               rtol=1e-6, atol=1e-7)
+    assert ext.info()["weights_sha256"] and "untrained" in ext.info()["preprocessing"]
+    with pytest.raises(MedvolError, match="trained on 32\\^3"):
+        ext.volume_features(np.zeros((64, 64, 64), np.float32))
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(MedvolError, match="medvol features train"):
+        get_extractor(f"domain:{tmp_path / 'none.pt'}")
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(MedvolError, match="not a medvol domain feature file"):
+        get_extractor(f"domain:{other}")
+    with pytest.raises(MedvolError, match="needs its weights file"):
+        get_extractor("domain")
+
+
+def test_features_train_learns(cache, tmp_path, capsys):
+    out = tmp_path / "domain.pt"
+    assert main(["features", "train", "--data", str(cache), "--out", str(out), "--iters", "40",
+                 "--batch", "2", "--lr", "3e-3"]) == 0
+    blob = torch.load(out, weights_only=True)
+    loss = blob["train"]["loss"]
+    assert np.mean(loss[-8:]) < 0.8 * np.mean(loss[:8])
+    assert blob["data"]["manifest_sha256"] and blob["size"] == 32
+    ext = get_extractor(f"domain:{out}")
+    assert ext.info()["trained_on"]["cache"].endswith("cache")
+    capsys.readouterr()
+    assert main(["features", "train", "--data", str(cache), "--out", str(out), "--iters", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert torch.load(out, weights_only=True)["train"]["loss"] == loss
