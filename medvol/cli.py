@@ -16,7 +16,7 @@ from medvol.errors import MedvolError
 from medvol.utils import console_safe
 
 #: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
-COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "features", "profile", "info", "view"]
+COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "compare", "features", "profile", "info", "view"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,12 @@ def register(subparsers) -> None:
                     "its provenance) and scores.md into --out.")
     parser.add_argument("--real", required=True,
                         help="cache folder, volume file/folder/glob, phantom[:SEED], or features .npy")
-    parser.add_argument("--fake", required=True,
-                        help="as --real, or a checkpoint / run folder (generated on the fly)")
+    parser.add_argument("--fake", help="as --real, or a checkpoint / run folder (generated on the fly)")
+    parser.add_argument("--run", help="instead of --fake: score a run's checkpoints (see --every)")
+    parser.add_argument("--every", type=int, default=1,
+                        help="--run: checkpoints whose iteration is a multiple of K, and the last")
+    parser.add_argument("--best", help="--run: the score that picks the best checkpoint "
+                                       "(default mean/fid or fid)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--features", default="inception2.5d",
                         help="comma list: inception2.5d[:PATH], medicalnet:PATH[:SHA256], or a "
@@ -62,8 +66,9 @@ def run(args) -> int:
         raise MedvolError(f"--bootstrap {args.bootstrap}: give 0 (none) or at least 2 rounds")
     if args.slices_per_volume < 1 or args.batch < 1:
         raise MedvolError("--slices-per-volume and --batch must be at least 1")
-    report = evaluate(
-        args.real, args.fake, args.out,
+    if (args.fake is None) == (args.run is None):
+        raise MedvolError("give exactly one of --fake and --run")
+    options = dict(
         features=[s for s in args.features.split(",") if s],
         metrics=[m for m in args.metrics.split(",") if m],
         n=args.n, size=args.size, modality=args.modality,
@@ -73,6 +78,22 @@ def run(args) -> int:
         overwrite=args.overwrite, progress=_progress, train=args.train, diversity_n=args.diversity_n,
         command="medvol " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
+    if args.run is not None:
+        from medvol.eval.evaluate import evaluate_run
+
+        summary = evaluate_run(args.run, args.real, args.out, every=args.every, best=args.best,
+                               **options)
+        print(f"scored {len(summary['iterations'])} checkpoint(s) of {args.run}; best by "
+              f"{summary['best_score']} ({summary['direction']} is better): iteration "
+              f"{summary['best_iteration']} = {summary['best_value']:.6g}")
+        print(f"wrote {args.out}/curve.csv, curve.png, best.json, iter_*/scores.json")
+        return 0
+    report = evaluate(args.real, args.fake, args.out, **options)
+    _print_report(report, args.out)
+    return 0
+
+
+def _print_report(report: dict, out) -> None:
     for ext in report["extractors"]:
         print(f"{ext['info']['extractor']}:")
         for name, s in ext["scores"].items():
@@ -87,5 +108,4 @@ def run(args) -> int:
         m = report["memorization"]
         print(f"memorisation: authenticity {m['authenticity']:.3f}, likely copies "
               f"{len(m['likely_copies'])}: {', '.join(m['likely_copies'][:5])}")
-    print(f"wrote {args.out}/scores.json, scores.md")
-    return 0
+    print(f"wrote {out}/scores.json, scores.md")

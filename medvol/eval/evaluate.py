@@ -102,7 +102,7 @@ class Source:
     def _is_checkpoint(path: Path) -> bool:
         if path.is_file():
             return path.suffix == ".pt"
-        return path.is_dir() and any(path.glob("ckpt_*.pt"))
+        return path.is_dir() and (any(path.glob("ckpt_*.pt")) or any(path.glob("checkpoints/ckpt_*.pt")))
 
     def _open_checkpoint(self, path: Path) -> list[str]:
         if self.role != "fake":
@@ -347,8 +347,12 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
              modality: str = "ct", window=None, split: str = "val", seed: int = 0, k: int = 5,
              n_boot: int = 50, slices_per_volume: int = 16, batch: int = 16, device: str = "cpu",
              overwrite: bool = False, progress=None, command: str | None = None,
-             train: str | None = None, diversity_n: int = 16) -> dict:
-    """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``."""
+             train: str | None = None, diversity_n: int = 16, memo: dict | None = None) -> dict:
+    """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``.
+
+    ``memo`` (a dict kept by the caller) holds the real and training features between calls with
+    the same real set, so that scoring many checkpoints extracts them once."""
+    memo = {} if memo is None else memo
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise MedvolError(f"unknown metric {unknown[0]!r} (--metrics): choose from {', '.join(METRICS)}")
@@ -410,12 +414,21 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             raise MedvolError("--features: give at least one extractor")
         keep_r, keep_f = Keep(src_real, diversity_n), Keep(src_fake, diversity_n)
         pairs = []
-        for index, ext in enumerate(extractors):
-            sources = (keep_r, keep_f) if index == 0 and "msssim" in metrics else (src_real, src_fake)
-            fr, ff = (ext.extract(src, progress=None if progress is None else
-                                  (lambda it, s=src: progress(it, len(s), f"{ext.name}")))
-                      for src in sources)
-            pairs.append((ext.info(), fr, ff))
+        def run(ext, src):
+            return ext.extract(src, progress=None if progress is None else
+                               (lambda it: progress(it, len(src), f"{ext.name} {src.role}")))
+
+        for index, (spec, ext) in enumerate(zip(features, extractors)):
+            first = index == 0 and "msssim" in metrics
+            key = ("real", real, spec, split, n, size, seed)
+            if key not in memo or (first and ("kept",) + key not in memo):
+                memo[key] = run(ext, keep_r if first else src_real)
+                if first:
+                    memo[("kept",) + key] = keep_r.kept
+            if first:
+                keep_r.kept = memo[("kept",) + key]
+            ff = run(ext, keep_f if first else src_fake)
+            pairs.append((ext.info(), memo[key], ff))
         report["real"] = dict(src_real.info, n_volumes=len(src_real), names=src_real.names)
         report["fake"] = dict(src_fake.info, n_volumes=len(src_fake), names=src_fake.names)
         if "msssim" in metrics:
@@ -429,7 +442,10 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                                            "less diverse"}
         if src_train is not None:
             ext = extractors[0]
-            ft = ext.extract(src_train)
+            key = ("train", train, features[0], size, seed)
+            if key not in memo:
+                memo[key] = ext.extract(src_train)
+            ft = memo[key]
             mem = M.memorization(volume_vectors(ft), volume_vectors(pairs[0][2]),
                                  volume_vectors(pairs[0][1]))
             records = [{"file": report["fake"]["names"][i],
@@ -461,3 +477,122 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
     _write_text(out / "scores.md", _markdown(report))
     _write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+# -------------------------------------------------------------------- runs and comparisons
+
+LOWER_IS_BETTER = ("fid", "kid", "mmd")
+
+
+def better(score: str) -> str:
+    """``"lower"`` or ``"higher"``: the direction in which ``score`` (e.g. ``mean/fid``) improves."""
+    return "lower" if score.rsplit("/", 1)[-1] in LOWER_IS_BETTER else "higher"
+
+
+def evaluate_run(run_dir: str | os.PathLike, real: str, out: str | os.PathLike, *, every: int = 1,
+                 best: str | None = None, overwrite: bool = False, **options) -> dict:
+    """Score every checkpoint of a run whose iteration is a multiple of ``every`` (and the last).
+
+    Writes ``out/iter_<N>/scores.json`` per checkpoint, ``curve.csv`` (one row per checkpoint,
+    one column per score of the first extractor) and ``curve.png``, and names the best
+    checkpoint by ``best`` (default: the first extractor's mean FID, or its FID)."""
+    from medvol.train.checkpoint import list_checkpoints
+
+    run_dir = Path(run_dir)
+    found = list_checkpoints(run_dir / "checkpoints") or list_checkpoints(run_dir)
+    if not found:
+        raise MedvolError(f"--run {run_dir}: no verified checkpoint (ckpt_*.pt with .sha256)")
+    if every < 1:
+        raise MedvolError(f"--every {every}: must be at least 1")
+    chosen = [(it, p) for it, p in found if it % every == 0]
+    if not chosen or chosen[-1][0] != found[-1][0]:
+        chosen.append(found[-1])
+    out = Path(out)
+    if (out / "curve.csv").exists() and not overwrite:
+        raise MedvolError(f"{out}: already holds a run evaluation (curve.csv); choose another --out "
+                          "or pass --overwrite")
+    memo: dict = {}
+    rows = []
+    for it, path in chosen:
+        rep = evaluate(real, str(path), out / f"iter_{it:07d}", overwrite=overwrite, memo=memo, **options)
+        scores = rep["extractors"][0]["scores"]
+        rows.append((it, path, {k: v["value"] for k, v in scores.items()}))
+    names = list(rows[0][2])
+    if best is None:
+        best = "mean/fid" if "mean/fid" in names else next((k for k in names if k.endswith("fid")), names[0])
+    if best not in names:
+        raise MedvolError(f"--best {best}: not a score of this evaluation; choose from {', '.join(names)}")
+    pick = (min if better(best) == "lower" else max)(rows, key=lambda r: r[2][best])
+    header = "iteration,checkpoint," + ",".join(names)
+    lines = [header] + [f"{it},{p.name}," + ",".join(f"{r.get(k, float('nan')):.8g}" for k in names)
+                        for it, p, r in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "curve.csv", "\n".join(lines) + "\n")
+    _plot_curve(out / "curve.png", rows, best, pick[0])
+    summary = {"run": str(run_dir), "best_score": best, "direction": better(best),
+               "best_iteration": pick[0], "best_checkpoint": str(pick[1]),
+               "best_value": pick[2][best], "iterations": [r[0] for r in rows]}
+    _write_text(out / "best.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _plot_curve(path: Path, rows, best: str, best_it: int) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # the CSV carries the same numbers; the figure needs the [eval] extra
+    from medvol.utils import atomic_path
+
+    its = [r[0] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(its, [r[2][best] for r in rows], marker="o")
+    ax.axvline(best_it, color="grey", linestyle=":", label=f"best ({best_it})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(best)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def compare(folders: Sequence[str | os.PathLike]) -> str:
+    """One markdown table of several evaluations; refuses ones not computed alike (extractor,
+    weights, N real / N fake, real source)."""
+    reports = []
+    for f in folders:
+        path = Path(f) / "scores.json"
+        if not path.is_file():
+            raise MedvolError(f"{f}: no scores.json (not a `medvol evaluate` output folder)")
+        try:
+            reports.append(json.loads(path.read_text(encoding="utf-8")))
+        except ValueError as error:
+            raise MedvolError(f"{path}: unreadable ({error})") from None
+    if len(reports) < 2:
+        raise MedvolError("compare needs at least two evaluation folders")
+
+    def key(rep):
+        return {"extractors": [(e["info"]["extractor"], e["info"]["weights_sha256"])
+                               for e in rep["extractors"]],
+                "n_real": rep["real"]["n_volumes"], "n_fake": rep["fake"]["n_volumes"],
+                "real": rep["real"]["source"]}
+
+    ref = key(reports[0])
+    for f, rep in zip(folders[1:], reports[1:]):
+        other = key(rep)
+        for field in ("extractors", "n_real", "n_fake", "real"):
+            if other[field] != ref[field]:
+                raise MedvolError(f"{f} was computed with {field} = {other[field]} but {folders[0]} "
+                                  f"with {ref[field]}; scores compare only when computed alike")
+    lines = ["| extractor | score | " + " | ".join(str(f) for f in folders) + " | better |",
+             "|---|---|" + "---|" * len(folders) + "---|"]
+    for i, ext in enumerate(reports[0]["extractors"]):
+        for name in ext["scores"]:
+            vals = [rep["extractors"][i]["scores"].get(name, {}).get("value") for rep in reports]
+            cells = ["" if v is None else f"{v:.5g}" for v in vals]
+            lines.append(f"| {ext['info']['extractor']} | {name} | " + " | ".join(cells)
+                         + f" | {better(name)} |")
+    return "\n".join(lines) + "\n"

@@ -152,3 +152,38 @@ def test_memorization_and_diversity_on_a_phantom_cache(tmp_path, weights, capsys
     d = rep["diversity"]
     assert 0 < d["real"]["mean"] < 1 and 0 < d["fake"]["mean"] < 1
     assert "memorisation" in out and "diversity" in out
+
+
+def test_run_curve_and_compare(tmp_path, weights, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--config", "configs/demo.yaml", "--out", str(run),
+                 "--model.size", "32", "--model.base_width", "2", "--model.latent_dim", "8",
+                 "--data.phantom_n", "4", "--data.workers", "0", "--train.iterations", "4",
+                 "--train.mode", "reference", "--train.device", "cpu", "--train.amp", "none",
+                 "--train.ckpt_every", "2", "--train.keep_checkpoints", "5",
+                 "--train.sample_every", "1000", "--train.progress", "false"])
+    assert code == 0, capsys.readouterr().err
+    common = ["--real", "phantom:0", "--size", 32, "--n", 3, "--features", f"inception2.5d:{weights}",
+              "--slices-per-volume", 2, "--metrics", "fid,kid", "--bootstrap", 0]
+    code, out, err = run_eval(capsys, *common, "--run", run, "--every", 2, "--out", tmp_path / "curve")
+    assert code == 0, err
+    lines = (tmp_path / "curve" / "curve.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("iteration,checkpoint,axial/fid")
+    assert [line.split(",")[0] for line in lines[1:]] == ["2", "4"]
+    best = json.loads((tmp_path / "curve" / "best.json").read_text(encoding="utf-8"))
+    fids = {int(line.split(",")[0]): float(line.split(",")[lines[0].split(",").index("mean/fid")])
+            for line in lines[1:]}
+    assert best["best_score"] == "mean/fid" and best["best_iteration"] == min(fids, key=fids.get)
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 1000
+    a = json.loads((tmp_path / "curve" / "iter_0000002" / "scores.json").read_text(encoding="utf-8"))
+    assert a["fake"]["kind"] == "checkpoint" and len(a["fake"]["checkpoint_sha256"]) == 64
+    # compare: alike evaluations side by side; a different N is refused
+    code = main(["compare", str(tmp_path / "curve" / "iter_0000002"), str(tmp_path / "curve" / "iter_0000004")])
+    table = capsys.readouterr().out
+    assert code == 0 and "| mean/fid |" in table and "lower |" in table
+    code, _, err = run_eval(capsys, "--real", "phantom:0", "--fake", "phantom:1", "--size", 32, "--n", 4,
+                            "--features", f"inception2.5d:{weights}", "--slices-per-volume", 2,
+                            "--metrics", "fid,kid", "--bootstrap", 0, "--out", tmp_path / "n4")
+    assert code == 0, err
+    assert main(["compare", str(tmp_path / "curve" / "iter_0000002"), str(tmp_path / "n4")]) == 2
+    assert "n_real" in capsys.readouterr().err

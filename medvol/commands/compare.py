@@ -1,0 +1,26 @@
+"""``medvol compare OUT_A OUT_B ...``: one table of several `medvol evaluate` outputs."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="side-by-side table of several evaluations",
+        description="Print one markdown table of the scores in several `medvol evaluate` output "
+                    "folders. Refuses evaluations computed with different extractors, weights, "
+                    "real sets or N, whose scores do not compare.")
+    parser.add_argument("folders", nargs="+", help="evaluation output folders (with scores.json)")
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from medvol.eval.evaluate import _write_text, compare
+
+    table = compare(args.folders)
+    print(table, end="")
+    if args.out:
+        _write_text(Path(args.out), table)
+    return 0
