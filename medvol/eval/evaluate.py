@@ -150,6 +150,18 @@ class Source:
         else:
             yield from self._generate()
 
+    def pick(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
+        """The volumes at ``indices`` (one more pass over the source, stopped after the last)."""
+        want, got = set(int(i) for i in indices), {}
+        if not want:
+            return got
+        for i, (_, volume) in enumerate(self):
+            if i in want:
+                got[i] = np.array(volume, dtype=np.float32)
+            if i >= max(want):
+                break
+        return got
+
     def _generate(self) -> Iterator[tuple[str, np.ndarray]]:
         import torch
 
@@ -174,6 +186,7 @@ class Keep:
 
     def __init__(self, source, n: int):
         self.source, self.n, self.kept = source, n, []
+        self.role = source.role
 
     def __len__(self) -> int:
         return len(self.source)
@@ -347,7 +360,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
              modality: str = "ct", window=None, split: str = "val", seed: int = 0, k: int = 5,
              n_boot: int = 50, slices_per_volume: int = 16, batch: int = 16, device: str = "cpu",
              overwrite: bool = False, progress=None, command: str | None = None,
-             train: str | None = None, diversity_n: int = 16, memo: dict | None = None) -> dict:
+             train: str | None = None, diversity_n: int = 16, memo: dict | None = None,
+             montage_pairs: int = 8) -> dict:
     """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``.
 
     ``memo`` (a dict kept by the caller) holds the real and training features between calls with
@@ -463,6 +477,14 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 "likely_copies": [r["file"] for r in records if r["likely_copy"]],
             }
             report["_memorization_records"] = records
+            closest = np.argsort(mem["distance"], kind="stable")[:montage_pairs]
+            train_idx = [int(mem["nearest_train"][i]) for i in closest]
+            report["_montage"] = (
+                [(report["fake"]["names"][i], ft.names[t], float(mem["distance"][i]))
+                 for i, t in zip(closest, train_idx)],
+                src_fake.pick(closest), src_train.pick(train_idx), list(closest), train_idx)
+        report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
+                              volume_vectors(pairs[0][2]))
     feature_metrics = [m for m in metrics if m in FEATURE_METRICS]
     for info, fr, ff in pairs:
         scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed)
@@ -471,12 +493,89 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                                                              for v in fr.features},
                                      **scored})
     records = report.pop("_memorization_records", None)
+    montage = report.pop("_montage", None)
+    scatter = report.pop("_scatter", None)
     out.mkdir(parents=True, exist_ok=True)
     if records is not None:
         _write_text(out / "memorization.json", json.dumps(records, indent=2) + "\n")
+    figures = []
+    if montage is not None and _plot_montage(out / "memorization_montage.png", *montage):
+        figures.append("memorization_montage.png")
+    if scatter is not None and _plot_scatter(out / "features_pca.png", *scatter):
+        figures.append("features_pca.png")
+    report["figures"] = figures
     _write_text(out / "scores.md", _markdown(report))
     _write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+# ---------------------------------------------------------------------------------- figures
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None  # figures need the [eval] extra; every number is in scores.json anyway
+    return plt
+
+
+def _save(fig, path: Path) -> bool:
+    from medvol.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return True
+
+
+def pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both sets projected on the two leading principal axes of the pooled, centred features;
+    also the explained variance ratios."""
+    z = np.concatenate([a, b])
+    mean = z.mean(axis=0)
+    _, sv, vt = np.linalg.svd(z - mean, full_matrices=False)
+    ratio = sv**2 / max((sv**2).sum(), 1e-300)
+    return (a - mean) @ vt[:2].T, (b - mean) @ vt[:2].T, ratio[:2]
+
+
+def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray) -> bool:
+    plt = _pyplot()
+    if plt is None or len(real) + len(fake) < 3:
+        return False
+    pr, pf, ratio = pca_2d(real, fake)
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    ax.scatter(pr[:, 0], pr[:, 1], s=14, label=f"real ({len(real)})", alpha=0.8)
+    ax.scatter(pf[:, 0], pf[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
+    ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}%)" if len(ratio) > 1 else "PC2")
+    ax.set_title(f"{extractor} features, one point per volume")
+    ax.legend()
+    fig.tight_layout()
+    ok = _save(fig, path)
+    plt.close(fig)
+    return ok
+
+
+def _plot_montage(path: Path, pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bool:
+    plt = _pyplot()
+    if plt is None or not pairs:
+        return False
+    fig, axes = plt.subplots(2, len(pairs), figsize=(1.8 * len(pairs), 4.0), dpi=100, squeeze=False)
+    for col, ((fname, tname, dist), fi, ti) in enumerate(zip(pairs, fake_idx, train_idx)):
+        for row, (vol, title) in enumerate(((fake_vols[int(fi)], f"{fname}\nd={dist:.3g}"),
+                                            (train_vols[int(ti)], tname))):
+            ax = axes[row][col]
+            ax.imshow(vol[vol.shape[0] // 2], cmap="gray", vmin=-1, vmax=1)
+            ax.set_title(title, fontsize=6)
+            ax.axis("off")
+    fig.suptitle("closest generated (top) / training (bottom) pairs, central axial slice", fontsize=8)
+    fig.tight_layout()
+    ok = _save(fig, path)
+    plt.close(fig)
+    return ok
 
 
 # -------------------------------------------------------------------- runs and comparisons
@@ -537,15 +636,9 @@ def evaluate_run(run_dir: str | os.PathLike, real: str, out: str | os.PathLike, 
 
 
 def _plot_curve(path: Path, rows, best: str, best_it: int) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return  # the CSV carries the same numbers; the figure needs the [eval] extra
-    from medvol.utils import atomic_path
-
+    plt = _pyplot()
+    if plt is None:
+        return
     its = [r[0] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(its, [r[2][best] for r in rows], marker="o")
@@ -554,8 +647,7 @@ def _plot_curve(path: Path, rows, best: str, best_it: int) -> None:
     ax.set_ylabel(best)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    _save(fig, path)
     plt.close(fig)
 
 

@@ -152,6 +152,22 @@ def test_memorization_and_diversity_on_a_phantom_cache(tmp_path, weights, capsys
     d = rep["diversity"]
     assert 0 < d["real"]["mean"] < 1 and 0 < d["fake"]["mean"] < 1
     assert "memorisation" in out and "diversity" in out
+    assert rep["figures"] == ["memorization_montage.png", "features_pca.png"]
+    assert (tmp_path / "ev" / "memorization_montage.png").stat().st_size > 1000
+
+
+def test_pca_projection_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    from medvol.eval.evaluate import pca_2d
+
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((30, 6)) * [5, 3, 1, 1, 1, 1], rng.standard_normal((20, 6))
+    pa, pb, ratio = pca_2d(a, b)
+    ref = PCA(2).fit(np.concatenate([a, b]))
+    got = np.abs(np.concatenate([pa, pb]))
+    np.testing.assert_allclose(got, np.abs(ref.transform(np.concatenate([a, b]))), atol=1e-9)
+    np.testing.assert_allclose(ratio, ref.explained_variance_ratio_, rtol=1e-9)
 
 
 def test_run_curve_and_compare(tmp_path, weights, capsys):
