@@ -251,6 +251,7 @@ def test_build_fails_without_a_cuda_toolkit_unless_asked_for_cpu_only(tmp_path):
     assert "medvol build: torch " in result.stdout  # the configuration is printed first
 
 
+@pytest.mark.slow  # compiles the C++ ops: 1-2 minutes on 2 free cores
 def test_cpu_only_build_says_so_and_works(tmp_path):
     result = _build(tmp_path, CUDA_HOME=str(tmp_path / "no-cuda"), MEDVOL_NO_CUDA="1")
     _ok(result)
@@ -422,3 +423,34 @@ def test_numpy_preprocessing_refuses_what_it_does_not_cover():
         preprocess_aligned(Volume(array=cube), PreprocessParams(size=32, modality="mr"))
     with pytest.raises(MedvolError, match="needs a resize to 32"):  # a 24-voxel grid: MONAI's Resize
         preprocess_aligned(Volume(array=np.zeros((20, 24, 24), np.float32)), PreprocessParams(size=32))
+
+
+def test_cli_turns_a_missing_optional_package_into_one_line(monkeypatch, capsys):
+    import argparse
+
+    from medvol import cli
+
+    def command(error):
+        def run(args):
+            raise error
+        return run
+
+    class Parser:
+        def __init__(self, error):
+            self.error = error
+
+        def parse_args(self, argv):
+            return argparse.Namespace(command=argv[0], func=command(self.error))
+
+    # As raised by an import, and as a DataLoader worker's error arrives (the name only in the text).
+    for error in (ModuleNotFoundError("No module named 'monai'", name="monai"),
+                  ModuleNotFoundError("Caught ModuleNotFoundError in DataLoader worker process 0.\n"
+                                      "Original Traceback ...\nModuleNotFoundError: No module named 'monai.transforms'\n")):
+        monkeypatch.setattr(cli, "build_parser", lambda error=error: Parser(error))
+        assert cli.main(["train"]) == 2
+        assert capsys.readouterr().err == "medvol train: error: monai is not installed: pip install 'medvol[itk]'\n"
+    # A module outside the optional packages is a bug: its traceback is kept.
+    monkeypatch.setattr(cli, "build_parser", lambda: Parser(ModuleNotFoundError("No module named 'medvol.nope'",
+                                                                                name="medvol.nope")))
+    with pytest.raises(ModuleNotFoundError, match="medvol.nope"):
+        cli.main(["train"])
