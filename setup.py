@@ -1,9 +1,18 @@
 """Build and install medvol.
 
 Installs the ``medvol`` package (with the Triton kernels from ``kernels/`` as ``medvol.kernels``)
-and builds the C++ extension ``medvol._C`` from ``csrc/``: the CPU sources always, the CUDA sources
-only where a CUDA build of torch and a matching nvcc are present (``MEDVOL_NO_CUDA=1`` skips them).
-torch must already be installed (``pip install --no-build-isolation -e .``).
+and builds the C++ extension ``medvol._C`` from ``csrc/``. torch must be installed first and be
+visible to the build: ``pip install --no-build-isolation .``.
+
+The build prints its configuration (torch, its CUDA, the nvcc found, the archs) as lines starting
+``medvol build:``. With a CUDA build of torch it compiles the CUDA kernels too, and fails when it
+cannot (no matching nvcc, a compile error) instead of leaving them out: a quiet CPU-only build would
+make the first GPU use compile them just in time, for minutes. ``MEDVOL_NO_CUDA=1`` asks for the C++
+(CPU) ops only. ``TORCH_CUDA_ARCH_LIST`` defaults to :data:`DEFAULT_ARCHS`, less the archs the nvcc
+cannot target (CUDA 13 dropped sm_70).
+
+Importing this file (``tests/test_install.py`` does) only defines the requirements and helpers;
+the build configuration runs when setup.py is run.
 """
 
 from __future__ import annotations
@@ -11,11 +20,107 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import subprocess
-
-from setuptools import find_packages, setup
+import sys
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+#: All that ``medvol train``, ``medvol profile`` and ``pytest -m gpu`` need; a bare GPU image has them.
+INSTALL_REQUIRES = ["torch>=2.14", "triton", "numpy", "pyyaml"]
+
+#: Optional features. Each import of one of these packages is lazy, and its absence is reported
+#: naming the extra (``medvol.utils.OPTIONAL_PACKAGES`` maps import names to these extras).
+EXTRAS_REQUIRE = {
+    # medvol view and the napari plugin (it reads volume files too, hence SimpleITK and nibabel).
+    "viewer": ["napari>=0.9", "PyQt5>=5.15", "SimpleITK>=2.3", "nibabel>=5.0"],
+    # Volume files and preprocessing: medvol data, preprocess, generate, phantoms generated on the fly.
+    "itk": ["SimpleITK>=2.3", "nibabel>=5.0", "itk>=5.3", "monai>=1.4", "tqdm"],
+    # The evaluation being built (FID/KID, precision/recall, MMD): matrix square roots, neighbours.
+    "eval": ["scipy", "scikit-learn", "monai>=1.4"],
+    # TensorBoard logs and a progress bar for medvol train (plain log lines without).
+    "log": ["tensorboard", "tqdm"],
+    # profile.png of medvol profile (the tables are written without it).
+    "plot": ["matplotlib"],
+    "dev": ["pytest>=8", "pytest-qt"],
+}
+EXTRAS_REQUIRE["all"] = sorted({req for name, reqs in EXTRAS_REQUIRE.items() if name != "dev" for req in reqs})
+
+#: sm_70 (V100) to sm_90 (H100/H200), and PTX of the newest for later GPUs to compile at load time.
+DEFAULT_ARCHS = "7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+NO_CUDA_HINT = "or set MEDVOL_NO_CUDA=1 for a build without the CUDA kernels"
+
+
+def fail(message: str) -> None:
+    """Stop the build with one line (pip shows it above its own error)."""
+    print(f"medvol build: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def nvcc_version(nvcc: str) -> str | None:
+    """``"13.0.88"`` from ``nvcc --version``, or None if it does not run or say."""
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError:
+        return None
+    found = re.search(r"release \d+\.\d+, V(\d+\.\d+[\d.]*)", out)
+    return found.group(1) if found else None
+
+
+def find_cuda_home(torch_cuda: str, cuda_home_env: str | None) -> tuple[str, str]:
+    """(toolkit folder, nvcc version) of a CUDA toolkit whose major version is torch's.
+
+    ``$CUDA_HOME``, when set, is the only candidate: the user chose it. Otherwise
+    ``/usr/local/cuda-<torch's CUDA>``, ``/usr/local/cuda`` and the nvcc on PATH are tried.
+    Fails naming every candidate and why it was rejected.
+    """
+    if cuda_home_env:
+        candidates = [cuda_home_env]
+    else:
+        on_path = shutil.which("nvcc")
+        candidates = [f"/usr/local/cuda-{torch_cuda}", "/usr/local/cuda"]
+        if on_path:
+            candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(on_path))))
+    rejected = []
+    for home in dict.fromkeys(candidates):
+        nvcc = os.path.join(home, "bin", "nvcc")
+        version = nvcc_version(nvcc) if os.path.isfile(nvcc) else None
+        if version is None:
+            rejected.append(f"{home} (no working bin/nvcc)")
+        elif version.split(".")[0] != torch_cuda.split(".")[0]:
+            rejected.append(f"{home} (nvcc {version})")
+        elif not os.path.isfile(os.path.join(home, "include", "cuda_runtime_api.h")):
+            rejected.append(f"{home} (no include/cuda_runtime_api.h)")
+        else:
+            return home, version
+    where = "CUDA_HOME" if cuda_home_env else "the CUDA toolkits searched"
+    fail(f"torch is built with CUDA {torch_cuda} but {where} gave no CUDA {torch_cuda.split('.')[0]}.x"
+         f" toolkit: {'; '.join(rejected)}; set CUDA_HOME to a CUDA {torch_cuda} toolkit, {NO_CUDA_HINT}")
+
+
+def arch_list(user_archs: str | None, nvcc_archs: set[str]) -> tuple[str, list[str]]:
+    """(TORCH_CUDA_ARCH_LIST to build, default archs dropped because nvcc cannot target them).
+
+    ``user_archs`` (the environment's TORCH_CUDA_ARCH_LIST) is taken as it is. ``nvcc_archs`` are
+    the compute capabilities ``nvcc --list-gpu-arch`` names ("75", "80", ...); empty: not known.
+    """
+    if user_archs:
+        return user_archs, []
+    kept, dropped = [], []
+    for arch in DEFAULT_ARCHS.split(";"):
+        number = arch.removesuffix("+PTX").replace(".", "")
+        (kept if not nvcc_archs or number in nvcc_archs else dropped).append(arch)
+    if not kept:
+        fail(f"this nvcc targets none of {DEFAULT_ARCHS} (it lists {', '.join(sorted(nvcc_archs))});"
+             f" set TORCH_CUDA_ARCH_LIST, {NO_CUDA_HINT}")
+    if not kept[-1].endswith("+PTX"):
+        kept[-1] += "+PTX"
+    return ";".join(kept), dropped
+
+
+def _nvcc_archs(nvcc: str) -> set[str]:
+    out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+    return set(re.findall(r"compute_(\d+)", out))
 
 
 def _version() -> str:
@@ -23,117 +128,86 @@ def _version() -> str:
     return re.search(r'__version__ = "([^"]+)"', text).group(1)
 
 
-def _cuda_home() -> str | None:
-    """The CUDA toolkit whose nvcc matches torch's CUDA major version, or None."""
-    import torch
-
-    if not torch.version.cuda or os.environ.get("MEDVOL_NO_CUDA") == "1":
-        return None
-    candidates = [os.environ.get("CUDA_HOME"), f"/usr/local/cuda-{torch.version.cuda}", "/usr/local/cuda"]
-    for home in filter(None, candidates):
-        nvcc = os.path.join(home, "bin", "nvcc")
-        if not os.path.exists(nvcc):
-            continue
-        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-        found = re.search(r"release (\d+)\.(\d+)", out)
-        if found and found.group(1) == torch.version.cuda.split(".")[0]:
-            return home
-    return None
-
-
 def _extensions():
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    """(ext_modules, cmdclass) for ``medvol._C``, after printing the build configuration."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        fail("torch is not importable by the build: install torch first, then"
+             " `pip install --no-build-isolation .` (pip's isolated build environment has no torch)")
 
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    if not cpp_sources:
-        return [], {}
+    cu_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     # Only torch/library.h and ATen are included (no pybind11): medvol._C is loaded with
     # torch.ops.load_library by medvol/ops/_loader.py, which keeps the compile short.
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
-    cuda_home = _cuda_home()
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) if cuda_home else []
-    skip_reason = "MEDVOL_NO_CUDA=1 or no nvcc matching torch's CUDA" if not cuda_home else ""
-    if cuda_sources and not os.path.exists(os.path.join(cuda_home, "include", "cuda_runtime_api.h")):
-        skip_reason = f"{cuda_home}/include/cuda_runtime_api.h missing"
-        cuda_sources = []
-    if cuda_sources:
-        os.environ["CUDA_HOME"] = cuda_home
-        # Without a GPU to ask, build for the data-centre archs medvol targets (A100, H100/H200).
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        import torch.utils.cpp_extension as cpp_ext
-
-        cpp_ext.CUDA_HOME = cuda_home
-        ext = CUDAExtension(
-            "medvol._C",
-            cpp_sources + cuda_sources,
-            define_macros=[("MEDVOL_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
-            extra_link_args=["-fopenmp"],
-        )
+    print(f"medvol build: torch {torch.__version__}, torch CUDA {torch.version.cuda or 'none (CPU-only torch)'}",
+          flush=True)
+    cuda_home = None
+    if os.environ.get("MEDVOL_NO_CUDA") == "1":
+        reason = "MEDVOL_NO_CUDA=1"
+    elif not torch.version.cuda:
+        reason = "torch is a CPU-only build"
     else:
-        ext = CppExtension("medvol._C", cpp_sources, extra_compile_args={"cxx": cxx_flags},
-                           extra_link_args=["-fopenmp"])
-    print(f"medvol build: C++ sources {len(cpp_sources)}, CUDA sources {len(cuda_sources)}"
-          f" (CUDA toolkit: {cuda_home or 'none'}"
-          + (f", archs {os.environ['TORCH_CUDA_ARCH_LIST']})" if cuda_sources else f"; CUDA skipped: {skip_reason})"))
+        cuda_home, version = find_cuda_home(torch.version.cuda, os.environ.get("CUDA_HOME"))
+        nvcc = os.path.join(cuda_home, "bin", "nvcc")
+        archs, dropped = arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST"), _nvcc_archs(nvcc))
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home
+        print(f"medvol build: CUDA_HOME {cuda_home}, nvcc {version} ({nvcc})", flush=True)
+        print(f"medvol build: TORCH_CUDA_ARCH_LIST {archs}"
+              + (f" (nvcc {version} cannot target {', '.join(dropped)})" if dropped else ""), flush=True)
+    sources = cpp_sources + (cu_sources if cuda_home else [])
+    kind = "C++ and CUDA" if cuda_home else f"CPU-only ({reason})"
+    print(f"medvol build: medvol._C {kind} from {' '.join(sources)}", flush=True)
+
+    if cuda_home:
+        ext = cpp_extension.CUDAExtension(
+            "medvol._C", sources, define_macros=[("MEDVOL_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
+            extra_link_args=["-fopenmp"])
+    else:
+        ext = cpp_extension.CppExtension("medvol._C", sources, extra_compile_args={"cxx": cxx_flags},
+                                         extra_link_args=["-fopenmp"])
+
     # Ninja compiles the sources in parallel (the .cu file dominates the build time).
-    from torch.utils.cpp_extension import is_ninja_available
-
-    class _Build(BuildExtension.with_options(use_ninja=is_ninja_available())):
-        """Builds medvol._C; if the CUDA sources fail to compile, builds the C++ ops alone."""
-
+    class Build(cpp_extension.BuildExtension.with_options(use_ninja=cpp_extension.is_ninja_available())):
         def build_extension(self, extension):
             try:
                 super().build_extension(extension)
-            except Exception as error:  # noqa: BLE001 - any toolchain failure: retry without CUDA
-                if not any(src.endswith(".cu") for src in extension.sources):
-                    raise
-                first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-                print(f"medvol build: CUDA sources failed to compile ({first}); building the C++ ops only"
-                      " (the CUDA ops will be compiled just in time where a GPU is present)")
-                extension.sources = [src for src in extension.sources if not src.endswith(".cu")]
-                extension.extra_compile_args.pop("nvcc", None)
-                extension.define_macros = [m for m in extension.define_macros if m[0] != "MEDVOL_WITH_CUDA"]
-                extension.libraries = [lib for lib in extension.libraries
-                                       if lib not in ("cudart", "c10_cuda", "torch_cuda")]
-                super().build_extension(extension)
+            except Exception:
+                if cuda_home:
+                    print(f"medvol build: error: compiling medvol._C with CUDA failed (the compiler's"
+                          f" messages are above); fix that, {NO_CUDA_HINT}", file=sys.stderr, flush=True)
+                raise
 
-    return [ext], {"build_ext": _Build}
+    return [ext], {"build_ext": Build}
 
 
-ext_modules, cmdclass = _extensions()
+def main() -> None:
+    from setuptools import find_packages, setup
 
-setup(
-    name="medvol",
-    version=_version(),
-    description="Memory-efficient 3D generative models of medical volumes (HA-GAN, CRF-GAN)",
-    python_requires=">=3.10",
-    packages=find_packages(include=["medvol", "medvol.*"]) + ["medvol.kernels"],
-    package_dir={"medvol.kernels": "kernels"},
-    package_data={"medvol": ["napari.yaml"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
-        "triton",
-        "numpy",
-        "pyyaml",
-        "monai>=1.4",
-        "SimpleITK>=2.3",
-        "nibabel>=5.0",
-        "itk>=5.3",
-        "pytorch-fid>=0.3",
-        "scipy",
-        "napari>=0.9",
-        "PyQt5>=5.15",
-        "tensorboard",
-        "tqdm",
-        "matplotlib",
-    ],
-    extras_require={"dev": ["pytest>=8", "pytest-qt", "pydicom"]},
-    entry_points={
-        "console_scripts": ["medvol = medvol.cli:main"],
-        "napari.manifest": ["medvol = medvol:napari.yaml"],
-    },
-)
+    ext_modules, cmdclass = _extensions()
+    setup(
+        name="medvol",
+        version=_version(),
+        description="Memory-efficient 3D generative models of medical volumes (HA-GAN, CRF-GAN)",
+        python_requires=">=3.10",
+        packages=find_packages(include=["medvol", "medvol.*"]) + ["medvol.kernels"],
+        package_dir={"medvol.kernels": "kernels"},
+        package_data={"medvol": ["napari.yaml"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        install_requires=INSTALL_REQUIRES,
+        extras_require=EXTRAS_REQUIRE,
+        entry_points={
+            "console_scripts": ["medvol = medvol.cli:main"],
+            "napari.manifest": ["medvol = medvol:napari.yaml"],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 """The ``medvol`` command: one subcommand per verb, each in ``medvol/commands/<verb>.py``.
 
 The CLI only parses, calls one library function and reports. A :class:`MedvolError` (bad input)
-becomes one line on stderr and exit status 2. Ctrl-C is exit status 130; ``medvol train``
+becomes one line on stderr and exit status 2, and so does a missing optional package (naming the
+extra that installs it). Ctrl-C is exit status 130; ``medvol train``
 checkpoints first and exits 130 on SIGINT, 143 on SIGTERM (128 + the signal, as shells report it).
 """
 
@@ -13,7 +14,7 @@ import sys
 
 import medvol
 from medvol.errors import MedvolError
-from medvol.utils import console_safe
+from medvol.utils import console_safe, missing_extra, missing_package
 
 #: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
 COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "compare", "features", "profile", "info", "view"]
@@ -40,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MedvolError as error:
         print(f"medvol {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        # An optional package that a lazy import found missing (medvol/utils.py OPTIONAL_PACKAGES):
+        # one line naming the extra. Any other missing module is a bug and keeps its traceback.
+        package = missing_package(error)
+        if package is None:
+            raise
+        print(f"medvol {args.command}: error: {missing_extra(package)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         # A training run stopped by a signal says what it saved and carries its own exit status

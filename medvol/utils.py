@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, checksums, byte sizes."""
+"""Small shared helpers: atomic writes, checksums, byte sizes, optional dependencies."""
 
 from __future__ import annotations
 
@@ -119,3 +119,66 @@ def console_safe() -> None:
             reconfigure = getattr(stream, "reconfigure", None)
             if reconfigure is not None:
                 reconfigure(errors="backslashreplace")
+
+
+#: Optional packages by import name -> (what pip installs, the medvol extra that brings it).
+#: The core needs only torch, triton, numpy and pyyaml; everything here is imported lazily.
+OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
+    "napari": ("napari", "viewer"), "qtpy": ("PyQt5", "viewer"), "PyQt5": ("PyQt5", "viewer"),
+    "magicgui": ("napari", "viewer"), "imageio": ("napari", "viewer"), "vispy": ("napari", "viewer"),
+    "SimpleITK": ("SimpleITK", "itk"), "nibabel": ("nibabel", "itk"), "itk": ("itk", "itk"),
+    "monai": ("monai", "itk"),
+    "tensorboard": ("tensorboard", "log"), "tqdm": ("tqdm", "log"),
+    "matplotlib": ("matplotlib", "plot"),
+    "scipy": ("scipy", "eval"), "sklearn": ("scikit-learn", "eval"),
+}
+
+
+def missing_package(error: ModuleNotFoundError) -> str | None:
+    """The optional package (an :data:`OPTIONAL_PACKAGES` key) whose absence ``error`` reports.
+
+    Reads ``error.name``, or the message where the error was re-raised without it (a DataLoader
+    worker's error arrives in the main process as ``ModuleNotFoundError("Caught ... No module
+    named 'SimpleITK' ...")``). None for a module outside the table: that is a bug, not a
+    missing extra.
+    """
+    names = [error.name] if getattr(error, "name", None) else re.findall(r"No module named '([^']+)'", str(error))
+    for name in names:
+        top = name.partition(".")[0]
+        if top in OPTIONAL_PACKAGES:
+            return top
+    return None
+
+
+def missing_extra(package: str, feature: str | None = None) -> MedvolError:
+    """The one-line error for the absent :data:`OPTIONAL_PACKAGES` key ``package``:
+    ``"<feature> needs napari: pip install 'medvol[viewer]'"`` (without a feature: ``"napari is
+    not installed: ..."``)."""
+    distribution, extra = OPTIONAL_PACKAGES[package]
+    what = f"{feature} needs {distribution}" if feature else f"{distribution} is not installed"
+    return MedvolError(f"{what}: pip install 'medvol[{extra}]'")
+
+
+def optional_import(name: str, feature: str):
+    """Import the optional module ``name`` or raise a one-line :class:`MedvolError` naming its extra.
+
+    Args:
+        name: a module whose top-level package is a key of :data:`OPTIONAL_PACKAGES`.
+        feature: what needs it, for the message (``"the viewer"``, ``"reading NIfTI"``).
+
+    A package that is installed but fails to import because one of *its* dependencies is missing
+    raises the original error: that is a broken installation, not a missing extra.
+
+    Example:
+        >>> napari = optional_import("napari", "the viewer")   # doctest: +SKIP
+        MedvolError: the viewer needs napari: pip install 'medvol[viewer]'
+    """
+    import importlib
+
+    top = name.partition(".")[0]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != top:
+            raise
+        raise missing_extra(top, feature) from None

@@ -24,7 +24,10 @@ class PhantomVolumeDataset(Dataset):
     """Phantoms generated and preprocessed on the fly; item i is the same for every epoch.
 
     Item i renders :func:`medvol.data.phantom.make_phantom` with the seed ``(seed, i)`` (the file
-    ``phantom_<i>`` that ``medvol data phantom --seed <seed>`` writes) and preprocesses it.
+    ``phantom_<i>`` that ``medvol data phantom --seed <seed>`` writes) and preprocesses it, with
+    :func:`medvol.data.preprocess.preprocess_aligned` (numpy alone, the same result) for the default
+    CT protocol (LPS, aspect kept),
+    else :func:`medvol.data.preprocess.preprocess_volume` (SimpleITK and MONAI).
 
     Args:
         size: output cube edge S (32, 64, 128, 256 or 512).
@@ -66,13 +69,16 @@ class PhantomVolumeDataset(Dataset):
     def volume(self, index: int) -> np.ndarray:
         """The preprocessed float32 (S, S, S) array of item ``index``."""
         from medvol.data.phantom import make_phantom
-        from medvol.data.preprocess import preprocess_volume
+        from medvol.data.preprocess import preprocess_aligned, preprocess_volume
 
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         index %= self.length
         volume, _ = make_phantom(self.size, (self.seed, index), nodules=bool(self.label(index)))
-        return preprocess_volume(volume, self.params)
+        p = self.params
+        if p.modality == "ct" and p.keep_aspect and p.orient in (None, "LPS"):  # the default: numpy does it
+            return preprocess_aligned(volume, p)
+        return preprocess_volume(volume, p)
 
     def __getitem__(self, index: int) -> dict:
         return {"image": torch.from_numpy(self.volume(index))[None], "label": self.label(index)}

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from medvol.errors import MedvolError
-from medvol.utils import atomic_path
+from medvol.utils import atomic_path, optional_import
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _check_volume(array: np.ndarray, name: str, components: int = 1) -> None:
 
 
 def _from_sitk(image, name: str) -> Volume:
-    import SimpleITK as sitk
+    sitk = optional_import("SimpleITK", "reading and writing volume files")
 
     components = image.GetNumberOfComponentsPerPixel()
     if image.GetDimension() != 3:
@@ -139,7 +139,7 @@ def _from_sitk(image, name: str) -> Volume:
 
 
 def _to_sitk(volume: Volume, dtype=None):
-    import SimpleITK as sitk
+    sitk = optional_import("SimpleITK", "reading and writing volume files")
 
     array = np.asarray(volume.array)
     if dtype is not None:
@@ -153,7 +153,7 @@ def _to_sitk(volume: Volume, dtype=None):
 
 def _dicom_series_files(folder: Path) -> list[str]:
     """Files of the largest DICOM series in ``folder`` (slice order from GDCM)."""
-    import SimpleITK as sitk
+    sitk = optional_import("SimpleITK", "reading and writing volume files")
 
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
@@ -165,7 +165,7 @@ def _dicom_series_files(folder: Path) -> list[str]:
 
 
 def _read_sitk(path: Path) -> Volume:
-    import SimpleITK as sitk
+    sitk = optional_import("SimpleITK", "reading and writing volume files")
 
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
@@ -178,7 +178,7 @@ def _read_sitk(path: Path) -> Volume:
 
 
 def _read_nibabel(path: Path) -> Volume:
-    import nibabel as nib
+    nib = optional_import("nibabel", "reader 'nibabel'")
 
     if path.is_dir() or volume_suffix(path) not in (".nii", ".nii.gz"):
         raise MedvolError(f"{path}: reader 'nibabel' reads only NIfTI (.nii, .nii.gz) files")
@@ -205,7 +205,7 @@ def _read_nibabel(path: Path) -> Volume:
 
 
 def _read_itk(path: Path) -> Volume:
-    import itk
+    itk = optional_import("itk", "reader 'itk'")
 
     image = itk.imread(str(path), itk.F)
     array = np.asarray(itk.array_from_image(image))
@@ -230,7 +230,7 @@ def _check_nifti_complete(path: Path) -> None:
     """
     import gzip
 
-    import nibabel as nib
+    nib = optional_import("nibabel", "checking a NIfTI file")
 
     header = nib.load(str(path)).header
     expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
@@ -304,7 +304,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, dtype=None, compres
     Returns:
         The path written.
     """
-    import SimpleITK as sitk
+    sitk = optional_import("SimpleITK", "reading and writing volume files")
 
     path = Path(path)
     suffix = volume_suffix(path)

@@ -32,6 +32,7 @@ Steps (:func:`preprocess_volume`), in order:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -284,6 +285,100 @@ def preprocess_volume(volume: Volume, params: PreprocessParams) -> np.ndarray:
         (64, 64, 64)
     """
     return preprocess_with_info(volume, params)[0]
+
+
+def preprocess_aligned(volume: Volume, params: PreprocessParams) -> np.ndarray:
+    """:func:`preprocess_volume` in numpy alone, for CT whose reorientation and resize do nothing.
+
+    That is CT with an identity direction (already LPS) whose isotropic grid has S voxels along its
+    longest axis, as every phantom of :func:`medvol.data.phantom.make_phantom` has; the phantom data
+    source then trains without SimpleITK and MONAI (a bare GPU image). Steps 3-5 and the padding of
+    step 6 are written after SimpleITK's ``DiscreteGaussian`` (the kernel ``exp(-t) I_n(t)``, cut
+    when it holds 99% of its mass, edges replicated) and ``Resample`` (linear, outer edges kept,
+    -1 outside). The result equals :func:`preprocess_volume` to float32 rounding (tested).
+
+    Raises:
+        MedvolError: as :func:`preprocess_volume`, and for a volume outside that case, naming it.
+    """
+    check_volume(volume)
+    if (params.modality != "ct" or params.orient not in (None, "LPS")
+            or not np.allclose(np.asarray(volume.direction, dtype=np.float64), np.eye(3).ravel())):
+        raise MedvolError(f"{volume.name}: preprocess_aligned takes CT with an identity direction;"
+                          " preprocess_volume takes the rest (pip install 'medvol[itk]')")
+    array = np.asarray(volume.array, dtype=np.float32)
+    blank = blank_slice_mask(array, params.blank_threshold)
+    if blank.all():
+        raise MedvolError(f"{volume.name}: every axial slice is blank (all voxels <= {params.blank_threshold:g})")
+    array = handle_blank_slices(array, blank, params.blank_slices)
+    low, high = params.window
+    array = np.clip((array - low) / (high - low) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+
+    spacing = np.asarray(volume.spacing, dtype=np.float64)  # (z, y, x), the array's axis order
+    extent = spacing * np.asarray(array.shape)
+    iso = max(float(spacing.min()), float(extent.max()) / params.size)  # as _resample_isotropic
+    outside = np.zeros((1, 1, 1), dtype=bool)
+    for axis in range(3):
+        # Smoothing along one axis commutes with resampling along another: one axis at a time.
+        variance = max(0.0, (iso / spacing[axis] - 1.0) / 2.0) ** 2  # in this axis's voxels
+        if params.antialias and variance > 0:
+            array = _smooth_axis(array, axis, variance)
+        array, out = _resample_axis(array, axis, spacing[axis], iso, max(1, int(round(extent[axis] / iso))))
+        outside = outside | out
+    array = np.where(outside, np.float32(-1.0), array)
+
+    size = params.size
+    if max(array.shape) != size or (not params.keep_aspect and array.shape != (size,) * 3):
+        raise MedvolError(f"{volume.name}: its isotropic grid {array.shape} needs a resize to {size};"
+                          " preprocess_volume does that (pip install 'medvol[itk]')")
+    pads = [((size - n) // 2, size - n - (size - n) // 2) for n in array.shape]  # as ResizeWithPadOrCrop
+    return np.clip(np.pad(array, pads, constant_values=-1.0), -1.0, 1.0).astype(np.float32)
+
+
+def _gaussian_taps(variance: float, max_error: float = 0.01, max_width: int = 32) -> np.ndarray:
+    """ITK's discrete Gaussian for ``variance`` (voxels^2): taps ``exp(-t) I_n(t)``, n = 0, 1, ...
+    until they hold ``1 - max_error`` of the mass (or ``max_width`` taps a side), normalised."""
+
+    def bessel_i(n: int, t: float) -> float:  # the power series converges fast for these small t
+        term = (t / 2) ** n / math.factorial(n)
+        total, k = term, 0
+        while term > 1e-17 * total:
+            k += 1
+            term *= (t / 2) ** 2 / (k * (k + n))
+            total += term
+        return total
+
+    scale = math.exp(-variance)
+    half = [scale * bessel_i(0, variance), scale * bessel_i(1, variance)]
+    mass = half[0] + 2 * half[1]
+    while mass < 1 - max_error and half[-1] > 0 and len(half) <= max_width:
+        half.append(scale * bessel_i(len(half), variance))
+        mass += 2 * half[-1]
+    half = np.asarray(half) / mass
+    return np.concatenate([half[:0:-1], half])
+
+
+def _smooth_axis(array: np.ndarray, axis: int, variance: float) -> np.ndarray:
+    taps = _gaussian_taps(variance)
+    radius, n = len(taps) // 2, array.shape[axis]
+    out = np.zeros(array.shape, dtype=np.float64)
+    for offset, weight in zip(range(-radius, radius + 1), taps):
+        out += weight * np.take(array, np.clip(np.arange(n) + offset, 0, n - 1), axis=axis)
+    return out.astype(np.float32)
+
+
+def _resample_axis(array: np.ndarray, axis: int, spacing: float, iso: float, n_out: int):
+    """Linear resample of one axis from ``spacing`` to ``iso`` with its outer edges in place;
+    returns the array and the mask of output planes outside the input."""
+    n = array.shape[axis]
+    source = ((iso - spacing) / 2 + np.arange(n_out) * iso) / spacing  # continuous input index
+    base = np.floor(source)
+    shape = [1, 1, 1]
+    shape[axis] = n_out
+    frac = (source - base).reshape(shape)
+    below = np.take(array, np.clip(base, 0, n - 1).astype(int), axis=axis).astype(np.float64)
+    above = np.take(array, np.clip(base + 1, 0, n - 1).astype(int), axis=axis)
+    outside = ((source < -0.5) | (source > n - 0.5)).reshape(shape)
+    return ((1 - frac) * below + frac * above).astype(np.float32), outside
 
 
 def to_intensity(x, params_or_window: PreprocessParams | Sequence[float] | None):

@@ -58,7 +58,8 @@ class Monitor:
 
             self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start)
         except ImportError:
-            log.warning("tensorboard is not installed: no TensorBoard logs for this run")
+            log.warning("tensorboard is not installed: no TensorBoard logs for this run"
+                        " (pip install 'medvol[log]')")
         if progress:
             try:
                 from tqdm.auto import tqdm

@@ -9,6 +9,7 @@ writes a screenshot and closes.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from medvol.errors import MedvolError
+from medvol.utils import missing_extra
 from medvol.viewer.layers import (
     LayerData,
     image_layer_data,
@@ -242,6 +244,8 @@ def view(
     Raises:
         MedvolError: bad input of any kind, raised before a window opens.
     """
+    if importlib.util.find_spec("napari") is None:  # said first; napari itself loads once a window is due
+        raise missing_extra("napari", "the viewer")
     limits = parse_window(window) if window is None or isinstance(window, str) else tuple(window)
     if slice_view not in SLICE_VIEWS:
         raise MedvolError(f"--slice {slice_view!r}: expected one of {', '.join(SLICE_VIEWS)}")
