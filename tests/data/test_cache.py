@@ -65,10 +65,22 @@ def test_rerun_skips_done_volumes_and_redoes_changed_ones(tmp_path, phantom_file
     assert changed.processed == ["phantom_0001"] and len(changed.reused) == 2
     assert load_manifest(cache)["volumes"][1]["checksum"] == checksum(paths[1])
 
-    # New parameters redo everything; a source that disappeared leaves the cache.
+    # A source that disappeared keeps its volume: a cache only grows.
     paths[2].unlink()
-    other = build_cache(src, cache, PreprocessParams(size=32, window=(-1000.0, 400.0)))
+    kept = build_cache(src, cache, P32)
+    assert sorted(kept.reused) == ["phantom_0000", "phantom_0001"]
+    assert [v["name"] for v in load_manifest(cache)["volumes"]] == ["phantom_0000", "phantom_0001", "phantom_0002"]
+
+    # New parameters are refused; --overwrite replaces the whole cache, the vanished volume too.
+    before = (cache / "manifest.json").read_bytes()
+    with pytest.raises(MedvolError, match=r"holds 3 volume\(s\) preprocessed with other parameters "
+                                          r"\(window -1024,600 -> -1000,400\); refusing .* --overwrite"):
+        build_cache(src, cache, PreprocessParams(size=32, window=(-1000.0, 400.0)))
+    assert (cache / "manifest.json").read_bytes() == before
+    other = build_cache(src, cache, PreprocessParams(size=32, window=(-1000.0, 400.0)), overwrite=True)
     assert sorted(other.processed) == ["phantom_0000", "phantom_0001"] and other.reused == []
+    assert other.replaced == ("replaced the cache's 3 volume(s) preprocessed with other parameters "
+                              "(window -1024,600 -> -1000,400); 2 re-made from this run's source, 1 removed")
     assert sorted(os.listdir(cache / "volumes")) == ["phantom_0000.npy", "phantom_0001.npy"]
     assert load_manifest(cache)["params"]["window"] == [-1000.0, 400.0]
 
@@ -108,7 +120,7 @@ def test_strict_run_fails_and_leaves_the_cache_as_it_was(tmp_path, phantom_files
     arrays = {p.name: p.read_bytes() for p in (cache / "volumes").iterdir()}
     (src / "zz_broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(MedvolError, match=r"zz_broken\.nii\.gz: cannot read volume"):
-        build_cache(src, cache, PreprocessParams(size=64), strict=True)
+        build_cache(src, cache, PreprocessParams(size=64), strict=True, overwrite=True)
     assert (cache / "manifest.json").read_bytes() == before
     assert {p.name: p.read_bytes() for p in (cache / "volumes").iterdir()} == arrays
     with pytest.raises(MedvolError, match=r"zz_broken\.nii\.gz"):
