@@ -113,10 +113,10 @@ def test_a_second_source_adds_its_volumes_and_keeps_the_first(tmp_path, capsys):
     assert run(base + ["--src", tmp_path / "a"], capsys)[0] == 0
     first = _cache_state(cache)
     code, out, err = run(base + ["--src", tmp_path / "b"], capsys)
-    assert code == 0 and "preprocessed 2 volume(s), reused 0" in out and "the cache holds 4" in out, out + err
     manifest = json.loads((cache / "manifest.json").read_text(encoding="utf-8"))
     sources = sorted(Path(v["source"]).parent.name + "/" + Path(v["source"]).name for v in manifest["volumes"])
     assert sources == [f"{d}/phantom_000{i}.nii.gz" for d in "ab" for i in range(2)]
+    assert code == 0 and "preprocessed 2 volume(s), reused 0" in out and "the cache holds 4" in out, out + err
     # The first source's arrays are still there, byte for byte, and every listed array exists.
     for name, data in first.items():
         if name.startswith("volumes/"):
@@ -262,7 +262,7 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
     assert list((cache / "volumes").glob(".*.pending.npy")), "the killed run left no temporaries to clean"
     assert (cache / "manifest.json").read_bytes() == manifest
     code, out, err = _finish(_medvol("preprocess", "--src", tmp_path / "a", *argv))
+    assert _no_temporaries(cache) == []
     assert code == 0 and "preprocessed 0 volume(s), reused 2" in out, err
     assert "temporary file(s) left by an interrupted run" in err
-    assert _no_temporaries(cache) == []
     assert sorted(p.name for p in (cache / "volumes").iterdir()) == ["phantom_0000.npy", "phantom_0001.npy"]
