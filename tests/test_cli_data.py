@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -266,3 +267,28 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
     assert code == 0 and "preprocessed 0 volume(s), reused 2" in out, err
     assert "temporary file(s) left by an interrupted run" in err
     assert sorted(p.name for p in (cache / "volumes").iterdir()) == ["phantom_0000.npy", "phantom_0001.npy"]
+
+
+def test_view_refuses_a_bare_npy_before_any_window(tmp_path, capsys):
+    np.save(tmp_path / "loose.npy", np.zeros((4, 4, 4), np.float32))
+    code, out, err = run(["view", tmp_path / "loose.npy", "--screenshot", tmp_path / "shot.png"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"medvol view: error: {tmp_path / 'loose.npy'}: a .npy outside a medvol cache")
+    assert not (tmp_path / "shot.png").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("DISPLAY") and shutil.which("Xvfb") is None, reason="needs a display or Xvfb")
+def test_view_screenshots_cache_entries_beside_each_other(tmp_path):
+    _phantoms(tmp_path / "a", 2, seed=1)
+    cache = tmp_path / "cache"
+    code, _, err = _finish(_medvol("preprocess", "--src", tmp_path / "a", "--dst", cache, "--size", 32))
+    assert code == 0, err
+    for source, name in [(cache, "grid.png"), (cache / "volumes" / "phantom_0001.npy", "one.png")]:
+        code, out, err = _finish(_medvol("view", source, "--grid", "--window", "lung", "--screenshot", tmp_path / name))
+        assert code == 0 and out.strip().endswith(str(tmp_path / name)), err
+    import imageio.v3 as iio
+
+    grid = np.asarray(iio.imread(tmp_path / "grid.png"))[..., :3].astype(float)
+    height, width = grid.shape[:2]
+    assert width == 2 * height and grid.std() > 20
+    assert np.abs(grid[:, : width // 2] - grid[:, width // 2:]).mean() > 1  # two different entries
