@@ -4,15 +4,30 @@ Layout of a cache folder::
 
     manifest.json          what every array is and where it came from (below)
     volumes/<name>.npy     float32 (S, S, S) in [-1, 1]
+    .medvol-cache.lock     held (``fcntl.flock``) by the run writing the cache
 
-The manifest records, per volume: the source path, its SHA-256 (over all of its files), size and
-mtime, the original shape/spacing/origin/direction, the output spacing, the split (``train`` or
-``val``) and fold index; globally: every preprocessing parameter (with the pipeline version), the
-medvol version and the split settings. Re-running with the same parameters skips every volume whose
-source checksum and array are unchanged (an unchanged size and mtime reuse the recorded checksum).
+The manifest lists every volume in the cache with: its source path, the source's SHA-256 (over all
+of its files), size and mtime, the original shape/spacing/origin/direction, the geometry of the
+array (``spacing`` z, y, x mm; ``origin`` x, y, z LPS mm of voxel 0; ``direction`` as
+:class:`medvol.data.io.Volume` holds them), the split (``train`` or ``val``) and fold index;
+globally: every preprocessing parameter (with the pipeline version), the medvol version, the split
+settings and every ``src`` ever given.
+
+A cache only grows. A run adds the volumes of its source to those already there; a volume already
+in the cache from the same source file with the same parameters is skipped (an unchanged size and
+mtime reuse the recorded checksum; a changed source is redone). One cache has one set of
+parameters: a run with others is refused unless ``overwrite=True``, which replaces the whole cache
+(only once the new one is complete). Volumes keep their fold as the cache grows; new volumes are
+dealt into the folds after them.
+
+Safety: one run at a time holds the lock (a second one waits, or is refused with ``wait=0``); the
+kernel drops it when its holder dies. Workers write arrays under hidden pending names; a finished
+run writes the new manifest to a temporary file, renames the arrays into place and then the
+manifest, so a failed or killed run leaves the previous cache as it was. Temporaries of a killed
+run are removed by the next run once it holds the lock.
 
 The split is seeded: volumes (sorted by name) are shuffled with ``seed`` and dealt round-robin into
-``round(1 / val_fraction)`` folds (10 for 90/10); fold ``val_fold`` is validation. A dataset of a
+``round(1 / val_fraction)`` folds (10 for 90/10); fold ``val_fold`` is validation. A cache of a
 single volume is all training.
 """
 
@@ -20,6 +35,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -28,22 +44,28 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import medvol
 from medvol.data.discover import discover
-from medvol.data.io import checksum, read_volume, volume_stem
+from medvol.data.io import Volume, checksum, read_volume, volume_stem
 from medvol.data.preprocess import PreprocessParams, preprocess_with_info
 from medvol.errors import MedvolError
-from medvol.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 VOLUME_DIR = "volumes"
-MANIFEST_FORMAT = 1
+LOCK_NAME = ".medvol-cache.lock"
+#: 2: entries carry the array's geometry (``origin``, ``direction``) and keep their fold as the cache grows.
+MANIFEST_FORMAT = 2
+#: Temporaries a killed run leaves behind: workers' pending arrays, atomic-write temporaries, the manifest's.
+TEMP_PATTERNS = (f"{VOLUME_DIR}/.*.pending.npy", f"{VOLUME_DIR}/.*.tmp-*", ".manifest.tmp-*.json")
+GEOMETRY_KEYS = ("spacing", "origin", "direction")
+SPLIT_DEFAULTS = {"seed": 0, "val_fraction": 0.1, "val_fold": 0}
+SPLIT_OPTIONS = {"seed": "--seed", "val_fraction": "--val-fraction", "val_fold": "--val-fold"}
 
 
 @dataclasses.dataclass
@@ -56,6 +78,9 @@ class CacheSummary:
         processed: names of volumes preprocessed in this run.
         reused: names of volumes skipped because they were already done with the same parameters.
         failed: ``(source, one-line reason)`` of volumes skipped as unreadable or invalid.
+        replaced: with ``overwrite``, what was replaced (one line), else None.
+        cleaned: temporaries of an earlier, killed run that were removed.
+        exported: NIfTI files written (``export_dir``).
     """
 
     path: Path
@@ -63,13 +88,16 @@ class CacheSummary:
     processed: list[str]
     reused: list[str]
     failed: list[tuple[str, str]]
+    replaced: str | None = None
+    cleaned: list[Path] = dataclasses.field(default_factory=list)
+    exported: list[Path] = dataclasses.field(default_factory=list)
 
 
 def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read ``cache_dir/manifest.json``.
+    """Read and check ``cache_dir/manifest.json``.
 
     Raises:
-        MedvolError: the folder or manifest is missing or unreadable (names the path).
+        MedvolError: the folder or manifest is missing, unreadable or malformed (names the path).
     """
     path = Path(cache_dir) / MANIFEST
     if not Path(cache_dir).is_dir():
@@ -79,20 +107,119 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise MedvolError(f"{path}: unreadable manifest ({error})") from None
-    if not isinstance(manifest, dict) or "volumes" not in manifest or "params" not in manifest:
+        raise MedvolError(f"{path}: unreadable manifest ({str(error).splitlines()[0]})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("volumes"), list) \
+            or not isinstance(manifest.get("params"), dict):
         raise MedvolError(f"{path}: not a medvol cache manifest")
+    if isinstance(manifest.get("format"), int) and manifest["format"] > MANIFEST_FORMAT:
+        raise MedvolError(f"{path}: manifest format {manifest['format']} is newer than this medvol reads "
+                          f"({MANIFEST_FORMAT}); upgrade medvol")
+    for number, entry in enumerate(manifest["volumes"]):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("name", "file", "source")):
+            raise MedvolError(f"{path}: volume entry {number} is malformed (needs name, file and source)")
     return manifest
 
 
-def _unique_names(sources: Sequence[Path]) -> list[str]:
-    stems = [volume_stem(s) for s in sources]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    # Shared stems (e.g. DICOM folders all named "CT") get a short hash of the full path.
-    return [stem if counts[stem] == 1 else f"{stem}-{hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]}"
-            for stem, src in zip(stems, sources)]
+class CacheLock:
+    """Exclusive lock of a cache folder: ``fcntl.flock`` on ``.medvol-cache.lock``.
+
+    The lock file stays (it is hidden); only the lock is released. The kernel releases it when the
+    holder dies, so a killed run never leaves the cache locked.
+
+    Args:
+        cache_dir: an existing cache folder.
+        wait: seconds to wait for another holder (None: as long as it takes; 0: refuse at once).
+        on_wait: called once with a one-line message when the lock is busy and we wait.
+
+    Raises:
+        MedvolError: the lock stayed busy for ``wait`` seconds, or cannot be taken (names the file).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, *, wait: float | None = None,
+                 on_wait: Callable[[str], None] | None = None):
+        import fcntl
+
+        self.path = Path(cache_dir) / LOCK_NAME
+        deadline = None if wait is None else time.monotonic() + max(0.0, float(wait))
+        told = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as error:
+                raise MedvolError(f"{self.path}: cannot create the cache lock ({_reason(error)})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                os.close(fd)
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise MedvolError(f"{self.path}: cannot lock the cache ({_reason(error)})") from None
+            holder = self._holder()
+            if deadline is not None and time.monotonic() >= deadline:
+                advice = "wait for it or use another --dst" if not wait else \
+                    f"still locked after {wait:g} s (--lock-wait); try again later"
+                raise MedvolError(f"cache {cache_dir} is in use by {holder}; {advice}")
+            if not told and on_wait is not None:
+                on_wait(f"cache {cache_dir} is in use by {holder}; waiting for it to finish")
+                told = True
+            time.sleep(0.1)
+        self.fd: int | None = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+    def _holder(self) -> str:
+        try:
+            pid = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            pid = ""
+        return f"another medvol process (pid {pid})" if pid.isdigit() else "another medvol process"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "CacheLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _reason(error: OSError) -> str:
+    return os.strerror(error.errno).lower() if error.errno else str(error)
+
+
+def clean_temporaries(cache_dir: str | os.PathLike) -> list[Path]:
+    """Delete what killed runs left in ``cache_dir``: temporaries and arrays missing from the manifest.
+
+    Only call this while holding the :class:`CacheLock`: a live run's temporaries look the same.
+    An array not listed in an intact manifest was renamed into place by a run killed before it
+    renamed its manifest; without the manifest nothing says what it is.
+    """
+    cache_dir = Path(cache_dir)
+    removed = [p for pattern in TEMP_PATTERNS for p in sorted(cache_dir.glob(pattern)) if p.is_file()]
+    try:
+        listed = {entry["file"] for entry in load_manifest(cache_dir)["volumes"]}
+    except MedvolError:
+        listed = None
+    if listed is not None:
+        removed += [p for p in sorted((cache_dir / VOLUME_DIR).glob("*.npy"))
+                    if not p.name.startswith(".") and f"{VOLUME_DIR}/{p.name}" not in listed]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` to ``path`` (an open file: ``np.save`` would append ``.npy``)."""
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _source_stat(source: Path) -> tuple[int, int]:
@@ -103,8 +230,12 @@ def _source_stat(source: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _process_one(source: str, out_file: str, params_dict: dict, reader: str) -> dict[str, Any]:
-    """Worker: read, preprocess and save one volume. Returns its manifest entry or an error."""
+def _process_one(source: str, out_file: str, final: str, params_dict: dict, reader: str) -> dict[str, Any]:
+    """Worker: read, preprocess and save one volume to ``out_file``. Returns its entry or an error.
+
+    An error that is the volume's fault is ``{"error": ...}``; a failed write (a full disk) is
+    also ``"fatal"``: it would fail for every volume, so the run stops.
+    """
     try:
         params = PreprocessParams.from_dict(params_dict)
         path = Path(source)
@@ -112,27 +243,31 @@ def _process_one(source: str, out_file: str, params_dict: dict, reader: str) -> 
         digest = checksum(path)
         volume = read_volume(path, reader=reader)
         array, info = preprocess_with_info(volume, params)
-        with atomic_path(out_file) as tmp:
-            # np.save appends .npy to names without it; the temp name keeps the suffix.
-            np.save(tmp, array)
-        return {
-            "source": str(path),
-            "checksum": digest,
-            "source_size": size,
-            "source_mtime_ns": mtime,
-            "original_shape": list(volume.array.shape),
-            "original_spacing": list(volume.spacing),
-            "original_origin": list(volume.origin),
-            "original_direction": list(volume.direction),
-            "blank_slices": info["blank_slices"],
-            "spacing": list(info["spacing"]),
-            "shape": list(array.shape),
-            "medvol_version": medvol.__version__,
-        }
     except MedvolError as error:
         return {"error": str(error)}
     except Exception as error:  # a worker must report, never die: the run names the bad volume
         return {"error": f"{source}: {type(error).__name__}: {error}".splitlines()[0]}
+    try:
+        _write_array(Path(out_file), array)
+    except OSError as error:
+        Path(out_file).unlink(missing_ok=True)
+        return {"error": f"{final}: cannot write ({_reason(error)})", "fatal": True}
+    return {
+        "source": str(path),
+        "checksum": digest,
+        "source_size": size,
+        "source_mtime_ns": mtime,
+        "original_shape": list(volume.array.shape),
+        "original_spacing": list(volume.spacing),
+        "original_origin": list(volume.origin),
+        "original_direction": list(volume.direction),
+        "blank_slices": info["blank_slices"],
+        "spacing": list(info["spacing"]),
+        "origin": list(info["origin"]),
+        "direction": list(info["direction"]),
+        "shape": list(array.shape),
+        "medvol_version": medvol.__version__,
+    }
 
 
 def _worker_init() -> None:
@@ -145,70 +280,187 @@ def _worker_init() -> None:
         pass
 
 
-def _assign_split(names: list[str], seed: int, val_fraction: float, val_fold: int) -> dict[str, tuple[int, str]]:
+def _assign_split(names: list[str], seed: int, val_fraction: float, val_fold: int,
+                  start: int = 0) -> dict[str, tuple[int, str]]:
+    """Deal ``names`` into folds: ``{name: (fold, "train" | "val")}``.
+
+    ``start`` volumes are already dealt (a growing cache): the deal continues after them, with a
+    shuffle seeded by ``(seed, start)``, so the folds stay balanced and earlier volumes keep theirs.
+    """
     folds = max(2, int(round(1.0 / val_fraction)))
-    order = np.random.default_rng(seed).permutation(len(names))
+    order = np.random.default_rng(seed if start == 0 else [seed, start]).permutation(len(names))
     result = {}
     for position, index in enumerate(order):
-        fold = position % folds
-        result[names[index]] = (fold, "val" if fold == val_fold and len(names) > 1 else "train")
+        fold = (start + position) % folds
+        result[names[index]] = (fold, "val" if fold == val_fold and start + len(names) > 1 else "train")
     return result
 
 
+def _assign_names(sources: Sequence[Path], known: dict[str, str]) -> list[str]:
+    """Cache names of ``sources``: a source already in the cache keeps its name (``known``: source
+    -> name); a new one gets its file stem, or the stem and a short hash of its path where the stem
+    is shared (e.g. DICOM folders all named "CT", or two folders of ``phantom_0000.nii.gz``)."""
+    taken = set(known.values())
+    stems = [volume_stem(s) for s in sources]
+    new_stems = [stem for src, stem in zip(sources, stems) if str(src) not in known]
+    names = []
+    for src, stem in zip(sources, stems):
+        if str(src) in known:
+            names.append(known[str(src)])
+        elif new_stems.count(stem) == 1 and stem not in taken:
+            names.append(stem)
+        else:
+            names.append(f"{stem}-{hashlib.sha1(str(src).encode()).hexdigest()[:8]}")
+    return names
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_format_value(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    return ", ".join(f"{k} {_format_value(old.get(k))} -> {_format_value(new.get(k))}" for k in keys)
+
+
+def _array_ok(path: Path, size: int) -> bool:
+    """True if ``path`` opens as a float32 (size, size, size) ``.npy`` (a truncated file does not)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return array.shape == (size,) * 3 and array.dtype == np.float32
+
+
+def _old_cache(dst: Path, overwrite: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The cache's manifest (None for a new cache), or with ``overwrite`` a damaged one's description."""
+    arrays = sorted((dst / VOLUME_DIR).glob("[!.]*.npy"))
+    if not (dst / MANIFEST).exists():
+        if not arrays:
+            return None, None
+        if overwrite:
+            return None, f"{len(arrays)} array(s) without a manifest"
+        raise MedvolError(f"{dst / MANIFEST}: missing, but {dst / VOLUME_DIR} holds {len(arrays)} array(s); "
+                          "not a complete medvol cache: use another --dst, or --overwrite to rebuild it")
+    try:
+        return load_manifest(dst), None
+    except MedvolError as error:
+        if overwrite:
+            return None, f"a damaged cache ({error}) with {len(arrays)} array(s)"
+        raise MedvolError(f"{error}; repair it, use another --dst, or --overwrite to rebuild the cache") from None
+
+
 def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.PathLike,
-                params: PreprocessParams, *, workers: int = 1, strict: bool = False, seed: int = 0,
-                val_fraction: float = 0.1, val_fold: int = 0, reader: str = "auto",
-                progress: bool = False) -> CacheSummary:
-    """Preprocess every volume of ``src`` into the cache folder ``dst``.
+                params: PreprocessParams, *, workers: int = 1, strict: bool = False, seed: int | None = None,
+                val_fraction: float | None = None, val_fold: int | None = None, reader: str = "auto",
+                progress: bool = False, overwrite: bool = False, wait: float | None = None,
+                on_wait: Callable[[str], None] | None = None,
+                export_dir: str | os.PathLike | None = None) -> CacheSummary:
+    """Preprocess every volume of ``src`` into the cache folder ``dst`` (module docstring).
 
     Args:
         src: anything :func:`medvol.data.discover.discover` accepts, or a list of paths.
-        dst: the cache folder (created; an existing cache is updated in place).
-        params: the preprocessing parameters.
+        dst: the cache folder (created; an existing cache grows).
+        params: the preprocessing parameters; an existing cache must have the same ones.
         workers: worker processes (1 runs in this process).
         strict: fail the run on the first bad volume (default: report it and skip it).
-        seed, val_fraction, val_fold: the train/validation split (module docstring).
+        seed, val_fraction, val_fold: the train/validation split (module docstring); None: the
+            cache's own (0, 0.1, 0 for a new cache).
         reader: passed to :func:`medvol.data.io.read_volume`.
         progress: show a tqdm progress bar on stderr.
+        overwrite: replace a cache made with other parameters or split settings (or a damaged one),
+            and redo this run's volumes even where they are already done.
+        wait, on_wait: waiting for another run that holds the cache (:class:`CacheLock`).
+        export_dir: afterwards, write every volume of the cache there as NIfTI (:func:`export_nifti`).
 
     Returns:
         A :class:`CacheSummary`.
 
     Raises:
-        MedvolError: bad arguments, no volumes found, every volume failed, or under ``strict`` the
-            first bad volume (named). Files written by a failed strict run are removed and the
-            previous manifest is left untouched.
+        MedvolError: bad arguments, no volumes found, every volume of ``src`` failed, other
+            parameters than the cache's (without ``overwrite``), a busy cache (``wait``), a failed
+            write, or under ``strict`` the first bad volume (named). A failed run leaves the cache
+            as it was.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise MedvolError(f"invalid worker count {workers!r} (--workers): expected an integer >= 1")
-    if not 0.0 < val_fraction < 1.0:
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise MedvolError(f"invalid validation fraction {val_fraction!r} (--val-fraction): expected 0 < f < 1")
-    folds = max(2, int(round(1.0 / val_fraction)))
-    if not 0 <= val_fold < folds:
-        raise MedvolError(f"invalid validation fold {val_fold!r} (--val-fold): expected 0..{folds - 1}")
     sources = [s.resolve() for s in discover(list(src) if isinstance(src, (list, tuple)) else src)]
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise MedvolError(f"{dst}: exists and is not a folder (--dst)")
     volume_dir = dst / VOLUME_DIR
-    volume_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        volume_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"{dst}: cannot create the cache folder ({_reason(error)})") from None
+    with CacheLock(dst, wait=wait, on_wait=on_wait):
+        cleaned = clean_temporaries(dst)
+        summary = _build_locked(src, sources, dst, params, workers=workers, strict=strict,
+                                split_given={"seed": seed, "val_fraction": val_fraction, "val_fold": val_fold},
+                                reader=reader, progress=progress, overwrite=overwrite)
+        summary.cleaned = cleaned
+        if export_dir is not None:
+            summary.exported = _export(dst, summary.manifest, Path(export_dir))
+    return summary
 
-    old = load_manifest(dst) if (dst / MANIFEST).is_file() else None
+
+def _split_settings(old: dict[str, Any] | None, given: dict[str, Any], keep_old: bool,
+                    overwrite: bool, dst: Path) -> tuple[dict[str, Any], bool]:
+    """The split settings of this run, and whether every fold must be dealt anew."""
+    stored = dict(SPLIT_DEFAULTS)
+    if old is not None and isinstance(old.get("split"), dict):
+        stored.update({k: old["split"][k] for k in SPLIT_DEFAULTS if k in old["split"]})
+    settings = {k: stored[k] if given[k] is None else given[k] for k in SPLIT_DEFAULTS}
+    folds = max(2, int(round(1.0 / settings["val_fraction"])))
+    if not (isinstance(settings["val_fold"], int) and 0 <= settings["val_fold"] < folds):
+        raise MedvolError(f"invalid validation fold {settings['val_fold']!r} (--val-fold): expected 0..{folds - 1}")
+    differ = [k for k in SPLIT_DEFAULTS if settings[k] != stored[k]]
+    if not keep_old or not differ:
+        return settings, not keep_old
+    if not overwrite:
+        asked = " ".join(f"{SPLIT_OPTIONS[k]} {_format_value(settings[k])}" for k in differ)
+        has = " ".join(f"{SPLIT_OPTIONS[k]} {_format_value(stored[k])}" for k in differ)
+        raise MedvolError(f"cache {dst} is split with {has}, this run asks for {asked}: leave the option out "
+                          "to keep the cache's split, or give --overwrite to deal all its volumes anew")
+    return settings, True
+
+
+def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams, *, workers: int, strict: bool,
+                  split_given: dict[str, Any], reader: str, progress: bool, overwrite: bool) -> CacheSummary:
+    volume_dir = dst / VOLUME_DIR
+    old, damaged = _old_cache(dst, overwrite)
     params_dict = params.to_dict()
-    same_params = old is not None and old.get("params") == params_dict
-    old_by_source = {v["source"]: v for v in old["volumes"]} if same_params else {}
+    old_entries = {e["name"]: e for e in old["volumes"]} if old is not None else {}
+    replaced = None
+    if damaged is not None:
+        replaced = f"replaced {damaged}"
+    elif old is not None and old["params"] != params_dict and old_entries:
+        changes = _changes(old["params"], params_dict)
+        if not overwrite:
+            raise MedvolError(f"cache {dst} holds {len(old_entries)} volume(s) preprocessed with other parameters "
+                              f"({changes}); refusing to mix them: give the cache's parameters, another --dst, "
+                              "or --overwrite to replace the cache")
+        replaced = f"replaced the cache's {len(old_entries)} volume(s) preprocessed with other parameters ({changes})"
+        old_entries = {}
+    settings, redeal = _split_settings(old, split_given, bool(old_entries), overwrite, dst)
+    if replaced is None and redeal and old_entries:
+        replaced = f"dealt the cache's {len(old_entries)} volume(s) anew into folds"
 
-    names = _unique_names(sources)
-    entries: dict[str, dict[str, Any]] = {}
+    names = _assign_names(sources, {e["source"]: name for name, e in old_entries.items()})
+    entries: dict[str, dict[str, Any]] = dict(old_entries)
     todo: list[tuple[str, Path]] = []
     reused: list[str] = []
     for name, source in zip(names, sources):
-        previous = old_by_source.get(str(source))
-        out_file = volume_dir / f"{name}.npy"
-        if previous is not None and previous.get("name") == name and out_file.is_file():
+        previous = old_entries.get(name)
+        if previous is not None and previous["source"] == str(source) and not overwrite \
+                and all(k in previous for k in GEOMETRY_KEYS) and _array_ok(dst / previous["file"], params.size):
             size, mtime = _source_stat(source)
             unchanged = (size, mtime) == (previous.get("source_size"), previous.get("source_mtime_ns"))
-            if unchanged or checksum(source) == previous["checksum"]:
+            if unchanged or checksum(source) == previous.get("checksum"):
                 entries[name] = dict(previous, source_size=size, source_mtime_ns=mtime)
                 reused.append(name)
                 continue
@@ -217,7 +469,7 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
     processed: list[str] = []
     failed: list[tuple[str, str]] = []
     # Workers write hidden pending files; they replace the cache's arrays only once the run has
-    # succeeded, so a failed (strict or interrupted) run leaves the previous cache intact.
+    # succeeded, so a failed (strict, full disk or interrupted) run leaves the previous cache intact.
     jobs = [(name, str(source), str(volume_dir / f".{name}.pending.npy")) for name, source in todo]
     pool = None
     try:
@@ -235,23 +487,30 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
             pool = futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
                                                mp_context=multiprocessing.get_context(method),
                                                initializer=_worker_init)
-            pending = {pool.submit(_process_one, source, out, params_dict, reader): (name, source, out)
+            pending = {pool.submit(_process_one, source, out, str(volume_dir / f"{name}.npy"), params_dict,
+                                   reader): (name, source, out)
                        for name, source, out in jobs}
             results = ((pending[f], f.result()) for f in futures.as_completed(pending))
         else:
-            results = (((name, source, out), _process_one(source, out, params_dict, reader))
+            results = (((name, source, out),
+                        _process_one(source, out, str(volume_dir / f"{name}.npy"), params_dict, reader))
                        for name, source, out in jobs)
         for (name, source, out), result in results:
             bar.update(1)
             if "error" in result:
-                if strict:
+                if strict or result.get("fatal"):
                     raise MedvolError(result["error"])
-                log.warning("skipped %s", result["error"])
+                log.info("skipped %s", result["error"])
                 failed.append((source, result["error"]))
                 continue
             entries[name] = dict(result, name=name, file=f"{VOLUME_DIR}/{name}.npy")
             processed.append(name)
         bar.close()
+        if not processed and not reused:
+            reasons = "; ".join(reason for _, reason in failed[:3])
+            raise MedvolError(f"no volume of {src} could be preprocessed ({len(failed)} failed: {reasons})")
+        manifest = _new_manifest(old, entries, old_entries, src, sources, params_dict, settings, redeal, failed)
+        _commit(dst, manifest, [(out, volume_dir / f"{name}.npy") for name, _, out in jobs if name in processed])
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -262,39 +521,203 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
+    if replaced is not None:
+        # Only now that the new manifest is in place: arrays of the replaced cache no longer listed.
+        listed = {entry["file"] for entry in manifest["volumes"]}
+        removed = [p for p in sorted(volume_dir.glob("[!.]*.npy")) if f"{VOLUME_DIR}/{p.name}" not in listed]
+        for path in removed:
+            path.unlink()
+        old_names = {e["name"] for e in old["volumes"]} if old is not None else set()
+        replaced += f"; {len(set(processed) & old_names)} re-made from this run's source, {len(removed)} removed"
+    return CacheSummary(path=dst, manifest=manifest, processed=processed, reused=reused, failed=failed,
+                        replaced=replaced)
 
-    if not entries:
-        for _, _, out in jobs:
-            Path(out).unlink(missing_ok=True)
-        reasons = "; ".join(reason for _, reason in failed[:3])
-        raise MedvolError(f"no volume of {src} could be preprocessed ({len(failed)} failed: {reasons})")
 
+def _new_manifest(old, entries, old_entries, src, sources, params_dict, settings, redeal, failed) -> dict[str, Any]:
     ordered = sorted(entries)
-    split = _assign_split(ordered, seed, val_fraction, val_fold)
+    folds = max(2, int(round(1.0 / settings["val_fraction"])))
+    # A volume redone from a changed source keeps its fold: it is the same scan.
+    fold_of = {} if redeal else {n: old_entries[n]["fold"] for n in ordered
+                                 if n in old_entries and isinstance(old_entries[n].get("fold"), int)}
+    new = [n for n in ordered if n not in fold_of]
+    dealt = _assign_split(new, settings["seed"], settings["val_fraction"], settings["val_fold"], start=len(fold_of))
+    fold_of.update({n: fold for n, (fold, _) in dealt.items()})
     volumes = []
     for name in ordered:
-        fold, which = split[name]
-        volumes.append(dict(entries[name], fold=fold, split=which, label=int(entries[name].get("label", 0))))
-    manifest = {
+        which = "val" if fold_of[name] == settings["val_fold"] and len(ordered) > 1 else "train"
+        volumes.append(dict(entries[name], fold=fold_of[name], split=which, label=int(entries[name].get("label", 0))))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    given = [str(s) for s in src] if isinstance(src, (list, tuple)) else [str(src)]
+    earlier = old.get("sources", [old["source"]] if "source" in old else []) if old is not None and old_entries else []
+    done = {v["source"] for v in volumes} | {str(s) for s in sources}
+    earlier_failed = [f for f in (old.get("failed", []) if old is not None and old_entries else [])
+                      if isinstance(f, dict) and f.get("source") not in done]
+    return {
         "format": MANIFEST_FORMAT,
         "medvol_version": medvol.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": [str(s) for s in src] if isinstance(src, (list, tuple)) else str(src),
+        "created": old.get("created", now) if old is not None and old_entries else now,
+        "updated": now,
+        "sources": list(dict.fromkeys([*earlier, *given])),
         "params": params_dict,
-        "split": {"seed": seed, "val_fraction": val_fraction, "folds": folds, "val_fold": val_fold,
+        "split": {**settings, "folds": folds,
                   "train": sum(v["split"] == "train" for v in volumes),
                   "val": sum(v["split"] == "val" for v in volumes)},
         "volumes": volumes,
-        "failed": [{"source": s, "error": e} for s, e in failed],
+        "failed": earlier_failed + [{"source": s, "error": e} for s, e in failed],
     }
-    for name, _, out in jobs:
-        if name in entries:
-            os.replace(out, volume_dir / f"{name}.npy")
-    with atomic_path(dst / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    # Arrays of volumes no longer in the source set (or of another name) do not belong to the cache.
-    listed = {f"{name}.npy" for name in ordered}
-    for stale in volume_dir.glob("*.npy"):
-        if stale.name not in listed and not stale.name.startswith("."):
-            stale.unlink()
-    return CacheSummary(path=dst, manifest=manifest, processed=processed, reused=reused, failed=failed)
+
+
+def _commit(dst: Path, manifest: dict[str, Any], arrays: list[tuple[str, Path]]) -> None:
+    """Manifest to a temporary file, then the arrays into place, then the manifest (all renames)."""
+    tmp = dst / f".manifest.tmp-{os.getpid()}.json"
+    try:
+        _write_text(tmp, json.dumps(manifest, indent=1))
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise MedvolError(f"{dst / MANIFEST}: cannot write ({_reason(error)}); the cache is unchanged") from None
+    try:
+        for pending, final in arrays:
+            os.replace(pending, final)
+        os.replace(tmp, dst / MANIFEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def entry_geometry(entry: dict[str, Any], manifest_path: str | os.PathLike = MANIFEST) -> dict[str, tuple[float, ...]]:
+    """``{"spacing", "origin", "direction"}`` of a manifest entry, as :class:`Volume` holds them.
+
+    Raises:
+        MedvolError: the entry has no (or malformed) geometry: a cache built before medvol recorded
+            it; running ``medvol preprocess`` again with its source adds it.
+    """
+    name = entry.get("name", "?")
+    missing = [k for k in GEOMETRY_KEYS if k not in entry]
+    if missing:
+        raise MedvolError(f"{manifest_path}: volume {name!r} has no {', '.join(missing)} (built by an older medvol); "
+                          "run `medvol preprocess` again with its source to add the geometry")
+    try:
+        geometry = {k: tuple(float(v) for v in entry[k]) for k in GEOMETRY_KEYS}
+    except (TypeError, ValueError):
+        geometry = {}
+    if [len(geometry.get(k, ())) for k in GEOMETRY_KEYS] != [3, 3, 9] or not all(
+            np.isfinite(v).all() for v in geometry.values()):
+        raise MedvolError(f"{manifest_path}: volume {name!r} has a malformed geometry")
+    return geometry
+
+
+def _load(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any], physical: bool) -> Volume:
+    from medvol.data.preprocess import to_intensity
+
+    geometry = entry_geometry(entry, cache_dir / MANIFEST)
+    path = cache_dir / entry["file"]
+    try:
+        array = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise MedvolError(f"{path}: missing; the manifest lists it (rebuild it with `medvol preprocess`)") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise MedvolError(f"{path}: unreadable cached volume ({str(error).splitlines()[0]}); "
+                          "rebuild it with `medvol preprocess`") from None
+    size = int(manifest["params"].get("size", 0))
+    if array.ndim != 3 or array.shape != (size,) * 3 or array.dtype != np.float32:
+        raise MedvolError(f"{path}: {array.dtype} array of shape {array.shape}, expected float32 "
+                          f"{(size,) * 3} as the manifest says")
+    array = np.array(array, dtype=np.float32)
+    if physical:
+        array = to_intensity(array, PreprocessParams.from_dict(manifest["params"])).astype(np.float32)
+    return Volume(array=array, path=str(path), **geometry)
+
+
+def load_entry(cache_dir: str | os.PathLike, name: str, *, physical: bool = False) -> Volume:
+    """One cache entry with its geometry, as a :class:`medvol.data.io.Volume`.
+
+    Args:
+        cache_dir: the cache folder.
+        name: the entry's name (``volumes/<name>.npy``).
+        physical: map [-1, 1] back to HU (CT, the cache's window); MR stays in [-1, 1].
+
+    Returns:
+        A Volume with the float32 (S, S, S) array and the spacing, origin and direction of the
+        preprocessed grid (it overlays the source scan); ``path`` is the ``.npy`` file.
+
+    Raises:
+        MedvolError: a missing or damaged manifest, an unknown name, a missing or corrupt array,
+            or an entry without geometry (one line naming the file).
+
+    Example:
+        >>> vol = load_entry("cache64", "phantom_0000", physical=True)  # doctest: +SKIP
+        >>> vol.array.shape, vol.spacing                                  # doctest: +SKIP
+        ((64, 64, 64), (5.9375, 5.9375, 5.9375))
+    """
+    cache_dir = Path(cache_dir)
+    manifest = load_manifest(cache_dir)
+    by_name = {e["name"]: e for e in manifest["volumes"]}
+    if name not in by_name:
+        some = ", ".join(sorted(by_name)[:3]) + (", ..." if len(by_name) > 3 else "")
+        raise MedvolError(f"{cache_dir}: no volume {name!r} in this cache ({len(by_name)} volume(s): {some})")
+    return _load(cache_dir, manifest, by_name[name], physical)
+
+
+def cache_volumes(source: str | os.PathLike, *, physical: bool = True) -> list[Volume] | None:
+    """The cache entries that ``source`` names, or None if it names none (for viewers).
+
+    ``source`` is a cache folder (all its volumes, in manifest order) or ``CACHE/volumes/NAME.npy``.
+
+    Raises:
+        MedvolError: a ``.npy`` outside a cache, or anything :func:`load_entry` refuses.
+    """
+    path = Path(source)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        manifest = load_manifest(path)
+        return [_load(path, manifest, entry, physical) for entry in manifest["volumes"]]
+    if path.suffix.lower() != ".npy":
+        return None
+    cache_dir = path.parent.parent
+    if path.parent.name != VOLUME_DIR or not (cache_dir / MANIFEST).is_file():
+        raise MedvolError(f"{path}: a .npy outside a medvol cache (no {MANIFEST} beside its {VOLUME_DIR}/ "
+                          "folder); give CACHE/volumes/NAME.npy or the cache folder")
+    manifest = load_manifest(cache_dir)
+    for entry in manifest["volumes"]:
+        if entry["file"] == f"{VOLUME_DIR}/{path.name}":
+            return [_load(cache_dir, manifest, entry, physical)]
+    raise MedvolError(f"{path}: not listed in {cache_dir / MANIFEST}")
+
+
+def export_nifti(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, *, wait: float | None = None,
+                 on_wait: Callable[[str], None] | None = None) -> list[Path]:
+    """Write every cache entry as ``out_dir/<name>.nii.gz`` with its geometry.
+
+    CT is written in HU (the cache's window mapped back), MR in [-1, 1], float32. Each file is
+    written under a temporary name and renamed; an existing file of the same name is replaced.
+    The cache is locked meanwhile, so a run writing it is waited for (``wait``, ``on_wait`` as
+    :class:`CacheLock`).
+
+    Returns:
+        The files written, in manifest order.
+
+    Raises:
+        MedvolError: anything :func:`load_entry` refuses, or a failed write (names the file).
+    """
+    cache_dir = Path(cache_dir)
+    load_manifest(cache_dir)  # a folder that is no cache fails before a lock file is made in it
+    with CacheLock(cache_dir, wait=wait, on_wait=on_wait):
+        return _export(cache_dir, load_manifest(cache_dir), Path(out_dir))
+
+
+def _export(cache_dir: Path, manifest: dict[str, Any], out_dir: Path) -> list[Path]:
+    from medvol.data.io import write_volume
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedvolError(f"{out_dir}: exists and is not a folder (--export-nifti)")
+    written = []
+    for entry in manifest["volumes"]:
+        volume = _load(cache_dir, manifest, entry, physical=True)
+        path = out_dir / f"{entry['name']}.nii.gz"
+        try:
+            written.append(write_volume(volume, path))
+        except MedvolError:
+            raise
+        except (OSError, RuntimeError) as error:
+            reason = _reason(error) if isinstance(error, OSError) else str(error).strip().splitlines()[-1]
+            raise MedvolError(f"{path}: cannot write ({reason})") from None
+    return written

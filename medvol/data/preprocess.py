@@ -208,13 +208,35 @@ def _resample_isotropic(image, size: int, antialias: bool):
                          (iso,) * 3, image.GetDirection(), -1.0, sitk.sitkFloat32)
 
 
+def _output_grid(iso_image, before_pad: Sequence[int], size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Spacing (z, y, x) and origin (x, y, z) of the output voxels, from the isotropic image.
+
+    MONAI's trilinear ``Resize`` (``align_corners=False``) maps ``n_in`` voxels onto ``n_out`` with
+    their outer edges kept: output voxel ``j`` sits at input index ``(j + 1/2) n_in / n_out - 1/2``.
+    ``ResizeWithPadOrCrop`` then adds ``(size - n_out) // 2`` voxels before the content.
+    """
+    n_in = np.asarray(iso_image.GetSize(), dtype=np.float64)  # x, y, z
+    n_out = np.asarray(before_pad[::-1], dtype=np.float64)
+    iso = np.asarray(iso_image.GetSpacing(), dtype=np.float64)
+    step = n_in / n_out
+    spacing_xyz = iso * step
+    pad = np.floor((size - n_out) / 2.0)
+    direction = np.asarray(iso_image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    first_voxel = iso * (step / 2.0 - 0.5) - pad * spacing_xyz  # along each index axis, in mm
+    origin = np.asarray(iso_image.GetOrigin(), dtype=np.float64) + direction @ first_voxel
+    return tuple(float(s) for s in spacing_xyz[::-1]), tuple(float(o) for o in origin)
+
+
 def preprocess_with_info(volume: Volume, params: PreprocessParams) -> tuple[np.ndarray, dict[str, Any]]:
     """:func:`preprocess_volume` that also says what it did.
 
     Returns:
-        ``(array, info)``: array float32 (S, S, S) in [-1, 1]; info holds ``spacing`` (z, y, x mm of
-        the output voxels), ``isotropic_spacing``, ``blank_slices`` (how many were found),
-        ``shape_before_pad`` and ``direction`` after reorientation.
+        ``(array, info)``: array float32 (S, S, S) in [-1, 1]; info holds the geometry of the output
+        grid as :class:`medvol.data.io.Volume` states it (``spacing`` z, y, x mm of the output voxels;
+        ``origin`` x, y, z LPS mm of voxel 0; ``direction`` after reorientation), so the array
+        overlays the source scan; ``isotropic_spacing``, ``blank_slices`` (how many were found) and
+        ``shape_before_pad``. With ``blank_slices="remove"`` the kept slices are treated as
+        contiguous from the first kept one, so positions along z are only approximate.
     """
     import SimpleITK as sitk
     from monai.transforms import Resize, ResizeWithPadOrCrop
@@ -236,9 +258,12 @@ def preprocess_with_info(volume: Volume, params: PreprocessParams) -> tuple[np.n
     array = handle_blank_slices(array, blank, params.blank_slices)
     array = _scale_intensity(array, params, volume.name)
 
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    first = int(np.flatnonzero(~blank)[0]) if params.blank_slices == "remove" else 0
     scaled = sitk.GetImageFromArray(np.ascontiguousarray(array))
     scaled.SetSpacing(image.GetSpacing())
-    scaled.SetOrigin(image.GetOrigin())
+    # Removed leading slices move voxel 0 to the first kept slice (the values do not change).
+    scaled.SetOrigin(tuple(np.asarray(image.GetOrigin()) + direction[:, 2] * (first * image.GetSpacing()[2])))
     scaled.SetDirection(image.GetDirection())
     iso_image = _resample_isotropic(scaled, params.size, params.antialias)
     iso = float(iso_image.GetSpacing()[0])
@@ -246,22 +271,21 @@ def preprocess_with_info(volume: Volume, params: PreprocessParams) -> tuple[np.n
 
     size = params.size
     if params.keep_aspect:
-        longest = max(iso_array.shape[1:])
         resized = Resize(size, size_mode="longest", mode="trilinear", anti_aliasing=params.antialias)(iso_array)
         before_pad = tuple(int(s) for s in resized.shape[1:])
         out = ResizeWithPadOrCrop(size, mode="constant", value=-1.0)(resized)
-        spacing = (iso * longest / size,) * 3
     else:
         out = Resize((size,) * 3, mode="trilinear", anti_aliasing=params.antialias)(iso_array)
         before_pad = (size,) * 3
-        spacing = tuple(iso * n / size for n in iso_array.shape[1:])
     out = np.clip(convert_to_numpy(out, dtype=np.float32)[0], -1.0, 1.0)
+    spacing, origin = _output_grid(iso_image, before_pad, size)
     info = {
-        "spacing": tuple(float(s) for s in spacing),
+        "spacing": spacing,
+        "origin": origin,
+        "direction": tuple(float(d) for d in image.GetDirection()),
         "isotropic_spacing": iso,
         "blank_slices": int(blank.sum()),
         "shape_before_pad": before_pad,
-        "direction": tuple(float(d) for d in image.GetDirection()),
     }
     return np.ascontiguousarray(out), info
 

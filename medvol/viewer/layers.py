@@ -43,6 +43,8 @@ def load_volumes(sources: Sequence[str | os.PathLike]) -> list:
 
     Each source is expanded with :func:`medvol.data.io.discover`, so a folder written by
     ``medvol generate`` gives one volume per file and a DICOM series folder gives one volume.
+    A preprocessed cache (its folder, or ``CACHE/volumes/NAME.npy``) gives its entries with their
+    geometry, CT in HU (:func:`medvol.data.cache.cache_volumes`).
 
     Args:
         sources: paths as given on the command line.
@@ -53,10 +55,15 @@ def load_volumes(sources: Sequence[str | os.PathLike]) -> list:
     Raises:
         MedvolError: naming the first source that is missing, holds no volume or is unreadable.
     """
+    from medvol.data.cache import cache_volumes
     from medvol.data.discover import discover
     from medvol.data.io import read_volume
 
-    return [read_volume(path) for source in sources for path in discover(source)]
+    volumes = []
+    for source in sources:
+        cached = cache_volumes(source)
+        volumes.extend(cached if cached is not None else [read_volume(path) for path in discover(source)])
+    return volumes
 
 
 def layer_transform(volume, *, use_origin: bool = True) -> dict[str, Any]:

@@ -129,3 +129,41 @@ def test_params_round_trip_through_dict():
     data = params.to_dict()
     assert data["pipeline_version"] >= 1 and data["window"] == [-1000.0, 400.0]
     assert PreprocessParams.from_dict(data) == params
+
+
+def _ball_volume(shape, spacing, origin, direction, centre_index, radius_mm):
+    """Air with a bright ball around the voxel ``centre_index`` (z, y, x); returns (volume, centre in mm)."""
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    mm = [(g - c) * s for g, c, s in zip(grids, centre_index, spacing)]
+    ball = sum(m ** 2 for m in mm) <= radius_mm ** 2
+    array = np.where(ball, 600.0, -1024.0).astype(np.float32)
+    matrix = np.asarray(direction).reshape(3, 3)
+    centre = np.asarray(origin) + matrix @ (np.asarray(centre_index[::-1]) * np.asarray(spacing[::-1]))
+    return Volume(array=array, spacing=spacing, origin=origin, direction=direction), centre
+
+
+def _physical_centroid(out, info):
+    weight = out.astype(np.float64) + 1.0
+    index_zyx = np.array([(weight * g).sum() / weight.sum() for g in np.indices(out.shape)])
+    matrix = np.asarray(info["direction"]).reshape(3, 3)
+    return np.asarray(info["origin"]) + matrix @ (index_zyx[::-1] * np.asarray(info["spacing"][::-1]))
+
+
+@pytest.mark.parametrize("case", ["padded", "stretched", "upsampled", "blank-removed"])
+def test_output_geometry_puts_the_anatomy_where_it_was(case):
+    from tests.data.conftest import oblique_direction
+
+    shape, spacing, centre_index, radius = (30, 50, 60), (2.5, 0.9, 0.8), (12, 30, 21), 9.0
+    params = PreprocessParams(size=32)
+    if case == "stretched":
+        params = PreprocessParams(size=32, keep_aspect=False)
+    elif case == "upsampled":  # finer than the grid needs: MONAI's Resize scales it up
+        shape, spacing, centre_index, radius = (11, 13, 17), (1.0, 1.0, 1.0), (5, 6, 9), 3.5
+    volume, centre = _ball_volume(shape, spacing, (-120.5, 33.25, 7.0), oblique_direction(), centre_index, radius)
+    if case == "blank-removed":
+        params = PreprocessParams(size=32, blank_slices="remove")
+        volume.array[:5] = -1024.0  # removed: voxel 0 moves to slice 5
+    out, info = preprocess_with_info(volume, params)
+    assert len(info["origin"]) == 3 and len(info["direction"]) == 9 and len(info["spacing"]) == 3
+    error = np.linalg.norm(_physical_centroid(out, info) - centre)
+    assert error < 0.3 * min(info["spacing"]), (error, info)
