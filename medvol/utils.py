@@ -130,7 +130,6 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "monai": ("monai", "itk"),
     "tensorboard": ("tensorboard", "log"), "tqdm": ("tqdm", "log"),
     "matplotlib": ("matplotlib", "plot"),
-    "scipy": ("scipy", "eval"), "sklearn": ("scikit-learn", "eval"),
 }
 
 
