@@ -16,7 +16,9 @@ def register(subparsers) -> None:
         "with their physical spacing and orientation.",
     )
     parser.add_argument("paths", nargs="*", metavar="PATH",
-                        help="volume file, DICOM series folder, folder of volumes or glob")
+                        help="volume file, DICOM series folder, folder of volumes, glob, or a "
+                             "preprocessing cache folder / CACHE/volumes/NAME.npy (shown in HU "
+                             "with the entry's geometry)")
     parser.add_argument("--window", metavar="PRESET|LOW,HIGH",
                         help=f"CT window in HU: {presets}, or LOW,HIGH (write --window=-1000,400 when LOW is "
                         "negative); default: each volume's 0.5-99.5 percentile range")
