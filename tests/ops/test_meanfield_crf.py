@@ -1,11 +1,17 @@
 """meanfield_crf: every backend vs the float64 reference, forward and all gradients, both forms."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from _tolerances import assert_close_to_reference
 
 from medvol.ops import available_backends, meanfield_crf, meanfield_crf_reference
 
+ROOT = Path(__file__).resolve().parents[2]
 # (B, N, F, T): minimal, N not a power of two, odd F, B = 1 and 3, zero iterations.
 SHAPES = [(1, 1, 1, 1), (1, 7, 33, 3), (3, 12, 40, 5), (2, 16, 129, 10), (3, 5, 17, 0)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -133,6 +139,38 @@ def test_cpp_many_columns_and_threads(shape, threads, seed):
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_cpp_crash_shapes_in_a_subprocess(seed):
+    """The two shapes that crashed the former kernel (exit 139), forward and backward, in a child
+    process: a segfault there fails this test instead of ending the test session."""
+    _skip_unless_available("cpp")
+    script = (
+        "import sys, torch\n"
+        "from medvol.ops import meanfield_crf\n"
+        "torch.manual_seed(int(sys.argv[1])); torch.set_num_threads(2)\n"
+        "for shape in ((2, 33, 1500), (1, 128, 4096)):\n"
+        "    x = torch.randn(*shape, requires_grad=True)\n"
+        "    out = meanfield_crf(x, torch.randn(shape[:2]), torch.randn(shape[1], shape[1]), backend='cpp')\n"
+        "    out.sum().backward()\n"
+        "    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()\n"
+        "print('done')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.run([sys.executable, "-c", script, str(seed)], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert child.returncode == 0 and child.stdout.strip() == "done", \
+        f"exit {child.returncode}\n{child.stdout}\n{child.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("shape", [(2, 33, 1500), (1, 128, 4096)], ids=str)
+def test_triton_many_columns_and_nodes(shape, seed):
+    """The cpp crash shapes through the Triton kernels: N past one 32/64-row tile, F over many
+    BLOCK_K tiles and several split-K chunks."""
+    _skip_unless_available("triton")
+    B, N, F = shape
+    inputs, grad = _inputs(B, N, F, torch.float32, seed)
+    _check("triton", inputs, grad, torch.float32, iterations=10, self_pairs=True)
 
 
 @pytest.mark.parametrize("backend", ["torch", *FAST])
