@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <math.h>
+
 // feats come in float32, bfloat16 or float16 (always accumulated in float32).
 #define MEDVOL_DISPATCH_FEATS(TYPE, NAME, ...)                     \
   AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
@@ -11,12 +13,21 @@
 
 namespace medvol {
 
-// Cosine similarity uses ||f_i|| clamped at 1e-8 (as torch.nn.functional.cosine_similarity);
-// the Gram diagonal holds ||f_i||^2, so the clamp is applied to it squared.
-constexpr float kCrfEps2 = 1e-16f;
+// The node norm n_i = sqrt(G_ii) from the Gram diagonal (which can only be >= 0; the clamp keeps
+// rounding from making a NaN). A zero node has n_i = 0 and gets no gradient through its norm, as
+// torch.linalg.vector_norm gives at 0.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline float crf_norm(float gram_ii) { return sqrtf(fmaxf(gram_ii, 0.f)); }
+
+inline void check_crf_options(double eps) {
+  TORCH_CHECK(eps >= 0, "meanfield_crf: eps must be >= 0, got ", eps);  // NaN fails too
+}
 
 inline void check_crf_forward_args(const at::Tensor& feats, const at::Tensor& unary,
-                                   const at::Tensor& compat, int64_t iterations) {
+                                   const at::Tensor& compat, int64_t iterations, double eps) {
+  check_crf_options(eps);
   TORCH_CHECK(feats.dim() == 3, "meanfield_crf: feats must be [B, N, F], got ", feats.sizes());
   const auto B = feats.size(0), N = feats.size(1);
   TORCH_CHECK(unary.dim() == 2 && unary.size(0) == B && unary.size(1) == N,
@@ -35,7 +46,8 @@ inline void check_crf_forward_args(const at::Tensor& feats, const at::Tensor& un
 
 inline void check_crf_backward_args(const at::Tensor& grad, const at::Tensor& feats,
                                     const at::Tensor& compat, const at::Tensor& gram,
-                                    const at::Tensor& saved) {
+                                    const at::Tensor& saved, double eps) {
+  check_crf_options(eps);
   TORCH_CHECK(feats.dim() == 3, "meanfield_crf_backward: feats must be [B, N, F]");
   const auto B = feats.size(0), N = feats.size(1);
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == B && grad.size(1) == N,

@@ -5,7 +5,9 @@ Four kernels, two per direction; the launchers allocate outputs and pick block s
 forward   ``_gram_partial``  split-K raw Gram: program (s, b) computes F_b[:, chunk s] F_b[:, chunk s]^T
                              with ``tl.dot`` (one read of feats in total);
           ``_crf_forward``   program b sums the S partials in a fixed order (deterministic), normalises
-                             with the diagonal and runs the T iterations, saving the T logit vectors.
+                             with the diagonal (cos = G_ij / (n_i n_j + eps), self-pairs kept or
+                             dropped by the constexpr SELF_PAIRS) and runs the T iterations, saving
+                             the T logit vectors.
 backward  ``_crf_backward``  program b walks the iterations back (dP accumulated as outer products)
                              and writes Gsym = dG + dG^T, dWsym per batch item and grad_unary;
           ``_gram_apply``    grad_F = Gsym F, one read of feats and one write of grad_F.
@@ -21,7 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-EPS2 = 1e-16  # ||f||^2 clamp, i.e. ||f|| >= 1e-8 as in torch.nn.functional.cosine_similarity
 MAX_NODES = 128
 
 
@@ -44,23 +45,24 @@ def _gram_partial(F, P, N, K, stride_fb, stride_fn, chunk, S,
 
 
 @triton.jit
-def _potentials(g, W, N, BLOCK_N: tl.constexpr):
-    """From the raw Gram tile g: its diagonal, norms, cosines C, Wsym and potentials P = C Wsym
-    (self-pairs excluded: a node sends no message to itself)."""
+def _potentials(g, W, N, eps, SELF_PAIRS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """From the raw Gram tile g: norms n, cosines C = g / (n n^T + eps), the masked Wsym (zero
+    diagonal without self-pairs) and potentials P = C Wsym; all zero outside the N x N block."""
     rn = tl.arange(0, BLOCK_N)
     i = rn[:, None]
     j = rn[None, :]
     inside = (i < N) & (j < N)
-    diag = tl.sum(tl.where(i == j, g, 0.0), axis=1)
-    nrm = tl.sqrt(tl.maximum(diag, EPS2))
-    off = inside & (i != j)
-    cos = tl.where(off, g / (nrm[:, None] * nrm[None, :]), 0.0)
-    wsym = 0.5 * (tl.load(W + i * N + j, mask=inside, other=0.0) + tl.load(W + j * N + i, mask=inside, other=0.0))
-    return diag, nrm, cos, wsym, cos * wsym
+    # The diagonal can only be >= 0; the clamp keeps rounding from making a NaN.
+    nrm = tl.sqrt(tl.maximum(tl.sum(tl.where(i == j, g, 0.0), axis=1), 0.0))
+    denom = tl.where(inside, nrm[:, None] * nrm[None, :] + eps, 1.0)  # no 0 / 0 in the padding
+    cos = tl.where(inside, g / denom, 0.0)
+    pairs = inside if SELF_PAIRS else inside & (i != j)
+    wsym = 0.5 * (tl.load(W + i * N + j, mask=pairs, other=0.0) + tl.load(W + j * N + i, mask=pairs, other=0.0))
+    return nrm, denom, cos, wsym, pairs, cos * wsym
 
 
 @triton.jit
-def _crf_forward(P, S, U, W, G, L, SV, B, N, T, BLOCK_N: tl.constexpr):
+def _crf_forward(P, S, U, W, G, L, SV, B, N, T, eps, SELF_PAIRS: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(0)
     rn = tl.arange(0, BLOCK_N)
     i = rn[:, None]
@@ -69,8 +71,9 @@ def _crf_forward(P, S, U, W, G, L, SV, B, N, T, BLOCK_N: tl.constexpr):
     g = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
     for s in range(S):
         g += tl.load(P + ((b * S + s) * N + i) * N + j, mask=inside, other=0.0)
+    g = 0.5 * (g + tl.trans(g))  # tf32x3 dots round G_ij and G_ji differently; the backward needs P = P^T
     tl.store(G + (b * N + i) * N + j, g, mask=inside)
-    _, _, _, _, pot = _potentials(g, W, N, BLOCK_N)
+    _, _, _, _, _, pot = _potentials(g, W, N, eps, SELF_PAIRS, BLOCK_N)
     valid = rn < N
     u = tl.load(U + b * N + rn, mask=valid, other=0.0)
     lg = u
@@ -82,7 +85,7 @@ def _crf_forward(P, S, U, W, G, L, SV, B, N, T, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _crf_backward(GO, W, G, SV, DU, GS, DW, B, N, T, BLOCK_N: tl.constexpr):
+def _crf_backward(GO, W, G, SV, DU, GS, DW, B, N, T, eps, SELF_PAIRS: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(0)
     rn = tl.arange(0, BLOCK_N)
     i = rn[:, None]
@@ -90,7 +93,7 @@ def _crf_backward(GO, W, G, SV, DU, GS, DW, B, N, T, BLOCK_N: tl.constexpr):
     inside = (i < N) & (j < N)
     valid = rn < N
     gram = tl.load(G + (b * N + i) * N + j, mask=inside, other=0.0)
-    diag, nrm, cos, wsym, pot = _potentials(gram, W, N, BLOCK_N)
+    nrm, denom, cos, wsym, pairs, pot = _potentials(gram, W, N, eps, SELF_PAIRS, BLOCK_N)
     g = tl.load(GO + b * N + rn, mask=valid, other=0.0)
     du = g
     dp = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
@@ -102,14 +105,16 @@ def _crf_backward(GO, W, G, SV, DU, GS, DW, B, N, T, BLOCK_N: tl.constexpr):
         dp += g[:, None] * m[None, :]
         g = tl.where(valid, tl.sum(pot * g[None, :], axis=1) * 2.0 * q * (1.0 - q), 0.0)
         du += g
-    off = inside & (i != j)
-    dcs = tl.where(off, (dp + tl.trans(dp)) * wsym, 0.0)
-    gs = dcs / (nrm[:, None] * nrm[None, :])
-    srow = tl.sum(dcs * cos, axis=1)
-    gdiag = tl.where(diag > EPS2, -srow / (nrm * nrm), 0.0)
-    gs = tl.where(i == j, gdiag[:, None], gs)
+    # Through P = C Wsym: dWsym = dP C (masked). Through C_ij = G_ij / (n_i n_j + eps), G taken
+    # with independent entries: Gsym = dG + dG^T has (dP_ij + dP_ji) Wsym_ij / (n_i n_j + eps)
+    # everywhere, and the diagonal adds the path through n_i = sqrt(G_ii):
+    # -(1 / n_i) sum_j Gsym_ij C_ij n_j (none for a zero node).
+    gs = tl.where(inside, (dp + tl.trans(dp)) * wsym / denom, 0.0)
+    srow = tl.sum(gs * cos * nrm[None, :], axis=1)
+    gdiag = tl.where(nrm > 0.0, -srow / tl.where(nrm > 0.0, nrm, 1.0), 0.0)
+    gs = tl.where(i == j, gs + gdiag[:, None], gs)
     tl.store(GS + (b * N + i) * N + j, gs, mask=inside)
-    tl.store(DW + (b * N + i) * N + j, tl.where(off, dp * cos, 0.0), mask=inside)
+    tl.store(DW + (b * N + i) * N + j, tl.where(pairs, dp * cos, 0.0), mask=inside)
     tl.store(DU + b * N + rn, du, mask=valid)
 
 
@@ -157,8 +162,8 @@ def _split_k(feats: torch.Tensor, block_k: int) -> tuple[int, int]:
     return triton.cdiv(max(K, 1), chunk), chunk
 
 
-def meanfield_crf_forward(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor,
-                          iterations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def meanfield_crf_forward(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor, iterations: int,
+                          self_pairs: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launcher. Returns (logits [B, N], gram [B, N, N], saved [T, B, N]), all float32."""
     feats = _rows_last_contiguous(feats)
     unary = unary.to(torch.float32).contiguous()
@@ -177,13 +182,14 @@ def meanfield_crf_forward(feats: torch.Tensor, unary: torch.Tensor, compat: torc
     prec = "tf32x3" if feats.dtype == torch.float32 else "tf32"
     _gram_partial[(S, B)](feats, partial, N, K, feats.stride(0), feats.stride(1), chunk, S,
                           BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=prec, num_warps=8 if BLOCK_N >= 128 else 4)
-    _crf_forward[(B,)](partial, S, unary, compat, gram, logits, saved, B, N, iterations, BLOCK_N=BLOCK_N,
-                       num_warps=_warps(BLOCK_N))
+    _crf_forward[(B,)](partial, S, unary, compat, gram, logits, saved, B, N, iterations, float(eps),
+                       SELF_PAIRS=self_pairs, BLOCK_N=BLOCK_N, num_warps=_warps(BLOCK_N))
     return logits, gram, saved
 
 
 def meanfield_crf_backward(grad: torch.Tensor, feats: torch.Tensor, compat: torch.Tensor, gram: torch.Tensor,
-                           saved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           saved: torch.Tensor, self_pairs: bool,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launcher. Returns (grad_feats in feats' dtype, grad_unary float32, grad_compat float32)."""
     feats = _rows_last_contiguous(feats)
     grad = grad.to(torch.float32).contiguous()
@@ -199,7 +205,7 @@ def meanfield_crf_backward(grad: torch.Tensor, feats: torch.Tensor, compat: torc
     if B == 0:
         return grad_feats, grad_unary, torch.zeros(N, N, **opts)
     _crf_backward[(B,)](grad, compat, gram.contiguous(), saved.contiguous(), grad_unary, gsym, dws, B, N, T,
-                        BLOCK_N=BLOCK_N, num_warps=_warps(BLOCK_N))
+                        float(eps), SELF_PAIRS=self_pairs, BLOCK_N=BLOCK_N, num_warps=_warps(BLOCK_N))
     if K > 0:
         BLOCK_K = 64 if BLOCK_N <= 64 else 32
         # tf32x3 keeps fp32 gradients at about fp32 accuracy; tf32 is exact enough for bf16/fp16 outputs.

@@ -11,6 +11,7 @@ a CSV keyed by device (``--csv``) and prints a markdown table for docs/kernels.m
 
     python tools/bench_meanfield_crf.py                      # CUDA if present, else CPU
     python tools/bench_meanfield_crf.py --device cpu --sizes 128 256 --reps 5
+    python tools/bench_meanfield_crf.py --forms published no-self-pairs   # both self-pair settings
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EMB_CHANNELS = 64
+# The pair-potential settings of meanfield_crf: the published CRF-GAN one and medvol's alternative.
+FORMS = {"published": dict(self_pairs=True, eps=1e-6), "no-self-pairs": dict(self_pairs=False, eps=1e-6)}
 
 
 def _shape(size: int, batch: int) -> tuple[int, int, int]:
@@ -46,7 +49,8 @@ def worker(config: dict) -> dict:
     grad = torch.randn(B, N, device=device)
 
     def fwd():
-        return meanfield_crf(feats, unary, compat, iterations=config["iterations"], backend=config["backend"])
+        return meanfield_crf(feats, unary, compat, iterations=config["iterations"], backend=config["backend"],
+                             **FORMS[config["form"]])
 
     def fwd_bwd():
         fwd().backward(grad)
@@ -74,6 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--forms", nargs="+", default=["published"], choices=sorted(FORMS),
+                        help="self-pair settings (published: self_pairs=True; no-self-pairs: False), eps 1e-6")
     parser.add_argument("--backends", nargs="+", default=None, help="default: every backend available here")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--csv", type=Path, default=ROOT / "docs" / "bench" / "meanfield_crf.csv")
@@ -93,31 +99,32 @@ def main(argv=None) -> int:
     date = datetime.date.today().isoformat()
     rows = []
     for size in args.sizes:
-        for dtype in args.dtypes:
-            base = None
-            for backend in ["torch"] + [b for b in backends if b != "torch"]:
-                config = dict(device=args.device, shape=_shape(size, args.batch), dtype=dtype, backend=backend,
-                              iterations=args.iterations, reps=args.reps)
-                result = _bench.run_isolated(__file__, config)
-                if backend == "torch":
-                    base = result.get("fwd_bwd_ms")
-                if base and result.get("fwd_bwd_ms"):
-                    result["speedup_fwd_bwd"] = base / result["fwd_bwd_ms"]
-                rows.append({"device": name, "date": date, "size": size,
-                             **{k: v for k, v in result.items() if k not in ("device", "reps")}})
-                print(rows[-1], file=sys.stderr)
-    _bench.write_csv(args.csv, rows, ("device", "size", "shape", "dtype", "backend", "iterations"))
+        for form in args.forms:
+            for dtype in args.dtypes:
+                base = None
+                for backend in ["torch"] + [b for b in backends if b != "torch"]:
+                    config = dict(device=args.device, shape=_shape(size, args.batch), dtype=dtype, backend=backend,
+                                  iterations=args.iterations, reps=args.reps, form=form)
+                    result = _bench.run_isolated(__file__, config)
+                    if backend == "torch":
+                        base = result.get("fwd_bwd_ms")
+                    if base and result.get("fwd_bwd_ms"):
+                        result["speedup_fwd_bwd"] = base / result["fwd_bwd_ms"]
+                    rows.append({"device": name, "date": date, "size": size, "form": form,
+                                 **{k: v for k, v in result.items() if k not in ("device", "reps")}})
+                    print(rows[-1], file=sys.stderr)
+    _bench.write_csv(args.csv, rows, ("device", "size", "shape", "form", "dtype", "backend", "iterations"))
     command = "python tools/bench_meanfield_crf.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"Device: {name}; {date}; `{command.strip()}`\n")
-    print("| S | B, N, F | dtype | backend | fwd ms | fwd+bwd ms | peak MB | fwd+bwd speed-up | fwd+bwd GB/s | "
+    print("| S | B, N, F | form | dtype | backend | fwd ms | fwd+bwd ms | peak MB | fwd+bwd speed-up | fwd+bwd GB/s | "
           "of peak BW |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['size']} | {r['shape']} | {r['dtype']} | {r['backend']} | error: {r['error']} ||||||")
+            print(f"| {r['size']} | {r['shape']} | {r['form']} | {r['dtype']} | {r['backend']} | error: {r['error']} ||||||")
             continue
         frac = r.get("fwd_bwd_bw_frac")
-        print(f"| {r['size']} | {', '.join(map(str, r['shape']))} | {r['dtype']} | {r['backend']} | "
+        print(f"| {r['size']} | {', '.join(map(str, r['shape']))} | {r['form']} | {r['dtype']} | {r['backend']} | "
               f"{_bench.fmt(r['fwd_ms'])} | {_bench.fmt(r['fwd_bwd_ms'])} | {_bench.fmt(r['peak_mb'], 0)} | "
               f"{_bench.fmt(r.get('speedup_fwd_bwd'))}x | {_bench.fmt(r['fwd_bwd_gbs'], 1)} | "
               f"{_bench.fmt(frac * 100 if frac else None, 0)}{'%' if frac else ''} |")

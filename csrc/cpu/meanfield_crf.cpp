@@ -1,13 +1,17 @@
-// Mean-field CRF on the CPU (OpenMP). See medvol/ops/meanfield_crf.py for the maths.
+// Mean-field CRF on the CPU. See medvol/ops/meanfield_crf.py for the maths.
 //
-// The heavy parts are the raw Gram G = F F^T (forward) and grad_F = Gsym F (backward), both one
-// streaming pass over feats split along F into blocks that stay in cache; the T iterations and
-// their backward work on N x N matrices and are negligible.
+// The heavy parts are the raw Gram G = F F^T (forward) and grad_F = Gsym F (backward), each one
+// pass over feats cut into blocks of kBlockK columns. Every block is one float32 GEMM through ATen
+// (MKL or OpenBLAS, single-threaded inside at::parallel_for, which spreads the blocks over the
+// threads); a bf16/fp16 block is first widened into a per-task buffer, a float32 block is used in
+// place (rows may be strided). The T iterations and their backward are N x N work per batch item.
+//
+// The former hand-written micro-kernels were replaced by the GEMMs: GCC 12 vectorised the AVX-512
+// clone of the Gram kernel with loads of three rows past the current one, reading past the end of
+// its buffer (a segfault at N = 33, F = 1500, B = 2 and at N = 128, F = 4096).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,182 +22,119 @@
 namespace medvol {
 namespace {
 
-// Columns of F per block: N rows x 1024 floats stays in L2 for N <= 128.
+// Columns per block: float32 sums within a block, float64 across blocks.
 constexpr int64_t kBlockK = 1024;
-// Register tile of the micro-kernels: MR rows x NR columns of float accumulators.
-constexpr int64_t kMR = 4;
-constexpr int64_t kNR = 16;
+// Per batch item the blocks are cut into at most this many groups, each summed into its own
+// float64 partial Gram; the partials are added in a fixed order, so the result does not depend on
+// the number of threads.
+constexpr int64_t kMaxGroups = 64;
 
-// x86-64 builds carry AVX-512 and AVX2+FMA clones of the micro-kernels, picked at load time, next
-// to the baseline SSE2 version: the wheel stays portable and the kernels use the machine's width.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MEDVOL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MEDVOL_CLONES
-#endif
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Widens block [N, len] of feats (row stride ld) to float, transposed to k-major [len, NP] with
-// rows N..NP zero: the Gram micro-kernel then reads one contiguous node vector per k.
-template <typename scalar_t>
-void load_transposed(const scalar_t* src, int64_t ld, int64_t N, int64_t NP, int64_t len, float* xt) {
-  for (int64_t k = 0; k < len; ++k) {
-    float* row = xt + k * NP;
-    for (int64_t i = 0; i < N; ++i) row[i] = static_cast<float>(src[i * ld + k]);
-    for (int64_t i = N; i < NP; ++i) row[i] = 0.f;
-  }
+// Columns [k0, k0 + len) of x [N, K] as float32: a view for float32 x, else widened into buf.
+at::Tensor float_block(const at::Tensor& x, int64_t k0, int64_t len, const at::Tensor& buf) {
+  auto block = x.narrow(1, k0, len);
+  if (x.scalar_type() == at::kFloat) return block;
+  auto wide = buf.narrow(1, 0, len);
+  wide.copy_(block);
+  return wide;
 }
 
-// Widens block [N, len] of feats to float, row-major [NP, kBlockK] with rows N..NP zero.
-template <typename scalar_t>
-void load_rows(const scalar_t* src, int64_t ld, int64_t N, int64_t NP, int64_t len, float* x) {
-  for (int64_t i = 0; i < NP; ++i) {
-    for (int64_t k = 0; k < len; ++k) x[i * kBlockK + k] = i < N ? static_cast<float>(src[i * ld + k]) : 0.f;
-  }
-}
-
-// pb[i, j] += sum_k xt[k, i] xt[k, j] for the lower triangle j <= i (fp32 sums within the block).
-MEDVOL_CLONES
-void gram_block(const float* __restrict xt, int64_t len, int64_t N, int64_t NP, double* __restrict pb) {
-  for (int64_t i0 = 0; i0 < N; i0 += kMR) {
-    for (int64_t j0 = 0; j0 <= i0 + kMR - 1 && j0 < N; j0 += kNR) {
-      float acc[kMR][kNR] = {};
-      for (int64_t k = 0; k < len; ++k) {
-        const float* row = xt + k * NP;
-        // Fully unrolled so that acc lives in vector registers (18x faster than without).
-#pragma GCC unroll 4
-        for (int64_t r = 0; r < kMR; ++r) {
-          const float a = row[i0 + r];
-#pragma GCC unroll 16
-          for (int64_t c = 0; c < kNR; ++c) acc[r][c] += a * row[j0 + c];
-        }
-      }
-      for (int64_t r = 0; r < kMR && i0 + r < N; ++r)
-        for (int64_t c = 0; c < kNR && j0 + c <= i0 + r; ++c) pb[(i0 + r) * N + j0 + c] += acc[r][c];
-    }
-  }
-}
-
-// out[i, k] = sum_j g[i, j] x[j, k] for a block of kNR-wide column strips.
-MEDVOL_CLONES
-void apply_block(const float* __restrict g, const float* __restrict x, int64_t N, int64_t NP, int64_t len,
-                 float* __restrict out) {
-  for (int64_t i0 = 0; i0 < NP; i0 += kMR) {
-    for (int64_t k0 = 0; k0 < len; k0 += kNR) {
-      float acc[kMR][kNR] = {};
-      for (int64_t j = 0; j < N; ++j) {
-        const float* xj = x + j * kBlockK + k0;
-#pragma GCC unroll 4
-        for (int64_t r = 0; r < kMR; ++r) {
-          const float s = g[(i0 + r) * NP + j];
-#pragma GCC unroll 16
-          for (int64_t c = 0; c < kNR; ++c) acc[r][c] += s * xj[c];
-        }
-      }
-      for (int64_t r = 0; r < kMR; ++r)
-        for (int64_t c = 0; c < kNR; ++c) out[(i0 + r) * kBlockK + k0 + c] = acc[r][c];
-    }
-  }
-}
-
-// gram[b] = F_b F_b^T in float32 (fp32 products and fp32 sums within a block, blocks summed in
-// double), exploiting symmetry.
-template <typename scalar_t>
-void gram_cpu(const scalar_t* feats, int64_t B, int64_t N, int64_t K, float* gram) {
-  const int64_t NP = round_up(std::max<int64_t>(N, 1), kNR);
+// gram[b] = F_b F_b^T, float32 out of float64 sums of float32 block products, exactly symmetric.
+at::Tensor gram_cpu(const at::Tensor& feats) {
+  const int64_t B = feats.size(0), N = feats.size(1), K = feats.size(2);
   const int64_t nblocks = (K + kBlockK - 1) / kBlockK;
-  const int64_t items = B * nblocks;
-  std::vector<double> total(B * N * N, 0.0);
-#pragma omp parallel num_threads(at::get_num_threads())
-  {
-    std::vector<double> part(B * N * N, 0.0);
-    std::vector<float> xt(kBlockK * NP);
-#pragma omp for schedule(static)
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t b = it / nblocks, k0 = (it % nblocks) * kBlockK;
-      const int64_t len = std::min(kBlockK, K - k0);
-      load_transposed(feats + b * N * K + k0, K, N, NP, len, xt.data());
-      gram_block(xt.data(), len, N, NP, part.data() + b * N * N);
+  const int64_t groups = std::min(nblocks, kMaxGroups);
+  const auto f32 = feats.options().dtype(at::kFloat);
+  if (groups == 0) return at::zeros({B, N, N}, f32);
+  auto partial = at::zeros({B, groups, N, N}, feats.options().dtype(at::kDouble));
+  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
+    const auto buf = at::empty({N, kBlockK}, f32);
+    auto prod = at::empty({N, N}, f32);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / groups, g = item % groups;
+      const auto x = feats.select(0, b);
+      auto part = partial.select(0, b).select(0, g);
+      for (int64_t blk = g * nblocks / groups; blk < (g + 1) * nblocks / groups; ++blk) {
+        const int64_t k0 = blk * kBlockK;
+        const auto xb = float_block(x, k0, std::min(kBlockK, K - k0), buf);
+        at::mm_out(prod, xb, xb.t());
+        part.add_(prod);
+      }
     }
-#pragma omp critical
-    for (size_t e = 0; e < total.size(); ++e) total[e] += part[e];
-  }
-  for (int64_t b = 0; b < B; ++b) {
+  });
+  auto total = partial.select(1, 0).clone();
+  for (int64_t g = 1; g < groups; ++g) total.add_(partial.select(1, g));
+  return ((total + total.transpose(1, 2)) * 0.5).to(at::kFloat);
+}
+
+// out[b] = gsym[b] @ F_b, contiguous, in feats' dtype.
+at::Tensor gram_apply_cpu(const at::Tensor& gsym, const at::Tensor& feats) {
+  const int64_t B = feats.size(0), N = feats.size(1), K = feats.size(2);
+  const int64_t nblocks = (K + kBlockK - 1) / kBlockK;
+  auto out = at::empty(feats.sizes(), feats.options());
+  const bool wide = feats.scalar_type() == at::kFloat;
+  const auto f32 = feats.options().dtype(at::kFloat);
+  at::parallel_for(0, B * nblocks, 1, [&](int64_t begin, int64_t end) {
+    const auto buf = at::empty({N, kBlockK}, f32);
+    const auto prod = at::empty({N, kBlockK}, f32);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / nblocks, k0 = (item % nblocks) * kBlockK;
+      const int64_t len = std::min(kBlockK, K - k0);
+      const auto xb = float_block(feats.select(0, b), k0, len, buf);
+      auto o = out.select(0, b).narrow(1, k0, len);
+      if (wide) {
+        at::mm_out(o, gsym.select(0, b), xb);  // straight into the strided rows of out
+      } else {
+        auto p = prod.narrow(1, 0, len);
+        at::mm_out(p, gsym.select(0, b), xb);
+        o.copy_(p);
+      }
+    }
+  });
+  return out;
+}
+
+// Per batch item, from the raw Gram G [N, N] and W: norms n, cosines C = G / (n n^T + eps), the
+// masked symmetric compatibility Wm = Wsym (zero diagonal without self-pairs) and P = C Wm.
+struct PairTerms {
+  std::vector<float> nrm, cos, wm, pot;
+  explicit PairTerms(int64_t N) : nrm(N), cos(N * N), wm(N * N), pot(N * N) {}
+
+  void compute(const float* G, const float* W, int64_t N, bool self_pairs, float eps) {
+    for (int64_t i = 0; i < N; ++i) nrm[i] = crf_norm(G[i * N + i]);
     for (int64_t i = 0; i < N; ++i) {
-      for (int64_t j = 0; j <= i; ++j) {
-        const float v = static_cast<float>(total[(b * N + i) * N + j]);
-        gram[(b * N + i) * N + j] = v;
-        gram[(b * N + j) * N + i] = v;
+      for (int64_t j = 0; j < N; ++j) {
+        const int64_t ij = i * N + j;
+        cos[ij] = G[ij] / (nrm[i] * nrm[j] + eps);
+        wm[ij] = (self_pairs || i != j) ? 0.5f * (W[ij] + W[j * N + i]) : 0.f;
+        pot[ij] = cos[ij] * wm[ij];
       }
     }
   }
-}
-
-// out[b] = gsym[b] @ F_b, written in feats' dtype.
-template <typename scalar_t>
-void gram_apply_cpu(const float* gsym, const scalar_t* feats, int64_t B, int64_t N, int64_t K,
-                    scalar_t* out) {
-  const int64_t NP = round_up(std::max<int64_t>(N, 1), kMR);
-  const int64_t nblocks = (K + kBlockK - 1) / kBlockK;
-  const int64_t items = B * nblocks;
-  // gsym padded to [NP, NP] per batch item so that the micro-kernel needs no row bounds.
-  std::vector<float> gpad(B * NP * NP, 0.f);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j < N; ++j) gpad[(b * NP + i) * NP + j] = gsym[(b * N + i) * N + j];
-#pragma omp parallel num_threads(at::get_num_threads())
-  {
-    std::vector<float> x(NP * kBlockK), acc(NP * kBlockK);
-#pragma omp for schedule(static)
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t b = it / nblocks, k0 = (it % nblocks) * kBlockK;
-      const int64_t len = std::min(kBlockK, K - k0);
-      const int64_t padded = round_up(len, kNR);  // zero columns past len keep strips whole
-      load_rows(feats + b * N * K + k0, K, N, NP, len, x.data());
-      for (int64_t i = 0; i < NP; ++i) std::fill(x.data() + i * kBlockK + len, x.data() + i * kBlockK + padded, 0.f);
-      apply_block(gpad.data() + b * NP * NP, x.data(), N, NP, padded, acc.data());
-      for (int64_t i = 0; i < N; ++i) {
-        scalar_t* o = out + (b * N + i) * K + k0;
-        for (int64_t k = 0; k < len; ++k) o[k] = static_cast<scalar_t>(acc[i * kBlockK + k]);
-      }
-    }
-  }
-}
-
-inline float pair_potential(const float* G, const float* W, const float* nrm, int64_t N, int64_t i,
-                            int64_t j) {
-  // Self-pairs are excluded: a node does not send a message to itself.
-  if (i == j) return 0.f;
-  return G[i * N + j] / (nrm[i] * nrm[j]) * 0.5f * (W[i * N + j] + W[j * N + i]);
-}
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_forward_cpu(
-    const at::Tensor& feats_in, const at::Tensor& unary_in, const at::Tensor& compat_in,
-    int64_t iterations) {
-  check_crf_forward_args(feats_in, unary_in, compat_in, iterations);
+    const at::Tensor& feats_in, const at::Tensor& unary_in, const at::Tensor& compat_in, int64_t iterations,
+    bool self_pairs, double eps) {
+  check_crf_forward_args(feats_in, unary_in, compat_in, iterations, eps);
   TORCH_CHECK(feats_in.device().is_cpu(), "meanfield_crf_forward_cpu: feats must be on the CPU");
-  const auto feats = feats_in.contiguous();
+  // Detached: the block GEMMs are out= ATen calls, which refuse inputs that require grad (this
+  // kernel runs below autograd, but its ATen calls, on the worker threads too, start above it).
+  const auto feats = feats_in.detach();
   const auto unary = unary_in.to(at::kFloat).contiguous();
   const auto compat = compat_in.to(at::kFloat).contiguous();
-  const int64_t B = feats.size(0), N = feats.size(1), K = feats.size(2), T = iterations;
+  const int64_t B = feats.size(0), N = feats.size(1), T = iterations;
   auto opts = feats.options().dtype(at::kFloat);
-  auto gram = at::empty({B, N, N}, opts);
+  const auto gram = gram_cpu(feats).contiguous();
   auto logits = at::empty({B, N}, opts);
   auto saved = at::empty({T, B, N}, opts);
-  MEDVOL_DISPATCH_FEATS(feats.scalar_type(), "meanfield_crf_gram", [&] {
-    gram_cpu<scalar_t>(feats.data_ptr<scalar_t>(), B, N, K, gram.data_ptr<float>());
-  });
   const float* W = compat.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> nrm(N), l(N), m(N);
+    PairTerms terms(N);
+    std::vector<float> l(N), m(N);
     for (int64_t b = b0; b < b1; ++b) {
-      const float* G = gram.data_ptr<float>() + b * N * N;
+      terms.compute(gram.data_ptr<float>() + b * N * N, W, N, self_pairs, static_cast<float>(eps));
       const float* u = unary.data_ptr<float>() + b * N;
-      for (int64_t i = 0; i < N; ++i) {
-        nrm[i] = std::sqrt(std::max(G[i * N + i], kCrfEps2));
-        l[i] = u[i];
-      }
+      std::copy(u, u + N, l.begin());
       for (int64_t t = 0; t < T; ++t) {
         float* s = saved.data_ptr<float>() + (t * B + b) * N;
         for (int64_t i = 0; i < N; ++i) {
@@ -202,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_forward_cpu(
         }
         for (int64_t i = 0; i < N; ++i) {
           float acc = 0.f;
-          for (int64_t j = 0; j < N; ++j) acc += pair_potential(G, W, nrm.data(), N, i, j) * m[j];
+          for (int64_t j = 0; j < N; ++j) acc += terms.pot[i * N + j] * m[j];
           l[i] = u[i] + acc;
         }
       }
@@ -214,29 +155,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_forward_cpu(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& feats_in, const at::Tensor& compat_in,
-    const at::Tensor& gram_in, const at::Tensor& saved_in) {
-  check_crf_backward_args(grad_in, feats_in, compat_in, gram_in, saved_in);
+    const at::Tensor& gram_in, const at::Tensor& saved_in, bool self_pairs, double eps) {
+  check_crf_backward_args(grad_in, feats_in, compat_in, gram_in, saved_in, eps);
   TORCH_CHECK(feats_in.device().is_cpu(), "meanfield_crf_backward_cpu: feats must be on the CPU");
-  const auto feats = feats_in.contiguous();
+  const auto feats = feats_in.detach();  // as in the forward
   const auto grad = grad_in.to(at::kFloat).contiguous();
   const auto compat = compat_in.to(at::kFloat).contiguous();
   const auto gram = gram_in.contiguous();
   const auto saved = saved_in.contiguous();
-  const int64_t B = feats.size(0), N = feats.size(1), K = feats.size(2), T = saved.size(0);
+  const int64_t B = feats.size(0), N = feats.size(1), T = saved.size(0);
   auto opts = feats.options().dtype(at::kFloat);
   auto grad_unary = at::empty({B, N}, opts);
   auto gsym = at::empty({B, N, N}, opts);
-  auto dws = at::zeros({B, N, N}, opts);
+  auto dws = at::empty({B, N, N}, opts);
   const float* W = compat.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> nrm(N), g(N), gn(N), du(N), gs(T * N), ms(T * N), S(N);
+    PairTerms terms(N);
+    std::vector<float> g(N), gn(N), du(N), gs(T * N), ms(T * N), dp(N * N);
     for (int64_t b = b0; b < b1; ++b) {
-      const float* G = gram.data_ptr<float>() + b * N * N;
-      for (int64_t i = 0; i < N; ++i) {
-        nrm[i] = std::sqrt(std::max(G[i * N + i], kCrfEps2));
-        g[i] = du[i] = grad.data_ptr<float>()[b * N + i];
-      }
-      // Walk the iterations backwards: g holds dL/dl_t; l_t = u + P m(l_{t-1}).
+      terms.compute(gram.data_ptr<float>() + b * N * N, W, N, self_pairs, static_cast<float>(eps));
+      for (int64_t i = 0; i < N; ++i) g[i] = du[i] = grad.data_ptr<float>()[b * N + i];
+      // Walk the iterations back: g holds dL/dl_t; l_t = u + P m(l_{t-1}), m = tanh(l / 2).
       for (int64_t t = T; t >= 1; --t) {
         const float* s = saved.data_ptr<float>() + ((t - 1) * B + b) * N;
         for (int64_t i = 0; i < N; ++i) {
@@ -245,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_backward_cpu(
         }
         for (int64_t i = 0; i < N; ++i) {
           float acc = 0.f;  // (P^T g)_i, P symmetric
-          for (int64_t j = 0; j < N; ++j) acc += pair_potential(G, W, nrm.data(), N, i, j) * g[j];
+          for (int64_t j = 0; j < N; ++j) acc += terms.pot[i * N + j] * g[j];
           const float mi = ms[(t - 1) * N + i];
           gn[i] = acc * 0.5f * (1.f - mi * mi);
         }
@@ -254,39 +193,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_backward_cpu(
           du[i] += gn[i];
         }
       }
-      // dP_ij = sum_t g_t[i] m_{t-1}[j]; chain through P = C * Wsym and C = G / (n n^T).
+      // dP = sum_t g_t m_{t-1}^T.
+      std::fill(dp.begin(), dp.end(), 0.f);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < N; ++i)
+          for (int64_t j = 0; j < N; ++j) dp[i * N + j] += gs[t * N + i] * ms[t * N + j];
+      // Through P = C Wm: dWsym = dP C (masked). Through C_ij = G_ij / (n_i n_j + eps), G taken
+      // with independent entries: Gsym = dG + dG^T has (dP_ij + dP_ji) Wm_ij / (n_i n_j + eps)
+      // everywhere, and the diagonal adds the path through n_i = sqrt(G_ii):
+      // -(1 / n_i) sum_j Gsym_ij C_ij n_j (none for a zero node).
       float* gsb = gsym.data_ptr<float>() + b * N * N;
       float* dwb = dws.data_ptr<float>() + b * N * N;
-      std::fill(S.begin(), S.end(), 0.f);
+      const float* nrm = terms.nrm.data();
       for (int64_t i = 0; i < N; ++i) {
+        float r = 0.f;
         for (int64_t j = 0; j < N; ++j) {
-          if (i == j) continue;
-          float dpij = 0.f, dpji = 0.f;
-          for (int64_t t = 0; t < T; ++t) {
-            dpij += gs[t * N + i] * ms[t * N + j];
-            dpji += gs[t * N + j] * ms[t * N + i];
-          }
-          const float inv = 1.f / (nrm[i] * nrm[j]);
-          const float c = G[i * N + j] * inv;
-          const float dcs = (dpij + dpji) * 0.5f * (W[i * N + j] + W[j * N + i]);
-          gsb[i * N + j] = dcs * inv;
-          S[i] += dcs * c;
-          dwb[i * N + j] = dpij * c;
+          const int64_t ij = i * N + j;
+          gsb[ij] = (dp[ij] + dp[j * N + i]) * terms.wm[ij] / (nrm[i] * nrm[j] + static_cast<float>(eps));
+          dwb[ij] = (self_pairs || i != j) ? dp[ij] * terms.cos[ij] : 0.f;
+          r += gsb[ij] * terms.cos[ij] * nrm[j];
         }
-      }
-      for (int64_t i = 0; i < N; ++i) {
-        gsb[i * N + i] = G[i * N + i] > kCrfEps2 ? -S[i] / (nrm[i] * nrm[i]) : 0.f;
+        if (nrm[i] > 0.f) gsb[i * N + i] -= r / nrm[i];
         grad_unary.data_ptr<float>()[b * N + i] = du[i];
       }
     }
   });
   auto dwsum = dws.sum(0);
   auto grad_compat = (dwsum + dwsum.t()) * 0.5;
-  auto grad_feats = at::empty_like(feats);
-  MEDVOL_DISPATCH_FEATS(feats.scalar_type(), "meanfield_crf_gram_apply", [&] {
-    gram_apply_cpu<scalar_t>(gsym.data_ptr<float>(), feats.data_ptr<scalar_t>(), B, N, K,
-                             grad_feats.data_ptr<scalar_t>());
-  });
+  const auto grad_feats = gram_apply_cpu(gsym, feats);
   return {grad_feats, grad_unary, grad_compat};
 }
 

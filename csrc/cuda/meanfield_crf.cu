@@ -71,16 +71,25 @@ __global__ void gram_partial_kernel(const scalar_t* __restrict__ feats, int64_t 
     }
 }
 
-__device__ __forceinline__ float pair_potential(const float* G, const float* W, const float* nrm,
-                                                int N, int i, int j) {
-  // Self-pairs are excluded: a node does not send a message to itself.
-  if (i == j) return 0.f;
-  return G[i * N + j] / (nrm[i] * nrm[j]) * 0.5f * (W[i * N + j] + W[j * N + i]);
+// C_ij = G_ij / (n_i n_j + eps).
+__device__ __forceinline__ float cosine(const float* G, const float* nrm, int N, int i, int j, float eps) {
+  return G[i * N + j] / (nrm[i] * nrm[j] + eps);
+}
+
+// Wm_ij = (W_ij + W_ji) / 2, zero on the diagonal without self-pairs.
+__device__ __forceinline__ float masked_wsym(const float* W, int N, int i, int j, bool self_pairs) {
+  return (self_pairs || i != j) ? 0.5f * (W[i * N + j] + W[j * N + i]) : 0.f;
+}
+
+// P_ij = C_ij Wm_ij.
+__device__ __forceinline__ float pair_potential(const float* G, const float* W, const float* nrm, int N, int i,
+                                                int j, bool self_pairs, float eps) {
+  return cosine(G, nrm, N, i, j, eps) * masked_wsym(W, N, i, j, self_pairs);
 }
 
 __global__ void crf_forward_kernel(const float* __restrict__ partial, int S,
                                    const float* __restrict__ unary, const float* __restrict__ compat,
-                                   int B, int N, int T, float* __restrict__ gram,
+                                   int B, int N, int T, bool self_pairs, float eps, float* __restrict__ gram,
                                    float* __restrict__ logits, float* __restrict__ saved) {
   __shared__ float nrm[kMaxNodes], u[kMaxNodes], l[kMaxNodes], m[kMaxNodes];
   const int b = blockIdx.x;
@@ -92,7 +101,7 @@ __global__ void crf_forward_kernel(const float* __restrict__ partial, int S,
   }
   __syncthreads();  // G (global) is visible to the whole block after the barrier
   for (int i = threadIdx.x; i < N; i += blockDim.x) {
-    nrm[i] = sqrtf(fmaxf(G[i * N + i], kCrfEps2));
+    nrm[i] = crf_norm(G[i * N + i]);
     u[i] = l[i] = unary[b * N + i];
   }
   __syncthreads();
@@ -104,7 +113,7 @@ __global__ void crf_forward_kernel(const float* __restrict__ partial, int S,
     __syncthreads();
     for (int i = threadIdx.x; i < N; i += blockDim.x) {
       float acc = 0.f;
-      for (int j = 0; j < N; ++j) acc += pair_potential(G, compat, nrm, N, i, j) * m[j];
+      for (int j = 0; j < N; ++j) acc += pair_potential(G, compat, nrm, N, i, j, self_pairs, eps) * m[j];
       l[i] = u[i] + acc;
     }
     __syncthreads();
@@ -114,18 +123,17 @@ __global__ void crf_forward_kernel(const float* __restrict__ partial, int S,
 
 __global__ void crf_backward_kernel(const float* __restrict__ grad, const float* __restrict__ compat,
                                     const float* __restrict__ gram, const float* __restrict__ saved,
-                                    int B, int N, int T, float* __restrict__ gbuf,
+                                    int B, int N, int T, bool self_pairs, float eps, float* __restrict__ gbuf,
                                     float* __restrict__ mbuf, float* __restrict__ grad_unary,
                                     float* __restrict__ gsym, float* __restrict__ dws) {
-  __shared__ float nrm[kMaxNodes], g[kMaxNodes], gn[kMaxNodes], du[kMaxNodes], S[kMaxNodes];
+  __shared__ float nrm[kMaxNodes], g[kMaxNodes], gn[kMaxNodes], du[kMaxNodes];
   const int b = blockIdx.x;
   const float* G = gram + static_cast<int64_t>(b) * N * N;
   float* gb = gbuf + static_cast<int64_t>(b) * T * N;
   float* mb = mbuf + static_cast<int64_t>(b) * T * N;
   for (int i = threadIdx.x; i < N; i += blockDim.x) {
-    nrm[i] = sqrtf(fmaxf(G[i * N + i], kCrfEps2));
+    nrm[i] = crf_norm(G[i * N + i]);
     g[i] = du[i] = grad[b * N + i];
-    S[i] = 0.f;
   }
   __syncthreads();
   // g holds dL/dl_t while walking back; l_t = u + P m(l_{t-1}).
@@ -135,7 +143,7 @@ __global__ void crf_backward_kernel(const float* __restrict__ grad, const float*
       mb[(t - 1) * N + i] = mi;
       gb[(t - 1) * N + i] = g[i];
       float acc = 0.f;  // (P^T g)_i, P symmetric
-      for (int j = 0; j < N; ++j) acc += pair_potential(G, compat, nrm, N, i, j) * g[j];
+      for (int j = 0; j < N; ++j) acc += pair_potential(G, compat, nrm, N, i, j, self_pairs, eps) * g[j];
       gn[i] = acc * 0.5f * (1.f - mi * mi);
     }
     __syncthreads();
@@ -145,30 +153,28 @@ __global__ void crf_backward_kernel(const float* __restrict__ grad, const float*
     }
     __syncthreads();
   }
-  // dP_ij = sum_t g_t[i] m_{t-1}[j]; chain through P = C * Wsym and C = G / (n n^T).
+  // dP_ij = sum_t g_t[i] m_{t-1}[j]. Through P = C Wm: dWsym = dP C (masked). Through
+  // C_ij = G_ij / (n_i n_j + eps), G taken with independent entries: Gsym = dG + dG^T has
+  // (dP_ij + dP_ji) Wm_ij / (n_i n_j + eps) everywhere, and the diagonal adds the path through
+  // n_i = sqrt(G_ii): -(1 / n_i) sum_j Gsym_ij C_ij n_j (none for a zero node).
   float* gs = gsym + static_cast<int64_t>(b) * N * N;
   float* dw = dws + static_cast<int64_t>(b) * N * N;
   for (int idx = threadIdx.x; idx < N * N; idx += blockDim.x) {
     const int i = idx / N, j = idx % N;
-    if (i == j) {
-      dw[idx] = 0.f;
-      continue;
-    }
     float dpij = 0.f, dpji = 0.f;
     for (int t = 0; t < T; ++t) {
       dpij += gb[t * N + i] * mb[t * N + j];
       dpji += gb[t * N + j] * mb[t * N + i];
     }
-    const float inv = 1.f / (nrm[i] * nrm[j]);
-    const float c = G[idx] * inv;
-    const float dcs = (dpij + dpji) * 0.5f * (compat[idx] + compat[j * N + i]);
-    gs[idx] = dcs * inv;
-    atomicAdd(&S[i], dcs * c);
-    dw[idx] = dpij * c;
+    gs[idx] = (dpij + dpji) * masked_wsym(compat, N, i, j, self_pairs) / (nrm[i] * nrm[j] + eps);
+    dw[idx] = (self_pairs || i != j) ? dpij * cosine(G, nrm, N, i, j, eps) : 0.f;
   }
-  __syncthreads();
+  __syncthreads();  // gs (global) is visible to the whole block after the barrier
+  // Row i is read and its diagonal written by one thread only: a fixed order, no atomics.
   for (int i = threadIdx.x; i < N; i += blockDim.x) {
-    gs[i * N + i] = G[i * N + i] > kCrfEps2 ? -S[i] / (nrm[i] * nrm[i]) : 0.f;
+    float r = 0.f;
+    for (int j = 0; j < N; ++j) r += gs[i * N + j] * cosine(G, nrm, N, i, j, eps) * nrm[j];
+    if (nrm[i] > 0.f) gs[i * N + i] -= r / nrm[i];
     grad_unary[b * N + i] = du[i];
   }
 }
@@ -231,8 +237,8 @@ void launch_gram(const scalar_t* feats, int64_t B, int64_t N, int64_t K, int64_t
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_forward_cuda(
     const at::Tensor& feats_in, const at::Tensor& unary_in, const at::Tensor& compat_in,
-    int64_t iterations) {
-  check_crf_forward_args(feats_in, unary_in, compat_in, iterations);
+    int64_t iterations, bool self_pairs, double eps) {
+  check_crf_forward_args(feats_in, unary_in, compat_in, iterations, eps);
   TORCH_CHECK(feats_in.is_cuda(), "meanfield_crf_forward_cuda: feats must be a CUDA tensor");
   TORCH_CHECK(feats_in.size(1) <= kMaxNodes, "meanfield_crf (cuda): N must be <= ", kMaxNodes,
               ", got ", feats_in.size(1));
@@ -261,15 +267,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_forward_cuda(
   });
   crf_forward_kernel<<<B, kIterThreads, 0, stream>>>(
       partial.data_ptr<float>(), S, unary.data_ptr<float>(), compat.data_ptr<float>(), B, N,
-      iterations, gram.data_ptr<float>(), logits.data_ptr<float>(), saved.data_ptr<float>());
+      iterations, self_pairs, static_cast<float>(eps), gram.data_ptr<float>(), logits.data_ptr<float>(), saved.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {logits, gram, saved};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& feats_in, const at::Tensor& compat_in,
-    const at::Tensor& gram_in, const at::Tensor& saved_in) {
-  check_crf_backward_args(grad_in, feats_in, compat_in, gram_in, saved_in);
+    const at::Tensor& gram_in, const at::Tensor& saved_in, bool self_pairs, double eps) {
+  check_crf_backward_args(grad_in, feats_in, compat_in, gram_in, saved_in, eps);
   TORCH_CHECK(feats_in.is_cuda(), "meanfield_crf_backward_cuda: feats must be a CUDA tensor");
   TORCH_CHECK(feats_in.size(1) <= kMaxNodes, "meanfield_crf (cuda): N must be <= ", kMaxNodes);
   const c10::cuda::CUDAGuard guard(feats_in.device());
@@ -290,7 +296,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> meanfield_crf_backward_cuda(
   auto stream = c10::cuda::getCurrentCUDAStream();
   crf_backward_kernel<<<B, kIterThreads, 0, stream>>>(
       grad.data_ptr<float>(), compat.data_ptr<float>(), gram.data_ptr<float>(),
-      saved.data_ptr<float>(), B, N, T, gbuf.data_ptr<float>(), mbuf.data_ptr<float>(),
+      saved.data_ptr<float>(), B, N, T, self_pairs, static_cast<float>(eps), gbuf.data_ptr<float>(), mbuf.data_ptr<float>(),
       grad_unary.data_ptr<float>(), gsym.data_ptr<float>(), dws.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (K > 0) {

@@ -10,40 +10,31 @@ default (the published 64^3 model uses eps = 0). ``self_pairs=False`` zeroes the
 (medvol's former choice: a node sends no message to itself). Mean field runs T iterations from
 l = u:  q = sigmoid(l);  l <- u + P (2q - 1).  The result is l.
 
-Fast backends compute the raw Gram G = F F^T in one pass over ``feats`` (norms from its diagonal,
-no normalised copy of feats), run the iterations on N x N matrices, and save for backward only G
-and the T logit vectors entering each iteration. Backward walks the iterations back, forms
-dP = sum_t g_t m_{t-1}^T, chains it through P = C * Wsym and C = G / (n n^T + eps) into
-Gsym = dG + dG^T, and gives dL/dF = Gsym F in a second pass over feats.
+Fast backends compute the raw Gram G = F F^T in one pass over ``feats`` (norms n_i = sqrt(G_ii)
+from its diagonal, no normalised copy of feats), run the iterations on N x N matrices, and save for
+backward only G and the T logit vectors entering each iteration. Backward walks the iterations
+back, forms dP = sum_t g_t m_{t-1}^T, chains it through P = C * Wsym (diagonal masked without
+self-pairs) and C = G / (n n^T + eps) into Gsym = dG + dG^T, and gives dL/dF = Gsym F in a second
+pass over feats.
 
 Backends: ``torch`` (the reference below, any float dtype, double backward works), ``triton``
-(kernels/meanfield_crf.py), ``cpp`` (csrc/cpu, OpenMP), ``cuda`` (csrc/cuda). The fast backends take
-float32, bfloat16 or float16 ``feats`` and accumulate in float32; N <= 128 for ``triton``/``cuda``;
-their backward is not differentiable (double backward raises). The fast kernels implement only
-``self_pairs=False, eps=0`` so far (see ``_kernels_cover``); for any other setting a named fast
-backend raises and ``auto`` runs ``torch`` (issue #10, part 2, ports them).
+(kernels/meanfield_crf.py), ``cpp`` (csrc/cpu, ATen GEMMs over column blocks), ``cuda``
+(csrc/cuda). Every backend computes both forms (``self_pairs`` True or False, any ``eps >= 0``).
+The fast backends take float32, bfloat16 or float16 ``feats`` and accumulate in float32; N <= 128
+for ``triton``/``cuda``. Their backward is one fused kernel, not differentiable: differentiating
+through it again (double backward) raises a RuntimeError naming the backend.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 
 import torch
 
 from medvol.errors import MedvolError
 from medvol.ops import _dispatch, _loader
 
-log = logging.getLogger(__name__)
-
 BACKENDS = ("torch", "triton", "cpp", "cuda")
-
-
-def _kernels_cover(self_pairs: bool, eps: float) -> bool:
-    """Whether the fast kernels compute this form. Until issue #10 part 2 ports them they hold the
-    former form (no self-pairs, each norm clamped at 1e-8), which equals self_pairs=False, eps=0
-    wherever every |f_i| >= 1e-8; any other setting raises when named and runs the reference on auto."""
-    return not self_pairs and eps == 0
 MAX_NODES_GPU = 128
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -95,55 +86,55 @@ def _mean_field(cos: torch.Tensor, u: torch.Tensor, w: torch.Tensor, iterations:
     return logits
 
 
-def _meanfield_from_gram(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor, iterations: int,
-                         self_pairs: bool, eps: float) -> torch.Tensor:
-    """The reference's function computed from the raw Gram matrix, in plain PyTorch.
-
-    What ``auto`` runs while the fused kernels lack the published form: like them it makes no
-    float32 copy of a bfloat16/float16 ``feats`` (the [B, N, F] tensor is the whole embedding);
-    the Gram F F^T comes out of one batched matmul in the input dtype (float32 accumulation), the
-    norms from its diagonal, and everything after is N x N. Backward holds one gradient the size
-    of ``feats``, in its dtype. Double backward works.
-    """
-    gram = torch.bmm(feats, feats.transpose(1, 2)).float()
-    sq = gram.diagonal(dim1=1, dim2=2)
-    positive = sq > 0
-    # sqrt's gradient at 0 is infinite; a zero node gets norm 0 with a zero gradient, as norm() does.
-    norm = torch.where(positive, sq, torch.ones_like(sq)).sqrt() * positive
-    cos = gram / (norm.unsqueeze(-1) * norm.unsqueeze(-2) + eps)
-    return _mean_field(cos, unary.float(), compat.float(), iterations, self_pairs).to(unary.dtype)
-
-
-def _forward_fake(feats, unary, compat, iterations):
+def _forward_fake(feats, unary, compat, iterations, self_pairs, eps):
     B, N, _ = feats.shape
     return (feats.new_empty(B, N, dtype=torch.float32), feats.new_empty(B, N, N, dtype=torch.float32),
             feats.new_empty(iterations, B, N, dtype=torch.float32))
 
 
-def _backward_fake(grad, feats, compat, gram, saved):
+def _backward_fake(grad, feats, compat, gram, saved, self_pairs, eps):
     N = feats.shape[1]
     return (feats.new_empty(feats.shape), grad.new_empty(grad.shape, dtype=torch.float32),
             compat.new_empty(N, N, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
-    feats, unary, compat, _ = inputs
+    feats, unary, compat, _, self_pairs, eps = inputs
     _, gram, saved = output
     ctx.save_for_backward(feats, compat, gram, saved)
     ctx.dtypes = (unary.dtype, compat.dtype)
+    ctx.form = (self_pairs, eps)
 
 
-def _make_backward(backward_op):
+def _no_second_derivative(backend: str, grads: tuple, graph_inputs: tuple) -> tuple:
+    """The gradients, made to raise if anything differentiates through them (double backward).
+
+    Under ``create_graph=True`` autograd would otherwise treat the fused backward as a constant and
+    return zeros for second derivatives (with only a warning). As in
+    ``torch.autograd.function.once_differentiable``, the gradients become outputs of an autograd
+    node that raises when reached; unlike there, that node also takes the backward's own inputs
+    (``graph_inputs``: feats, compat, the incoming gradient, the forward's outputs), so that every
+    second derivative, with respect to any of them, passes through it.
+    """
+    message = (f"meanfield_crf: backend {backend!r} does not support double backward (its backward is a"
+               " fused kernel); use backend='torch' to differentiate through the CRF twice")
+    error = torch._C._functions.DelayedError(message.encode(), len(grads) + len(graph_inputs))
+    return error(*[g.detach().requires_grad_() for g in grads], *graph_inputs)[:len(grads)]
+
+
+def _make_backward(backward_op, backend_of):
     def backward(ctx, grad_logits, _grad_gram, _grad_saved):
         feats, compat, gram, saved = ctx.saved_tensors
-        if grad_logits is None:
-            grad_logits = gram.new_zeros(gram.shape[:2])
-        grad_feats, grad_unary, grad_compat = backward_op(grad_logits, feats, compat, gram, saved)
-        return grad_feats, grad_unary.to(ctx.dtypes[0]), grad_compat.to(ctx.dtypes[1]), None
+        with torch.no_grad():
+            if grad_logits is None:
+                grad_logits = gram.new_zeros(gram.shape[:2])
+            grad_feats, grad_unary, grad_compat = backward_op(grad_logits, feats, compat, gram, saved, *ctx.form)
+            grads = (grad_feats, grad_unary.to(ctx.dtypes[0]), grad_compat.to(ctx.dtypes[1]))
+        if torch.is_grad_enabled():  # create_graph=True
+            grads = _no_second_derivative(backend_of(feats), grads, (grad_logits, feats, compat, gram, saved))
+        return (*grads, None, None, None)
 
     return backward
-
-
 @functools.lru_cache(maxsize=None)
 def _extension_op():
     """torch.ops.medvol.meanfield_crf_forward with its fake impl and autograd (needs medvol._C)."""
@@ -152,7 +143,8 @@ def _extension_op():
     backward = torch.ops.medvol.meanfield_crf_backward
     torch.library.register_fake("medvol::meanfield_crf_forward")(_forward_fake)
     torch.library.register_fake("medvol::meanfield_crf_backward")(_backward_fake)
-    torch.library.register_autograd("medvol::meanfield_crf_forward", _make_backward(backward),
+    torch.library.register_autograd("medvol::meanfield_crf_forward",
+                                    _make_backward(backward, lambda t: "cuda" if t.is_cuda else "cpp"),
                                     setup_context=_setup_context)
     return forward
 
@@ -166,18 +158,19 @@ def _triton_op():
     from medvol.kernels import meanfield_crf as kernels
 
     @torch.library.custom_op("medvol_triton::meanfield_crf_forward", mutates_args=())
-    def forward(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor,
-                iterations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return kernels.meanfield_crf_forward(feats, unary, compat, iterations)
+    def forward(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor, iterations: int,
+                self_pairs: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return kernels.meanfield_crf_forward(feats, unary, compat, iterations, self_pairs, eps)
 
     @torch.library.custom_op("medvol_triton::meanfield_crf_backward", mutates_args=())
     def backward(grad: torch.Tensor, feats: torch.Tensor, compat: torch.Tensor, gram: torch.Tensor,
-                 saved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return kernels.meanfield_crf_backward(grad, feats, compat, gram, saved)
+                 saved: torch.Tensor, self_pairs: bool,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return kernels.meanfield_crf_backward(grad, feats, compat, gram, saved, self_pairs, eps)
 
     forward.register_fake(_forward_fake)
     backward.register_fake(_backward_fake)
-    forward.register_autograd(_make_backward(backward), setup_context=_setup_context)
+    forward.register_autograd(_make_backward(backward, lambda _: "triton"), setup_context=_setup_context)
     return forward
 
 
@@ -234,7 +227,8 @@ def meanfield_crf(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor
 
     Returns:
         [B, N] logits in ``unary.dtype``. Differentiable w.r.t. feats, unary and compat on every
-        backend; gradients come back in each input's dtype.
+        backend; gradients come back in each input's dtype. Double backward works with ``torch``
+        only: on a fast backend, differentiating the gradients again raises a RuntimeError.
 
     Raises:
         MedvolError: bad shapes or options (eps < 0), or a named backend that cannot run here
@@ -255,19 +249,9 @@ def meanfield_crf(feats: torch.Tensor, unary: torch.Tensor, compat: torch.Tensor
     if iterations < 0:
         raise MedvolError(f"meanfield_crf: iterations must be >= 0, got {iterations}")
     _check_options(self_pairs, eps)
-    if backend == "auto" and not _kernels_cover(self_pairs, eps):
-        log.debug("meanfield_crf: auto picked 'torch' (Gram form): the fast kernels do not yet implement"
-                  " the published form")
-        if feats.dtype in (torch.bfloat16, torch.float16):
-            return _meanfield_from_gram(feats, unary, compat, iterations, self_pairs, eps)
-        chosen = "torch"
-    else:
-        chosen = _dispatch.choose("meanfield_crf", backend, feats)
+    chosen = _dispatch.choose("meanfield_crf", backend, feats)
     if chosen == "torch":
         return meanfield_crf_reference(feats, unary, compat, iterations, self_pairs=self_pairs, eps=eps)
-    if not _kernels_cover(self_pairs, eps):
-        raise MedvolError(f"meanfield_crf: backend {backend!r} is unavailable: its kernels do not yet implement"
-                          f" self_pairs={self_pairs}, eps={eps} (issue #10 part 2); use backend='torch'")
     op = _triton_op() if chosen == "triton" else _extension_op()
-    logits, _, _ = op(feats, unary, compat, int(iterations))
+    logits, _, _ = op(feats, unary, compat, int(iterations), self_pairs, float(eps))
     return logits.to(unary.dtype)

@@ -7,6 +7,8 @@ import torch
 TOLERANCES = {
     torch.float32: dict(rtol=1e-4, atol=1e-5),
     torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+    # 11-bit significand: outputs and gradients are rounded to 4.9e-4 relative, the rest is float32.
+    torch.float16: dict(rtol=3e-3, atol=3e-3),
 }
 
 

@@ -16,12 +16,14 @@ def _crf_inputs(B=2, N=6, F=10, dtype=torch.float32):
     return torch.randn(B, N, F, dtype=dtype), torch.randn(B, N, dtype=dtype), torch.randn(N, N, dtype=dtype)
 
 
-def test_auto_on_cpu_picks_cpp_when_built_else_torch(caplog):
+@pytest.mark.parametrize("form", [{}, dict(self_pairs=False), dict(self_pairs=True, eps=0.0)], ids=str)
+def test_auto_on_cpu_picks_cpp_when_built_else_torch(caplog, form):
+    # The fused kernels hold both forms: auto takes them for the published one (the default) too.
     feats, unary, compat = _crf_inputs()
     expected = "cpp" if CPP_BUILT else "torch"
     assert selected_backend("meanfield_crf", feats) == expected
     with caplog.at_level(logging.DEBUG, logger="medvol.ops"):
-        meanfield_crf(feats, unary, compat, self_pairs=False, eps=0.0)  # the form the kernels hold (#10)
+        meanfield_crf(feats, unary, compat, **form)
     assert f"auto picked backend '{expected}'" in caplog.text
 
 
@@ -70,9 +72,10 @@ def test_cuda_status_names_the_missing_device():
 @pytest.mark.skipif(not CPP_BUILT, reason="medvol._C not built")
 def test_cpp_op_schema_and_fake_impl():
     feats, unary, compat = _crf_inputs(B=3, N=5, F=7)
-    meanfield_crf(feats, unary, compat, self_pairs=False, eps=0.0, backend="cpp")  # registers the fake impl and autograd
-    torch.library.opcheck(torch.ops.medvol.meanfield_crf_forward.default, (feats, unary, compat, 4),
-                          test_utils=("test_schema", "test_faketensor"))
+    meanfield_crf(feats, unary, compat, backend="cpp")  # registers the fake impl and autograd
+    for form in ((True, 1e-6), (False, 0.0)):
+        torch.library.opcheck(torch.ops.medvol.meanfield_crf_forward.default, (feats, unary, compat, 4, *form),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 def test_fake_tensor_mode_traces_forward_and_backward_at_crfgan_256_size():
@@ -84,7 +87,7 @@ def test_fake_tensor_mode_traces_forward_and_backward_at_crfgan_256_size():
         unary = torch.empty(B, N, requires_grad=True)
         compat = torch.empty(N, N, requires_grad=True)
         backend = selected_backend("meanfield_crf", feats)
-        out = meanfield_crf(feats, unary, compat, iterations=10, self_pairs=False, eps=0.0)
+        out = meanfield_crf(feats, unary, compat, iterations=10)
         out.sum().backward()
         assert out.shape == (B, N) and out.dtype == torch.float32
         assert feats.grad.shape == feats.shape and feats.grad.dtype == torch.bfloat16
@@ -98,7 +101,7 @@ def test_fake_tensor_mode_traces_named_fast_backends(backend):
         pytest.skip("medvol._C not built")
     with FakeTensorMode():
         feats = torch.empty(3, 12, 1000, requires_grad=True)
-        out = meanfield_crf(feats, torch.empty(3, 12), torch.empty(12, 12), self_pairs=False, eps=0.0, backend=backend)
+        out = meanfield_crf(feats, torch.empty(3, 12), torch.empty(12, 12), backend=backend)
         out.sum().backward()
         assert out.shape == (3, 12) and feats.grad.shape == feats.shape
 
@@ -107,7 +110,7 @@ def test_fake_tensor_mode_auto_on_cuda_tensors_routes_to_a_traceable_op():
     with FakeTensorMode(allow_non_fake_inputs=True):
         feats = torch.empty(2, 64, 4096, device="cuda")
         assert selected_backend("meanfield_crf", feats) in ("triton", "cuda")
-        out = meanfield_crf(feats, torch.empty(2, 64, device="cuda"), torch.empty(64, 64, device="cuda"), self_pairs=False, eps=0.0)
+        out = meanfield_crf(feats, torch.empty(2, 64, device="cuda"), torch.empty(64, 64, device="cuda"))
         assert out.shape == (2, 64) and out.device.type == "cuda"
 
 

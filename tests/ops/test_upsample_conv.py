@@ -12,8 +12,8 @@ from medvol.ops import fold_weights, upsample_conv3d, upsample_conv3d_reference
 SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 5, 4, 3, 5), (1, 8, 4, 2, 6, 2), (3, 16, 7, 3, 3, 3)]
 
 
-def _inputs(B, C, O, D, H, W, dtype, bias):
-    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+def _inputs(B, C, O, D, H, W, dtype, bias, seed):
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B, C, D, H, W, generator=gen).to(dtype)
     w = (torch.randn(O, C, 3, 3, 3, generator=gen) / (27 * C) ** 0.5).to(dtype)
     b = torch.randn(O, generator=gen).to(dtype) if bias else None
@@ -43,23 +43,23 @@ def _check(x, w, b, grad, dtype, backend="decomposed", prepare=lambda t: t):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("backend", ["decomposed", "torch", "auto"])
-def test_matches_interpolate_conv(backend, shape, dtype, bias):
-    _check(*_inputs(*shape, dtype, bias), dtype, backend)
+def test_matches_interpolate_conv(backend, shape, dtype, bias, seed):
+    _check(*_inputs(*shape, dtype, bias, seed), dtype, backend)
 
 
-def test_exact_in_float64():
-    x, w, b, _ = _inputs(2, 4, 3, 3, 5, 4, torch.float64, True)
+def test_exact_in_float64(seed):
+    x, w, b, _ = _inputs(2, 4, 3, 3, 5, 4, torch.float64, True, seed)
     torch.testing.assert_close(upsample_conv3d(x, w, b), upsample_conv3d_reference(x, w, b), rtol=1e-12, atol=1e-12)
 
 
-def test_channels_last_3d_stays_channels_last():
-    x, w, b, grad = _inputs(2, 6, 4, 3, 4, 5, torch.float32, True)
+def test_channels_last_3d_stays_channels_last(seed):
+    x, w, b, grad = _inputs(2, 6, 4, 3, 4, 5, torch.float32, True, seed)
     out = _check(x, w, b, grad, torch.float32, prepare=lambda t: t.to(memory_format=torch.channels_last_3d))
     assert out.is_contiguous(memory_format=torch.channels_last_3d)
 
 
-def test_non_contiguous_input():
-    x, w, b, grad = _inputs(1, 5, 3, 4, 4, 4, torch.float32, False)
+def test_non_contiguous_input(seed):
+    x, w, b, grad = _inputs(1, 5, 3, 4, 4, 4, torch.float32, False, seed)
     big = torch.randn(1, 10, 4, 8, 4)
     strided = big[:, ::2, :, ::2, :]  # same shape as x, strided along C and H
     assert not strided.is_contiguous()
@@ -68,22 +68,22 @@ def test_non_contiguous_input():
     _check(strided, w, b, grad, torch.float32)
 
 
-def test_gradcheck_decomposed():
-    x, w, b, _ = _inputs(1, 2, 1, 2, 3, 2, torch.float64, True)
+def test_gradcheck_decomposed(seed):
+    x, w, b, _ = _inputs(1, 2, 1, 2, 3, 2, torch.float64, True, seed)
     leaves = [t.requires_grad_() for t in (x, w, b)]
     assert torch.autograd.gradcheck(lambda *a: upsample_conv3d(*a, backend="decomposed"), leaves, fast_mode=True)
 
 
-def test_gradgradcheck_decomposed():
+def test_gradgradcheck_decomposed(seed):
     # Double backward goes through the interleave's hand-written backward (_Deinterleave) and back.
-    x, w, b, _ = _inputs(1, 2, 2, 2, 1, 3, torch.float64, True)
+    x, w, b, _ = _inputs(1, 2, 2, 2, 1, 3, torch.float64, True, seed)
     leaves = [t.requires_grad_() for t in (x, w, b)]
     assert torch.autograd.gradgradcheck(lambda *a: upsample_conv3d(*a, backend="decomposed"), leaves,
                                         fast_mode=True)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_interleave_backward_allocates_one_gradient(channels_last):
+def test_interleave_backward_allocates_one_gradient(channels_last, seed):
     # The interleave's backward must write one gradient of the stacked parity output and nothing
     # else (autograd's backward of slice assignments held three, that of a strided view index
     # tensors): live memory while it runs stays within one such tensor.
@@ -137,8 +137,8 @@ def test_bad_arguments_raise():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_gpu_matches_interpolate_conv(dtype):
-    x, w, b, grad = _inputs(2, 32, 16, 8, 8, 8, dtype, True)
+def test_gpu_matches_interpolate_conv(dtype, seed):
+    x, w, b, grad = _inputs(2, 32, 16, 8, 8, 8, dtype, True, seed)
     out = upsample_conv3d(x.cuda(), w.cuda(), b.cuda())
     ref = F.conv3d(F.interpolate(x.double(), scale_factor=2), w.double(), b.double(), padding=1)
     assert_close_to_reference(out.cpu(), ref, dtype, "cuda output")
