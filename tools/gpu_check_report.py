@@ -145,13 +145,15 @@ def _op_checks(verdict: dict) -> None:
     device = torch.device("cuda")
     feats = torch.randn(2, 8, 96, device=device, dtype=torch.float64)
     unary, compat = torch.randn(2, 8, device=device, dtype=torch.float64), torch.randn(8, 8, device=device, dtype=torch.float64)
-    try:
-        options = dict(self_pairs=False, eps=0.0)  # the form the CUDA kernel holds (docs/kernels.md)
-        got = meanfield_crf(feats.float(), unary.float(), compat.float(), 10, backend="cuda", **options)
-        want = meanfield_crf_reference(feats, unary, compat, 10, **options)
-        checks["meanfield_crf"] = float((got.double() - want).abs().max())
-    except Exception as error:  # noqa: BLE001 - recorded, not raised
-        checks["meanfield_crf"] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    # both forms the CUDA kernel computes: the published one (self-pairs, eps) and self_pairs=False
+    for name, options in (("meanfield_crf", dict(self_pairs=True, eps=1e-6)),
+                          ("meanfield_crf_no_self_pairs", dict(self_pairs=False, eps=0.0))):
+        try:
+            got = meanfield_crf(feats.float(), unary.float(), compat.float(), 10, backend="cuda", **options)
+            want = meanfield_crf_reference(feats, unary, compat, 10, **options)
+            checks[name] = float((got.double() - want).abs().max())
+        except Exception as error:  # noqa: BLE001 - recorded, not raised
+            checks[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
     try:
         x = torch.randn(1, 4, 3, 4, 5, device=device, dtype=torch.float64)
         weight, bias = torch.randn(2, 4, 3, 3, 3, device=device, dtype=torch.float64), torch.randn(2, device=device, dtype=torch.float64)
