@@ -121,11 +121,56 @@ def make_loader(dataset: Dataset, data: DataConfig, *, seed: int, rank: int = 0,
 
 
 def data_meta(dataset: Dataset, data: DataConfig) -> dict:
-    """Facts generation needs about the training volumes: spacing (z, y, x mm), HU window."""
+    """Facts generation needs about the training volumes: spacing (z, y, x mm), direction (ITK's
+    row-major 3x3), modality and HU window (None for MR)."""
     spacing = getattr(dataset, "spacing", None)
     window = getattr(dataset, "window", None)
+    params = getattr(dataset, "params", None)
     return {
         "source": data.source,
         "spacing": [float(s) for s in spacing] if spacing is not None else [1.0, 1.0, 1.0],
+        "direction": list(training_direction(dataset)),
+        "modality": getattr(params, "modality", "ct"),
         "window": [float(w) for w in window] if window is not None else None,
     }
+
+
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def training_direction(dataset: Dataset) -> tuple[float, ...]:
+    """The direction of the training volumes' voxel axes: the most common among a cache's entries.
+
+    Newer caches record each entry's ``direction``; for older ones it follows from the source's
+    ``original_direction`` and the cache's ``orient``. Phantoms are axis-aligned (identity).
+    """
+    entries = getattr(dataset, "entries", None)
+    if not entries:
+        return _IDENTITY
+    orient = getattr(getattr(dataset, "params", None), "orient", None)
+    counts: dict[tuple[float, ...], int] = {}
+    for entry in entries:
+        if entry.get("direction") is not None:
+            direction = tuple(float(d) for d in entry["direction"])
+        elif entry.get("original_direction") is not None:
+            original = tuple(float(d) for d in entry["original_direction"])
+            direction = lps_oriented(original) if orient == "LPS" else original
+        else:
+            direction = _IDENTITY
+        key = tuple(round(d, 6) + 0.0 for d in direction)
+        counts[key] = counts.get(key, 0) + 1
+    return max(counts, key=counts.get)
+
+
+def lps_oriented(direction: tuple[float, ...]) -> tuple[float, ...]:
+    """The direction after reordering and flipping the index axes to run closest to L, P, S.
+
+    The same as SimpleITK's ``DICOMOrient(image, "LPS")`` does to an image's direction: each
+    index axis goes to the physical axis it runs most along, pointing the positive way.
+    """
+    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    out = np.zeros_like(matrix)
+    for column in range(3):
+        axis = int(np.argmax(np.abs(matrix[:, column])))
+        out[:, axis] = matrix[:, column] * np.sign(matrix[axis, column])
+    return tuple(float(d) for d in out.ravel())
