@@ -154,7 +154,7 @@ def training_direction(dataset: Dataset) -> tuple[float, ...]:
             direction = tuple(float(d) for d in entry["direction"])
         elif entry.get("original_direction") is not None:
             original = tuple(float(d) for d in entry["original_direction"])
-            direction = lps_oriented(original) if orient == "LPS" else original
+            direction = oriented_direction(original, orient) if orient else original
         else:
             direction = _IDENTITY
         key = tuple(round(d, 6) + 0.0 for d in direction)
@@ -162,15 +162,22 @@ def training_direction(dataset: Dataset) -> tuple[float, ...]:
     return max(counts, key=counts.get)
 
 
-def lps_oriented(direction: tuple[float, ...]) -> tuple[float, ...]:
-    """The direction after reordering and flipping the index axes to run closest to L, P, S.
+#: Orientation letters: the physical LPS axis each names and the sign of its direction.
+_LETTERS = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
 
-    The same as SimpleITK's ``DICOMOrient(image, "LPS")`` does to an image's direction: each
-    index axis goes to the physical axis it runs most along, pointing the positive way.
+
+def oriented_direction(direction: tuple[float, ...], code: str = "LPS") -> tuple[float, ...]:
+    """The direction after reordering and flipping the index axes to run closest to ``code``.
+
+    What SimpleITK's ``DICOMOrient(image, code)`` does to an image's direction: each index axis
+    goes to the place of the letter naming the physical axis it runs most along, pointing the
+    letter's way.
     """
+    targets = [_LETTERS[letter] for letter in code.upper()]
     matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
     out = np.zeros_like(matrix)
     for column in range(3):
         axis = int(np.argmax(np.abs(matrix[:, column])))
-        out[:, axis] = matrix[:, column] * np.sign(matrix[axis, column])
-    return tuple(float(d) for d in out.ravel())
+        place = next(i for i, (target, _) in enumerate(targets) if target == axis)
+        out[:, place] = matrix[:, column] * np.sign(matrix[axis, column]) * targets[place][1]
+    return tuple(float(d) + 0.0 for d in out.ravel())

@@ -146,8 +146,9 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
             write_volume(volume, path, notes=notes)
         except MedvolError as error:
             # The file of an earlier call under this name, if any, is untouched and keeps its entry.
-            with contextlib.suppress(MedvolError):
-                _write_provenance(out, provenance)
+            if paths:
+                with contextlib.suppress(MedvolError):
+                    _write_provenance(out, provenance)
             done = f"; the {i} volume(s) before it are complete" if i else ""
             raise MedvolError(f"{error}{done}") from None
         provenance["files"][path.name] = dict(common, index=i,
