@@ -4,7 +4,7 @@ Volume ``i`` of a call with ``seed`` uses the ``i``-th latent drawn from a CPU g
 with ``seed``, so output is deterministic per seed (and ``n=3`` gives the first three of ``n=5``)
 whatever the device.
 
-What a generated file holds (docs/models.md, "Generated volumes"):
+What a generated file holds (docs/models.md, "Generated volumes on disk"):
 
 - Intensities: CT is mapped back to Hounsfield units with the inverse of the training window.
   MR stays in the network's [-1, 1]: each training volume was scaled by its own percentiles, so

@@ -11,6 +11,7 @@ import torch
 
 from medvol import cli
 from medvol.config import save_config
+from medvol.train import trainer
 from medvol.train.trainer import train
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -47,6 +48,10 @@ def test_unknown_device_is_one_line(trained_run, tmp_path, capsys):
 @pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}\n"], ids=["empty", "comment", "empty-mapping"])
 def test_empty_config_is_refused(tmp_path, monkeypatch, capsys, text):
     # Without the refusal this would start the published 256^3 run of 80,000 iterations in runs/run.
+    def no_training(cfg, resume=None):
+        raise AssertionError(f"training started: {cfg.model.name}@{cfg.model.size}, {cfg.train.iterations} iterations")
+
+    monkeypatch.setattr(trainer, "train", no_training)
     monkeypatch.chdir(tmp_path)
     config_path = tmp_path / "empty.yaml"
     config_path.write_text(text, encoding="utf-8")
