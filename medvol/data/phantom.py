@@ -32,6 +32,7 @@ import numpy as np
 
 from medvol.data.io import Volume, write_volume
 from medvol.errors import MedvolError
+from medvol.utils import write_failure
 
 FOV_XY_MM = 380.0
 FOV_Z_MM = 340.0
@@ -481,7 +482,10 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MedvolError(f"{out}: exists and is not a folder (--out)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"{out}: cannot create the folder (--out: {write_failure(error, out.parent)})") from None
     written = []
     for index in range(n):
         volume, mask = make_phantom(size, (seed, index), nodules)

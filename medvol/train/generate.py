@@ -34,7 +34,7 @@ import medvol
 from medvol.errors import MedvolError
 from medvol.train.checkpoint import checksum_path, load_checkpoint
 from medvol.train.distributed import pick_device
-from medvol.utils import checked_write
+from medvol.utils import checked_write, write_failure
 
 log = logging.getLogger("medvol.generate")
 
@@ -130,7 +130,10 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
     }
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"--out {out}: cannot create it ({write_failure(error, out.parent)})") from None
     provenance = _read_provenance(out)
     generator = torch.Generator().manual_seed(seed)
     paths = []

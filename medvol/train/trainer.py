@@ -206,7 +206,6 @@ class Trainer:
         monitor.images(self.iteration, "volumes/generated", fake)
         # Mid-slices also land on disk (small, numpy only) for looking at without TensorBoard.
         path = self.run_dir / "samples" / f"slices_{self.iteration:07d}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
         with checked_write(path, "sample slices") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, real=mid_slices(real).numpy(), generated=mid_slices(fake).numpy())
