@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from medvol.errors import MedvolError
-from medvol.utils import atomic_path
+from medvol.utils import checked_write
 
 
 
@@ -276,7 +276,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         overrides: CLI-style overrides, e.g. ``["--train.iterations", "10", "--data.batch=4"]``.
 
     Raises:
-        MedvolError: missing/unparsable file, unknown key, or a value of the wrong type/range.
+        MedvolError: missing, empty or unparsable file, unknown key, or a value of the wrong
+            type/range.
     """
     data: Any = {}
     if path is not None:
@@ -284,10 +285,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not path.is_file():
             raise MedvolError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             first = str(error).splitlines()[0] if str(error) else "parse error"
             raise MedvolError(f"config file {path}: invalid YAML ({first})") from None
+        if data is None or data == {}:
+            # All defaults would be the published 256^3 run of 80,000 iterations: never by accident.
+            raise MedvolError(f"config file {path} is empty: it needs at least one of the sections "
+                              "model, data, train (configs/demo.yaml is a small example)")
     return config_from_dict(data, overrides, source=str(path))
 
 
@@ -299,6 +304,6 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically; ``load_config`` reads it back unchanged."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with checked_write(path, "config") as tmp:
         tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
     return path

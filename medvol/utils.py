@@ -1,8 +1,9 @@
-"""Small shared helpers: atomic writes, checksums, byte sizes, optional dependencies."""
+"""Small shared helpers: atomic and checked writes, checksums, byte sizes, optional dependencies."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -75,6 +76,59 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Force ``path``'s data to the disk; a full disk (or quota) can show up only here."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_failure(error: BaseException, folder: str | os.PathLike | None = None) -> str:
+    """One line saying why a write failed, for a message that already names the file.
+
+    Libraries report a full disk in their own words (torch: ``unexpected pos``, ITK: a short
+    file and a note on stderr), so when ``folder``'s filesystem has (almost) no space left that
+    is said first: it is the cause the user can act on.
+    """
+    if isinstance(error, OSError) and error.errno is not None:
+        reason = os.strerror(error.errno).lower()
+    else:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # ITK ends its exception text with "Reason: <strerror>" where it has one.
+        reason = (lines[-1] if lines else type(error).__name__).removeprefix("Reason: ")[:200]
+    if folder is not None and "no space left" not in reason.lower():
+        with contextlib.suppress(OSError):
+            fs = os.statvfs(folder)
+            if fs.f_bavail * fs.f_frsize < (1 << 20):
+                reason = f"{os.strerror(errno.ENOSPC).lower()} ({reason})"
+    return reason
+
+
+@contextlib.contextmanager
+def checked_write(path: str | os.PathLike, what: str = "file",
+                  library_errors: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
+    """:func:`atomic_path` that also makes sure the bytes are on the disk before the rename.
+
+    The temporary is fsynced before it takes the final name. Any ``OSError`` (or one of
+    ``library_errors``, the types a writing library raises for an I/O failure: torch and
+    SimpleITK raise ``RuntimeError``) becomes one :class:`MedvolError` naming ``what`` and
+    ``path``; neither the final name nor the temporary is left behind.
+
+    Example:
+        >>> with checked_write("run/config.yaml", "config") as tmp:   # doctest: +SKIP
+        ...     tmp.write_text(text, encoding="utf-8")
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
+            fsync_file(tmp)
+    except (OSError, *library_errors) as error:
+        raise MedvolError(f"cannot write {what} {path}: {write_failure(error, path.parent)}") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -9,7 +9,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate", help="write generated volumes (NIfTI) from a checkpoint",
         description="Generate full-resolution volumes from a training checkpoint and write them as "
-                    "NIfTI (CT in Hounsfield units, with the training data's voxel spacing).")
+                    "NIfTI: CT in Hounsfield units, MR in [-1, 1]; the training data's voxel spacing "
+                    "and direction, the volume centred at (0, 0, 0) mm; generated.json records "
+                    "what made each file (docs/models.md, 'Generated volumes on disk').")
     parser.add_argument("--ckpt", required=True, help="checkpoint file (ckpt_*.pt) or run folder")
     parser.add_argument("--n", type=int, default=1, help="number of volumes (default 1)")
     parser.add_argument("--out", required=True, help="output folder")

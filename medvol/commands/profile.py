@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default=None,
                         help="cuda or cpu (default: cuda if available, else cpu)")
     parser.add_argument("--budget", default=None,
-                        help="memory cap such as 12GB or 11GiB: on CUDA enforced with "
+                        help="memory cap such as 12GB or 11GiB (1MB to 100TB): on CUDA enforced with "
                              "set_per_process_memory_fraction; on the CPU and for --estimate a "
                              "peak above it is reported as OOM")
     parser.add_argument("--find-max-batch", action="store_true",
@@ -58,6 +58,10 @@ def register(subparsers) -> None:
                              "crf_layout=depth, crf_self_pairs=false (repeatable; default: published)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(func=run)
+
+
+#: Accepted ``--budget`` values in bytes: below 1 MB nothing fits, above 100 TB is no machine's memory.
+BUDGET_RANGE = (10**6, 10**14)
 
 
 def _device(args) -> str:
@@ -107,12 +111,14 @@ def _check_model_options(models: list[str], options: dict[str, object]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medvol.models.networks import SIZES
     from medvol.profile.cases import DEFAULT_FACTORY, MODELS, MODES, grid, parse_list, parse_model_options
     from medvol.profile.runner import run_profile
     from medvol.utils import parse_size_bytes
 
     models = parse_list(args.model, "--model", allowed=None if args.factory else MODELS)
-    sizes = parse_list(args.size, "--size", kind=int)
+    # Up front, not late in every worker; a custom factory decides its own sizes.
+    sizes = parse_list(args.size, "--size", kind=int, allowed=None if args.factory else SIZES)
     batches = parse_list(args.batch, "--batch", kind=int)
     modes = parse_list(args.mode, "--mode", allowed=MODES)
     if args.iters < 1 or args.warmup < 0:
@@ -120,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     if args.base_width is not None and args.base_width < 1:
         raise MedvolError("--base-width must be positive")
     budget = parse_size_bytes(args.budget) if args.budget else None
+    if budget is not None and not BUDGET_RANGE[0] <= budget <= BUDGET_RANGE[1]:
+        raise MedvolError(f"--budget {args.budget}: expected between 1MB and 100TB "
+                          f"(a memory cap for one process)")
     device = _device(args)
     measure = not args.estimate or args.measure or device.startswith("cuda")
     if args.find_max_batch and args.estimate and not measure and budget is None:

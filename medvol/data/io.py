@@ -24,14 +24,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from medvol.errors import MedvolError
-from medvol.utils import atomic_path, optional_import
+from medvol.utils import checked_write, fsync_file, optional_import, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ def is_dicom_file(path: Path) -> bool:
     """True for a ``.dcm`` file or a file carrying the DICOM preamble magic ``DICM``."""
     if path.suffix.lower() == ".dcm":
         return True
+    if not path.is_file():  # opening a FIFO to look would block
+        return False
     try:
         with open(path, "rb") as handle:
             handle.seek(128)
@@ -245,6 +249,14 @@ def _check_nifti_complete(path: Path) -> None:
         raise MedvolError(f"{path}: cannot read volume (truncated: {actual} of {expected} bytes)")
 
 
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def read_volume(path: str | os.PathLike, reader: str = "auto") -> Volume:
     """Read a 3D volume with its spacing, origin and direction.
 
@@ -267,8 +279,14 @@ def read_volume(path: str | os.PathLike, reader: str = "auto") -> Volume:
     path = Path(path)
     if reader not in READERS:
         raise MedvolError(f"unknown reader {reader!r}: choose one of {', '.join(READERS)}")
-    if not path.exists():
-        raise MedvolError(f"{path}: no such file or folder")
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise MedvolError(f"{path}: no such file or folder") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # Opening a FIFO blocks until something writes to it; a device file never ends.
+        raise MedvolError(f"{path}: not a regular file or folder ({_file_kind(mode)}); "
+                          "a volume must be a file or a DICOM folder")
     if path.is_file() and not volume_suffix(path) and not is_dicom_file(path):
         raise MedvolError(
             f"{path}: unrecognised volume format (expected {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
@@ -289,20 +307,29 @@ def read_volume(path: str | os.PathLike, reader: str = "auto") -> Volume:
         raise MedvolError(f"{path}: cannot read volume ({_one_line(error)})") from error
 
 
-def write_volume(volume: Volume, path: str | os.PathLike, *, dtype=None, compress: bool | None = None) -> Path:
+def write_volume(volume: Volume, path: str | os.PathLike, *, dtype=None, compress: bool | None = None,
+                 notes: str | None = None) -> Path:
     """Write ``volume`` with its spacing, origin and direction, atomically.
 
     The format follows the suffix: ``.nii``/``.nii.gz`` (NIfTI), ``.mhd`` (header + ``.raw``),
-    ``.mha``, ``.nrrd``. A failure leaves nothing at ``path``.
+    ``.mha``, ``.nrrd``. The file is written under a temporary name, checked, flushed to the
+    disk and only then renamed: ITK's NIfTI writer meets a full disk with a note on stderr and a
+    short file, so a NIfTI file is read back against its header before it counts as written. A
+    failure leaves nothing at ``path`` and no temporary.
 
     Args:
         volume: the volume; its array is (z, y, x).
         path: the destination.
         dtype: cast the voxels before writing (e.g. ``np.int16`` for CT in HU); None keeps them.
         compress: compress the voxel data; None compresses ``.nii.gz``, ``.nrrd`` and ``.mha``.
+        notes: a short description stored in the file (NIfTI ``descrip``, 79 characters at most).
 
     Returns:
         The path written.
+
+    Raises:
+        MedvolError: a format or array that cannot be written, or a failed write (a full disk),
+            naming ``path``.
     """
     sitk = optional_import("SimpleITK", "reading and writing volume files")
 
@@ -314,23 +341,47 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, dtype=None, compres
     if array.ndim != 3:
         raise MedvolError(f"{path}: expected a 3D array to write, got shape {array.shape}")
     image = _to_sitk(volume, dtype)
+    if notes is not None:
+        image.SetMetaData("ITK_FileNotes", notes[:79])  # ITK's NIfTI writer puts it in descrip
     if compress is None:
         compress = suffix in (".nii.gz", ".nrrd", ".mha")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".mhd":
         # The header names its .raw file, so both are written under their final names in a
         # private folder and moved into place, the header last: readers find it only when whole.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.tmp-", dir=path.parent))
+        tmp = None
         try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.tmp-", dir=path.parent))
             sitk.WriteImage(image, str(tmp / path.name), bool(compress))
-            for data_file in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".mhd"):
+            files = sorted(tmp.iterdir(), key=lambda p: p.suffix == ".mhd")
+            for data_file in files:
+                fsync_file(data_file)
+            for data_file in files:
                 os.replace(data_file, path.parent / data_file.name)
+        except (OSError, RuntimeError) as error:
+            raise MedvolError(f"cannot write volume {path}: {write_failure(error, path.parent)}") from None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         return path
-    with atomic_path(path) as tmp:
+    with checked_write(path, "volume", library_errors=(RuntimeError,)) as tmp:
         sitk.WriteImage(image, str(tmp), bool(compress))
+        if suffix in (".nii", ".nii.gz"):
+            _check_written_nifti(tmp)
     return path
+
+
+def _check_written_nifti(path: Path) -> None:
+    """Raise ``OSError`` unless the NIfTI file just written holds every voxel its header declares.
+
+    The MetaImage and NRRD writers raise on a short write; ITK's NIfTI writer only prints one.
+    """
+    try:
+        _check_nifti_complete(path)
+    except Exception as error:  # noqa: BLE001 - short, empty or garbled: the write did not succeed
+        counts = re.search(r"truncated: (\d+ of \d+ bytes)", str(error))
+        detail = counts.group(1) if counts else _one_line(error)
+        raise OSError(f"short write, the file does not read back ({detail})") from None
 
 
 def source_files(path: str | os.PathLike) -> list[Path]:

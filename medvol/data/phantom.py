@@ -32,6 +32,7 @@ import numpy as np
 
 from medvol.data.io import Volume, write_volume
 from medvol.errors import MedvolError
+from medvol.utils import write_failure
 
 FOV_XY_MM = 380.0
 FOV_Z_MM = 340.0
@@ -467,6 +468,10 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
 
     Returns:
         The image paths written (masks not included).
+
+    Raises:
+        MedvolError: a bad argument, or a failed write (a full disk); the volume being written
+            then has no file under its name (nor its mask), the ones before it are complete.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise MedvolError(f"invalid count {n!r} (--n): expected a positive integer")
@@ -477,13 +482,22 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MedvolError(f"{out}: exists and is not a folder (--out)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"{out}: cannot create the folder (--out: {write_failure(error, out.parent)})") from None
     written = []
     for index in range(n):
         volume, mask = make_phantom(size, (seed, index), nodules)
         path = write_volume(volume, out / f"phantom_{index:04d}.{fmt}", dtype=np.int16)
         if mask is not None:
-            write_volume(dataclasses.replace(volume, array=mask), out / f"phantom_{index:04d}_mask.{fmt}",
-                         dtype=np.uint8)
+            try:
+                write_volume(dataclasses.replace(volume, array=mask),
+                             out / f"phantom_{index:04d}_mask.{fmt}", dtype=np.uint8)
+            except MedvolError:
+                # A volume whose nodule mask is missing would pass for a phantom without nodules.
+                for file in [path, path.with_suffix(".raw")] if fmt == "mhd" else [path]:
+                    file.unlink(missing_ok=True)
+                raise
         written.append(path)
     return written

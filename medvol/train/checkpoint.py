@@ -11,7 +11,6 @@ its own: the sampler is a pure function of (seed, rank, samples consumed) - see 
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ import torch
 
 from medvol.config import TrainConfig, config_from_dict, config_to_dict
 from medvol.errors import MedvolError
-from medvol.utils import atomic_path, sha256_file
+from medvol.utils import checked_write, sha256_file
 
 log = logging.getLogger("medvol.train")
 
@@ -79,30 +78,29 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically, then its ``.sha256`` sidecar.
 
     The checksum is computed on the temporary file and written before the rename, so a reader
-    that finds the checkpoint under its final name always finds its checksum too.
+    that finds the checkpoint under its final name always finds its checksum too. Both files are
+    flushed to the disk before they take their names.
+
+    Raises:
+        MedvolError: the write failed (a full disk); neither file is left under its final name.
     """
     path = Path(path)
     state = {"format": FORMAT, "version": VERSION, **state}
+    side = checksum_path(path)
+    renamed_side = False
     try:
-        with atomic_path(path) as tmp:
+        # torch.save reports a failed write as a RuntimeError from its C++ writer.
+        with checked_write(path, "checkpoint", library_errors=(RuntimeError,)) as tmp:
             torch.save(state, tmp)
             digest = sha256_file(tmp)
-            with atomic_path(checksum_path(path)) as side:
-                side.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
-    except (OSError, RuntimeError) as error:
-        # torch.save reports a failed write (a full disk) as a RuntimeError from its C++ writer.
-        raise MedvolError(f"cannot write checkpoint {path}: {write_failure(error)}") from None
+            with checked_write(side, "checkpoint checksum") as side_tmp:
+                side_tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
+            renamed_side = True
+    except MedvolError:
+        if renamed_side:  # the checkpoint it describes never got its name
+            side.unlink(missing_ok=True)
+        raise
     return path
-
-
-def write_failure(error: BaseException) -> str:
-    """A one-line reason for a failed write (``no space left on device`` for a full disk)."""
-    if isinstance(error, OSError) and error.errno is not None:
-        return os.strerror(error.errno).lower()
-    text = " ".join(str(error).split())
-    if "file write failed" in text or "No space left" in text:
-        return f"{os.strerror(errno.ENOSPC).lower()} or the write failed ({text[:120]})"
-    return text[:200] or type(error).__name__
 
 
 def verify_checksum(path: str | os.PathLike) -> None:

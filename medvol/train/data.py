@@ -121,11 +121,63 @@ def make_loader(dataset: Dataset, data: DataConfig, *, seed: int, rank: int = 0,
 
 
 def data_meta(dataset: Dataset, data: DataConfig) -> dict:
-    """Facts generation needs about the training volumes: spacing (z, y, x mm), HU window."""
+    """Facts generation needs about the training volumes: spacing (z, y, x mm), direction (ITK's
+    row-major 3x3), modality and HU window (None for MR)."""
     spacing = getattr(dataset, "spacing", None)
     window = getattr(dataset, "window", None)
+    params = getattr(dataset, "params", None)
     return {
         "source": data.source,
         "spacing": [float(s) for s in spacing] if spacing is not None else [1.0, 1.0, 1.0],
+        "direction": list(training_direction(dataset)),
+        "modality": getattr(params, "modality", "ct"),
         "window": [float(w) for w in window] if window is not None else None,
     }
+
+
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def training_direction(dataset: Dataset) -> tuple[float, ...]:
+    """The direction of the training volumes' voxel axes: the most common among a cache's entries.
+
+    Newer caches record each entry's ``direction``; for older ones it follows from the source's
+    ``original_direction`` and the cache's ``orient``. Phantoms are axis-aligned (identity).
+    """
+    entries = getattr(dataset, "entries", None)
+    if not entries:
+        return _IDENTITY
+    orient = getattr(getattr(dataset, "params", None), "orient", None)
+    counts: dict[tuple[float, ...], int] = {}
+    for entry in entries:
+        if entry.get("direction") is not None:
+            direction = tuple(float(d) for d in entry["direction"])
+        elif entry.get("original_direction") is not None:
+            original = tuple(float(d) for d in entry["original_direction"])
+            direction = oriented_direction(original, orient) if orient else original
+        else:
+            direction = _IDENTITY
+        key = tuple(round(d, 6) + 0.0 for d in direction)
+        counts[key] = counts.get(key, 0) + 1
+    return max(counts, key=counts.get)
+
+
+#: Orientation letters: the physical LPS axis each names and the sign of its direction.
+_LETTERS = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+
+
+def oriented_direction(direction: tuple[float, ...], code: str = "LPS") -> tuple[float, ...]:
+    """The direction after reordering and flipping the index axes to run closest to ``code``.
+
+    What SimpleITK's ``DICOMOrient(image, code)`` does to an image's direction: each index axis
+    goes to the place of the letter naming the physical axis it runs most along, pointing the
+    letter's way.
+    """
+    targets = [_LETTERS[letter] for letter in code.upper()]
+    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    out = np.zeros_like(matrix)
+    for column in range(3):
+        axis = int(np.argmax(np.abs(matrix[:, column])))
+        place = next(i for i, (target, _) in enumerate(targets) if target == axis)
+        out[:, place] = matrix[:, column] * np.sign(matrix[axis, column]) * targets[place][1]
+    return tuple(float(d) + 0.0 for d in out.ravel())

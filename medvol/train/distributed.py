@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from medvol.errors import MedvolError
+
 
 @dataclass
 class DistInfo:
@@ -40,13 +42,31 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> this rank's GPU when CUDA is present, else the CPU."""
+def pick_device(name: str, local_rank: int = 0, option: str = "--device") -> torch.device:
+    """``"auto"`` -> this rank's GPU when CUDA is present, else the CPU; ``"cpu"``, ``"cuda[:N]"``.
+
+    Raises:
+        MedvolError: an unknown device, or a GPU that this machine does not have (checked here,
+            before a model is built: ``option`` names the setting in the message).
+    """
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MedvolError(f"{option} {name}: unknown device (use auto, cpu or cuda[:N])") from None
+    if device.type not in ("cpu", "cuda"):
+        raise MedvolError(f"{option} {name}: medvol runs on cpu or cuda[:N], not {device.type}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is built without CUDA" if torch.version.cuda is None
+                   else "no CUDA GPU is visible on this machine")
+            raise MedvolError(f"{option} {name}: {why}; use cpu (or auto)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise MedvolError(f"{option} {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -57,7 +77,7 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local_rank)
+    device = pick_device(device_name, local_rank, option="train.device")
     if world_size <= 1:
         return DistInfo(device=device)
     if device.type == "cuda":

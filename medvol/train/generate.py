@@ -2,23 +2,75 @@
 
 Volume ``i`` of a call with ``seed`` uses the ``i``-th latent drawn from a CPU generator seeded
 with ``seed``, so output is deterministic per seed (and ``n=3`` gives the first three of ``n=5``)
-whatever the device. CT volumes are mapped back to Hounsfield units with the inverse of the
-training window; they carry the training data's voxel spacing and an identity-direction affine.
+whatever the device.
+
+What a generated file holds (docs/models.md, "Generated volumes on disk"):
+
+- Intensities: CT is mapped back to Hounsfield units with the inverse of the training window.
+  MR stays in the network's [-1, 1]: each training volume was scaled by its own percentiles, so
+  there is no one scanner scale to map back to.
+- Geometry: the training data's voxel spacing and direction (the checkpoint records them). The
+  origin puts the centre of the volume at the physical point (0, 0, 0) mm: a generated volume
+  belongs to no scanner position, and a centred one lies at the same place whatever its spacing
+  and direction, so samples of one or of different runs overlay each other.
+- Provenance: the NIfTI ``descrip`` field names checkpoint, seed and index; ``generated.json``
+  in the output folder records, per file, the checkpoint (path, SHA-256, iteration), the model,
+  seed, index, label, mode, intensity unit and geometry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+import medvol
 from medvol.errors import MedvolError
-from medvol.train.checkpoint import load_checkpoint
+from medvol.train.checkpoint import checksum_path, load_checkpoint
 from medvol.train.distributed import pick_device
+from medvol.utils import checked_write, write_failure
 
 log = logging.getLogger("medvol.generate")
+
+#: The provenance file that ``generate_volumes`` keeps in its output folder.
+PROVENANCE = "generated.json"
+
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def centred_origin(shape: tuple[int, int, int], spacing, direction) -> tuple[float, float, float]:
+    """The (x, y, z) origin that puts the centre of a (z, y, x) ``shape`` volume at (0, 0, 0) mm."""
+    extent_xyz = (np.asarray(shape[::-1], dtype=np.float64) - 1.0) * np.asarray(spacing[::-1], dtype=np.float64)
+    origin = -np.asarray(direction, dtype=np.float64).reshape(3, 3) @ (extent_xyz / 2.0)
+    return tuple(float(o) + 0.0 for o in origin)  # + 0.0: no "-0.0" in headers
+
+
+def output_geometry(meta: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, ...]]:
+    """``(spacing, direction)`` of generated volumes from a checkpoint's ``data`` facts.
+
+    Checkpoints written before the direction was recorded get the identity (LPS-aligned axes, as
+    ``medvol preprocess`` reorients by default).
+    """
+    spacing = tuple(float(s) for s in meta.get("spacing", (1.0, 1.0, 1.0)))
+    direction = tuple(float(d) for d in meta.get("direction") or _IDENTITY)
+    if len(spacing) != 3 or len(direction) != 9:
+        raise MedvolError(f"checkpoint data facts: spacing {spacing} / direction {direction} are not 3D")
+    return spacing, direction
+
+
+def _read_provenance(out: Path) -> dict[str, Any]:
+    path = out / PROVENANCE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else {"files": {}}
+    except (OSError, ValueError):
+        return {"files": {}}
 
 
 def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, seed: int = 0,
@@ -41,28 +93,48 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
         The written file paths, in order.
 
     Raises:
-        MedvolError: bad checkpoint, ``n < 1``, a label for an unconditional model or out of range.
+        MedvolError: bad checkpoint, ``n < 1``, a label for an unconditional model or out of range,
+            a device this machine lacks, or a failed write (a full disk): the volume being
+            written then has no file under its name; the ones before it are complete and listed
+            in ``generated.json``.
     """
     from medvol.data.io import Volume, write_volume
     from medvol.data.preprocess import to_intensity
 
     if n < 1:
         raise MedvolError(f"--n: expected at least 1 volume, got {n}")
+    dev = pick_device(device)  # before the checkpoint is read: a missing GPU is named first
     system, cfg, state = load_checkpoint(ckpt)
     k = system.num_classes
     if label is not None and k == 0:
         raise MedvolError(f"--label {label}: the model in {state['path']} is not class-conditional")
     if label is not None and not 0 <= label < k:
         raise MedvolError(f"--label {label}: the model has classes 0..{k - 1}")
-    dev = pick_device(device)
     system.to(dev)
-    system.set_mode(mode or ("optimized" if dev.type == "cuda" else "reference"))
+    mode = mode or ("optimized" if dev.type == "cuda" else "reference")
+    system.set_mode(mode)
     meta = state.get("data", {})
-    spacing = tuple(float(s) for s in meta.get("spacing", (1.0, 1.0, 1.0)))
+    spacing, direction = output_geometry(meta)
     window = meta.get("window")
+    size = cfg.model.size
+    origin = centred_origin((size, size, size), spacing, direction)
+    ckpt_path = Path(state["path"])
+    ckpt_sha = checksum_path(ckpt_path).read_text(encoding="utf-8").split()[0]
+    common = {
+        "checkpoint": str(ckpt_path.resolve()), "checkpoint_sha256": ckpt_sha,
+        "iteration": int(state["iteration"]), "model": f"{cfg.model.name}@{size}",
+        "seed": seed, "mode": mode, "tile_depth": tile_depth, "medvol_version": medvol.__version__,
+        "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
+        "window": list(window) if window is not None else None,
+        "spacing": list(spacing), "origin": list(origin), "direction": list(direction),
+    }
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"--out {out}: cannot create it ({write_failure(error, out.parent)})") from None
+    provenance = _read_provenance(out)
     generator = torch.Generator().manual_seed(seed)
     paths = []
     for i in range(n):
@@ -71,7 +143,25 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
         x = system.generate(z, labels=labels, tile_depth=tile_depth)[0, 0].float().cpu().numpy()
         array = to_intensity(x, tuple(window)) if window is not None else x
         path = out / f"sample_{i:04d}.nii.gz"
-        write_volume(Volume(array=array.astype("float32"), spacing=spacing), path)
+        volume = Volume(array=array.astype("float32"), spacing=spacing, origin=origin, direction=direction)
+        notes = f"medvol {ckpt_path.name} seed {seed} #{i}"
+        try:
+            write_volume(volume, path, notes=notes)
+        except MedvolError as error:
+            # The file of an earlier call under this name, if any, is untouched and keeps its entry.
+            if paths:
+                with contextlib.suppress(MedvolError):
+                    _write_provenance(out, provenance)
+            done = f"; the {i} volume(s) before it are complete" if i else ""
+            raise MedvolError(f"{error}{done}") from None
+        provenance["files"][path.name] = dict(common, index=i,
+                                              label=int(labels[0]) if labels is not None else None)
         log.info("wrote %s", path)
         paths.append(path)
+    _write_provenance(out, provenance)
     return paths
+
+
+def _write_provenance(out: Path, provenance: dict[str, Any]) -> None:
+    with checked_write(out / PROVENANCE, "provenance file") as tmp:
+        tmp.write_text(json.dumps(provenance, indent=1, sort_keys=True), encoding="utf-8")

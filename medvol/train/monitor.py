@@ -1,17 +1,26 @@
 """What a run reports while it trains: TensorBoard scalars and images, a progress bar, memory.
 
 TensorBoard and tqdm are optional: where they are not installed (the bare GPU images have only
-torch, triton, numpy and pyyaml) the run goes on with plain log lines instead.
+torch, triton, numpy and pyyaml) the run goes on with plain log lines instead. The bar is drawn
+only on a terminal: written to a log file, each of its redraws would be one more line there.
+
+TensorBoard writes its event file from a thread of its own and raises that thread's ``OSError``
+(a full disk) on the next call here; it becomes one :class:`MedvolError` naming ``run_dir/tb``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
+import threading
 from pathlib import Path
 
 import torch
+
+from medvol.errors import MedvolError
+from medvol.utils import write_failure
 
 log = logging.getLogger("medvol.train")
 
@@ -44,23 +53,28 @@ class Monitor:
         run_dir: TensorBoard events go to ``run_dir/tb``.
         total: iterations of the whole run; ``start``: iterations already done (resume).
         enabled: False on non-main ranks.
-        progress: show a tqdm bar (else a log line every ``log_every``).
+        progress: show a tqdm bar when stderr is a terminal (else a log line every ``log_every``).
     """
 
     def __init__(self, run_dir: Path, total: int, start: int, enabled: bool = True, progress: bool = True):
         self.enabled = enabled
         self.writer = None
         self.bar = None
+        self.tb_dir = Path(run_dir) / "tb"
+        self._thread_hook = None
         if not enabled:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start)
+            with self._tensorboard():
+                self.writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start)
+            self._thread_hook = threading.excepthook
+            threading.excepthook = self._writer_thread_failed
         except ImportError:
             log.warning("tensorboard is not installed: no TensorBoard logs for this run"
                         " (pip install 'medvol[log]')")
-        if progress:
+        if progress and sys.stderr.isatty():
             try:
                 from tqdm.auto import tqdm
 
@@ -69,15 +83,33 @@ class Monitor:
             except ImportError:
                 self.bar = None
 
+    def _writer_thread_failed(self, args) -> None:
+        # The event writer's OSError comes back on the next call in the training thread and is
+        # reported there in one line; the thread's own traceback would only repeat it.
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard"):
+            return
+        self._thread_hook(args)
+
+    @contextlib.contextmanager
+    def _tensorboard(self):
+        try:
+            yield
+        except OSError as error:
+            self.writer = None  # a failed writer raises the same error on every later call
+            raise MedvolError(f"cannot write TensorBoard logs in {self.tb_dir}: "
+                              f"{write_failure(error, self.tb_dir)}") from None
+
     def scalars(self, iteration: int, values: dict[str, float]) -> None:
         if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, iteration)
+            with self._tensorboard():
+                for name, value in values.items():
+                    self.writer.add_scalar(name, value, iteration)
 
     def images(self, iteration: int, tag: str, volume: torch.Tensor) -> None:
         """Mid-slices of each volume in ``volume[B,1,S,S,S]`` as TensorBoard images."""
         if self.writer is not None:
-            self.writer.add_images(tag, mid_slices(volume), iteration, dataformats="NCHW")
+            with self._tensorboard():
+                self.writer.add_images(tag, mid_slices(volume), iteration, dataformats="NCHW")
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -103,9 +135,21 @@ class Monitor:
         else:
             log.info(text)
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """Close the bar and flush the TensorBoard events.
+
+        Args:
+            quiet: drop a failure to flush (the run is already stopping on another error).
+        """
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+            self.bar = None
+        writer, self.writer = self.writer, None
+        try:
+            if writer is not None:
+                with contextlib.suppress(MedvolError) if quiet else contextlib.nullcontext():
+                    with self._tensorboard():
+                        writer.close()  # flushes first
+        finally:
+            if self._thread_hook is not None:
+                threading.excepthook, self._thread_hook = self._thread_hook, None

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from medvol.errors import MedvolError
+from medvol.utils import write_failure
 
 LOCK_NAME = ".medvol-run.lock"
 
@@ -58,8 +59,13 @@ class RunFolderLock:
                 self.fd = fd
                 break
             os.close(fd)
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"{os.getpid()}\n".encode())
+        except OSError as error:  # a full disk
+            self.release(remove_empty=True)
+            raise MedvolError(f"run folder {self.run_dir}: cannot write {LOCK_NAME} "
+                              f"({write_failure(error, self.run_dir)})") from None
 
     def release(self, remove_empty: bool = False) -> None:
         """Unlock; with ``remove_empty``, delete a folder this lock created that stayed empty."""

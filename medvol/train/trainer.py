@@ -37,7 +37,7 @@ from medvol.train.distributed import (DistInfo, all_finite, average_gradients, b
 from medvol.train.interrupt import StopSignals, TrainingInterrupted
 from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
 from medvol.train.runfolder import RunFolderLock, refuse_second_run
-from medvol.utils import atomic_path
+from medvol.utils import checked_write
 
 log = logging.getLogger("medvol.train")
 
@@ -206,9 +206,9 @@ class Trainer:
         monitor.images(self.iteration, "volumes/generated", fake)
         # Mid-slices also land on disk (small, numpy only) for looking at without TensorBoard.
         path = self.run_dir / "samples" / f"slices_{self.iteration:07d}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez_compressed(handle, real=mid_slices(real).numpy(), generated=mid_slices(fake).numpy())
+        with checked_write(path, "sample slices") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, real=mid_slices(real).numpy(), generated=mid_slices(fake).numpy())
 
     def _stop_on_nonfinite(self, losses: dict[str, torch.Tensor], monitor: Monitor) -> None:
         values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
@@ -217,7 +217,6 @@ class Trainer:
         bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items() if not math.isfinite(v.item())) \
             or "on another rank"
         kept = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint written yet"
-        monitor.close()
         raise TrainingDiverged(f"non-finite loss at iteration {self.iteration + 1} ({bad}); "
                                f"training stopped, {kept}")
 
@@ -291,8 +290,10 @@ class Trainer:
         try:
             with StopSignals() as stop:
                 self._loop(monitor, total, stop)
-        finally:
-            monitor.close()
+        except BaseException:
+            monitor.close(quiet=True)  # the error that stopped the run is the one to report
+            raise
+        monitor.close()
         return self.run_dir
 
     def _stop_on_signal(self, stop: StopSignals) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -214,6 +215,33 @@ def _check_out(path: str | os.PathLike) -> Path:
     return path
 
 
+#: Qt platforms that draw on an X server or a Wayland compositor (the Linux default is xcb).
+_WINDOWING_PLATFORMS = ("xcb", "wayland", "wayland-egl")
+
+
+def _check_window_display() -> None:
+    """Refuse an interactive window where Qt has nothing to show it on.
+
+    Without ``DISPLAY`` (or ``WAYLAND_DISPLAY``) Qt's xcb platform aborts the process (exit 134)
+    before Python can report anything, so this is checked before Qt starts. A platform named in
+    ``QT_QPA_PLATFORM`` that needs no display server (``vnc``, ``eglfs``, ``offscreen``, ...) is
+    the user's choice and is left alone, and so is a process that already runs Qt.
+    """
+    from medvol.viewer.display import _qt_started
+
+    if not sys.platform.startswith("linux") or _qt_started():
+        return
+    platforms = [p.split(":")[0].strip() for p in os.environ.get("QT_QPA_PLATFORM", "").split(";")]
+    platforms = [p for p in platforms if p] or ["xcb"]
+    if any(p not in _WINDOWING_PLATFORMS for p in platforms):
+        return
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return
+    raise MedvolError("no display to open the viewer window on (DISPLAY and WAYLAND_DISPLAY are "
+                      "unset): give --screenshot OUT.png to render without one, or log in with "
+                      "a display (ssh -X)")
+
+
 def view(
     sources: Sequence[str | os.PathLike] = (),
     *,
@@ -254,6 +282,8 @@ def view(
     if not sources and ckpt is None:
         raise MedvolError("nothing to view: give volume paths or --ckpt")
     out = _check_out(screenshot) if screenshot is not None else None
+    if out is None:
+        _check_window_display()
     volumes = load_volumes(sources)
     mask = load_volumes([labels])[0] if labels is not None else None
     layer_data = prepare_layers(volumes, window=limits, grid=grid, labels=mask)

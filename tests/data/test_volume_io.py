@@ -118,7 +118,7 @@ def test_write_failure_leaves_nothing(tmp_path, oblique_volume, monkeypatch):
 
     monkeypatch.setattr(sitk, "WriteImage", broken)
     for name in ("vol.nii.gz", "vol.mhd"):
-        with pytest.raises(RuntimeError):
+        with pytest.raises(MedvolError, match=rf"cannot write volume .*{name}: disk full"):
             write_volume(oblique_volume, tmp_path / name)
     assert os.listdir(tmp_path) == []
 

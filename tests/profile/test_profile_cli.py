@@ -113,3 +113,17 @@ def test_bad_model_options_are_one_line_errors(tmp_path, capsys, argv, message):
                        "--batch", "1", "--mode", "reference", *argv, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "64,100"], "--size: '100' is not one of 32, 64, 128, 256, 512"),
+    (["--budget", "99999999TB"], "--budget 99999999TB: expected between 1MB and 100TB"),
+    (["--budget", "100KB"], "--budget 100KB: expected between 1MB and 100TB"),
+], ids=["size", "huge-budget", "tiny-budget"])
+def test_bad_size_and_budget_are_refused_up_front(tmp_path, capsys, argv, message):
+    out = tmp_path / "prof"
+    assert cli.main(["profile", "--model", "crfgan", "--batch", "1", "--mode", "reference", "--device", "cpu",
+                     *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"medvol profile: error: {message}"), err
+    assert not out.exists()

@@ -49,3 +49,66 @@ def tiny(tmp_path, tiny_config_fn):
         return tiny_config_fn(tmp_path / out, *overrides, name=name, iterations=iterations)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_config_fn) -> Path:
+    """A run folder with one tiny CRF-GAN checkpoint (2 iterations), shared by read-only tests."""
+    from medvol.train.trainer import train
+
+    return train(tiny_config_fn(tmp_path_factory.mktemp("trained") / "run", name="crfgan", iterations=2))
+
+
+@pytest.fixture
+def on_step(monkeypatch):
+    """``on_step(hook)``: every model the trainer builds calls ``hook(iteration, losses)`` after
+    each training step; what the hook returns is the step's losses (``None`` keeps them)."""
+    from medvol.train import trainer
+
+    def install(hook) -> None:
+        real_build = trainer.build_system
+
+        def build_hooked(cfg):
+            system = real_build(cfg)
+            step = system.train_step
+
+            def hooked(real, optimizers, iteration, **kwargs):
+                losses = step(real, optimizers, iteration, **kwargs)
+                changed = hook(iteration, losses)
+                return losses if changed is None else changed
+
+            system.train_step = hooked
+            return system
+
+        monkeypatch.setattr(trainer, "build_system", build_hooked)
+
+    return install
+
+
+@pytest.fixture
+def medvol_with_file_limit():
+    """``run(argv, limit)``: ``python -m medvol.cli *argv`` in a child whose files cannot grow
+    past ``limit`` bytes; returns the ``CompletedProcess`` (text output).
+
+    ``RLIMIT_FSIZE`` with SIGXFSZ ignored makes a write past the limit fail in the kernel (EFBIG),
+    where the C++ writers of ITK and torch meet it exactly as they meet a full disk (ENOSPC):
+    a short write. That is a full filesystem without root or a tmpfs.
+    """
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def run(argv, limit: int, script: str | None = None):
+        def limit_files():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+        command = ["-c", script] if script is not None else ["-m", "medvol.cli"]
+        env = dict(os.environ, PYTHONUTF8="0", LC_ALL="C", PYTHONDONTWRITEBYTECODE="1")
+        return subprocess.run([sys.executable, *command, *map(str, argv)], capture_output=True, text=True,
+                              encoding="utf-8", errors="replace", env=env, preexec_fn=limit_files,
+                              timeout=600)
+
+    return run

@@ -17,7 +17,6 @@ from medvol import cli
 from medvol.config import save_config
 from medvol.errors import MedvolError
 from medvol.train import checkpoint as ckpt
-from medvol.train import trainer
 from medvol.train.runfolder import RunFolderLock
 from medvol.train.trainer import train
 
@@ -137,23 +136,12 @@ def test_temporaries_of_killed_writes_are_removed_at_start(tiny, caplog):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_signal_checkpoints_then_exits(tiny, tmp_path, monkeypatch, capfd, sig, code):
-    real_build = trainer.build_system
+def test_signal_checkpoints_then_exits(tiny, tmp_path, on_step, capfd, sig, code):
+    def signal_during_third_step(iteration, losses):
+        if iteration == 2:  # long before the first checkpoint
+            os.kill(os.getpid(), sig)
 
-    def build_signalling(cfg):
-        system = real_build(cfg)
-        step = system.train_step
-
-        def signalling(real, optimizers, iteration, **kwargs):
-            losses = step(real, optimizers, iteration, **kwargs)
-            if iteration == 2:  # during the third step, long before the first checkpoint
-                os.kill(os.getpid(), sig)
-            return losses
-
-        system.train_step = signalling
-        return system
-
-    monkeypatch.setattr(trainer, "build_system", build_signalling)
+    on_step(signal_during_third_step)
     cfg = tiny("--train.ckpt_every", "1000", iterations=50)
     config_path = save_config(cfg, tmp_path / "cfg.yaml")
     assert cli.main(["train", "--config", str(config_path)]) == code

@@ -1,22 +1,30 @@
-"""Generation: deterministic per seed, NIfTI in HU with the training spacing, one-line errors."""
+"""Generation: deterministic per seed, NIfTI in HU (MR in [-1, 1]) with the training spacing and
+direction, a centred origin and provenance; one-line errors."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
 
 from medvol import cli
 from medvol.data.datasets import CachedVolumeDataset
 from medvol.data.io import read_volume
+from medvol.config import load_config
+from medvol.data.preprocess import PreprocessParams
 from medvol.errors import MedvolError
-from medvol.train.generate import generate_volumes
-from medvol.train.trainer import train
+from medvol.train import checkpoint as ckpt
+from medvol.train.generate import PROVENANCE, generate_volumes
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_config_fn):
-    cfg = tiny_config_fn(tmp_path_factory.mktemp("gen") / "run", name="crfgan", iterations=2)
-    return train(cfg)
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run
 
 
 def test_generate_is_deterministic_and_writes_hu_nifti(run_dir, phantom_cache, tmp_path):
@@ -48,3 +56,71 @@ def test_generate_cli_and_errors(run_dir, tmp_path, capsys):
                  ["--ckpt", str(tmp_path)]):
         assert cli.main(["generate", "--out", str(tmp_path / "y"), *argv]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _with_data_facts(run_dir, tmp_path, **facts):
+    """A copy of the run's checkpoint whose recorded training data has other ``facts``."""
+    state = ckpt.read_checkpoint(run_dir)
+    state["data"] = dict(state["data"], **facts)
+    path = tmp_path / "ckpt" / ckpt.checkpoint_name(state["iteration"])
+    path.parent.mkdir()
+    ckpt.save_checkpoint(path, {k: v for k, v in state.items() if k not in ("path", "format", "version")})
+    return path
+
+
+def test_generated_volumes_carry_training_geometry_and_provenance(run_dir, tmp_path):
+    # Axes of an LPS-sorted scan read in another order: x runs right-to-left, y is superior.
+    direction = (-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0)
+    spacing = (2.5, 0.8, 0.7)
+    path = _with_data_facts(run_dir, tmp_path, spacing=list(spacing), direction=list(direction))
+    (written,) = generate_volumes(path, 1, tmp_path / "g", seed=3)
+    volume = read_volume(written)
+    np.testing.assert_allclose(volume.spacing, spacing, rtol=1e-6)
+    np.testing.assert_allclose(volume.direction, direction, atol=1e-6)
+    # The centre of the volume sits at (0, 0, 0) mm.
+    centre_index = (np.asarray(volume.shape[::-1]) - 1) / 2.0  # (x, y, z) index of the centre
+    centre = np.asarray(volume.origin) + np.asarray(direction).reshape(3, 3) @ (centre_index * spacing[::-1])
+    np.testing.assert_allclose(centre, 0.0, atol=1e-4)
+    import nibabel as nib
+
+    assert nib.load(str(written)).header["descrip"].item().decode() == f"medvol {path.name} seed 3 #0"
+    record = json.loads((tmp_path / "g" / PROVENANCE).read_text(encoding="utf-8"))["files"][written.name]
+    assert record["checkpoint"] == str(path.resolve()) and record["iteration"] == 2
+    assert record["checkpoint_sha256"] == ckpt.checksum_path(path).read_text(encoding="utf-8").split()[0]
+    assert (record["seed"], record["index"], record["model"], record["intensity"]) == (3, 0, "crfgan@32", "HU")
+    np.testing.assert_allclose(record["origin"], volume.origin, atol=1e-4)
+
+
+def test_mr_output_stays_in_minus_one_to_one(run_dir, tmp_path):
+    path = _with_data_facts(run_dir, tmp_path, window=None, modality="mr")
+    (written,) = generate_volumes(path, 1, tmp_path / "g", seed=3)
+    array = read_volume(written).array
+    assert array.min() >= -1.0 and array.max() <= 1.0 and array.max() - array.min() > 0.1
+    record = json.loads((tmp_path / "g" / PROVENANCE).read_text(encoding="utf-8"))["files"][written.name]
+    assert record["intensity"].startswith("[-1, 1]") and record["window"] is None
+
+
+def test_training_records_the_data_direction(phantom_cache, tmp_path):
+    from medvol.train.data import data_meta, oriented_direction, training_direction
+
+    flipped = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # RAS-sorted axes
+    swapped = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+    class Cache:  # the manifest facts a CachedVolumeDataset exposes
+        def __init__(self, entries, orient):
+            self.entries, self.params = entries, PreprocessParams(size=32, orient=orient)
+
+    # Newer caches record each entry's direction; the most common one wins.
+    assert training_direction(Cache([{"direction": swapped}] * 2 + [{"direction": flipped}], "LPS")) == swapped
+    # Older ones: the source's direction, reoriented as the cache did.
+    assert training_direction(Cache([{"original_direction": flipped}], "LPS")) == IDENTITY
+    assert training_direction(Cache([{"original_direction": flipped}], None)) == flipped
+    oblique = tuple(float(v) for v in Rotation.from_rotvec([0.1, -0.2, 0.15]).as_matrix()[:, [1, 0, 2]].ravel())
+    image = sitk.Image([2, 2, 2], sitk.sitkFloat32)
+    image.SetDirection(oblique)
+    for code in ("LPS", "RAS", "PLI"):
+        np.testing.assert_allclose(oriented_direction(oblique, code), sitk.DICOMOrient(image, code).GetDirection(),
+                                   atol=1e-12, err_msg=code)
+    cfg = load_config(None, ["--data.source", str(phantom_cache)])
+    meta = data_meta(CachedVolumeDataset(phantom_cache), cfg.data)
+    assert meta["direction"] == list(IDENTITY) and meta["modality"] == "ct"

@@ -10,27 +10,15 @@ from medvol import cli
 from medvol.config import load_config, save_config
 from medvol.errors import MedvolError
 from medvol.train import checkpoint as ckpt
-from medvol.train import trainer
 from medvol.train.data import StreamSampler, build_dataset
 
 
-def test_nan_loss_stops_with_exit_2_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch, capsys):
-    real_build = trainer.build_system
+def test_nan_loss_stops_with_exit_2_and_keeps_last_good_checkpoint(tiny, tmp_path, on_step, capsys):
+    def third_iteration_diverges(iteration, losses):
+        if iteration == 2:
+            losses["G"] = torch.tensor(float("nan"))
 
-    def build_poisoned(cfg):
-        system = real_build(cfg)
-        step = system.train_step
-
-        def poisoned(real, optimizers, iteration, **kwargs):
-            losses = step(real, optimizers, iteration, **kwargs)
-            if iteration == 2:  # the third iteration diverges
-                losses["G"] = torch.tensor(float("nan"))
-            return losses
-
-        system.train_step = poisoned
-        return system
-
-    monkeypatch.setattr(trainer, "build_system", build_poisoned)
+    on_step(third_iteration_diverges)
     cfg = tiny(iterations=4)
     config_path = save_config(cfg, tmp_path / "cfg.yaml")
     assert cli.main(["train", "--config", str(config_path)]) == 2

@@ -92,3 +92,33 @@ def test_bad_input_exits_2_without_window(volumes_dir, no_window, capsys, args, 
     assert err.count("\n") == 1 and err.startswith("medvol view: error:"), err
     assert culprit in err
     assert not (volumes_dir / "out.jpg").exists()
+
+
+def _medvol(args, env=None, timeout=120):
+    env = dict(os.environ if env is None else env, PYTHONUTF8="0", LC_ALL="C")
+    return subprocess.run([sys.executable, "-m", "medvol.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, encoding="utf-8", errors="replace", timeout=timeout)
+
+
+def test_window_without_a_display_is_refused(volumes_dir):
+    """Qt would abort the process (exit 134); medvol says what to do instead."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = _medvol(["view", volumes_dir / "a.nii.gz"], env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr == ("medvol view: error: no display to open the viewer window on (DISPLAY and "
+                             "WAYLAND_DISPLAY are unset): give --screenshot OUT.png to render without one, "
+                             "or log in with a display (ssh -X)\n")
+
+
+def test_fifo_as_a_volume_is_refused_not_read(tmp_path):
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    out = tmp_path / "shot.png"
+    try:
+        result = _medvol(["view", fifo, "--screenshot", out], timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("medvol view blocked reading a FIFO")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr == (f"medvol view: error: {fifo}: not a regular file or folder (a FIFO); "
+                             "a volume must be a file or a DICOM folder\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.nii.gz"]
