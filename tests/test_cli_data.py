@@ -74,6 +74,22 @@ def test_bad_volume_skipped_or_strict(tmp_path, capsys):
     code, out, err = run(argv, capsys)
     assert code == 0 and "preprocessed 2 volume(s), reused 0, skipped 1" in out
     assert "medvol preprocess: skipped" in err and "corrupt.nii.gz" in err
+    # reported once: the cache builder's own record of it is not printed a second time
+    assert sum("corrupt.nii.gz" in line for line in err.splitlines()) == 1, err
+
+
+def test_skipped_volume_reported_once_in_a_subprocess(tmp_path):
+    """The same with logging as the installed command sets it up (not pytest's capture)."""
+    src = tmp_path / "ph"
+    assert subprocess.run([sys.executable, "-m", "medvol.cli", "data", "phantom", "--n", "1", "--size",
+                           "32", "--out", str(src)], capture_output=True).returncode == 0
+    (src / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    done = subprocess.run([sys.executable, "-m", "medvol.cli", "preprocess", "--src", str(src), "--dst",
+                           str(tmp_path / "c"), "--size", "32", "--workers", "1"],
+                          capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    assert sum("corrupt.nii.gz" in line for line in text.splitlines()) == 1, text
 
 
 def test_installed_entry_point(tmp_path):
