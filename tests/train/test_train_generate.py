@@ -7,8 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from scipy.spatial.transform import Rotation
 
 from medvol import cli
 from medvol.data.datasets import CachedVolumeDataset
@@ -18,6 +16,11 @@ from medvol.data.preprocess import PreprocessParams
 from medvol.errors import MedvolError
 from medvol.train import checkpoint as ckpt
 from medvol.train.generate import PROVENANCE, generate_volumes
+
+# optional packages ([itk], [dev]): the module is skipped where they are absent (a bare GPU
+# machine collects `pytest -m gpu` without them)
+sitk = pytest.importorskip("SimpleITK")
+Rotation = pytest.importorskip("scipy.spatial.transform").Rotation
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
