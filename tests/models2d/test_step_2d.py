@@ -145,3 +145,21 @@ def test_3d_model_refuses_2d_options():
 
     with pytest.raises(MedvolError, match="model.loss: only for dcgan, not hagan"):
         build_from_config(load_config(None, ["--model.name", "hagan", "--model.loss", "hinge"]).model)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "mlpgan"])
+def test_shipped_configs(name):
+    from pathlib import Path
+
+    from medvol.config import load_config
+    from medvol.models import MODEL_DEFAULTS, build_from_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    cfg = load_config(root / f"{name}_64.yaml")
+    assert (cfg.model.name, cfg.model.size) == (name, 64)
+    assert (cfg.model.base_width, cfg.model.latent_dim) == MODEL_DEFAULTS[name]
+    assert cfg.train.lr == {"G": 2e-4, "D": 2e-4} and cfg.data.batch == 64
+    tiny = load_config(root / f"{name}_tiny.yaml")
+    assert tiny.model.name == name and tiny.train.device == "cpu" and tiny.model.base_width <= 32
+    with torch.device("meta"):
+        assert build_from_config(cfg.model).param_counts() == build(name, 64).param_counts()
