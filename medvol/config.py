@@ -19,7 +19,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -32,7 +32,7 @@ from medvol.utils import checked_write
 class ModelConfig:
     """Which network to build: ``medvol.models.build(name, size, **options)``."""
 
-    name: Literal["crfgan", "hagan"] = "crfgan"
+    name: Literal["crfgan", "hagan", "dcgan", "mlpgan"] = "crfgan"
     size: int = 256
     base_width: int = 32
     latent_dim: int = 1024
@@ -42,6 +42,22 @@ class ModelConfig:
     crf_forwards: Literal["fresh", "reuse"] = "fresh"
     crf_layout: Literal["channels", "depth"] = "channels"
     crf_self_pairs: bool = True
+    #: 2D models only (docs/models2d.md): image channels (2 with data.masks), and dcgan's loss and
+    #: search-grid options (defaults: DCGAN as published; gp_weight / clip null: the loss's own).
+    channels: int = 1
+    loss: Literal["bce", "lsgan", "wgan", "wgan-gp", "hinge"] = "bce"
+    g_activation: Literal["relu", "leakyrelu", "elu", "selu"] = "relu"
+    d_activation: Literal["relu", "leakyrelu", "elu", "selu"] = "leakyrelu"
+    norm: Literal["batch", "instance", "none"] = "batch"
+    spectral_norm_d: bool = False
+    spectral_norm_g: bool = False
+    init: Literal["normal", "xavier", "kaiming", "default"] = "normal"
+    init_gain: float = 0.02
+    gp_weight: Optional[float] = None
+    clip: Optional[float] = None
+    fm_weight: float = 0.0
+    label_smoothing: float = 0.0
+    diffaugment: str = ""
 
 
 @dataclass
@@ -57,6 +73,14 @@ class DataConfig:
     phantom_n: int = 64
     phantom_seed: int = 0
     phantom_nodules: bool = False
+    #: 2D models only: the slice plane, blank slices skipped, the nodule mask as a second channel
+    #: (phantom source), slice labels from the volume or from the mask (1: the slice holds mask
+    #: pixels), and training on the slices of one class only (-1: all).
+    plane: Literal["axial", "coronal", "sagittal"] = "axial"
+    skip_blank: bool = True
+    masks: bool = False
+    slice_labels: Literal["volume", "mask"] = "volume"
+    slice_class: int = -1
     workers: int = 2
     batch: int = 2
     prefetch: int = 2
@@ -97,9 +121,10 @@ class TrainConfig:
     train: TrainOptions = field(default_factory=TrainOptions)
 
 
-_POSITIVE = {"model.base_width", "model.latent_dim", "data.phantom_n", "data.batch", "data.prefetch",
+_POSITIVE = {"model.base_width", "model.latent_dim", "model.channels", "data.phantom_n", "data.batch", "data.prefetch",
              "train.ckpt_every", "train.log_every", "train.sample_every"}
-_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints"}
+_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
+                 "model.init_gain", "model.fm_weight", "model.label_smoothing"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -173,17 +198,26 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _validate(cfg: TrainConfig) -> None:
-    from medvol.models.networks import SIZES
+    from medvol.models.registry import MODEL_SIZES
 
-    if cfg.model.size not in SIZES:
+    sizes = MODEL_SIZES[cfg.model.name]
+    if cfg.model.size not in sizes:
         raise MedvolError(f"config key model.size: {cfg.model.name} supports sizes "
-                          f"{', '.join(map(str, SIZES))}, not {cfg.model.size}")
+                          f"{', '.join(map(str, sizes))}, not {cfg.model.size}")
     for key in _POSITIVE | _NON_NEGATIVE:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value < 0 or (key in _POSITIVE and value == 0):
             need = "positive" if key in _POSITIVE else "non-negative"
             raise MedvolError(f"config key {key}: must be {need}, got {value}")
+    for key in ("gp_weight", "clip"):
+        value = getattr(cfg.model, key)
+        if value is not None and value < 0:
+            raise MedvolError(f"config key model.{key}: must be non-negative, got {value}")
+    if cfg.model.label_smoothing >= 1:
+        raise MedvolError(f"config key model.label_smoothing: must be below 1, got {cfg.model.label_smoothing}")
+    if cfg.data.slice_class < -1:
+        raise MedvolError(f"config key data.slice_class: -1 (all) or a class id, got {cfg.data.slice_class}")
     for name, lr in cfg.train.lr.items():
         if lr <= 0:
             raise MedvolError(f"config key train.lr.{name}: must be positive, got {lr}")

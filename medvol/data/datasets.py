@@ -1,7 +1,7 @@
-"""PyTorch datasets of preprocessed volumes, and of their 2D axial slices.
+"""PyTorch datasets of preprocessed volumes, and of their 2D slices.
 
 Items are dicts ``{"image": FloatTensor[1, S, S, S] in [-1, 1], "label": int}`` (slices:
-``FloatTensor[1, S, S]``). Every dataset exposes ``spacing`` (z, y, x mm of its preprocessed voxels)
+``FloatTensor[C, S', S']``, the image channel then the optional mask channel). Every dataset exposes ``spacing`` (z, y, x mm of its preprocessed voxels)
 and ``window`` (the HU window that [-1, 1] stands for, None for MR) so generated volumes can be
 written back in physical units (:func:`medvol.data.preprocess.to_intensity`).
 """
@@ -9,6 +9,7 @@ written back in physical units (:func:`medvol.data.preprocess.to_intensity`).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from torch.utils.data import Dataset
 from medvol.errors import MedvolError
 
 SPLITS = ("train", "val", "all")
+PLANES = ("axial", "coronal", "sagittal")
+SLICE_LABELS = ("volume", "mask")
 
 
 class PhantomVolumeDataset(Dataset):
@@ -68,20 +71,69 @@ class PhantomVolumeDataset(Dataset):
 
     def volume(self, index: int) -> np.ndarray:
         """The preprocessed float32 (S, S, S) array of item ``index``."""
+        return self._render(index, with_mask=False)[0]
+
+    def volume_and_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(volume(index), mask)``: the nodule mask, uint8 (S, S, S), rendered with the image and
+        carried through the same blank-slice handling, resampling and padding (all zeros for an item
+        without nodules). Only for the default CT protocol (:func:`preprocess_aligned`)."""
+        return self._render(index, with_mask=True)
+
+    def _aligned(self) -> bool:
+        p = self.params
+        return p.modality == "ct" and p.keep_aspect and p.orient in (None, "LPS")
+
+    def _render(self, index: int, with_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
         from medvol.data.phantom import make_phantom
         from medvol.data.preprocess import preprocess_aligned, preprocess_volume
 
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         index %= self.length
-        volume, _ = make_phantom(self.size, (self.seed, index), nodules=bool(self.label(index)))
-        p = self.params
-        if p.modality == "ct" and p.keep_aspect and p.orient in (None, "LPS"):  # the default: numpy does it
-            return preprocess_aligned(volume, p)
-        return preprocess_volume(volume, p)
+        volume, mask = make_phantom(self.size, (self.seed, index), nodules=bool(self.label(index)))
+        if with_mask and not self._aligned():
+            raise MedvolError("masks: only phantoms preprocessed with the default CT protocol carry masks")
+        if not self._aligned():
+            return preprocess_volume(volume, self.params), None
+        array = preprocess_aligned(volume, self.params)  # the default: numpy does it
+        if not with_mask:
+            return array, None
+        if mask is None:
+            return array, np.zeros(array.shape, dtype=np.uint8)
+        return array, _align_mask(mask, volume, self.params)
 
     def __getitem__(self, index: int) -> dict:
         return {"image": torch.from_numpy(self.volume(index))[None], "label": self.label(index)}
+
+
+def _align_mask(mask: np.ndarray, volume, params) -> np.ndarray:
+    """The geometry of :func:`medvol.data.preprocess.preprocess_aligned` applied to a label mask.
+
+    Blank slices are found on the image (as for the image itself), the mask is resampled linearly
+    without smoothing and thresholded at 0.5, and padded with 0.
+    """
+    from medvol.data.preprocess import _resample_axis, blank_slice_mask, handle_blank_slices
+
+    blank = blank_slice_mask(np.asarray(volume.array, dtype=np.float32), params.blank_threshold)
+    array = handle_blank_slices(np.asarray(mask, dtype=np.float32), blank, params.blank_slices)
+    spacing = np.asarray(volume.spacing, dtype=np.float64)
+    extent = spacing * np.asarray(array.shape)
+    iso = max(float(spacing.min()), float(extent.max()) / params.size)
+    for axis in range(3):
+        array, _ = _resample_axis(array, axis, spacing[axis], iso, max(1, int(round(extent[axis] / iso))))
+    size = params.size
+    pads = [((size - n) // 2, size - n - (size - n) // 2) for n in array.shape]
+    return (np.pad(array, pads) >= 0.5).astype(np.uint8)
+
+
+def take_slice(array: np.ndarray, plane: str, k: int) -> np.ndarray:
+    """Slice ``k`` of a (z, y, x) array: axial ``[k]``; coronal ``[:, k]`` and sagittal ``[:, :, k]``
+    with z flipped so that superior is the top row (as radiologists view them)."""
+    if plane == "axial":
+        return array[k]
+    if plane == "coronal":
+        return array[::-1, k, :]
+    return array[::-1, :, k]
 
 
 class CachedVolumeDataset(Dataset):
@@ -140,52 +192,123 @@ class CachedVolumeDataset(Dataset):
 
 
 class SliceDataset(Dataset):
-    """The 2D axial slices of a volume dataset, for 2D models.
+    """The 2D slices of a volume dataset in one plane, for 2D models.
 
-    Item ``k`` is slice ``k % S`` of volume ``k // S`` (or the k-th kept slice with
-    ``content_only``): ``{"image": FloatTensor[1, S, S], "label": int}``.
+    Without filtering, item ``k`` is slice ``k % S`` of volume ``k // S``; with ``content_only``,
+    ``labels="mask"`` or ``keep_class`` the kept ``(volume, slice)`` pairs are listed once at
+    construction (every volume is read once). Items: ``{"image": FloatTensor[C, s, s], "label": int}``
+    with C = 1, or 2 with ``masks`` (the image, then the mask as -1 / 1, generated with the image).
 
     Args:
         volumes: a :class:`PhantomVolumeDataset` or :class:`CachedVolumeDataset` (anything with
-            ``volume(i)``, ``label(i)``, ``__len__``, ``spacing`` and ``window``).
-        content_only: drop slices that are entirely padding/background (every voxel at -1); this
-            scans every volume once.
+            ``volume(i)``, ``label(i)``, ``__len__``, ``spacing`` and ``window``; with ``masks`` or
+            ``labels="mask"`` also ``volume_and_mask(i)``, which only phantoms have).
+        content_only: drop blank slices (every pixel at -1: padding or background).
+        plane: "axial", "coronal" or "sagittal" (see :func:`take_slice` for the orientation).
+        size: slice side s; a divisor of the volume side (area-averaged image, max-pooled mask, so
+            that a nodule pixel survives); None keeps the volume's side.
+        masks: concatenate the mask channel with the image.
+        labels: "volume" (the volume's label) or "mask" (1 when the slice holds mask pixels).
+        keep_class: keep only the slices with this label (e.g. 1: nodule slices); None keeps all.
+        cache_bytes: recently read volumes are kept up to this many bytes (phantoms are rendered,
+            so a shuffled stream of slices would otherwise render a volume per slice).
 
     Attributes:
-        spacing: (y, x) mm of the slice pixels; window: as the volume dataset's.
+        spacing: (row, column) mm of the slice pixels; window: as the volume dataset's.
+
+    Example:
+        >>> slices = SliceDataset(PhantomVolumeDataset(32, 4, nodules=True), content_only=True,
+        ...                       masks=True, labels="mask", keep_class=1)          # doctest: +SKIP
+        >>> slices[0]["image"].shape, slices[0]["label"]                           # doctest: +SKIP
+        (torch.Size([2, 32, 32]), 1)
     """
 
-    def __init__(self, volumes, content_only: bool = False):
-        self.volumes = volumes
+    def __init__(self, volumes, content_only: bool = False, *, plane: str = "axial", size: int | None = None,
+                 masks: bool = False, labels: str = "volume", keep_class: int | None = None,
+                 cache_bytes: int = 1 << 30):
+        if plane not in PLANES:
+            raise MedvolError(f"plane: {plane!r} is not one of {', '.join(PLANES)}")
+        if labels not in SLICE_LABELS:
+            raise MedvolError(f"slice_labels: {labels!r} is not one of {', '.join(SLICE_LABELS)}")
+        self.with_masks = bool(masks) or labels == "mask"
+        if self.with_masks and not hasattr(volumes, "volume_and_mask"):
+            key = "masks" if masks else "slice_labels"
+            raise MedvolError(f"{key}: {type(volumes).__name__} has no masks (only the phantom source "
+                              "generates them)")
+        self.volumes, self.plane, self.masks, self.labels = volumes, plane, bool(masks), labels
         self.window = volumes.window
-        self.spacing = tuple(volumes.spacing[1:])
-        self._cached_index: int | None = None
-        self._cached: np.ndarray | None = None
-        first = volumes.volume(0)
+        spacing = tuple(volumes.spacing)
+        self.cache_bytes = int(cache_bytes)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        first, _ = self._volume(0)
         self.depth = int(first.shape[0])
-        if content_only:
-            index = []
-            for v in range(len(volumes)):
-                array = first if v == 0 else volumes.volume(v)
-                keep = np.flatnonzero(np.asarray(array).reshape(self.depth, -1).max(axis=1) > -1.0)
-                index.extend((v, int(z)) for z in keep)
-            self.index = index
-        else:
-            self.index = None
+        self.size = self.depth if size is None else int(size)
+        if self.size < 1 or self.depth % self.size:
+            raise MedvolError(f"size: slices of side {self.size} cannot be pooled from volumes of side "
+                              f"{self.depth} (need a divisor)")
+        in_plane = {"axial": spacing[1:], "coronal": (spacing[0], spacing[2]), "sagittal": spacing[:2]}[plane]
+        factor = self.depth // self.size
+        self.spacing = tuple(float(s) * factor for s in in_plane)
+        self.index: list[tuple[int, int, int]] | None = None
+        if content_only or labels == "mask" or keep_class is not None:
+            self.index = self._scan(content_only, keep_class)
+            if not self.index:
+                raise MedvolError(f"slice_class: no {plane} slices of class {keep_class} in "
+                                  f"{len(volumes)} volumes")
+
+    def _scan(self, content_only: bool, keep_class: int | None) -> list[tuple[int, int, int]]:
+        """``(volume, slice, label)`` of every kept slice."""
+        index = []
+        axis = {"axial": 0, "coronal": 1, "sagittal": 2}[self.plane]
+        for v in range(len(self.volumes)):
+            array, mask = self._volume(v)
+            other = tuple(a for a in range(3) if a != axis)
+            content = np.asarray(array).max(axis=other) > -1.0
+            if self.labels == "mask":
+                found = np.asarray(mask).max(axis=other) > 0
+                slice_labels = found.astype(int)
+            else:
+                slice_labels = np.full(self.depth, self.volumes.label(v))
+            for k in range(self.depth):
+                if content_only and not content[k]:
+                    continue
+                if keep_class is not None and slice_labels[k] != keep_class:
+                    continue
+                index.append((v, k, int(slice_labels[k])))
+        return index
 
     def __len__(self) -> int:
         return len(self.index) if self.index is not None else len(self.volumes) * self.depth
 
-    def _volume(self, v: int) -> np.ndarray:
-        # Consecutive slices come from the same volume: keep the last one (phantoms are rendered).
-        if self._cached_index != v:
-            self._cached, self._cached_index = self.volumes.volume(v), v
-        return self._cached
+    def _volume(self, v: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if v in self._cache:
+            self._cache.move_to_end(v)
+            return self._cache[v]
+        pair = self.volumes.volume_and_mask(v) if self.with_masks else (self.volumes.volume(v), None)
+        self._cache[v] = pair
+        used = sum(a.nbytes + (m.nbytes if m is not None else 0) for a, m in self._cache.values())
+        while used > self.cache_bytes and len(self._cache) > 1:
+            a, m = self._cache.popitem(last=False)[1]
+            used -= a.nbytes + (m.nbytes if m is not None else 0)
+        return pair
 
     def __getitem__(self, k: int) -> dict:
         if not -len(self) <= k < len(self):
             raise IndexError(f"index {k} out of range for {len(self)} slices")
         k %= len(self)
-        v, z = self.index[k] if self.index is not None else divmod(k, self.depth)
-        image = torch.from_numpy(np.array(self._volume(v)[z], dtype=np.float32))[None]
-        return {"image": image, "label": self.volumes.label(v)}
+        if self.index is not None:
+            v, z, label = self.index[k]
+        else:
+            (v, z), label = divmod(k, self.depth), None
+            label = self.volumes.label(v)
+        array, mask = self._volume(v)
+        image = torch.from_numpy(np.array(take_slice(array, self.plane, z), dtype=np.float32))[None]
+        factor = self.depth // self.size
+        if factor > 1:
+            image = torch.nn.functional.avg_pool2d(image[None], factor)[0]
+        if self.masks:
+            m = torch.from_numpy(np.array(take_slice(mask, self.plane, z), dtype=np.float32))[None]
+            if factor > 1:
+                m = torch.nn.functional.max_pool2d(m[None], factor)[0]
+            image = torch.cat([image, m * 2 - 1])
+        return {"image": image, "label": label}

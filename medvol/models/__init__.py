@@ -1,10 +1,12 @@
-"""3D GAN models: HA-GAN and CRF-GAN behind one API (:class:`GANSystem`, built by :func:`build`)."""
+"""GAN models behind one API (:class:`GANSystem`, built by :func:`build`): the 3D HA-GAN and CRF-GAN,
+and the 2D DCGAN family and fully connected GAN (:mod:`medvol.models.gan2d`)."""
 
 from medvol.models.crfgan import CRFGAN, crf_weight
+from medvol.models.gan2d import DCGAN, MLPGAN, SIZES_2D
 from medvol.models.hagan import HAGAN
 from medvol.models.networks import SIZES
-from medvol.models.registry import MODEL_OPTIONS, MODELS, build, build_from_config
+from medvol.models.registry import MODEL_DEFAULTS, MODEL_OPTIONS, MODEL_SIZES, MODELS, build, build_from_config
 from medvol.models.system import GANSystem
 
-__all__ = ["CRFGAN", "HAGAN", "GANSystem", "MODEL_OPTIONS", "MODELS", "SIZES", "build", "build_from_config",
-           "crf_weight"]
+__all__ = ["CRFGAN", "DCGAN", "HAGAN", "MLPGAN", "GANSystem", "MODEL_DEFAULTS", "MODEL_OPTIONS", "MODEL_SIZES",
+           "MODELS", "SIZES", "SIZES_2D", "build", "build_from_config", "crf_weight"]

@@ -4,30 +4,39 @@ from __future__ import annotations
 
 from medvol.errors import MedvolError
 from medvol.models.crfgan import CRFGAN
+from medvol.models.gan2d import DCGAN, DCGAN_OPTIONS, MLPGAN, MLPGAN_OPTIONS, SIZES_2D
 from medvol.models.hagan import HAGAN
 from medvol.models.networks import SIZES
 from medvol.models.system import GANSystem
 
-MODELS: dict[str, type[GANSystem]] = {"hagan": HAGAN, "crfgan": CRFGAN}
+MODELS: dict[str, type[GANSystem]] = {"hagan": HAGAN, "crfgan": CRFGAN, "dcgan": DCGAN, "mlpgan": MLPGAN}
+#: Sizes each model supports (3D: the volume side; 2D: the image side).
+MODEL_SIZES: dict[str, tuple[int, ...]] = {"hagan": SIZES, "crfgan": SIZES, "dcgan": SIZES_2D, "mlpgan": SIZES_2D}
+#: ``(base_width, latent_dim)`` when not given: the published values of each model.
+MODEL_DEFAULTS: dict[str, tuple[int, int]] = {"hagan": (32, 1024), "crfgan": (32, 1024), "dcgan": (64, 100),
+                                              "mlpgan": (256, 100)}
 
 
 def build(
-    name: str, size: int, *, base_width: int = 32, latent_dim: int = 1024, num_classes: int = 0,
-    **options: object,
+    name: str, size: int, *, base_width: int | None = None, latent_dim: int | None = None,
+    num_classes: int = 0, **options: object,
 ) -> GANSystem:
     """Build a GAN system in reference mode, training mode, on the current default device.
 
     Args:
-        name: "hagan" or "crfgan".
-        size: volume side S: 64, 128, 256, 512 (32: a tiny size for tests and demos).
-        base_width: generator base width c (32 published; D and the sub-encoder scale with it).
-            An even number >= 2.
-        latent_dim: length of z (1024 published).
+        name: "hagan", "crfgan" (3D) or "dcgan", "mlpgan" (2D, docs/models2d.md).
+        size: volume side S: 64, 128, 256, 512; image side 64, 128, 256 for the 2D models
+            (32: a tiny size for tests and demos).
+        base_width: generator base width c (32 published; D and the sub-encoder scale with it;
+            dcgan: its filters, 64; mlpgan: G's first hidden width, 256). An even number >= 2;
+            None: the model's published value.
+        latent_dim: length of z (1024 published; 100 for dcgan and mlpgan); None: the published.
         num_classes: K > 0 builds the class-conditional variant (one-hot label into G,
             auxiliary classifier on D).
         **options: model-specific options, all defaulting to the published procedure
             (CRF-GAN: ``crf_forwards``, ``crf_layout``, ``crf_self_pairs``; see
-            :class:`medvol.models.crfgan.CRFGAN`). HA-GAN takes none.
+            :class:`medvol.models.crfgan.CRFGAN`; dcgan: ``loss`` and the search-grid options, see
+            :class:`medvol.models.gan2d.DCGAN`; mlpgan: ``channels``). HA-GAN takes none.
 
     Raises:
         MedvolError: unknown name, unsupported size, or an invalid option.
@@ -39,8 +48,11 @@ def build(
     """
     if name not in MODELS:
         raise MedvolError(f"model: unknown model {name!r} (choose {', '.join(MODELS)})")
-    if isinstance(size, bool) or size not in SIZES:
-        raise MedvolError(f"size: {name} supports sizes {', '.join(map(str, SIZES))}, not {size!r}")
+    if isinstance(size, bool) or size not in MODEL_SIZES[name]:
+        raise MedvolError(f"size: {name} supports sizes {', '.join(map(str, MODEL_SIZES[name]))}, not {size!r}")
+    default_width, default_latent = MODEL_DEFAULTS[name]
+    base_width = default_width if base_width is None else base_width
+    latent_dim = default_latent if latent_dim is None else latent_dim
     if not isinstance(base_width, int) or base_width < 2 or base_width % 2:
         raise MedvolError(f"base_width: expected an even integer >= 2, got {base_width!r}")
     if not isinstance(latent_dim, int) or latent_dim < 1:
@@ -59,17 +71,23 @@ def build(
 MODEL_OPTIONS: dict[str, dict[str, object]] = {
     "hagan": {},
     "crfgan": {"crf_forwards": "fresh", "crf_layout": "channels", "crf_self_pairs": True},
+    "dcgan": DCGAN_OPTIONS,
+    "mlpgan": MLPGAN_OPTIONS,
 }
 
 
 def build_from_config(model) -> GANSystem:
-    """``build`` with a :class:`medvol.config.ModelConfig` (its ``crf_*`` keys go to CRF-GAN only;
-    for HA-GAN they must keep their defaults)."""
-    options = {key: getattr(model, key) for key in MODEL_OPTIONS["crfgan"]}
-    if model.name != "crfgan":
-        changed = [key for key, value in options.items() if value != MODEL_OPTIONS["crfgan"][key]]
-        if changed:
-            raise MedvolError(f"model.{changed[0]}: only for crfgan, not {model.name}")
-        options = {}
+    """``build`` with a :class:`medvol.config.ModelConfig`.
+
+    Its model-specific keys (``crf_*``, ``loss`` and the other dcgan options, ``channels``) go to
+    the models that have them; for any other model they must keep their defaults.
+    """
+    own = MODEL_OPTIONS[model.name]
+    for other, table in MODEL_OPTIONS.items():
+        for key, default in table.items():
+            if key not in own and getattr(model, key) != default:
+                owners = " and ".join(n for n, t in MODEL_OPTIONS.items() if key in t)
+                raise MedvolError(f"model.{key}: only for {owners}, not {model.name}")
+    options = {key: getattr(model, key) for key in own}
     return build(model.name, model.size, base_width=model.base_width, latent_dim=model.latent_dim,
                  num_classes=model.num_classes, **options)

@@ -72,6 +72,9 @@ class GANSystem(nn.Module):
 
     name: str = ""
     extra: str = ""  # "sub_E" or "crf"
+    #: What the trainer feeds: volumes ``[B, channels, S, S, S]`` (3) or slices ``[B, channels, S, S]`` (2).
+    dims: int = 3
+    channels: int = 1
 
     def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int):
         super().__init__()

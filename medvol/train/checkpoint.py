@@ -143,7 +143,8 @@ def checkpoint_config(state: dict[str, Any]) -> TrainConfig:
 
 def check_compatible(state: dict[str, Any], cfg: TrainConfig) -> None:
     """Refuse to resume ``cfg`` from a checkpoint of another model, size or width."""
-    have = state["config"]["model"]
+    # Through the config loader: keys added since the checkpoint was written take their defaults.
+    have = config_to_dict(checkpoint_config(state))["model"]
     want = config_to_dict(cfg)["model"]
     if have != want:
         diff = ", ".join(f"{k} {have.get(k)} vs {want.get(k)}" for k in want if have.get(k) != want.get(k))

@@ -24,8 +24,15 @@ from medvol.config import DataConfig
 from medvol.errors import MedvolError
 
 
-def build_dataset(data: DataConfig, size: int) -> Dataset:
+def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1) -> Dataset:
     """The training dataset of ``data.source``: ``"phantom"`` or a preprocessing cache folder.
+
+    Args:
+        data: the data section.
+        size: the model's side S.
+        dims: 3 for volumes ``[1, S, S, S]``; 2 for the slices of a 2D model ``[channels, S, S]``
+            (:class:`medvol.data.datasets.SliceDataset` with the ``data.plane`` ... keys).
+        channels: 2D only: image channels the model expects (2 with ``data.masks``).
 
     Raises:
         MedvolError: the folder is missing, holds no volumes, or volumes of another size.
@@ -44,11 +51,31 @@ def build_dataset(data: DataConfig, size: int) -> Dataset:
         dataset = CachedVolumeDataset(folder, split=data.split)
     if len(dataset) == 0:
         raise MedvolError(f"data.source {data.source}: no {data.split} volumes found")
+    if dims == 2:
+        return _slices(dataset, data, size, channels)
     shape = tuple(dataset[0]["image"].shape)
     if shape != (1, size, size, size):
         raise MedvolError(f"data.source {data.source}: volumes have shape {shape}, "
                           f"model.size {size} needs (1, {size}, {size}, {size})")
     return dataset
+
+
+def _slices(volumes: Dataset, data: DataConfig, size: int, channels: int) -> Dataset:
+    from medvol.data.datasets import SliceDataset
+
+    want = 1 + int(data.masks)
+    if channels != want:
+        raise MedvolError(f"model.channels: {channels} does not match the data's {want} "
+                          f"(data.masks {str(data.masks).lower()})")
+    side = int(volumes[0]["image"].shape[-1])
+    if side < size or side % size:
+        raise MedvolError(f"data.source {data.source}: volumes of side {side} cannot give slices of "
+                          f"model.size {size} (need a divisor of {side})")
+    try:
+        return SliceDataset(volumes, content_only=data.skip_blank, plane=data.plane, size=size, masks=data.masks,
+                            labels=data.slice_labels, keep_class=None if data.slice_class < 0 else data.slice_class)
+    except MedvolError as error:
+        raise MedvolError(f"data.{error}") from None
 
 
 class StreamSampler(Sampler[int]):

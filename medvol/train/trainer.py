@@ -268,7 +268,8 @@ class Trainer:
         path = state["path"] if state is not None else None
         del state  # the loaded tensors now live in the model and optimisers
         # After the checkpoint check: a wrong --resume is named before any data is read.
-        self.dataset = build_dataset(cfg.data, cfg.model.size)
+        self.dataset = build_dataset(cfg.data, cfg.model.size, dims=self.system.dims,
+                                     channels=self.system.channels)
         self.meta = data_meta(self.dataset, cfg.data)
         if info.enabled and path is None:
             broadcast_module(self.system)
@@ -278,7 +279,8 @@ class Trainer:
             # eager: its spectral norm updates its power-iteration buffers in place on each of the
             # two calls per step, and the compiled backward recomputes from the mutated buffer.
             for name in ("G", "E"):
-                getattr(self.system, name).compile()
+                if name in self.system.groups():  # 2D models have no E
+                    getattr(self.system, name).compile()
         elif cfg.train.compile:
             log.warning("train.compile is ignored in reference mode (plain eager PyTorch by definition)")
         if info.is_main:

@@ -1,0 +1,111 @@
+"""``dcgan``: one fully convolutional G and D (Radford et al.) with the loss and the empirical
+study's search-grid options as build options (docs/models2d.md)."""
+
+from __future__ import annotations
+
+from medvol.errors import MedvolError
+from medvol.models.gan2d.diffaugment import parse_policy
+from medvol.models.gan2d.losses import LOSSES, SMOOTHABLE
+from medvol.models.gan2d.nets import (ACTIVATIONS, INITS, NORMS, DCGANDiscriminator, DCGANGenerator,
+                                      apply_spectral_norm, init_weights)
+from medvol.models.gan2d.system import GANSystem2D
+
+#: Build options and their defaults: DCGAN as published (BCE, BatchNorm, ReLU in G, LeakyReLU 0.2
+#: in D, N(0, 0.02) weights). ``gp_weight`` / ``clip`` None mean the loss's own default.
+DCGAN_OPTIONS: dict[str, object] = {
+    "loss": "bce", "channels": 1, "g_activation": "relu", "d_activation": "leakyrelu", "norm": "batch",
+    "spectral_norm_d": False, "spectral_norm_g": False, "init": "normal", "init_gain": 0.02,
+    "gp_weight": None, "clip": None, "fm_weight": 0.0, "label_smoothing": 0.0, "diffaugment": "",
+}
+#: The loss's own GP weight and clipping value (WGAN-GP: 10; WGAN: 0.01).
+DEFAULT_GP = {"wgan-gp": 10.0}
+DEFAULT_CLIP = {"wgan": 0.01}
+
+
+def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise MedvolError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    return value  # type: ignore[return-value]
+
+
+def _number(key: str, value: object, low: float, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
+            or (high is not None and value >= high):
+        span = f">= {low:g}" + (f" and < {high:g}" if high is not None else "")
+        raise MedvolError(f"{key}: expected a number {span}, got {value!r}")
+    return float(value)
+
+
+class DCGAN(GANSystem2D):
+    """DCGAN family: ``build("dcgan", size, loss=..., ...)``.
+
+    Args:
+        size: image side S (32, 64, 128, 256).
+        base_width: filters of D's first and G's last hidden layer (64 in DCGAN; widths double
+            towards the 4x4 end, up to 8x).
+        latent_dim: length of z (100 in DCGAN).
+        loss: "bce", "lsgan", "wgan" (weight clipping), "wgan-gp" (gradient penalty), "hinge".
+        channels: image channels (2 with a mask channel concatenated).
+        g_activation, d_activation: "relu", "leakyrelu" (slope 0.2), "elu", "selu".
+        norm: "batch", "instance" or "none", on every hidden layer but D's first.
+        spectral_norm_d, spectral_norm_g: spectral norm on every conv of D / of G.
+        init, init_gain: "normal" (N(0, gain)), "xavier", "kaiming" (times gain) or "default".
+        gp_weight: weight of the gradient penalty (default 10 for wgan-gp, else 0).
+        clip: D's weights are clipped to [-clip, clip] after each D update (default 0.01 for wgan,
+            else 0: none).
+        fm_weight: weight of feature matching added to G's loss.
+        label_smoothing: one-sided, the real target becomes 1 - s (bce and lsgan only).
+        diffaugment: comma-separated DiffAugment policy, e.g. "color,translation,cutout".
+
+    Example:
+        >>> from medvol.models import build
+        >>> system = build("dcgan", 32, base_width=8, loss="hinge")
+        >>> system.generate(system.sample_latent(2)).shape
+        torch.Size([2, 1, 32, 32])
+    """
+
+    name = "dcgan"
+
+    def __init__(self, size: int, base_width: int = 64, latent_dim: int = 100, num_classes: int = 0, *,
+                 loss: str = "bce", channels: int = 1, g_activation: str = "relu",
+                 d_activation: str = "leakyrelu", norm: str = "batch", spectral_norm_d: bool = False,
+                 spectral_norm_g: bool = False, init: str = "normal", init_gain: float = 0.02,
+                 gp_weight: float | None = None, clip: float | None = None, fm_weight: float = 0.0,
+                 label_smoothing: float = 0.0, diffaugment: str = ""):
+        super().__init__(size, base_width, latent_dim, num_classes, channels)
+        self.loss = _choice("loss", loss, LOSSES)
+        g_act = _choice("g_activation", g_activation, ACTIVATIONS)
+        d_act = _choice("d_activation", d_activation, ACTIVATIONS)
+        norm = _choice("norm", norm, NORMS)
+        init = _choice("init", init, INITS)
+        for key, value in (("spectral_norm_d", spectral_norm_d), ("spectral_norm_g", spectral_norm_g)):
+            if not isinstance(value, bool):
+                raise MedvolError(f"{key}: expected true or false, got {value!r}")
+        gain = _number("init_gain", init_gain, 0.0)
+        self.gp_weight = _number("gp_weight", DEFAULT_GP.get(loss, 0.0) if gp_weight is None else gp_weight, 0.0)
+        self.clip = _number("clip", DEFAULT_CLIP.get(loss, 0.0) if clip is None else clip, 0.0)
+        self.fm_weight = _number("fm_weight", fm_weight, 0.0)
+        smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
+        if smoothing and loss not in SMOOTHABLE:
+            raise MedvolError(f"label_smoothing: only for the {' and '.join(SMOOTHABLE)} losses, not {loss}")
+        self.real_target = 1.0 - smoothing
+        if not isinstance(diffaugment, str):
+            raise MedvolError(f"diffaugment: expected a policy string like 'color,translation', got {diffaugment!r}")
+        try:
+            self.policy = parse_policy(diffaugment)
+        except ValueError as error:
+            raise MedvolError(f"diffaugment: {error}") from None
+        self._options = {"loss": loss, "channels": channels, "g_activation": g_act, "d_activation": d_act,
+                         "norm": norm, "spectral_norm_d": spectral_norm_d, "spectral_norm_g": spectral_norm_g,
+                         "init": init, "init_gain": gain, "gp_weight": gp_weight, "clip": clip,
+                         "fm_weight": fm_weight, "label_smoothing": label_smoothing, "diffaugment": diffaugment}
+
+        self.G = DCGANGenerator(size, latent_dim, base_width, channels, norm, g_act)
+        self.D = DCGANDiscriminator(size, base_width, channels, norm, d_act)
+        for net, spectral in ((self.G, spectral_norm_g), (self.D, spectral_norm_d)):
+            init_weights(net, init, gain)  # before the parametrisation, which keeps the raw weight
+            if spectral:
+                apply_spectral_norm(net)
+
+    def options(self) -> dict[str, object]:
+        return dict(self._options)

@@ -1,0 +1,159 @@
+"""GANSystem2D: the GANSystem API for image models trained on slices ``[B, C, S, S]``.
+
+The 2D systems keep the 3D systems' contract with the trainer, checkpoints and generation:
+``groups``, ``param_counts``, ``make_optimizers``, ``set_mode``, ``sample_latent``, ``generate``
+and the ``train_step`` template (the sub-steps :attr:`SUBSTEPS` run as ``_step_<name>``).
+What differs: no depth crop, no encoder, and :attr:`dims` = 2 tells the trainer to feed slices.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medvol.errors import MedvolError
+from medvol.models.gan2d.diffaugment import diff_augment
+from medvol.models.gan2d.losses import discriminator_loss, feature_matching, generator_loss, gradient_penalty
+from medvol.models.system import MODES, GANSystem, StepState
+
+#: Image sides the 2D models support (32: a tiny size for tests and demos).
+SIZES_2D = (32, 64, 128, 256)
+
+
+class GANSystem2D(GANSystem):
+    """Base of the 2D models: sub-networks ``G`` and ``D``, updated D first, then G.
+
+    Attributes:
+        channels: image channels C (1 + the mask channels concatenated with the image).
+        lr, betas: Adam settings of both optimisers (``train.lr`` overrides the rates).
+    """
+
+    dims = 2
+    SUBSTEPS = ("D", "G")
+    lr = {"D": 2e-4, "G": 2e-4}
+    betas = (0.5, 0.999)
+    # The objective; subclasses set these in __init__ (the defaults are plain BCE).
+    loss = "bce"
+    real_target = 1.0
+    gp_weight = 0.0
+    clip = 0.0
+    fm_weight = 0.0
+    policy: tuple[str, ...] = ()
+
+    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, channels: int):
+        # nn.Module's init, not GANSystem's: that one builds the 3D encoder and the crop geometry.
+        nn.Module.__init__(self)
+        if size not in SIZES_2D:
+            raise MedvolError(f"size: {self.name} supports sizes {', '.join(map(str, SIZES_2D))}, not {size!r}")
+        if num_classes:
+            raise MedvolError(f"num_classes: {self.name} is unconditional (train one model per class "
+                              "with data.slice_class instead)")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise MedvolError(f"channels: expected a positive integer, got {channels!r}")
+        self.size, self.base_width, self.latent_dim, self.num_classes = size, base_width, latent_dim, 0
+        self.channels = channels
+        self.mode = "reference"
+        self.channels_last = False
+        self.grad_sync = None
+
+    # ------------------------------------------------------------------ structure
+    def groups(self) -> dict[str, nn.Module]:
+        return {"D": self.D, "G": self.G}
+
+    def param_counts(self) -> dict[str, int]:
+        counts = {k: sum(p.numel() for p in m.parameters()) for k, m in self.groups().items()}
+        return {"G": counts["G"], "D": counts["D"], "total": counts["G"] + counts["D"]}
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        fused = True if self.mode == "optimized" else None
+        return {k: torch.optim.Adam(m.parameters(), lr=self.lr[k], betas=self.betas, fused=fused)
+                for k, m in self.groups().items()}
+
+    def set_mode(self, mode: str, channels_last: bool = False) -> "GANSystem2D":
+        """"reference": fp32 eager; "optimized": fused Adam, and the trainer's autocast.
+
+        The 2D networks are small enough that activation checkpointing would only cost time, so
+        the two modes run the same layers. ``channels_last`` stores weights and activations as NHWC.
+        """
+        if mode not in MODES:
+            raise MedvolError(f"unknown mode {mode!r} (choose reference or optimized)")
+        if channels_last and mode != "optimized":
+            raise MedvolError("channels_last: only with the optimized mode")
+        self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.channels_last = channels_last
+        self.mode = mode
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _check_volume(self, x: torch.Tensor) -> None:
+        s, c = self.size, self.channels
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise MedvolError(f"image: expected shape [B, {c}, {s}, {s}], got {list(x.shape)}")
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                 tile_depth: int | None = None) -> torch.Tensor:
+        """Images ``[B, C, S, S]`` in [-1, 1] (no grad, eval mode: BatchNorm uses running stats)."""
+        if tile_depth is not None:
+            raise MedvolError(f"tile_depth: {self.name} generates 2D images; there is no depth to tile")
+        if labels is not None:
+            raise MedvolError(f"labels: {self.name} is unconditional")
+        with self._eval():
+            return self.G(z.to(self._device()))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise MedvolError(f"{self.name} has no encoder")
+
+    def reconstruct(self, x: torch.Tensor, tile_depth: int | None = None) -> torch.Tensor:
+        raise MedvolError(f"{self.name} has no encoder")
+
+    # ------------------------------------------------------------------ training
+    def _prepare_step(self, real, labels, optimizers, iteration, amp_dtype, scaler, generator) -> StepState:
+        """Validate the batch; a 2D step has no crop, so the "crop" is the whole image."""
+        self._check_volume(real)
+        if labels is not None:
+            raise MedvolError(f"labels: {self.name} is unconditional")
+        if self.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        return StepState(real, None, 0, real, None, optimizers, iteration, amp_dtype, scaler, generator)
+
+    def _augment(self, x: torch.Tensor, state: StepState) -> torch.Tensor:
+        return diff_augment(x, self.policy, state.generator) if self.policy else x
+
+    def _step_D(self, state: StepState) -> None:
+        """D: the loss's real and fake terms (+ gp_weight * GP), then weight clipping if set."""
+        with state.autocast():
+            with torch.no_grad():
+                z = self.sample_latent(state.batch, state.generator, state.device)
+                fake = self.G(z)
+            real_in, fake_in = self._augment(state.real, state), self._augment(fake, state)
+            d_real, _ = self.D(real_in)
+            d_fake, _ = self.D(fake_in)
+            loss_real, loss_fake = discriminator_loss(self.loss, d_real, d_fake, self.real_target)
+            loss = loss_real + loss_fake
+            if self.gp_weight > 0:
+                gen_device = state.generator.device if state.generator is not None else state.device
+                eps = torch.rand(state.batch, generator=state.generator, device=gen_device).to(state.device)
+                penalty = gradient_penalty(lambda x: self.D(x)[0], real_in, fake_in, eps)
+                loss = loss + self.gp_weight * penalty
+                state.out["D_gp"] = penalty.detach()
+        self._update("D", loss, state.optimizers, state.scaler)
+        if self.clip > 0:
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-self.clip, self.clip)
+        state.out.update(D=loss.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
+
+    def _step_G(self, state: StepState) -> None:
+        """G: the loss's G term on fresh fakes through the frozen D (+ fm_weight * feature matching)."""
+        z = self.sample_latent(state.batch, state.generator, state.device)
+        with state.autocast():
+            logit, features = self.D(self._augment(self.G(z), state))
+            loss = generator_loss(self.loss, logit)
+            if self.fm_weight > 0:
+                with torch.no_grad():
+                    _, real_features = self.D(self._augment(state.real, state))
+                matching = feature_matching(features, real_features)
+                loss = loss + self.fm_weight * matching
+                state.out["G_fm"] = matching.detach()
+        self._update("G", loss, state.optimizers, state.scaler)
+        state.out["G"] = loss.detach()
