@@ -9,13 +9,15 @@ central axial slices per run, below a row of real volumes from ``--real`` (a pre
 all in HU, window [-1024, 600]. Written as ``demo_before_after.png``.
 
 ``--curve CSV``: a ``curve.csv`` of ``medvol evaluate --run RUN --every K``; its FID, precision,
-recall and coverage columns (``volume/fid``, …) are plotted against the iteration as ``demo_curve.png``.
+recall and coverage columns (``volume/fid`` etc.) are plotted against the iteration as ``demo_curve.png``,
+with the best checkpoint of the ``best.json`` beside it dotted.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -92,8 +94,12 @@ def curve(csv_path: Path, out: Path) -> Path:
     names = [next(c for c in rows[0] if c == k or c.endswith("/" + k)) for k in CURVE_SCORES
              if any(c == k or c.endswith("/" + k) for c in rows[0])]
     fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 2.8), dpi=100, squeeze=False)
+    best = csv_path.parent / "best.json"
+    best_it = json.loads(best.read_text(encoding="utf-8"))["best_iteration"] if best.is_file() else None
     for ax, name in zip(axes[0], names):
         ax.plot(its, [float(r[name]) for r in rows], marker="o")
+        if best_it is not None:
+            ax.axvline(best_it, color="grey", linestyle=":")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -107,7 +113,7 @@ def curve(csv_path: Path, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", type=Path, required=True, help="preprocessing cache of real volumes")
+    parser.add_argument("--real", type=Path, help="preprocessing cache of real volumes (with --run)")
     parser.add_argument("--run", action="append", default=[], metavar="LABEL=RUN", help="a labelled run folder")
     parser.add_argument("--curve", type=Path, help="curve.csv of `medvol evaluate --run`")
     parser.add_argument("--samples", type=int, default=2, help="volumes per row (default 2)")
@@ -119,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--run {item}: expected LABEL=RUN")
         runs.append((label, Path(run)))
+    if runs and args.real is None:
+        parser.error("--run needs --real")
     args.out.mkdir(parents=True, exist_ok=True)
-    print(before_after(args.real, runs, args.samples, args.out))
+    if runs:
+        print(before_after(args.real, runs, args.samples, args.out))
     if args.curve is not None:
         print(curve(args.curve, args.out))
     return 0
