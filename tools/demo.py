@@ -4,9 +4,16 @@
     python tools/demo.py --out /tmp/d --train.iterations 3    # any config override is accepted
 
 Steps: write procedural phantom CTs as NIfTI (``medvol.data.phantom.write_phantoms``), preprocess
-them into a cache (``medvol.data.cache.build_cache``: window [-1024, 600] HU, resize to 64^3),
-train the narrow CRF-GAN of ``configs/demo.yaml`` on that cache, then generate volumes from the
-final checkpoint, written as NIfTI in HU with the training spacing. Every output path is printed.
+them into a cache (``medvol.data.cache.build_cache``: window [-1024, 600] HU, resize to the model
+size, 32^3 as shipped), train the narrow CRF-GAN of ``configs/demo.yaml`` on that cache, then
+generate volumes from the final checkpoint, written as NIfTI in HU with the training spacing.
+Every output path is printed.
+
+The cache and the run folder are named by the model size (``cache32/``, ``run32/``): a cache only
+accepts volumes preprocessed with its own parameters and a run only resumes with its own model, so
+a demo at another size (an override, or the 64^3 demo of earlier versions in the same ``--out``)
+gets folders of its own instead of failing on the old ones. Running the demo again reuses the cache
+and resumes the run.
 """
 
 from __future__ import annotations
@@ -43,17 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         # Resolve the config first so a bad override fails before any work.
-        cfg = load_config(args.config, ["--data.source", str(out / "cache"), "--train.out", str(out / "run"),
-                                        *overrides])
+        cfg = load_config(args.config, overrides)
+        cache_dir, run_out = out / f"cache{cfg.model.size}", out / f"run{cfg.model.size}"
+        cfg = load_config(args.config, ["--data.source", str(cache_dir), "--train.out", str(run_out), *overrides])
         t0 = time.perf_counter()
         phantoms = write_phantoms(args.phantoms, args.phantom_size, out / "phantoms", seed=0)
         print(f"[1/4] {len(phantoms)} phantom CTs ({args.phantom_size}^3, HU) in {out / 'phantoms'} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
         t0 = time.perf_counter()
-        summary = build_cache(out / "phantoms", out / "cache", PreprocessParams(size=cfg.model.size),
+        summary = build_cache(out / "phantoms", cache_dir, PreprocessParams(size=cfg.model.size),
                               workers=max(1, min(2, cfg.data.workers)))
-        print(f"[2/4] preprocessing cache ({cfg.model.size}^3, [-1024, 600] HU -> [-1, 1]) in {out / 'cache'} "
+        print(f"[2/4] preprocessing cache ({cfg.model.size}^3, [-1024, 600] HU -> [-1, 1]) in {cache_dir} "
               f"({time.perf_counter() - t0:.0f} s) {summary_line(summary)}", flush=True)
 
         t0 = time.perf_counter()

@@ -23,16 +23,16 @@ def _demo():
 
 
 def _check_outputs(out: Path, iterations: int, size: int, samples: int, stdout: str) -> None:
-    state = ckpt.read_checkpoint(out / "run")
+    state = ckpt.read_checkpoint(out / f"run{size}")
     assert state["iteration"] == iterations and state["config"]["model"]["name"] == "crfgan"
-    assert state["config"]["data"]["source"] == str(out / "cache")
+    assert state["config"]["data"]["source"] == str(out / f"cache{size}")
     written = sorted((out / "samples").glob("sample_*.nii.gz"))
     assert len(written) == samples
     volume = read_volume(written[0])
     assert volume.array.shape == (size,) * 3
     assert -1024.5 <= volume.array.min() and volume.array.max() <= 600.5
     assert np.isfinite(volume.array).all()
-    for path in (out / "cache", out / "run" / "tb", written[0], state["path"]):
+    for path in (out / f"cache{size}", out / f"run{size}" / "tb", written[0], state["path"]):
         assert str(path) in stdout
 
 
