@@ -302,16 +302,19 @@ def test_every_module_but_the_dock_widget_imports(bare):
 
 @pytest.fixture(scope="module")
 def phantom_cache(tmp_path_factory):
-    """A 64^3 preprocessing cache of four phantoms, made with the full install (SimpleITK, MONAI)."""
+    """A preprocessing cache of four phantoms at the demo config's size, made with the full
+    install (SimpleITK, MONAI)."""
     pytest.importorskip("SimpleITK")
     pytest.importorskip("monai")
     from medvol.data.cache import build_cache
     from medvol.data.phantom import write_phantoms
+    from medvol.config import load_config
     from medvol.data.preprocess import PreprocessParams
 
     folder = tmp_path_factory.mktemp("cache")
-    write_phantoms(4, 64, folder / "phantoms")
-    build_cache(folder / "phantoms", folder / "cache", PreprocessParams(size=64))
+    size = load_config("configs/demo.yaml", []).model.size
+    write_phantoms(4, size, folder / "phantoms")
+    build_cache(folder / "phantoms", folder / "cache", PreprocessParams(size=size))
     return folder / "cache"
 
 
