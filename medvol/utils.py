@@ -235,3 +235,13 @@ def optional_import(name: str, feature: str):
         if (error.name or "").partition(".")[0] != top:
             raise
         raise missing_extra(top, feature) from None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX, as oneDNN sees it).
+
+    Without it, bf16 autocast on the CPU is emulated and slower than fp32 (docs/performance.md).
+    """
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

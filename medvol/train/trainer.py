@@ -37,7 +37,7 @@ from medvol.train.distributed import (DistInfo, all_finite, average_gradients, b
 from medvol.train.interrupt import StopSignals, TrainingInterrupted
 from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
 from medvol.train.runfolder import RunFolderLock, refuse_second_run
-from medvol.utils import checked_write
+from medvol.utils import checked_write, cpu_has_native_bf16
 
 log = logging.getLogger("medvol.train")
 
@@ -116,6 +116,11 @@ class Trainer:
         self.amp_dtype, use_scaler = amp_settings(cfg)
         if self.device.type == "cuda" and self.amp_dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise MedvolError("train.amp bf16: this GPU has no bf16 support; use --train.amp fp16")
+        if self.device.type == "cpu" and self.amp_dtype is torch.bfloat16 and not cpu_has_native_bf16():
+            log.warning("train.amp bf16: this CPU (%s) has no native bf16, so autocast emulates it and can "
+                        "be several times slower than fp32 (docs/performance.md); --train.amp none keeps "
+                        "the rest of the optimized mode",
+                        torch.backends.cpu.get_cpu_capability())
 
         # Same seed on every rank -> identical initial weights (broadcast below makes it certain).
         seed_everything(cfg.train.seed)

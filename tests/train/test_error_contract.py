@@ -68,3 +68,18 @@ def test_no_progress_bar_in_a_log_file(tiny, capsys, caplog):
     err = capsys.readouterr().err
     assert "\r" not in err and "train:" not in err, err
     assert [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("it ")] == ["1/2", "2/2"]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tiny, caplog, monkeypatch, native):
+    # Emulated bf16 made the optimized step several times slower than fp32 on an AVX2 CPU
+    # (docs/performance.md); the run still trains, but says why it is slow and what to do.
+    from medvol.train.distributed import DistInfo
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level(logging.WARNING, logger="medvol.train"):
+        trainer.Trainer(tiny("--train.mode", "optimized", "--train.amp", "bf16", iterations=1), DistInfo())
+    warned = [r.getMessage() for r in caplog.records if "no native bf16" in r.getMessage()]
+    assert len(warned) == (0 if native else 1), warned
+    if warned:
+        assert "--train.amp none" in warned[0]
