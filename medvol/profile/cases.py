@@ -132,8 +132,20 @@ def parse_list(text: str, option: str, *, kind: type = str, allowed: Iterable | 
     return values
 
 
+def _option_value(text: str) -> object:
+    """``true``/``false`` -> bool, integers -> int, other numbers -> float, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_model_options(text: str) -> dict[str, object]:
-    """``"a=x,b=true"`` -> ``{"a": "x", "b": True}``; "" -> {}.
+    """``"a=x,b=true,n=5"`` -> ``{"a": "x", "b": True, "n": 5}``; "" -> {}.
 
     Raises:
         MedvolError: for an item without ``=`` or a key given twice.
@@ -147,7 +159,7 @@ def parse_model_options(text: str) -> dict[str, object]:
             raise MedvolError(f"--model-option: expected KEY=VALUE, got {item!r}")
         if key in options:
             raise MedvolError(f"--model-option: {key} given twice")
-        options[key] = {"true": True, "false": False}.get(value.lower(), value)
+        options[key] = _option_value(value)
     return options
 
 

@@ -301,14 +301,14 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
     n = 1 if n is None else n
     if n < 1:
         raise MedvolError(f"--n: expected at least 1, got {n}")
+    meta = state.get("data", {})
+    window = meta.get("window")
+    shown = display_range(display_window, window)
 
     dev = torch.device(device)
     system.to(dev)
     mode = mode or ("optimized" if dev.type == "cuda" else "reference")
     system.set_mode(mode)
-    meta = state.get("data", {})
-    window = meta.get("window")
-    shown = display_range(display_window, window)
     plane = meta.get("plane", cfg.data.plane)
     common = {**checkpoint_facts(state, cfg, seed, mode),
               "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
