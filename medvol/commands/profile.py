@@ -121,6 +121,7 @@ def _sizes(text: str, models: list[str], custom: bool) -> list[int]:
     """``--size`` checked against every model's sizes up front (not late, in every worker); a
     custom factory decides its own sizes."""
     from medvol.models.registry import MODEL_SIZES
+    from medvol.profile.cases import parse_list
 
     if custom:
         return parse_list(text, "--size", kind=int)

@@ -17,6 +17,19 @@ from medvol.profile.report import markdown
 from medvol.profile.system import BatchSource, batch_shape
 
 
+@pytest.mark.parametrize("model, mode", [("dcgan", "optimized"), ("mlpgan", "reference")])
+def test_measure_2d_step_in_process(model, mode):
+    """The fast sibling of the end-to-end run: one case measured in this process."""
+    from medvol.profile.measure import measure
+
+    result = {}
+    measure(Case(model, 32, 2, mode, base_width=4, iters=1, warmup=1), result)
+    assert result["dims"] == 2 and result["it_per_s"] > 0 and len(result["step_s"]) == 1
+    assert set(result["substeps"]) == {"D", "G"}
+    assert result["params"] == build(model, 32, base_width=4).param_counts()
+
+
+@pytest.mark.slow
 def test_measure_2d_models_end_to_end(tmp_path):
     out = tmp_path / "prof"
     assert cli.main(["profile", "--model", "dcgan,mlpgan", "--size", "32", "--base-width", "4", "--batch", "2",
@@ -110,7 +123,8 @@ def test_2d_errors_are_one_line(tmp_path, capsys, argv, message):
 def test_mixed_report_labels_sizes_per_model():
     def result(model, dims, batch):
         return {"case": Case(model, 64, batch, "reference", base_width=None).to_dict(), "status": "ok",
-                "dims": dims, "peak_bytes": 2**20, "it_per_s": 1.0, "params": {"G": 1, "D": 1, "total": 2}}
+                "dims": dims, "peak_bytes": 2**20, "it_per_s": 1.0, "params": {"G": 1, "D": 1, "total": 2},
+                "substeps": {"D": {"time_s_median": 0.01, "peak_bytes": 2**20}}}
 
     report = {"meta": {"versions": {"torch": "x", "cuda": None, "triton": None, "medvol": "y", "python": "z"},
                        "date": "d", "command": "c"},
