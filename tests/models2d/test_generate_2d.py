@@ -150,6 +150,37 @@ def test_volume_stacks_the_slices_of_the_same_seed(run2d, tmp_path):
     np.testing.assert_array_equal(read_volume(again).array, volume.array)
 
 
+def test_volume_carries_the_recorded_volume_geometry(run2d, tmp_path):
+    from medvol.data.io import read_volume
+
+    state = ckpt.read_checkpoint(run2d)
+    direction = (-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0)
+    state["data"] = dict(state["data"], volume_spacing=[3.0, 2.0, 1.0], direction=list(direction), plane="coronal")
+    path = tmp_path / "ckpt" / ckpt.checkpoint_name(state["iteration"])
+    path.parent.mkdir()
+    ckpt.save_checkpoint(path, {k: v for k, v in state.items() if k not in ("path", "format", "version")})
+    (written,) = generate(path, 1, tmp_path / "v", seed=2, volume=True)
+    volume = read_volume(written)
+    np.testing.assert_allclose(volume.spacing, (3.0, 2.0, 1.0), rtol=1e-6)
+    np.testing.assert_allclose(volume.direction, direction, atol=1e-6)
+    centre = np.asarray(volume.origin) + np.asarray(direction).reshape(3, 3) @ (
+        (np.asarray(volume.shape[::-1]) - 1) / 2.0 * np.asarray(volume.spacing[::-1]))
+    np.testing.assert_allclose(centre, 0.0, atol=1e-4)
+    # Coronal: image j of the seed is the coronal slice y = j.
+    first = _read2d(generate(path, 2, tmp_path / "s", seed=2)[1])[1]
+    np.testing.assert_allclose(take_slice(volume.array, "coronal", 1), first, atol=1e-2)
+
+
+def test_training_records_the_slice_geometry(ramp):
+    from medvol.train.data import data_meta
+
+    cfg = load_config(None, ["--model.name", "dcgan", "--model.size", "32"])
+    slices = SliceDataset(ramp(64), plane="coronal", size=32)  # volumes spacing (1, 2, 3), pooled x2
+    meta = data_meta(slices, cfg.data)
+    assert meta["spacing"] == [2.0, 6.0] and meta["volume_spacing"] == [2.0, 4.0, 6.0]
+    assert meta["plane"] == "coronal" and meta["window"] == [-1024.0, 600.0]
+
+
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
 def test_stacking_inverts_the_slicing(plane):
     volume = np.random.default_rng(0).random((5, 5, 5))
@@ -261,9 +292,12 @@ def test_conditional_model_without_masks_uses_training_phantom_slices(conditiona
     _, cfg = conditional
     generate(run2d_masks, 3, tmp_path / "p", seed=0)
     slices = SliceDataset(PhantomVolumeDataset(32, 2, nodules=True), content_only=True, masks=True)
+    files = json.loads((tmp_path / "p" / PROVENANCE).read_text(encoding="utf-8"))["files"]
     for i in range(3):
         want = (slices[i]["image"][1] > 0).numpy().astype(np.uint8)
         np.testing.assert_array_equal(_read2d(tmp_path / "p" / f"sample_{i:04d}_mask.nii.gz")[1], want)
+        v, k, _ = slices.index[i]  # the training slices, blank ones skipped
+        assert files[f"sample_{i:04d}.nii.gz"]["mask_source"] == f"phantom seed 0 #{v} axial {k}"
     # Volume mode: every slice of phantom 1 (the one with nodules) in turn, so the stacked
     # mask volume is that phantom's mask.
     generate(run2d_masks, 2, tmp_path / "pv", seed=0, volume=True)
