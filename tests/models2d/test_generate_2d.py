@@ -367,3 +367,14 @@ def test_3d_model_refuses_2d_options(monkeypatch, tmp_path):
                          ({"display_window": (0.0, 1.0)}, "--display-window")):
         with pytest.raises(MedvolError, match=f"{flag}: only for 2D models; crfgan generates volumes"):
             generate("x.pt", 1, tmp_path / "o", device="cpu", **kwargs)
+
+
+def test_mask_channel_threshold_is_the_midpoint(run2d_masks, tmp_path, monkeypatch):
+    """Channel 1 in [-1, 1] becomes 0 / 1 at 0, the midpoint of the -1 / 1 training encoding."""
+    system, cfg, state = ckpt.load_checkpoint(run2d_masks)
+    ramp = torch.linspace(-1, 1, 32 * 32).reshape(1, 1, 32, 32)
+    monkeypatch.setattr(system, "generate", lambda z, **_: torch.cat([torch.zeros_like(ramp), ramp], 1))
+    monkeypatch.setattr(generate_module, "load_checkpoint", lambda path: (system, cfg, state))
+    generate(run2d_masks, 1, tmp_path / "t")
+    mask = _read2d(tmp_path / "t" / "sample_0000_mask.nii.gz")[1]
+    np.testing.assert_array_equal(mask, (ramp[0, 0] > 0).numpy().astype(np.uint8))
