@@ -58,6 +58,9 @@ class ModelConfig:
     fm_weight: float = 0.0
     label_smoothing: float = 0.0
     diffaugment: str = ""
+    #: dcgan: D updates per G update (each on its own real batch) and the optimiser.
+    n_critic: int = 1
+    optimizer: Literal["adam", "rmsprop"] = "adam"
 
 
 @dataclass
@@ -123,6 +126,7 @@ class TrainConfig:
 
 _POSITIVE = {"model.base_width", "model.latent_dim", "model.channels", "data.phantom_n", "data.batch", "data.prefetch",
              "train.ckpt_every", "train.log_every", "train.sample_every"}
+_POSITIVE |= {"model.n_critic"}
 _NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
                  "model.init_gain", "model.fm_weight", "model.label_smoothing"}
 

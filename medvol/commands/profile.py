@@ -5,6 +5,7 @@ Example::
     medvol profile --model hagan,crfgan --size 128,256 --batch 2,4,6 \\
         --mode reference,optimized --iters 10 --warmup 3 --device cuda --budget 12GiB --out prof/
     medvol profile --estimate --size 256,512 --batch 1,2,4,6 --out est/      # no device needed
+    medvol profile --model dcgan,mlpgan --size 64,128 --batch 16,64 --device cpu --out prof2d/
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ def register(subparsers) -> None:
         description="Profile the full training step of each model x size x batch x mode, each "
                     "configuration in a fresh process. Out of memory is reported as OOM. Writes "
                     "profile.md, profile.csv, profile.json and profile.png into --out.")
-    parser.add_argument("--model", default="hagan,crfgan", help="comma list of hagan, crfgan")
-    parser.add_argument("--size", default="64", help="comma list of volume sizes, e.g. 64,128,256,512")
-    parser.add_argument("--batch", default="1,2", help="comma list of batch sizes")
+    parser.add_argument("--model", default="hagan,crfgan",
+                        help="comma list of hagan, crfgan (3D), dcgan, mlpgan (2D)")
+    parser.add_argument("--size", default="64",
+                        help="comma list of sizes: volume side (3D, e.g. 64,128,256,512) or image side "
+                             "(2D: 32, 64, 128, 256)")
+    parser.add_argument("--batch", default=None,
+                        help="comma list of batch sizes (default: 1,2 for 3D models, 16,64 for 2D ones)")
     parser.add_argument("--mode", default="reference,optimized",
                         help="comma list: reference (fp32) and/or optimized (bf16 autocast, "
                              "checkpointing, fused ops)")
@@ -37,15 +42,17 @@ def register(subparsers) -> None:
                              "peak above it is reported as OOM")
     parser.add_argument("--find-max-batch", action="store_true",
                         help="also search the largest batch that fits (doubling then bisection)")
-    parser.add_argument("--max-batch-limit", type=int, default=64,
-                        help="upper end of the --find-max-batch search (default 64)")
+    parser.add_argument("--max-batch-limit", type=int, default=None,
+                        help="upper end of the --find-max-batch search (default 64 for 3D models, "
+                             "1024 for 2D ones)")
     parser.add_argument("--estimate", action="store_true",
                         help="estimate peak memory on fake tensors (seconds on any machine); with "
                              "a GPU present (or --measure) it is printed beside the measured peak")
     parser.add_argument("--measure", action="store_true",
                         help="with --estimate on a machine without CUDA: measure on the CPU too")
     parser.add_argument("--base-width", type=int, default=None,
-                        help="generator base width c (default: the published 32)")
+                        help="generator base width c (default: each model's published width: 32 for "
+                             "the 3D models, 64 dcgan, 256 mlpgan)")
     parser.add_argument("--data", default="synthetic", choices=["synthetic", "phantom"],
                         help="batches of device noise (default) or procedural phantoms from the host")
     parser.add_argument("--factory", default=None,
@@ -110,21 +117,41 @@ def _check_model_options(models: list[str], options: dict[str, object]) -> None:
             raise MedvolError(f"--model-option: {error}") from None
 
 
+def _sizes(text: str, models: list[str], custom: bool) -> list[int]:
+    """``--size`` checked against every model's sizes up front (not late, in every worker); a
+    custom factory decides its own sizes."""
+    from medvol.models.registry import MODEL_SIZES
+    from medvol.profile.cases import parse_list
+
+    if custom:
+        return parse_list(text, "--size", kind=int)
+    allowed = sorted({s for m in models for s in MODEL_SIZES[m]})
+    sizes = parse_list(text, "--size", kind=int, allowed=allowed)
+    for model in models:
+        for size in sizes:
+            if size not in MODEL_SIZES[model]:
+                raise MedvolError(f"--size: {model} supports {', '.join(map(str, MODEL_SIZES[model]))}, "
+                                  f"not {size}")
+    return sizes
+
+
 def run(args: argparse.Namespace) -> int:
-    from medvol.models.networks import SIZES
-    from medvol.profile.cases import DEFAULT_FACTORY, MODELS, MODES, grid, parse_list, parse_model_options
+    from medvol.profile.cases import (DEFAULT_BATCHES, DEFAULT_FACTORY, MODELS, MODES, grid, model_dims,
+                                      parse_list, parse_model_options)
     from medvol.profile.runner import run_profile
     from medvol.utils import parse_size_bytes
 
     models = parse_list(args.model, "--model", allowed=None if args.factory else MODELS)
-    # Up front, not late in every worker; a custom factory decides its own sizes.
-    sizes = parse_list(args.size, "--size", kind=int, allowed=None if args.factory else SIZES)
-    batches = parse_list(args.batch, "--batch", kind=int)
+    sizes = _sizes(args.size, models, bool(args.factory))
+    given = parse_list(args.batch, "--batch", kind=int) if args.batch is not None else None
+    batches = {m: given or list(DEFAULT_BATCHES[model_dims(m)]) for m in models}
     modes = parse_list(args.mode, "--mode", allowed=MODES)
     if args.iters < 1 or args.warmup < 0:
         raise MedvolError("--iters must be >= 1 and --warmup >= 0")
     if args.base_width is not None and args.base_width < 1:
         raise MedvolError("--base-width must be positive")
+    if args.max_batch_limit is not None and args.max_batch_limit < 1:
+        raise MedvolError("--max-batch-limit must be positive")
     budget = parse_size_bytes(args.budget) if args.budget else None
     if budget is not None and not BUDGET_RANGE[0] <= budget <= BUDGET_RANGE[1]:
         raise MedvolError(f"--budget {args.budget}: expected between 1MB and 100TB "
@@ -140,10 +167,10 @@ def run(args: argparse.Namespace) -> int:
     common = dict(model_options=model_options, iters=args.iters, warmup=args.warmup, base_width=args.base_width,
                   budget_bytes=budget, data=args.data, factory=args.factory or DEFAULT_FACTORY)
     cases = []
-    if measure:
-        cases += grid(models, sizes, batches, modes, kind="measure", device=device, **common)
-    if args.estimate:
-        cases += grid(models, sizes, batches, modes, kind="estimate", device=device, **common)
+    for kind in ("measure", "estimate"):
+        if (kind == "measure" and measure) or (kind == "estimate" and args.estimate):
+            for model in models:
+                cases += grid([model], sizes, batches[model], modes, kind=kind, device=device, **common)
     report = run_profile(cases, args.out, max_batch=args.find_max_batch,
                          max_batch_limit=args.max_batch_limit, command=_command(args),
                          timeout=args.timeout)

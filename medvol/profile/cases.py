@@ -13,14 +13,33 @@ from typing import Iterable
 
 from medvol.errors import MedvolError
 
-MODELS = ("hagan", "crfgan")
+MODELS = ("hagan", "crfgan", "dcgan", "mlpgan")
 MODES = ("reference", "optimized")
 DATA = ("synthetic", "phantom")
 KINDS = ("measure", "estimate")
 #: The published system builder; tests and third-party systems may name another ``module:function``.
 DEFAULT_FACTORY = "medvol.models:build"
-#: Published base width c of both generators (DESIGN.md "Reference architectures").
+#: Published base width c of both 3D generators (DESIGN.md "Reference architectures"); the 2D
+#: models have their own (:func:`published_width`).
 PUBLISHED_WIDTH = 32
+#: Default batch sizes and largest-batch search limit per model dimension: a 3D step holds one or
+#: two volumes, a 2D step typically 16 to 64 images (DCGAN 128, the thesis's MLP GAN 64).
+DEFAULT_BATCHES = {3: (1, 2), 2: (16, 64)}
+DEFAULT_MAX_BATCH_LIMIT = {3: 64, 2: 1024}
+
+
+def model_dims(model: str) -> int:
+    """2 for the registry's 2D models, else 3 (also for names only a custom factory knows)."""
+    from medvol.models.registry import MODELS as REGISTRY
+
+    return int(getattr(REGISTRY.get(model), "dims", 3))
+
+
+def published_width(model: str) -> int:
+    """The base width a model is built with when none is given (dcgan 64, mlpgan 256, 3D 32)."""
+    from medvol.models.registry import MODEL_DEFAULTS
+
+    return MODEL_DEFAULTS.get(model, (PUBLISHED_WIDTH,))[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +48,8 @@ class Case:
 
     Attributes:
         model: ``"hagan"`` or ``"crfgan"`` (any name the factory accepts).
-        size: volume edge S of the ``[B, 1, S, S, S]`` training batch.
+        size: volume edge S of the ``[B, 1, S, S, S]`` training batch (2D models: image side S of
+            ``[B, C, S, S]``).
         batch: batch size B.
         mode: ``"reference"`` (fp32, ``set_mode("reference")``) or ``"optimized"`` (bf16 autocast,
             ``set_mode("optimized")``: checkpointing, fused ops, bf16 group norms).
@@ -37,7 +57,7 @@ class Case:
         device: ``"cpu"`` or ``"cuda"``; for an estimate, the device whose autocast rules apply.
         iters: timed iterations (the median is reported).
         warmup: untimed iterations first (the first allocates Adam states, cuDNN picks algorithms).
-        base_width: generator base width c; None means the published 32.
+        base_width: generator base width c; None means the model's published width.
         budget_bytes: memory cap; on CUDA set with ``set_per_process_memory_fraction``, elsewhere
             (CPU, estimate) a peak above it is reported as OOM after the fact.
         data: ``"synthetic"`` (uniform noise made on the device) or ``"phantom"`` (the procedural
@@ -70,12 +90,13 @@ class Case:
 
     @property
     def width(self) -> int:
-        return PUBLISHED_WIDTH if self.base_width is None else self.base_width
+        return published_width(self.model) if self.base_width is None else self.base_width
 
     @property
     def label(self) -> str:
         options = f" [{self.model_options}]" if self.model_options else ""
-        return f"{self.model}{options} {self.size}^3 b{self.batch} {self.mode} ({self.kind}, {self.device})"
+        return (f"{self.model}{options} {self.size}^{model_dims(self.model)} b{self.batch} {self.mode} "
+                f"({self.kind}, {self.device})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,8 +132,20 @@ def parse_list(text: str, option: str, *, kind: type = str, allowed: Iterable | 
     return values
 
 
+def _option_value(text: str) -> object:
+    """``true``/``false`` -> bool, integers -> int, other numbers -> float, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_model_options(text: str) -> dict[str, object]:
-    """``"a=x,b=true"`` -> ``{"a": "x", "b": True}``; "" -> {}.
+    """``"a=x,b=true,n=5"`` -> ``{"a": "x", "b": True, "n": 5}``; "" -> {}.
 
     Raises:
         MedvolError: for an item without ``=`` or a key given twice.
@@ -126,7 +159,7 @@ def parse_model_options(text: str) -> dict[str, object]:
             raise MedvolError(f"--model-option: expected KEY=VALUE, got {item!r}")
         if key in options:
             raise MedvolError(f"--model-option: {key} given twice")
-        options[key] = {"true": True, "false": False}.get(value.lower(), value)
+        options[key] = _option_value(value)
     return options
 
 

@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from medvol.profile.cases import Case
-from medvol.profile.system import amp_dtype, check_simulated_oom, load_factory
+from medvol.profile.system import amp_dtype, batch_shape, check_simulated_oom, load_factory
 
 #: The CUDA caching allocator hands out multiples of 512 bytes.
 GRANULE = 512
@@ -284,7 +284,7 @@ def estimate(case: Case, *, iterations: int = 2, keep_allocations: bool = False)
         _like_cuda(optimizers)
         tracker.start_step()
         check_simulated_oom(case)
-        shape = (case.batch, 1, case.size, case.size, case.size)
+        shape = batch_shape(system, case.batch)
         for iteration in range(iterations):
             with tracker.region(f"iteration {iteration}"):
                 real = torch.empty(shape, device=device)
@@ -307,6 +307,7 @@ def estimate(case: Case, *, iterations: int = 2, keep_allocations: bool = False)
         "persistent": persistent,
         "substeps": {name: {"peak_bytes": int(max(peaks))} for name, peaks in tracker.frames.items()},
         "params": params,
+        "dims": int(getattr(system, "dims", 3)),
         "trace_s": time.perf_counter() - start,
     }
     if keep_allocations:

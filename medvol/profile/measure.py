@@ -145,14 +145,14 @@ def _sync(device: torch.device) -> None:
 
 
 def _load_kernels() -> None:
-    """Run a tiny 3D convolution forward and backward, fp32 and bf16, before the CPU baseline is
-    taken: oneDNN and friends load their code lazily, and those resident pages are the library's,
-    not the training step's."""
-    conv = torch.nn.Conv3d(1, 2, 3)
-    x = torch.rand(1, 1, 4, 4, 4, requires_grad=True)
-    conv(x).sum().backward()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        conv(x).float().sum().backward()
+    """Run tiny 3D and 2D convolutions forward and backward, fp32 and bf16, before the CPU
+    baseline is taken: oneDNN and friends load their code lazily, and those resident pages are the
+    library's, not the training step's."""
+    for conv, x in ((torch.nn.Conv3d(1, 2, 3), torch.rand(1, 1, 4, 4, 4, requires_grad=True)),
+                    (torch.nn.Conv2d(1, 2, 3), torch.rand(1, 1, 4, 4, requires_grad=True))):
+        conv(x).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(x).float().sum().backward()
 
 
 def measure(case: Case, result: dict) -> None:
@@ -179,8 +179,9 @@ def measure(case: Case, result: dict) -> None:
         system = build_system(case)
     system.to(device).train()
     result["params"] = {key: int(value) for key, value in system.param_counts().items()}
+    result["dims"] = int(getattr(system, "dims", 3))
     optimizers = system.make_optimizers()
-    source = BatchSource(case, device)
+    source = BatchSource(case, device, system)
     timer = StepTimer(device)
     counter.reset()
     result["static_bytes"] = int(counter.current())

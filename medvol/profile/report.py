@@ -18,7 +18,8 @@ from pathlib import Path
 from medvol.utils import atomic_path
 
 MIB = 2**20
-NAMES = {"hagan": "HA-GAN", "crfgan": "CRF-GAN"}
+NAMES = {"hagan": "HA-GAN", "crfgan": "CRF-GAN", "dcgan": "DCGAN", "mlpgan": "MLP-GAN"}
+_POWER = {2: "²", 3: "³"}
 FILES = ("profile.md", "profile.csv", "profile.json", "profile.png")
 
 
@@ -90,6 +91,25 @@ def _axes(results: list[dict]) -> tuple[list, list, list, list]:
             sorted(set(c["size"] for c in cases)), sorted(set(c["batch"] for c in cases)))
 
 
+def _dims(result: dict) -> int:
+    """2 or 3: recorded by the worker, else the registry's word for the model."""
+    from medvol.profile.cases import model_dims
+
+    return int(result.get("dims") or model_dims(result["case"]["model"]))
+
+
+def _power(results: list[dict]) -> str:
+    """"³" or "²" after a size, or nothing where a table mixes 2D and 3D models."""
+    dims = {_dims(r) for r in results}
+    return _POWER[dims.pop()] if len(dims) == 1 else ""
+
+
+def _width(case: dict) -> int:
+    from medvol.profile.cases import published_width
+
+    return case["base_width"] or published_width(case["model"])
+
+
 def _mib(value) -> str:
     return "" if value is None else f"{value / MIB:,.0f}"
 
@@ -121,7 +141,8 @@ def _grid_table(report: dict, kind: str, field: str, fmt, extra: str | None = No
     index = _index(report)
     columns = [(s, b) for s in sizes for b in batches
                if any((m, s, b, mode, kind) in index for m in models for mode in modes)]
-    lines = ["| model | mode | " + " | ".join(f"{s}³ b{b}" for s, b in columns) + " |",
+    power = _power(results)
+    lines = ["| model | mode | " + " | ".join(f"{s}{power} b{b}" for s, b in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for model in models:
         for mode in modes:
@@ -147,7 +168,7 @@ def _provenance(report: dict) -> list[str]:
 
 def _setting(report: dict, kind: str) -> str:
     cases = [r["case"] for r in report["results"] if r["case"]["kind"] == kind]
-    widths = sorted({c["base_width"] or 32 for c in cases})
+    widths = sorted({_width(c) for c in cases})
     devices = sorted({c["device"] for c in cases})
     text = f"base width c = {', '.join(map(str, widths))}"
     if kind == "measure":
@@ -171,6 +192,9 @@ def markdown(report: dict) -> str:
     lines += ["Cells: `OOM` = out of memory (the paper's \"—\"); optimized cells show "
               "(optimized / reference) in parentheses. Reference = fp32, no checkpointing; "
               "optimized = bf16 autocast, activation checkpointing, fused ops, bf16 group norms.", ""]
+    if any(_dims(r) == 2 for r in results):
+        lines += ["2D models (sizes S², batches of [B, C, S, S] images): optimized = bf16 autocast and "
+                  "fused Adam; they have no checkpointing and no group norms.", ""]
     if "measure" in kinds:
         what = ("CUDA max allocated / max reserved" if devices == {"cuda"} else
                 "peak RSS above the idle process" if devices == {"cpu"} else
@@ -200,7 +224,7 @@ def markdown(report: dict) -> str:
 
 def _label(result: dict) -> str:
     c = result["case"]
-    return f"{NAMES.get(c['model'], c['model'])} {c['size']}³ b{c['batch']} {c['mode']} ({c['kind']})"
+    return f"{NAMES.get(c['model'], c['model'])} {c['size']}{_POWER[_dims(result)]} b{c['batch']} {c['mode']} ({c['kind']})"
 
 
 def _estimate_breakdown(report: dict) -> list[str]:
@@ -255,11 +279,12 @@ def _estimate_vs_measured(report: dict) -> list[str]:
 def _max_batch_table(report: dict) -> list[str]:
     found = report["max_batch"]
     sizes = sorted({f["size"] for f in found})
+    power = _power([{"case": {"model": f["model"]}} for f in found])
     rows = list(dict.fromkeys((f["model"], f["mode"], f["kind"]) for f in found))
     lines = ["## Largest batch that fits", "",
              "Doubling then bisection, one warm-up + one timed step per trial; `N+` = the search "
              "limit fit; 0 = batch 1 does not fit.", "",
-             "| model | mode | kind | " + " | ".join(f"{s}³" for s in sizes) + " |",
+             "| model | mode | kind | " + " | ".join(f"{s}{power}" for s in sizes) + " |",
              "|---|---|---|" + "---|" * len(sizes)]
     for model, mode, kind in rows:
         cells = []
@@ -306,7 +331,7 @@ def _params_table(report: dict) -> list[str]:
     for r in report["results"]:
         if r.get("params"):
             c = r["case"]
-            seen.setdefault((c["model"], c["size"], c["base_width"] or 32), r["params"])
+            seen.setdefault((c["model"], c["size"], _width(c)), r["params"])
     if not seen:
         return []
     names = list(dict.fromkeys(n for p in seen.values() for n in p if n != "total")) + ["total"]
@@ -314,7 +339,8 @@ def _params_table(report: dict) -> list[str]:
              "| model | size | width | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for (model, size, width), params in seen.items():
         cells = [f"{params[n] / 1e6:.2f}" if n in params else "" for n in names]
-        lines.append(f"| {NAMES.get(model, model)} | {size}³ | {width} | " + " | ".join(cells) + " |")
+        power = _power([{"case": {"model": model}}])
+        lines.append(f"| {NAMES.get(model, model)} | {size}{power} | {width} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -351,7 +377,7 @@ def to_csv(report: dict) -> str:
             "model": c["model"], "model_options": c.get("model_options", ""), "size": c["size"],
             "batch": c["batch"], "mode": c["mode"],
             "kind": c["kind"], "device": c["device"], "device_name": r.get("device_name"),
-            "base_width": c["base_width"] or 32, "status": r["status"],
+            "base_width": _width(c), "status": r["status"],
             "peak_mib": mib(r.get("peak_bytes")), "peak_reserved_mib": mib(r.get("peak_reserved_bytes")),
             "it_per_s": r.get("it_per_s") if ok else None,
             "step_ms_median": r["step_s_median"] * 1e3 if ok and r.get("step_s_median") else None,
@@ -409,7 +435,8 @@ def plot(report: dict, path: Path) -> bool:
                 ax.text(x, 0.02, "OOM", rotation=90, ha="center", va="bottom", fontsize=7,
                         transform=ax.get_xaxis_transform(),
                         color=bars.patches[0].get_facecolor() if bars.patches else "black")
-        ax.set_xticks(range(len(columns)), [f"{s}³ b{b}" for s, b in columns], fontsize=8)
+        power = _power(results)
+        ax.set_xticks(range(len(columns)), [f"{s}{power} b{b}" for s, b in columns], fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
     fig.suptitle(f"medvol profile — {report['meta'].get('device', '')}", fontsize=10)

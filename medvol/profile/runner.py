@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from medvol.profile.cases import Case
+from medvol.profile.cases import DEFAULT_MAX_BATCH_LIMIT, Case, model_dims
 
 
 def run_in_subprocess(case: Case, *, timeout: float | None = None) -> dict:
@@ -103,14 +103,15 @@ def find_max_batch(base: Case, *, limit: int = 64,
 
 
 def run_profile(cases: list[Case], out: str | os.PathLike, *, max_batch: bool = False,
-                max_batch_limit: int = 64, command: str | None = None, timeout: float | None = None,
+                max_batch_limit: int | None = None, command: str | None = None, timeout: float | None = None,
                 log: Callable[[str], None] = print,
                 run: Callable[[Case], dict] | None = None) -> dict:
     """Profile every case (fresh process each), optionally search the largest batch, and write
     ``profile.md``, ``profile.csv``, ``profile.json`` and ``profile.png`` into ``out``.
 
     ``profile.json`` is rewritten (atomically) after every case, so a long sweep that is stopped
-    keeps what it measured.
+    keeps what it measured. ``max_batch_limit`` None searches up to 64 for 3D models and 1024
+    for 2D ones (:data:`medvol.profile.cases.DEFAULT_MAX_BATCH_LIMIT`).
 
     Returns:
         The report dict written to ``profile.json``: ``meta``, ``results``, ``max_batch``.
@@ -134,10 +135,12 @@ def run_profile(cases: list[Case], out: str | os.PathLike, *, max_batch: bool = 
             if key in seen or (case.kind == "estimate" and not case.budget_bytes):
                 continue
             seen.add(key)
-            found = find_max_batch(case, limit=max_batch_limit, run=run)
+            dims = model_dims(case.model)
+            limit = max_batch_limit or DEFAULT_MAX_BATCH_LIMIT[dims]
+            found = find_max_batch(case, limit=limit, run=run)
             report["max_batch"].append(found)
             text = found["error"] or f"{found['max_batch']}{'+' if found['at_limit'] else ''}"
-            log(f"largest batch {case.model} {case.size}^3 {case.mode} ({case.kind}): {text}")
+            log(f"largest batch {case.model} {case.size}^{dims} {case.mode} ({case.kind}): {text}")
             write_json(report, out / "profile.json")
     names = {r.get("device_name") for r in report["results"] if r.get("device_name")}
     report["meta"]["device"] = " + ".join(sorted(names)) or "unknown"

@@ -49,34 +49,52 @@ def check_simulated_oom(case: Case) -> None:
                           f"{SIMULATE_MAX_BATCH_ENV}={limit}")
 
 
+def batch_shape(system: torch.nn.Module, batch: int) -> tuple[int, ...]:
+    """The real batch one training step of ``system`` takes at batch size B.
+
+    3D: ``[B, 1, S, S, S]``; 2D (``system.dims == 2``): ``[k B, C, S, S]``, k = ``real_batches``
+    (a WGAN critic trained n_critic times per step takes n_critic real batches).
+    """
+    s = system.size
+    count = batch * int(getattr(system, "real_batches", 1))
+    if getattr(system, "dims", 3) == 2:
+        return (count, int(system.channels), s, s)
+    return (count, 1, s, s, s)
+
+
 class BatchSource:
-    """Produces ``[B, 1, S, S, S]`` batches in [-1, 1] on ``device`` and times how long that takes.
+    """Produces training batches (:func:`batch_shape`) in [-1, 1] on ``device`` and times how long
+    that takes.
 
     ``synthetic`` makes noise directly on the device (data-wait ~ a kernel launch); ``phantom``
-    draws procedural phantoms on the host, as a data loader would, and copies them over.
+    draws procedural phantoms (2D: their slices, with the mask channel where the model has one)
+    on the host, as a data loader would, and copies them over.
     """
 
-    def __init__(self, case: Case, device: torch.device):
+    def __init__(self, case: Case, device: torch.device, system: torch.nn.Module):
         self.case = case
         self.device = device
+        self.shape = batch_shape(system, case.batch)
         self.index = 0
         self.dataset = None
         if case.data == "phantom":
             try:
-                from medvol.data.datasets import PhantomVolumeDataset
+                from medvol.data.datasets import PhantomVolumeDataset, SliceDataset
             except ImportError as error:
                 raise MedvolError(f"--data phantom: the phantom dataset is unavailable ({error})") from None
-            self.dataset = PhantomVolumeDataset(case.size, length=1 << 20, seed=case.seed)
+            masks = len(self.shape) == 4 and self.shape[1] == 2
+            self.dataset = PhantomVolumeDataset(case.size, length=1 << 20, seed=case.seed, nodules=masks)
+            if len(self.shape) == 4:
+                self.dataset = SliceDataset(self.dataset, masks=masks)
 
     def next(self) -> tuple[torch.Tensor, float]:
-        """Returns (batch ``[B,1,S,S,S]``, seconds spent producing it, synchronised)."""
+        """Returns (batch, seconds spent producing it, synchronised)."""
         start = time.perf_counter()
         if self.dataset is None:
-            shape = (self.case.batch, 1, self.case.size, self.case.size, self.case.size)
-            batch = torch.rand(shape, device=self.device).mul_(2).sub_(1)
+            batch = torch.rand(self.shape, device=self.device).mul_(2).sub_(1)
         else:
-            items = [self.dataset[self.index + i]["image"] for i in range(self.case.batch)]
-            self.index += self.case.batch
+            items = [self.dataset[self.index + i]["image"] for i in range(self.shape[0])]
+            self.index += self.shape[0]
             batch = torch.stack(items).to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -123,19 +123,23 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, data: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1,
-                start_iteration: int = 0, pin_memory: bool = False) -> DataLoader:
+                start_iteration: int = 0, pin_memory: bool = False, batches_per_step: int = 1) -> DataLoader:
     """An endless ``DataLoader`` of ``data.batch`` volumes per rank, resumed at ``start_iteration``.
+
+    ``batches_per_step`` > 1 (a WGAN critic trained ``n_critic`` times per G update) makes each
+    loaded batch that many real batches of ``data.batch``, concatenated along the batch dimension.
 
     Loading runs in ``data.workers`` worker processes (0 = in the main process). Its own
     ``generator`` keeps the loader from drawing on the global torch RNG, which the training step
     owns.
     """
+    per_step = data.batch * batches_per_step
     sampler = StreamSampler(len(dataset), seed=seed, rank=rank, world_size=world_size,
-                            start=start_iteration * data.batch)
+                            start=start_iteration * per_step)
     workers = data.workers
     return DataLoader(
         dataset,
-        batch_size=data.batch,
+        batch_size=per_step,
         sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
@@ -149,17 +153,29 @@ def make_loader(dataset: Dataset, data: DataConfig, *, seed: int, rank: int = 0,
 
 def data_meta(dataset: Dataset, data: DataConfig) -> dict:
     """Facts generation needs about the training volumes: spacing (z, y, x mm), direction (ITK's
-    row-major 3x3), modality and HU window (None for MR)."""
+    row-major 3x3), modality and HU window (None for MR).
+
+    For the slices of a 2D model, ``spacing`` is the (row, column) pixel spacing; ``plane`` and
+    ``volume_spacing`` (the (z, y, x) spacing of the volumes the slices were cut from, after the
+    slice pooling) let ``medvol generate --volume`` stack generated slices into volumes, and
+    ``direction`` is the volumes' direction.
+    """
     spacing = getattr(dataset, "spacing", None)
     window = getattr(dataset, "window", None)
-    params = getattr(dataset, "params", None)
-    return {
+    volumes = getattr(dataset, "volumes", dataset)  # a SliceDataset's volume dataset
+    params = getattr(volumes, "params", None)
+    meta = {
         "source": data.source,
         "spacing": [float(s) for s in spacing] if spacing is not None else [1.0, 1.0, 1.0],
-        "direction": list(training_direction(dataset)),
+        "direction": list(training_direction(volumes)),
         "modality": getattr(params, "modality", "ct"),
         "window": [float(w) for w in window] if window is not None else None,
     }
+    if volumes is not dataset:
+        factor = dataset.depth // dataset.size
+        meta["plane"] = dataset.plane
+        meta["volume_spacing"] = [float(s) * factor for s in volumes.spacing]
+    return meta
 
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)

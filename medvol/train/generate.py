@@ -16,6 +16,9 @@ What a generated file holds (docs/models.md, "Generated volumes on disk"):
 - Provenance: the NIfTI ``descrip`` field names checkpoint, seed and index; ``generated.json``
   in the output folder records, per file, the checkpoint (path, SHA-256, iteration), the model,
   seed, index, label, mode, intensity unit and geometry.
+
+2D models (``system.dims == 2``) go to :mod:`medvol.train.generate2d`: slices as NIfTI and PNG
+grids, or (``volume=True``) slices stacked into volumes written as above.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def output_geometry(meta: dict[str, Any]) -> tuple[tuple[float, float, float], t
     return spacing, direction
 
 
-def _read_provenance(out: Path) -> dict[str, Any]:
+def read_provenance(out: Path) -> dict[str, Any]:
+    """``out/generated.json`` as a dict with ``files``; empty when absent or unreadable."""
     path = out / PROVENANCE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -73,10 +77,55 @@ def _read_provenance(out: Path) -> dict[str, Any]:
         return {"files": {}}
 
 
+def generate(ckpt: str | os.PathLike, n: int | None, out: str | os.PathLike, seed: int = 0,
+             label: int | None = None, tile_depth: int | None = None, device: str = "auto",
+             mode: str | None = None, *, volume: bool = False, masks: str | os.PathLike | None = None,
+             display_window: tuple[float, float] | None = None, batch: int = 16) -> list[Path]:
+    """``medvol generate``: volumes of a 3D model, images (or stacked volumes) of a 2D model.
+
+    Args:
+        ckpt, seed, label, tile_depth, device, mode: as :func:`generate_volumes`.
+        n: volumes (3D, or 2D with ``volume``) or images (2D); None: 1, or as many as ``masks``
+            gives.
+        volume, masks, display_window, batch: 2D models only, see
+            :func:`medvol.train.generate2d.generate_images`.
+
+    Returns:
+        The written image/volume paths, in order (masks and PNGs not included).
+    """
+    if n is not None and n < 1:
+        raise MedvolError(f"--n: expected at least 1, got {n}")
+    dev = pick_device(device)  # before the checkpoint is read: a missing GPU is named first
+    system, cfg, state = load_checkpoint(ckpt)
+    if system.dims == 2:
+        from medvol.train.generate2d import generate_images
+
+        return generate_images((system, cfg, state), n, out, seed=seed, label=label, tile_depth=tile_depth,
+                               device=dev, mode=mode, volume=volume, masks=masks,
+                               display_window=display_window, batch=batch)
+    for flag, given in (("--volume", volume), ("--masks", masks is not None),
+                        ("--display-window", display_window is not None)):
+        if given:
+            raise MedvolError(f"{flag}: only for 2D models; {cfg.model.name} generates volumes")
+    return _generate_volumes((system, cfg, state), 1 if n is None else n, out, seed, label, tile_depth,
+                             dev, mode)
+
+
+def checkpoint_facts(state: dict[str, Any], cfg, seed: int, mode: str) -> dict[str, Any]:
+    """The provenance every generated file of one call shares (checkpoint, model, seed, mode)."""
+    ckpt_path = Path(state["path"])
+    ckpt_sha = checksum_path(ckpt_path).read_text(encoding="utf-8").split()[0]
+    return {"checkpoint": str(ckpt_path.resolve()), "checkpoint_sha256": ckpt_sha,
+            "iteration": int(state["iteration"]), "model": f"{cfg.model.name}@{cfg.model.size}",
+            "seed": seed, "mode": mode, "medvol_version": medvol.__version__}
+
+
 def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, seed: int = 0,
                      label: int | None = None, tile_depth: int | None = None, device: str = "auto",
                      mode: str | None = None) -> list[Path]:
     """Generate ``n`` volumes from a checkpoint and write them as ``out/sample_0000.nii.gz``, ….
+
+    For a 2D model's checkpoint: ``n`` volumes of stacked slices (``generate(..., volume=True)``).
 
     Args:
         ckpt: a checkpoint file or a run folder (its latest checkpoint).
@@ -98,13 +147,25 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
             written then has no file under its name; the ones before it are complete and listed
             in ``generated.json``.
     """
-    from medvol.data.io import Volume, write_volume
-    from medvol.data.preprocess import to_intensity
-
     if n < 1:
         raise MedvolError(f"--n: expected at least 1 volume, got {n}")
     dev = pick_device(device)  # before the checkpoint is read: a missing GPU is named first
-    system, cfg, state = load_checkpoint(ckpt)
+    loaded = load_checkpoint(ckpt)
+    if loaded[0].dims == 2:
+        from medvol.train.generate2d import generate_images
+
+        return generate_images(loaded, n, out, seed=seed, label=label, tile_depth=tile_depth, device=dev,
+                               mode=mode, volume=True)
+    return _generate_volumes(loaded, n, out, seed, label, tile_depth, dev, mode)
+
+
+def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: int | None,
+                      tile_depth: int | None, dev: torch.device, mode: str | None) -> list[Path]:
+    """:func:`generate_volumes` for a loaded 3D ``(system, cfg, state)``."""
+    from medvol.data.io import Volume, write_volume
+    from medvol.data.preprocess import to_intensity
+
+    system, cfg, state = loaded
     k = system.num_classes
     if label is not None and k == 0:
         raise MedvolError(f"--label {label}: the model in {state['path']} is not class-conditional")
@@ -119,22 +180,15 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
     size = cfg.model.size
     origin = centred_origin((size, size, size), spacing, direction)
     ckpt_path = Path(state["path"])
-    ckpt_sha = checksum_path(ckpt_path).read_text(encoding="utf-8").split()[0]
     common = {
-        "checkpoint": str(ckpt_path.resolve()), "checkpoint_sha256": ckpt_sha,
-        "iteration": int(state["iteration"]), "model": f"{cfg.model.name}@{size}",
-        "seed": seed, "mode": mode, "tile_depth": tile_depth, "medvol_version": medvol.__version__,
+        **checkpoint_facts(state, cfg, seed, mode), "tile_depth": tile_depth,
         "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
         "window": list(window) if window is not None else None,
         "spacing": list(spacing), "origin": list(origin), "direction": list(direction),
     }
 
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise MedvolError(f"--out {out}: cannot create it ({write_failure(error, out.parent)})") from None
-    provenance = _read_provenance(out)
+    out = make_output_folder(out)
+    provenance = read_provenance(out)
     generator = torch.Generator().manual_seed(seed)
     paths = []
     for i in range(n):
@@ -151,17 +205,28 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
             # The file of an earlier call under this name, if any, is untouched and keeps its entry.
             if paths:
                 with contextlib.suppress(MedvolError):
-                    _write_provenance(out, provenance)
+                    write_provenance(out, provenance)
             done = f"; the {i} volume(s) before it are complete" if i else ""
             raise MedvolError(f"{error}{done}") from None
         provenance["files"][path.name] = dict(common, index=i,
                                               label=int(labels[0]) if labels is not None else None)
         log.info("wrote %s", path)
         paths.append(path)
-    _write_provenance(out, provenance)
+    write_provenance(out, provenance)
     return paths
 
 
-def _write_provenance(out: Path, provenance: dict[str, Any]) -> None:
+def make_output_folder(out: str | os.PathLike) -> Path:
+    """``out`` created (with its parents), or a one-line error."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"--out {out}: cannot create it ({write_failure(error, out.parent)})") from None
+    return out
+
+
+def write_provenance(out: Path, provenance: dict[str, Any]) -> None:
+    """Rewrite ``out/generated.json`` atomically."""
     with checked_write(out / PROVENANCE, "provenance file") as tmp:
         tmp.write_text(json.dumps(provenance, indent=1, sort_keys=True), encoding="utf-8")

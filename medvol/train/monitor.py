@@ -109,7 +109,8 @@ class Monitor:
                     self.writer.add_scalar(name, value, iteration)
 
     def images(self, iteration: int, tag: str, volume: torch.Tensor) -> None:
-        """Mid-slices of each volume in ``volume[B,1,S,S,S]`` as TensorBoard images."""
+        """Mid-slices of each volume in ``volume[B,1,S,S,S]``, or the images ``[B,C,S,S]`` of a 2D
+        model (channels side by side), as one TensorBoard image grid."""
         if self.writer is not None:
             with self._tensorboard():
                 self.writer.add_images(tag, mid_slices(volume), iteration, dataformats="NCHW")

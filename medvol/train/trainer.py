@@ -181,7 +181,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": rngs,
                 "world_size": self.info.world_size,
-                "data": {**self.meta, "consumed_per_rank": self.iteration * self.cfg.data.batch},
+                "data": {**self.meta, "consumed_per_rank": self.iteration * self.cfg.data.batch
+                         * getattr(self.system, "real_batches", 1)},
             })
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
         barrier(self.info)
@@ -203,12 +204,15 @@ class Trainer:
     def _sample_images(self, monitor: Monitor, real: torch.Tensor, fixed_z: torch.Tensor,
                        fixed_labels: torch.Tensor | None) -> None:
         was_training = self.system.training
-        with torch.no_grad(), self._autocast():
-            fake = self.system.generate(fixed_z, labels=fixed_labels)
-        self.system.train(was_training)
         real = real[: fixed_z.shape[0]]
-        monitor.images(self.iteration, "volumes/real", real)
-        monitor.images(self.iteration, "volumes/generated", fake)
+        # A mask-conditional 2D model draws the images of the real batch's masks (last channel).
+        masks = {"masks": real[:, -1:]} if getattr(self.system, "conditional", False) else {}
+        with torch.no_grad(), self._autocast():
+            fake = self.system.generate(fixed_z, labels=fixed_labels, **masks)
+        self.system.train(was_training)
+        kind = "volumes" if self.system.dims == 3 else "images"
+        monitor.images(self.iteration, f"{kind}/real", real)
+        monitor.images(self.iteration, f"{kind}/generated", fake)
         # Mid-slices also land on disk (small, numpy only) for looking at without TensorBoard.
         path = self.run_dir / "samples" / f"slices_{self.iteration:07d}.npz"
         with checked_write(path, "sample slices") as tmp:
@@ -320,10 +324,12 @@ class Trainer:
             return
         loader = make_loader(self.dataset, cfg.data, seed=cfg.train.seed, rank=info.rank,
                              world_size=info.world_size, start_iteration=self.iteration,
-                             pin_memory=self.device.type == "cuda")
+                             pin_memory=self.device.type == "cuda",
+                             batches_per_step=getattr(self.system, "real_batches", 1))
         batches = iter(loader)
-        # Fixed latents (drawn from their own generator) so sample images are comparable over time.
-        n_show = min(2, cfg.data.batch)
+        # Fixed latents (drawn from their own generator) so sample images are comparable over time;
+        # a grid of up to 16 for 2D models (images are small), 2 volumes' mid-slices for 3D ones.
+        n_show = min(2 if self.system.dims == 3 else 16, cfg.data.batch)
         fixed_z = self.system.sample_latent(n_show, generator=torch.Generator().manual_seed(cfg.train.seed),
                                             device=torch.device("cpu")).to(self.device)
         fixed_labels = (torch.arange(n_show, device=self.device) % cfg.model.num_classes

@@ -8,7 +8,7 @@ from medvol.models.gan2d.diffaugment import parse_policy
 from medvol.models.gan2d.losses import LOSSES, SMOOTHABLE
 from medvol.models.gan2d.nets import (ACTIVATIONS, INITS, NORMS, DCGANDiscriminator, DCGANGenerator,
                                       apply_spectral_norm, init_weights)
-from medvol.models.gan2d.system import GANSystem2D
+from medvol.models.gan2d.system import OPTIMIZERS, GANSystem2D
 
 #: Build options and their defaults: DCGAN as published (BCE, BatchNorm, ReLU in G, LeakyReLU 0.2
 #: in D, N(0, 0.02) weights). ``gp_weight`` / ``clip`` None mean the loss's own default.
@@ -16,6 +16,7 @@ DCGAN_OPTIONS: dict[str, object] = {
     "loss": "bce", "channels": 1, "g_activation": "relu", "d_activation": "leakyrelu", "norm": "batch",
     "spectral_norm_d": False, "spectral_norm_g": False, "init": "normal", "init_gain": 0.02,
     "gp_weight": None, "clip": None, "fm_weight": 0.0, "label_smoothing": 0.0, "diffaugment": "",
+    "n_critic": 1, "optimizer": "adam",
 }
 #: The loss's own GP weight and clipping value (WGAN-GP: 10; WGAN: 0.01).
 DEFAULT_GP = {"wgan-gp": 10.0}
@@ -56,6 +57,10 @@ class DCGAN(GANSystem2D):
         fm_weight: weight of feature matching added to G's loss.
         label_smoothing: one-sided, the real target becomes 1 - s (bce and lsgan only).
         diffaugment: comma-separated DiffAugment policy, e.g. "color,translation,cutout".
+        n_critic: D updates per G update, each on a fresh real batch (1 as DCGAN; the WGAN and
+            WGAN-GP papers use 5). The trainer then loads n_critic batches per iteration.
+        optimizer: "adam" (betas (0.5, 0.999)) or "rmsprop" (the WGAN paper's, lr 5e-5 unless
+            ``train.lr`` says otherwise).
 
     Example:
         >>> from medvol.models import build
@@ -71,7 +76,8 @@ class DCGAN(GANSystem2D):
                  d_activation: str = "leakyrelu", norm: str = "batch", spectral_norm_d: bool = False,
                  spectral_norm_g: bool = False, init: str = "normal", init_gain: float = 0.02,
                  gp_weight: float | None = None, clip: float | None = None, fm_weight: float = 0.0,
-                 label_smoothing: float = 0.0, diffaugment: str = ""):
+                 label_smoothing: float = 0.0, diffaugment: str = "", n_critic: int = 1,
+                 optimizer: str = "adam"):
         super().__init__(size, base_width, latent_dim, num_classes, channels)
         self.loss = _choice("loss", loss, LOSSES)
         g_act = _choice("g_activation", g_activation, ACTIVATIONS)
@@ -95,10 +101,15 @@ class DCGAN(GANSystem2D):
             self.policy = parse_policy(diffaugment)
         except ValueError as error:
             raise MedvolError(f"diffaugment: {error}") from None
+        if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
+            raise MedvolError(f"n_critic: expected a positive integer, got {n_critic!r}")
+        self.n_critic = n_critic
+        self.optimizer = _choice("optimizer", optimizer, OPTIMIZERS)
         self._options = {"loss": loss, "channels": channels, "g_activation": g_act, "d_activation": d_act,
                          "norm": norm, "spectral_norm_d": spectral_norm_d, "spectral_norm_g": spectral_norm_g,
                          "init": init, "init_gain": gain, "gp_weight": gp_weight, "clip": clip,
-                         "fm_weight": fm_weight, "label_smoothing": label_smoothing, "diffaugment": diffaugment}
+                         "fm_weight": fm_weight, "label_smoothing": label_smoothing, "diffaugment": diffaugment,
+                         "n_critic": n_critic, "optimizer": optimizer}
 
         self.G = DCGANGenerator(size, latent_dim, base_width, channels, norm, g_act)
         self.D = DCGANDiscriminator(size, base_width, channels, norm, d_act)

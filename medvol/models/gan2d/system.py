@@ -8,6 +8,8 @@ What differs: no depth crop, no encoder, and :attr:`dims` = 2 tells the trainer 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -18,6 +20,18 @@ from medvol.models.system import MODES, GANSystem, StepState
 
 #: Image sides the 2D models support (32: a tiny size for tests and demos).
 SIZES_2D = (32, 64, 128, 256)
+#: Optimisers of the 2D models: Adam (DCGAN's, the default) or RMSprop (the WGAN paper's).
+OPTIMIZERS = ("adam", "rmsprop")
+#: RMSprop's learning rate in the WGAN paper (Arjovsky et al. 2017, Algorithm 1), for both nets.
+RMSPROP_LR = 5e-5
+
+
+@dataclass
+class CriticState(StepState):
+    """A 2D step's state: ``reals`` holds the ``n_critic`` real batches, one per D update;
+    ``real`` is the last of them (the batch G's feature matching compares against)."""
+
+    reals: tuple[torch.Tensor, ...] = ()
 
 
 class GANSystem2D(GANSystem):
@@ -26,9 +40,19 @@ class GANSystem2D(GANSystem):
     Attributes:
         channels: image channels C (1 + the mask channels concatenated with the image).
         lr, betas: Adam settings of both optimisers (``train.lr`` overrides the rates).
+        conditional: True for mask-conditional models (SPADE, Pix2Pix): their ``generate`` takes
+            ``masks [B, 1, S, S]`` in {-1, 1} and returns ``[B, 2, S, S]``, the image then the given
+            mask; ``medvol generate`` feeds them masks (``--masks DIR`` or phantom slices).
+        n_critic: D updates per G update, each on its own real batch: ``train_step`` takes
+            ``real [n_critic * B, C, S, S]``, the batches concatenated (the trainer loads
+            :attr:`real_batches` = n_critic batches per iteration).
+        optimizer: "adam" (betas :attr:`betas`) or "rmsprop" (default rate :data:`RMSPROP_LR`).
     """
 
     dims = 2
+    conditional: bool = False
+    n_critic = 1
+    optimizer = "adam"
     SUBSTEPS = ("D", "G")
     lr = {"D": 2e-4, "G": 2e-4}
     betas = (0.5, 0.999)
@@ -64,7 +88,15 @@ class GANSystem2D(GANSystem):
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in self.groups().items()}
         return {"G": counts["G"], "D": counts["D"], "total": counts["G"] + counts["D"]}
 
+    @property
+    def real_batches(self) -> int:
+        """Real batches one :meth:`train_step` consumes (the trainer loads this many per iteration)."""
+        return self.n_critic
+
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam (fused in optimized mode) or, with ``optimizer="rmsprop"``, RMSprop at 5e-5."""
+        if self.optimizer == "rmsprop":
+            return {k: torch.optim.RMSprop(m.parameters(), lr=RMSPROP_LR) for k, m in self.groups().items()}
         fused = True if self.mode == "optimized" else None
         return {k: torch.optim.Adam(m.parameters(), lr=self.lr[k], betas=self.betas, fused=fused)
                 for k, m in self.groups().items()}
@@ -91,12 +123,19 @@ class GANSystem2D(GANSystem):
             raise MedvolError(f"image: expected shape [B, {c}, {s}, {s}], got {list(x.shape)}")
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None,
-                 tile_depth: int | None = None) -> torch.Tensor:
-        """Images ``[B, C, S, S]`` in [-1, 1] (no grad, eval mode: BatchNorm uses running stats)."""
+                 tile_depth: int | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Images ``[B, C, S, S]`` in [-1, 1] (no grad, eval mode: BatchNorm uses running stats).
+
+        ``masks`` ``[B, 1, S, S]`` in {-1, 1} are for mask-conditional models (:attr:`conditional`),
+        which override this method; an unconditional model refuses them.
+        """
         if tile_depth is not None:
             raise MedvolError(f"tile_depth: {self.name} generates 2D images; there is no depth to tile")
         if labels is not None:
             raise MedvolError(f"labels: {self.name} is unconditional")
+        if masks is not None:
+            raise MedvolError(f"masks: {self.name} is not mask-conditional (it generates its images "
+                              "from noise alone)")
         with self._eval():
             return self.G(z.to(self._device()))
 
@@ -107,25 +146,43 @@ class GANSystem2D(GANSystem):
         raise MedvolError(f"{self.name} has no encoder")
 
     # ------------------------------------------------------------------ training
-    def _prepare_step(self, real, labels, optimizers, iteration, amp_dtype, scaler, generator) -> StepState:
-        """Validate the batch; a 2D step has no crop, so the "crop" is the whole image."""
+    def _prepare_step(self, real, labels, optimizers, iteration, amp_dtype, scaler, generator) -> CriticState:
+        """Validate the batch and split it into the ``n_critic`` real batches; a 2D step has no
+        crop, so the "crop" is the whole image."""
         self._check_volume(real)
         if labels is not None:
             raise MedvolError(f"labels: {self.name} is unconditional")
+        if real.shape[0] % self.n_critic:
+            raise MedvolError(f"image: {real.shape[0]} images do not split into n_critic = {self.n_critic} "
+                              "equal real batches")
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        return StepState(real, None, 0, real, None, optimizers, iteration, amp_dtype, scaler, generator)
+        reals = real.chunk(self.n_critic)
+        return CriticState(reals[-1], None, 0, reals[-1], None, optimizers, iteration, amp_dtype, scaler,
+                           generator, reals=reals)
 
     def _augment(self, x: torch.Tensor, state: StepState) -> torch.Tensor:
         return diff_augment(x, self.policy, state.generator) if self.policy else x
 
-    def _step_D(self, state: StepState) -> None:
-        """D: the loss's real and fake terms (+ gp_weight * GP), then weight clipping if set."""
+    def _step_D(self, state: CriticState) -> None:
+        """``n_critic`` D updates, each on its own real batch and fresh fakes; the reported D
+        losses are their means."""
+        totals: dict[str, torch.Tensor] = {}
+        for i, real in enumerate(state.reals):
+            if i and state.scaler is not None:
+                state.scaler.update()  # a GradScaler steps each optimiser once between updates
+            for key, value in self._critic_update(real, state).items():
+                totals[key] = totals[key] + value if key in totals else value
+        state.out.update({key: value / len(state.reals) for key, value in totals.items()})
+
+    def _critic_update(self, real: torch.Tensor, state: CriticState) -> dict[str, torch.Tensor]:
+        """One D update: the loss's real and fake terms (+ gp_weight * GP), then weight clipping."""
+        out = {}
         with state.autocast():
             with torch.no_grad():
                 z = self.sample_latent(state.batch, state.generator, state.device)
                 fake = self.G(z)
-            real_in, fake_in = self._augment(state.real, state), self._augment(fake, state)
+            real_in, fake_in = self._augment(real, state), self._augment(fake, state)
             d_real, _ = self.D(real_in)
             d_fake, _ = self.D(fake_in)
             loss_real, loss_fake = discriminator_loss(self.loss, d_real, d_fake, self.real_target)
@@ -135,13 +192,14 @@ class GANSystem2D(GANSystem):
                 eps = torch.rand(state.batch, generator=state.generator, device=gen_device).to(state.device)
                 penalty = gradient_penalty(lambda x: self.D(x)[0], real_in, fake_in, eps)
                 loss = loss + self.gp_weight * penalty
-                state.out["D_gp"] = penalty.detach()
+                out["D_gp"] = penalty.detach()
         self._update("D", loss, state.optimizers, state.scaler)
         if self.clip > 0:
             with torch.no_grad():
                 for p in self.D.parameters():
                     p.clamp_(-self.clip, self.clip)
-        state.out.update(D=loss.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
+        out.update(D=loss.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
+        return out
 
     def _step_G(self, state: StepState) -> None:
         """G: the loss's G term on fresh fakes through the frozen D (+ fm_weight * feature matching)."""
