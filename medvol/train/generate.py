@@ -13,9 +13,11 @@ What a generated file holds (docs/models.md, "Generated volumes on disk"):
   origin puts the centre of the volume at the physical point (0, 0, 0) mm: a generated volume
   belongs to no scanner position, and a centred one lies at the same place whatever its spacing
   and direction, so samples of one or of different runs overlay each other.
-- Provenance: the NIfTI ``descrip`` field names checkpoint, seed and index; ``generated.json``
-  in the output folder records, per file, the checkpoint (path, SHA-256, iteration), the model,
-  seed, index, label, mode, intensity unit and geometry.
+- Provenance: every file is marked synthetic (:mod:`medvol.data.provenance`): the NIfTI
+  ``descrip`` starts with ``synthetic`` and names model, seed, index and checkpoint, and a sidecar
+  ``sample_0000.json`` beside it, like ``generated.json`` in the output folder, records the
+  checkpoint (path, SHA-256, iteration), the model, seed, index, label, mode, intensity unit,
+  geometry, the training data's share of synthetic volumes, medvol version and date.
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
             written then has no file under its name; the ones before it are complete and listed
             in ``generated.json``.
     """
-    from medvol.data.io import Volume, write_volume
+    from medvol.data.io import Volume
     from medvol.data.preprocess import to_intensity
+    from medvol.data.provenance import write_synthetic
 
     if n < 1:
         raise MedvolError(f"--n: expected at least 1 volume, got {n}")
@@ -127,6 +130,7 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
         "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
         "window": list(window) if window is not None else None,
         "spacing": list(spacing), "origin": list(origin), "direction": list(direction),
+        "training_data": {k: meta[k] for k in ("source", "volumes", "synthetic_volumes") if k in meta},
     }
 
     out = Path(out)
@@ -144,9 +148,9 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
         array = to_intensity(x, tuple(window)) if window is not None else x
         path = out / f"sample_{i:04d}.nii.gz"
         volume = Volume(array=array.astype("float32"), spacing=spacing, origin=origin, direction=direction)
-        notes = f"medvol {ckpt_path.name} seed {seed} #{i}"
+        record = dict(common, index=i, label=int(labels[0]) if labels is not None else None)
         try:
-            write_volume(volume, path, notes=notes)
+            record = write_synthetic(volume, path, record)  # marked: header, sidecar (medvol.data.provenance)
         except MedvolError as error:
             # The file of an earlier call under this name, if any, is untouched and keeps its entry.
             if paths:
@@ -154,8 +158,7 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
                     _write_provenance(out, provenance)
             done = f"; the {i} volume(s) before it are complete" if i else ""
             raise MedvolError(f"{error}{done}") from None
-        provenance["files"][path.name] = dict(common, index=i,
-                                              label=int(labels[0]) if labels is not None else None)
+        provenance["files"][path.name] = record
         log.info("wrote %s", path)
         paths.append(path)
     _write_provenance(out, provenance)
