@@ -108,6 +108,8 @@ def provenance_lines(found: dict) -> list[str]:
     for mark in found["evidence"]:
         lines.append(f"  mark: {mark}")
     record = found.get("record")
+    if found["synthetic"] and not record:
+        lines.append("  no sidecar or listing beside it: only the header says what made it")
     if record:
         lines.append(f"  model {record.get('model', '?')}, checkpoint {record.get('checkpoint', '?')} "
                      f"(iteration {record.get('iteration', '?')})")

@@ -232,6 +232,12 @@ def test_info_path_prints_provenance(tmp_path, real_and_generated, capsys):
     assert cli.main(["info", str(real[0])]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"{real[0]}: not marked synthetic" and "mark:" not in out
+    copy = tmp_path / "copies" / "scan.nii.gz"
+    copy.parent.mkdir()
+    shutil.copy(generated[1], copy)
+    assert cli.main(["info", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out and "only the header says what made it" in out and "mark: sidecar" not in out
     # The voxels changed under an intact header and sidecar: said so.
     volume = read_volume(generated[1])
     volume.array += 1
