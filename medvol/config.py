@@ -84,6 +84,8 @@ class DataConfig:
     masks: bool = False
     slice_labels: Literal["volume", "mask"] = "volume"
     slice_class: int = -1
+    #: Train on cache entries marked synthetic (generated volumes); refused by default.
+    allow_synthetic: bool = False
     workers: int = 2
     batch: int = 2
     prefetch: int = 2

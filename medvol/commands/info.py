@@ -1,4 +1,5 @@
-"""``medvol info``: trainable parameter counts of a model at a size, per sub-network."""
+"""``medvol info``: trainable parameter counts of a model at a size, per sub-network; or, given a
+PATH, the provenance of a volume, cache entry or cache (synthetic or not, and from what)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import json
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "info",
-        help="parameter counts of a model",
+        help="parameter counts of a model, or the provenance of a volume",
         description="Print the trainable parameter counts of a model per sub-network "
         "(3D: G, D, E, sub_E or crf, total; 2D: G, D, total). Nothing is allocated: the model is built "
-        "on the meta device.",
+        "on the meta device. With PATH instead: whether the volume (or cache entry CACHE/volumes/NAME.npy, "
+        "or cache folder) is marked synthetic, the marks found (header, sidecar JSON, generated.json, "
+        "cache manifest) and what made it.",
     )
-    parser.add_argument("--model", required=True, help="hagan, crfgan (3D) or dcgan, mlpgan (2D)")
-    parser.add_argument("--size", required=True, type=int,
+    parser.add_argument("path", nargs="?", help="a volume file, cache entry or cache folder: print its provenance")
+    parser.add_argument("--model", help="hagan, crfgan (3D) or dcgan, mlpgan (2D)")
+    parser.add_argument("--size", type=int,
                         help="volume side: 64, 128, 256, 512; 2D image side: 64, 128, 256 (or 32)")
     parser.add_argument("--base-width", type=int, default=None,
                         help="base width c (default: the model's published one: 32, dcgan 64, mlpgan 256)")
@@ -36,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from medvol.errors import MedvolError
     from medvol.models import build
 
+    if args.path is not None:
+        if args.model is not None:
+            raise MedvolError(f"give either PATH ({args.path}) or --model, not both")
+        return _provenance(args.path, args.json)
+    if args.model is None or args.size is None:
+        raise MedvolError("give --model NAME --size S (parameter counts) or a PATH (provenance of a volume)")
     options = {}
     for item in args.option:
         key, sep, text = item.partition("=")
@@ -61,3 +71,57 @@ def run(args: argparse.Namespace) -> int:
     for key, value in counts.items():
         print(f"  {key:<6} {value:>14,}  ({value / 1e6:.2f}M)")
     return 0
+
+
+def _provenance(path: str, as_json: bool) -> int:
+    from medvol.data.provenance import provenance_of
+
+    found = provenance_of(path, verify=True)
+    if as_json:
+        print(json.dumps(found, sort_keys=True))
+        return 0
+    for line in provenance_lines(found):
+        print(line)
+    return 0
+
+
+def provenance_lines(found: dict) -> list[str]:
+    """Human-readable lines of a :func:`medvol.data.provenance.provenance_of` result."""
+    verdict = "SYNTHETIC" if found["synthetic"] else "not marked synthetic"
+    if found["kind"] == "cache":
+        lines = [f"{found['path']}: medvol cache of {found['volumes']} volume(s), "
+                 f"{len(found['synthetic_names'])} marked synthetic"]
+        if found["synthetic_names"]:
+            lines.append(f"  synthetic: {', '.join(found['synthetic_names'])}")
+        if found["unchecked"]:
+            lines.append(f"  made before provenance was recorded (unchecked): {', '.join(found['unchecked'])}")
+        return lines
+    if found["kind"] == "cache entry":
+        lines = [f"{found['path']}: {verdict} (entry {found['name']!r} of the cache {found['cache']}, "
+                 f"from {found['source']})"]
+        if not found["checked"]:
+            lines.append("  the entry was made before medvol recorded provenance: check its source")
+    else:
+        lines = [f"{found['path']}: {verdict}"]
+        header = ", ".join(f"{k} {v!r}" for k, v in found["header"].items()) or "none"
+        lines.append(f"  header text: {header}")
+    for mark in found["evidence"]:
+        lines.append(f"  mark: {mark}")
+    record = found.get("record")
+    if found["synthetic"] and not record:
+        lines.append("  no sidecar or listing beside it: only the header says what made it")
+    if record:
+        lines.append(f"  model {record.get('model', '?')}, checkpoint {record.get('checkpoint', '?')} "
+                     f"(iteration {record.get('iteration', '?')})")
+        lines.append(f"  checkpoint sha256 {record.get('checkpoint_sha256', '?')}")
+        lines.append(f"  seed {record.get('seed', '?')}, index {record.get('index', '?')}, "
+                     f"label {record.get('label')}, medvol {record.get('medvol_version', '?')}, "
+                     f"created {record.get('created', '?')}")
+        trained = record.get("training_data") or {}
+        if "synthetic_volumes" in trained:
+            lines.append(f"  trained on {trained.get('volumes', '?')} volume(s) of {trained.get('source', '?')}, "
+                         f"{trained['synthetic_volumes']} of them synthetic")
+    if "voxels_match" in found:
+        lines.append("  voxels match the sidecar's checksum" if found["voxels_match"] else
+                     "  voxels DIFFER from the sidecar's checksum: the file was changed after generation")
+    return lines

@@ -61,6 +61,9 @@ def register(subparsers) -> None:
                         "and redo this run's volumes even where they are done")
     parser.add_argument("--lock-wait", type=float, metavar="SECONDS",
                         help="how long to wait for another run writing the cache (default: until it ends; 0: refuse)")
+    parser.add_argument("--allow-synthetic", action="store_true", dest="allow_synthetic",
+                        help="accept volumes marked synthetic (written by `medvol generate`); refused by default. "
+                        "Their manifest entries record them as synthetic, and they are never in the val split")
     parser.add_argument("--export-nifti", metavar="DIR",
                         help="write every cache entry as DIR/<name>.nii.gz with its spacing, origin and direction "
                         "(CT in HU, MR in [-1, 1])")
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     summary = build_cache(args.src, args.dst, params, workers=args.workers, strict=args.strict, seed=args.seed,
                           val_fraction=args.val_fraction, reader=args.reader, progress=sys.stderr.isatty(),
                           overwrite=args.overwrite, wait=args.lock_wait, on_wait=waiting,
-                          export_dir=args.export_nifti)
+                          export_dir=args.export_nifti, allow_synthetic=args.allow_synthetic)
     if summary.cleaned:
         print(f"medvol preprocess: removed {len(summary.cleaned)} temporary file(s) left by an interrupted run",
               file=sys.stderr)
@@ -104,9 +107,11 @@ def run(args: argparse.Namespace) -> int:
     for source, reason in summary.failed:
         print(f"medvol preprocess: skipped {reason}", file=sys.stderr)
     split = summary.manifest["split"]
+    synthetic = sum(entry.get("synthetic") is True for entry in summary.manifest["volumes"])
+    marked = f", {synthetic} synthetic" if synthetic else ""
     print(f"preprocessed {len(summary.processed)} volume(s), reused {len(summary.reused)}, "
           f"skipped {len(summary.failed)} into {summary.path}; the cache holds {len(summary.manifest['volumes'])} "
-          f"(train {split['train']}, val {split['val']}); manifest: {summary.path / 'manifest.json'}")
+          f"(train {split['train']}, val {split['val']}{marked}); manifest: {summary.path / 'manifest.json'}")
     if args.export_nifti is not None:
         print(f"exported {len(summary.exported)} volume(s) as NIfTI into {args.export_nifti}")
     return 0

@@ -9,7 +9,9 @@ Layout of a cache folder::
 The manifest lists every volume in the cache with: its source path, the source's SHA-256 (over all
 of its files), size and mtime, the original shape/spacing/origin/direction, the geometry of the
 array (``spacing`` z, y, x mm; ``origin`` x, y, z LPS mm of voxel 0; ``direction`` as
-:class:`medvol.data.io.Volume` holds them), the split (``train`` or ``val``) and fold index;
+:class:`medvol.data.io.Volume` holds them), the split (``train`` or ``val``) and fold index, and
+whether it is synthetic (``"synthetic": true`` and its ``"provenance"``, or ``false``: see
+:mod:`medvol.data.provenance`);
 globally: every preprocessing parameter (with the pipeline version), the medvol version, the split
 settings and every ``src`` ever given.
 
@@ -28,7 +30,8 @@ run are removed by the next run once it holds the lock.
 
 The split is seeded: volumes (sorted by name) are shuffled with ``seed`` and dealt round-robin into
 ``round(1 / val_fraction)`` folds (10 for 90/10); fold ``val_fold`` is validation. A cache of a
-single volume is all training.
+single volume is all training. Synthetic entries are training-only whatever their fold: the
+validation split is what generated volumes are scored against, so it stays real.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import medvol
 from medvol.data.discover import discover
 from medvol.data.io import Volume, checksum, read_volume, volume_stem
 from medvol.data.preprocess import PreprocessParams, preprocess_with_info
+from medvol.data.provenance import refuse_synthetic_sources, source_marks, write_synthetic
 from medvol.errors import MedvolError
 
 log = logging.getLogger(__name__)
@@ -357,7 +361,7 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
                 val_fraction: float | None = None, val_fold: int | None = None, reader: str = "auto",
                 progress: bool = False, overwrite: bool = False, wait: float | None = None,
                 on_wait: Callable[[str], None] | None = None,
-                export_dir: str | os.PathLike | None = None) -> CacheSummary:
+                export_dir: str | os.PathLike | None = None, allow_synthetic: bool = False) -> CacheSummary:
     """Preprocess every volume of ``src`` into the cache folder ``dst`` (module docstring).
 
     Args:
@@ -374,6 +378,8 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
             and redo this run's volumes even where they are already done.
         wait, on_wait: waiting for another run that holds the cache (:class:`CacheLock`).
         export_dir: afterwards, write every volume of the cache there as NIfTI (:func:`export_nifti`).
+        allow_synthetic: accept volumes marked synthetic (:mod:`medvol.data.provenance`); their
+            entries record it. Without it a marked volume fails the run before anything is written.
 
     Returns:
         A :class:`CacheSummary`.
@@ -381,14 +387,17 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
     Raises:
         MedvolError: bad arguments, no volumes found, every volume of ``src`` failed, other
             parameters than the cache's (without ``overwrite``), a busy cache (``wait``), a failed
-            write, or under ``strict`` the first bad volume (named). A failed run leaves the cache
-            as it was.
+            write, under ``strict`` the first bad volume (named), or without ``allow_synthetic``
+            a volume marked synthetic (named). A failed run leaves the cache as it was.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise MedvolError(f"invalid worker count {workers!r} (--workers): expected an integer >= 1")
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise MedvolError(f"invalid validation fraction {val_fraction!r} (--val-fraction): expected 0 < f < 1")
     sources = [s.resolve() for s in discover(list(src) if isinstance(src, (list, tuple)) else src)]
+    marks = source_marks(sources)
+    if not allow_synthetic:
+        refuse_synthetic_sources(marks)
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise MedvolError(f"{dst}: exists and is not a folder (--dst)")
@@ -401,7 +410,7 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         cleaned = clean_temporaries(dst)
         summary = _build_locked(src, sources, dst, params, workers=workers, strict=strict,
                                 split_given={"seed": seed, "val_fraction": val_fraction, "val_fold": val_fold},
-                                reader=reader, progress=progress, overwrite=overwrite)
+                                reader=reader, progress=progress, overwrite=overwrite, marks=marks)
         summary.cleaned = cleaned
         if export_dir is not None:
             summary.exported = _export(dst, summary.manifest, Path(export_dir))
@@ -430,7 +439,8 @@ def _split_settings(old: dict[str, Any] | None, given: dict[str, Any], keep_old:
 
 
 def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams, *, workers: int, strict: bool,
-                  split_given: dict[str, Any], reader: str, progress: bool, overwrite: bool) -> CacheSummary:
+                  split_given: dict[str, Any], reader: str, progress: bool, overwrite: bool,
+                  marks: dict[str, dict[str, Any]]) -> CacheSummary:
     volume_dir = dst / VOLUME_DIR
     old, damaged = _old_cache(dst, overwrite)
     params_dict = params.to_dict()
@@ -461,7 +471,8 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
             size, mtime = _source_stat(source)
             unchanged = (size, mtime) == (previous.get("source_size"), previous.get("source_mtime_ns"))
             if unchanged or checksum(source) == previous.get("checksum"):
-                entries[name] = dict(previous, source_size=size, source_mtime_ns=mtime)
+                kept = {k: v for k, v in previous.items() if k != "provenance"}  # this run's marks replace it
+                entries[name] = dict(kept, source_size=size, source_mtime_ns=mtime, **marks[str(source)])
                 reused.append(name)
                 continue
         todo.append((name, source))
@@ -503,7 +514,7 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                 log.info("skipped %s", result["error"])
                 failed.append((source, result["error"]))
                 continue
-            entries[name] = dict(result, name=name, file=f"{VOLUME_DIR}/{name}.npy")
+            entries[name] = dict(result, name=name, file=f"{VOLUME_DIR}/{name}.npy", **marks[source])
             processed.append(name)
         bar.close()
         if not processed and not reused:
@@ -544,7 +555,8 @@ def _new_manifest(old, entries, old_entries, src, sources, params_dict, settings
     fold_of.update({n: fold for n, (fold, _) in dealt.items()})
     volumes = []
     for name in ordered:
-        which = "val" if fold_of[name] == settings["val_fold"] and len(ordered) > 1 else "train"
+        real = entries[name].get("synthetic") is not True
+        which = "val" if fold_of[name] == settings["val_fold"] and len(ordered) > 1 and real else "train"
         volumes.append(dict(entries[name], fold=fold_of[name], split=which, label=int(entries[name].get("label", 0))))
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     given = [str(s) for s in src] if isinstance(src, (list, tuple)) else [str(src)]
@@ -689,6 +701,8 @@ def export_nifti(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, *, wa
 
     CT is written in HU (the cache's window mapped back), MR in [-1, 1], float32. Each file is
     written under a temporary name and renamed; an existing file of the same name is replaced.
+    A synthetic entry is written marked, with a sidecar (:mod:`medvol.data.provenance`): the
+    export of a mixed cache never passes a generated volume off as a scan.
     The cache is locked meanwhile, so a run writing it is waited for (``wait``, ``on_wait`` as
     :class:`CacheLock`).
 
@@ -714,7 +728,13 @@ def _export(cache_dir: Path, manifest: dict[str, Any], out_dir: Path) -> list[Pa
         volume = _load(cache_dir, manifest, entry, physical=True)
         path = out_dir / f"{entry['name']}.nii.gz"
         try:
-            written.append(write_volume(volume, path))
+            if entry.get("synthetic") is True:
+                record = dict(entry.get("provenance") or {}, exported_from={"cache": str(cache_dir),
+                                                                             "entry": entry["name"]})
+                write_synthetic(volume, path, record)
+                written.append(path)
+            else:
+                written.append(write_volume(volume, path))
         except MedvolError:
             raise
         except (OSError, RuntimeError) as error:

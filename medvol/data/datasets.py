@@ -142,17 +142,21 @@ class CachedVolumeDataset(Dataset):
     Args:
         cache_dir: the cache folder (with ``manifest.json``).
         split: ``"train"``, ``"val"`` or ``"all"``.
+        allow_synthetic: accept entries marked synthetic (:mod:`medvol.data.provenance`); without
+            it a split holding any is refused with one line naming the cache and an entry.
 
     Attributes:
         spacing: median output spacing (z, y, x mm) over the split's volumes.
         spacings: per-item output spacing.
         window: HU window of the cache's CT scaling, None for MR.
         names: per-item volume names.
+        synthetic: names of the items that are synthetic (allowed by ``allow_synthetic``).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, split: str = "train"):
+    def __init__(self, cache_dir: str | os.PathLike, split: str = "train", allow_synthetic: bool = False):
         from medvol.data.cache import load_manifest
         from medvol.data.preprocess import PreprocessParams
+        from medvol.data.provenance import refuse_synthetic_entries
 
         if split not in SPLITS:
             raise MedvolError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -162,6 +166,7 @@ class CachedVolumeDataset(Dataset):
         self.entries = [v for v in self.manifest["volumes"] if split == "all" or v["split"] == split]
         if not self.entries:
             raise MedvolError(f"{self.cache_dir}: the cache has no {split!r} volumes")
+        self.synthetic = refuse_synthetic_entries(self.cache_dir, self.entries, split, allow_synthetic)
         self.split = split
         self.size = self.params.size
         self.window = self.params.intensity_window

@@ -308,7 +308,7 @@ def read_volume(path: str | os.PathLike, reader: str = "auto") -> Volume:
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, dtype=None, compress: bool | None = None,
-                 notes: str | None = None) -> Path:
+                 notes: str | None = None, header: dict[str, str] | None = None) -> Path:
     """Write ``volume`` with its spacing, origin and direction, atomically.
 
     The format follows the suffix: ``.nii``/``.nii.gz`` (NIfTI), ``.mhd`` (header + ``.raw``),
@@ -323,6 +323,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, dtype=None, compres
         dtype: cast the voxels before writing (e.g. ``np.int16`` for CT in HU); None keeps them.
         compress: compress the voxel data; None compresses ``.nii.gz``, ``.nrrd`` and ``.mha``.
         notes: a short description stored in the file (NIfTI ``descrip``, 79 characters at most).
+        header: more free-text header fields, ``{key: value}``: MetaImage and NRRD store any key;
+            ITK's NIfTI writer only the NIfTI fields it knows (``aux_file``, 23 characters).
 
     Returns:
         The path written.
@@ -343,6 +345,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, dtype=None, compres
     image = _to_sitk(volume, dtype)
     if notes is not None:
         image.SetMetaData("ITK_FileNotes", notes[:79])  # ITK's NIfTI writer puts it in descrip
+    for key, value in (header or {}).items():
+        image.SetMetaData(str(key), str(value))
     if compress is None:
         compress = suffix in (".nii.gz", ".nrrd", ".mha")
     path.parent.mkdir(parents=True, exist_ok=True)

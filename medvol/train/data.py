@@ -35,7 +35,8 @@ def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1)
         channels: 2D only: image channels the model expects (2 with ``data.masks``).
 
     Raises:
-        MedvolError: the folder is missing, holds no volumes, or volumes of another size.
+        MedvolError: the folder is missing, holds no volumes, or volumes of another size, or
+            volumes marked synthetic without ``data.allow_synthetic``.
     """
     if data.source == "phantom":
         from medvol.data.datasets import PhantomVolumeDataset
@@ -48,7 +49,7 @@ def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1)
         folder = Path(data.source)
         if not folder.is_dir():
             raise MedvolError(f"data.source {folder}: no such folder (expected 'phantom' or a preprocessing cache)")
-        dataset = CachedVolumeDataset(folder, split=data.split)
+        dataset = CachedVolumeDataset(folder, split=data.split, allow_synthetic=data.allow_synthetic)
     if len(dataset) == 0:
         raise MedvolError(f"data.source {data.source}: no {data.split} volumes found")
     if dims == 2:
@@ -153,7 +154,8 @@ def make_loader(dataset: Dataset, data: DataConfig, *, seed: int, rank: int = 0,
 
 def data_meta(dataset: Dataset, data: DataConfig) -> dict:
     """Facts generation needs about the training volumes: spacing (z, y, x mm), direction (ITK's
-    row-major 3x3), modality and HU window (None for MR).
+    row-major 3x3), modality and HU window (None for MR); and how many volumes, how many of them
+    synthetic (the provenance of what the model learnt from).
 
     For the slices of a 2D model, ``spacing`` is the (row, column) pixel spacing; ``plane`` and
     ``volume_spacing`` (the (z, y, x) spacing of the volumes the slices were cut from, after the
@@ -170,6 +172,8 @@ def data_meta(dataset: Dataset, data: DataConfig) -> dict:
         "direction": list(training_direction(volumes)),
         "modality": getattr(params, "modality", "ct"),
         "window": [float(w) for w in window] if window is not None else None,
+        "volumes": len(volumes),
+        "synthetic_volumes": len(getattr(volumes, "synthetic", ())),
     }
     if volumes is not dataset:
         factor = dataset.depth // dataset.size

@@ -13,12 +13,14 @@ What a generated file holds (docs/models.md, "Generated volumes on disk"):
   origin puts the centre of the volume at the physical point (0, 0, 0) mm: a generated volume
   belongs to no scanner position, and a centred one lies at the same place whatever its spacing
   and direction, so samples of one or of different runs overlay each other.
-- Provenance: the NIfTI ``descrip`` field names checkpoint, seed and index; ``generated.json``
-  in the output folder records, per file, the checkpoint (path, SHA-256, iteration), the model,
-  seed, index, label, mode, intensity unit and geometry.
+- Provenance: every file is marked synthetic (:mod:`medvol.data.provenance`): the NIfTI
+  ``descrip`` starts with ``synthetic`` and names model, seed, index and checkpoint, and a sidecar
+  ``sample_0000.json`` beside it, like ``generated.json`` in the output folder, records the
+  checkpoint (path, SHA-256, iteration), the model, seed, index, label, mode, intensity unit,
+  geometry, the training data's share of synthetic volumes, medvol version and date.
 
 2D models (``system.dims == 2``) go to :mod:`medvol.train.generate2d`: slices as NIfTI and PNG
-grids, or (``volume=True``) slices stacked into volumes written as above.
+grids, or (``volume=True``) slices stacked into volumes written as above, marked the same way.
 """
 
 from __future__ import annotations
@@ -162,8 +164,9 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
 def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: int | None,
                       tile_depth: int | None, dev: torch.device, mode: str | None) -> list[Path]:
     """:func:`generate_volumes` for a loaded 3D ``(system, cfg, state)``."""
-    from medvol.data.io import Volume, write_volume
+    from medvol.data.io import Volume
     from medvol.data.preprocess import to_intensity
+    from medvol.data.provenance import write_synthetic
 
     system, cfg, state = loaded
     k = system.num_classes
@@ -185,6 +188,7 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
         "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
         "window": list(window) if window is not None else None,
         "spacing": list(spacing), "origin": list(origin), "direction": list(direction),
+        "training_data": {k: meta[k] for k in ("source", "volumes", "synthetic_volumes") if k in meta},
     }
 
     out = make_output_folder(out)
@@ -198,9 +202,9 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
         array = to_intensity(x, tuple(window)) if window is not None else x
         path = out / f"sample_{i:04d}.nii.gz"
         volume = Volume(array=array.astype("float32"), spacing=spacing, origin=origin, direction=direction)
-        notes = f"medvol {ckpt_path.name} seed {seed} #{i}"
+        record = dict(common, index=i, label=int(labels[0]) if labels is not None else None)
         try:
-            write_volume(volume, path, notes=notes)
+            record = write_synthetic(volume, path, record)  # marked: header, sidecar (medvol.data.provenance)
         except MedvolError as error:
             # The file of an earlier call under this name, if any, is untouched and keeps its entry.
             if paths:
@@ -208,8 +212,7 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
                     write_provenance(out, provenance)
             done = f"; the {i} volume(s) before it are complete" if i else ""
             raise MedvolError(f"{error}{done}") from None
-        provenance["files"][path.name] = dict(common, index=i,
-                                              label=int(labels[0]) if labels is not None else None)
+        provenance["files"][path.name] = record
         log.info("wrote %s", path)
         paths.append(path)
     write_provenance(out, provenance)

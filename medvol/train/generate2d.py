@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -92,23 +93,35 @@ def centred_origin_2d(shape: tuple[int, int], spacing: tuple[float, float]) -> t
     return tuple(-(n - 1) * float(s) / 2.0 + 0.0 for n, s in zip(shape[::-1], spacing[::-1]))
 
 
-def write_image2d(array: np.ndarray, spacing: tuple[float, float], path: Path, notes: str) -> Path:
-    """Write a 2D (rows, columns) image as NIfTI, atomically, centred, identity direction.
+def write_image2d(array: np.ndarray, spacing: tuple[float, float], path: Path,
+                  record: dict[str, Any]) -> dict[str, Any]:
+    """Write a 2D (rows, columns) image as NIfTI, atomically, centred, identity direction, marked
+    synthetic like the 3D outputs (:mod:`medvol.data.provenance`: header description and fields,
+    and a sidecar JSON that takes its name only once the image is in place).
+
+    Returns:
+        The full provenance record written to the sidecar.
 
     Raises:
         MedvolError: naming ``path`` on a failed write (a full disk).
     """
     from medvol.data.io import _check_written_nifti
+    from medvol.data.provenance import describe, header_fields, sidecar_path, synthetic_record
 
     sitk = optional_import("SimpleITK", "writing generated images")
+    full = synthetic_record(record, array, path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
     image.SetOrigin(centred_origin_2d(array.shape, spacing))
-    image.SetMetaData("ITK_FileNotes", notes[:79])  # ITK's NIfTI writer puts it in descrip
-    with checked_write(path, "image", library_errors=(RuntimeError,)) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
-        _check_written_nifti(tmp)
-    return path
+    image.SetMetaData("ITK_FileNotes", describe(full))  # ITK's NIfTI writer puts it in descrip
+    for key, value in header_fields(path).items():
+        image.SetMetaData(key, value)
+    with checked_write(sidecar_path(path), "provenance sidecar") as side:
+        side.write_text(json.dumps(full, indent=1, sort_keys=True), encoding="utf-8")
+        with checked_write(path, "image", library_errors=(RuntimeError,)) as tmp:
+            sitk.WriteImage(image, str(tmp), True)
+            _check_written_nifti(tmp)
+    return full
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +371,6 @@ class _Writer:
     def __init__(self, out: Path, state: dict[str, Any], seed: int, common: dict[str, Any],
                  shown: tuple[float, float]):
         self.out, self.seed, self.common, self.shown = out, seed, common, shown
-        self.ckpt_name = Path(state["path"]).name
         self.provenance = read_provenance(out)
         self.paths: list[Path] = []
         self.tiles: list[np.ndarray] = []
@@ -380,15 +392,14 @@ class _Writer:
     def slice(self, image: np.ndarray, mask: np.ndarray | None, source: str | None) -> None:
         i = len(self.paths)
         path = self.out / f"sample_{i:04d}.nii.gz"
-        notes = f"medvol {self.ckpt_name} seed {self.seed} #{i}"
         origin = centred_origin_2d(image.shape, self.pixel_spacing)
         geometry = {"spacing": list(self.pixel_spacing), "origin": list(origin), "direction": [1.0, 0.0, 0.0, 1.0]}
-        write_image2d(image, self.pixel_spacing, path, notes)
-        self._record(path, index=i, kind="image", mask_source=source, **geometry)
+        facts = dict(self.common, index=i, kind="image", mask_source=source, **geometry)
+        self.provenance["files"][path.name] = write_image2d(image, self.pixel_spacing, path, facts)
         if mask is not None:
             mask_path = self.out / f"sample_{i:04d}_mask.nii.gz"
-            write_image2d(mask, self.pixel_spacing, mask_path, notes + " mask")
-            self._record(mask_path, index=i, kind="mask", intensity="label 0/1", mask_source=source, **geometry)
+            facts = dict(facts, kind="mask", intensity="label 0/1")
+            self.provenance["files"][mask_path.name] = write_image2d(mask, self.pixel_spacing, mask_path, facts)
         self.paths.append(path)
         log.info("wrote %s", path)
         self.tiles.append(self._tile(image, mask))
@@ -406,7 +417,8 @@ class _Writer:
         self.tiles = []
 
     def volume(self, group: list[tuple[np.ndarray, np.ndarray | None, str | None]]) -> None:
-        from medvol.data.io import Volume, write_volume
+        from medvol.data.io import Volume
+        from medvol.data.provenance import write_synthetic
 
         k = len(self.paths)
         plane = self.common["plane"]
@@ -414,20 +426,20 @@ class _Writer:
         size = len(group)
         image = stack_slices(np.stack([item[0] for item in group]), plane)
         path = self.out / f"sample_{k:04d}.nii.gz"
-        notes = f"medvol {self.ckpt_name} seed {self.seed} #{k} stacked"
         facts = {"index": k, "kind": "stacked volume", "slices": [k * size, (k + 1) * size - 1],
                  "spacing": list(g["spacing"]), "origin": list(g["origin"]), "direction": list(g["direction"]),
                  "spacing_normal_measured": g["spacing_normal_measured"],
                  "mask_source": [item[2] for item in group] if group[0][2] is not None else None}
         geometry = {"spacing": g["spacing"], "origin": g["origin"], "direction": g["direction"]}
-        write_volume(Volume(array=image, **geometry), path, notes=notes)
-        self._record(path, **facts)
+        self.provenance["files"][path.name] = write_synthetic(Volume(array=image, **geometry), path,
+                                                              dict(self.common, **facts))
         rows = [self._views(image)]
         if group[0][1] is not None:
             mask = stack_slices(np.stack([item[1] for item in group]), plane)
             mask_path = self.out / f"sample_{k:04d}_mask.nii.gz"
-            write_volume(Volume(array=mask, **geometry), mask_path, dtype=np.uint8, notes=notes + " mask")
-            self._record(mask_path, **dict(facts, kind="stacked mask volume", intensity="label 0/1"))
+            facts = dict(self.common, **dict(facts, kind="stacked mask volume", intensity="label 0/1"))
+            self.provenance["files"][mask_path.name] = write_synthetic(Volume(array=mask, **geometry), mask_path,
+                                                                       facts, dtype=np.uint8)
             rows.append(self._views(mask, grey=False))
         views = self.out / f"sample_{k:04d}_views.png"
         write_png(tile_grid([np.concatenate(rows, axis=0)], gap=0), views)

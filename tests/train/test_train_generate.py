@@ -86,7 +86,7 @@ def test_generated_volumes_carry_training_geometry_and_provenance(run_dir, tmp_p
     np.testing.assert_allclose(centre, 0.0, atol=1e-4)
     import nibabel as nib
 
-    assert nib.load(str(written)).header["descrip"].item().decode() == f"medvol {path.name} seed 3 #0"
+    assert nib.load(str(written)).header["descrip"].item().decode().startswith("synthetic medvol crfgan@32 seed 3 #0")
     record = json.loads((tmp_path / "g" / PROVENANCE).read_text(encoding="utf-8"))["files"][written.name]
     assert record["checkpoint"] == str(path.resolve()) and record["iteration"] == 2
     assert record["checkpoint_sha256"] == ckpt.checksum_path(path).read_text(encoding="utf-8").split()[0]
