@@ -81,8 +81,11 @@ def test_slices_are_hu_nifti_with_training_geometry_and_provenance(run2d, tmp_pa
         # The centre of the image sits at (0, 0) mm.
         centre = np.asarray(image.GetOrigin()) + (np.asarray(image.GetSize()) - 1) / 2 * np.asarray(image.GetSpacing())
         np.testing.assert_allclose(centre, 0.0, atol=1e-6)
-        assert nib.load(str(path)).header["descrip"].item().decode() == \
-            f"medvol {ckpt.resolve_checkpoint(run2d).name} seed 5 #{i}"
+        header = nib.load(str(path)).header
+        assert header["descrip"].item().decode().startswith(f"synthetic medvol dcgan@32 seed 5 #{i} ckpt ")
+        assert header["aux_file"].item().decode() == "medvol synthetic"
+        sidecar = json.loads(path.with_name(f"sample_{i:04d}.json").read_text(encoding="utf-8"))
+        assert sidecar["synthetic"] is True and sidecar["index"] == i and sidecar["file"] == path.name
     files = json.loads((tmp_path / "a" / PROVENANCE).read_text(encoding="utf-8"))["files"]
     record = files["sample_0001.nii.gz"]
     ckpt_path = ckpt.resolve_checkpoint(run2d)
