@@ -230,6 +230,7 @@ class StyleGAN2(GANSystem2D):
         if self.r1_gamma > 0 and state.iteration % self.r1_interval == 0:
             with state.autocast():
                 penalty = r1_penalty(lambda x: self.D(x)[0], state.real)
+            self._second_step(state)
             self._update("D", penalty * (self.r1_gamma / 2 * self.r1_interval), state.optimizers, state.scaler)
             self.last_r1.copy_(penalty.detach())
         state.out["D_r1"] = self.last_r1.clone()
@@ -258,8 +259,16 @@ class StyleGAN2(GANSystem2D):
         mean = self.pl_mean.lerp(lengths.detach().mean(), self.pl_decay)
         self.pl_mean.copy_(mean)
         penalty = (lengths - mean).square().mean()
+        self._second_step(state)
         self._update("G", penalty * (self.pl_weight * self.pl_interval), state.optimizers, state.scaler)
         self.last_pl.copy_(penalty.detach())
+
+    @staticmethod
+    def _second_step(state: StepState) -> None:
+        """Before a group's second optimiser step in one iteration: a GradScaler allows one step per
+        optimiser between two ``update()`` calls, so the main step's scale is settled first."""
+        if state.scaler is not None:
+            state.scaler.update()
 
     def ema_beta(self, batch: int, iteration: int) -> float:
         """EMA decay per step: ``0.5 ** (images per step / half-life in images)``.
