@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from medvol.errors import MedvolError
-from medvol.models.gan2d.stylegan2_layers import randn
+from medvol.models.gan2d.stylegan2_layers import randn, wide
 from medvol.models.gan2d.stylegan2_nets import ResidualDiscriminator, StyleGenerator
 from medvol.models.gan2d.system import GANSystem2D
 from medvol.models.system import StepState
@@ -59,8 +59,8 @@ def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tenso
     The gradient keeps its graph (``create_graph``), so the penalty trains D by double backward.
     """
     x = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x).float().sum(), x, create_graph=True)
-    return grad.float().square().flatten(1).sum(1).mean()
+    (grad,) = torch.autograd.grad(wide(critic(x)).sum(), x, create_graph=True)
+    return wide(grad).square().flatten(1).sum(1).mean()
 
 
 def path_lengths(images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -70,8 +70,8 @@ def path_lengths(images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor) ->
     over w's dimensions and averaged over the L layers' ws before the square root (the L ws of a
     sample are one w broadcast, or two with style mixing). Returns ``[B]``, with graph.
     """
-    (grad,) = torch.autograd.grad((images.float() * noise).sum(), ws, create_graph=True)
-    return grad.float().square().sum(2).mean(1).sqrt()
+    (grad,) = torch.autograd.grad((wide(images) * noise).sum(), ws, create_graph=True)
+    return wide(grad).square().sum(2).mean(1).sqrt()
 
 
 def _number(key: str, value: object, low: float, high: float | None = None, integer: bool = False) -> float:

@@ -21,6 +21,11 @@ ACT_GAIN = math.sqrt(2.0)
 _FIR = (1.0, 3.0, 3.0, 1.0)
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a narrower type (bf16, fp16); float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def lrelu(x: torch.Tensor) -> torch.Tensor:
     """Leaky ReLU 0.2 times sqrt(2)."""
     return F.leaky_relu(x, SLOPE) * ACT_GAIN
@@ -138,7 +143,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     w = weight.unsqueeze(0) * styles.reshape(b, 1, cin, 1, 1)  # [B, Cout, Cin, k, k]
     if demodulate:
         # The norm in float32 at least: a bf16 sum of Cin*k*k squares loses most of its digits.
-        norm = w.float().square().sum(dim=(2, 3, 4), keepdim=True).add(eps).rsqrt()
+        norm = wide(w).square().sum(dim=(2, 3, 4), keepdim=True).add(eps).rsqrt()
         w = w * norm.to(w.dtype)
     if impl == "grouped":
         out = F.conv2d(x.reshape(1, b * cin, h, w_), w.reshape(b * cout, cin, k, k), padding=k // 2, groups=b)
@@ -209,7 +214,7 @@ def minibatch_stddev(x: torch.Tensor, group: int = 4, eps: float = 1e-8) -> torc
     """
     b, c, h, w = x.shape
     g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)
-    y = x.float().reshape(b // g, g, c, h, w)
+    y = wide(x).reshape(b // g, g, c, h, w)
     std = (y.var(dim=1, unbiased=False) + eps).sqrt().mean(dim=(1, 2, 3))  # [B/g]
     feature = std.repeat_interleave(g).reshape(b, 1, 1, 1).expand(b, 1, h, w)
     return torch.cat([x, feature.to(x.dtype)], dim=1)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medvol.models.gan2d.stylegan2_layers import (EqualConv2d, EqualLinear, ModulatedConv, downsample2d,
-                                                  minibatch_stddev, upsample2d)
+                                                  minibatch_stddev, upsample2d, wide)
 
 #: The mapping network's learning-rate multiplier (the paper: 0.01).
 MAPPING_LR_MULT = 0.01
@@ -48,7 +48,7 @@ class MappingNetwork(nn.Module):
         self.register_buffer("w_avg", torch.zeros(latent_dim))
 
     def forward(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-        z = z * (z.float().square().mean(dim=1, keepdim=True) + 1e-8).rsqrt().to(z.dtype)
+        z = z * (wide(z).square().mean(dim=1, keepdim=True) + 1e-8).rsqrt().to(z.dtype)
         w = self.net(z)
         if truncation != 1.0:
             w = self.w_avg.to(w.dtype).lerp(w, truncation)
