@@ -201,10 +201,11 @@ def test_default_r1_gamma_scales_with_pixels():
 
 # ---------------------------------------------------------------------------------------------- schedule
 @pytest.mark.parametrize("options, d_steps, g_steps", [
-    ({"r1_interval": 2, "pl_interval": 3}, 4 + 2, 4 + 2),   # R1 at 0, 2; PL at 0, 3
-    ({"r1_gamma": 0.0, "pl_weight": 0.0}, 4, 4),
+    ({"r1_interval": 2, "pl_interval": 3}, [2, 3, 5, 6], [2, 3, 4, 6]),   # R1 at 0, 2; PL at 0, 3
+    ({"r1_gamma": 0.0, "pl_weight": 0.0}, [1, 2, 3, 4], [1, 2, 3, 4]),
 ])
 def test_lazy_regularisation_schedule_and_adam_factor(real_batch, options, d_steps, g_steps):
+    """Adam's rate and betas, and the optimiser steps taken after each iteration (main + lazy)."""
     system = tiny(**options)
     optimizers = system.make_optimizers()
     for k, interval, on in (("D", system.r1_interval, system.r1_gamma > 0),
@@ -214,12 +215,13 @@ def test_lazy_regularisation_schedule_and_adam_factor(real_batch, options, d_ste
         assert group["lr"] == pytest.approx(0.002 * c)
         assert group["betas"] == pytest.approx((0.0, 0.99 ** c))
     g = torch.Generator().manual_seed(0)
+    first_d, first_g = next(iter(system.D.parameters())), next(iter(system.G.parameters()))
+    steps = []
     for it in range(4):
         out = system.train_step(real_batch[:4], optimizers, it, generator=g)
+        steps.append((int(optimizers["D"].state[first_d]["step"]), int(optimizers["G"].state[first_g]["step"])))
     assert set(out) == {"D", "D_real", "D_fake", "D_r1", "G", "G_pl", "pl_mean"}
-    first_d, first_g = next(iter(system.D.parameters())), next(iter(system.G.parameters()))
-    assert int(optimizers["D"].state[first_d]["step"]) == d_steps
-    assert int(optimizers["G"].state[first_g]["step"]) == g_steps
+    assert steps == list(zip(d_steps, g_steps))
 
 
 def test_style_mixing():
@@ -240,6 +242,29 @@ def test_style_mixing():
         if prob == 1.0:  # crossover points cover 1 .. n - 1
             points = changes.float().argmax(dim=1) + 1
             assert set(points.tolist()) == set(range(1, n))
+
+
+def test_noise_inputs():
+    system = tiny()
+    synthesis = system.G.synthesis
+    with torch.no_grad():
+        for conv in synthesis.convs:
+            conv.noise_strength.fill_(0.5)
+    ws = system.G.mapping(system.sample_latent(2)).unsqueeze(1).expand(-1, system.G.num_ws, -1)
+    with torch.no_grad():
+        a = synthesis(ws, "random", torch.Generator().manual_seed(0))
+        b = synthesis(ws, "random", torch.Generator().manual_seed(0))
+        c = synthesis(ws, "random", torch.Generator().manual_seed(1))
+        const, none = synthesis(ws, "const"), synthesis(ws, "none")
+    torch.testing.assert_close(a, b)  # the noise comes from the generator given
+    assert (a - c).abs().mean() > 1e-3 and (const - none).abs().mean() > 1e-3
+    torch.testing.assert_close(synthesis(ws, "const"), const)
+    with torch.no_grad():
+        for conv in synthesis.convs:
+            conv.noise_strength.zero_()
+        torch.testing.assert_close(synthesis(ws, "const"), synthesis(ws, "none"))
+    synthesis(ws.detach(), "random").square().sum().backward()
+    assert all(conv.noise_strength.grad.abs().sum() > 0 for conv in synthesis.convs)
 
 
 def test_truncation_and_generation_use_g_ema():
@@ -368,6 +393,8 @@ def test_one_d_step_separates_better(real_batch):
     [],
     ["--model.channels", "2", "--data.masks", "true", "--data.phantom_nodules", "true"],
     ["--train.mode", "optimized", "--train.amp", "bf16", "--model.pl_interval", "1"],
+    # fp16: a GradScaler, which must settle the main step before a group's second (lazy) step.
+    ["--train.mode", "optimized", "--train.amp", "fp16", "--model.pl_interval", "1", "--model.r1_interval", "1"],
 ])
 def test_two_trainer_steps_on_phantom_slices(tiny2d, overrides):
     cfg = tiny2d(*overrides, name="stylegan2")
