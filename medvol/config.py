@@ -32,7 +32,7 @@ from medvol.utils import checked_write
 class ModelConfig:
     """Which network to build: ``medvol.models.build(name, size, **options)``."""
 
-    name: Literal["crfgan", "hagan", "dcgan", "mlpgan"] = "crfgan"
+    name: Literal["crfgan", "hagan", "dcgan", "mlpgan", "stylegan2"] = "crfgan"
     size: int = 256
     base_width: int = 32
     latent_dim: int = 1024
@@ -61,6 +61,19 @@ class ModelConfig:
     #: dcgan: D updates per G update (each on its own real batch) and the optimiser.
     n_critic: int = 1
     optimizer: Literal["adam", "rmsprop"] = "adam"
+    #: stylegan2 only (docs/models2d.md "stylegan2"): lazy R1 (r1_gamma null: 10 (S/1024)^2) and
+    #: path-length regularisation, style mixing, G_ema half-life, truncation psi of generation.
+    r1_gamma: Optional[float] = None
+    r1_interval: int = 16
+    pl_weight: float = 2.0
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    mixing_prob: float = 0.9
+    ema_kimg: float = 10.0
+    ema_rampup: float = 0.0
+    truncation: float = 1.0
+    mapping_layers: int = 8
 
 
 @dataclass

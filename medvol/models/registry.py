@@ -5,6 +5,7 @@ from __future__ import annotations
 from medvol.errors import MedvolError
 from medvol.models.crfgan import CRFGAN
 from medvol.models.gan2d import DCGAN, DCGAN_OPTIONS, MLPGAN, MLPGAN_OPTIONS, SIZES_2D
+from medvol.models.gan2d import STYLEGAN2_OPTIONS, StyleGAN2
 from medvol.models.hagan import HAGAN
 from medvol.models.networks import SIZES
 from medvol.models.system import GANSystem
@@ -15,6 +16,10 @@ MODEL_SIZES: dict[str, tuple[int, ...]] = {"hagan": SIZES, "crfgan": SIZES, "dcg
 #: ``(base_width, latent_dim)`` when not given: the published values of each model.
 MODEL_DEFAULTS: dict[str, tuple[int, int]] = {"hagan": (32, 1024), "crfgan": (32, 1024), "dcgan": (64, 100),
                                               "mlpgan": (256, 100)}
+MODELS["stylegan2"] = StyleGAN2
+MODEL_SIZES["stylegan2"] = SIZES_2D
+#: stylegan2: c = 64 (config-f halved, docs/models2d.md), z and w of 512 as the paper.
+MODEL_DEFAULTS["stylegan2"] = (64, 512)
 
 
 def build(
@@ -74,6 +79,7 @@ MODEL_OPTIONS: dict[str, dict[str, object]] = {
     "dcgan": DCGAN_OPTIONS,
     "mlpgan": MLPGAN_OPTIONS,
 }
+MODEL_OPTIONS["stylegan2"] = STYLEGAN2_OPTIONS
 
 
 def build_from_config(model) -> GANSystem:
