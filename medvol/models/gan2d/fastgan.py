@@ -95,6 +95,20 @@ class FastGAN(GANSystem2D):
         whole, part = decoder_sides(self.size)
         return downsample(real, whole), downsample(quadrant(real, index), part)
 
+    def reconstruction(self, real: torch.Tensor, f16: torch.Tensor, f8: torch.Tensor,
+                       index: torch.Tensor) -> torch.Tensor:
+        """The self-supervision's loss: ``d(whole, T(real)) + d(part, T_index(real))`` (float32).
+
+        Args:
+            real: D's input ``[B, C, S, S]`` (the augmented real batch) whose maps are ``f16, f8``
+                (from ``D.encode``); gradients reach D's trunk through them and the decoders.
+            index: ``[B]`` quadrant of each sample (see :func:`.fastgan_nets.quadrant`).
+        """
+        whole, part = self.D.decode(f16, f8, index)
+        target_whole, target_part = self.reconstruction_targets(real, index)
+        return (reconstruction_loss(self.recon_loss, whole, target_whole)
+                + reconstruction_loss(self.recon_loss, part, target_part))
+
     def _step_D(self, state: StepState) -> None:
         """D: hinge on real and fake + ``recon_weight`` x the decoders' loss on the real batch only.
 
@@ -114,10 +128,7 @@ class FastGAN(GANSystem2D):
                 gen_device = state.generator.device if state.generator is not None else state.device
                 index = torch.randint(4, (state.batch,), generator=state.generator, device=gen_device)
                 index = index.to(state.device)
-                whole, part = self.D.decode(f16, f8, index)
-                target_whole, target_part = self.reconstruction_targets(real_in, index)
-                recon = (reconstruction_loss(self.recon_loss, whole, target_whole)
-                         + reconstruction_loss(self.recon_loss, part, target_part))
+                recon = self.reconstruction(real_in, f16, f8, index)
                 loss = loss + self.recon_weight * recon
                 state.out["D_recon"] = recon.detach()
         self._update("D", loss, state.optimizers, state.scaler)
