@@ -146,7 +146,7 @@ def test_reconstruction_is_on_real_images_and_reaches_d(real_batch):
     system.reconstruction_targets = lambda real, index: seen.append(real) or original(real, index)
     decoded = []
     system.D.decoder_whole.register_forward_hook(lambda m, args, out: decoded.append(args[0]))
-    before = {k: v.clone() for k, v in system.D.state_dict().items()}
+    before = {k: v.detach().clone() for k, v in system.D.named_parameters()}
     state = system._prepare_step(real_batch, None, system.make_optimizers(), 0, None, None,
                                  torch.Generator().manual_seed(2))
     system._train_only("D")
@@ -155,7 +155,7 @@ def test_reconstruction_is_on_real_images_and_reaches_d(real_batch):
     assert len(seen) == 1 and torch.equal(seen[0], real_batch)  # once, on the real batch only
     assert len(decoded) == 1
     assert "D_recon" in state.out and float(state.out["D_recon"]) > 0
-    after = system.D.state_dict()
+    after = dict(system.D.named_parameters())
     for prefix in ("decoder_whole.", "decoder_part.", "stem.", "blocks.0."):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
 
@@ -175,10 +175,11 @@ def test_reconstruction_gradient_reaches_trunk_and_decoders_not_g(real_batch):
 
 def test_recon_weight_zero_leaves_the_decoders_alone(real_batch):
     system = _tiny(recon_weight=0.0)
-    before = {k: v.clone() for k, v in system.D.state_dict().items() if k.startswith("decoder")}
+    before = {k: v.detach().clone() for k, v in system.D.named_parameters() if k.startswith("decoder")}
     out = system.train_step(real_batch, system.make_optimizers(), 0, generator=torch.Generator().manual_seed(0))
-    assert "D_recon" not in out
-    assert all(torch.equal(v, system.D.state_dict()[k]) for k, v in before.items())
+    assert "D_recon" not in out and before
+    after = dict(system.D.named_parameters())
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
 
 
 @pytest.mark.parametrize("recon_loss", ["l1", "mse"])
@@ -203,7 +204,7 @@ def test_hinge_values_on_fixed_logits():
 
 def test_d_step_is_hinge_plus_weighted_reconstruction(real_batch):
     system = _tiny(diffaugment="", recon_weight=2.5)
-    system.D.eval()  # BatchNorm and spectral norm: the same D before and inside the step
+    system.eval()  # BatchNorm and spectral norm: the same G and D before and inside the step
     with torch.no_grad():
         z = system.sample_latent(real_batch.shape[0], torch.Generator().manual_seed(7))
         fake = system.G(z)
@@ -221,7 +222,7 @@ def test_d_step_is_hinge_plus_weighted_reconstruction(real_batch):
 
 def test_g_step_is_the_hinge_g_term(real_batch):
     system = _tiny(diffaugment="")
-    system.D.eval()
+    system.eval()  # as above: no power iteration between the reference and the step
     optimizers = system.make_optimizers()
     with torch.no_grad():
         z = system.sample_latent(real_batch.shape[0], torch.Generator().manual_seed(4))
