@@ -32,7 +32,7 @@ from medvol.utils import checked_write
 class ModelConfig:
     """Which network to build: ``medvol.models.build(name, size, **options)``."""
 
-    name: Literal["crfgan", "hagan", "dcgan", "mlpgan", "stylegan2"] = "crfgan"
+    name: Literal["crfgan", "hagan", "dcgan", "mlpgan", "stylegan2", "fastgan"] = "crfgan"
     size: int = 256
     base_width: int = 32
     latent_dim: int = 1024
@@ -57,7 +57,6 @@ class ModelConfig:
     clip: Optional[float] = None
     fm_weight: float = 0.0
     label_smoothing: float = 0.0
-    diffaugment: str = ""
     #: dcgan: D updates per G update (each on its own real batch) and the optimiser.
     n_critic: int = 1
     optimizer: Literal["adam", "rmsprop"] = "adam"
@@ -74,6 +73,13 @@ class ModelConfig:
     ema_rampup: float = 0.0
     truncation: float = 1.0
     mapping_layers: int = 8
+    #: DiffAugment policy (dcgan, fastgan); null: the model's own default (dcgan: none; fastgan:
+    #: color,translation,cutout as the paper); "" turns it off.
+    diffaugment: Optional[str] = None
+    #: fastgan only: weight and distance (l1 or mse; the paper's LPIPS needs weights we lack) of
+    #: the self-supervised discriminator's reconstruction term.
+    recon_weight: float = 1.0
+    recon_loss: Literal["l1", "mse"] = "l1"
 
 
 @dataclass
@@ -143,7 +149,7 @@ _POSITIVE = {"model.base_width", "model.latent_dim", "model.channels", "data.pha
              "train.ckpt_every", "train.log_every", "train.sample_every"}
 _POSITIVE |= {"model.n_critic"}
 _NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
-                 "model.init_gain", "model.fm_weight", "model.label_smoothing"}
+                 "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -6,13 +6,16 @@ from medvol.errors import MedvolError
 from medvol.models.crfgan import CRFGAN
 from medvol.models.gan2d import DCGAN, DCGAN_OPTIONS, MLPGAN, MLPGAN_OPTIONS, SIZES_2D
 from medvol.models.gan2d import STYLEGAN2_OPTIONS, StyleGAN2
+from medvol.models.gan2d import FASTGAN_OPTIONS, FastGAN
 from medvol.models.hagan import HAGAN
 from medvol.models.networks import SIZES
 from medvol.models.system import GANSystem
 
 MODELS: dict[str, type[GANSystem]] = {"hagan": HAGAN, "crfgan": CRFGAN, "dcgan": DCGAN, "mlpgan": MLPGAN}
+MODELS["fastgan"] = FastGAN
 #: Sizes each model supports (3D: the volume side; 2D: the image side).
 MODEL_SIZES: dict[str, tuple[int, ...]] = {"hagan": SIZES, "crfgan": SIZES, "dcgan": SIZES_2D, "mlpgan": SIZES_2D}
+MODEL_SIZES["fastgan"] = SIZES_2D
 #: ``(base_width, latent_dim)`` when not given: the published values of each model.
 MODEL_DEFAULTS: dict[str, tuple[int, int]] = {"hagan": (32, 1024), "crfgan": (32, 1024), "dcgan": (64, 100),
                                               "mlpgan": (256, 100)}
@@ -20,6 +23,7 @@ MODELS["stylegan2"] = StyleGAN2
 MODEL_SIZES["stylegan2"] = SIZES_2D
 #: stylegan2: c = 64 (config-f halved, docs/models2d.md), z and w of 512 as the paper.
 MODEL_DEFAULTS["stylegan2"] = (64, 512)
+MODEL_DEFAULTS["fastgan"] = (64, 256)
 
 
 def build(
@@ -78,6 +82,7 @@ MODEL_OPTIONS: dict[str, dict[str, object]] = {
     "crfgan": {"crf_forwards": "fresh", "crf_layout": "channels", "crf_self_pairs": True},
     "dcgan": DCGAN_OPTIONS,
     "mlpgan": MLPGAN_OPTIONS,
+    "fastgan": FASTGAN_OPTIONS,
 }
 MODEL_OPTIONS["stylegan2"] = STYLEGAN2_OPTIONS
 

@@ -15,7 +15,7 @@ from medvol.models.gan2d.system import OPTIMIZERS, GANSystem2D
 DCGAN_OPTIONS: dict[str, object] = {
     "loss": "bce", "channels": 1, "g_activation": "relu", "d_activation": "leakyrelu", "norm": "batch",
     "spectral_norm_d": False, "spectral_norm_g": False, "init": "normal", "init_gain": 0.02,
-    "gp_weight": None, "clip": None, "fm_weight": 0.0, "label_smoothing": 0.0, "diffaugment": "",
+    "gp_weight": None, "clip": None, "fm_weight": 0.0, "label_smoothing": 0.0, "diffaugment": None,
     "n_critic": 1, "optimizer": "adam",
 }
 #: The loss's own GP weight and clipping value (WGAN-GP: 10; WGAN: 0.01).
@@ -56,11 +56,12 @@ class DCGAN(GANSystem2D):
             else 0: none).
         fm_weight: weight of feature matching added to G's loss.
         label_smoothing: one-sided, the real target becomes 1 - s (bce and lsgan only).
-        diffaugment: comma-separated DiffAugment policy, e.g. "color,translation,cutout".
         n_critic: D updates per G update, each on a fresh real batch (1 as DCGAN; the WGAN and
             WGAN-GP papers use 5). The trainer then loads n_critic batches per iteration.
         optimizer: "adam" (betas (0.5, 0.999)) or "rmsprop" (the WGAN paper's, lr 5e-5 unless
             ``train.lr`` says otherwise).
+        diffaugment: comma-separated DiffAugment policy, e.g. "color,translation,cutout"; None or
+            "": none.
 
     Example:
         >>> from medvol.models import build
@@ -76,7 +77,7 @@ class DCGAN(GANSystem2D):
                  d_activation: str = "leakyrelu", norm: str = "batch", spectral_norm_d: bool = False,
                  spectral_norm_g: bool = False, init: str = "normal", init_gain: float = 0.02,
                  gp_weight: float | None = None, clip: float | None = None, fm_weight: float = 0.0,
-                 label_smoothing: float = 0.0, diffaugment: str = "", n_critic: int = 1,
+                 label_smoothing: float = 0.0, diffaugment: str | None = None, n_critic: int = 1,
                  optimizer: str = "adam"):
         super().__init__(size, base_width, latent_dim, num_classes, channels)
         self.loss = _choice("loss", loss, LOSSES)
@@ -95,10 +96,10 @@ class DCGAN(GANSystem2D):
         if smoothing and loss not in SMOOTHABLE:
             raise MedvolError(f"label_smoothing: only for the {' and '.join(SMOOTHABLE)} losses, not {loss}")
         self.real_target = 1.0 - smoothing
-        if not isinstance(diffaugment, str):
+        if diffaugment is not None and not isinstance(diffaugment, str):
             raise MedvolError(f"diffaugment: expected a policy string like 'color,translation', got {diffaugment!r}")
         try:
-            self.policy = parse_policy(diffaugment)
+            self.policy = parse_policy(diffaugment or "")
         except ValueError as error:
             raise MedvolError(f"diffaugment: {error}") from None
         if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
