@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from medvol.errors import MedvolError
 from medvol.models.crfgan import CRFGAN
 from medvol.models.gan2d import DCGAN, DCGAN_OPTIONS, MLPGAN, MLPGAN_OPTIONS, SIZES_2D
+from medvol.models.gan2d import PIX2PIX_OPTIONS, SPADE_OPTIONS, Pix2Pix, SPADEModel
 from medvol.models.hagan import HAGAN
 from medvol.models.networks import SIZES
 from medvol.models.system import GANSystem
@@ -15,6 +18,10 @@ MODEL_SIZES: dict[str, tuple[int, ...]] = {"hagan": SIZES, "crfgan": SIZES, "dcg
 #: ``(base_width, latent_dim)`` when not given: the published values of each model.
 MODEL_DEFAULTS: dict[str, tuple[int, int]] = {"hagan": (32, 1024), "crfgan": (32, 1024), "dcgan": (64, 100),
                                               "mlpgan": (256, 100)}
+MODELS.update(spade=SPADEModel, pix2pix=Pix2Pix)
+MODEL_SIZES.update(spade=SIZES_2D, pix2pix=SIZES_2D)
+# pix2pix has no latent: its z (4 numbers per image) only seeds generation's dropout.
+MODEL_DEFAULTS.update(spade=(64, 256), pix2pix=(64, 4))
 
 
 def build(
@@ -74,6 +81,7 @@ MODEL_OPTIONS: dict[str, dict[str, object]] = {
     "dcgan": DCGAN_OPTIONS,
     "mlpgan": MLPGAN_OPTIONS,
 }
+MODEL_OPTIONS.update(spade=SPADE_OPTIONS, pix2pix=PIX2PIX_OPTIONS)
 
 
 def build_from_config(model) -> GANSystem:
@@ -83,9 +91,12 @@ def build_from_config(model) -> GANSystem:
     the models that have them; for any other model they must keep their defaults.
     """
     own = MODEL_OPTIONS[model.name]
+    # A key another model owns must keep the config's default (a table's default may differ:
+    # spade and pix2pix need channels 2).
+    unset = {f.name: f.default for f in dataclasses.fields(model)}
     for other, table in MODEL_OPTIONS.items():
-        for key, default in table.items():
-            if key not in own and getattr(model, key) != default:
+        for key in table:
+            if key not in own and getattr(model, key) != unset[key]:
                 owners = " and ".join(n for n, t in MODEL_OPTIONS.items() if key in t)
                 raise MedvolError(f"model.{key}: only for {owners}, not {model.name}")
     options = {key: getattr(model, key) for key in own}

@@ -198,10 +198,12 @@ class Trainer:
     def _sample_images(self, monitor: Monitor, real: torch.Tensor, fixed_z: torch.Tensor,
                        fixed_labels: torch.Tensor | None) -> None:
         was_training = self.system.training
-        with torch.no_grad(), self._autocast():
-            fake = self.system.generate(fixed_z, labels=fixed_labels)
-        self.system.train(was_training)
         real = real[: fixed_z.shape[0]]
+        # Mask-conditioned systems draw their samples from the masks of the real batch shown beside.
+        conditional = {"masks": real[:, 1:]} if getattr(self.system, "conditional", False) else {}
+        with torch.no_grad(), self._autocast():
+            fake = self.system.generate(fixed_z, labels=fixed_labels, **conditional)
+        self.system.train(was_training)
         monitor.images(self.iteration, "volumes/real", real)
         monitor.images(self.iteration, "volumes/generated", fake)
         # Mid-slices also land on disk (small, numpy only) for looking at without TensorBoard.

@@ -29,6 +29,8 @@ class GANSystem2D(GANSystem):
     """
 
     dims = 2
+    #: Mask-conditioned systems (``generate(..., masks=...)``) set this True.
+    conditional = False
     SUBSTEPS = ("D", "G")
     lr = {"D": 2e-4, "G": 2e-4}
     betas = (0.5, 0.999)
