@@ -22,6 +22,7 @@ from torch import nn
 from medvol.errors import MedvolError
 from medvol.models.gan2d.conditional import ConditionalGANSystem2D
 from medvol.models.gan2d.losses import discriminator_loss, generator_loss
+from medvol.models.gan2d.nets import init_weights
 from medvol.models.system import StepState
 
 #: Build options and their defaults (the thesis / pix2pix paper).
@@ -180,6 +181,8 @@ class Pix2Pix(ConditionalGANSystem2D):
         self.loss, self.l1_weight, self.patch = loss, float(l1_weight), patch
         self.G = UNetGenerator(size, base_width)
         self.D = PatchGANDiscriminator(channels, base_width, patch)
+        for net in (self.G, self.D):  # pix2pix: weights N(0, 0.02) (norm scales N(1, 0.02))
+            init_weights(net, "normal", 0.02)
 
     def options(self) -> dict[str, object]:
         return {"channels": self.channels, "loss": self.loss, "l1_weight": self.l1_weight, "patch": self.patch}
