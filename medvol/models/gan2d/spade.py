@@ -170,11 +170,10 @@ def paired_feature_matching(fake: list[tuple[torch.Tensor, list[torch.Tensor]]],
 
     Pairs are compared sample by sample (not by batch means): each fake has its real counterpart.
     """
-    total = torch.zeros((), device=fake[0][0].device)
-    for (_, fake_features), (_, real_features) in zip(fake, real):
-        for f, r in zip(fake_features, real_features):
-            total = total + (f.float() - r.float()).abs().mean()
-    return total
+    terms = [(f.float() - r.float()).abs().mean()
+             for (_, fake_features), (_, real_features) in zip(fake, real)
+             for f, r in zip(fake_features, real_features)]
+    return torch.stack(terms).sum()
 
 
 class SPADEModel(ConditionalGANSystem2D):
@@ -216,8 +215,11 @@ class SPADEModel(ConditionalGANSystem2D):
         self._options = {"channels": channels, "norm": norm, "d_scales": d_scales, "fm_l1_weight": self.fm_weight}
         self.G = SPADEGenerator(size, latent_dim, base_width, 2 * base_width, norm)
         self.D = MultiScaleDiscriminator(channels, base_width, d_scales)
-        apply_spectral_norm(self.G)
-        apply_spectral_norm(self.D)
+        # On the meta device (parameter counting: medvol info) spectral norm is left off: it adds no
+        # parameters, and its 15 initial power iterations on meta tensors take tens of seconds.
+        if not next(self.G.parameters()).is_meta:
+            apply_spectral_norm(self.G)
+            apply_spectral_norm(self.D)
 
     def options(self) -> dict[str, object]:
         return dict(self._options)
