@@ -142,6 +142,19 @@ def test_generate_seeds_dropout_from_z():
     assert dropout_seed(z[0]) == dropout_seed(z[0].clone()) != dropout_seed(z[1])
 
 
+def test_generation_normalises_each_image_with_its_own_statistics():
+    """pix2pix's test-time protocol: G as in training (BatchNorm on the batch, here one image) with
+    the image's seeded dropout masks; not the running statistics."""
+    torch.manual_seed(0)
+    system = build("pix2pix", 64, base_width=4)
+    masks, z = _masks(2, 64), system.sample_latent(2)
+    twin = copy.deepcopy(system.G).train()
+    noise = twin.draw_noise(1, torch.Generator().manual_seed(dropout_seed(z[1])), torch.device("cpu"))
+    with torch.no_grad():
+        expected = twin(masks[1:], noise)
+    torch.testing.assert_close(system.generate(z, masks=masks)[1:, :1], expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({}, "masks: pix2pix generates images from masks"),
     ({"masks": -torch.ones(2, 1, 32, 32)}, r"masks: expected shape \[2, 1, 64, 64\]"),

@@ -73,6 +73,17 @@ def test_modulation_is_per_pixel(norm):
     assert not torch.allclose(out[..., 6:10], _plain(norm, 4, *_affine_at(spade, 1.0))(x)[..., 6:10])
 
 
+def test_mask_is_area_resized_to_the_features():
+    """A 24^2 mask on 12^2 features acts as its 2x2 average: a lone mask pixel counts a quarter."""
+    torch.manual_seed(2)
+    spade = SPADE(3, 4, "instance").double()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    mask = -torch.ones(2, 1, 24, 24, dtype=torch.float64)
+    mask[:, :, 7, 9] = 1
+    torch.testing.assert_close(spade(x, mask), spade(x, F.avg_pool2d(mask, 2)), rtol=0, atol=0)
+    assert F.avg_pool2d(mask, 2)[0, 0, 3, 4] == -0.5
+
+
 def test_fresh_spade_starts_near_plain_norm():
     torch.manual_seed(0)
     spade = SPADE(8, 16, "batch")
