@@ -72,6 +72,17 @@ def test_unet_layers_at_128():
     assert all(isinstance(layer[-1], nn.LeakyReLU) and layer[-1].negative_slope == 0.2 for layer in g.down)
 
 
+def test_skips_carry_the_mask_past_a_closed_bottleneck():
+    """With the 1x1 bottleneck zeroed, only the skip connections can make the output depend on the mask."""
+    torch.manual_seed(0)
+    g = UNetGenerator(32, 4).eval()
+    with torch.no_grad():
+        g.down[-1][0].weight.zero_()
+        g.down[-1][0].bias.zero_()
+        a, b = g(_masks(1, 32), []), g(-_masks(1, 32), [])
+    assert not torch.allclose(a, b)
+
+
 @pytest.mark.parametrize("size, depth, dropouts", [(64, 6, 1), (128, 7, 2), (256, 8, 3), (32, 5, 0)])
 def test_unet_depth_follows_the_size(size, depth, dropouts):
     g = UNetGenerator(size, 64)
