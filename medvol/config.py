@@ -32,7 +32,7 @@ from medvol.utils import checked_write
 class ModelConfig:
     """Which network to build: ``medvol.models.build(name, size, **options)``."""
 
-    name: Literal["crfgan", "hagan", "dcgan", "mlpgan", "stylegan2", "fastgan"] = "crfgan"
+    name: Literal["crfgan", "hagan", "dcgan", "mlpgan", "stylegan2", "fastgan", "spade", "pix2pix"] = "crfgan"
     size: int = 256
     base_width: int = 32
     latent_dim: int = 1024
@@ -80,6 +80,12 @@ class ModelConfig:
     #: the self-supervised discriminator's reconstruction term.
     recon_weight: float = 1.0
     recon_loss: Literal["l1", "mse"] = "l1"
+    #: spade only: discriminator scales and the weight of its D feature matching (L1) in G's loss.
+    d_scales: int = 2
+    fm_l1_weight: float = 10.0
+    #: pix2pix only: L1 weight in G's loss and the PatchGAN receptive field (10, 22 or 46).
+    l1_weight: float = 100.0
+    patch: int = 46
 
 
 @dataclass
@@ -150,6 +156,7 @@ _POSITIVE = {"model.base_width", "model.latent_dim", "model.channels", "data.pha
 _POSITIVE |= {"model.n_critic"}
 _NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
                  "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
+_NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -18,11 +18,11 @@ def register(subparsers) -> None:
         "cache manifest) and what made it.",
     )
     parser.add_argument("path", nargs="?", help="a volume file, cache entry or cache folder: print its provenance")
-    parser.add_argument("--model", help="hagan, crfgan (3D) or dcgan, mlpgan (2D)")
+    parser.add_argument("--model", help="hagan, crfgan (3D) or dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix (2D)")
     parser.add_argument("--size", type=int,
                         help="volume side: 64, 128, 256, 512; 2D image side: 64, 128, 256 (or 32)")
     parser.add_argument("--base-width", type=int, default=None,
-                        help="base width c (default: the model's published one: 32, dcgan 64, mlpgan 256)")
+                        help="base width c (default: the model's own: 32 for the 3D models, dcgan 64, mlpgan 256, the others 64)")
     parser.add_argument("--latent-dim", type=int, default=None,
                         help="latent length (default: the published one: 1024, dcgan and mlpgan 100)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

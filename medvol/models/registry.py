@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from medvol.errors import MedvolError
 from medvol.models.crfgan import CRFGAN
 from medvol.models.gan2d import DCGAN, DCGAN_OPTIONS, MLPGAN, MLPGAN_OPTIONS, SIZES_2D
-from medvol.models.gan2d import STYLEGAN2_OPTIONS, StyleGAN2
-from medvol.models.gan2d import FASTGAN_OPTIONS, FastGAN
+from medvol.models.gan2d import FASTGAN_OPTIONS, PIX2PIX_OPTIONS, SPADE_OPTIONS, STYLEGAN2_OPTIONS
+from medvol.models.gan2d import FastGAN, Pix2Pix, SPADEModel, StyleGAN2
 from medvol.models.hagan import HAGAN
 from medvol.models.networks import SIZES
 from medvol.models.system import GANSystem
 
-MODELS: dict[str, type[GANSystem]] = {"hagan": HAGAN, "crfgan": CRFGAN, "dcgan": DCGAN, "mlpgan": MLPGAN}
-MODELS["fastgan"] = FastGAN
+MODELS: dict[str, type[GANSystem]] = {
+    "hagan": HAGAN, "crfgan": CRFGAN,
+    "dcgan": DCGAN, "mlpgan": MLPGAN, "stylegan2": StyleGAN2, "fastgan": FastGAN, "spade": SPADEModel,
+    "pix2pix": Pix2Pix,
+}
 #: Sizes each model supports (3D: the volume side; 2D: the image side).
-MODEL_SIZES: dict[str, tuple[int, ...]] = {"hagan": SIZES, "crfgan": SIZES, "dcgan": SIZES_2D, "mlpgan": SIZES_2D}
-MODEL_SIZES["fastgan"] = SIZES_2D
-#: ``(base_width, latent_dim)`` when not given: the published values of each model.
-MODEL_DEFAULTS: dict[str, tuple[int, int]] = {"hagan": (32, 1024), "crfgan": (32, 1024), "dcgan": (64, 100),
-                                              "mlpgan": (256, 100)}
-MODELS["stylegan2"] = StyleGAN2
-MODEL_SIZES["stylegan2"] = SIZES_2D
-#: stylegan2: c = 64 (config-f halved, docs/models2d.md), z and w of 512 as the paper.
-MODEL_DEFAULTS["stylegan2"] = (64, 512)
-MODEL_DEFAULTS["fastgan"] = (64, 256)
+MODEL_SIZES: dict[str, tuple[int, ...]] = {name: SIZES if name in ("hagan", "crfgan") else SIZES_2D for name in MODELS}
+#: ``(base_width, latent_dim)`` when not given: the published values of each model. stylegan2:
+#: c = 64 (config-f halved, docs/models2d.md), z and w of 512 as the paper; pix2pix has no latent:
+#: its z (4 numbers per image) only seeds generation's dropout.
+MODEL_DEFAULTS: dict[str, tuple[int, int]] = {
+    "hagan": (32, 1024), "crfgan": (32, 1024), "dcgan": (64, 100), "mlpgan": (256, 100), "stylegan2": (64, 512),
+    "fastgan": (64, 256), "spade": (64, 256), "pix2pix": (64, 4),
+}
 
 
 def build(
@@ -33,7 +36,8 @@ def build(
     """Build a GAN system in reference mode, training mode, on the current default device.
 
     Args:
-        name: "hagan", "crfgan" (3D) or "dcgan", "mlpgan" (2D, docs/models2d.md).
+        name: "hagan", "crfgan" (3D) or "dcgan", "mlpgan", "stylegan2", "fastgan", "spade",
+            "pix2pix" (2D, docs/models2d.md).
         size: volume side S: 64, 128, 256, 512; image side 64, 128, 256 for the 2D models
             (32: a tiny size for tests and demos).
         base_width: generator base width c (32 published; D and the sub-encoder scale with it;
@@ -45,7 +49,8 @@ def build(
         **options: model-specific options, all defaulting to the published procedure
             (CRF-GAN: ``crf_forwards``, ``crf_layout``, ``crf_self_pairs``; see
             :class:`medvol.models.crfgan.CRFGAN`; dcgan: ``loss`` and the search-grid options, see
-            :class:`medvol.models.gan2d.DCGAN`; mlpgan: ``channels``). HA-GAN takes none.
+            :class:`medvol.models.gan2d.DCGAN`; mlpgan: ``channels``; the other 2D models: their
+            ``*_OPTIONS`` tables in :mod:`medvol.models.gan2d`). HA-GAN takes none.
 
     Raises:
         MedvolError: unknown name, unsupported size, or an invalid option.
@@ -82,10 +87,11 @@ MODEL_OPTIONS: dict[str, dict[str, object]] = {
     "crfgan": {"crf_forwards": "fresh", "crf_layout": "channels", "crf_self_pairs": True},
     "dcgan": DCGAN_OPTIONS,
     "mlpgan": MLPGAN_OPTIONS,
+    "stylegan2": STYLEGAN2_OPTIONS,
     "fastgan": FASTGAN_OPTIONS,
+    "spade": SPADE_OPTIONS,
+    "pix2pix": PIX2PIX_OPTIONS,
 }
-MODEL_OPTIONS["stylegan2"] = STYLEGAN2_OPTIONS
-
 
 def build_from_config(model) -> GANSystem:
     """``build`` with a :class:`medvol.config.ModelConfig`.
@@ -94,9 +100,12 @@ def build_from_config(model) -> GANSystem:
     the models that have them; for any other model they must keep their defaults.
     """
     own = MODEL_OPTIONS[model.name]
+    # A key another model owns must keep the config's default (a table's default may differ:
+    # spade and pix2pix need channels 2).
+    unset = {f.name: f.default for f in dataclasses.fields(model)}
     for other, table in MODEL_OPTIONS.items():
-        for key, default in table.items():
-            if key not in own and getattr(model, key) != default:
+        for key in table:
+            if key not in own and getattr(model, key) != unset[key]:
                 owners = " and ".join(n for n, t in MODEL_OPTIONS.items() if key in t)
                 raise MedvolError(f"model.{key}: only for {owners}, not {model.name}")
     options = {key: getattr(model, key) for key in own}

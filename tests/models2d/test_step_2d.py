@@ -143,7 +143,7 @@ def test_3d_model_refuses_2d_options():
     from medvol.errors import MedvolError
     from medvol.models import build_from_config
 
-    with pytest.raises(MedvolError, match="model.loss: only for dcgan, not hagan"):
+    with pytest.raises(MedvolError, match="model.loss: only for dcgan( and pix2pix)?, not hagan"):
         build_from_config(load_config(None, ["--model.name", "hagan", "--model.loss", "hinge"]).model)
 
 
