@@ -170,9 +170,14 @@ def table(runs: list[tuple[str, list[dict], dict]]) -> str:
         for ext in reports[-1]["extractors"]:
             sc = ext["scores"]
             kid = summary_view(sc, "kid")
-            # A mean over views has no std of its own: show the per-view stds' largest, said so.
-            if kid is not None and "std" not in sc[kid]:
-                stds = [s["std"] for k, s in sc.items() if k.endswith("/kid") and "std" in s]
+            views = [k for k in sc if k.endswith("/kid") and "subset_size" in sc[k]]
+            if kid is not None and views and all(sc[k]["subset_size"] >= min(ext["rows"][k.split("/")[0]])
+                                                  for k in views):
+                # Every KID subset was the whole set: the std over subsets is round-off, not spread.
+                kid_cell = f"{fmt(sc[kid]['value'])} (one subset: the whole set)"
+            elif kid is not None and "std" not in sc[kid]:
+                # A mean over views has no std of its own: show the per-view stds' largest, said so.
+                stds = [sc[k]["std"] for k in views if "std" in sc[k]]
                 kid_cell = f"{fmt(sc[kid]['value'])} (views' std ≤ {fmt(max(stds))})" if stds else cell(sc, kid)
             else:
                 kid_cell = cell(sc, kid)
