@@ -65,6 +65,10 @@ def test_curves_table_and_figure_hold_the_evaluations_numbers(eval_table, two_ru
     # B is farther from the real features than A at its last checkpoint; the table keeps that order.
     assert last_b["features/fid"]["value"] > last_a["features/fid"]["value"]
     assert "N = 24 real / 24 generated" in table
+    # At N = 24 every KID subset (size min(1000, N)) is the whole set: no spread is claimed.
+    kid_rows = [line for line in table.splitlines() if "| precomputed |" in line]
+    assert len(kid_rows) == 2
+    assert all("(one subset: the whole set)" in r and "±" not in r for r in kid_rows)
     png = written["figure"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
