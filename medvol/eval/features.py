@@ -162,7 +162,9 @@ def pick_slices(volume: np.ndarray, plane: str, per_volume: int) -> np.ndarray:
     keep = np.flatnonzero(nonempty(slices))
     if len(keep) == 0:
         return slices[:0]
-    if per_volume and len(keep) > per_volume:
+    if per_volume == 1 and len(keep) > 1:
+        keep = keep[[len(keep) // 2]]  # one slice: the middle one (linspace(0, n-1, 1) is the first)
+    elif per_volume and len(keep) > per_volume:
         keep = keep[np.linspace(0, len(keep) - 1, per_volume).round().astype(int)]
     return slices[keep]
 

@@ -8,7 +8,8 @@ Written here rather than taken from a library, with the libraries as test oracle
 
 - the Fréchet distance uses the symmetric eigen form, because ``scipy.linalg.sqrtm`` (what
   pytorch-fid calls) is slow at D = 2048, can return complex noise, and loses its ``disp``
-  argument in scipy 1.18;
+  argument in scipy 1.18; with fewer samples than dimensions it works on the samples instead
+  (the same value from an N x N singular value decomposition);
 - precision / recall / density / coverage count a point on the boundary of a k-NN ball as inside
   (``<=``), where the ``prdc`` package uses ``<``: with exact duplicates the k-NN radius is 0 and
   the strict rule would call identical sets disjoint;
@@ -115,12 +116,36 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def frechet_distance(real, fake) -> float:
-    """The Fréchet distance between Gaussians fitted to two feature sets (FID on Inception)."""
+    """The Fréchet distance between Gaussians fitted to two feature sets (FID on Inception).
+
+    With fewer samples than dimensions in both sets (the usual case at small N: a few hundred
+    2.5D slices for 2048 Inception features), the D x D covariances are never formed: see
+    :func:`_frechet_from_samples`, which gives the same value in O(N^2 D) instead of O(D^3).
+    """
     r = as_features(real, "real")
     f = as_features(fake, "fake")
     _same_dim(r, f)
     warn_small_n(min(len(r), len(f)), r.shape[1], "Frechet distance")
+    if max(len(r), len(f)) < r.shape[1]:
+        return _frechet_from_samples(r, f)
     return frechet_distance_from_stats(*gaussian_stats(r), *gaussian_stats(f))
+
+
+def _frechet_from_samples(r: np.ndarray, f: np.ndarray) -> float:
+    """The Fréchet distance from the centred samples ``X [n, D]``, ``Y [m, D]`` directly.
+
+    With S1 = X'X / (n-1) and S2 = Y'Y / (m-1), the non-zero eigenvalues of S1 S2 are those of
+    (X Y')(X Y')' / ((n-1)(m-1)) (AB and BA share them), so tr sqrt(S1 S2) is the sum of the
+    singular values of X Y' over sqrt((n-1)(m-1)); tr S1 is the squared norm of X over (n-1).
+    An n x m SVD replaces two D x D eigendecompositions (at D = 2048 and N = 256 slices, a
+    bootstrap of 50 rounds over three planes drops from minutes to a second).
+    """
+    x = r - r.mean(axis=0)
+    y = f - f.mean(axis=0)
+    n, m = len(x), len(y)
+    tr_covmean = float(np.linalg.svd(x @ y.T, compute_uv=False).sum()) / math.sqrt((n - 1) * (m - 1))
+    diff = r.mean(axis=0) - f.mean(axis=0)
+    return float(diff @ diff + (x * x).sum() / (n - 1) + (y * y).sum() / (m - 1) - 2.0 * tr_covmean)
 
 
 # ------------------------------------------------------------------------------- kernel scores

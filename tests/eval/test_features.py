@@ -64,6 +64,16 @@ def test_empty_slices_are_skipped(seeded_rng):
     assert len(F.pick_slices(np.full((8, 8, 8), -1.0), "axial", 4)) == 0
 
 
+def test_one_slice_per_plane_is_the_middle_non_empty_one():
+    # Non-empty axial slices 4..27 (24 of them), each filled with its own index: one slice per
+    # plane must be the middle one of that range (index 4 + 12), not its first.
+    v = np.full((32, 32, 32), -1.0, np.float32)
+    for z in range(4, 28):
+        v[z] = z / 100
+    assert F.pick_slices(v, "axial", per_volume=1)[0, 0, 0] == pytest.approx(16 / 100)
+    assert len(F.pick_slices(v, "axial", per_volume=1)) == 1
+
+
 def test_inception25d_plumbing(tiny_inception, seeded_rng):
     vols = [(f"v{i}", phantom_like(seeded_rng)) for i in range(3)]
     a = F.Inception25D(tiny_inception, slices_per_volume=4, batch=5).extract(vols)

@@ -46,6 +46,22 @@ def test_frechet_matches_pytorch_fid_and_monai(d, seeded_rng):
     assert ours == pytest.approx(monai, rel=1e-5)
 
 
+@pytest.mark.parametrize("n, m, d", [(40, 30, 100), (30, 40, 100), (99, 12, 100), (5, 5, 300)])
+def test_frechet_with_fewer_samples_than_dimensions_equals_the_eigen_form(n, m, d, seeded_rng):
+    # Below N = D the samples' SVD replaces the D x D eigen form; both must give one value.
+    mix = seeded_rng.standard_normal((d, d)) / math.sqrt(d)
+    real = gaussian(seeded_rng, n, d) @ mix
+    fake = gaussian(seeded_rng, m, d, shift=0.2) @ (mix + 0.1 * np.eye(d))
+    with pytest.warns(M.SmallSampleWarning):
+        ours = M.frechet_distance(real, fake)
+    eigen = M.frechet_distance_from_stats(*M.gaussian_stats(real), *M.gaussian_stats(fake))
+    # The eigen form takes square roots of the D - N round-off eigenvalues (~1e-15 each, so
+    # ~3e-8 each after the root) of a singular matrix; the SVD form has none: agree to 1e-6.
+    assert ours == pytest.approx(eigen, rel=1e-6)
+    with pytest.warns(M.SmallSampleWarning):
+        assert abs(M.frechet_distance(real, real)) < 1e-9
+
+
 def test_frechet_closed_form_diagonal():
     rng = np.random.default_rng(3)
     d = 50

@@ -19,3 +19,25 @@ def vs_published():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def _load_tool(name: str):
+    key = f"{name}_under_test"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+@pytest.fixture(scope="session")
+def cpu_budget():
+    """tools/cpu_budget.py as a module."""
+    return _load_tool("cpu_budget")
+
+
+@pytest.fixture(scope="session")
+def eval_table():
+    """tools/eval_table.py as a module."""
+    return _load_tool("eval_table")
