@@ -366,7 +366,7 @@ def test_resume_is_bit_exact(tiny2d):
     (["--model.recon_weight", "-1"], "model.recon_weight"),
     (["--model.diffaugment", "flip"], "diffaugment"),
     (["--model.name", "dcgan", "--model.recon_weight", "2"], "model.recon_weight: only for fastgan, not dcgan"),
-    (["--model.loss", "hinge"], "model.loss: only for dcgan, not fastgan"),
+    (["--model.loss", "hinge"], "model.loss: only for dcgan and pix2pix, not fastgan"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, key):
     config = tmp_path / "c.yaml"
