@@ -581,7 +581,8 @@ def pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return (a - mean) @ vt[:2].T, (b - mean) @ vt[:2].T, ratio[:2]
 
 
-def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray) -> bool:
+def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray,
+                  unit: str = "volume") -> bool:
     plt = _pyplot()
     if plt is None or len(real) + len(fake) < 3:
         return False
@@ -591,7 +592,7 @@ def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray
     ax.scatter(pf[:, 0], pf[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
     ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
     ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}%)" if len(ratio) > 1 else "PC2")
-    ax.set_title(f"{extractor} features, one point per volume")
+    ax.set_title(f"{extractor} features, one point per {unit}")
     ax.legend()
     fig.tight_layout()
     ok = _save(fig, path)

@@ -304,5 +304,5 @@ def image_pairs(report: dict, real: str, fake: str, *, loaded, files, features, 
     report["real"] = dict(src_real.info, n_images=len(src_real.names), names=src_real.names)
     report["fake"] = dict(src_fake.info, n_images=len(src_fake.names), names=src_fake.names)
     report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
-                          volume_vectors(pairs[0][2]))
+                          volume_vectors(pairs[0][2]), "image")
     return pairs

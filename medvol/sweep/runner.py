@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -65,6 +66,10 @@ def log_tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
         return []
     parts = [p.strip() for line in text.splitlines() for p in line.split("\r")]
     return [p for p in parts if p][-lines:]
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt("terminated (SIGTERM); the sweep resumes when the same command runs again")
 
 
 def pick_score(scores: dict, select: str) -> str:
@@ -171,6 +176,10 @@ class Sweep:
         from medvol.train.runfolder import RunFolderLock
 
         lock = RunFolderLock(self.out, lock_name=LOCK, holder="medvol sweep")
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # A scheduler's SIGTERM stops the sweep as Ctrl-C does: the run checkpoints first.
+            previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             state = self._open()
             (self.out / "runs").mkdir(exist_ok=True)
@@ -183,6 +192,8 @@ class Sweep:
                 write_report(self.out, state, self.grid, self.select)
             return state
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             lock.release()
 
     def _advance(self, state: dict, record: dict) -> None:
@@ -221,7 +232,8 @@ class Sweep:
                               train_seconds=record.get("train_seconds", 0.0) + time.monotonic() - start,
                               log_tail=log_tail(log))
                 self._save(state)
-                raise
+                raise KeyboardInterrupt(f"interrupted while {record['id']} trained (it stopped at a "
+                                        "checkpoint); run the same command again to resume") from None
         record["train_seconds"] = round(record.get("train_seconds", 0.0) + time.monotonic() - start, 2)
         record["returncode"] = code
         if code == 0:
