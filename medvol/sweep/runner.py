@@ -145,13 +145,19 @@ class Sweep:
                     raise MedvolError(f"{self.out} holds a sweep of another {what} "
                                       f"({have.get(key)} vs {want}); use another --out")
             return state
-        if self.out.is_dir() and any(p.name != LOCK for p in self.out.iterdir()):
+        # The copies below are this command's own if a crash came before the first state write.
+        if any(p.name not in (LOCK, "base.yaml", "grid.yaml") for p in self.out.iterdir()):
             raise MedvolError(f"{self.out} is not empty and holds no sweep ({STATE}); use another --out")
-        shutil.copyfile(self.config_path, self.out / "base.yaml")
-        shutil.copyfile(self.grid_path, self.out / "grid.yaml")
-        return {"medvol_version": medvol.__version__, "created": _now(),
-                "config": str(self.config_path), "grid": str(self.grid_path),
-                "identity": self.identity, "runs": []}
+        from medvol.utils import checked_write
+
+        for source, name in ((self.config_path, "base.yaml"), (self.grid_path, "grid.yaml")):
+            with checked_write(self.out / name, "sweep copy") as tmp:
+                shutil.copyfile(source, tmp)
+        state = {"medvol_version": medvol.__version__, "created": _now(),
+                 "config": str(self.config_path), "grid": str(self.grid_path),
+                 "identity": self.identity, "runs": []}
+        self._save(state)
+        return state
 
     def _save(self, state: dict) -> None:
         state["updated"] = _now()

@@ -217,3 +217,43 @@ def test_refusals(files, swept, tmp_path, capsys):
     assert "holds no sweep" in capsys.readouterr().err
     assert main(sweep_args(files, tmp_path / "x", "--runs", "3")) == 2
     assert "holds only 2 configurations" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_a_resumable_sweep(files, tmp_path):
+    """SIGINT to the sweep's process group (a terminal's Ctrl-C) stops the run at a checkpoint;
+    the same command then finishes it from there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"fixed": {"train.iterations": 400, "train.ckpt_every": 2,
+                                              "train.keep_checkpoints": 1},
+                                    "grid": {"model.loss": ["hinge"]}}))
+    out = tmp_path / "sweep"
+    args = sweep_args(files, out, "--runs", "1")
+    args[args.index("--grid") + 1] = str(grid)
+    cmd = [sys.executable, "-m", "medvol.cli", *args]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpts = out / "runs" / "run_000" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(ckpts.glob("ckpt_*.pt.sha256")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err.decode()
+    assert "run the same command again to resume" in err.decode()
+    state = json.loads((out / "sweep.json").read_text())
+    record = state["runs"][0]
+    assert record["status"] == "interrupted" and record["returncode"] == 130
+    stopped = max(int(p.name[5:12]) for p in ckpts.glob("ckpt_*.pt"))
+    assert 2 <= stopped < 400
+    assert (out / "report.md").is_file()
+    # the same command resumes the run from its checkpoint and scores it
+    done = subprocess.run(cmd, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    state = json.loads((out / "sweep.json").read_text())
+    assert state["runs"][0]["status"] == "evaluated" and state["runs"][0]["provenance"]["iteration"] == 400
+    assert f"resumed from {ckpts / f'ckpt_{stopped:07d}.pt'}" in (out / "runs" / "run_000" / "train.log").read_text()
