@@ -44,6 +44,8 @@ LOG_TAIL = 20
 #: Seconds a run gets to checkpoint and exit after Ctrl-C before it is killed.
 STOP_GRACE = 120
 DONE = ("evaluated",)
+#: Exit statuses of a run stopped by a signal after checkpointing (medvol train: 128 + signal).
+STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM)
 FAILED = ("failed", "eval_failed")
 
 
@@ -235,7 +237,7 @@ class Sweep:
             except KeyboardInterrupt:
                 self._stop(proc)
                 record.update(status="interrupted", returncode=proc.returncode,
-                              train_seconds=record.get("train_seconds", 0.0) + time.monotonic() - start,
+                              train_seconds=round(record.get("train_seconds", 0.0) + time.monotonic() - start, 2),
                               log_tail=log_tail(log))
                 self._save(state)
                 raise KeyboardInterrupt(f"interrupted while {record['id']} trained (it stopped at a "
@@ -245,6 +247,10 @@ class Sweep:
         if code == 0:
             record["status"] = "trained"
             record.pop("log_tail", None)
+        elif code in STOPPED:
+            # The run alone got SIGINT / SIGTERM (not the sweep): it checkpointed; resume it next time.
+            record.update(status="interrupted", log_tail=log_tail(log))
+            self.echo(f"{record['id']}: interrupted (exit status {code}); resumed when the sweep runs again")
         else:
             tail = log_tail(log)
             reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
