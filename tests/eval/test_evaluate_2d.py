@@ -133,8 +133,11 @@ def test_checkpoint_against_its_training_slices(tmp_path, weights, run_2d, capsy
     assert code == 0, err
     a, sa = scores_of(tmp_path / "a")
     b, sb = scores_of(tmp_path / "b")
-    # deterministic per seed, whatever the generation batch
-    assert sa == sb
+    # deterministic per seed, whatever the generation batch (up to float summation order)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key]["value"] == pytest.approx(sb[key]["value"], rel=1e-6, abs=1e-9), key
+    assert a["fake"]["names"] == b["fake"]["names"] and a["real"]["names"] == b["real"]["names"]
     ckpt = sorted((run_2d / "checkpoints").glob("ckpt_*.pt"))[-1]
     sha = (ckpt.parent / (ckpt.name + ".sha256")).read_text().split()[0]
     fake = a["fake"]
