@@ -24,6 +24,7 @@ so a sweep's first K runs are the same whatever K, and a larger ``--runs`` exten
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -37,6 +38,8 @@ from medvol.errors import MedvolError
 GRID_KEYS = ("fixed", "grid", "when", "stratify")
 #: Draws tried per run before giving up on finding a configuration not drawn before.
 MAX_ATTEMPTS = 1000
+#: Grids up to this many combinations are enumerated to count their distinct configurations.
+COUNT_LIMIT = 100_000
 
 
 def canonical_hash(data: Any) -> str:
@@ -128,8 +131,16 @@ class Grid:
 
     @property
     def size(self) -> int:
-        """Configurations in the grid (before ``when`` merges some of them)."""
-        return math.prod(len(values) for _, values in self.space)
+        """Distinct configurations in the grid: ``when`` rules merge those that differ only in a key
+        they unset (counted exactly up to :data:`COUNT_LIMIT` combinations, else an upper bound)."""
+        nominal = math.prod(len(values) for _, values in self.space)
+        if not self.when or nominal > COUNT_LIMIT:
+            return nominal
+        seen = set()
+        for combo in itertools.product(*(values for _, values in self.space)):
+            values = {key: value for (keys, _), value in zip(self.space, combo) for key in keys}
+            seen.add(canonical_hash(self._apply_when(values)))
+        return len(seen)
 
     def draw(self, count: int, seed: int) -> list[dict[str, Any]]:
         """The first ``count`` configurations of this grid for ``seed`` (see the module docstring).
@@ -151,11 +162,16 @@ class Grid:
                 if key not in seen:
                     break
             else:
-                raise MedvolError(f"--runs {count}: could not draw run {i} distinct from the earlier "
-                                  f"ones (the grid's 'when' rules leave fewer configurations)")
+                why = f"; stratify by {self.stratify} gives each value 1/{len(self._strata())} of the runs" \
+                    if self.stratify else ""
+                raise MedvolError(f"--runs {count}: no configuration left for run {i} that differs "
+                                  f"from the earlier runs (grid {self.path}{why})")
             seen.add(key)
             drawn.append(values)
         return drawn
+
+    def _strata(self) -> list:
+        return next(values for keys, values in self.space if self.stratify in keys)
 
     def _one(self, rng: np.random.Generator, i: int) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -166,6 +182,9 @@ class Grid:
                 value = choices[int(rng.integers(len(choices)))]
             for key in keys:
                 values[key] = value
+        return self._apply_when(values)
+
+    def _apply_when(self, values: dict[str, Any]) -> dict[str, Any]:
         for key, cond in self.when.items():
             if not all(values.get(other) in allowed for other, allowed in cond.items()):
                 values.pop(key, None)
