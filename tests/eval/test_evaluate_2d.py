@@ -222,3 +222,28 @@ def test_2d_extractor_refused_on_volumes_and_bad_png(tmp_path, weights, png_sets
     code, _, err = run_eval(capsys, "--real", "phantom:0", "--fake", bad, "--features",
                             f"inception:{weights}", "--out", tmp_path / "b")
     assert code == 2 and "a.png" in err and len(err.strip().splitlines()) == 1
+
+
+def test_mask_channels_are_not_fed(tmp_path):
+    """Real slices with a mask channel and a two-channel model: only channel 0 reaches the extractor."""
+    from medvol.eval.images2d import GeneratedImages, RealSlices
+    from medvol.models import build
+
+    slices = SliceDataset(PhantomVolumeDataset(SIZE, 2, nodules=True), content_only=True, masks=True)
+    real = RealSlices(slices, 5, seed=0, info={"source": "test"})
+    for (name, image), k in zip(real, real.indices):
+        item = slices[int(k)]["image"]
+        assert item.shape[0] == 2 and image.shape == (SIZE, SIZE)
+        np.testing.assert_array_equal(image, item[0].numpy())
+    torch.manual_seed(0)
+    system = build("dcgan", SIZE, base_width=4, latent_dim=8, channels=2)
+    state = {"path": str(tmp_path / "ckpt.pt"), "iteration": 0}
+    (tmp_path / "ckpt.pt").write_bytes(b"stand-in")
+    cfg = load_config(ROOT / "configs" / "dcgan_tiny.yaml", ["--model.channels", "2", "--data.masks", "true"])
+    generated = list(GeneratedImages((system, cfg, state), 3, seed=1, batch=2, device="cpu"))
+    z = torch.cat([system.sample_latent(1, generator=g) for g in [torch.Generator().manual_seed(1)]
+                   for _ in range(3)])
+    both = system.generate(z)
+    assert both.shape[1] == 2 and len(generated) == 3
+    for (name, image), full in zip(generated, both):
+        np.testing.assert_allclose(image, full[0].numpy(), atol=1e-6)
