@@ -71,7 +71,9 @@ def log_tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt("terminated (SIGTERM); the sweep resumes when the same command runs again")
+    stop = KeyboardInterrupt("terminated (SIGTERM); the sweep resumes when the same command runs again")
+    stop.exit_code = 128 + signal.SIGTERM  # the CLI's exit status, as for medvol train
+    raise stop
 
 
 def pick_score(scores: dict, select: str) -> str:
@@ -234,14 +236,16 @@ class Sweep:
             proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             try:
                 code = proc.wait()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as interrupt:
                 self._stop(proc)
                 record.update(status="interrupted", returncode=proc.returncode,
                               train_seconds=round(record.get("train_seconds", 0.0) + time.monotonic() - start, 2),
                               log_tail=log_tail(log))
                 self._save(state)
-                raise KeyboardInterrupt(f"interrupted while {record['id']} trained (it stopped at a "
-                                        "checkpoint); run the same command again to resume") from None
+                stop = KeyboardInterrupt(f"interrupted while {record['id']} trained (it stopped at a "
+                                         "checkpoint); run the same command again to resume")
+                stop.exit_code = getattr(interrupt, "exit_code", 130)
+                raise stop from None
         record["train_seconds"] = round(record.get("train_seconds", 0.0) + time.monotonic() - start, 2)
         record["returncode"] = code
         if code == 0:
