@@ -224,8 +224,9 @@ def test_2d_extractor_refused_on_volumes_and_bad_png(tmp_path, weights, png_sets
     assert code == 2 and "a.png" in err and len(err.strip().splitlines()) == 1
 
 
-def test_mask_channels_are_not_fed(tmp_path):
-    """Real slices with a mask channel and a two-channel model: only channel 0 reaches the extractor."""
+def test_fed_images_are_channel_0_of_the_seeded_latents(tmp_path):
+    """Real slices with a mask channel and a two-channel model: only channel 0 reaches the extractor,
+    and generated image i is G of the i-th latent of the seeded generator, whatever the batch."""
     from medvol.eval.images2d import GeneratedImages, RealSlices
     from medvol.models import build
 
