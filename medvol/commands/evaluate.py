@@ -12,9 +12,12 @@ def register(subparsers) -> None:
         description="Score a generated set against a real one (Frechet distance, KID, Gaussian "
                     "MMD, precision/recall/density/coverage) on the chosen feature extractors, "
                     "with bootstrap intervals over volumes. Writes scores.json (every score with "
-                    "its provenance) and scores.md into --out.")
+                    "its provenance) and scores.md into --out. A 2D model's checkpoint or a folder "
+                    "of 2D images (PNG, 2D NIfTI) as --fake is scored as images against real "
+                    "slices (--real data: the run's own training slices).")
     parser.add_argument("--real", required=True,
-                        help="cache folder, volume file/folder/glob, phantom[:SEED], or features .npy")
+                        help="cache folder, volume file/folder/glob, phantom[:SEED], or features .npy; "
+                             "for 2D also data (a 2D checkpoint's training slices) or 2D images")
     parser.add_argument("--fake", help="as --real, or a checkpoint / run folder (generated on the fly)")
     parser.add_argument("--run", help="instead of --fake: score a run's checkpoints (see --every)")
     parser.add_argument("--every", type=int, default=1,
@@ -22,16 +25,21 @@ def register(subparsers) -> None:
     parser.add_argument("--best", help="--run: the score that picks the best checkpoint "
                                        "(default mean/fid or fid)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--features", default="inception2.5d",
-                        help="comma list: inception2.5d[:PATH], medicalnet:PATH[:SHA256], or a "
-                             "registered extractor (default inception2.5d)")
+    parser.add_argument("--features",
+                        help="comma list: inception2.5d[:PATH], medicalnet:PATH[:SHA256], "
+                             "inception[:PATH] (2D images), or a registered extractor (default "
+                             "inception2.5d for volumes, inception for 2D images)")
     parser.add_argument("--metrics", default="fid,kid,mmd,prdc",
                         help="comma list of fid,kid,mmd,prdc,msssim,memorization (default: the first four)")
     parser.add_argument("--train", help="training set for memorization (default: the train split of "
                                         "--real when it is a cache)")
     parser.add_argument("--diversity-n", type=int, default=16, dest="diversity_n",
                         help="msssim: volumes per set kept for pairwise MS-SSIM (default 16)")
-    parser.add_argument("--n", type=int, help="volumes per set (default: all; 16 generated)")
+    parser.add_argument("--n", type=int, help="volumes per set (default: all; 16 generated); 2D: "
+                                               "images per set (default 256)")
+    parser.add_argument("--plane", default="axial", choices=["axial", "coronal", "sagittal"],
+                        help="2D image folders: the plane of the real slices (a checkpoint's own "
+                             "plane is used for its runs)")
     parser.add_argument("--size", type=int, help="volume size for raw volumes, phantoms and checks")
     parser.add_argument("--modality", default="ct", choices=["ct", "mr"], help="raw volumes: ct or mr")
     parser.add_argument("--window", help="raw CT volumes: HU window MIN,MAX")
@@ -69,13 +77,13 @@ def run(args) -> int:
     if (args.fake is None) == (args.run is None):
         raise MedvolError("give exactly one of --fake and --run")
     options = dict(
-        features=[s for s in args.features.split(",") if s],
+        features=[s for s in args.features.split(",") if s] if args.features else None,
         metrics=[m for m in args.metrics.split(",") if m],
         n=args.n, size=args.size, modality=args.modality,
         window=parse_window(args.window) if args.window else None,
         split=args.split, seed=args.seed, k=args.k, n_boot=args.bootstrap,
         slices_per_volume=args.slices_per_volume, batch=args.batch, device=args.device,
-        overwrite=args.overwrite, progress=_progress, train=args.train, diversity_n=args.diversity_n,
+        overwrite=args.overwrite, progress=_progress, plane=args.plane, train=args.train, diversity_n=args.diversity_n,
         command="medvol " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     if args.run is not None:

