@@ -17,7 +17,7 @@ from medvol.errors import MedvolError
 from medvol.utils import console_safe, missing_extra, missing_package
 
 #: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
-COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "compare", "features", "profile", "info", "view"]
+COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "compare", "features", "profile", "info", "view", "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:
