@@ -42,7 +42,8 @@ def score_markdown(result: dict) -> str:
     t, c = result["chi2_totals"], result["chi2_pairs"]
     kappa = result["fleiss_kappa"]
     lines += ["", f"- χ² goodness of fit on the totals: χ² = {t['chi2']:.2f}, df = {t['df']}, p = {_p(t['p'])}",
-              f"- χ² contingency, pairs × sources: χ² = {c['chi2']:.2f}, df = {c['df']}, p = {_p(c['p'])}",
+              f"- χ² contingency, pairs × sources: χ² = {c['chi2']:.2f}, df = {c['df']}, p = {_p(c['p'])}"
+              if c["chi2"] is not None else f"- χ² contingency, pairs × sources: undefined ({c['undefined']})",
               f"- Fleiss' κ between readers: {kappa:.3f}" if kappa is not None else
               "- Fleiss' κ: needs at least two readers (and answers in both categories)", ""]
     if "votes_by_reader" in result:

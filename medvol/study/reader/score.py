@@ -50,6 +50,15 @@ def vote_table(key: dict, by_reader: dict[str, dict[str, Answer]]) -> tuple[np.n
     return np.asarray(table, dtype=np.int64), columns
 
 
+def _contingency(table: np.ndarray) -> dict:
+    """The per-pair χ², or None values with the reason where it is undefined (a source that no
+    reader ever chose, or a study of one pair)."""
+    try:
+        return stats.chi2_contingency(table)
+    except MedvolError as error:
+        return {"chi2": None, "p": None, "df": None, "undefined": str(error)}
+
+
 def _summary(values: list[float]) -> dict:
     array = np.asarray(values, dtype=np.float64)
     return {"n": int(array.size), "mean": float(array.mean()), "median": float(np.median(array)),
@@ -99,7 +108,7 @@ def score_answers(key: dict, by_reader: dict[str, dict[str, Answer]], experience
         "votes": votes, "shown": shown,
         "votes_per_pair": {name: _summary(per_pair_votes[name]) for name in order},
         "chi2_totals": stats.chi2_goodness_of_fit([votes[n] for n in order], [shown[n] for n in order]),
-        "chi2_pairs": stats.chi2_contingency(table),
+        "chi2_pairs": _contingency(table),
         "per_pair": [{"pair": p["pair"], "plane": p.get("plane"), "votes": {a: int(r[0]), b: int(r[1])}}
                      for p, r, (a, b) in zip(pairs, table, columns)],
         "margin": margin, "alpha": alpha, "confidence": confidence,
