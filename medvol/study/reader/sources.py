@@ -63,12 +63,13 @@ def parse_fake(text: str) -> tuple[str, str]:
 
 
 def is_checkpoint(path: Path) -> bool:
-    """A ``ckpt_*.pt`` file or a run folder holding one."""
+    """A ``ckpt_*.pt`` file, a run folder (``checkpoints/ckpt_*.pt``) or a checkpoints folder."""
     from medvol.train.checkpoint import list_checkpoints
 
     if path.is_file():
         return path.suffix == ".pt"
-    return path.is_dir() and bool(list_checkpoints(path, require_checksum=False))
+    return path.is_dir() and any(list_checkpoints(folder, require_checksum=False)
+                                 for folder in (path / "checkpoints", path))
 
 
 def _cache_source(name: str, path: Path, split: str) -> Source:
