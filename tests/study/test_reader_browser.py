@@ -55,6 +55,15 @@ def _images_loaded(driver) -> bool:
         "return m.complete && m.naturalWidth > 0;});")
 
 
+def _reload(driver, progress: str):
+    from selenium.webdriver.common.by import By
+
+    driver.refresh()
+    _wait(lambda: _images_loaded(driver), what="images after reload")
+    assert driver.find_element(By.ID, "progress-text").text == progress
+    return driver.find_element(By.TAG_NAME, "body")
+
+
 def test_full_study_in_chromium_with_a_reload(browser, rvf_study, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -81,23 +90,27 @@ def test_full_study_in_chromium_with_a_reload(browser, rvf_study, tmp_path):
         # Alternate the ways of answering: keys on even pairs, clicks on odd ones.
         choice, difficulty = ("left", "right")[i % 2], 1 + i % 5
         planned[pair] = (choice, difficulty)
-        if i % 2 == 0:
+        keys = i % 2 == 0
+        if keys:
             body.send_keys(Keys.ARROW_LEFT if choice == "left" else Keys.ARROW_RIGHT)
-            body.send_keys(str(difficulty))
         else:
             browser.find_element(By.ID, f"choose-{choice}").click()
-            browser.find_element(By.CSS_SELECTOR, f"input[name=difficulty][value='{difficulty}']").click()
-        assert browser.find_element(By.ID, "next").is_enabled()
         if i == 2:
-            # Reload before confirming: the choice and difficulty of the open pair survive,
-            # and so do the answers before it.
-            browser.refresh()
-            _wait(lambda: _images_loaded(browser), what="images after reload")
-            assert browser.find_element(By.ID, "progress-text").text == f"Pair {i + 1} of {n}"
+            # A reload after the choice keeps it (and the answers before it) ...
+            body = _reload(browser, f"Pair {i + 1} of {n}")
+            assert "chosen" in browser.find_element(By.ID, f"choose-{choice}").get_attribute("class")
+            assert not browser.find_element(By.ID, "next").is_enabled()
+        if keys:
+            body.send_keys(str(difficulty))
+        else:
+            browser.find_element(By.CSS_SELECTOR, f"input[name=difficulty][value='{difficulty}']").click()
+        if i == 2:
+            # ... and one after the difficulty keeps both.
+            body = _reload(browser, f"Pair {i + 1} of {n}")
             assert "chosen" in browser.find_element(By.ID, f"choose-{choice}").get_attribute("class")
             checked = browser.find_element(By.CSS_SELECTOR, "input[name=difficulty]:checked")
             assert checked.get_attribute("value") == str(difficulty)
-            body = browser.find_element(By.TAG_NAME, "body")
+        assert browser.find_element(By.ID, "next").is_enabled()
         if i % 2 == 0:
             body.send_keys(Keys.ENTER)
         else:
