@@ -37,3 +37,14 @@ def mvm_study(tmp_path_factory, phantom_sources) -> Path:
     out = tmp_path_factory.mktemp("studies") / "mvm"
     return make_study(out, [f"alphaGAN={phantom_sources['fakeA']}", f"betaGAN={phantom_sources['fakeB']}"],
                       pairs=4, mode="model-vs-model", seed=1, planes="axial,coronal")
+
+
+@pytest.fixture(scope="session")
+def phantom_cache(tmp_path_factory, phantom_sources) -> Path:
+    """A 32³ cache of the ``real`` phantoms (one of the three in the validation fold)."""
+    from medvol.data.cache import build_cache
+    from medvol.data.preprocess import PreprocessParams
+
+    cache = tmp_path_factory.mktemp("reader_cache") / "cache"
+    build_cache(phantom_sources["real"], cache, PreprocessParams(size=32), val_fraction=0.34)
+    return cache

@@ -109,18 +109,15 @@ def test_model_vs_model(mvm_study):
     assert "more realistic" in _page_data(mvm_study)["question"]
 
 
-def test_real_cache_is_resized_to_the_generated_size(tmp_path, phantom_sources):
-    from medvol.data.cache import build_cache
+def test_real_cache_is_resized_to_the_generated_size(tmp_path, phantom_cache):
     from medvol.data.io import Volume, write_volume
     from medvol.data.phantom import make_phantom
-    from medvol.data.preprocess import PreprocessParams
 
-    build_cache(phantom_sources["real"], tmp_path / "cache", PreprocessParams(size=32), val_fraction=0.34)
     # "Generated" 16³ cubes at an isotropic spacing, as a model trained on a cache writes them.
     for i in range(2):
         volume, _ = make_phantom(16, seed=(4, i))
         write_volume(Volume(array=volume.array, spacing=(23.75,) * 3), tmp_path / "small" / f"g{i}.nii.gz")
-    study = make_study(tmp_path / "s", [f"g={tmp_path / 'small'}"], str(tmp_path / "cache"), pairs=2,
+    study = make_study(tmp_path / "s", [f"g={tmp_path / 'small'}"], str(phantom_cache), pairs=2,
                        real_split="val", window="auto")
     key = json.loads((study / "key.json").read_text())
     assert all(p["shape"] == [16, 16, 16] for p in key["pairs"])
@@ -131,15 +128,12 @@ def test_real_cache_is_resized_to_the_generated_size(tmp_path, phantom_sources):
     assert Image.open(study / "images" / f"{key['pairs'][0]['pair']}_left.png").size == (16, 16)
 
 
-def test_checkpoint_fake_generates_seeded_volumes(tmp_path, phantom_sources):
-    from medvol.data.cache import build_cache
-    from medvol.data.preprocess import PreprocessParams
+def test_checkpoint_fake_generates_seeded_volumes(tmp_path, phantom_cache):
     from medvol.train.trainer import train
     from tests.train.conftest import tiny_config
 
-    build_cache(phantom_sources["real"], tmp_path / "cache", PreprocessParams(size=32), val_fraction=0.34)
-    run = train(tiny_config(tmp_path / "run", source=str(tmp_path / "cache"), iterations=2))
-    studies = [make_study(tmp_path / f"s{i}", [f"crf={run}"], str(tmp_path / "cache"), pairs=2, seed=5,
+    run = train(tiny_config(tmp_path / "run", source=str(phantom_cache), iterations=2))
+    studies = [make_study(tmp_path / f"s{i}", [f"crf={run}"], str(phantom_cache), pairs=2, seed=5,
                           device="cpu") for i in range(2)]
     keys = [json.loads((s / "key.json").read_text()) for s in studies]
     fakes = [p[f"{s}_volume"] for p in keys[0]["pairs"] for s in ("left", "right") if p[s] == "crf"]
