@@ -167,3 +167,14 @@ def test_cli_score_prints_votes_and_chi2(crfgan_like, tmp_path, capsys):
     assert cli.main(["study", "reader", "score", str(study), str(answers), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "votes crfgan 215, hagan 145" in out and "chi2 totals 13.61" in out
+
+
+def test_json_answers_with_odd_values_name_the_answer(crfgan_like, tmp_path):
+    study, _, _ = crfgan_like
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"reader": 7, "answers": [{"pair": 3, "choice": "left", "difficulty": 2, "seconds": 1}]}))
+    with pytest.raises(MedvolError, match=r"r\.json: answer 1: unknown pair '3'"):
+        score_study(study, [bad], tmp_path / "out")
+    bad.write_text(json.dumps({"reader": "R", "answers": [{"pair": "p00", "side": "left"}]}))
+    with pytest.raises(MedvolError, match=r"r\.json: answer 1: unknown field 'side'"):
+        score_study(study, [bad], tmp_path / "out")

@@ -49,10 +49,10 @@ def load_key(study: str | Path) -> dict:
 
 
 def _check_row(where: str, row: dict, pairs: set[str]) -> Answer:
-    reader = (row.get("reader") or "").strip()
+    reader = str(row.get("reader") or "").strip()
     if not reader:
         raise MedvolError(f"{where}: empty reader")
-    pair = (row.get("pair") or "").strip()
+    pair = str(row.get("pair") or "").strip()
     if pair not in pairs:
         raise MedvolError(f"{where}: unknown pair {pair!r} (not in the study's key)")
     choice = str(row.get("choice") or "").strip().lower()

@@ -194,7 +194,8 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
         if real is not None:
             sources["real"] = real_source(real, real_split)
         for name, spec in parsed:
-            sources[name] = fake_source(name, spec, needed[name], seed, scratch, device=device)
+            # A fake that no pair uses (fewer pairs than comparisons) still gets one volume: it is checked.
+            sources[name] = fake_source(name, spec, max(1, needed[name]), seed, scratch, device=device)
         plans = plan_pairs(mode, names, {n: len(s) for n, s in sources.items()}, pairs, plane_list, low_high, rng)
         with atomic_dir(out) as tmp:
             key_pairs = _write_images(tmp, plans, sources, window, mode)
