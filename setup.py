@@ -46,7 +46,7 @@ EXTRAS_REQUIRE = {
     "plot": ["matplotlib"],
     # The tests, and the libraries the evaluation tests use as oracles (pytorch-fid needs
     # torchvision, which the Makefile installs from the same local wheels as torch).
-    "dev": ["pytest>=8", "pytest-qt", "pytorch-fid", "prdc", "scikit-learn", "scipy"],
+    "dev": ["pytest>=8", "pytest-qt", "pytorch-fid", "prdc", "scikit-learn", "scipy", "selenium"],
 }
 EXTRAS_REQUIRE["all"] = sorted({req for name, reqs in EXTRAS_REQUIRE.items() if name != "dev" for req in reqs})
 
@@ -201,7 +201,7 @@ def main() -> None:
         python_requires=">=3.10",
         packages=find_packages(include=["medvol", "medvol.*"]) + ["medvol.kernels"],
         package_dir={"medvol.kernels": "kernels"},
-        package_data={"medvol": ["napari.yaml"]},
+        package_data={"medvol": ["napari.yaml", "study/reader/template/*"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         install_requires=INSTALL_REQUIRES,

@@ -17,7 +17,8 @@ from medvol.errors import MedvolError
 from medvol.utils import console_safe, missing_extra, missing_package
 
 #: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
-COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "compare", "features", "profile", "info", "view", "sweep"]
+COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "compare", "features", "sweep",
+                       "study", "profile", "info", "view"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,80 @@
+"""``medvol study reader make|score``: the two-alternative forced-choice reader-study kit."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(actions) -> None:
+    parser = actions.add_parser(
+        "reader", help="two-alternative forced-choice reader study: make the page, score the answers",
+        description="Make a static reader-study page (real vs fake, or model vs model) and score the "
+                    "readers' answers (docs/studies.md).")
+    steps = parser.add_subparsers(dest="reader_command", metavar="STEP")
+    steps.required = True
+    make = steps.add_parser(
+        "make", help="write STUDY/ (index.html, images, key.json)",
+        description="Pairs of slices at the same position and plane, left/right randomised with --seed, "
+                    "as a self-contained page STUDY/index.html; the answer key goes to STUDY/key.json "
+                    "(keep it from the readers).")
+    make.add_argument("--real", help="real volumes: a medvol cache or a folder/file/glob (real-vs-fake)")
+    make.add_argument("--fake", action="append", default=[], metavar="NAME=DIR_OR_CKPT",
+                      help="a generated source: a folder of volumes or a checkpoint (file or run folder); repeat")
+    make.add_argument("--pairs", type=int, default=30, help="number of pairs (default 30)")
+    make.add_argument("--planes", default="axial,coronal,sagittal", help="planes to take turns over")
+    make.add_argument("--mode", default="real-vs-fake", choices=["real-vs-fake", "model-vs-model"])
+    make.add_argument("--seed", type=int, default=0, help="seeds generation, pairing, sides and order")
+    make.add_argument("--window", default="lung",
+                      help="lung, mediastinum, bone, LOW,HIGH in HU, or auto (pair percentiles, MR)")
+    make.add_argument("--positions", default="0.3,0.7", help="slice positions, fractions of the axis (LOW,HIGH)")
+    make.add_argument("--real-split", default="all", choices=["all", "train", "val"], dest="real_split",
+                      help="volumes of a --real cache (default all)")
+    make.add_argument("--title", help="page title")
+    make.add_argument("--device", default="auto", help="where checkpoints generate: auto, cpu, cuda[:N]")
+    make.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    make.add_argument("--out", required=True, help="the study folder")
+    make.set_defaults(func=run_make)
+
+    score = steps.add_parser(
+        "score", help="score answer files against STUDY/key.json",
+        description="Accuracy with exact binomial intervals, d′ and a TOST equivalence test (real vs fake); "
+                    "votes, χ² on the totals and per pair, Fleiss' κ, Likert and time summaries. Writes "
+                    "score.json, score.md and score.png.")
+    score.add_argument("study", help="the study folder (with key.json) or the key file")
+    score.add_argument("answers", nargs="+", help="answer files exported by the page (CSV or JSON)")
+    score.add_argument("--margin", type=float, default=0.1, help="TOST equivalence margin around 0.5 (default 0.1)")
+    score.add_argument("--alpha", type=float, default=0.05, help="TOST level (default 0.05)")
+    score.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    score.add_argument("--out", required=True, help="output folder")
+    score.set_defaults(func=run_score)
+
+
+def run_make(args: argparse.Namespace) -> int:
+    import logging
+
+    from medvol.study.reader.make import make_study
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    out = make_study(args.out, args.fake, args.real, pairs=args.pairs, planes=args.planes, mode=args.mode,
+                     seed=args.seed, window=args.window, positions=args.positions, real_split=args.real_split,
+                     title=args.title, device=args.device, overwrite=args.overwrite)
+    print(f"wrote {args.pairs} pairs to {out}: give readers {out}/index.html with {out}/images/ "
+          f"(not {out}/key.json)")
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from medvol.study.reader.score import score_study
+
+    result = score_study(args.study, args.answers, args.out, margin=args.margin, alpha=args.alpha,
+                         confidence=args.confidence)
+    if "accuracy" in result:
+        pooled = result["accuracy"]["pooled"]
+        low, high = pooled["ci"]
+        print(f"pooled accuracy {pooled['accuracy']:.3f} [{low:.3f}, {high:.3f}] over {pooled['n']} answers: "
+              f"{pooled['verdict']}")
+    votes = ", ".join(f"{name} {count}" for name, count in result["votes"].items())
+    t = result["chi2_totals"]
+    print(f"votes {votes}; chi2 totals {t['chi2']:.2f} (df {t['df']}, p {t['p']:.3g}); "
+          f"wrote score.json, score.md, score.png to {args.out}")
+    return 0

@@ -1,0 +1,5 @@
+"""Studies that judge synthetic data beyond metrics (``medvol study …``).
+
+- :mod:`medvol.study.reader`: the two-alternative forced-choice reader-study kit (make a static
+  study page from real and generated volumes, score the readers' answers).
+"""

@@ -1,0 +1,174 @@
+"""``medvol study reader score``: accuracy, d′, votes, χ², Fleiss' κ, Likert; JSON, markdown, plot.
+
+What is computed (docs/studies.md explains each choice):
+
+- real-vs-fake: per reader and pooled, the proportion of pairs where the real image was chosen,
+  its exact (Clopper–Pearson) interval, d′ = √2 Φ⁻¹(PC), and a TOST equivalence test of the
+  proportion against 0.5 with ``margin``. "Indistinguishable" is said only when TOST rejects
+  non-equivalence; a non-significant difference from 0.5 is reported as inconclusive.
+- Both modes: votes per source (how often each was chosen), the χ² goodness of fit of the vote
+  totals to the shares expected by chance (each source shown equally often: equal shares), the
+  per-pair contingency χ² (pairs × the pair's two sources), each source's votes per pair (mean
+  and SD over pairs), Fleiss' κ between readers on the same table, Likert and time summaries.
+
+Pooled figures treat every (reader, pair) answer as one independent trial, which they are not
+(the same pairs are seen by every reader); per-reader figures and κ show how far that holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medvol.errors import MedvolError
+from medvol.study.reader import stats
+from medvol.study.reader.answers import Answer, load_key, read_answers
+from medvol.utils import checked_write
+
+DEFAULT_MARGIN = 0.1
+DEFAULT_ALPHA = 0.05
+
+
+def _ordered_sources(key: dict) -> list[str]:
+    names = {p["left"] for p in key["pairs"]} | {p["right"] for p in key["pairs"]}
+    return (["real"] if "real" in names else []) + sorted(names - {"real"})
+
+
+def vote_table(key: dict, by_reader: dict[str, dict[str, Answer]]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """``(table, columns)``: table[i] = readers choosing the first / second source of pair i
+    (first in source order: ``real``, then fake names sorted), columns[i] = those two names."""
+    order = _ordered_sources(key)
+    table, columns = [], []
+    for pair in key["pairs"]:
+        first, second = sorted((pair["left"], pair["right"]), key=order.index)
+        chosen = [pair[answers[pair["pair"]].choice] for answers in by_reader.values()]
+        table.append([chosen.count(first), chosen.count(second)])
+        columns.append((first, second))
+    return np.asarray(table, dtype=np.int64), columns
+
+
+def _contingency(table: np.ndarray) -> dict:
+    """The per-pair χ², or None values with the reason where it is undefined (a source that no
+    reader ever chose, or a study of one pair)."""
+    try:
+        return stats.chi2_contingency(table)
+    except MedvolError as error:
+        return {"chi2": None, "p": None, "df": None, "undefined": str(error)}
+
+
+def _summary(values: list[float]) -> dict:
+    array = np.asarray(values, dtype=np.float64)
+    return {"n": int(array.size), "mean": float(array.mean()), "median": float(np.median(array)),
+            "sd": float(array.std(ddof=1)) if array.size > 1 else None}
+
+
+def _likert(values: list[int]) -> dict:
+    return dict(_summary(values), counts={str(level): values.count(level) for level in range(1, 6)})
+
+
+def _accuracy(correct: int, n: int, margin: float, alpha: float, confidence: float) -> dict:
+    low, high = stats.clopper_pearson(correct, n, confidence)
+    dprime, used = stats.dprime_2afc(correct, n)
+    tost = stats.tost_proportion(correct, n, margin)
+    equivalent = tost["p"] < alpha
+    above = low > 0.5
+    verdict = ("indistinguishable (equivalent to chance)" if equivalent else
+               "distinguishable (above chance)" if above else
+               "below chance (fakes chosen as real more often)" if high < 0.5 else "inconclusive")
+    return {"correct": correct, "n": n, "accuracy": correct / n, "ci": [low, high], "dprime": dprime,
+            "dprime_proportion": used, "tost": tost, "equivalent": equivalent, "verdict": verdict}
+
+
+def score_answers(key: dict, by_reader: dict[str, dict[str, Answer]], experience: dict | None = None, *,
+                  margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA, confidence: float = 0.95) -> dict:
+    """The score of a study (module docstring) as a JSON-ready dict."""
+    if not 0.0 < alpha < 0.5:
+        raise MedvolError(f"--alpha {alpha}: expected a level in (0, 0.5)")
+    if not 0.0 < confidence < 1.0:
+        raise MedvolError(f"--confidence {confidence}: expected a number in (0, 1)")
+    stats.tost_proportion(0, 1, margin)  # a bad margin fails here, naming --margin
+    readers = sorted(by_reader)
+    order = _ordered_sources(key)
+    pairs = key["pairs"]
+    table, columns = vote_table(key, by_reader)
+    votes = {name: 0 for name in order}
+    shown = {name: 0 for name in order}
+    per_pair_votes: dict[str, list[int]] = {name: [] for name in order}
+    for row, (first, second) in zip(table, columns):
+        for name, count in ((first, row[0]), (second, row[1])):
+            votes[name] += int(count)
+            shown[name] += len(readers)
+            per_pair_votes[name].append(int(count))
+    result: dict = {
+        "mode": key["mode"], "study": key.get("study"), "n_pairs": len(pairs), "readers": readers,
+        "experience": {r: (experience or {}).get(r) for r in readers},
+        "votes": votes, "shown": shown,
+        "votes_per_pair": {name: _summary(per_pair_votes[name]) for name in order},
+        "chi2_totals": stats.chi2_goodness_of_fit([votes[n] for n in order], [shown[n] for n in order]),
+        "chi2_pairs": _contingency(table),
+        "per_pair": [{"pair": p["pair"], "plane": p.get("plane"), "votes": {a: int(r[0]), b: int(r[1])}}
+                     for p, r, (a, b) in zip(pairs, table, columns)],
+        "margin": margin, "alpha": alpha, "confidence": confidence,
+    }
+    result["fleiss_kappa"] = stats.fleiss_kappa(table) if len(readers) >= 2 else None
+    if result["fleiss_kappa"] is not None and not np.isfinite(result["fleiss_kappa"]):
+        result["fleiss_kappa"] = None  # every answer in one category: agreement is undefined
+
+    all_answers = [by_reader[r][p["pair"]] for r in readers for p in pairs]
+    key_of = {p["pair"]: p for p in pairs}
+    result["likert"] = {"pooled": _likert([a.difficulty for a in all_answers]),
+                        "by_reader": {r: _likert([a.difficulty for a in by_reader[r].values()]) for r in readers}}
+    result["seconds"] = {"pooled": _summary([a.seconds for a in all_answers]),
+                         "by_reader": {r: _summary([a.seconds for a in by_reader[r].values()]) for r in readers}}
+    chosen = lambda a: key_of[a.pair][a.choice]  # noqa: E731 - the source an answer picked
+    result["likert"]["by_choice"] = {name: _likert([a.difficulty for a in all_answers if chosen(a) == name])
+                                     for name in order if any(chosen(a) == name for a in all_answers)}
+    if key["mode"] == "real-vs-fake":
+        def accuracy(answers: list[Answer]) -> dict:
+            return _accuracy(sum(chosen(a) == "real" for a in answers), len(answers), margin, alpha, confidence)
+
+        result["accuracy"] = {
+            "pooled": accuracy(all_answers),
+            "by_reader": {r: accuracy(list(by_reader[r].values())) for r in readers},
+            "by_fake": {name: accuracy([a for a in all_answers if name in (key_of[a.pair]["left"], key_of[a.pair]["right"])])
+                        for name in order if name != "real"},
+        }
+    else:
+        result["votes_by_reader"] = {r: {name: sum(chosen(a) == name for a in by_reader[r].values()) for name in order}
+                                     for r in readers}
+    return result
+
+
+def score_study(study: str | os.PathLike, answer_files: list[str | os.PathLike], out: str | os.PathLike, *,
+                margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA, confidence: float = 0.95,
+                plot: bool = True) -> dict:
+    """Read the key and answers, score them, write ``score.json``, ``score.md`` and ``score.png``.
+
+    Returns:
+        The score dict (as in score.json).
+
+    Raises:
+        MedvolError: anything :func:`load_key` / :func:`read_answers` refuse (naming file and row),
+            bad options, a failed write.
+    """
+    from medvol.study.reader.report import plot_score, score_markdown
+
+    key = load_key(study)
+    by_reader, experience = read_answers([Path(f) for f in answer_files], key)
+    result = score_answers(key, by_reader, experience, margin=margin, alpha=alpha, confidence=confidence)
+    result["answer_files"] = [str(f) for f in answer_files]
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedvolError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with checked_write(out / "score.json", "score") as tmp:
+        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    with checked_write(out / "score.md", "score report") as tmp:
+        tmp.write_text(score_markdown(result), encoding="utf-8")
+    if plot:
+        with checked_write(out / "score.png", "score plot") as tmp:
+            plot_score(result, tmp)
+    return result
