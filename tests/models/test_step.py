@@ -50,8 +50,12 @@ def test_crf_weight_schedule():
 
 
 def test_crf_blend_enters_generator_loss(tiny, volume):
-    # Same state and randomness: the generator loss differs only through the CRF's share.
+    # Same state and randomness: the generator loss differs only through the CRF's share. The
+    # published W starts at zeros, where the CRF's output equals its unary (the D logit) and every
+    # blend is the same number, so W is made non-zero first.
     system = tiny("crfgan")
+    with torch.no_grad():
+        system.crf.compat.copy_(torch.randn(system.crf.compat.shape, generator=torch.Generator().manual_seed(3)))
     losses = {}
     for iteration in (0, 60_000):
         clone = copy.deepcopy(system)
