@@ -13,7 +13,9 @@ from typing import Iterable
 
 from medvol.errors import MedvolError
 
-MODELS = ("hagan", "crfgan", "dcgan", "mlpgan")
+#: The registry's models (tests/profile/test_profile_2d.py keeps the two lists equal; the registry
+#: itself is imported lazily, it builds every network module).
+MODELS = ("hagan", "crfgan", "dcgan", "mlpgan", "stylegan2", "fastgan", "spade", "pix2pix")
 MODES = ("reference", "optimized")
 DATA = ("synthetic", "phantom")
 KINDS = ("measure", "estimate")

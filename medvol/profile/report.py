@@ -18,7 +18,8 @@ from pathlib import Path
 from medvol.utils import atomic_path
 
 MIB = 2**20
-NAMES = {"hagan": "HA-GAN", "crfgan": "CRF-GAN", "dcgan": "DCGAN", "mlpgan": "MLP-GAN"}
+NAMES = {"hagan": "HA-GAN", "crfgan": "CRF-GAN", "dcgan": "DCGAN", "mlpgan": "MLP-GAN", "stylegan2": "StyleGAN2",
+         "fastgan": "FastGAN", "spade": "SPADE", "pix2pix": "Pix2Pix"}
 _POWER = {2: "²", 3: "³"}
 FILES = ("profile.md", "profile.csv", "profile.json", "profile.png")
 

@@ -121,7 +121,7 @@ def test_image_files_phantoms_score_closer_than_noise(tmp_path, weights, png_set
     assert info["extractor"] == "inception" and info["weights"] == str(weights)
     assert len(info["weights_sha256"]) == 64 and "mask channels are not fed" in info["preprocessing"]
     assert pp["extractors"][0]["rows"] == {"image": [12, 12]}
-    assert "ci_low" in s_pp["image/fid"] and "(12 images)" in (tmp_path / "pp" / "scores.md").read_text()
+    assert "ci_low" in s_pp["image/fid"] and "(12 images)" in (tmp_path / "pp" / "scores.md").read_text(encoding="utf-8")
 
 
 def test_checkpoint_against_its_training_slices(tmp_path, weights, run_2d, capsys):
@@ -139,7 +139,7 @@ def test_checkpoint_against_its_training_slices(tmp_path, weights, run_2d, capsy
         assert sa[key]["value"] == pytest.approx(sb[key]["value"], rel=1e-6, abs=1e-9), key
     assert a["fake"]["names"] == b["fake"]["names"] and a["real"]["names"] == b["real"]["names"]
     ckpt = sorted((run_2d / "checkpoints").glob("ckpt_*.pt"))[-1]
-    sha = (ckpt.parent / (ckpt.name + ".sha256")).read_text().split()[0]
+    sha = (ckpt.parent / (ckpt.name + ".sha256")).read_text(encoding="utf-8").split()[0]
     fake = a["fake"]
     assert fake["kind"] == "checkpoint" and fake["checkpoint_sha256"] == sha and fake["iteration"] == 4
     assert fake["seed"] == 3 and fake["n_images"] == 10 and fake["model"] == "dcgan@32"
@@ -156,10 +156,10 @@ def test_run_curve_for_a_2d_run(tmp_path, weights, run_2d, capsys):
     code = main(["evaluate", "--real", "data", "--run", str(run_2d), "--every", "2", "--features",
                  f"inception:{weights}", "--n", "6", "--bootstrap", "0", "--out", str(tmp_path / "curve")])
     assert code == 0, capsys.readouterr().err
-    lines = (tmp_path / "curve" / "curve.csv").read_text().splitlines()
+    lines = (tmp_path / "curve" / "curve.csv").read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("iteration,checkpoint,image/fid")
     assert [line.split(",")[0] for line in lines[1:]] == ["2", "4"]
-    best = json.loads((tmp_path / "curve" / "best.json").read_text())
+    best = json.loads((tmp_path / "curve" / "best.json").read_text(encoding="utf-8"))
     assert best["best_score"] == "image/fid" and best["best_iteration"] in (2, 4)
 
 

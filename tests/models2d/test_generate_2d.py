@@ -262,7 +262,7 @@ def _write_masks(folder):
     disc = (np.hypot(*np.mgrid[-16:16, -16:16]) < 9).astype(np.float32) * 3
     sitk.WriteImage(sitk.GetImageFromArray(disc), str(folder / "b.nii.gz"))
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((1, 32, 32), np.int16)), str(folder / "c.nii"))
-    (folder / "notes.txt").write_text("not a mask")
+    (folder / "notes.txt").write_text("not a mask", encoding="utf-8")
     return [square[::2, ::2] > 0, disc > 0, np.zeros((32, 32), bool)]
 
 

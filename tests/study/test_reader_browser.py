@@ -70,7 +70,7 @@ def test_full_study_in_chromium_with_a_reload(browser, rvf_study, tmp_path):
 
     from medvol.study.reader.score import score_study
 
-    key = json.loads((rvf_study / "key.json").read_text())
+    key = json.loads((rvf_study / "key.json").read_text(encoding="utf-8"))
     n = len(key["pairs"])
     browser.get((rvf_study / "index.html").as_uri())
     browser.find_element(By.ID, "reader-id").send_keys("R01")
@@ -123,14 +123,14 @@ def test_full_study_in_chromium_with_a_reload(browser, rvf_study, tmp_path):
     csv_file = _wait(lambda: next(iter(browser.downloads.glob("answers_R01.csv")), None), what="the CSV download")
     json_file = _wait(lambda: next(iter(browser.downloads.glob("answers_R01.json")), None), what="the JSON download")
     time.sleep(0.2)
-    rows = csv_file.read_text().splitlines()
+    rows = csv_file.read_text(encoding="utf-8").splitlines()
     assert rows[0] == "reader,pair,choice,difficulty,seconds"
     assert len(rows) == n + 1
     for row in rows[1:]:
         reader, pair, choice, difficulty, seconds = row.split(",")
         assert reader == "R01" and (choice, int(difficulty)) == planned[pair]
         assert float(seconds) >= 0
-    exported = json.loads(json_file.read_text())
+    exported = json.loads(json_file.read_text(encoding="utf-8"))
     assert exported["experience"] == {"role": "resident", "years": 3}
     assert [a["pair"] for a in exported["answers"]] == shown
 

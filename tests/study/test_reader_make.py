@@ -17,7 +17,7 @@ from medvol.study.reader.make import make_study
 
 
 def _page_data(study: Path) -> dict:
-    html = (study / "index.html").read_text()
+    html = (study / "index.html").read_text(encoding="utf-8")
     match = re.search(r'<script id="study-data" type="application/json">(.*?)</script>', html, re.S)
     return json.loads(match.group(1))
 
@@ -34,7 +34,7 @@ def _png_chunks(path: Path) -> list[bytes]:
 
 
 def test_the_key_never_reaches_the_page(rvf_study, phantom_sources):
-    key = json.loads((rvf_study / "key.json").read_text())
+    key = json.loads((rvf_study / "key.json").read_text(encoding="utf-8"))
     files = [p for p in rvf_study.rglob("*") if p.is_file() and p.name != "key.json"]
     assert {p.relative_to(rvf_study).as_posix() for p in files} == (
         {"index.html"} | {f"images/{p['pair']}_{side}.png" for p in key["pairs"] for side in ("left", "right")})
@@ -56,7 +56,7 @@ def test_the_key_never_reaches_the_page(rvf_study, phantom_sources):
 
 
 def test_key_format_and_balance(rvf_study):
-    key = json.loads((rvf_study / "key.json").read_text())
+    key = json.loads((rvf_study / "key.json").read_text(encoding="utf-8"))
     assert key["mode"] == "real-vs-fake" and len(key["pairs"]) == 6
     sides = [(p["left"], p["right"]) for p in key["pairs"]]
     assert all("real" in pair and set(pair) - {"real"} <= {"alphaGAN", "betaGAN"} for pair in sides)
@@ -77,7 +77,7 @@ def test_pair_images_are_the_same_slice_of_each_volume(rvf_study, phantom_source
     from medvol.data.io import read_volume
     from medvol.study.reader.images import to_uint8
 
-    key = json.loads((rvf_study / "key.json").read_text())
+    key = json.loads((rvf_study / "key.json").read_text(encoding="utf-8"))
     pair = key["pairs"][0]
     for side in ("left", "right"):
         volume = read_volume(pair[f"{side}_volume"])
@@ -96,13 +96,13 @@ def test_same_seed_same_study_other_seed_other_study(tmp_path, phantom_sources):
         return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
     assert files(runs["a"]) == files(runs["b"])
-    key_a, key_c = (json.loads((runs[n] / "key.json").read_text()) for n in ("a", "c"))
+    key_a, key_c = (json.loads((runs[n] / "key.json").read_text(encoding="utf-8")) for n in ("a", "c"))
     assert [p["pair"] for p in key_a["pairs"]] != [p["pair"] for p in key_c["pairs"]]
     assert not list(tmp_path.glob(".*"))  # no scratch or temporary folder left behind
 
 
 def test_model_vs_model(mvm_study):
-    key = json.loads((mvm_study / "key.json").read_text())
+    key = json.loads((mvm_study / "key.json").read_text(encoding="utf-8"))
     assert key["mode"] == "model-vs-model" and "real" not in key["sources"]
     assert all({p["left"], p["right"]} == {"alphaGAN", "betaGAN"} for p in key["pairs"])
     assert {p["plane"] for p in key["pairs"]} == {"axial", "coronal"}
@@ -119,7 +119,7 @@ def test_real_cache_is_resized_to_the_generated_size(tmp_path, phantom_cache):
         write_volume(Volume(array=volume.array, spacing=(23.75,) * 3), tmp_path / "small" / f"g{i}.nii.gz")
     study = make_study(tmp_path / "s", [f"g={tmp_path / 'small'}"], str(phantom_cache), pairs=2,
                        real_split="val", window="auto")
-    key = json.loads((study / "key.json").read_text())
+    key = json.loads((study / "key.json").read_text(encoding="utf-8"))
     assert all(p["shape"] == [16, 16, 16] for p in key["pairs"])
     reals = [p[f"{s}_volume"] for p in key["pairs"] for s in ("left", "right") if p[s] == "real"]
     assert all(v.startswith("cache:") for v in reals)
@@ -135,7 +135,7 @@ def test_checkpoint_fake_generates_seeded_volumes(tmp_path, phantom_cache):
     run = train(tiny_config(tmp_path / "run", source=str(phantom_cache), iterations=2))
     studies = [make_study(tmp_path / f"s{i}", [f"crf={run}"], str(phantom_cache), pairs=2, seed=5,
                           device="cpu") for i in range(2)]
-    keys = [json.loads((s / "key.json").read_text()) for s in studies]
+    keys = [json.loads((s / "key.json").read_text(encoding="utf-8")) for s in studies]
     fakes = [p[f"{s}_volume"] for p in keys[0]["pairs"] for s in ("left", "right") if p[s] == "crf"]
     assert sorted(fakes) == [f"{run} seed 5 #0", f"{run} seed 5 #1"]  # one generated volume per pair
     images = [sorted((s / "images").iterdir()) for s in studies]
@@ -176,12 +176,12 @@ def test_bad_options(tmp_path, phantom_sources, kwargs, message):
 
 def test_cli_make_refuses_a_non_empty_out_in_one_line(tmp_path, phantom_sources, capsys):
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "keep.txt").write_text("mine")
+    (tmp_path / "s" / "keep.txt").write_text("mine", encoding="utf-8")
     argv = ["study", "reader", "make", "--real", str(phantom_sources["real"]), "--fake",
             f"g={phantom_sources['fakeA']}", "--pairs", "2", "--out", str(tmp_path / "s")]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exists and is not empty" in err[0]
-    assert (tmp_path / "s" / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "s" / "keep.txt").read_text(encoding="utf-8") == "mine"
     assert cli.main(argv + ["--overwrite"]) == 0
     assert (tmp_path / "s" / "key.json").is_file() and not (tmp_path / "s" / "keep.txt").exists()

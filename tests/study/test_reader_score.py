@@ -26,7 +26,7 @@ def _key(tmp_path: Path, mode: str, sources: list[tuple[str, str]]) -> Path:
 
 
 def _write_csv(path: Path, rows: list[list], header=("reader", "pair", "choice", "difficulty", "seconds")) -> Path:
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
@@ -61,10 +61,10 @@ def test_model_vs_model_votes_and_both_chi2_forms(crfgan_like, tmp_path):
     assert result["chi2_pairs"] == {"chi2": pytest.approx(chi2), "p": pytest.approx(p), "df": 29}
     assert result["votes_per_pair"]["crfgan"]["mean"] == pytest.approx(215 / 30)
     assert result["votes_per_pair"]["crfgan"]["sd"] == pytest.approx(np.std(votes, ddof=1))
-    on_disk = json.loads((tmp_path / "out" / "score.json").read_text())
+    on_disk = json.loads((tmp_path / "out" / "score.json").read_text(encoding="utf-8"))
     assert on_disk["votes"] == {"crfgan": 215, "hagan": 145}
     assert set(on_disk["chi2_totals"]) >= {"chi2", "p", "df"} and "fleiss_kappa" in on_disk
-    markdown = (tmp_path / "out" / "score.md").read_text()
+    markdown = (tmp_path / "out" / "score.md").read_text(encoding="utf-8")
     assert "χ² = 13.61" in markdown and "df = 29" in markdown
     assert (tmp_path / "out" / "score.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy" not in result  # no right answer in model-vs-model
@@ -144,7 +144,7 @@ def test_indistinguishable_only_from_equivalence(tmp_path):
 ])
 def test_bad_answer_rows_name_file_and_row(crfgan_like, tmp_path, edit, message):
     study, answers, _ = crfgan_like
-    with open(answers, newline="") as handle:
+    with open(answers, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))[1:]
     bad = _write_csv(tmp_path / "bad.csv", edit(rows))
     with pytest.raises(MedvolError) as error:
@@ -154,7 +154,7 @@ def test_bad_answer_rows_name_file_and_row(crfgan_like, tmp_path, edit, message)
 
 def test_wrong_column_is_one_line_error_from_the_cli(crfgan_like, tmp_path, capsys):
     study, answers, _ = crfgan_like
-    rows = list(csv.reader(open(answers, newline="")))[1:]
+    rows = list(csv.reader(open(answers, newline="", encoding="utf-8")))[1:]
     bad = _write_csv(tmp_path / "bad.csv", rows, header=("reader", "pair", "side", "difficulty", "seconds"))
     assert cli.main(["study", "reader", "score", str(study), str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -140,7 +140,7 @@ def test_pick_score_and_spread():
 
 
 def test_sweep_end_to_end_with_one_failing_run(swept):
-    state = json.loads((swept / "sweep.json").read_text())
+    state = json.loads((swept / "sweep.json").read_text(encoding="utf-8"))
     ok, bad = state["runs"]
     assert ok["status"] == "evaluated" and ok["values"] == {"model.loss": "bce", "model.label_smoothing": 0.1}
     assert bad["status"] == "failed" and bad["values"]["model.loss"] == "wgan"
@@ -152,20 +152,20 @@ def test_sweep_end_to_end_with_one_failing_run(swept):
     prov = ok["provenance"]
     ckpt = Path(prov["checkpoint"])
     assert ckpt.parent == swept / "runs" / "run_000" / "checkpoints" and prov["iteration"] == 4
-    assert prov["checkpoint_sha256"] == (ckpt.parent / (ckpt.name + ".sha256")).read_text().split()[0]
+    assert prov["checkpoint_sha256"] == (ckpt.parent / (ckpt.name + ".sha256")).read_text(encoding="utf-8").split()[0]
     assert prov["extractor"] == "inception" and len(prov["weights_sha256"]) == 64
     assert prov["n_real"] == prov["n_fake"] == 6 and prov["seed"] == 0
-    scores = json.loads((swept / "runs" / "run_000" / "eval" / "scores.json").read_text())
+    scores = json.loads((swept / "runs" / "run_000" / "eval" / "scores.json").read_text(encoding="utf-8"))
     assert scores["extractors"][0]["scores"]["image/fid"]["value"] == score["value"]
     # the run trained with base + fixed + drawn values
-    run_cfg = yaml.safe_load((swept / "runs" / "run_000" / "config.yaml").read_text())
+    run_cfg = yaml.safe_load((swept / "runs" / "run_000" / "config.yaml").read_text(encoding="utf-8"))
     assert run_cfg["model"]["label_smoothing"] == 0.1 and run_cfg["train"]["iterations"] == 4
 
-    rows = list(csv.DictReader((swept / "sweep.csv").open()))
+    rows = list(csv.DictReader((swept / "sweep.csv").open(encoding="utf-8")))
     assert [r["status"] for r in rows] == ["evaluated", "failed"]
     assert rows[0]["model.loss"] == "bce" and float(rows[0]["value"]) == pytest.approx(score["value"], rel=1e-5)
     assert rows[0]["ci_low"] and "label_smoothing" in rows[1]["error"]
-    report = (swept / "report.md").read_text()
+    report = (swept / "report.md").read_text(encoding="utf-8")
     assert "## Best run per model.loss" in report and "| bce | 1 | 0 | run_000 |" in report
     assert "| wgan | 1 | 1 | — |" in report and "## Spread of image/fid" in report
     assert "run_001 (failed)" in report and "![image/fid per loss](boxplot.png)" in report
@@ -175,25 +175,25 @@ def test_sweep_end_to_end_with_one_failing_run(swept):
 def test_second_invocation_does_not_retrain(files, swept, capsys):
     ckpt_dir = swept / "runs" / "run_000" / "checkpoints"
     before = {p.name: p.stat().st_mtime_ns for p in ckpt_dir.iterdir()}
-    log_before = (swept / "runs" / "run_001" / "train.log").read_text()
+    log_before = (swept / "runs" / "run_001" / "train.log").read_text(encoding="utf-8")
     scores_before = (swept / "runs" / "run_000" / "eval" / "scores.json").stat().st_mtime_ns
     assert main(sweep_args(files, swept)) == 0
     out = capsys.readouterr().out
     assert "run_000: evaluated (skipped)" in out and "run_001: failed (skipped)" in out
     assert {p.name: p.stat().st_mtime_ns for p in ckpt_dir.iterdir()} == before
-    assert (swept / "runs" / "run_001" / "train.log").read_text() == log_before
+    assert (swept / "runs" / "run_001" / "train.log").read_text(encoding="utf-8") == log_before
     assert (swept / "runs" / "run_000" / "eval" / "scores.json").stat().st_mtime_ns == scores_before
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(files, swept, capsys):
     # As if the sweep had been killed while run_000 trained: the state says "training".
-    state = json.loads((swept / "sweep.json").read_text())
+    state = json.loads((swept / "sweep.json").read_text(encoding="utf-8"))
     state["runs"][0]["status"] = "training"
     (swept / "sweep.json").write_text(json.dumps(state))
     assert main(sweep_args(files, swept)) == 0
-    state = json.loads((swept / "sweep.json").read_text())
+    state = json.loads((swept / "sweep.json").read_text(encoding="utf-8"))
     assert state["runs"][0]["status"] == "evaluated"
-    log = (swept / "runs" / "run_000" / "train.log").read_text()
+    log = (swept / "runs" / "run_000" / "train.log").read_text(encoding="utf-8")
     assert "--resume auto" in log and "resumed from" in log and "ckpt_0000004.pt" in log
 
 
@@ -218,7 +218,7 @@ def test_refusals(files, swept, tmp_path, capsys):
     # a folder with other things in it is not taken over
     busy = tmp_path / "busy"
     busy.mkdir()
-    (busy / "notes.txt").write_text("mine")
+    (busy / "notes.txt").write_text("mine", encoding="utf-8")
     assert main(sweep_args(files, busy)) == 2
     assert "holds no sweep" in capsys.readouterr().err
     assert main(sweep_args(files, tmp_path / "x", "--runs", "3")) == 2
@@ -264,7 +264,7 @@ def test_ctrl_c_leaves_a_resumable_sweep(files, tmp_path):
     _, err = finish(proc, 180)
     assert proc.returncode == 130, err.decode()
     assert "run the same command again to resume" in err.decode()
-    state = json.loads((out / "sweep.json").read_text())
+    state = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     record = state["runs"][0]
     assert record["status"] == "interrupted" and record["returncode"] == 130
     stopped = max(int(p.name[5:12]) for p in ckpts.glob("ckpt_*.pt"))
@@ -274,6 +274,6 @@ def test_ctrl_c_leaves_a_resumable_sweep(files, tmp_path):
     proc = start()
     _, err = finish(proc, 300)
     assert proc.returncode == 0, err.decode()
-    state = json.loads((out / "sweep.json").read_text())
+    state = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert state["runs"][0]["status"] == "evaluated" and state["runs"][0]["provenance"]["iteration"] == 40
-    assert f"resumed from {ckpts / f'ckpt_{stopped:07d}.pt'}" in (out / "runs" / "run_000" / "train.log").read_text()
+    assert f"resumed from {ckpts / f'ckpt_{stopped:07d}.pt'}" in (out / "runs" / "run_000" / "train.log").read_text(encoding="utf-8")

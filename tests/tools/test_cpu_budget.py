@@ -21,7 +21,7 @@ TRAINER = textwrap.dedent("""
     out = Path(sys.argv[1])
     def ckpt(i):
         (out / f"ckpt_{i:07d}.pt").write_bytes(b"x")
-        (out / f"ckpt_{i:07d}.pt.sha256").write_text("x")
+        (out / f"ckpt_{i:07d}.pt.sha256").write_text("x", encoding="utf-8")
     ckpt(10)
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     def stop(*_):
@@ -41,12 +41,12 @@ def test_budget_stops_the_tree_and_logs_checkpoints(cpu_budget, tmp_path):
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
     (ckpts / "ckpt_0000001.pt").write_bytes(b"old")  # there before the start: not logged
-    (ckpts / "ckpt_0000001.pt.sha256").write_text("old")
+    (ckpts / "ckpt_0000001.pt.sha256").write_text("old", encoding="utf-8")
     (ckpts / "ckpt_0000005.pt").write_bytes(b"incomplete")  # no sidecar: never logged
     out = tmp_path / "cpu.json"
     rc = cpu_budget.main(["--budget", "0.6", "--watch", str(ckpts), "--out", str(out), "--poll", "0.05",
                           "--", sys.executable, "-c", TRAINER, str(ckpts)])
-    got = json.loads(out.read_text())
+    got = json.loads(out.read_text(encoding="utf-8"))
     assert rc == 0, got
     assert got["stopped_by_budget"] and got["returncode"] == 143
     # The budget was reached by the grandchild alone, and its CPU is in the total (reaped).
@@ -63,17 +63,17 @@ def test_without_budget_measures_and_passes_the_exit_status(cpu_budget, tmp_path
     out = tmp_path / "cpu.json"
     rc = cpu_budget.main(["--out", str(out), "--", sys.executable, "-c",
                           "import sys\nx = sum(range(3_000_000))\nsys.exit(3)"])
-    got = json.loads(out.read_text())
+    got = json.loads(out.read_text(encoding="utf-8"))
     assert rc == 3 and got["returncode"] == 3 and not got["stopped_by_budget"]
     assert got["cpu_s"] > 0 and got["checkpoints"] == []
 
 
 def test_refuses_to_overwrite_its_output(cpu_budget, tmp_path):
     out = tmp_path / "cpu.json"
-    out.write_text("{}")
+    out.write_text("{}", encoding="utf-8")
     with pytest.raises(SystemExit):
         cpu_budget.main(["--out", str(out), "--", sys.executable, "-c", "pass"])
-    assert out.read_text() == "{}"
+    assert out.read_text(encoding="utf-8") == "{}"
 
 
 def test_tree_cpu_counts_descendants(cpu_budget):

@@ -39,21 +39,21 @@ def two_runs(tmp_path):
 def test_curves_table_and_figure_hold_the_evaluations_numbers(eval_table, two_runs):
     tmp, _, runs = two_runs
     written = eval_table.build(runs, tmp / "out", tmp / "img" / "curves.png")
-    with open(written["csv"], newline="") as f:
+    with open(written["csv"], newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [(r["run"], r["iteration"], r["cpu_s"]) for r in rows] == [
         ("A", "50", "101.0"), ("A", "100", "200.0"), ("B", "40", "99.0"), ("B", "80", "201.0")]
     for row, (label, folder, _), it in zip(rows, [runs[0], runs[0], runs[1], runs[1]], (50, 100, 40, 80)):
-        scores = json.loads((tmp / folder / f"iter_{it:07d}" / "scores.json").read_text())
+        scores = json.loads((tmp / folder / f"iter_{it:07d}" / "scores.json").read_text(encoding="utf-8"))
         s = scores["extractors"][0]["scores"]
         assert float(row["precomputed:features/fid"]) == pytest.approx(s["features/fid"]["value"])
         assert float(row["precomputed:features/fid:lo"]) == pytest.approx(s["features/fid"]["ci_low"])
         assert float(row["precomputed:features/fid:hi"]) == pytest.approx(s["features/fid"]["ci_high"])
         assert float(row["precomputed:features/kid:std"]) == pytest.approx(s["features/kid"]["std"])
         assert float(row["precomputed:features/recall"]) == pytest.approx(s["features/recall"]["value"])
-    table = written["table"].read_text()
-    last_a = json.loads((tmp / "eval_a" / "iter_0000100" / "scores.json").read_text())["extractors"][0]["scores"]
-    last_b = json.loads((tmp / "eval_b" / "iter_0000080" / "scores.json").read_text())["extractors"][0]["scores"]
+    table = written["table"].read_text(encoding="utf-8")
+    last_a = json.loads((tmp / "eval_a" / "iter_0000100" / "scores.json").read_text(encoding="utf-8"))["extractors"][0]["scores"]
+    last_b = json.loads((tmp / "eval_b" / "iter_0000080" / "scores.json").read_text(encoding="utf-8"))["extractors"][0]["scores"]
     line_a = next(line for line in table.splitlines() if line.startswith("| A | 100 |"))
     line_b = next(line for line in table.splitlines() if line.startswith("| B | 80 |"))
     for line, s, cpu, it in ((line_a, last_a, 200.0, 100), (line_b, last_b, 201.0, 80)):
