@@ -62,3 +62,19 @@ def tiny2d(tmp_path):
 def ramp():
     """The :class:`RampVolumes` class."""
     return RampVolumes
+
+
+def assert_config_error(tmp_path, capsys, model: str, overrides: list[str], key: str, data: str = "") -> None:
+    """``medvol train`` on a tiny config fails before training: exit 2, one line naming ``key``.
+
+    ``model`` is the YAML of the model section (``{name: ..., size: ...}``); ``data`` more keys of
+    the data section (``", masks: true"``).
+    """
+    from medvol import cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {model}\ndata: {{phantom_n: 1, workers: 0{data}}}\n"
+                      "train: {device: cpu, progress: false}\n", encoding="utf-8")
+    code = cli.main(["train", "--config", str(config), "--train.out", str(tmp_path / "r"), *overrides])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and key in err, err

@@ -19,6 +19,7 @@ from medvol.models.gan2d.fastgan_nets import SkipLayerExcitation, quadrant
 from medvol.models.gan2d.losses import discriminator_loss, generator_loss
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
+from tests.models2d.conftest import assert_config_error
 
 
 @pytest.fixture(scope="module")
@@ -369,13 +370,7 @@ def test_resume_is_bit_exact(tiny2d):
     (["--model.loss", "hinge"], "model.loss: only for dcgan and pix2pix, not fastgan"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, key):
-    config = tmp_path / "c.yaml"
-    config.write_text("model: {name: fastgan, size: 32, base_width: 4, latent_dim: 8}\n"
-                      "data: {phantom_n: 1, workers: 0}\ntrain: {device: cpu, progress: false}\n",
-                      encoding="utf-8")
-    code = cli.main(["train", "--config", str(config), "--train.out", str(tmp_path / "r"), *overrides])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and key in err, err
+    assert_config_error(tmp_path, capsys, "{name: fastgan, size: 32, base_width: 4, latent_dim: 8}", overrides, key)
 
 
 def test_shipped_configs():

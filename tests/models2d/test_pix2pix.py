@@ -19,6 +19,7 @@ from medvol.models import build
 from medvol.models.gan2d.pix2pix import PatchGANDiscriminator, UNetGenerator, dropout_seed, receptive_field
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
+from tests.models2d.conftest import assert_config_error
 
 
 @pytest.mark.parametrize("patch", [10, 22, 46])
@@ -287,16 +288,11 @@ def test_resume_is_bit_exact(tiny2d):
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text("model: {name: pix2pix, size: 64, base_width: 4, latent_dim: 4, channels: 2}\n"
-                      "data: {phantom_n: 1, workers: 0, masks: true, phantom_nodules: true}\n"
-                      "train: {device: cpu, progress: false}\n", encoding="utf-8")
     for overrides, key in ((["--model.patch", "70"], "patch"), (["--model.loss", "wgan"], "loss"),
                            (["--model.fm_l1_weight", "1"], "model.fm_l1_weight"),
                            (["--model.l1_weight", "-1"], "model.l1_weight")):
-        code = cli.main(["train", "--config", str(config), "--train.out", str(tmp_path / "r"), *overrides])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and err.count("\n") == 0 and key in err, err
+        assert_config_error(tmp_path, capsys, "{name: pix2pix, size: 64, base_width: 4, latent_dim: 4, channels: 2}", overrides, key,
+                            data=", masks: true, phantom_nodules: true")
 
 
 def test_info_counts(capsys):

@@ -18,6 +18,7 @@ from medvol.models import build
 from medvol.models.gan2d.spade import SPADE, MultiScaleDiscriminator, generator_widths, paired_feature_matching
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
+from tests.models2d.conftest import assert_config_error
 
 
 def _affine_at(spade: SPADE, value: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,15 +287,10 @@ def test_two_trainer_steps_on_phantom_slices_with_masks(tiny2d):
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text("model: {name: spade, size: 32, base_width: 4, latent_dim: 8, channels: 2}\n"
-                      "data: {phantom_n: 1, workers: 0, masks: true, phantom_nodules: true}\n"
-                      "train: {device: cpu, progress: false}\n", encoding="utf-8")
     for overrides, key in ((["--model.channels", "1"], "channels"), (["--model.patch", "22"], "model.patch"),
                            (["--model.norm", "none"], "norm")):
-        code = cli.main(["train", "--config", str(config), "--train.out", str(tmp_path / "r"), *overrides])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and err.count("\n") == 0 and key in err, err
+        assert_config_error(tmp_path, capsys, "{name: spade, size: 32, base_width: 4, latent_dim: 8, channels: 2}", overrides, key,
+                            data=", masks: true, phantom_nodules: true")
 
 
 def test_info_counts(capsys):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medvol import cli
 from medvol.data.datasets import PhantomVolumeDataset, SliceDataset
 from medvol.models import build
 from medvol.models.gan2d.losses import LOSSES, discriminator_loss
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
+from tests.models2d.conftest import assert_config_error
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +129,7 @@ def test_resume_is_bit_exact(tiny2d, name, overrides):
     (["--data.slice_labels", "mask", "--data.slice_class", "1"], "data.slice_class"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, key):
-    config = tmp_path / "c.yaml"
-    config.write_text("model: {name: dcgan, size: 32, base_width: 4, latent_dim: 8}\n"
-                      "data: {phantom_n: 1, workers: 0}\ntrain: {device: cpu, progress: false}\n",
-                      encoding="utf-8")
-    code = cli.main(["train", "--config", str(config), "--train.out", str(tmp_path / "r"), *overrides])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and key in err, err
+    assert_config_error(tmp_path, capsys, "{name: dcgan, size: 32, base_width: 4, latent_dim: 8}", overrides, key)
 
 
 def test_3d_model_refuses_2d_options():

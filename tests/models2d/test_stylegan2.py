@@ -21,6 +21,7 @@ from medvol.models.gan2d.stylegan2_layers import downsample2d, minibatch_stddev,
 from medvol.models.system import StepState
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
+from tests.models2d.conftest import assert_config_error
 
 
 def tiny(**options):
@@ -441,13 +442,7 @@ def test_resume_is_bit_exact_with_g_ema(tiny2d):
     (["--model.pl_batch_shrink", "0.5"], "model.pl_batch_shrink"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, key):
-    config = tmp_path / "c.yaml"
-    config.write_text("model: {name: stylegan2, size: 32, base_width: 4, latent_dim: 8}\n"
-                      "data: {phantom_n: 1, workers: 0}\ntrain: {device: cpu, progress: false}\n",
-                      encoding="utf-8")
-    code = cli.main(["train", "--config", str(config), "--train.out", str(tmp_path / "r"), *overrides])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and key in err, err
+    assert_config_error(tmp_path, capsys, "{name: stylegan2, size: 32, base_width: 4, latent_dim: 8}", overrides, key)
 
 
 def test_other_models_refuse_stylegan2_options():
