@@ -326,7 +326,7 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
     common = {**checkpoint_facts(state, cfg, seed, mode),
               "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
               "window": list(window) if window is not None else None, "plane": plane}
-    writer = _Writer(make_output_folder(out), state, seed, common, shown)
+    writer = _Writer(make_output_folder(out), seed, common, shown)
     if volume:
         spacing, measured = volume_spacing(meta, plane)
         direction = tuple(float(d) for d in meta.get("direction") or np.eye(3).ravel())
@@ -368,8 +368,7 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
 class _Writer:
     """Writes samples as they come, keeps generated.json and the PNG grids in step."""
 
-    def __init__(self, out: Path, state: dict[str, Any], seed: int, common: dict[str, Any],
-                 shown: tuple[float, float]):
+    def __init__(self, out: Path, seed: int, common: dict[str, Any], shown: tuple[float, float]):
         self.out, self.seed, self.common, self.shown = out, seed, common, shown
         self.provenance = read_provenance(out)
         self.paths: list[Path] = []
