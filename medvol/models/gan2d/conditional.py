@@ -9,6 +9,8 @@ same layout as the training slices.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from medvol.errors import MedvolError
@@ -16,7 +18,7 @@ from medvol.models.gan2d.system import GANSystem2D
 from medvol.models.system import StepState
 
 
-class ConditionalGANSystem2D(GANSystem2D):
+class ConditionalGANSystem2D(GANSystem2D, metaclass=abc.ABCMeta):
     """Base of the mask-conditioned systems; subclasses define :meth:`_render` and the sub-steps."""
 
     conditional = True
@@ -66,9 +68,9 @@ class ConditionalGANSystem2D(GANSystem2D):
             image = self._render(z.to(device), masks)
             return torch.cat([image, masks.to(image.dtype)], dim=1)
 
+    @abc.abstractmethod
     def _render(self, z: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """G's images ``[B, 1, S, S]`` of ``masks`` ``[B, 1, S, S]``, in eval mode under no_grad."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ training
     def _prepare_step(self, real, labels, optimizers, iteration, amp_dtype, scaler, generator) -> StepState:
