@@ -19,7 +19,6 @@ from medvol.models.gan2d.fastgan_nets import SkipLayerExcitation, quadrant
 from medvol.models.gan2d.losses import discriminator_loss, generator_loss
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
-from tests.models2d.conftest import assert_config_error
 
 
 @pytest.fixture(scope="module")
@@ -370,6 +369,7 @@ def test_resume_is_bit_exact(tiny2d):
     (["--model.loss", "hinge"], "model.loss: only for dcgan and pix2pix, not fastgan"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, key):
+    from tests.models2d.conftest import assert_config_error  # here: a bare machine has no tests package
     assert_config_error(tmp_path, capsys, "{name: fastgan, size: 32, base_width: 4, latent_dim: 8}", overrides, key)
 
 

@@ -19,7 +19,6 @@ from medvol.models import build
 from medvol.models.gan2d.pix2pix import PatchGANDiscriminator, UNetGenerator, dropout_seed, receptive_field
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
-from tests.models2d.conftest import assert_config_error
 
 
 @pytest.mark.parametrize("patch", [10, 22, 46])
@@ -288,6 +287,7 @@ def test_resume_is_bit_exact(tiny2d):
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):
+    from tests.models2d.conftest import assert_config_error  # here: a bare machine has no tests package
     for overrides, key in ((["--model.patch", "70"], "patch"), (["--model.loss", "wgan"], "loss"),
                            (["--model.fm_l1_weight", "1"], "model.fm_l1_weight"),
                            (["--model.l1_weight", "-1"], "model.l1_weight")):

@@ -18,7 +18,6 @@ from medvol.models import build
 from medvol.models.gan2d.spade import SPADE, MultiScaleDiscriminator, generator_widths, paired_feature_matching
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
-from tests.models2d.conftest import assert_config_error
 
 
 def _affine_at(spade: SPADE, value: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,6 +286,7 @@ def test_two_trainer_steps_on_phantom_slices_with_masks(tiny2d):
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):
+    from tests.models2d.conftest import assert_config_error  # here: a bare machine has no tests package
     for overrides, key in ((["--model.channels", "1"], "channels"), (["--model.patch", "22"], "model.patch"),
                            (["--model.norm", "none"], "norm")):
         assert_config_error(tmp_path, capsys, "{name: spade, size: 32, base_width: 4, latent_dim: 8, channels: 2}", overrides, key,

@@ -11,7 +11,6 @@ from medvol.models import build
 from medvol.models.gan2d.losses import LOSSES, discriminator_loss
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
-from tests.models2d.conftest import assert_config_error
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +128,7 @@ def test_resume_is_bit_exact(tiny2d, name, overrides):
     (["--data.slice_labels", "mask", "--data.slice_class", "1"], "data.slice_class"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, key):
+    from tests.models2d.conftest import assert_config_error  # here: a bare machine has no tests package
     assert_config_error(tmp_path, capsys, "{name: dcgan, size: 32, base_width: 4, latent_dim: 8}", overrides, key)
 
 

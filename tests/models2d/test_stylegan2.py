@@ -21,7 +21,6 @@ from medvol.models.gan2d.stylegan2_layers import downsample2d, minibatch_stddev,
 from medvol.models.system import StepState
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
-from tests.models2d.conftest import assert_config_error
 
 
 def tiny(**options):
@@ -442,6 +441,7 @@ def test_resume_is_bit_exact_with_g_ema(tiny2d):
     (["--model.pl_batch_shrink", "0.5"], "model.pl_batch_shrink"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, key):
+    from tests.models2d.conftest import assert_config_error  # here: a bare machine has no tests package
     assert_config_error(tmp_path, capsys, "{name: stylegan2, size: 32, base_width: 4, latent_dim: 8}", overrides, key)
 
 
