@@ -22,7 +22,7 @@ def run(argv, capsys):
 
 def test_phantom_then_preprocess(tmp_path, capsys):
     code, out, _ = run(["data", "phantom", "--n", 3, "--size", 32, "--out", tmp_path / "ph", "--nodules"], capsys)
-    assert code == 0 and "wrote 3 phantom volume(s) with nodule masks" in out
+    assert code == 0 and "wrote 3 phantom volume(s) with nodules" in out and "(lungs 1, nodules 2)" in out
     assert sorted(os.listdir(tmp_path / "ph")) == [
         f"phantom_000{i}{m}.nii.gz" for i in range(3) for m in ("", "_mask")]
     argv = ["preprocess", "--src", tmp_path / "ph", "--dst", tmp_path / "cache", "--size", 32,

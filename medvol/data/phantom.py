@@ -16,6 +16,10 @@ partial-volume (soft) edges:
 - optionally 1-3 lobulated solid nodules (0..50 HU) in the lungs, returned as a mask;
 - correlated Gaussian noise.
 
+Beside the tissue labels, :func:`phantom_labels` gives the segmentation label map that paired
+image + mask generation trains on: lungs 1 (parenchyma with its vessels and small airways), nodules 2
+(:data:`MASK_LABELS`).
+
 Body size and position, organ sizes, the branching, intensities and noise vary with the seed; a
 given seed always gives the same volume. Rendering is vectorised numpy (a 64^3 volume takes tens of
 milliseconds).
@@ -44,6 +48,11 @@ TISSUES = {
     "lung": 7, "vessel": 8, "airway": 9, "heart": 10, "blood": 11, "liver": 12, "bone": 13,
     "disc": 14, "canal": 15, "nodule": 16,
 }
+#: Class names of :func:`phantom_labels`' label map: label i is ``MASK_LABELS[i - 1]``.
+MASK_LABELS = ("lungs", "nodules")
+#: Tissues that count as lung in the label map when they lie in the lung region: the parenchyma and
+#: what runs through it (a lung segmentation includes its vessels and small airways).
+_LUNG_TISSUES = ("lung", "vessel", "airway")
 
 
 @dataclasses.dataclass
@@ -57,6 +66,8 @@ class Phantom:
         mask: uint8 (S, S, S) nodule mask, or None without nodules.
         spacing: (z, y, x) mm.
         origin: physical (x, y, z) LPS of voxel 0.
+        lung_region: bool (S, S, S), the voxels at least half covered by the lungs' outline (which
+            the trachea and main bronchi lie outside of).
     """
 
     hu: np.ndarray
@@ -64,6 +75,7 @@ class Phantom:
     mask: np.ndarray | None
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
+    lung_region: np.ndarray | None = None
 
 
 class _Canvas:
@@ -430,7 +442,25 @@ def render_phantom(size: int = 64, seed: int | Sequence[int] = 0, nodules: bool 
     c.tissues[np.broadcast_to(outside, c.hu.shape)] = TISSUES["outside"]
     origin = (-FOV_XY_MM / 2 + c.spacing[2] / 2, -FOV_XY_MM / 2 + c.spacing[1] / 2,
               -FOV_Z_MM / 2 + c.spacing[0] / 2)
-    return Phantom(hu=c.hu, tissues=c.tissues, mask=mask, spacing=c.spacing, origin=origin)
+    return Phantom(hu=c.hu, tissues=c.tissues, mask=mask, spacing=c.spacing, origin=origin,
+                   lung_region=lung_cover >= 0.5)
+
+
+def phantom_labels(phantom: Phantom) -> np.ndarray:
+    """The segmentation label map of a rendered phantom: 0 background, 1 lungs, 2 nodules.
+
+    Lungs are the voxels of lung tissue, vessel or airway inside the lung region (so the trachea
+    and main bronchi are not lung); nodules are painted over them, exactly where the nodule mask
+    is set.
+
+    Returns:
+        uint8 (S, S, S), labels named by :data:`MASK_LABELS`.
+    """
+    lung_codes = [TISSUES[name] for name in _LUNG_TISSUES]
+    labels = (np.isin(phantom.tissues, lung_codes) & phantom.lung_region).astype(np.uint8)
+    if phantom.mask is not None:
+        labels[phantom.mask > 0] = 2
+    return labels
 
 
 def make_phantom(size: int = 64, seed: int | Sequence[int] = 0,
@@ -464,14 +494,15 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
     """Write ``n`` phantoms as CT files (int16 HU): ``phantom_0000.<fmt>`` ...
 
     Volume i uses the seed ``(seed, i)``, the same as item i of
-    ``PhantomVolumeDataset(size, n, seed)``. Nodule masks go beside as ``phantom_0000_mask.<fmt>``.
+    ``PhantomVolumeDataset(size, n, seed)``. Its label map (uint8: lungs 1, nodules 2, see
+    :func:`phantom_labels`) goes beside as ``phantom_0000_mask.<fmt>``.
 
     Returns:
-        The image paths written (masks not included).
+        The image paths written (label maps not included).
 
     Raises:
         MedvolError: a bad argument, or a failed write (a full disk); the volume being written
-            then has no file under its name (nor its mask), the ones before it are complete.
+            then has no file under its name (nor its label map), the ones before it are complete.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise MedvolError(f"invalid count {n!r} (--n): expected a positive integer")
@@ -488,16 +519,16 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
         raise MedvolError(f"{out}: cannot create the folder (--out: {write_failure(error, out.parent)})") from None
     written = []
     for index in range(n):
-        volume, mask = make_phantom(size, (seed, index), nodules)
+        phantom = render_phantom(size, (seed, index), nodules)
+        volume = Volume(array=phantom.hu, spacing=phantom.spacing, origin=phantom.origin)
         path = write_volume(volume, out / f"phantom_{index:04d}.{fmt}", dtype=np.int16)
-        if mask is not None:
-            try:
-                write_volume(dataclasses.replace(volume, array=mask),
-                             out / f"phantom_{index:04d}_mask.{fmt}", dtype=np.uint8)
-            except MedvolError:
-                # A volume whose nodule mask is missing would pass for a phantom without nodules.
-                for file in [path, path.with_suffix(".raw")] if fmt == "mhd" else [path]:
-                    file.unlink(missing_ok=True)
-                raise
+        try:
+            write_volume(dataclasses.replace(volume, array=phantom_labels(phantom)),
+                         out / f"phantom_{index:04d}_mask.{fmt}", dtype=np.uint8)
+        except MedvolError:
+            # A volume whose label map is missing would pass for one without labels.
+            for file in [path, path.with_suffix(".raw")] if fmt == "mhd" else [path]:
+                file.unlink(missing_ok=True)
+            raise
         written.append(path)
     return written

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medvol.data.io import read_volume
-from medvol.data.phantom import TISSUES, make_phantom, render_phantom, write_phantoms
+from medvol.data.phantom import MASK_LABELS, TISSUES, make_phantom, phantom_labels, render_phantom, write_phantoms
 from medvol.errors import MedvolError
 
 
@@ -80,10 +80,39 @@ def test_write_phantoms_files(tmp_path, fmt):
         np.testing.assert_allclose(volume.array, np.round(expected.array), atol=1.0)
         np.testing.assert_allclose(volume.spacing, expected.spacing, rtol=1e-6)
         np.testing.assert_allclose(volume.origin, expected.origin, atol=1e-4)
-        written_mask = read_volume(tmp_path / "out" / f"phantom_{index:04d}_mask.{fmt}")
-        np.testing.assert_array_equal(written_mask.array, mask)
+        # The file beside is the label map (lungs 1, nodules 2); its nodules are the nodule mask.
+        written = read_volume(tmp_path / "out" / f"phantom_{index:04d}_mask.{fmt}").array
+        np.testing.assert_array_equal(written, phantom_labels(render_phantom(32, (4, index), nodules=True)))
+        np.testing.assert_array_equal(written == 2, mask == 1)
+        assert set(np.unique(written)) == {0, 1, 2}
     if fmt == "mhd":
         assert (tmp_path / "out" / "phantom_0000.raw").exists()
+
+
+def test_write_phantoms_without_nodules_writes_lung_label_maps(tmp_path):
+    write_phantoms(1, 32, tmp_path / "out", seed=4)
+    written = read_volume(tmp_path / "out" / "phantom_0000_mask.nii.gz").array
+    assert set(np.unique(written)) == {0, 1}
+
+
+def test_label_map_lungs_and_nodules(phantom96):
+    labels = phantom_labels(phantom96)
+    assert MASK_LABELS == ("lungs", "nodules")
+    assert labels.dtype == np.uint8 and labels.shape == phantom96.hu.shape
+    np.testing.assert_array_equal(labels == 2, phantom96.mask == 1)
+    lungs = labels == 1
+    # Lung label: every lung-tissue voxel not under a nodule, plus intrapulmonary vessels and airways.
+    assert (lungs >= ((phantom96.tissues == TISSUES["lung"]) & (labels != 2))).all()
+    assert (lungs & (phantom96.tissues == TISSUES["vessel"])).any()
+    assert (lungs & (phantom96.tissues == TISSUES["airway"])).any()
+    # Nothing outside the thorax's lungs: no bone, heart, liver, and not the trachea at the top.
+    for tissue in ("bone", "heart", "liver", "mediastinum", "air", "outside"):
+        assert not (lungs & (phantom96.tissues == TISSUES[tissue])).any(), tissue
+    top = phantom96.tissues.shape[0] - 1
+    assert (phantom96.tissues[top] == TISSUES["airway"]).any() and not lungs[top].any()
+    assert 0.03 < lungs.mean() < 0.3
+    # The image is unchanged by computing labels: lungs are dark, nodules soft tissue.
+    assert np.median(phantom96.hu[lungs]) < -700 and np.median(phantom96.hu[labels == 2]) > -450
 
 
 @pytest.mark.parametrize("kwargs, option", [
