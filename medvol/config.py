@@ -86,6 +86,9 @@ class ModelConfig:
     #: pix2pix only: L1 weight in G's loss and the PatchGAN receptive field (10, 22 or 46).
     l1_weight: float = 100.0
     patch: int = 46
+    #: Paired image + mask generation (docs/models.md, docs/models2d.md): K > 0 adds one output
+    #: (and discriminator input) channel per label-map class 1..K; 0 keeps the published networks.
+    mask_channels: int = 0
 
 
 @dataclass
@@ -157,6 +160,7 @@ _POSITIVE |= {"model.n_critic"}
 _NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
                  "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
 _NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
+_NON_NEGATIVE |= {"model.mask_channels"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -248,6 +252,7 @@ def _validate(cfg: TrainConfig) -> None:
             raise MedvolError(f"config key model.{key}: must be non-negative, got {value}")
     if cfg.model.label_smoothing >= 1:
         raise MedvolError(f"config key model.label_smoothing: must be below 1, got {cfg.model.label_smoothing}")
+    _validate_mask_channels(cfg)
     if cfg.data.slice_class < -1:
         raise MedvolError(f"config key data.slice_class: -1 (all) or a class id, got {cfg.data.slice_class}")
     for name, lr in cfg.train.lr.items():
@@ -255,6 +260,21 @@ def _validate(cfg: TrainConfig) -> None:
             raise MedvolError(f"config key train.lr.{name}: must be positive, got {lr}")
     if cfg.train.device not in ("auto", "cpu") and not cfg.train.device.startswith("cuda"):
         raise MedvolError(f"config key train.device: {cfg.train.device!r} is not auto, cpu or cuda[:N]")
+
+
+def _validate_mask_channels(cfg: TrainConfig) -> None:
+    """model.mask_channels against the settings it would contradict (the binary mask channel of
+    data.masks, which model.channels counts, and the mask-conditional models)."""
+    k = cfg.model.mask_channels
+    if k <= 0:
+        return
+    if cfg.data.masks:
+        raise MedvolError(f"config key model.mask_channels: {k} adds the label map's one-hot channels, "
+                          "data.masks the binary nodule channel; use one of them (data.masks false)")
+    if cfg.model.channels != 1:
+        raise MedvolError(f"config key model.channels: {cfg.model.channels} with model.mask_channels {k}; "
+                          "model.channels counts the image and data.masks' channel, leave it at 1 "
+                          f"(the model gets 1 + {k} channels)")
 
 
 def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:

@@ -77,20 +77,43 @@ class PhantomVolumeDataset(Dataset):
         """``(volume(index), mask)``: the nodule mask, uint8 (S, S, S), rendered with the image and
         carried through the same blank-slice handling, resampling and padding (all zeros for an item
         without nodules). Only for the default CT protocol (:func:`preprocess_aligned`)."""
+        array, labels = self._render(index, with_mask=True)
+        return array, (labels == 2).astype(np.uint8)
+
+    def volume_and_labels(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(volume(index), labels)``: the label map, uint8 (S, S, S), 0 background, 1 lungs,
+        2 nodules (:data:`mask_labels`; :func:`medvol.data.phantom.phantom_labels`), aligned voxel
+        for voxel with the image like :meth:`volume_and_mask`, whose mask is ``labels == 2``.
+        Only for the default CT protocol (:attr:`has_labels`)."""
         return self._render(index, with_mask=True)
+
+    @property
+    def mask_labels(self) -> tuple[str, ...]:
+        """Names of the label map's classes 1, 2: ``("lungs", "nodules")``."""
+        from medvol.data.phantom import MASK_LABELS
+
+        return MASK_LABELS
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether :meth:`volume_and_labels` works: the default CT protocol only."""
+        return self._aligned()
 
     def _aligned(self) -> bool:
         p = self.params
         return p.modality == "ct" and p.keep_aspect and p.orient in (None, "LPS")
 
     def _render(self, index: int, with_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        from medvol.data.phantom import make_phantom
+        """``(image, label map or None)`` of item ``index``."""
+        from medvol.data.io import Volume
+        from medvol.data.phantom import phantom_labels, render_phantom
         from medvol.data.preprocess import preprocess_aligned, preprocess_volume
 
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         index %= self.length
-        volume, mask = make_phantom(self.size, (self.seed, index), nodules=bool(self.label(index)))
+        phantom = render_phantom(self.size, (self.seed, index), nodules=bool(self.label(index)))
+        volume = Volume(array=phantom.hu, spacing=phantom.spacing, origin=phantom.origin)
         if with_mask and not self._aligned():
             raise MedvolError("masks: only phantoms preprocessed with the default CT protocol carry masks")
         if not self._aligned():
@@ -98,12 +121,24 @@ class PhantomVolumeDataset(Dataset):
         array = preprocess_aligned(volume, self.params)  # the default: numpy does it
         if not with_mask:
             return array, None
-        if mask is None:
-            return array, np.zeros(array.shape, dtype=np.uint8)
-        return array, _align_mask(mask, volume, self.params)
+        return array, _align_labels(phantom_labels(phantom), volume, self.params)
 
     def __getitem__(self, index: int) -> dict:
         return {"image": torch.from_numpy(self.volume(index))[None], "label": self.label(index)}
+
+
+def _align_labels(labels: np.ndarray, volume, params) -> np.ndarray:
+    """:func:`_align_mask` for a label map whose classes nest (a higher label painted over a lower
+    one): class ``c`` is where the aligned ``labels >= c`` holds and ``labels >= c + 1`` does not.
+
+    Linear resampling and the 0.5 threshold keep the nesting (``labels >= c + 1`` lies inside
+    ``labels >= c``), so every voxel gets one integer label; the top class aligns exactly as a
+    binary mask of it would.
+    """
+    out = np.zeros((params.size,) * 3, dtype=np.uint8)
+    for c in range(1, int(labels.max()) + 1):
+        out += _align_mask(labels >= c, volume, params)
+    return out
 
 
 def _align_mask(mask: np.ndarray, volume, params) -> np.ndarray:
@@ -202,7 +237,9 @@ class SliceDataset(Dataset):
     Without filtering, item ``k`` is slice ``k % S`` of volume ``k // S``; with ``content_only``,
     ``labels="mask"`` or ``keep_class`` the kept ``(volume, slice)`` pairs are listed once at
     construction (every volume is read once). Items: ``{"image": FloatTensor[C, s, s], "label": int}``
-    with C = 1, or 2 with ``masks`` (the image, then the mask as -1 / 1, generated with the image).
+    with C = 1, or 2 with ``masks`` (the image, then the mask as -1 / 1, generated with the image),
+    or 1 + K with ``mask_channels`` K (the image, then the label map's classes 1..K one-hot as -1 / 1,
+    :func:`medvol.data.paired.one_hot_channels`).
 
     Args:
         volumes: a :class:`PhantomVolumeDataset` or :class:`CachedVolumeDataset` (anything with
@@ -212,8 +249,12 @@ class SliceDataset(Dataset):
         plane: "axial", "coronal" or "sagittal" (see :func:`take_slice` for the orientation).
         size: slice side s; a divisor of the volume side (area-averaged image, max-pooled mask, so
             that a nodule pixel survives); None keeps the volume's side.
-        masks: concatenate the mask channel with the image.
-        labels: "volume" (the volume's label) or "mask" (1 when the slice holds mask pixels).
+        masks: concatenate the (binary, nodule) mask channel with the image.
+        mask_channels: K > 0 concatenates K one-hot channels of the label map
+            (``volume_and_labels(i)``) instead; the label map is pooled by its maximum, so a higher
+            class painted over a lower one (nodules over lungs) survives as a nodule pixel does.
+        labels: "volume" (the volume's label) or "mask" (1 when the slice holds mask pixels; with
+            ``mask_channels``, pixels of any class).
         keep_class: keep only the slices with this label (e.g. 1: nodule slices); None keeps all.
         cache_bytes: recently read volumes are kept up to this many bytes (phantoms are rendered,
             so a shuffled stream of slices would otherwise render a volume per slice).
@@ -230,13 +271,22 @@ class SliceDataset(Dataset):
 
     def __init__(self, volumes, content_only: bool = False, *, plane: str = "axial", size: int | None = None,
                  masks: bool = False, labels: str = "volume", keep_class: int | None = None,
-                 cache_bytes: int = 1 << 30):
+                 cache_bytes: int = 1 << 30, mask_channels: int = 0):
+        from medvol.data.paired import require_labels
+
         if plane not in PLANES:
             raise MedvolError(f"plane: {plane!r} is not one of {', '.join(PLANES)}")
         if labels not in SLICE_LABELS:
             raise MedvolError(f"slice_labels: {labels!r} is not one of {', '.join(SLICE_LABELS)}")
-        self.with_masks = bool(masks) or labels == "mask"
-        if self.with_masks and not hasattr(volumes, "volume_and_mask"):
+        self.mask_channels = int(mask_channels)
+        self.mask_labels = None
+        if self.mask_channels and masks:
+            raise MedvolError("masks: the binary mask channel and mask_channels (the label map's one-hot "
+                              "channels) exclude each other; choose one")
+        if self.mask_channels:
+            self.mask_labels = require_labels(volumes, self.mask_channels, "source")
+        self.with_masks = bool(masks) or labels == "mask" or self.mask_channels > 0
+        if self.with_masks and not self.mask_channels and not hasattr(volumes, "volume_and_mask"):
             key = "masks" if masks else "slice_labels"
             raise MedvolError(f"{key}: {type(volumes).__name__} has no masks (only the phantom source "
                               "generates them)")
@@ -289,7 +339,10 @@ class SliceDataset(Dataset):
         if v in self._cache:
             self._cache.move_to_end(v)
             return self._cache[v]
-        pair = self.volumes.volume_and_mask(v) if self.with_masks else (self.volumes.volume(v), None)
+        if self.mask_channels:
+            pair = self.volumes.volume_and_labels(v)
+        else:
+            pair = self.volumes.volume_and_mask(v) if self.with_masks else (self.volumes.volume(v), None)
         self._cache[v] = pair
         used = sum(a.nbytes + (m.nbytes if m is not None else 0) for a, m in self._cache.values())
         while used > self.cache_bytes and len(self._cache) > 1:
@@ -316,4 +369,11 @@ class SliceDataset(Dataset):
             if factor > 1:
                 m = torch.nn.functional.max_pool2d(m[None], factor)[0]
             image = torch.cat([image, m * 2 - 1])
+        elif self.mask_channels:
+            from medvol.data.paired import one_hot_channels
+
+            m = torch.from_numpy(np.array(take_slice(mask, self.plane, z), dtype=np.float32))[None]
+            if factor > 1:
+                m = torch.nn.functional.max_pool2d(m[None], factor)[0]
+            image = torch.cat([image, torch.from_numpy(one_hot_channels(m[0].numpy(), self.mask_channels))])
         return {"image": image, "label": label}

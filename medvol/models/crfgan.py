@@ -129,6 +129,8 @@ class CRFGAN(GANSystem):
         crf_forwards: "fresh" (published) or "reuse" (see above).
         crf_layout: the CRF's node layout, "channels" (published) or "depth" (:class:`PatchCRF`).
         crf_self_pairs: keep the CRF's self-pairs (published) or drop them.
+        mask_channels: K > 0: paired image + mask generation; G^H draws and D, E read 1 + K
+            channels. The CRF is unchanged: it reads G's and E's 2c-channel embeddings.
     """
 
     name = "crfgan"
@@ -136,15 +138,16 @@ class CRFGAN(GANSystem):
     SUBSTEPS = ("D", "G", "crf", "E")
 
     def __init__(self, size: int, base_width: int = 32, latent_dim: int = 1024, num_classes: int = 0, *,
-                 crf_forwards: str = "fresh", crf_layout: str = "channels", crf_self_pairs: bool = True):
-        super().__init__(size, base_width, latent_dim, num_classes)
+                 crf_forwards: str = "fresh", crf_layout: str = "channels", crf_self_pairs: bool = True,
+                 mask_channels: int = 0):
+        super().__init__(size, base_width, latent_dim, num_classes, mask_channels)
         if crf_forwards not in CRF_FORWARDS:
             raise MedvolError(f"crf_forwards: expected one of {', '.join(CRF_FORWARDS)}, got {crf_forwards!r}")
         if not isinstance(crf_self_pairs, bool):
             raise MedvolError(f"crf_self_pairs: expected true or false, got {crf_self_pairs!r}")
         self.crf_forwards = crf_forwards
-        self.G = Generator(size, base_width, latent_dim, num_classes, low_branch=False)
-        self.D = HighResDiscriminator(size, base_width, num_classes)
+        self.G = Generator(size, base_width, latent_dim, num_classes, low_branch=False, out_channels=self.channels)
+        self.D = HighResDiscriminator(size, base_width, num_classes, self.channels)
         # The published 64^3 model has no epsilon in its cosine (128^3 and 256^3 add 1e-6): a node
         # whose features are all zero (a dead ReLU block, likely in narrow models) then gives NaN.
         # medvol adds 1e-6 at every size; elsewhere the two agree to float32 rounding.

@@ -15,14 +15,14 @@ from medvol.models.system import GANSystem, StepState
 class HADiscriminator(nn.Module):
     """D = (D^H on the crop with its position + D^L on the (S/4)^3 volume), logits averaged.
 
-    Forward: ``crop[B, 1, S/8, S, S]``, ``low[B, 1, S/4, S/4, S/4]``, ``position[B, 1]`` ->
-    ``(logit[B, 1], class_logits[B, K] or None)``.
+    Forward: ``crop[B, C, S/8, S, S]``, ``low[B, C, S/4, S/4, S/4]``, ``position[B, 1]`` ->
+    ``(logit[B, 1], class_logits[B, K] or None)``; C = 1, or 1 + K mask channels.
     """
 
-    def __init__(self, size: int, base_width: int, num_classes: int):
+    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1):
         super().__init__()
-        self.high = HighResDiscriminator(size, base_width, num_classes)
-        self.low = LowResDiscriminator(size, base_width, num_classes)
+        self.high = HighResDiscriminator(size, base_width, num_classes, in_channels)
+        self.low = LowResDiscriminator(size, base_width, num_classes, in_channels)
 
     def forward(
         self, crop: torch.Tensor, low: torch.Tensor, position: torch.Tensor
@@ -34,7 +34,10 @@ class HADiscriminator(nn.Module):
 
 
 def downsample_low(real: torch.Tensor) -> torch.Tensor:
-    """Real low-resolution volume for D^L: nearest x1/4, as published. ``[B,1,S,S,S] -> [B,1,S/4,...]``."""
+    """Real low-resolution volume for D^L: nearest x1/4, as published. ``[B,C,S,S,S] -> [B,C,S/4,...]``.
+
+    Nearest neighbour picks the same voxel in every channel, so a paired model's mask channels stay
+    one-hot (-1 / +1) and aligned with the image."""
     return F.interpolate(real, scale_factor=0.25, mode="nearest")
 
 
@@ -42,20 +45,23 @@ class HAGAN(GANSystem):
     """HA-GAN system: ``G`` (G^A + G^H + G^L), ``D`` (D^H + D^L), ``E``, ``sub_E``.
 
     Build with ``build("hagan", S)``. :meth:`encode_latent` gives the sub-encoder's latent, so
-    ``generate(encode_latent(x))`` is the global reconstruction path.
+    ``generate(encode_latent(x))`` is the global reconstruction path. With ``mask_channels`` K > 0
+    (paired image + mask generation) G^H and G^L draw, and E, D^H and D^L read, 1 + K channels;
+    the crop and the low-resolution volume cut every channel alike.
     """
 
     name = "hagan"
     extra = "sub_E"
 
-    def __init__(self, size: int, base_width: int = 32, latent_dim: int = 1024, num_classes: int = 0):
-        super().__init__(size, base_width, latent_dim, num_classes)
-        self.G = Generator(size, base_width, latent_dim, num_classes, low_branch=True)
-        self.D = HADiscriminator(size, base_width, num_classes)
+    def __init__(self, size: int, base_width: int = 32, latent_dim: int = 1024, num_classes: int = 0,
+                 mask_channels: int = 0):
+        super().__init__(size, base_width, latent_dim, num_classes, mask_channels)
+        self.G = Generator(size, base_width, latent_dim, num_classes, low_branch=True, out_channels=self.channels)
+        self.D = HADiscriminator(size, base_width, num_classes, self.channels)
         self.sub_E = SubEncoder(size, base_width, latent_dim)
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """Real volume ``[B, 1, S, S, S]`` -> latent ``[B, latent_dim]`` (E crop by crop, then sub_E)."""
+        """Real volume ``[B, C, S, S, S]`` -> latent ``[B, latent_dim]`` (E crop by crop, then sub_E)."""
         emb = self.encode(x)
         with self._eval():
             return self.sub_E(emb)

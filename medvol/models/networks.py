@@ -67,6 +67,8 @@ class Generator(nn.Module):
         latent_dim: length of z (1024 published).
         num_classes: K; a one-hot label is concatenated to z when K > 0.
         low_branch: build G^L (HA-GAN): three conv3x3x3 (c, c/2, 1) on the full embedding.
+        out_channels: channels of G^H's and G^L's last conv: 1 (published), 1 + K for paired
+            image + mask generation (only those two layers change).
 
     Example:
         >>> g = Generator(32, 4, 16, 0, low_branch=False)
@@ -74,7 +76,8 @@ class Generator(nn.Module):
         torch.Size([2, 8, 8, 8, 8])
     """
 
-    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, low_branch: bool):
+    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, low_branch: bool,
+                 out_channels: int = 1):
         super().__init__()
         c = base_width
         self.num_classes = num_classes
@@ -85,7 +88,7 @@ class Generator(nn.Module):
             ConvStage(widths[i], widths[i + 1], upsample=up) for i, up in enumerate(TRUNK_UPSAMPLE[size])
         )
         self.head = nn.ModuleList(
-            [ConvStage(2 * c, c, upsample=True), ConvStage(c, 1, upsample=True, final=True)]
+            [ConvStage(2 * c, c, upsample=True), ConvStage(c, out_channels, upsample=True, final=True)]
         )
         self.low = None
         if low_branch:
@@ -93,7 +96,7 @@ class Generator(nn.Module):
                 [
                     ConvStage(2 * c, c, upsample=False),
                     ConvStage(c, c // 2, upsample=False),
-                    ConvStage(c // 2, 1, upsample=False, final=True),
+                    ConvStage(c // 2, out_channels, upsample=False, final=True),
                 ]
             )
         self.optimized = False
@@ -110,14 +113,15 @@ class Generator(nn.Module):
         return h
 
     def render(self, emb: torch.Tensor) -> torch.Tensor:
-        """G^H: embedding slab ``[B, 2c, d, S/4, S/4]`` -> image slab ``[B, 1, 4d, S, S]`` in [-1, 1]."""
+        """G^H: embedding slab ``[B, 2c, d, S/4, S/4]`` -> image slab ``[B, C, 4d, S, S]`` in [-1, 1]
+        (C = ``out_channels``)."""
         emb = to_layout(emb, self.channels_last)
         for stage in self.head:
             emb = stage(emb)
         return emb
 
     def render_low(self, emb: torch.Tensor) -> torch.Tensor:
-        """G^L: full embedding -> low-resolution volume ``[B, 1, S/4, S/4, S/4]`` (HA-GAN only)."""
+        """G^L: full embedding -> low-resolution volume ``[B, C, S/4, S/4, S/4]`` (HA-GAN only)."""
         for stage in self.low:
             emb = stage(emb)
         return emb
@@ -136,7 +140,7 @@ class Generator(nn.Module):
             tile_depth: embedding slices per tile (>= 1).
 
         Returns:
-            ``[B, 1, 4N, 4N, 4N]``.
+            ``[B, C, 4N, 4N, 4N]``.
         """
         stage1, stage2 = self.head
         n = emb.shape[2]
@@ -183,23 +187,24 @@ def group_norm_affine(norm: nn.GroupNorm, total: torch.Tensor, total_sq: torch.T
 
 
 class HighResDiscriminator(nn.Module):
-    """D^H: SN conv3d stack on a crop ``[B, 1, S/8, S, S]`` + the crop position, two SN linears.
+    """D^H: SN conv3d stack on a crop ``[B, C, S/8, S, S]`` + the crop position, two SN linears.
 
     With width w = 16c (512 published) the published 256^3 convs are w/32, w/16, w/8 (4^3 kernels,
     stride 2), w/4, w/2 ((2,4,4) kernels), w ((1,4,4), stride (1,2,2)), w/4 ((1,4,4), valid).
     Smaller sizes drop leading 4^3 layers (128^3 drops one, as published; 64^3 two; 32^3 three);
-    512^3 adds one of width w/64.
+    512^3 adds one of width w/64. ``in_channels`` C: 1 (published), 1 + K for paired image + mask
+    generation (only the first conv changes).
 
     Returns ``(logit[B, 1], class_logits[B, K] or None)``.
     """
 
-    def __init__(self, size: int, base_width: int, num_classes: int):
+    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1):
         super().__init__()
         w = 16 * base_width
         lead = {32: 0, 64: 1, 128: 2, 256: 3, 512: 4}[size]
         lead_widths = [max(1, (w // 8) >> (lead - 1 - i)) for i in range(lead)]
         layers = []
-        cin = 1
+        cin = in_channels
         for width in lead_widths:
             layers.append(SNConv3d(cin, width, kernel_size=4, stride=2, padding=1))
             cin = width
@@ -217,7 +222,7 @@ class HighResDiscriminator(nn.Module):
         self.channels_last = False
 
     def forward(self, x: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x[B, 1, S/8, S, S]``, ``position[B, 1]`` (crop start / (S - S/8), in [0, 1])."""
+        """``x[B, C, S/8, S, S]``, ``position[B, 1]`` (crop start / (S - S/8), in [0, 1])."""
         x = to_layout(x, self.channels_last)
         h = sn_conv_stack(self.convs, x, self.optimized).flatten(1)
         h = torch.cat([h, position.to(h.dtype)], dim=1)
@@ -230,14 +235,15 @@ class LowResDiscriminator(nn.Module):
     """D^L (HA-GAN): SN convs on the (S/4)^3 volume down to 4^3, then a 4^3 valid conv to 1 + K.
 
     Widths end at 8c and halve backwards (published 256^3: c, 2c, 4c, 8c; 128^3: 2c, 4c, 8c).
+    ``in_channels`` as :class:`HighResDiscriminator`'s.
     """
 
-    def __init__(self, size: int, base_width: int, num_classes: int):
+    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1):
         super().__init__()
         n = Geometry(size).n_down
         widths = [max(1, (8 * base_width) >> (n - 1 - i)) for i in range(n)]
         layers = []
-        cin = 1
+        cin = in_channels
         for width in widths:
             layers.append(SNConv3d(cin, width, kernel_size=4, stride=2, padding=1))
             cin = width
@@ -248,23 +254,24 @@ class LowResDiscriminator(nn.Module):
         self.channels_last = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x[B, 1, S/4, S/4, S/4]`` -> ``(logit[B, 1], class_logits[B, K] or None)``."""
+        """``x[B, C, S/4, S/4, S/4]`` -> ``(logit[B, 1], class_logits[B, K] or None)``."""
         x = to_layout(x, self.channels_last)
         h = sn_conv_stack(self.convs, x, self.optimized, last_plain=True).flatten(1)
         return h[:, :1], (h[:, 1:] if self.num_classes > 0 else None)
 
 
 class Encoder(nn.Module):
-    """E: image slab ``[B, 1, d, S, S]`` -> embedding slab ``[B, 2c, d/4, S/4, S/4]``.
+    """E: image slab ``[B, C, d, S, S]`` -> embedding slab ``[B, 2c, d/4, S/4, S/4]``.
 
-    Three conv3d with GroupNorm + ReLU: c (4^3, stride 2), c (3^3), 2c (4^3, stride 2).
+    Three conv3d with GroupNorm + ReLU: c (4^3, stride 2), c (3^3), 2c (4^3, stride 2). C =
+    ``in_channels``: 1 (published), 1 + K for paired image + mask generation (the first conv).
     """
 
-    def __init__(self, base_width: int):
+    def __init__(self, base_width: int, in_channels: int = 1):
         super().__init__()
         c = base_width
         self.net = nn.Sequential(
-            nn.Conv3d(1, c, kernel_size=4, stride=2, padding=1),
+            nn.Conv3d(in_channels, c, kernel_size=4, stride=2, padding=1),
             GroupNorm(norm_groups(c), c),
             ReLU(),
             nn.Conv3d(c, c, kernel_size=3, stride=1, padding=1),

@@ -31,7 +31,7 @@ MODEL_DEFAULTS: dict[str, tuple[int, int]] = {
 
 def build(
     name: str, size: int, *, base_width: int | None = None, latent_dim: int | None = None,
-    num_classes: int = 0, **options: object,
+    num_classes: int = 0, mask_channels: int = 0, **options: object,
 ) -> GANSystem:
     """Build a GAN system in reference mode, training mode, on the current default device.
 
@@ -46,6 +46,10 @@ def build(
         latent_dim: length of z (1024 published; 100 for dcgan and mlpgan); None: the published.
         num_classes: K > 0 builds the class-conditional variant (one-hot label into G,
             auxiliary classifier on D).
+        mask_channels: K > 0 builds the paired image + mask variant (hagan, crfgan and the
+            unconditional 2D models): G outputs and D (E, G^L, D^L) read 1 + K channels, the image
+            then one per label-map class (docs/models.md "Paired image + mask generation"); 2D
+            models then take no ``channels`` option. 0: the published networks.
         **options: model-specific options, all defaulting to the published procedure
             (CRF-GAN: ``crf_forwards``, ``crf_layout``, ``crf_self_pairs``; see
             :class:`medvol.models.crfgan.CRFGAN`; dcgan: ``loss`` and the search-grid options, see
@@ -78,7 +82,25 @@ def build(
     if unknown:
         known = ", ".join(allowed) or "none"
         raise MedvolError(f"model option {unknown[0]!r}: {name} has no such option (its options: {known})")
-    return MODELS[name](size, base_width=base_width, latent_dim=latent_dim, num_classes=num_classes, **options)
+    if isinstance(mask_channels, bool) or not isinstance(mask_channels, int) or mask_channels < 0:
+        raise MedvolError(f"mask_channels: expected an integer >= 0, got {mask_channels!r}")
+    if not mask_channels:
+        return MODELS[name](size, base_width=base_width, latent_dim=latent_dim, num_classes=num_classes, **options)
+    if name in ("spade", "pix2pix"):
+        raise MedvolError(f"mask_channels: {name} draws images from given masks (channels 2 with data.masks); "
+                          "paired generation is for hagan, crfgan, dcgan, mlpgan, stylegan2 and fastgan")
+    if MODELS[name].dims == 3:
+        return MODELS[name](size, base_width=base_width, latent_dim=latent_dim, num_classes=num_classes,
+                            mask_channels=mask_channels, **options)
+    if options.get("channels", 1) != 1:
+        raise MedvolError(f"channels: {options['channels']} with mask_channels {mask_channels}; channels counts "
+                          f"the image and the binary mask of data.masks, leave it at 1 (the model gets "
+                          f"1 + {mask_channels} channels)")
+    # The 2D networks are channel-generic: the paired variant is the 1 + K channel network.
+    system = MODELS[name](size, base_width=base_width, latent_dim=latent_dim, num_classes=num_classes,
+                          **{**options, "channels": 1 + mask_channels})
+    system.mask_channels = mask_channels
+    return system
 
 
 #: Model-specific build options and their published defaults.
@@ -110,4 +132,4 @@ def build_from_config(model) -> GANSystem:
                 raise MedvolError(f"model.{key}: only for {owners}, not {model.name}")
     options = {key: getattr(model, key) for key in own}
     return build(model.name, model.size, base_width=model.base_width, latent_dim=model.latent_dim,
-                 num_classes=model.num_classes, **options)
+                 num_classes=model.num_classes, mask_channels=model.mask_channels, **options)

@@ -64,7 +64,8 @@ class GANSystem(nn.Module):
     """Base class of the two models; build one with :func:`medvol.models.build`.
 
     Attributes:
-        name, size, latent_dim, num_classes, base_width: the build options.
+        name, size, latent_dim, num_classes, base_width, mask_channels: the build options.
+        channels: C = 1 + mask_channels, the channels of the volumes G draws and D, E read.
         mode: "reference" or "optimized" (see :meth:`set_mode`).
         grad_sync: optional ``fn(group_name, params)`` called after each sub-step's backward and
             before its optimiser step (the trainer all-reduces gradients there under DDP).
@@ -75,18 +76,22 @@ class GANSystem(nn.Module):
     #: What the trainer feeds: volumes ``[B, channels, S, S, S]`` (3) or slices ``[B, channels, S, S]`` (2).
     dims: int = 3
     channels: int = 1
+    #: Paired image + mask generation: K label-map channels after the image (channels = 1 + K).
+    mask_channels: int = 0
 
-    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int):
+    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, mask_channels: int = 0):
         super().__init__()
         self.size = size
         self.base_width = base_width
         self.latent_dim = latent_dim
         self.num_classes = num_classes
+        self.mask_channels = mask_channels
+        self.channels = 1 + mask_channels
         self.geometry = Geometry(size)
         self.mode = "reference"
         self.channels_last = False
         self.grad_sync: Callable[[str, list[nn.Parameter]], None] | None = None
-        self.E = Encoder(base_width)
+        self.E = Encoder(base_width, self.channels)
 
     # ------------------------------------------------------------------ structure
     def options(self) -> dict[str, object]:
@@ -201,9 +206,9 @@ class GANSystem(nn.Module):
         return labels
 
     def _check_volume(self, x: torch.Tensor) -> None:
-        s = self.size
-        if x.dim() != 5 or tuple(x.shape[1:]) != (1, s, s, s):
-            raise MedvolError(f"volume: expected shape [B, 1, {s}, {s}, {s}], got {list(x.shape)}")
+        s, c = self.size, self.channels
+        if x.dim() != 5 or tuple(x.shape[1:]) != (c, s, s, s):
+            raise MedvolError(f"volume: expected shape [B, {c}, {s}, {s}, {s}], got {list(x.shape)}")
 
     # ------------------------------------------------------------------ inference
     @contextlib.contextmanager
@@ -219,7 +224,8 @@ class GANSystem(nn.Module):
     def generate(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, tile_depth: int | None = None
     ) -> torch.Tensor:
-        """Full-resolution volumes ``[B, 1, S, S, S]`` in [-1, 1] (no grad, eval mode).
+        """Full-resolution volumes ``[B, C, S, S, S]`` in [-1, 1] (no grad, eval mode); C =
+        :attr:`channels`: the image, then the K mask channels of a paired model.
 
         Args:
             z: ``[B, latent_dim]``.
@@ -248,7 +254,7 @@ class GANSystem(nn.Module):
         return torch.cat([self.E(x[:, :, i : i + c]) for i in range(0, self.size, c)], dim=2)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder path: real volume ``[B, 1, S, S, S]`` -> embedding ``[B, 2c, S/4, S/4, S/4]``.
+        """Encoder path: real volume ``[B, C, S, S, S]`` -> embedding ``[B, 2c, S/4, S/4, S/4]``.
 
         This is the latent G^H decodes; :meth:`reconstruct` maps it back to a volume.
         """
@@ -257,7 +263,7 @@ class GANSystem(nn.Module):
             return self._encode_slabs(x.to(self._device()))
 
     def reconstruct(self, x: torch.Tensor, tile_depth: int | None = None) -> torch.Tensor:
-        """``G^H(E(x))``: ``[B, 1, S, S, S]`` -> ``[B, 1, S, S, S]`` in [-1, 1]."""
+        """``G^H(E(x))``: ``[B, C, S, S, S]`` -> ``[B, C, S, S, S]`` in [-1, 1]."""
         emb = self.encode(x)
         with self._eval():
             return self._render(emb, tile_depth)
@@ -365,7 +371,8 @@ class GANSystem(nn.Module):
         The crop start is drawn first, then one latent batch per sub-step that generates.
 
         Args:
-            real: ``[B, 1, S, S, S]`` in [-1, 1].
+            real: ``[B, C, S, S, S]`` in [-1, 1] (C = :attr:`channels`: the image, then a paired
+                model's one-hot mask channels as -1 / +1).
             optimizers: from :meth:`make_optimizers`.
             iteration: 0-based global iteration (CRF-GAN's CRF weight schedule).
             labels: ``[B]`` class ids (class-conditional only); fakes are generated with them too.
