@@ -52,14 +52,14 @@ def check_simulated_oom(case: Case) -> None:
 def batch_shape(system: torch.nn.Module, batch: int) -> tuple[int, ...]:
     """The real batch one training step of ``system`` takes at batch size B.
 
-    3D: ``[B, 1, S, S, S]``; 2D (``system.dims == 2``): ``[k B, C, S, S]``, k = ``real_batches``
+    3D: ``[B, C, S, S, S]`` (C = 1, or 1 + K for a paired image + mask model); 2D (``system.dims == 2``): ``[k B, C, S, S]``, k = ``real_batches``
     (a WGAN critic trained n_critic times per step takes n_critic real batches).
     """
     s = system.size
     count = batch * int(getattr(system, "real_batches", 1))
     if getattr(system, "dims", 3) == 2:
         return (count, int(system.channels), s, s)
-    return (count, 1, s, s, s)
+    return (count, int(getattr(system, "channels", 1)), s, s, s)
 
 
 class BatchSource:

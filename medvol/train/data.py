@@ -24,19 +24,24 @@ from medvol.config import DataConfig
 from medvol.errors import MedvolError
 
 
-def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1) -> Dataset:
+def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1,
+                  mask_channels: int = 0) -> Dataset:
     """The training dataset of ``data.source``: ``"phantom"`` or a preprocessing cache folder.
 
     Args:
         data: the data section.
         size: the model's side S.
-        dims: 3 for volumes ``[1, S, S, S]``; 2 for the slices of a 2D model ``[channels, S, S]``
+        dims: 3 for volumes ``[1 + K, S, S, S]``; 2 for the slices of a 2D model ``[channels, S, S]``
             (:class:`medvol.data.datasets.SliceDataset` with the ``data.plane`` ... keys).
-        channels: 2D only: image channels the model expects (2 with ``data.masks``).
+        channels: 2D only: image channels the model expects (2 with ``data.masks``, 1 + K with
+            ``mask_channels``).
+        mask_channels: K > 0 (paired image + mask models): the image is followed by the label
+            map's classes 1..K one-hot as -1 / +1 (:mod:`medvol.data.paired`).
 
     Raises:
         MedvolError: the folder is missing, holds no volumes, or volumes of another size, or
-            volumes marked synthetic without ``data.allow_synthetic``.
+            volumes marked synthetic without ``data.allow_synthetic``; with ``mask_channels``, data
+            without label maps or with fewer than K classes.
     """
     if data.source == "phantom":
         from medvol.data.datasets import PhantomVolumeDataset
@@ -52,29 +57,47 @@ def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1)
         dataset = CachedVolumeDataset(folder, split=data.split, allow_synthetic=data.allow_synthetic)
     if len(dataset) == 0:
         raise MedvolError(f"data.source {data.source}: no {data.split} volumes found")
+    if mask_channels:
+        _check_mask_source(dataset, data, mask_channels)
     if dims == 2:
-        return _slices(dataset, data, size, channels)
+        return _slices(dataset, data, size, channels, mask_channels)
     shape = tuple(dataset[0]["image"].shape)
     if shape != (1, size, size, size):
         raise MedvolError(f"data.source {data.source}: volumes have shape {shape}, "
                           f"model.size {size} needs (1, {size}, {size}, {size})")
+    if mask_channels:
+        from medvol.data.paired import PairedVolumeDataset
+
+        return PairedVolumeDataset(dataset, mask_channels, f"data.source {data.source}")
     return dataset
 
 
-def _slices(volumes: Dataset, data: DataConfig, size: int, channels: int) -> Dataset:
+def _check_mask_source(dataset: Dataset, data: DataConfig, k: int) -> None:
+    """Refuse label maps that cannot give the model's K classes (before anything is trained)."""
+    from medvol.data.paired import require_labels
+
+    names = require_labels(dataset, k, f"data.source {data.source}")
+    if data.source == "phantom" and "nodules" in names and not data.phantom_nodules:
+        raise MedvolError(f"model.mask_channels {k}: the phantom's class {names.index('nodules') + 1} (nodules) "
+                          "never appears without data.phantom_nodules true")
+
+
+def _slices(volumes: Dataset, data: DataConfig, size: int, channels: int, mask_channels: int = 0) -> Dataset:
     from medvol.data.datasets import SliceDataset
 
-    want = 1 + int(data.masks)
+    want = 1 + int(data.masks) + mask_channels
     if channels != want:
+        extra = f", model.mask_channels {mask_channels}" if mask_channels else ""
         raise MedvolError(f"model.channels: {channels} does not match the data's {want} "
-                          f"(data.masks {str(data.masks).lower()})")
+                          f"(data.masks {str(data.masks).lower()}{extra})")
     side = int(volumes[0]["image"].shape[-1])
     if side < size or side % size:
         raise MedvolError(f"data.source {data.source}: volumes of side {side} cannot give slices of "
                           f"model.size {size} (need a divisor of {side})")
     try:
         return SliceDataset(volumes, content_only=data.skip_blank, plane=data.plane, size=size, masks=data.masks,
-                            labels=data.slice_labels, keep_class=None if data.slice_class < 0 else data.slice_class)
+                            labels=data.slice_labels, keep_class=None if data.slice_class < 0 else data.slice_class,
+                            mask_channels=mask_channels)
     except MedvolError as error:
         raise MedvolError(f"data.{error}") from None
 
@@ -161,6 +184,9 @@ def data_meta(dataset: Dataset, data: DataConfig) -> dict:
     ``volume_spacing`` (the (z, y, x) spacing of the volumes the slices were cut from, after the
     slice pooling) let ``medvol generate --volume`` stack generated slices into volumes, and
     ``direction`` is the volumes' direction.
+
+    A paired image + mask dataset (``mask_channels`` K > 0) adds ``mask_labels``, the names of
+    classes 1..K, which generation records beside the label maps it writes.
     """
     spacing = getattr(dataset, "spacing", None)
     window = getattr(dataset, "window", None)
@@ -175,6 +201,8 @@ def data_meta(dataset: Dataset, data: DataConfig) -> dict:
         "volumes": len(volumes),
         "synthetic_volumes": len(getattr(volumes, "synthetic", ())),
     }
+    if getattr(dataset, "mask_channels", 0):
+        meta["mask_labels"] = list(dataset.mask_labels)
     if volumes is not dataset:
         factor = dataset.depth // dataset.size
         meta["plane"] = dataset.plane

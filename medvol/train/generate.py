@@ -18,6 +18,10 @@ What a generated file holds (docs/models.md, "Generated volumes on disk"):
   ``sample_0000.json`` beside it, like ``generated.json`` in the output folder, records the
   checkpoint (path, SHA-256, iteration), the model, seed, index, label, mode, intensity unit,
   geometry, the training data's share of synthetic volumes, medvol version and date.
+- Paired image + mask models (``model.mask_channels`` K > 0): the image is G's channel 0 alone;
+  beside it ``sample_0000_mask.nii.gz`` holds the uint8 label map decoded from channels 1..K
+  (:func:`medvol.data.paired.labels_from_channels`), same geometry, marked synthetic the same way;
+  ``mask_labels`` (the class names) goes into both sidecars and ``generated.json``.
 
 2D models (``system.dims == 2``) go to :mod:`medvol.train.generate2d`: slices as NIfTI and PNG
 grids, or (``volume=True``) slices stacked into volumes written as above, marked the same way.
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 
 import medvol
+from medvol.data.paired import labels_from_channels
 from medvol.errors import MedvolError
 from medvol.train.checkpoint import checksum_path, load_checkpoint
 from medvol.train.distributed import pick_device
@@ -183,6 +188,7 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
     size = cfg.model.size
     origin = centred_origin((size, size, size), spacing, direction)
     ckpt_path = Path(state["path"])
+    mask_labels = paired_mask_labels(system, meta, state)
     common = {
         **checkpoint_facts(state, cfg, seed, mode), "tile_depth": tile_depth,
         "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
@@ -191,21 +197,40 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
         "training_data": {k: meta[k] for k in ("source", "volumes", "synthetic_volumes") if k in meta},
     }
 
+    if mask_labels is not None:
+        common["mask_labels"] = mask_labels
     out = make_output_folder(out)
     provenance = read_provenance(out)
+    if mask_labels is not None:
+        record_mask_labels(provenance, mask_labels, out)
     generator = torch.Generator().manual_seed(seed)
     paths = []
     for i in range(n):
         z = system.sample_latent(1, generator=generator, device=torch.device("cpu")).to(dev)
         labels = None if k == 0 else torch.tensor([label if label is not None else i % k], device=dev)
-        x = system.generate(z, labels=labels, tile_depth=tile_depth)[0, 0].float().cpu().numpy()
-        array = to_intensity(x, tuple(window)) if window is not None else x
+        x = system.generate(z, labels=labels, tile_depth=tile_depth)[0].float().cpu().numpy()
+        array = to_intensity(x[0], tuple(window)) if window is not None else x[0]
         path = out / f"sample_{i:04d}.nii.gz"
         volume = Volume(array=array.astype("float32"), spacing=spacing, origin=origin, direction=direction)
         record = dict(common, index=i, label=int(labels[0]) if labels is not None else None)
+        mask_path, mask_written = out / f"sample_{i:04d}_mask.nii.gz", False
         try:
+            if mask_labels is not None:
+                # The label map first: an image written without its mask would pass for an unpaired one.
+                mask = Volume(array=labels_from_channels(x[1:]), spacing=spacing, origin=origin, direction=direction)
+                mask_record = dict(record, kind="mask", image=path.name,
+                                   intensity=f"label map 0..{len(mask_labels)} (0 background)")
+                mask_record = write_synthetic(mask, mask_path, mask_record, dtype=np.uint8)
+                mask_written = True
+                record = dict(record, kind="image", mask=mask_path.name)
             record = write_synthetic(volume, path, record)  # marked: header, sidecar (medvol.data.provenance)
         except MedvolError as error:
+            if mask_written:  # no label map without its image
+                from medvol.data.provenance import sidecar_path
+
+                mask_path.unlink(missing_ok=True)
+                sidecar_path(mask_path).unlink(missing_ok=True)
+                provenance["files"].pop(mask_path.name, None)
             # The file of an earlier call under this name, if any, is untouched and keeps its entry.
             if paths:
                 with contextlib.suppress(MedvolError):
@@ -213,10 +238,38 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
             done = f"; the {i} volume(s) before it are complete" if i else ""
             raise MedvolError(f"{error}{done}") from None
         provenance["files"][path.name] = record
+        if mask_written:
+            provenance["files"][mask_path.name] = mask_record
         log.info("wrote %s", path)
         paths.append(path)
     write_provenance(out, provenance)
     return paths
+
+
+def paired_mask_labels(system, meta: dict[str, Any], state: dict[str, Any]) -> list[str] | None:
+    """The class names of a paired image + mask model's label channels (None for other models).
+
+    Raises:
+        MedvolError: the checkpoint's data facts name another number of classes than its model has.
+    """
+    k = int(getattr(system, "mask_channels", 0))
+    if not k:
+        return None
+    names = [str(n) for n in meta.get("mask_labels") or []]
+    if len(names) != k:
+        raise MedvolError(f"checkpoint {state['path']}: model.mask_channels {k} but its data facts name "
+                          f"{len(names)} mask label(s) {names}")
+    return names
+
+
+def record_mask_labels(provenance: dict[str, Any], mask_labels: list[str], out: Path) -> None:
+    """Put ``mask_labels`` into a folder's generated.json, refusing a folder whose label maps name
+    other classes (one listing must mean one thing)."""
+    have = provenance.get("mask_labels")
+    if have is not None and list(have) != list(mask_labels):
+        raise MedvolError(f"--out {out}: holds label maps of classes {have}, these would be {mask_labels}; "
+                          "use another folder")
+    provenance["mask_labels"] = list(mask_labels)
 
 
 def make_output_folder(out: str | os.PathLike) -> Path:

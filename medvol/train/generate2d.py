@@ -10,8 +10,10 @@ What is written (docs/models2d.md, "Generating from a 2D model"):
 - Slices: ``sample_0000.nii.gz`` (one 2D NIfTI per sample; CT in HU by the inverse of the training
   window, MR in [-1, 1]); pixel spacing of the training slices; the image centred at (0, 0) mm;
   checkpoint, seed and index in the ``descrip`` field. With a mask channel (``channels = 2``, or a
-  mask-conditional model) also ``sample_0000_mask.nii.gz`` (uint8 0 / 1). ``grid_0000.png`` shows
-  samples 0..63 windowed for viewing (each tile the image, then its mask).
+  mask-conditional model) also ``sample_0000_mask.nii.gz`` (uint8 0 / 1); a paired image + mask
+  model (``model.mask_channels`` K) writes there the label map 0..K decoded from its K channels
+  (:func:`medvol.data.paired.labels_from_channels`) and records ``mask_labels``.
+  ``grid_0000.png`` shows samples 0..63 windowed for viewing (each tile the image, then its mask).
 - ``volume=True``: ``sample_0000.nii.gz`` of shape [S, S, S] from S consecutive samples stacked
   along the training plane's normal, written like the 3D generated volumes (the training volumes'
   spacing and direction, centred origin), a ``_mask`` volume where masks exist, and
@@ -37,8 +39,9 @@ import numpy as np
 import torch
 
 from medvol.errors import MedvolError
-from medvol.train.generate import (centred_origin, checkpoint_facts, make_output_folder, read_provenance,
-                                   write_provenance)
+from medvol.data.paired import labels_from_channels
+from medvol.train.generate import (centred_origin, checkpoint_facts, make_output_folder, paired_mask_labels,
+                                   read_provenance, record_mask_labels, write_provenance)
 from medvol.utils import checked_write, optional_import
 
 log = logging.getLogger("medvol.generate")
@@ -326,7 +329,10 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
     common = {**checkpoint_facts(state, cfg, seed, mode),
               "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
               "window": list(window) if window is not None else None, "plane": plane}
-    writer = _Writer(make_output_folder(out), seed, common, shown)
+    mask_labels = paired_mask_labels(system, meta, state)
+    if mask_labels is not None:
+        common["mask_labels"] = mask_labels
+    writer = _Writer(make_output_folder(out), seed, common, shown, mask_labels)
     if volume:
         spacing, measured = volume_spacing(meta, plane)
         direction = tuple(float(d) for d in meta.get("direction") or np.eye(3).ravel())
@@ -350,7 +356,8 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
             x = system.generate(z, **extra).float().cpu().numpy()
             for j in range(count):
                 image = to_intensity(x[j, 0], tuple(window)) if window is not None else x[j, 0]
-                mask = (x[j, 1] > 0).astype(np.uint8) if x.shape[1] > 1 else None
+                # One mask channel (data.masks, conditional models): 1 where it is above 0.
+                mask = labels_from_channels(x[j, 1:]) if x.shape[1] > 1 else None
                 pending.append((image.astype(np.float32), mask, sources[j]))
             while len(pending) >= per:
                 group, pending = pending[:per], pending[per:]
@@ -368,9 +375,15 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
 class _Writer:
     """Writes samples as they come, keeps generated.json and the PNG grids in step."""
 
-    def __init__(self, out: Path, seed: int, common: dict[str, Any], shown: tuple[float, float]):
+    def __init__(self, out: Path, seed: int, common: dict[str, Any], shown: tuple[float, float],
+                 mask_labels: list[str] | None = None):
         self.out, self.seed, self.common, self.shown = out, seed, common, shown
         self.provenance = read_provenance(out)
+        if mask_labels is not None:
+            record_mask_labels(self.provenance, mask_labels, out)
+        # Masks are shown with their top label white; a label map's classes as grey levels.
+        self.classes = len(mask_labels) if mask_labels is not None else 1
+        self.mask_intensity = f"label map 0..{self.classes} (0 background)" if mask_labels is not None else "label 0/1"
         self.paths: list[Path] = []
         self.tiles: list[np.ndarray] = []
         self.grid_first = 0
@@ -386,7 +399,10 @@ class _Writer:
 
     def _tile(self, image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         grey = to_grey(image, self.shown)
-        return grey if mask is None else np.concatenate([grey, mask * np.uint8(255)], axis=1)
+        return grey if mask is None else np.concatenate([grey, self._mask_grey(mask)], axis=1)
+
+    def _mask_grey(self, mask: np.ndarray) -> np.ndarray:
+        return (mask.astype(np.uint16) * 255 // self.classes).astype(np.uint8)
 
     def slice(self, image: np.ndarray, mask: np.ndarray | None, source: str | None) -> None:
         i = len(self.paths)
@@ -397,7 +413,7 @@ class _Writer:
         self.provenance["files"][path.name] = write_image2d(image, self.pixel_spacing, path, facts)
         if mask is not None:
             mask_path = self.out / f"sample_{i:04d}_mask.nii.gz"
-            facts = dict(facts, kind="mask", intensity="label 0/1")
+            facts = dict(facts, kind="mask", intensity=self.mask_intensity)
             self.provenance["files"][mask_path.name] = write_image2d(mask, self.pixel_spacing, mask_path, facts)
         self.paths.append(path)
         log.info("wrote %s", path)
@@ -436,7 +452,7 @@ class _Writer:
         if group[0][1] is not None:
             mask = stack_slices(np.stack([item[1] for item in group]), plane)
             mask_path = self.out / f"sample_{k:04d}_mask.nii.gz"
-            facts = dict(self.common, **dict(facts, kind="stacked mask volume", intensity="label 0/1"))
+            facts = dict(self.common, **dict(facts, kind="stacked mask volume", intensity=self.mask_intensity))
             self.provenance["files"][mask_path.name] = write_synthetic(Volume(array=mask, **geometry), mask_path,
                                                                        facts, dtype=np.uint8)
             rows.append(self._views(mask, grey=False))
@@ -452,7 +468,7 @@ class _Writer:
 
         mid = volume.shape[0] // 2
         planes = [take_slice(volume, plane, mid) for plane in _PLANES]
-        tiles = [to_grey(p, self.shown) if grey else p.astype(np.uint8) * np.uint8(255) for p in planes]
+        tiles = [to_grey(p, self.shown) if grey else self._mask_grey(p) for p in planes]
         gap = np.full((tiles[0].shape[0], GRID_GAP), 255, dtype=np.uint8)
         return np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
 

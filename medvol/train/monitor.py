@@ -35,18 +35,19 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def mid_slices(volume: torch.Tensor) -> torch.Tensor:
-    """Axial, coronal and sagittal mid-slices of ``volume[B,1,S,S,S]`` side by side; for the images
-    ``[B,C,S,S]`` of a 2D model, their C channels side by side.
+    """Axial, coronal and sagittal mid-slices of ``volume[B,C,S,S,S]`` side by side (a row per
+    channel: the image, then a paired model's mask channels); for the images ``[B,C,S,S]`` of a 2D
+    model, their C channels side by side.
 
     Returns:
-        ``[B, 1, S, 3*S]`` (2D: ``[B, 1, S, C*S]``) float32 in [0, 1] (input assumed in [-1, 1]).
+        ``[B, 1, C*S, 3*S]`` (2D: ``[B, 1, S, C*S]``) float32 in [0, 1] (input assumed in [-1, 1]).
     """
     v = volume.detach().float().cpu()
     if v.dim() == 4:
         return ((torch.cat(v.unbind(1), dim=-1)[:, None] + 1) / 2).clamp(0, 1)
     s = v.shape[-1] // 2
-    planes = [v[:, :, s], v[:, :, :, s], v[:, :, :, :, s]]
-    return ((torch.cat(planes, dim=-1) + 1) / 2).clamp(0, 1)
+    planes = torch.cat([v[:, :, s], v[:, :, :, s], v[:, :, :, :, s]], dim=-1)  # [B, C, S, 3S]
+    return ((torch.cat(planes.unbind(1), dim=-2)[:, None] + 1) / 2).clamp(0, 1)
 
 
 class Monitor:
