@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a model build option, e.g. channels=2 or spectral_norm_d=true (repeatable)")
     parser.add_argument("--num-classes", type=int, default=0, help="classes of the conditional variant")
+    parser.add_argument("--mask-channels", type=int, default=0,
+                        help="label-map channels of the paired image + mask variant (default 0: the published networks)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             base_width=args.base_width,
             latent_dim=args.latent_dim,
             num_classes=args.num_classes,
+            mask_channels=args.mask_channels,
             **options,
         )
     counts = system.param_counts()
@@ -66,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(counts))
         return 0
     shape = f"{args.size}^{system.dims}"
+    masks = f", mask channels {args.mask_channels}" if args.mask_channels else ""
     print(f"{args.model} @ {shape} (base width {system.base_width}, latent {system.latent_dim}, "
-          f"classes {args.num_classes})")
+          f"classes {args.num_classes}{masks})")
     for key, value in counts.items():
         print(f"  {key:<6} {value:>14,}  ({value / 1e6:.2f}M)")
     return 0
