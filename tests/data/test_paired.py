@@ -105,3 +105,21 @@ def test_slices_with_label_channels(phantoms, plane, size):
             np.testing.assert_array_equal(item[c].numpy(), np.where(want == c, 1.0, -1.0))
         found += int((want == 2).any())
     assert found > 0
+
+
+def test_label_alignment_keeps_nested_classes_whole():
+    # Random labels on a coarse anisotropic grid: resampling mixes three classes in many voxels.
+    # Each class is aligned as "labels >= c" (nested), so the label map covers exactly the aligned
+    # union and its top class exactly the aligned top class: no background gaps where classes meet.
+    from medvol.data.datasets import _align_labels, _align_mask
+    from medvol.data.io import Volume
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(10, 20, 32)).astype(np.uint8)
+    volume = Volume(array=rng.uniform(-900, 900, size=labels.shape).astype(np.float32), spacing=(3.2, 1.6, 1.0))
+    params = PreprocessParams(size=32)
+    aligned = _align_labels(labels, volume, params)
+    assert aligned.shape == (32, 32, 32) and aligned.dtype == np.uint8
+    np.testing.assert_array_equal(aligned > 0, _align_mask(labels >= 1, volume, params) == 1)
+    np.testing.assert_array_equal(aligned == 2, _align_mask(labels >= 2, volume, params) == 1)
+    assert set(np.unique(aligned)) == {0, 1, 2}
