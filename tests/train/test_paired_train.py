@@ -166,3 +166,16 @@ def test_conditional_2d_models_refuse_mask_channels(tmp_path):
     cfg = paired_config(tmp_path / "run", "--model.name", "spade")
     with pytest.raises(MedvolError, match="mask_channels: spade draws images from given masks"):
         train(cfg)
+
+
+def test_demo_masks_config_gives_paired_volumes(tmp_path):
+    from pathlib import Path
+
+    from medvol.train.data import build_dataset
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "demo_masks.yaml", ["--data.phantom_n", "2"])
+    assert cfg.model.mask_channels == 2 and cfg.data.phantom_nodules
+    dataset = build_dataset(cfg.data, cfg.model.size, mask_channels=cfg.model.mask_channels)
+    item = dataset[1]["image"]
+    assert item.shape == (3, 32, 32, 32) and (item[2] > 0).any()  # item 1 carries nodules
