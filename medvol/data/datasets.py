@@ -244,7 +244,8 @@ class SliceDataset(Dataset):
     Args:
         volumes: a :class:`PhantomVolumeDataset` or :class:`CachedVolumeDataset` (anything with
             ``volume(i)``, ``label(i)``, ``__len__``, ``spacing`` and ``window``; with ``masks`` or
-            ``labels="mask"`` also ``volume_and_mask(i)``, which only phantoms have).
+            ``labels="mask"`` also ``volume_and_mask(i)``, which only phantoms have; with
+            ``mask_channels`` ``has_labels``, ``mask_labels`` and ``volume_and_labels(i)``).
         content_only: drop blank slices (every pixel at -1: padding or background).
         plane: "axial", "coronal" or "sagittal" (see :func:`take_slice` for the orientation).
         size: slice side s; a divisor of the volume side (area-averaged image, max-pooled mask, so
