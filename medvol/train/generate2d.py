@@ -38,8 +38,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from medvol.errors import MedvolError
 from medvol.data.paired import labels_from_channels
+from medvol.errors import MedvolError
 from medvol.train.generate import (centred_origin, checkpoint_facts, make_output_folder, paired_mask_labels,
                                    read_provenance, record_mask_labels, write_provenance)
 from medvol.utils import checked_write, optional_import
