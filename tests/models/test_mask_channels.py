@@ -45,7 +45,9 @@ def test_only_the_first_and_last_layers_change(name, size):
         grown = list(plain[key])
         grown[dim] += 3
         assert list(paired[key]) == grown, key
-    assert _shapes(name, size, 0) == _shapes(name, size, 0)
+    with torch.device("meta"):
+        published = {key: tuple(v.shape) for key, v in build(name, size).state_dict().items()}
+    assert plain == published  # K = 0 is the network built without the option
 
 
 @pytest.mark.parametrize("name", ["crfgan", "hagan"])
@@ -150,3 +152,15 @@ def test_mask_channels_build_errors():
     for bad in (-1, 1.5, True):
         with pytest.raises(MedvolError, match="mask_channels: expected an integer >= 0"):
             build("crfgan", 32, base_width=4, latent_dim=8, mask_channels=bad)
+
+
+def test_info_counts_the_paired_variant(capsys):
+    import json
+
+    from medvol.cli import main
+
+    assert main(["info", "--model", "hagan", "--size", "256", "--mask-channels", "2", "--json"]) == 0
+    with torch.device("meta"):
+        assert json.loads(capsys.readouterr().out) == build("hagan", 256, mask_channels=2).param_counts()
+    assert main(["info", "--model", "hagan", "--size", "256", "--mask-channels", "2"]) == 0
+    assert "mask channels 2" in capsys.readouterr().out
