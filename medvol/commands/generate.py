@@ -16,7 +16,9 @@ def register(subparsers) -> None:
                     "direction, the volume centred at (0, 0, 0) mm (docs/models.md, 'Generated volumes "
                     "on disk'). 2D models: one 2D NIfTI per image (plus a _mask file with a mask "
                     "channel) and PNG grids, or with --volume slices stacked into volumes for the 3D "
-                    "metrics (docs/models2d.md). generated.json records what made each file.")
+                    "metrics (docs/models2d.md). A paired image + mask model (model.mask_channels K) "
+                    "also writes sample_NNNN_mask.nii.gz, its uint8 label map 0..K. generated.json "
+                    "records what made each file.")
     parser.add_argument("--ckpt", required=True, help="checkpoint file (ckpt_*.pt) or run folder")
     parser.add_argument("--n", type=int, default=None,
                         help="number of volumes (3D, 2D with --volume) or images (2D); default 1, or "
