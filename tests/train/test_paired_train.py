@@ -179,3 +179,13 @@ def test_demo_masks_config_gives_paired_volumes(tmp_path):
     dataset = build_dataset(cfg.data, cfg.model.size, mask_channels=cfg.model.mask_channels)
     item = dataset[1]["image"]
     assert item.shape == (3, 32, 32, 32) and (item[2] > 0).any()  # item 1 carries nodules
+
+
+def test_no_label_map_is_left_without_its_image(paired_run, tmp_path, medvol_with_file_limit):
+    # 40 kB per file: the uint8 label map and the sidecars fit, the float32 image does not.
+    out = tmp_path / "samples"
+    done = medvol_with_file_limit(["generate", "--ckpt", paired_run, "--n", 2, "--out", out], limit=40_000)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"medvol generate: error: cannot write volume {out / 'sample_0000.nii.gz'}: short write")
+    assert sorted(p.name for p in out.iterdir()) == []  # the label map written first was removed
