@@ -146,9 +146,17 @@ def test_paired_data_errors(tmp_path, overrides, match):
         train(paired_config(tmp_path / "run", *overrides))
 
 
-def test_cache_without_labels_is_refused(tmp_path, phantom_cache):
-    cfg = paired_config(tmp_path / "run", "--data.source", str(phantom_cache))
-    with pytest.raises(MedvolError, match=f"data.source {phantom_cache}: has no label maps"):
+def test_cache_without_labels_is_refused(tmp_path):
+    from medvol.data.cache import build_cache
+    from medvol.data.phantom import write_phantoms
+    from medvol.data.preprocess import PreprocessParams
+
+    write_phantoms(2, SIZE, tmp_path / "ct")
+    for label_map in (tmp_path / "ct").glob("*_mask.*"):
+        label_map.unlink()  # images alone: the cache can hold no label maps
+    build_cache(tmp_path / "ct", tmp_path / "cache", PreprocessParams(size=SIZE), val_fraction=0.5)
+    cfg = paired_config(tmp_path / "run", "--data.source", str(tmp_path / "cache"))
+    with pytest.raises(MedvolError, match=f"data.source {tmp_path / 'cache'}: has no label maps"):
         train(cfg)
 
 
