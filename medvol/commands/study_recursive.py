@@ -27,8 +27,8 @@ def register(actions) -> None:
     parser.add_argument("--seed", type=int, default=0, help="study seed S; generation k's seeds follow from (S, k)")
     parser.add_argument("--val-fraction", type=float, default=0.25, dest="val_fraction",
                         help="validation share of a phantom source's cache (default 0.25)")
-    parser.add_argument("--feature-iters", type=int, default=300, dest="feature_iters",
-                        help="training iterations of the domain feature network (default 300)")
+    parser.add_argument("--feature-iters", type=int, default=200, dest="feature_iters",
+                        help="training iterations of the domain feature network (default 200)")
     parser.add_argument("--bootstrap", type=int, default=20, help="bootstrap rounds of the score intervals (default 20)")
     parser.add_argument("--device", help="generation and evaluation device (default: the config's train.device)")
     parser.add_argument("--set", action="append", default=[], metavar="section.key=VALUE", dest="overrides",

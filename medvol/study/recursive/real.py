@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,12 @@ class RealData:
         data = CachedVolumeDataset(self.cache, split=split)
         return [np.asarray(to_intensity(np.asarray(data.volume(i), dtype=np.float32), self.window),
                            dtype=np.float32) for i in range(len(data))]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def manifest_sha256(cache: Path) -> str:
@@ -124,6 +131,7 @@ def export_split(cache: Path, split: str, folder: Path) -> list[Path]:
     if folder.is_dir() and sorted(p.name for p in folder.glob("*.nii.gz")) == sorted(p.name for p in files):
         return files
     with atomic_dir(folder) as tmp:
+        os.chmod(tmp, 0o777 & ~_umask())  # a temporary folder is private; the result is not
         for name in names:
             write_volume(load_entry(cache, name, physical=True), tmp / f"{name}.nii.gz")
     return files

@@ -98,7 +98,7 @@ def _check_identity(root: Path, identity: dict) -> dict | None:
 
 def run_recursive_study(config: str | os.PathLike, out: str | os.PathLike, *, generations: int,
                         real_fraction: float = 0.0, n_synthetic: int | None = None, seed: int = 0,
-                        val_fraction: float = 0.25, feature_iters: int = 300, bootstrap: int = 20,
+                        val_fraction: float = 0.25, feature_iters: int = 200, bootstrap: int = 20,
                         device: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run (or continue) a recursive-training study (module docstring).
 
