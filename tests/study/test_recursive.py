@@ -172,3 +172,28 @@ def test_a_2d_model_is_refused(tmp_path):
     cfg = Path(__file__).resolve().parents[2] / "configs" / "dcgan_tiny.yaml"
     with pytest.raises(MedvolError, match="2D model"):
         run_recursive_study(cfg, tmp_path / "o", generations=1, **dict(ARGS, overrides=[]))
+
+
+def test_a_generation_cache_holds_the_synthetic_and_real_volumes_all_in_train(tmp_path):
+    """Without training: generated-looking files (marked) and real phantoms into one cache."""
+    import numpy as np
+
+    from medvol.data.io import read_volume
+    from medvol.data.phantom import write_phantoms
+    from medvol.data.preprocess import PreprocessParams
+    from medvol.data.provenance import write_synthetic
+    from medvol.study.recursive.generation import build_generation_cache
+
+    real = write_phantoms(3, 32, tmp_path / "real", seed=4)
+    fake = []
+    for i, path in enumerate(write_phantoms(5, 32, tmp_path / "made", seed=8)):
+        volume = read_volume(path)
+        volume.array = np.asarray(volume.array, dtype=np.float32)
+        fake.append(tmp_path / "gen" / f"sample_{i:04d}.nii.gz")
+        write_synthetic(volume, fake[-1], {"model": "test", "seed": i})
+    counts = build_generation_cache(tmp_path / "cache", fake, real, PreprocessParams(size=32))
+    assert counts == {"synthetic": 5, "real": 3}
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert [v["split"] for v in manifest["volumes"]] == ["train"] * 8
+    marked = sorted(v["name"] for v in manifest["volumes"] if v["synthetic"] is True)
+    assert marked == [f"sample_{i:04d}" for i in range(5)]
