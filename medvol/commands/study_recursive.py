@@ -33,7 +33,7 @@ def register(actions) -> None:
     parser.add_argument("--device", help="generation and evaluation device (default: the config's train.device)")
     parser.add_argument("--set", action="append", default=[], metavar="section.key=VALUE", dest="overrides",
                         help="config override, e.g. --set train.iterations=50 (repeatable)")
-    parser.add_argument("--out", required=True, help="the study folder DIR")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the study folder")
     parser.set_defaults(func=run)
 
 
