@@ -41,7 +41,7 @@ def montage(path: Path, real: Sequence[np.ndarray], generated: Sequence[np.ndarr
     plt = _pyplot()
     rows = (("real (val)", list(real)[:columns]), ("generated", list(generated)[:columns]))
     width = max(len(r) for _, r in rows)
-    fig, axes = plt.subplots(2, width, figsize=(1.4 * width, 3.2), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(2, width, figsize=(1.4 * width, 3.7), dpi=100, squeeze=False)
     for row, (label, volumes) in enumerate(rows):
         for col in range(width):
             ax = axes[row][col]
