@@ -20,6 +20,11 @@ def _mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+# The end-to-end study (three calls, two generations) takes about 35 CPU seconds: slow. Fast siblings
+# below guard its parts: the generation cache, a finished generation left alone, the report.
+slow_study = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """One generation, then the same command with two: the second call must continue."""
@@ -38,6 +43,7 @@ def study(tmp_path_factory):
             "before_third": snapshot}
 
 
+@slow_study
 def test_every_generation_is_scored_and_plotted(study):
     out, summary = study["out"], study["second"]
     assert [g["generation"] for g in summary["generations"]] == [0, 1]
@@ -59,12 +65,14 @@ def test_every_generation_is_scored_and_plotted(study):
     assert json.loads((out / "summary.json").read_text())["generations"] == study["third"]["generations"]
 
 
+@slow_study
 def test_resume_continues_at_the_second_generation_without_redoing_the_first(study):
     assert [g["generation"] for g in study["first"]["generations"]] == [0]
     assert _mtimes(study["out"] / "gen_000") == study["gen0_before"]
     assert study["second"]["generations"][0] == study["first"]["generations"][0]
 
 
+@slow_study
 def test_generation_one_trains_on_marked_synthetic_and_the_kept_real_volumes(study):
     out, summary = study["out"], study["second"]
     manifest = json.loads((out / "gen_001" / "cache" / "manifest.json").read_text())
@@ -89,6 +97,7 @@ def test_generation_one_trains_on_marked_synthetic_and_the_kept_real_volumes(stu
     assert "allow_synthetic: false" in (out / "gen_000" / "run" / "config.yaml").read_text()
 
 
+@slow_study
 def test_generations_differ_in_seed_by_one_rule(study):
     from medvol.study.recursive.generation import generation_seeds
 
@@ -98,6 +107,7 @@ def test_generations_differ_in_seed_by_one_rule(study):
     assert g[0]["iterations"] == g[1]["iterations"] == 4
 
 
+@slow_study
 def test_an_interrupted_generation_is_scored_again_without_retraining(study):
     out, before = study["out"], study["before_third"]
     assert (out / "gen_001" / "scores.json").is_file()
@@ -108,6 +118,7 @@ def test_an_interrupted_generation_is_scored_again_without_retraining(study):
     assert again["hu_w1"] == pytest.approx(first["hu_w1"], rel=1e-9)
 
 
+@slow_study
 def test_a_folder_of_another_study_is_refused(study):
     from medvol.study.recursive import run_recursive_study
 
@@ -197,3 +208,40 @@ def test_a_generation_cache_holds_the_synthetic_and_real_volumes_all_in_train(tm
     assert [v["split"] for v in manifest["volumes"]] == ["train"] * 8
     marked = sorted(v["name"] for v in manifest["volumes"] if v["synthetic"] is True)
     assert marked == [f"sample_{i:04d}" for i in range(5)]
+
+
+def test_a_finished_generation_is_read_back_not_redone(tmp_path):
+    from medvol.study.recursive.generation import Plan, run_generation
+
+    record = {"generation": 1, "scores": {"fid": 1.0}, "seconds": {"total": 2.0}}
+    (tmp_path / "gen_001").mkdir()
+    (tmp_path / "gen_001" / "scores.json").write_text(json.dumps(record))
+    # Nothing else exists: any step it tried (cache, training, scoring) would fail.
+    plan = Plan(root=tmp_path, cfg=None, real=None, n_synthetic=2, real_kept=[], seed=0, bootstrap=0, device="cpu")
+    assert run_generation(plan, 1) == record
+    (tmp_path / "gen_001" / "scores.json").write_text(json.dumps(dict(record, generation=2)))
+    # A scores.json of another generation does not count as done: the generation starts, and
+    # stops at once, generation 0 having left no samples here.
+    with pytest.raises(MedvolError, match="gen_000/samples: 0 volumes, expected 2"):
+        run_generation(plan, 1)
+
+
+def test_the_summary_table_and_plot_show_every_generation_and_the_floor(tmp_path):
+    from medvol.study.recursive.report import scores_plot, summary_markdown
+    from medvol.study.recursive.scoring import SCORES
+
+    def scores(base):
+        return {key: base + i / 10 for i, key in enumerate(SCORES)}
+
+    summary = {"study": {"config_path": "c.yaml", "model": "crfgan@32", "iterations": 4, "real_cache": "r",
+                         "n_real_train": 6, "n_real_val": 2, "n_synthetic": 3, "n_real_kept": 3,
+                         "real_fraction": 0.5, "seed": 0, "bootstrap": 0, "domain_features": "d.pt"},
+               "floor": scores(100.0), "wall_seconds": 9.0,
+               "generations": [{"generation": k, "scores": dict(scores(float(k)), fid_ci=[k - 0.5, k + 0.5]),
+                                "seconds": {"total": 3.0}} for k in range(3)]}
+    md = summary_markdown(summary)
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| 0", "| 1", "| 2", "| real vs real (floor)"]
+    assert rows[2].split(" | ")[1:3] == ["1", "1.1"] and rows[4].split(" | ")[1] == "100"
+    path = scores_plot(tmp_path / "scores.png", summary)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
