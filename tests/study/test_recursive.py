@@ -227,7 +227,7 @@ def test_a_finished_generation_is_read_back_not_redone(tmp_path):
 
 
 def test_the_summary_table_and_plot_show_every_generation_and_the_floor(tmp_path):
-    from medvol.study.recursive.report import scores_plot, summary_markdown
+    from medvol.study.recursive.report import plot_series, scores_plot, summary_markdown
     from medvol.study.recursive.scoring import SCORES
 
     def scores(base):
@@ -243,5 +243,12 @@ def test_the_summary_table_and_plot_show_every_generation_and_the_floor(tmp_path
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| 0", "| 1", "| 2", "| real vs real (floor)"]
     assert rows[2].split(" | ")[1:3] == ["1", "1.1"] and rows[4].split(" | ")[1] == "100"
+    series = plot_series(summary)
+    assert list(series) == list(SCORES)
+    for i, key in enumerate(SCORES):
+        assert series[key]["generations"] == [0, 1, 2]
+        assert series[key]["values"] == pytest.approx([k + i / 10 for k in range(3)])
+        assert series[key]["floor"] == pytest.approx(100 + i / 10)
+    assert series["fid"]["ci"] == [[-0.5, 0.5], [0.5, 1.5], [1.5, 2.5]] and series["recall"]["ci"] is None
     path = scores_plot(tmp_path / "scores.png", summary)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -91,6 +91,20 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_series(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each panel of ``scores.png`` draws: ``{score: {"generations", "values", "ci", "floor"}}``
+    (``ci`` None unless every generation has an interval; ``floor`` None where there is none)."""
+    gens = [row["generation"] for row in summary["generations"]]
+    floor = summary.get("floor") or {}
+    series = {}
+    for key in SCORES:
+        values = [row["scores"].get(key) for row in summary["generations"]]
+        ci = [row["scores"].get(f"{key}_ci") for row in summary["generations"]]
+        series[key] = {"generations": gens, "values": [np.nan if v is None else v for v in values],
+                       "ci": ci if ci and all(c is not None for c in ci) else None, "floor": floor.get(key)}
+    return series
+
+
 def scores_plot(path: Path, summary: dict[str, Any]) -> Path:
     """``scores.png``: one panel per score across generations, the real-vs-real floor dashed."""
     plt = _pyplot()
@@ -98,16 +112,15 @@ def scores_plot(path: Path, summary: dict[str, Any]) -> Path:
     cols = 4
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    series = plot_series(summary)
     gens = [row["generation"] for row in summary["generations"]]
-    floor = summary.get("floor") or {}
     for ax, key in zip(axes.ravel(), keys):
-        values = [row["scores"].get(key) for row in summary["generations"]]
-        ax.plot(gens, [np.nan if v is None else v for v in values], marker="o")
-        ci = [row["scores"].get(f"{key}_ci") for row in summary["generations"]]
-        if all(c is not None for c in ci) and ci:
-            ax.fill_between(gens, [c[0] for c in ci], [c[1] for c in ci], alpha=0.2, lw=0)
-        if floor.get(key) is not None:
-            ax.axhline(floor[key], color="k", ls="--", lw=1, label="real vs real")
+        one = series[key]
+        ax.plot(gens, one["values"], marker="o")
+        if one["ci"] is not None:
+            ax.fill_between(gens, [c[0] for c in one["ci"]], [c[1] for c in one["ci"]], alpha=0.2, lw=0)
+        if one["floor"] is not None:
+            ax.axhline(one["floor"], color="k", ls="--", lw=1, label="real vs real")
             ax.legend(fontsize=6, loc="best")
         ax.set_title(SCORES[key][0], fontsize=8)
         ax.set_xlabel("generation", fontsize=7)
