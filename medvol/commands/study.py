@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 #: Study actions, each a module ``medvol.commands.study_<action>`` with ``register(actions)``.
-ACTIONS: list[str] = ["reader"]
+ACTIONS: list[str] = ["reader", "recursive"]
 
 
 def register(subparsers) -> None:

@@ -2,4 +2,6 @@
 
 - :mod:`medvol.study.reader`: the two-alternative forced-choice reader-study kit (make a static
   study page from real and generated volumes, score the readers' answers).
+- :mod:`medvol.study.recursive`: recursive training on generated volumes (model collapse), scored
+  per generation against the real validation split.
 """

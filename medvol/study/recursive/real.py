@@ -1,0 +1,202 @@
+"""The real side of a recursive study: the real cache, its train/val volumes on disk, the domain
+feature network, and the real-vs-real floor of every score.
+
+Layout under ``DIR/real/``::
+
+    phantoms/     the config's phantoms as CT files (only when ``data.source`` is ``phantom``)
+    cache/        their preprocessing cache, split into train / val (phantom source only; a
+                  config that names a cache uses that cache as it is)
+    train/ val/   the real cache's train and val volumes as NIfTI in HU: real volumes mixed into
+                  later generations come from train/, and the floor scores train/ against val
+    domain.pt     the domain feature network (``medvol features train``) fitted on the train split
+    floor/        the floor's evaluation reports; floor.json its scores
+
+Every step is skipped when its output exists: each is written atomically (files renamed into
+place, folders filled under a temporary name), so a present output is a complete one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvol.config import TrainConfig
+from medvol.errors import MedvolError
+
+log = logging.getLogger("medvol.study")
+
+
+@dataclasses.dataclass
+class RealData:
+    """The real data of a study, prepared by :func:`prepare_real`.
+
+    Attributes:
+        cache: the real preprocessing cache (train and val splits).
+        manifest_sha256: :func:`manifest_sha256` of the cache when the study began using it.
+        size: the volumes' side S.
+        modality: ``"ct"`` or ``"mr"``.
+        window: the CT window (HU) the cache scales with; None for MR.
+        train_files, val_files: the split's volumes as NIfTI (HU for CT), in manifest order.
+        domain: the domain feature network's file.
+    """
+
+    cache: Path
+    manifest_sha256: str
+    size: int
+    modality: str
+    window: tuple[float, float] | None
+    train_files: list[Path]
+    val_files: list[Path]
+    domain: Path
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The intensity range histograms are taken over: the window (HU), or [-1, 1] for MR."""
+        return tuple(self.window) if self.window is not None else (-1.0, 1.0)
+
+    def split_arrays(self, split: str) -> list[np.ndarray]:
+        """The cache's ``split`` volumes in physical units (HU for CT), float32 (S, S, S) each."""
+        from medvol.data.datasets import CachedVolumeDataset
+        from medvol.data.preprocess import to_intensity
+
+        data = CachedVolumeDataset(self.cache, split=split)
+        return [np.asarray(to_intensity(np.asarray(data.volume(i), dtype=np.float32), self.window),
+                           dtype=np.float32) for i in range(len(data))]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def manifest_sha256(cache: Path) -> str:
+    """SHA-256 of what the study depends on in a cache: its parameters and every entry's name,
+    source checksum and split (not the manifest's bytes: each ``build_cache`` run that reuses
+    every volume still stamps the manifest with its time)."""
+    from medvol.data.cache import load_manifest
+
+    manifest = load_manifest(cache)
+    content = {"params": manifest["params"],
+               "volumes": sorted([e["name"], e.get("checksum"), e.get("split")] for e in manifest["volumes"])}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def real_cache(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int) -> Path:
+    """The real cache: the config's cache, or one built under ``root`` from its phantoms.
+
+    Phantoms are written with the config's ``phantom_n``, ``phantom_seed`` and ``phantom_nodules``
+    (the volumes ``medvol train`` would draw on the fly) and split with ``val_fraction`` and
+    ``seed`` so that generated volumes are scored against real ones no generation trained on.
+    """
+    from medvol.data.cache import build_cache
+    from medvol.data.phantom import write_phantoms
+    from medvol.data.preprocess import PreprocessParams
+
+    data = cfg.data
+    if data.source != "phantom":
+        cache = Path(data.source)
+        if not (cache / "manifest.json").is_file():
+            raise MedvolError(f"data.source {cache}: not a medvol cache (the recursive study needs 'phantom' "
+                              "or a folder built by `medvol preprocess`)")
+        return cache
+    phantoms = root / "phantoms"
+    expected = [phantoms / f"phantom_{i:04d}.nii.gz" for i in range(data.phantom_n)]
+    if not all(p.is_file() for p in expected):  # each file is written atomically
+        log.info("writing %d phantoms to %s", data.phantom_n, phantoms)
+        write_phantoms(data.phantom_n, cfg.model.size, phantoms, seed=data.phantom_seed,
+                       nodules=data.phantom_nodules)
+    cache = root / "cache"
+    # Idempotent: a finished cache with the same sources and parameters is reused as it is.
+    build_cache(expected, cache, PreprocessParams(size=cfg.model.size), val_fraction=val_fraction, seed=seed)
+    return cache
+
+
+def export_split(cache: Path, split: str, folder: Path) -> list[Path]:
+    """Write the ``split`` volumes of ``cache`` into ``folder`` as NIfTI (once: the folder appears
+    complete or not at all)."""
+    from medvol.data.cache import load_entry, load_manifest
+    from medvol.data.io import write_volume
+    from medvol.utils import atomic_dir
+
+    names = [e["name"] for e in load_manifest(cache)["volumes"] if e["split"] == split]
+    files = [folder / f"{name}.nii.gz" for name in names]
+    if folder.is_dir() and sorted(p.name for p in folder.glob("*.nii.gz")) == sorted(p.name for p in files):
+        return files
+    with atomic_dir(folder) as tmp:
+        os.chmod(tmp, 0o777 & ~_umask())  # a temporary folder is private; the result is not
+        for name in names:
+            write_volume(load_entry(cache, name, physical=True), tmp / f"{name}.nii.gz")
+    return files
+
+
+def prepare_real(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int, feature_iters: int,
+                 expected_sha256: str | None = None) -> RealData:
+    """Build (or find) everything real the study needs under ``root`` (module docstring).
+
+    Args:
+        cfg: the study's config (its ``data`` section names the real data).
+        root: ``DIR/real``.
+        val_fraction, seed: the split of a phantom cache.
+        feature_iters: iterations of the domain feature network's training.
+        expected_sha256: the real cache's manifest digest recorded when the study began (None
+            for a new study): a cache that changed since is refused, since the generations
+            already done were trained and scored on the old one.
+
+    Raises:
+        MedvolError: a cache that is no cache, changed, holds synthetic volumes, has volumes of
+            another size, or fewer than two train or val volumes.
+    """
+    from medvol.data.datasets import CachedVolumeDataset
+    from medvol.eval.domain import train_domain_features
+
+    cache = real_cache(cfg, root, val_fraction=val_fraction, seed=seed)
+    digest = manifest_sha256(cache)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise MedvolError(f"real cache {cache} changed since this study began (content sha256 "
+                          f"{digest[:12]}... vs {expected_sha256[:12]}...); start a new study with another --out")
+    counts = {}
+    for split in ("train", "val"):
+        # Refuses synthetic entries: generation 0 must learn from real volumes only.
+        data = CachedVolumeDataset(cache, split=split)
+        if data.size != cfg.model.size:
+            raise MedvolError(f"real cache {cache}: volumes are {data.size}^3, model.size is {cfg.model.size}")
+        counts[split] = len(data)
+        if len(data) < 2:
+            raise MedvolError(f"real cache {cache}: {len(data)} {split} volume(s); the study needs at least 2 "
+                              "(more phantoms with --data.phantom_n, or another --val-fraction)")
+    params = data.params
+    train_files = export_split(cache, "train", root / "train")
+    val_files = export_split(cache, "val", root / "val")
+    domain = root / "domain.pt"
+    if not domain.is_file():  # written atomically by train_domain_features
+        log.info("training the domain feature network on %d real volumes (%d iterations)",
+                 counts["train"], feature_iters)
+        train_domain_features(cache, domain, iters=feature_iters, seed=seed, log_every=0)
+    return RealData(cache=cache, manifest_sha256=digest, size=params.size, modality=params.modality,
+                    window=params.intensity_window, train_files=train_files, val_files=val_files,
+                    domain=domain)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object written by this study, or None when absent or unreadable (to be redone)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: Path, data: dict[str, Any], what: str) -> None:
+    """``data`` as JSON at ``path``, atomically."""
+    from medvol.utils import checked_write
+
+    with checked_write(path, what) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
