@@ -237,7 +237,7 @@ def open_synthetic(name: str, folder: str | Path, *, size: int, window: tuple[fl
             voxels differ from its sidecar, unknown label names, a wrong shape, mixed dimensions.
     """
     from medvol.data.discover import discover, find_labels
-    from medvol.data.provenance import provenance_of
+    from medvol.data.provenance import provenance_of, voxels_sha256
 
     folder = Path(folder)
     what = f"--synthetic {name}={folder}"
@@ -255,7 +255,10 @@ def open_synthetic(name: str, folder: str | Path, *, size: int, window: tuple[fl
             raise MedvolError(f"{what}: {path.name} has no mask beside it ({path.name.split('.')[0]}_mask.nii.gz); "
                               "segmentation needs image and mask (generate from a model trained with "
                               "--model.mask_channels K)")
-        found = provenance_of(path, verify=True)
+        is_2d = _is_2d(path)
+        found = provenance_of(path, verify=not is_2d)  # medvol's volume reader reads 3D only
+        if is_2d and (found["record"] or {}).get("voxels_sha256"):
+            found["voxels_match"] = voxels_sha256(_read_array(path, 2)[0]) == found["record"]["voxels_sha256"]
         if not found["synthetic"]:
             raise MedvolError(f"{what}: {path} is not marked synthetic; the study trains on it as generated data, "
                               "so it must be what `medvol generate` wrote (a real scan passed as synthetic would "
@@ -269,7 +272,7 @@ def open_synthetic(name: str, folder: str | Path, *, size: int, window: tuple[fl
                               "in generated.json or its sidecar)")
         if names is not None and these != names:
             raise MedvolError(f"{what}: {path.name} names its labels {these}, other files {names}")
-        if (2 if _is_2d(path) else 3) != dims:
+        if (2 if is_2d else 3) != dims:
             raise MedvolError(f"{what}: mixes 2D images and 3D volumes ({files[0].name}, {path.name})")
         names = these
         masks.append(mask)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from medvol.errors import MedvolError
 from medvol.study.downstream.data import LabelledSet, real_slices
 
@@ -67,6 +65,3 @@ def fid(real_val: LabelledSet, synthetic: LabelledSet, ext, *, side: int | None,
             "extractor": ext.info(), "warning": "; ".join(notes) or None,
             "real": "val split" + (" axial slices" if ext.dims == 2 else " volumes")}
 
-
-def finite_or_none(value) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None

@@ -142,7 +142,7 @@ def plot(path: Path, table: list[dict]) -> bool:
         row = next((r for r in table if r["setup"] == setup), None)
         if row is not None and row["mean_dice"]["mean"] is not None:
             ax.axhline(row["mean_dice"]["mean"], color="grey", linestyle=style, label=SETUP_TITLES[setup])
-    if fids and max(fids) / min(fids) > 50:
+    if fids and max(fids) / min(fids) > 10:
         ax.set_xscale("log")
     ax.set_xlabel("FID of the synthetic source (against the held-out real volumes)")
     ax.set_ylabel("mean Dice on held-out real volumes")
