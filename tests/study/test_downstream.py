@@ -54,9 +54,9 @@ def test_dice_against_numpy_on_a_fixed_pair():
     expected = [2 * ((prediction == c) & (truth == c)).sum() / ((prediction == c).sum() + (truth == c).sum())
                 for c in (1, 2)]
     np.testing.assert_allclose(dice_per_class(prediction, truth, 2), expected, rtol=1e-6)
-    # A class absent from the truth has no score (not 0, not 1).
-    scores = dice_per_class(np.where(truth == 2, 0, prediction), np.where(truth == 2, 0, truth), 2)
-    assert np.isfinite(scores[0]) and np.isnan(scores[1])
+    # A class absent from the truth has no score (not 0, not 1), even where the prediction has it.
+    scores = dice_per_class(prediction, np.where(truth == 2, 0, truth), 2)
+    assert (prediction == 2).any() and np.isfinite(scores[0]) and np.isnan(scores[1])
     # Swapped classes: 0.
     assert dice_per_class((truth == 1) * 2, (truth == 1) * 1, 2)[0] == 0.0
 
@@ -181,14 +181,13 @@ def test_bad_inputs_are_named(data, tmp_path):
         _run(data, tmp_path / "g", [f"real={data['good']}"])
 
 
-def test_two_d_slices_train_a_two_d_unet(data, tmp_path):
-    """Synthetic 2D slices (16², pooled from the cache's 32³ grid) make the study 2D."""
-    from medvol.data.preprocess import PreprocessParams, to_intensity
+def _write_slices(data, folder):
+    """Four synthetic 2D slices (16², pooled from the cache's 32³ grid) with masks, marked."""
     from medvol.data.datasets import CachedVolumeDataset
+    from medvol.data.preprocess import PreprocessParams, to_intensity
     from medvol.study.downstream.data import pool_slice
     from medvol.train.generate2d import write_image2d
 
-    folder = tmp_path / "slices"
     folder.mkdir()
     ds = CachedVolumeDataset(data["cache"], "train")
     params = PreprocessParams(size=SIZE)
@@ -198,6 +197,32 @@ def test_two_d_slices_train_a_two_d_unet(data, tmp_path):
         write_image2d(to_intensity(image, params).astype(np.float32), (1.0, 1.0), folder / f"sample_{i:04d}.nii.gz",
                       record)
         write_image2d(labels, (1.0, 1.0), folder / f"sample_{i:04d}_mask.nii.gz", record)
+    return ds
+
+
+def test_two_d_data_and_unet(data, tmp_path):
+    """Slices make a 2D set; real volumes give pooled slices; a 2D U-Net is scored per volume."""
+    from medvol.study.downstream.data import open_real, open_synthetic, real_slices
+    from medvol.study.downstream.segment import run_setup
+
+    _write_slices(data, tmp_path / "slices")
+    train, classes = open_real(str(data["cache"]), "train", ["lungs"])
+    val, _ = open_real(str(data["cache"]), "val", classes)
+    synthetic = open_synthetic("s", tmp_path / "slices", size=SIZE, window=(-1024.0, 600.0), classes=classes, n=None)
+    assert synthetic.dims == 2 and synthetic.load(0)[0].shape == (16, 16)
+    slices = real_slices(train, 16)
+    image, labels = slices.load(0)
+    assert image.shape == labels.shape == (16, 16) and len(slices) > len(train)
+    result = run_setup([slices, synthetic], val, 1, dims=2, side=16, iterations=2, batch=2, lr=1e-2, seed=0,
+                       augment=True, channels=(4, 8), device=__import__("torch").device("cpu"))
+    assert len(result["dice"]) == len(val) and all(0.0 <= row[0] <= 1.0 for row in result["dice"])
+
+
+@pytest.mark.slow
+def test_two_d_slices_train_a_two_d_unet(data, tmp_path):
+    """Synthetic 2D slices make the whole study 2D (FID with Inception on slices)."""
+    folder = tmp_path / "slices"
+    ds = _write_slices(data, folder)
     out = tmp_path / "study"
     results = _run(data, out, [f"slices={folder}"], labels=["lungs"], iterations=5)
     assert results["config"]["dims"] == 2 and results["config"]["side"] == 16
