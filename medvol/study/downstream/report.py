@@ -126,9 +126,9 @@ def plot(path: Path, table: list[dict]) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    styles = {"synthetic": ("o", "tab:red"), "real+synthetic": ("s", "tab:blue")}
+    styles = {"synthetic": ("o", "tab:red", -11), "real+synthetic": ("s", "tab:blue", 4)}  # label below / above
     fids = [r["fid"] for r in table if r["fid"] is not None and r["fid"] > 0]
-    for setup, (marker, colour) in styles.items():
+    for setup, (marker, colour, dy) in styles.items():
         rows = [r for r in table if r["setup"] == setup and r["fid"] is not None and r["mean_dice"]["mean"] is not None]
         if not rows:
             continue
@@ -137,7 +137,7 @@ def plot(path: Path, table: list[dict]) -> bool:
                     label=SETUP_TITLES[setup])
         for r in rows:
             ax.annotate(r["source"], (r["fid"], r["mean_dice"]["mean"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+                        xytext=(5, dy), fontsize=8, color=colour)
     for setup, style in (("real", "-"), ("real+aug", "--")):
         row = next((r for r in table if r["setup"] == setup), None)
         if row is not None and row["mean_dice"]["mean"] is not None:
