@@ -323,8 +323,8 @@ def generate_source(name: str, ckpt: str | Path, out: Path, n: int, seed: int, d
 
     sha = checksum_path(Path(state["path"])).read_text(encoding="utf-8").split()[0]
     listed = read_provenance(out)["files"]
-    done = [f for f, r in listed.items() if isinstance(r, dict) and r.get("checkpoint_sha256") == sha
-            and r.get("seed") == seed and (out / f).is_file()]
+    done = sorted(f for f, r in listed.items() if isinstance(r, dict) and r.get("checkpoint_sha256") == sha
+                  and r.get("seed") == seed and (out / f).is_file() and not f.split(".")[0].endswith("_mask"))
     if len(done) >= n and all((out / f"{f.split('.')[0]}_mask.nii.gz").is_file() for f in done[:n]):
         return out
     generate(ckpt, n, out, seed=seed, device=device)
