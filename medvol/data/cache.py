@@ -668,7 +668,9 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
         for path in removed:
             path.unlink()
         old_names = {e["name"] for e in old["volumes"]} if old is not None else set()
-        replaced += f"; {len(set(processed) & old_names)} re-made from this run's source, {len(removed)} removed"
+        volumes_removed = [p for p in removed if not any(p.name == f"{n}{LABELS_SUFFIX}.npy" for n in old_names)]
+        replaced += (f"; {len(set(processed) & old_names)} re-made from this run's source, "
+                     f"{len(volumes_removed)} removed")
     return CacheSummary(path=dst, manifest=manifest, processed=processed, reused=reused, failed=failed,
                         replaced=replaced)
 
