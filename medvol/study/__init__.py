@@ -2,4 +2,6 @@
 
 - :mod:`medvol.study.reader`: the two-alternative forced-choice reader-study kit (make a static
   study page from real and generated volumes, score the readers' answers).
+- :mod:`medvol.study.downstream`: U-Nets trained on real, augmented, synthetic and mixed data,
+  Dice on held-out real volumes beside each generator's FID.
 """

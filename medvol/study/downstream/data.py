@@ -315,12 +315,10 @@ def generate_source(name: str, ckpt: str | Path, out: Path, n: int, seed: int, d
     A folder that already lists ``n`` files of this checkpoint (by SHA-256) and seed, each with
     its mask, is kept: an interrupted study does not generate twice.
     """
-    from medvol.train.checkpoint import load_checkpoint
+    from medvol.train.checkpoint import checksum_path, load_checkpoint
     from medvol.train.generate import generate, read_provenance
 
     _, _, state = load_checkpoint(ckpt)
-    from medvol.train.checkpoint import checksum_path
-
     sha = checksum_path(Path(state["path"])).read_text(encoding="utf-8").split()[0]
     listed = read_provenance(out)["files"]
     done = sorted(f for f, r in listed.items() if isinstance(r, dict) and r.get("checkpoint_sha256") == sha
