@@ -100,7 +100,7 @@ def test_installed_entry_point(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "preprocessed 2 volume(s)" in done.stdout
-    arrays = sorted((tmp_path / "cache" / "volumes").glob("*.npy"))
+    arrays = sorted(p for p in (tmp_path / "cache" / "volumes").glob("*.npy") if not p.name.endswith("_labels.npy"))
     assert [a.name for a in arrays] == ["phantom_0000.npy", "phantom_0001.npy"]
     assert np.load(arrays[0]).shape == (32, 32, 32)
     bad = subprocess.run([str(medvol), "preprocess", "--src", str(tmp_path / "nowhere"), "--dst",
@@ -138,7 +138,7 @@ def test_a_second_source_adds_its_volumes_and_keeps_the_first(tmp_path, capsys):
     for name, data in first.items():
         if name.startswith("volumes/"):
             assert (cache / name).read_bytes() == data
-    assert sorted(f"volumes/{p.name}" for p in (cache / "volumes").iterdir()) == sorted(v["file"] for v in manifest["volumes"])
+    assert sorted(f"volumes/{p.name}" for p in (cache / "volumes").iterdir()) == _listed(manifest)
     assert manifest["sources"] == [str(tmp_path / "a"), str(tmp_path / "b")]
     # The same volumes with the same parameters are skipped, and the run says so.
     code, out, err = run(base + ["--src", tmp_path / "a"], capsys)
@@ -210,7 +210,7 @@ def test_two_runs_at_once_same_source(tmp_path):
     assert any("in use by another medvol process" in err and "waiting" in err for _, _, err in results)
     manifest = json.loads((cache / "manifest.json").read_text(encoding="utf-8"))
     assert [v["name"] for v in manifest["volumes"]] == [f"phantom_000{i}" for i in range(4)]
-    assert sorted(p.name for p in (cache / "volumes").iterdir()) == [f"phantom_000{i}.npy" for i in range(4)]
+    assert _volume_arrays(cache) == [f"phantom_000{i}.npy" for i in range(4)]
     assert _no_temporaries(cache) == []
 
 
@@ -224,7 +224,7 @@ def test_two_runs_at_once_different_sources(tmp_path):
         assert code == 0 and "Traceback" not in err and "preprocessed 3 volume(s)" in out, err
     manifest = json.loads((cache / "manifest.json").read_text(encoding="utf-8"))
     assert sorted(Path(v["source"]).parent.name for v in manifest["volumes"]) == ["a"] * 3 + ["b"] * 3
-    assert sorted(f"volumes/{p.name}" for p in (cache / "volumes").iterdir()) == sorted(v["file"] for v in manifest["volumes"])
+    assert sorted(f"volumes/{p.name}" for p in (cache / "volumes").iterdir()) == _listed(manifest)
     assert manifest["split"]["train"] + manifest["split"]["val"] == 6
     assert _no_temporaries(cache) == []
 
@@ -282,7 +282,7 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
     assert _no_temporaries(cache) == []
     assert code == 0 and "preprocessed 0 volume(s), reused 2" in out, err
     assert "temporary file(s) left by an interrupted run" in err
-    assert sorted(p.name for p in (cache / "volumes").iterdir()) == ["phantom_0000.npy", "phantom_0001.npy"]
+    assert _volume_arrays(cache) == ["phantom_0000.npy", "phantom_0001.npy"]
 
 
 def test_view_refuses_a_bare_npy_before_any_window(tmp_path, capsys):
@@ -308,3 +308,13 @@ def test_view_screenshots_cache_entries_beside_each_other(tmp_path):
     height, width = grid.shape[:2]
     assert width == 2 * height and grid.std() > 20
     assert np.abs(grid[:, : width // 2] - grid[:, width // 2:]).mean() > 1  # two different entries
+
+
+def _listed(manifest) -> list[str]:
+    """Every array a manifest lists: volumes and their label maps (phantoms may carry them)."""
+    return sorted(v[k] for v in manifest["volumes"] for k in ("file", "labels") if k in v)
+
+
+def _volume_arrays(cache) -> list[str]:
+    """The volume arrays of a cache folder, label maps aside."""
+    return sorted(p.name for p in (cache / "volumes").iterdir() if not p.name.endswith("_labels.npy"))

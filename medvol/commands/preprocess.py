@@ -32,7 +32,10 @@ def register(subparsers) -> None:
         "with the same parameters are skipped, and other parameters than the cache's are refused "
         "(--overwrite replaces the cache). One run writes a cache at a time: a second one waits for it. "
         "A bad volume is reported and skipped (--strict: fails). --export-nifti DIR writes every cache "
-        "entry as DIR/<name>.nii.gz with its geometry (CT in HU); without --src it exports an existing cache.",
+        "entry as DIR/<name>.nii.gz with its geometry (CT in HU); without --src it exports an existing cache. "
+        "A label map beside a volume (<stem>_mask, _seg, _label(s), -mask, -seg; LiTS segmentation-N; LUNA16 "
+        "seg-lungs-LUNA16/<uid>) is resampled by nearest neighbour onto the volume's grid and cached as "
+        "DST/volumes/<name>_labels.npy (exported as DIR/<name>_mask.nii.gz).",
     )
     parser.add_argument("--src", help="file, folder, glob or .txt list of volumes (required unless only exporting)")
     parser.add_argument("--dst", required=True, help="cache folder (created or grown)")
@@ -64,6 +67,11 @@ def register(subparsers) -> None:
     parser.add_argument("--allow-synthetic", action="store_true", dest="allow_synthetic",
                         help="accept volumes marked synthetic (written by `medvol generate`); refused by default. "
                         "Their manifest entries record them as synthetic, and they are never in the val split")
+    parser.add_argument("--mask-labels", metavar="NAME,NAME",
+                        help="class names of label ids 1, 2, ... of the label maps (default: the cache's; "
+                        "LiTS liver,tumour; else label_1, label_2, ...)")
+    parser.add_argument("--no-labels", dest="labels", action="store_false",
+                        help="ignore label maps beside the volumes")
     parser.add_argument("--export-nifti", metavar="DIR",
                         help="write every cache entry as DIR/<name>.nii.gz with its spacing, origin and direction "
                         "(CT in HU, MR in [-1, 1])")
@@ -74,7 +82,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medvol.data.cache import build_cache, export_nifti
+    from medvol.data.cache import build_cache, export_nifti, parse_mask_labels
     from medvol.data.preprocess import PreprocessParams, parse_window
     from medvol.errors import MedvolError
 
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         if args.export_nifti is None:
             raise MedvolError("--src is required (or give --export-nifti DIR alone to export the cache --dst)")
         written = export_nifti(args.dst, args.export_nifti, wait=args.lock_wait, on_wait=waiting)
-        print(f"exported {len(written)} volume(s) of {args.dst} as NIfTI into {args.export_nifti}")
+        print(f"exported {len(written)} file(s) of {args.dst} as NIfTI into {args.export_nifti}")
         return 0
     if args.size is None:
         raise MedvolError("--size is required with --src (the cube edge: 32, 64, 128, 256 or 512)")
@@ -95,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     summary = build_cache(args.src, args.dst, params, workers=args.workers, strict=args.strict, seed=args.seed,
                           val_fraction=args.val_fraction, reader=args.reader, progress=sys.stderr.isatty(),
                           overwrite=args.overwrite, wait=args.lock_wait, on_wait=waiting,
-                          export_dir=args.export_nifti, allow_synthetic=args.allow_synthetic)
+                          export_dir=args.export_nifti, allow_synthetic=args.allow_synthetic,
+                          labels=args.labels, mask_labels=parse_mask_labels(args.mask_labels))
     if summary.cleaned:
         print(f"medvol preprocess: removed {len(summary.cleaned)} temporary file(s) left by an interrupted run",
               file=sys.stderr)
@@ -109,9 +118,13 @@ def run(args: argparse.Namespace) -> int:
     split = summary.manifest["split"]
     synthetic = sum(entry.get("synthetic") is True for entry in summary.manifest["volumes"])
     marked = f", {synthetic} synthetic" if synthetic else ""
+    labelled = sum(isinstance(entry.get("labels"), str) for entry in summary.manifest["volumes"])
+    if labelled:
+        names = ",".join(summary.manifest.get("mask_labels") or [])
+        marked += f", {labelled} with label maps ({names})"
     print(f"preprocessed {len(summary.processed)} volume(s), reused {len(summary.reused)}, "
           f"skipped {len(summary.failed)} into {summary.path}; the cache holds {len(summary.manifest['volumes'])} "
           f"(train {split['train']}, val {split['val']}{marked}); manifest: {summary.path / 'manifest.json'}")
     if args.export_nifti is not None:
-        print(f"exported {len(summary.exported)} volume(s) as NIfTI into {args.export_nifti}")
+        print(f"exported {len(summary.exported)} file(s) as NIfTI into {args.export_nifti}")
     return 0

@@ -4,6 +4,7 @@ Layout of a cache folder::
 
     manifest.json          what every array is and where it came from (below)
     volumes/<name>.npy     float32 (S, S, S) in [-1, 1]
+    volumes/<name>_labels.npy   uint8 (S, S, S) label map of the volume, where its source has one
     .medvol-cache.lock     held (``fcntl.flock``) by the run writing the cache
 
 The manifest lists every volume in the cache with: its source path, the source's SHA-256 (over all
@@ -14,6 +15,15 @@ whether it is synthetic (``"synthetic": true`` and its ``"provenance"``, or ``fa
 :mod:`medvol.data.provenance`);
 globally: every preprocessing parameter (with the pipeline version), the medvol version, the split
 settings and every ``src`` ever given.
+
+Label maps: a source with a label file beside it (:func:`medvol.data.discover.find_labels`: ``X_mask``,
+``X_seg``, LiTS ``segmentation-N``, LUNA16 ``seg-lungs-LUNA16/<uid>``) gets ``volumes/<name>_labels.npy``,
+the map resampled by nearest neighbour onto exactly the array's grid
+(:func:`medvol.data.preprocess.preprocess_with_info`); its entry records ``labels`` (the file),
+``labels_source`` with its checksum, size and mtime, and ``label_values`` (the ids present). The
+manifest's ``mask_labels`` names the classes: label i is ``mask_labels[i - 1]`` (given, LiTS
+``liver, tumour``, else ``label_1`` ...). A label file that appears, changes or disappears redoes
+its volume.
 
 A cache only grows. A run adds the volumes of its source to those already there; a volume already
 in the cache from the same source file with the same parameters is skipped (an unchanged size and
@@ -52,7 +62,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import medvol
-from medvol.data.discover import discover
+from medvol.data.discover import discover, find_labels
 from medvol.data.io import Volume, checksum, read_volume, volume_stem
 from medvol.data.preprocess import PreprocessParams, preprocess_with_info
 from medvol.data.provenance import refuse_synthetic_sources, source_marks, write_synthetic
@@ -64,7 +74,11 @@ MANIFEST = "manifest.json"
 VOLUME_DIR = "volumes"
 LOCK_NAME = ".medvol-cache.lock"
 #: 2: entries carry the array's geometry (``origin``, ``direction``) and keep their fold as the cache grows.
-MANIFEST_FORMAT = 2
+#: 3: entries may carry a label map (``labels``); a reader of format 2 would delete those arrays as strays.
+MANIFEST_FORMAT = 3
+LABELS_SUFFIX = "_labels"
+#: Class names of LiTS label maps (``segmentation-N``: 1 liver, 2 tumour).
+LITS_LABELS = ("liver", "tumour")
 #: Temporaries a killed run leaves behind: workers' pending arrays, atomic-write temporaries, the manifest's.
 TEMP_PATTERNS = (f"{VOLUME_DIR}/.*.pending.npy", f"{VOLUME_DIR}/.*.tmp-*", ".manifest.tmp-*.json")
 GEOMETRY_KEYS = ("spacing", "origin", "direction")
@@ -204,7 +218,7 @@ def clean_temporaries(cache_dir: str | os.PathLike) -> list[Path]:
     cache_dir = Path(cache_dir)
     removed = [p for pattern in TEMP_PATTERNS for p in sorted(cache_dir.glob(pattern)) if p.is_file()]
     try:
-        listed = {entry["file"] for entry in load_manifest(cache_dir)["volumes"]}
+        listed = _listed_files(load_manifest(cache_dir))
     except MedvolError:
         listed = None
     if listed is not None:
@@ -213,6 +227,12 @@ def clean_temporaries(cache_dir: str | os.PathLike) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+def _listed_files(manifest: dict[str, Any]) -> set[str]:
+    """Every array file a manifest lists: volumes and label maps."""
+    return {entry[key] for entry in manifest["volumes"] for key in ("file", "labels")
+            if isinstance(entry.get(key), str)}
 
 
 def _write_array(path: Path, array: np.ndarray) -> None:
@@ -226,6 +246,10 @@ def _write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def _source_stat(source: Path) -> tuple[int, int]:
     stat = source.stat()
     if source.is_dir():
@@ -234,29 +258,48 @@ def _source_stat(source: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _process_one(source: str, out_file: str, final: str, params_dict: dict, reader: str) -> dict[str, Any]:
+def _labels_pending(out_file: str) -> Path:
+    """The pending label file beside a worker's pending array ``.<name>.pending.npy``."""
+    path = Path(out_file)
+    return path.with_name(path.name.replace(".pending.npy", f"{LABELS_SUFFIX}.pending.npy"))
+
+
+def _process_one(source: str, out_file: str, final: str, params_dict: dict, reader: str,
+                 label_source: str | None = None) -> dict[str, Any]:
     """Worker: read, preprocess and save one volume to ``out_file``. Returns its entry or an error.
 
-    An error that is the volume's fault is ``{"error": ...}``; a failed write (a full disk) is
-    also ``"fatal"``: it would fail for every volume, so the run stops.
+    With ``label_source`` the label map is read, carried onto the array's grid and saved beside
+    (:func:`_labels_pending`). An error that is the volume's fault is ``{"error": ...}``; a failed
+    write (a full disk) is also ``"fatal"``: it would fail for every volume, so the run stops.
     """
+    labels_out = _labels_pending(out_file)
     try:
         params = PreprocessParams.from_dict(params_dict)
         path = Path(source)
         size, mtime = _source_stat(path)
         digest = checksum(path)
         volume = read_volume(path, reader=reader)
-        array, info = preprocess_with_info(volume, params)
+        labels = read_volume(label_source, reader=reader) if label_source is not None else None
+        array, info = preprocess_with_info(volume, params, labels=labels)
     except MedvolError as error:
         return {"error": str(error)}
     except Exception as error:  # a worker must report, never die: the run names the bad volume
         return {"error": f"{source}: {type(error).__name__}: {error}".splitlines()[0]}
     try:
         _write_array(Path(out_file), array)
+        if labels is not None:
+            _write_array(labels_out, info["labels"])
     except OSError as error:
         Path(out_file).unlink(missing_ok=True)
+        labels_out.unlink(missing_ok=True)
         return {"error": f"{final}: cannot write ({_reason(error)})", "fatal": True}
-    return {
+    extra = {}
+    if labels is not None:
+        label_size, label_mtime = _source_stat(Path(label_source))
+        extra = {"labels_source": str(label_source), "labels_checksum": checksum(label_source),
+                 "labels_size": label_size, "labels_mtime_ns": label_mtime,
+                 "label_values": [int(v) for v in np.unique(info["labels"])]}
+    return {**extra,
         "source": str(path),
         "checksum": digest,
         "source_size": size,
@@ -329,13 +372,66 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{k} {_format_value(old.get(k))} -> {_format_value(new.get(k))}" for k in keys)
 
 
-def _array_ok(path: Path, size: int) -> bool:
-    """True if ``path`` opens as a float32 (size, size, size) ``.npy`` (a truncated file does not)."""
+def _array_ok(path: Path, size: int, dtype=np.float32) -> bool:
+    """True if ``path`` opens as a ``dtype`` (size, size, size) ``.npy`` (a truncated file does not)."""
     try:
         array = np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError):
         return False
-    return array.shape == (size,) * 3 and array.dtype == np.float32
+    return array.shape == (size,) * 3 and array.dtype == dtype
+
+
+def _labels_unchanged(previous: dict[str, Any], label_source: Path | None, dst: Path, size: int) -> bool:
+    """True if a cached entry's label map is still that of ``label_source`` (None: it has none)."""
+    if label_source is None:
+        return "labels" not in previous
+    if previous.get("labels_source") != str(label_source) or not isinstance(previous.get("labels"), str) \
+            or not _array_ok(dst / previous["labels"], size, np.uint8):
+        return False
+    stat = _source_stat(label_source)
+    return stat == (previous.get("labels_size"), previous.get("labels_mtime_ns")) \
+        or checksum(label_source) == previous.get("labels_checksum")
+
+
+def _resolve_mask_labels(given: Sequence[str] | None, old: dict[str, Any] | None, entries: dict[str, dict],
+                         dst: Path) -> list[str] | None:
+    """The manifest's ``mask_labels``: names for every label id in ``entries`` (None: no labels).
+
+    Given names must agree with the cache's earlier ones and name every id found; without them the
+    cache's names are kept (extended by ``label_<i>``), or LiTS ``segmentation-N`` maps get
+    :data:`LITS_LABELS`, others ``label_1`` ... ``label_K``.
+    """
+    labelled = [e for e in entries.values() if isinstance(e.get("labels"), str)]
+    if not labelled:
+        return list(given) if given else None
+    top = max(labelled, key=lambda e: max(e.get("label_values") or [0]))
+    highest = max(top.get("label_values") or [0])
+    before = old.get("mask_labels") if old is not None else None
+    if given:
+        names = list(given)
+        if before and list(before) != names[: len(before)]:
+            raise MedvolError(f"cache {dst} names its labels {','.join(before)}; --mask-labels {','.join(names)} "
+                              "differs: give the same names (or more, after them), or --overwrite")
+        if highest > len(names):
+            raise MedvolError(f"{top.get('labels_source')}: holds label {highest}, but --mask-labels names only "
+                              f"{len(names)} class(es) ({','.join(names)})")
+        return names
+    names = list(before) if before else []
+    if not names and all(Path(e["labels_source"]).name.lower().startswith("segmentation") for e in labelled) \
+            and highest <= len(LITS_LABELS):
+        names = list(LITS_LABELS)
+    return names + [f"label_{i}" for i in range(len(names) + 1, highest + 1)]
+
+
+def parse_mask_labels(text: str | None) -> list[str] | None:
+    """``"lungs,nodules"`` -> ``["lungs", "nodules"]``; a one-line error naming ``--mask-labels``."""
+    if text is None:
+        return None
+    names = [n.strip() for n in str(text).split(",")]
+    if not names or not all(names) or len(set(names)) != len(names) or any(n == "background" for n in names):
+        raise MedvolError(f"--mask-labels {text!r}: expected distinct comma-separated class names (label 1 first; "
+                          "label 0 is the background)")
+    return names
 
 
 def _old_cache(dst: Path, overwrite: bool) -> tuple[dict[str, Any] | None, str | None]:
@@ -361,7 +457,8 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
                 val_fraction: float | None = None, val_fold: int | None = None, reader: str = "auto",
                 progress: bool = False, overwrite: bool = False, wait: float | None = None,
                 on_wait: Callable[[str], None] | None = None,
-                export_dir: str | os.PathLike | None = None, allow_synthetic: bool = False) -> CacheSummary:
+                export_dir: str | os.PathLike | None = None, allow_synthetic: bool = False,
+                labels: bool = True, mask_labels: Sequence[str] | None = None) -> CacheSummary:
     """Preprocess every volume of ``src`` into the cache folder ``dst`` (module docstring).
 
     Args:
@@ -380,6 +477,9 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         export_dir: afterwards, write every volume of the cache there as NIfTI (:func:`export_nifti`).
         allow_synthetic: accept volumes marked synthetic (:mod:`medvol.data.provenance`); their
             entries record it. Without it a marked volume fails the run before anything is written.
+        labels: cache the label map found beside each volume (module docstring); False ignores them.
+        mask_labels: class names of the label ids 1..K (``--mask-labels``); None: the cache's, or
+            derived (module docstring).
 
     Returns:
         A :class:`CacheSummary`.
@@ -398,6 +498,12 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
     marks = source_marks(sources)
     if not allow_synthetic:
         refuse_synthetic_sources(marks)
+    if mask_labels is not None and not labels:
+        raise MedvolError("--mask-labels names label classes, --no-labels drops the label maps: give one of them")
+    label_files: dict[str, Path | None] = {}
+    for source in sources:
+        found = find_labels(source) if labels else None
+        label_files[str(source)] = found.resolve() if found is not None else None
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise MedvolError(f"{dst}: exists and is not a folder (--dst)")
@@ -410,7 +516,8 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         cleaned = clean_temporaries(dst)
         summary = _build_locked(src, sources, dst, params, workers=workers, strict=strict,
                                 split_given={"seed": seed, "val_fraction": val_fraction, "val_fold": val_fold},
-                                reader=reader, progress=progress, overwrite=overwrite, marks=marks)
+                                reader=reader, progress=progress, overwrite=overwrite, marks=marks,
+                                label_files=label_files, mask_labels=mask_labels)
         summary.cleaned = cleaned
         if export_dir is not None:
             summary.exported = _export(dst, summary.manifest, Path(export_dir))
@@ -440,7 +547,8 @@ def _split_settings(old: dict[str, Any] | None, given: dict[str, Any], keep_old:
 
 def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams, *, workers: int, strict: bool,
                   split_given: dict[str, Any], reader: str, progress: bool, overwrite: bool,
-                  marks: dict[str, dict[str, Any]]) -> CacheSummary:
+                  marks: dict[str, dict[str, Any]], label_files: dict[str, Path | None],
+                  mask_labels: Sequence[str] | None) -> CacheSummary:
     volume_dir = dst / VOLUME_DIR
     old, damaged = _old_cache(dst, overwrite)
     params_dict = params.to_dict()
@@ -467,16 +575,24 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
     for name, source in zip(names, sources):
         previous = old_entries.get(name)
         if previous is not None and previous["source"] == str(source) and not overwrite \
-                and all(k in previous for k in GEOMETRY_KEYS) and _array_ok(dst / previous["file"], params.size):
+                and all(k in previous for k in GEOMETRY_KEYS) and _array_ok(dst / previous["file"], params.size) \
+                and _labels_unchanged(previous, label_files[str(source)], dst, params.size):
             size, mtime = _source_stat(source)
             unchanged = (size, mtime) == (previous.get("source_size"), previous.get("source_mtime_ns"))
             if unchanged or checksum(source) == previous.get("checksum"):
                 kept = {k: v for k, v in previous.items() if k != "provenance"}  # this run's marks replace it
+                if "labels" in kept:
+                    kept["labels_size"], kept["labels_mtime_ns"] = _source_stat(label_files[str(source)])
                 entries[name] = dict(kept, source_size=size, source_mtime_ns=mtime, **marks[str(source)])
                 reused.append(name)
                 continue
         todo.append((name, source))
 
+    clash = sorted({f"{n}{LABELS_SUFFIX}" for n, s in todo if label_files[str(s)] is not None}
+                   & (set(entries) | set(names)))
+    if clash:
+        raise MedvolError(f"{dst}: a volume is named {clash[0]!r}, the name of another volume's label map; "
+                          "rename that source or preprocess without labels (--no-labels)")
     processed: list[str] = []
     failed: list[tuple[str, str]] = []
     # Workers write hidden pending files; they replace the cache's arrays only once the run has
@@ -499,12 +615,13 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                                                mp_context=multiprocessing.get_context(method),
                                                initializer=_worker_init)
             pending = {pool.submit(_process_one, source, out, str(volume_dir / f"{name}.npy"), params_dict,
-                                   reader): (name, source, out)
+                                   reader, _str_or_none(label_files[source])): (name, source, out)
                        for name, source, out in jobs}
             results = ((pending[f], f.result()) for f in futures.as_completed(pending))
         else:
             results = (((name, source, out),
-                        _process_one(source, out, str(volume_dir / f"{name}.npy"), params_dict, reader))
+                        _process_one(source, out, str(volume_dir / f"{name}.npy"), params_dict, reader,
+                                     _str_or_none(label_files[source])))
                        for name, source, out in jobs)
         for (name, source, out), result in results:
             bar.update(1)
@@ -514,32 +631,46 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                 log.info("skipped %s", result["error"])
                 failed.append((source, result["error"]))
                 continue
-            entries[name] = dict(result, name=name, file=f"{VOLUME_DIR}/{name}.npy", **marks[source])
+            entry = dict(result, name=name, file=f"{VOLUME_DIR}/{name}.npy", **marks[source])
+            if label_files[source] is not None:
+                entry["labels"] = f"{VOLUME_DIR}/{name}{LABELS_SUFFIX}.npy"
+            entries[name] = entry
             processed.append(name)
         bar.close()
         if not processed and not reused:
             reasons = "; ".join(reason for _, reason in failed[:3])
             raise MedvolError(f"no volume of {src} could be preprocessed ({len(failed)} failed: {reasons})")
         manifest = _new_manifest(old, entries, old_entries, src, sources, params_dict, settings, redeal, failed)
-        _commit(dst, manifest, [(out, volume_dir / f"{name}.npy") for name, _, out in jobs if name in processed])
+        manifest["mask_labels"] = _resolve_mask_labels(mask_labels, old if old_entries else None, entries, dst)
+        arrays = [(out, volume_dir / f"{name}.npy") for name, _, out in jobs if name in processed]
+        arrays += [(str(_labels_pending(out)), volume_dir / f"{name}{LABELS_SUFFIX}.npy")
+                   for name, source, out in jobs if name in processed and label_files[source] is not None]
+        _commit(dst, manifest, arrays)
+        listed = _listed_files(manifest)
+        for name in processed:  # a label file that disappeared: its old map goes with it
+            if f"{VOLUME_DIR}/{name}{LABELS_SUFFIX}.npy" not in listed:
+                (volume_dir / f"{name}{LABELS_SUFFIX}.npy").unlink(missing_ok=True)
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
             pool = None
         for _, _, out in jobs:
             Path(out).unlink(missing_ok=True)
+            _labels_pending(out).unlink(missing_ok=True)
         raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
     if replaced is not None:
         # Only now that the new manifest is in place: arrays of the replaced cache no longer listed.
-        listed = {entry["file"] for entry in manifest["volumes"]}
+        listed = _listed_files(manifest)
         removed = [p for p in sorted(volume_dir.glob("[!.]*.npy")) if f"{VOLUME_DIR}/{p.name}" not in listed]
         for path in removed:
             path.unlink()
         old_names = {e["name"] for e in old["volumes"]} if old is not None else set()
-        replaced += f"; {len(set(processed) & old_names)} re-made from this run's source, {len(removed)} removed"
+        volumes_removed = [p for p in removed if not any(p.name == f"{n}{LABELS_SUFFIX}.npy" for n in old_names)]
+        replaced += (f"; {len(set(processed) & old_names)} re-made from this run's source, "
+                     f"{len(volumes_removed)} removed")
     return CacheSummary(path=dst, manifest=manifest, processed=processed, reused=reused, failed=failed,
                         replaced=replaced)
 
@@ -640,6 +771,51 @@ def _load(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any], phys
     return Volume(array=array, path=str(path), **geometry)
 
 
+def entry_labels(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> np.ndarray:
+    """The uint8 (S, S, S) label map of a cache entry.
+
+    Raises:
+        MedvolError: the entry has no label map (names the cache and entry), or its file is
+            missing, unreadable or of the wrong shape or type (names the file).
+    """
+    if not isinstance(entry.get("labels"), str):
+        raise MedvolError(f"{cache_dir}: volume {entry.get('name')!r} has no label map (the cache was built "
+                          "without a label file beside its source, or by a medvol without labels); put "
+                          "<name>_mask.nii.gz beside the source and run `medvol preprocess` again")
+    path = cache_dir / entry["labels"]
+    try:
+        array = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise MedvolError(f"{path}: missing; the manifest lists it (rebuild it with `medvol preprocess`)") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise MedvolError(f"{path}: unreadable label map ({str(error).splitlines()[0]}); "
+                          "rebuild it with `medvol preprocess`") from None
+    size = int(manifest["params"].get("size", 0))
+    if array.shape != (size,) * 3 or array.dtype != np.uint8:
+        raise MedvolError(f"{path}: {array.dtype} array of shape {array.shape}, expected a uint8 {(size,) * 3} "
+                          "label map as the manifest says")
+    return array
+
+
+def load_labels(cache_dir: str | os.PathLike, name: str) -> Volume:
+    """The label map of one cache entry with its geometry (that of :func:`load_entry`'s array).
+
+    Returns:
+        A Volume whose array is uint8 (S, S, S): 0 background, i the class ``mask_labels[i - 1]``.
+
+    Raises:
+        MedvolError: as :func:`load_entry`, and an entry without a label map (names the cache).
+    """
+    cache_dir = Path(cache_dir)
+    manifest = load_manifest(cache_dir)
+    entry = {e["name"]: e for e in manifest["volumes"]}.get(name)
+    if entry is None:
+        raise MedvolError(f"{cache_dir}: no volume {name!r} in this cache")
+    geometry = entry_geometry(entry, cache_dir / MANIFEST)
+    return Volume(array=np.array(entry_labels(cache_dir, manifest, entry)), path=str(cache_dir / entry["labels"]),
+                  **geometry)
+
+
 def load_entry(cache_dir: str | os.PathLike, name: str, *, physical: bool = False) -> Volume:
     """One cache entry with its geometry, as a :class:`medvol.data.io.Volume`.
 
@@ -699,7 +875,8 @@ def export_nifti(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, *, wa
                  on_wait: Callable[[str], None] | None = None) -> list[Path]:
     """Write every cache entry as ``out_dir/<name>.nii.gz`` with its geometry.
 
-    CT is written in HU (the cache's window mapped back), MR in [-1, 1], float32. Each file is
+    CT is written in HU (the cache's window mapped back), MR in [-1, 1], float32; an entry's label
+    map as ``out_dir/<name>_mask.nii.gz`` (uint8, same geometry). Each file is
     written under a temporary name and renamed; an existing file of the same name is replaced.
     A synthetic entry is written marked, with a sidecar (:mod:`medvol.data.provenance`): the
     export of a mixed cache never passes a generated volume off as a scan.
@@ -707,7 +884,7 @@ def export_nifti(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, *, wa
     :class:`CacheLock`).
 
     Returns:
-        The files written, in manifest order.
+        The files written, in manifest order (an entry's volume, then its label map if it has one).
 
     Raises:
         MedvolError: anything :func:`load_entry` refuses, or a failed write (names the file).
@@ -727,17 +904,24 @@ def _export(cache_dir: Path, manifest: dict[str, Any], out_dir: Path) -> list[Pa
     for entry in manifest["volumes"]:
         volume = _load(cache_dir, manifest, entry, physical=True)
         path = out_dir / f"{entry['name']}.nii.gz"
+        pairs = [(volume, path, None)]
+        if isinstance(entry.get("labels"), str):
+            labels = dataclasses.replace(volume, array=np.array(entry_labels(cache_dir, manifest, entry)))
+            pairs.append((labels, out_dir / f"{entry['name']}_mask.nii.gz", np.uint8))
         try:
-            if entry.get("synthetic") is True:
-                record = dict(entry.get("provenance") or {}, exported_from={"cache": str(cache_dir),
-                                                                             "entry": entry["name"]})
-                write_synthetic(volume, path, record)
-                written.append(path)
-            else:
-                written.append(write_volume(volume, path))
+            for item, target, dtype in pairs:
+                if entry.get("synthetic") is True:
+                    record = dict(entry.get("provenance") or {}, exported_from={"cache": str(cache_dir),
+                                                                                 "entry": entry["name"]})
+                    if dtype is not None:
+                        record["mask_labels"] = manifest.get("mask_labels")
+                    write_synthetic(item, target, record, dtype=dtype)
+                    written.append(target)
+                else:
+                    written.append(write_volume(item, target, dtype=dtype))
         except MedvolError:
             raise
         except (OSError, RuntimeError) as error:
             reason = _reason(error) if isinstance(error, OSError) else str(error).strip().splitlines()[-1]
-            raise MedvolError(f"{path}: cannot write ({reason})") from None
+            raise MedvolError(f"{target}: cannot write ({reason})") from None
     return written

@@ -186,6 +186,9 @@ class CachedVolumeDataset(Dataset):
         window: HU window of the cache's CT scaling, None for MR.
         names: per-item volume names.
         synthetic: names of the items that are synthetic (allowed by ``allow_synthetic``).
+        mask_labels: class names of the cache's label maps (label i is ``mask_labels[i - 1]``),
+            ``()`` for a cache without them.
+        has_labels: every item of the split has a label map (:meth:`volume_and_labels`).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, split: str = "train", allow_synthetic: bool = False):
@@ -208,6 +211,11 @@ class CachedVolumeDataset(Dataset):
         self.names = [v["name"] for v in self.entries]
         self.spacings = [tuple(float(s) for s in v["spacing"]) for v in self.entries]
         self.spacing = tuple(float(s) for s in np.median(np.asarray(self.spacings), axis=0))
+        self.mask_labels = tuple(self.manifest.get("mask_labels") or ())
+
+    @property
+    def has_labels(self) -> bool:
+        return all(isinstance(e.get("labels"), str) for e in self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -225,6 +233,17 @@ class CachedVolumeDataset(Dataset):
         if array.shape != (self.size,) * 3:
             raise MedvolError(f"{path}: shape {array.shape} does not match the cache size {self.size}")
         return array
+
+    def volume_and_labels(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(volume(index), labels)``: the label map, uint8 (S, S, S) on the volume's grid.
+
+        Raises:
+            MedvolError: the item has no label map (names the cache and the volume), or its file
+                is missing or damaged (names the file).
+        """
+        from medvol.data.cache import entry_labels
+
+        return self.volume(index), entry_labels(self.cache_dir, self.manifest, self.entries[index])
 
     def __getitem__(self, index: int) -> dict:
         image = torch.from_numpy(np.array(self.volume(index), dtype=np.float32))[None]

@@ -6,7 +6,8 @@ Dataset layouts as shipped work unchanged:
     LiTS: ``volume-<n>.nii`` images beside ``segmentation-<n>.nii`` labels; only volumes are images.
     DICOM: every folder holding DICOM slices is one series (one source).
 Masks written beside images (``*_mask.*``, ``*_seg.*``, ``*_label.*``) are skipped in folders and
-globs; a file named explicitly (directly or in a list) is always taken.
+globs; a file named explicitly (directly or in a list) is always taken. :func:`find_labels` finds the
+label map of an image (``medvol preprocess`` caches it with the image).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ MASK_PATTERNS = ("segmentation-*", "segmentation_*", "*_mask", "*-mask", "*_seg"
                  "*_label", "*_labels", "*_labelmap")
 #: Folders whose contents are masks (LUNA16 lung segmentations).
 MASK_FOLDERS = ("seg-lungs-*", "seg_lungs*")
+#: Label-map names beside an image ``<stem>.<ext>``, in the order they are looked for.
+LABEL_SUFFIXES = ("_mask", "_seg", "_label", "_labels", "-mask", "-seg")
+#: Suffixes a label map may have (any readable format, whatever the image's).
+LABEL_FORMATS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+#: How far up from an image :func:`find_labels` looks for a LUNA16-style mask folder.
+MASK_FOLDER_LEVELS = 2
 
 
 def _is_mask(path: Path) -> bool:
@@ -119,3 +126,39 @@ def _read_list(list_file: Path) -> list[Path]:
     if not found:
         raise MedvolError(f"{list_file}: the list names no volumes")
     return sorted(dict.fromkeys(found))
+
+
+def find_labels(image: str | os.PathLike) -> Path | None:
+    """The label map stored beside an image, or None.
+
+    Looked for, in every format of :data:`LABEL_FORMATS`:
+
+    - beside the image: ``<stem>_mask``, ``_seg``, ``_label``, ``_labels``, ``-mask``, ``-seg``
+      (a DICOM series folder's stem is its folder name, so ``CT_seg.nii.gz`` beside ``CT/``);
+    - LiTS: ``segmentation-<n>`` for ``volume-<n>``;
+    - LUNA16: ``<uid>`` in a mask folder (:data:`MASK_FOLDERS`, e.g. ``seg-lungs-LUNA16/``) in the
+      image's folder or up to :data:`MASK_FOLDER_LEVELS` folders above it, for ``subset*/<uid>.mhd``.
+
+    Raises:
+        MedvolError: more than one label map fits the image (names two of them): which one is
+            meant cannot be guessed.
+    """
+    image = Path(image)
+    stem = volume_stem(image)
+    names = [stem + suffix for suffix in LABEL_SUFFIXES]
+    if stem.lower().startswith("volume-"):
+        names.append("segmentation-" + stem[len("volume-"):])
+    folders = [image.parent]
+    found = [image.parent / (name + ext) for name in names for ext in LABEL_FORMATS]
+    for parent in [image.parent, *image.parent.parents][: MASK_FOLDER_LEVELS + 1]:
+        try:
+            children = sorted(c for c in parent.iterdir() if c.is_dir())
+        except OSError:
+            continue
+        folders += [c for c in children if any(fnmatch.fnmatch(c.name.lower(), p) for p in MASK_FOLDERS)]
+    found += [folder / (stem + ext) for folder in folders[1:] for ext in LABEL_FORMATS]
+    found = [f for f in dict.fromkeys(found) if f.is_file() and f.resolve() != image.resolve()]
+    if len(found) > 1:
+        raise MedvolError(f"{image}: {len(found)} label maps fit it ({found[0]}, {found[1]}); keep one, "
+                          "or preprocess without labels (--no-labels)")
+    return found[0] if found else None

@@ -227,8 +227,9 @@ def _output_grid(iso_image, before_pad: Sequence[int], size: int) -> tuple[tuple
     return tuple(float(s) for s in spacing_xyz[::-1]), tuple(float(o) for o in origin)
 
 
-def preprocess_with_info(volume: Volume, params: PreprocessParams) -> tuple[np.ndarray, dict[str, Any]]:
-    """:func:`preprocess_volume` that also says what it did.
+def preprocess_with_info(volume: Volume, params: PreprocessParams,
+                         labels: Volume | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`preprocess_volume` that also says what it did, and carries a label map along.
 
     Returns:
         ``(array, info)``: array float32 (S, S, S) in [-1, 1]; info holds the geometry of the output
@@ -237,6 +238,13 @@ def preprocess_with_info(volume: Volume, params: PreprocessParams) -> tuple[np.n
         overlays the source scan; ``isotropic_spacing``, ``blank_slices`` (how many were found) and
         ``shape_before_pad``. With ``blank_slices="remove"`` the kept slices are treated as
         contiguous from the first kept one, so positions along z are only approximate.
+
+        With ``labels`` (a label map of the image: integer values 0..255, any grid that overlaps
+        the image's), ``info["labels"]`` is that map on exactly the output grid, uint8 (S, S, S):
+        resampled by nearest neighbour onto the image's grid where it is another, reoriented and
+        blank-slice handled as the image, then sampled by nearest neighbour at the output voxel
+        centres (0 outside it, e.g. in the padding). Nearest neighbour keeps class ids (no
+        averaged labels), but a structure much smaller than an output voxel may vanish.
     """
     import SimpleITK as sitk
     from monai.transforms import Resize, ResizeWithPadOrCrop
@@ -247,8 +255,11 @@ def preprocess_with_info(volume: Volume, params: PreprocessParams) -> tuple[np.n
     image.SetSpacing(tuple(float(s) for s in reversed(volume.spacing)))
     image.SetOrigin(tuple(float(o) for o in volume.origin))
     image.SetDirection(tuple(float(d) for d in volume.direction))
+    label_image = _label_image(labels, image, volume.name) if labels is not None else None
     if params.orient:
         image = sitk.DICOMOrient(image, params.orient)
+        if label_image is not None:
+            label_image = sitk.DICOMOrient(label_image, params.orient)
     array = sitk.GetArrayFromImage(image)
 
     threshold = params.blank_threshold if params.modality == "ct" else float(array.min())
@@ -287,7 +298,59 @@ def preprocess_with_info(volume: Volume, params: PreprocessParams) -> tuple[np.n
         "blank_slices": int(blank.sum()),
         "shape_before_pad": before_pad,
     }
+    if label_image is not None:
+        label_array = handle_blank_slices(sitk.GetArrayFromImage(label_image), blank, params.blank_slices)
+        moved = sitk.GetImageFromArray(np.ascontiguousarray(label_array))
+        moved.CopyInformation(scaled)  # the blank-slice handled grid, as the image's
+        info["labels"] = _labels_on_grid(moved, info, size)
     return np.ascontiguousarray(out), info
+
+
+def _label_image(labels: Volume, image, name: str):
+    """A label map as a uint8 SimpleITK image on the grid of ``image`` (the scan, before reorienting).
+
+    A map stored on the scan's own grid (same shape, geometry equal to 1e-3 mm) takes the scan's
+    geometry as it is; another grid is resampled onto the scan's by nearest neighbour (0 outside).
+
+    Raises:
+        MedvolError: a map that is not 3D, holds values other than integers 0..255, or (resampled)
+            does not overlap the scan at all; the message names the label file.
+    """
+    import SimpleITK as sitk
+
+    where = labels.name
+    array = np.asarray(labels.array)
+    if array.ndim != 3:
+        raise MedvolError(f"{where}: label map of shape {tuple(array.shape)} is not 3D (labels of {name})")
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255 or not np.array_equal(array, np.round(array)):
+        raise MedvolError(f"{where}: a label map holds integers 0..255; this one has other values "
+                          f"(min {float(np.nanmin(array)):g}, max {float(np.nanmax(array)):g})")
+    mapped = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.uint8))
+    mapped.SetSpacing(tuple(float(s) for s in reversed(labels.spacing)))
+    mapped.SetOrigin(tuple(float(o) for o in labels.origin))
+    mapped.SetDirection(tuple(float(d) for d in labels.direction))
+    same = mapped.GetSize() == image.GetSize() and all(
+        np.allclose(a(), b(), atol=1e-3) for a, b in ((mapped.GetSpacing, image.GetSpacing),
+                                                      (mapped.GetOrigin, image.GetOrigin),
+                                                      (mapped.GetDirection, image.GetDirection)))
+    if same:
+        mapped.CopyInformation(image)
+        return mapped
+    resampled = sitk.Resample(mapped, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    if array.any() and not sitk.GetArrayViewFromImage(resampled).any():
+        raise MedvolError(f"{where}: the label map does not overlap its image {name} (compare their origins "
+                          "and directions)")
+    return resampled
+
+
+def _labels_on_grid(label_image, info: dict[str, Any], size: int) -> np.ndarray:
+    """Sample a label image by nearest neighbour at the output voxels (``info``'s grid): uint8 (S, S, S)."""
+    import SimpleITK as sitk
+
+    grid = sitk.Resample(label_image, [size] * 3, sitk.Transform(), sitk.sitkNearestNeighbor,
+                         tuple(info["origin"]), tuple(float(s) for s in reversed(info["spacing"])),
+                         tuple(info["direction"]), 0, sitk.sitkUInt8)
+    return np.ascontiguousarray(sitk.GetArrayFromImage(grid), dtype=np.uint8)
 
 
 def preprocess_volume(volume: Volume, params: PreprocessParams) -> np.ndarray:

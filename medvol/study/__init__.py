@@ -4,4 +4,6 @@
   study page from real and generated volumes, score the readers' answers).
 - :mod:`medvol.study.recursive`: recursive training on generated volumes (model collapse), scored
   per generation against the real validation split.
+- :mod:`medvol.study.downstream`: U-Nets trained on real, augmented, synthetic and mixed data,
+  Dice on held-out real volumes beside each generator's FID.
 """

@@ -1,0 +1,231 @@
+"""``medvol study downstream``: does synthetic data help train a segmentation network?
+
+Set-ups, each trained with ``seeds`` seeds by the same recipe (:mod:`.segment`) and scored by Dice
+on the held-out real volumes (the cache's ``val`` split):
+
+- ``real``: the cache's ``train`` split;
+- ``real+aug``: the same with classical augmentation (MONAI ``Rand…`` transforms);
+- ``synthetic`` (per source): the generated images and masks alone;
+- ``real+synthetic`` (per source): the union of both.
+
+Training on generated data is refused everywhere else in medvol (model collapse); here it is the
+point of the study, so it is allowed, and checked instead: every synthetic input must be marked
+synthetic with voxels matching its sidecar, and the real cache may hold no synthetic entry in the
+splits used (:mod:`.data`).
+
+The output folder ``DIR``:
+
+- ``study.json``: the configuration, the sources with their fingerprints, and their FID;
+- ``runs/<set-up>[__<source>]__seed<k>.json``: one per trained network (written as it finishes,
+  so an interrupted study resumes where it stopped);
+- ``results.json``, ``results.md`` (rows = set-ups, columns = Dice per class mean ± std, FID) and
+  ``dice_vs_fid.png``, remade from every source ``DIR`` holds after each run.
+
+A source is added to ``DIR`` by running again with another ``--synthetic`` (``--synthetic`` is also
+repeatable); a ``DIR`` made with another configuration (cache, classes, sizes, seeds, dimensions)
+is refused, as is a NAME already used there for other data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+import medvol
+from medvol.errors import MedvolError
+from medvol.study.downstream import data as D
+from medvol.study.downstream import report
+from medvol.study.downstream.segment import DEFAULT_CHANNELS, run_setup
+from medvol.utils import checked_write
+
+STUDY_FILE = "study.json"
+RUN_DIR = "runs"
+FORMAT = 1
+#: Set-ups without a synthetic source, then those trained with one.
+REAL_SETUPS = ("real", "real+aug")
+SYNTHETIC_SETUPS = ("synthetic", "real+synthetic")
+NOTE = ("Synthetic data are used as training data on purpose: that is what this study measures. Every "
+        "synthetic input was checked to be marked synthetic (medvol.data.provenance) with voxels matching "
+        "its sidecar; the real cache's train and val splits hold no synthetic entry.")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as JSON at ``path``, atomically (a temporary file renamed)."""
+    with checked_write(path, "study file") as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise MedvolError(f"{path}: unreadable ({str(error).splitlines()[0]}); move it away to start over") from None
+    return data if isinstance(data, dict) else None
+
+
+def run_name(setup: str, source: str | None, seed: int) -> str:
+    return f"{setup}__{source}__seed{seed}" if source else f"{setup}__seed{seed}"
+
+
+def _check_config(out: Path, config: dict, keys: Sequence[str] | None = None) -> dict:
+    """The study file of ``out`` (new, or one of this configuration); a MedvolError otherwise.
+
+    ``keys``: compare only these (before the data say what the rest is: nothing is generated
+    into a folder that will be refused).
+    """
+    if out.exists() and not out.is_dir():
+        raise MedvolError(f"--out {out}: exists and is not a folder")
+    study = read_json(out / STUDY_FILE)
+    if study is None:
+        # out/synthetic/ holds what a checkpoint generated before an interruption: reused.
+        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".") and p.name != "synthetic"):
+            raise MedvolError(f"--out {out}: not empty and holds no {STUDY_FILE}; choose an empty or new folder")
+        return {"format": FORMAT, "medvol_version": medvol.__version__, "config": config, "sources": {}, "fid": {}}
+    old = study.get("config", {})
+    keys = sorted(set(old) | set(config)) if keys is None else keys
+    differ = [k for k in keys if old.get(k) != config.get(k)]
+    if differ:
+        what = "; ".join(f"{k} {old.get(k)!r} -> {config.get(k)!r}" for k in differ[:3])
+        raise MedvolError(f"--out {out}: holds a downstream study of another configuration ({what}); use another "
+                          "--out, or the same options to resume it or add sources")
+    return study
+
+
+def _source_record(name: str, spec: str, kind: str, data: D.LabelledSet, study: dict, out: Path) -> dict:
+    record = {"spec": str(Path(spec).resolve()), "kind": kind, **data.info}
+    old = study["sources"].get(name)
+    if old is not None and old.get("fingerprint") != record["fingerprint"]:
+        raise MedvolError(f"--synthetic {name}={spec}: {out} already has a source {name!r} made from other data "
+                          f"({old.get('spec')}); give this one another NAME")
+    return record
+
+
+def run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, *, n_synthetic: int | None = None,
+                   seeds: int = 3, labels: Sequence[str] | None = None, iterations: int = 150, batch: int = 2,
+                   lr: float = 1e-3, channels: Sequence[int] = DEFAULT_CHANNELS, features: str | None = None,
+                   feature_iters: int = 100, generate_seed: int = 0, device: str = "cpu",
+                   log: Callable[[str], None] = print, command: str | None = None) -> dict:
+    """Run (or resume, or extend) a downstream study; write ``out`` (module docstring).
+
+    Args:
+        real: a medvol cache with label maps: ``train`` trains, ``val`` is scored.
+        synthetic: ``[NAME=]DIR_OR_CKPT`` sources: a folder of images with ``_mask`` files written
+            by ``medvol generate``, or a checkpoint (``n_synthetic`` images generated into
+            ``out/synthetic/NAME/`` with ``generate_seed``).
+        out: the study folder.
+        n_synthetic: images per source (a folder: its first N; a checkpoint: N generated, 32 if None).
+        seeds: networks per set-up (seeds 0 .. seeds-1).
+        labels: class names to segment (default: every class of the cache).
+        iterations, batch, lr, channels: the U-Net recipe (:mod:`.segment`).
+        features: a domain feature file for FID of volumes (default: trained on ``real``'s train
+            split into ``out/domain_features.pt`` with ``feature_iters`` iterations).
+        device: ``cpu``, ``cuda[:N]`` or ``auto``.
+        log: one-line progress messages.
+        command: the command line, recorded.
+
+    Returns:
+        The results (as ``results.json``).
+
+    Raises:
+        MedvolError: bad options or inputs (see :mod:`.data`), or ``out`` from another configuration.
+    """
+    from medvol.study.downstream import fid as F
+    from medvol.train.distributed import pick_device
+
+    dev = pick_device(device)
+    for flag, value, low in (("--seeds", seeds, 1), ("--iterations", iterations, 1), ("--batch", batch, 1),
+                             ("--n-synthetic", 2 if n_synthetic is None else n_synthetic, 2),
+                             ("--feature-iters", feature_iters, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MedvolError(f"{flag} {value!r}: expected an integer >= {low}")
+    if not lr > 0:
+        raise MedvolError(f"--lr {lr}: expected a positive number")
+    if not synthetic:
+        raise MedvolError("--synthetic: give at least one synthetic source ([NAME=]DIR_OR_CKPT)")
+    specs = [D.parse_synthetic(s) for s in synthetic]
+    names = [n for n, _ in specs]
+    if len(set(names)) != len(names):
+        raise MedvolError(f"--synthetic: the name {next(n for n in names if names.count(n) > 1)!r} is given twice")
+    out = Path(out)
+    train, classes = D.open_real(real, "train", labels)
+    val, _ = D.open_real(real, "val", classes)
+    size, window = train.info["size"], D.volume_window(real)
+    config = {"real": train.info["cache"], "manifest_sha256": train.info["manifest_sha256"],
+              "classes": list(classes), "seeds": seeds, "iterations": iterations, "batch": batch, "lr": lr,
+              "unet_channels": list(channels), "n_synthetic": n_synthetic,
+              "features": str(Path(features).resolve()) if features else None,
+              "feature_iters": feature_iters, "generate_seed": generate_seed}
+    _check_config(out, config, keys=list(config))
+
+    from medvol.study.reader.sources import is_checkpoint
+
+    sources: dict[str, tuple[D.LabelledSet, str, str]] = {}
+    for name, spec in specs:
+        path = Path(spec)
+        if not path.exists():
+            raise MedvolError(f"--synthetic {name}={spec}: no such file or folder")
+        if is_checkpoint(path):
+            folder = D.generate_source(name, path, out / "synthetic" / name, n_synthetic or 32, generate_seed, device)
+            kind = "checkpoint"
+        else:
+            folder, kind = path, "folder"
+        data = D.open_synthetic(name, folder, size=size, window=window, classes=classes, n=n_synthetic)
+        sources[name] = (data, spec, kind)
+    dims = {data.dims for data, _, _ in sources.values()}
+    sides = {data.load(0)[0].shape[-1] for data, _, _ in sources.values()}
+    if len(dims) > 1 or len(sides) > 1:
+        raise MedvolError("--synthetic: the sources mix 2D slices and 3D volumes (or slice sizes); one study "
+                          "trains one kind of U-Net: run them into separate --out folders")
+    dims, side = dims.pop(), sides.pop()
+    config.update(dims=dims, side=side)
+    study = _check_config(out, config)
+    for name, (data, spec, kind) in sources.items():
+        study["sources"][name] = _source_record(name, spec, kind, data, study, out)
+    (out / RUN_DIR).mkdir(parents=True, exist_ok=True)
+    write_json(out / STUDY_FILE, study)
+    log(f"downstream study in {out}: {len(train)} real training and {len(val)} held-out volumes, "
+        f"{dims}D U-Net, classes {', '.join(classes)}; training on synthetic data deliberately (the study's purpose)")
+
+    real_train = D.real_slices(train, side) if dims == 2 else train
+    plan = [(setup, None, [real_train], setup == "real+aug") for setup in REAL_SETUPS]
+    for name, (data, _, _) in sources.items():
+        plan += [("synthetic", name, [data], False), ("real+synthetic", name, [real_train, data], False)]
+    for setup, source, sets, augment in plan:
+        for seed in range(seeds):
+            path = out / RUN_DIR / f"{run_name(setup, source, seed)}.json"
+            if read_json(path) is not None:
+                continue
+            result = run_setup(sets, val, len(classes), dims=dims, side=side if dims == 2 else None,
+                               iterations=iterations, batch=batch, lr=lr, seed=seed, augment=augment,
+                               channels=channels, device=dev)
+            record = {"setup": setup, "source": source, "seed": seed, "classes": list(classes),
+                      "train_items": sum(len(s) for s in sets), "val_volumes": val.items,
+                      "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **result}
+            write_json(path, record)
+            scores = report.seed_dice(record)
+            log(f"{setup}{' ' + source if source else ''} seed {seed}: Dice "
+                + ", ".join(f"{c} {report.fmt(v)}" for c, v in zip(classes, scores))
+                + f" ({result['seconds']:.0f} s)")
+
+    memo: dict = {}
+    ext = None
+    for name, (data, _, _) in sources.items():
+        known = study["fid"].get(name)
+        if known is not None and known.get("fingerprint") == data.info["fingerprint"]:
+            continue
+        if ext is None:
+            weights = F.domain_weights(real, out, features, feature_iters, log) if dims == 3 else None
+            ext = F.extractor(dims, weights, str(dev))
+        start = time.monotonic()
+        study["fid"][name] = dict(F.fid(val, data, ext, side=side, memo=memo), fingerprint=data.info["fingerprint"])
+        log(f"FID {name}: {study['fid'][name]['fid']:.4g} ({time.monotonic() - start:.0f} s)")
+        write_json(out / STUDY_FILE, study)
+    return report.write_results(out, study, val, command=command, note=NOTE)

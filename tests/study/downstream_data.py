@@ -1,0 +1,31 @@
+"""Phantom data for the downstream-study tests, from ``tools/downstream_demo.py`` (loaded by path:
+tools/ is no package), plus a labelled cache builder.
+
+Label maps are written by the tool (lungs 1, nodules 2, from the phantom's own tissue map and
+nodule mask), so the tests do not depend on what ``write_phantoms`` puts beside its volumes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "downstream_demo", Path(__file__).resolve().parents[2] / "tools" / "downstream_demo.py")
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
+
+LABELS = demo.LABELS
+write_scans = demo.write_scans
+
+
+def write_generated(folder: Path, n: int, size: int, *, seed: int, noise: bool = False, **options) -> Path:
+    return demo.write_generated(folder, n, size, seed=seed, kind="noise" if noise else "ideal", **options)
+
+
+def build_cache(scans: Path, cache: Path, size: int) -> Path:
+    from medvol.data.cache import build_cache as build
+    from medvol.data.preprocess import PreprocessParams
+
+    build(scans, cache, PreprocessParams(size=size), val_fraction=0.34, mask_labels=LABELS)
+    return cache
