@@ -153,6 +153,25 @@ def test_refuses_another_configuration_and_a_reused_name(data, tmp_path):
         _run(data, tmp_path / "used", [f"noise={data['noise']}"], iterations=2)
 
 
+def test_a_second_run_into_a_busy_folder_is_refused(data, tmp_path):
+    """Two studies never write one folder at once: the second is refused while the first holds it."""
+    from medvol.study.downstream.study import LOCK_NAME
+    from medvol.train.runfolder import RunFolderLock
+
+    out = tmp_path / "busy"
+    holder = RunFolderLock(out, lock_name=LOCK_NAME, holder="medvol study downstream")
+    try:
+        with pytest.raises(MedvolError, match="in use by another medvol study downstream"):
+            _run(data, out, [f"noise={data['noise']}"], labels=["lungs"], iterations=2)
+        assert not (out / "study.json").exists()
+    finally:
+        holder.release()
+    refused = tmp_path / "refused"  # a first run refused for its arguments leaves no folder behind
+    with pytest.raises(MedvolError, match="--seeds"):
+        _run(data, refused, [f"noise={data['noise']}"], labels=["lungs"], iterations=2, seeds=0)
+    assert not refused.exists()
+
+
 def test_bad_inputs_are_named(data, tmp_path):
     from medvol.data.cache import build_cache as build
     from medvol.data.preprocess import PreprocessParams

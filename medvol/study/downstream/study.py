@@ -108,7 +108,28 @@ def _source_record(name: str, spec: str, kind: str, data: D.LabelledSet, study: 
     return record
 
 
-def run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, *, n_synthetic: int | None = None,
+#: Held while a study runs in its folder, so that two runs never write one study at once.
+LOCK_NAME = ".medvol-study.lock"
+
+
+def run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, **options) -> dict:
+    """Run (or resume, or extend) a downstream study in ``out``, locked against a second run there.
+
+    Arguments as :func:`_run_downstream`; a ``MedvolError`` also when another run holds ``out``.
+    """
+    from medvol.train.runfolder import RunFolderLock
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedvolError(f"--out {out}: exists and is not a folder")
+    lock = RunFolderLock(out, lock_name=LOCK_NAME, holder="medvol study downstream")
+    try:
+        return _run_downstream(real, synthetic, out, **options)
+    finally:
+        lock.release(remove_empty=True)  # a refused first run leaves no empty folder behind
+
+
+def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, *, n_synthetic: int | None = None,
                    seeds: int = 3, labels: Sequence[str] | None = None, iterations: int = 150, batch: int = 2,
                    lr: float = 1e-3, channels: Sequence[int] = DEFAULT_CHANNELS, features: str | None = None,
                    feature_iters: int = 100, generate_seed: int = 0, device: str = "cpu",
