@@ -154,7 +154,7 @@ def test_cache_stores_labels_on_the_arrays_grid(labelled_phantoms, tmp_path):
     cache = tmp_path / "cache"
     summary = build_cache(labelled_phantoms, cache, PreprocessParams(size=32), val_fraction=0.34,
                           mask_labels=["lungs", "wall"])
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = json.loads((cache / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["mask_labels"] == ["lungs", "wall"] and manifest["format"] == 3
     for entry in manifest["volumes"]:
         assert entry["labels"] == f"volumes/{entry['name']}_labels.npy"
@@ -206,7 +206,7 @@ def test_cache_without_labels_loads_and_says_so(labelled_phantoms, tmp_path):
     cache = tmp_path / "nolabels"
     build_cache(labelled_phantoms, cache, PreprocessParams(size=32), labels=False)
     # As a medvol before labels wrote it: format 2, no label fields.
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = json.loads((cache / "manifest.json").read_text(encoding="utf-8"))
     manifest["format"] = 2
     manifest.pop("mask_labels", None)
     (cache / "manifest.json").write_text(json.dumps(manifest))
@@ -250,7 +250,7 @@ def test_export_writes_masks_and_cli_names(labelled_phantoms, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "nii"
     assert main(["preprocess", "--src", str(labelled_phantoms), "--dst", str(cache), "--size", "32",
                  "--mask-labels", "lungs,wall", "--export-nifti", str(out), "--workers", "1"]) == 0
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = json.loads((cache / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["mask_labels"] == ["lungs", "wall"]
     for entry in manifest["volumes"]:
         mask = read_volume(out / f"{entry['name']}_mask.nii.gz")

@@ -106,7 +106,7 @@ def test_end_to_end_fast(data, tmp_path):
     assert results["sources"]["noise"]["fid"]["fid"] > 0
     for name in ("results.json", "results.md", "dice_vs_fid.png", "study.json"):
         assert (out / name).is_file()
-    table = (out / "results.md").read_text()
+    table = (out / "results.md").read_text(encoding="utf-8")
     assert "| synthetic only | noise |" in table and "Dice lungs" in table
 
 
@@ -120,13 +120,13 @@ def test_end_to_end_two_sources_resume_and_add(data, tmp_path):
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert len(runs) == 8
     # Interrupted: a run file is missing; only it is trained again, the others are kept as they are.
-    kept = (out / "runs" / "real__seed0.json").read_text()
+    kept = (out / "runs" / "real__seed0.json").read_text(encoding="utf-8")
     (out / "runs" / "real__seed1.json").unlink()
     messages = []
     second = _run(data, out, [f"good={data['good']}"], seeds=2, iterations=40, log=messages.append)
     trained = [m for m in messages if " seed " in m and "Dice" in m]
     assert len(trained) == 1 + 4 and trained[0].startswith("real seed 1")
-    assert (out / "runs" / "real__seed0.json").read_text() == kept
+    assert (out / "runs" / "real__seed0.json").read_text(encoding="utf-8") == kept
     assert [r["source"] for r in second["setups"]] == [None, None, "noise", "noise", "good", "good"]
     assert set(second["sources"]) == {"noise", "good"}
     for row in second["setups"]:
@@ -148,7 +148,7 @@ def test_refuses_another_configuration_and_a_reused_name(data, tmp_path):
     with pytest.raises(MedvolError, match="already has a source 'noise' made from other data"):
         _run(data, out, [f"noise={data['good']}"], labels=["lungs"], iterations=2)
     (tmp_path / "used").mkdir()
-    (tmp_path / "used" / "notes.txt").write_text("mine")
+    (tmp_path / "used" / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(MedvolError, match="not empty and holds no study.json"):
         _run(data, tmp_path / "used", [f"noise={data['noise']}"], iterations=2)
 
@@ -245,7 +245,7 @@ def test_two_d_slices_train_a_two_d_unet(data, tmp_path):
     out = tmp_path / "study"
     results = _run(data, out, [f"slices={folder}"], labels=["lungs"], iterations=5)
     assert results["config"]["dims"] == 2 and results["config"]["side"] == 16
-    run = json.loads((out / "runs" / "real__seed0.json").read_text())
+    run = json.loads((out / "runs" / "real__seed0.json").read_text(encoding="utf-8"))
     assert run["train_items"] > len(ds)  # slices, not volumes
     assert all(0.0 <= v[0] <= 1.0 for v in run["dice"])
     assert results["sources"]["slices"]["fid"]["extractor"]["extractor"] == "inception"
@@ -260,7 +260,7 @@ def test_cli(data, tmp_path, capsys):
                  "--labels", "lungs", "--out", str(out)])
     assert code == 0
     assert "synthetic only (noise): mean Dice" in capsys.readouterr().out
-    assert json.loads((out / "results.json").read_text())["config"]["classes"] == ["lungs"]
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["config"]["classes"] == ["lungs"]
     shutil.rmtree(out)
     assert main(["study", "downstream", "--real", str(data["cache"]), "--synthetic", str(tmp_path / "missing"),
                  "--out", str(out)]) == 2

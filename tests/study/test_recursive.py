@@ -34,7 +34,7 @@ def study(tmp_path_factory):
     first = run_recursive_study(CONFIG, out, generations=1, **ARGS)
     gen0 = _mtimes(out / "gen_000")
     second = run_recursive_study(CONFIG, out, generations=2, **ARGS)
-    snapshot = {"gen1_scores": json.loads((out / "gen_001" / "scores.json").read_text())}
+    snapshot = {"gen1_scores": json.loads((out / "gen_001" / "scores.json").read_text(encoding="utf-8"))}
     # An interrupted generation: everything but its scores.json is there.
     (out / "gen_001" / "scores.json").unlink()
     snapshot.update(checkpoints=_mtimes(out / "gen_001" / "run" / "checkpoints"), gen0=_mtimes(out / "gen_000"))
@@ -53,16 +53,16 @@ def test_every_generation_is_scored_and_plotted(study):
             assert isinstance(scores[key], float), key
         assert scores["n_generated"] == 3 and scores["n_real_val"] == 2
         here = out / f"gen_{g['generation']:03d}"
-        assert json.loads((here / "scores.json").read_text())["scores"] == scores
+        assert json.loads((here / "scores.json").read_text(encoding="utf-8"))["scores"] == scores
         assert (here / "montage.png").stat().st_size > 1000
         assert len(list((here / "samples").glob("sample_*.nii.gz"))) == 3
         assert (here / "eval" / "scores.json").is_file()
     floor = summary["floor"]
     assert floor["fid"] >= 0 and 0 <= floor["authenticity"] <= 1 and floor["hu_w1"] >= 0
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text(encoding="utf-8")
     assert "| 0 |" in md and "| 1 |" in md and "real vs real (floor)" in md
-    assert json.loads((out / "summary.json").read_text())["generations"] == study["third"]["generations"]
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["generations"] == study["third"]["generations"]
 
 
 @slow_study
@@ -75,7 +75,7 @@ def test_resume_continues_at_the_second_generation_without_redoing_the_first(stu
 @slow_study
 def test_generation_one_trains_on_marked_synthetic_and_the_kept_real_volumes(study):
     out, summary = study["out"], study["second"]
-    manifest = json.loads((out / "gen_001" / "cache" / "manifest.json").read_text())
+    manifest = json.loads((out / "gen_001" / "cache" / "manifest.json").read_text(encoding="utf-8"))
     synthetic = [v for v in manifest["volumes"] if v["synthetic"] is True]
     real = [v for v in manifest["volumes"] if v["synthetic"] is False]
     # --real-fraction 0.5 of 6 real training volumes: 3 real beside the 3 generated ones, all in train.
@@ -92,9 +92,9 @@ def test_generation_one_trains_on_marked_synthetic_and_the_kept_real_volumes(stu
     assert (g1["allow_synthetic"], g1["synthetic"], g1["real"]) == (True, 3, 3)
     g0 = summary["generations"][0]["training_data"]
     assert (g0["allow_synthetic"], g0["synthetic"], g0["real"]) == (False, 0, 6)
-    run_cfg = (out / "gen_001" / "run" / "config.yaml").read_text()
+    run_cfg = (out / "gen_001" / "run" / "config.yaml").read_text(encoding="utf-8")
     assert "allow_synthetic: true" in run_cfg
-    assert "allow_synthetic: false" in (out / "gen_000" / "run" / "config.yaml").read_text()
+    assert "allow_synthetic: false" in (out / "gen_000" / "run" / "config.yaml").read_text(encoding="utf-8")
 
 
 @slow_study
@@ -143,7 +143,7 @@ def test_a_study_in_use_is_refused(tmp_path):
 def test_a_folder_with_other_files_is_refused(tmp_path):
     from medvol.study.recursive import run_recursive_study
 
-    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(MedvolError, match="no study.json"):
         run_recursive_study(CONFIG, tmp_path, generations=1, **ARGS)
 
@@ -204,7 +204,7 @@ def test_a_generation_cache_holds_the_synthetic_and_real_volumes_all_in_train(tm
         write_synthetic(volume, fake[-1], {"model": "test", "seed": i})
     counts = build_generation_cache(tmp_path / "cache", fake, real, PreprocessParams(size=32))
     assert counts == {"synthetic": 5, "real": 3}
-    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text(encoding="utf-8"))
     assert [v["split"] for v in manifest["volumes"]] == ["train"] * 8
     marked = sorted(v["name"] for v in manifest["volumes"] if v["synthetic"] is True)
     assert marked == [f"sample_{i:04d}" for i in range(5)]
