@@ -754,18 +754,7 @@ def _load(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any], phys
 
     geometry = entry_geometry(entry, cache_dir / MANIFEST)
     path = cache_dir / entry["file"]
-    try:
-        array = np.load(path, mmap_mode="r")
-    except FileNotFoundError:
-        raise MedvolError(f"{path}: missing; the manifest lists it (rebuild it with `medvol preprocess`)") from None
-    except (OSError, ValueError, EOFError) as error:
-        raise MedvolError(f"{path}: unreadable cached volume ({str(error).splitlines()[0]}); "
-                          "rebuild it with `medvol preprocess`") from None
-    size = int(manifest["params"].get("size", 0))
-    if array.ndim != 3 or array.shape != (size,) * 3 or array.dtype != np.float32:
-        raise MedvolError(f"{path}: {array.dtype} array of shape {array.shape}, expected float32 "
-                          f"{(size,) * 3} as the manifest says")
-    array = np.array(array, dtype=np.float32)
+    array = _read_cached(path, "cached volume", (int(manifest["params"].get("size", 0)),) * 3, np.float32)
     if physical:
         array = to_intensity(array, PreprocessParams.from_dict(manifest["params"])).astype(np.float32)
     return Volume(array=array, path=str(path), **geometry)
@@ -783,18 +772,27 @@ def entry_labels(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any
                           "without a label file beside its source, or by a medvol without labels); put "
                           "<name>_mask.nii.gz beside the source and run `medvol preprocess` again")
     path = cache_dir / entry["labels"]
+    return _read_cached(path, "label map", (int(manifest["params"].get("size", 0)),) * 3, np.uint8)
+
+
+def _read_cached(path: Path, what: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The array of ``path`` (a writable copy: torch refuses read-only memory), checked against the
+    ``shape`` and ``dtype`` the manifest implies.
+
+    Raises:
+        MedvolError: the file is missing, unreadable, or of another shape or type (names it).
+    """
     try:
         array = np.load(path, mmap_mode="r")
     except FileNotFoundError:
         raise MedvolError(f"{path}: missing; the manifest lists it (rebuild it with `medvol preprocess`)") from None
     except (OSError, ValueError, EOFError) as error:
-        raise MedvolError(f"{path}: unreadable label map ({str(error).splitlines()[0]}); "
+        raise MedvolError(f"{path}: unreadable {what} ({str(error).splitlines()[0]}); "
                           "rebuild it with `medvol preprocess`") from None
-    size = int(manifest["params"].get("size", 0))
-    if array.shape != (size,) * 3 or array.dtype != np.uint8:
-        raise MedvolError(f"{path}: {array.dtype} array of shape {array.shape}, expected a uint8 {(size,) * 3} "
-                          "label map as the manifest says")
-    return array
+    if array.shape != shape or array.dtype != dtype:
+        raise MedvolError(f"{path}: {array.dtype} array of shape {array.shape}, expected {np.dtype(dtype).name} "
+                          f"{shape} ({what}) as the manifest says")
+    return np.array(array)
 
 
 def load_labels(cache_dir: str | os.PathLike, name: str) -> Volume:
