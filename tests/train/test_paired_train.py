@@ -146,6 +146,30 @@ def test_paired_data_errors(tmp_path, overrides, match):
         train(paired_config(tmp_path / "run", *overrides))
 
 
+def test_trains_on_a_cache_with_label_maps(tmp_path):
+    """A cache built from phantoms with their label maps feeds a paired model: its training items
+    carry the cached label maps as one-hot channels, and the checkpoint names the cache's classes."""
+    from medvol.data.cache import build_cache, load_labels
+    from medvol.data.phantom import write_phantoms
+    from medvol.data.preprocess import PreprocessParams
+    from medvol.train.data import build_dataset
+
+    write_phantoms(4, SIZE, tmp_path / "ct", nodules=True)
+    build_cache(tmp_path / "ct", tmp_path / "cache", PreprocessParams(size=SIZE), val_fraction=0.25,
+                mask_labels=("lungs", "nodules"))
+    cfg = paired_config(tmp_path / "run", "--data.source", str(tmp_path / "cache"))
+    dataset = build_dataset(cfg.data, SIZE, mask_channels=2)
+    for index in range(len(dataset)):
+        item = dataset[index]["image"].numpy()
+        labels = load_labels(tmp_path / "cache", dataset.base.entries[index]["name"]).array
+        assert item.shape == (3, SIZE, SIZE, SIZE)
+        assert (labels == 1).any()
+        for c in (1, 2):
+            np.testing.assert_array_equal(item[c] > 0, labels == c)
+    _, _, state = ckpt.load_checkpoint(train(cfg))
+    assert state["data"]["mask_labels"] == ["lungs", "nodules"] and state["data"]["source"] == str(tmp_path / "cache")
+
+
 def test_cache_without_labels_is_refused(tmp_path):
     from medvol.data.cache import build_cache
     from medvol.data.phantom import write_phantoms
