@@ -158,9 +158,6 @@ class CRFGAN(GANSystem):
         return {"crf_forwards": self.crf_forwards, "crf_layout": self.crf.layout,
                 "crf_self_pairs": self.crf.self_pairs}
 
-    def _fake_inputs(self, z: torch.Tensor, labels: torch.Tensor | None, start: int) -> tuple[torch.Tensor]:
-        return (self.G.render(self._crop_emb(self.G.embed(z, labels), start)),)
-
     def _generator_logit(self, z: torch.Tensor, state: StepState) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = crf_weight(state.iteration)
         state.out["crf_weight"] = torch.tensor(weight)

@@ -403,8 +403,9 @@ class GANSystem(nn.Module):
         return (state.real_crop,)
 
     def _fake_inputs(self, z: torch.Tensor, labels: torch.Tensor | None, start: int) -> tuple[torch.Tensor, ...]:
-        """D's inputs for the fakes of ``z`` with the crop at voxel ``start``."""
-        raise NotImplementedError
+        """D's inputs for the fakes of ``z`` with the crop at voxel ``start``: G's crop there, the
+        counterpart of :meth:`_real_inputs` (HA-GAN adds its low-resolution volume)."""
+        return (self.G.render(self._crop_emb(self.G.embed(z, labels), start)),)
 
     def _step_D(self, state: "StepState") -> None:
         """D: BCE(D(real), 1) + BCE(D(fake), 0) at the crop position (+ the real labels' CE)."""
