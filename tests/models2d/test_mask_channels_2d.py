@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from medvol.config import load_config
 from medvol.errors import MedvolError
 from medvol.models import build
 from medvol.train import checkpoint as ckpt
@@ -81,13 +80,11 @@ def test_conflicting_build_options():
 
 
 def _config(out, *overrides):
-    return load_config(None, [
-        "--model.name", "dcgan", "--model.size", "32", "--model.base_width", "4", "--model.latent_dim", "8",
-        "--model.mask_channels", "2", "--data.source", "phantom", "--data.phantom_n", "2",
-        "--data.phantom_nodules", "true", "--data.workers", "0", "--data.batch", "4",
-        "--train.iterations", "2", "--train.mode", "reference", "--train.device", "cpu",
-        "--train.ckpt_every", "2", "--train.log_every", "1", "--train.sample_every", "1",
-        "--train.progress", "false", "--train.out", str(out), *overrides])
+    """test_generate_2d's tiny dcgan with K = 2 on phantoms with nodules, sampled every step."""
+    from tests.models2d.test_generate_2d import _config as plain  # here: no tests package on a bare machine
+
+    return plain(out, "--model.mask_channels", "2", "--data.phantom_nodules", "true",
+                 "--train.sample_every", "1", *overrides)
 
 
 @pytest.fixture(scope="module")
