@@ -1,0 +1,88 @@
+"""The output rules: names stay inside their folder; nothing medvol did not write is replaced."""
+
+import json
+import os
+
+import pytest
+
+from medvol.errors import MedvolError
+from medvol.outputs import MARKER, claim_output, owned_output, safe_name, safe_relpath
+
+
+@pytest.mark.parametrize("name", ["../victim", "./../../victim", "/etc/passwd", "a/b", "a\\b", "..", ".", "",
+                                  "x\x00y", 3, None])
+def test_safe_name_refuses_names_that_leave_the_folder(tmp_path, name):
+    with pytest.raises(MedvolError, match="manifest entry"):
+        safe_name(tmp_path, name, "manifest entry")
+
+
+def test_safe_name_refuses_a_symlink_pointing_out(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "link.npy").symlink_to(tmp_path / "victim.npy")
+    with pytest.raises(MedvolError, match="outside"):
+        safe_name(tmp_path / "in", "link.npy")
+    assert safe_name(tmp_path / "in", "vol_0001.npy") == tmp_path / "in" / "vol_0001.npy"
+
+
+def test_safe_relpath(tmp_path):
+    assert safe_relpath(tmp_path, "a/b.json") == tmp_path / "a" / "b.json"
+    for bad in ["a/../../x", "/abs", "a//b", "a/./b"]:
+        with pytest.raises(MedvolError):
+            safe_relpath(tmp_path, bad)
+
+
+def test_a_folder_of_foreign_files_is_refused_and_overwrite_keeps_them(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(MedvolError, match="notes.txt"):
+        claim_output(out, "generate", {"n": 1})
+    claimed = claim_output(out, "generate", {"n": 1}, overwrite=True)
+    with pytest.raises(MedvolError, match="not written by medvol"):
+        claimed.path("notes.txt")
+    claimed.path("sample_0000.nii.gz").write_text("x")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_same_job_continues_another_is_refused_and_overwrite_removes_only_its_files(tmp_path):
+    out = tmp_path / "out"
+    first = claim_output(out, "generate", {"n": 2})
+    first.path("a.nii.gz").write_text("a")
+    first.path("sub/b.json").write_text("b")
+    again = claim_output(out, "generate", {"n": 2})
+    assert again.continued and again.owns("a.nii.gz")
+    with pytest.raises(MedvolError, match="another medvol generate"):
+        claim_output(out, "generate", {"n": 3})
+    (out / "user.txt").write_text("keep")
+    with pytest.raises(MedvolError, match="user.txt"):
+        claim_output(out, "generate", {"n": 2})
+    replaced = claim_output(out, "generate", {"n": 3}, overwrite=True)
+    assert sorted(replaced.removed) == ["a.nii.gz", "sub/b.json"]
+    assert not (out / "a.nii.gz").exists() and not (out / "sub").exists()
+    assert (out / "user.txt").read_text() == "keep"
+    assert json.loads((out / MARKER).read_text())["files"] == []
+
+
+def test_overwrite_never_removes_an_input_or_a_crafted_marker_entry(tmp_path):
+    out = tmp_path / "out"
+    claimed = claim_output(out, "study", {"v": 1})
+    claimed.path("in.nii.gz").write_text("input")
+    marker = json.loads((out / MARKER).read_text())
+    (tmp_path / "victim").write_text("victim")
+    marker["files"] += ["../victim"]
+    (out / MARKER).write_text(json.dumps(marker))
+    result = claim_output(out, "study", {"v": 2}, overwrite=True, inputs=[out / "in.nii.gz"])
+    assert (out / "in.nii.gz").read_text() == "input" and (tmp_path / "victim").read_text() == "victim"
+    assert result.removed == []
+
+
+def test_a_file_as_output_and_a_busy_output_are_refused(tmp_path):
+    (tmp_path / "x.nii.gz").write_text("")
+    with pytest.raises(MedvolError, match="not a folder"):
+        claim_output(tmp_path / "x.nii.gz", "generate")
+    with owned_output(tmp_path / "o", "generate") as out:
+        out.path("a").write_text("a")
+        with pytest.raises(MedvolError, match="in use"):
+            with owned_output(tmp_path / "o", "generate"):
+                pass
+    assert sorted(os.listdir(tmp_path / "o")) == [MARKER, "a"]
