@@ -237,9 +237,64 @@ class OwnedOutput:
             self._save()
         return path
 
+    def paths(self, rels: Iterable[str]) -> list[Path]:
+        """:meth:`path` for many outputs at once: one marker write; parents are created.
+
+        Raises:
+            MedvolError: a name leaves the folder, or names a file medvol did not write (then
+                none is recorded).
+        """
+        rels = list(rels)
+        paths = [safe_relpath(self.folder, rel, "output") for rel in rels]
+        for rel, path in zip(rels, paths):
+            if rel not in self.files and (path.exists() or path.is_symlink()):
+                raise MedvolError(f"{path}: exists and was not written by medvol for this job; "
+                                  "refusing to replace it (move it away or choose another output)")
+        for rel, path in zip(rels, paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        new = [rel for rel in dict.fromkeys(rels) if rel not in self.files]
+        if new:
+            self.files.extend(new)
+            self._save()
+        return paths
+
     def owns(self, rel: str) -> bool:
         """Whether ``rel`` is recorded as written by medvol for this job."""
         return rel in self.files
+
+
+def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,
+                 option: str = "--out") -> list[str]:
+    """What :func:`claim_output` would refuse, checked without touching anything (nothing created).
+
+    A command that works long before it writes (a study that generates volumes) calls this first,
+    so that a refused output costs nothing, and claims the folder when its outputs are ready.
+
+    Returns:
+        The files under ``folder`` that medvol did not write (relative paths): kept by an
+        ``overwrite``, and never replaced (empty when the folder is missing).
+
+    Raises:
+        MedvolError: as :func:`claim_output`.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MedvolError(f"{option} {folder}: exists and is not a folder")
+    if not folder.exists():
+        return []
+    marker = _read_marker(folder)
+    owned = set(marker["files"]) if marker else set()
+    identity = _json_roundtrip(identity)
+    same = marker is not None and marker.get("job") == job and _json_roundtrip(marker.get("identity")) == identity
+    foreign = _foreign(folder, owned)
+    if not overwrite and foreign:
+        raise MedvolError(f"{option} {folder}: holds files medvol did not write for this job "
+                          f"({_describe(foreign)}); use a new or empty folder, or --overwrite "
+                          "(which keeps them and never replaces them)")
+    if not overwrite and marker is not None and not same and owned:
+        raise MedvolError(f"{option} {folder}: holds the outputs of another medvol {marker['job']} "
+                          f"({len(owned)} files); use another folder, or --overwrite to remove them")
+    return foreign
 
 
 def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,

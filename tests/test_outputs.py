@@ -86,3 +86,42 @@ def test_a_file_as_output_and_a_busy_output_are_refused(tmp_path):
             with owned_output(tmp_path / "o", "generate"):
                 pass
     assert sorted(os.listdir(tmp_path / "o")) == [MARKER, "a"]
+
+
+def test_check_output_refuses_what_claim_would_and_touches_nothing(tmp_path):
+    from medvol.outputs import check_output
+
+    assert check_output(tmp_path / "missing", "make", {"s": 1}) == [] and not (tmp_path / "missing").exists()
+    out = tmp_path / "out"
+    claimed = claim_output(out, "make", {"s": 1})
+    with open(claimed.path("a/b.png"), "w") as handle:
+        handle.write("x")
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    for identity in ({"s": 1}, {"s": 2}):  # notes.txt is foreign to any job
+        with pytest.raises(MedvolError, match="notes.txt"):
+            check_output(out, "make", identity)
+    (out / "notes.txt").unlink()
+    assert check_output(out, "make", {"s": 1}) == []  # the same job: nothing foreign
+    with pytest.raises(MedvolError, match="outputs of another medvol make"):
+        check_output(out, "make", {"s": 2})
+    (out / "notes.txt").write_text("mine")
+    assert check_output(out, "make", {"s": 2}, overwrite=True) == ["notes.txt"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before  # nothing removed
+    with pytest.raises(MedvolError, match="not a folder"):
+        check_output(out / "notes.txt", "make")
+
+
+def test_paths_records_many_and_refuses_a_foreign_one_before_recording_any(tmp_path):
+    out = tmp_path / "out"
+    claimed = claim_output(out, "make", {"s": 1})
+    (out / "key.json").write_text("mine")
+    with pytest.raises(MedvolError, match="key.json: exists and was not written by medvol"):
+        claimed.paths(["page/index.html", "key.json"])
+    assert json.loads((out / MARKER).read_text())["files"] == []
+    (out / "key.json").unlink()
+    paths = claimed.paths(["page/index.html", "page/images/a.png", "key.json"])
+    assert paths[1] == out / "page" / "images" / "a.png" and paths[1].parent.is_dir()
+    assert json.loads((out / MARKER).read_text())["files"] == ["key.json", "page/images/a.png", "page/index.html"]
+    with pytest.raises(MedvolError, match="output"):
+        claimed.paths(["../escape"])

@@ -13,10 +13,11 @@ def register(actions) -> None:
     steps = parser.add_subparsers(dest="reader_command", metavar="STEP")
     steps.required = True
     make = steps.add_parser(
-        "make", help="write STUDY/ (index.html, images, key.json)",
-        description="Pairs of slices at the same position and plane, left/right randomised with --seed, "
-                    "as a self-contained page STUDY/index.html; the answer key goes to STUDY/key.json "
-                    "(keep it from the readers).")
+        "make", help="write STUDY/ (page/ for the readers, key.json beside it)",
+        description="Pairs of slices at the same position and plane (chosen with --seed), as a "
+                    "self-contained page STUDY/page/index.html with its images; sides, pair ids, image names "
+                    "and order are drawn from a cryptographic source, not the seed. The answer key goes to "
+                    "STUDY/key.json, outside the page folder: give readers STUDY/page/ only.")
     make.add_argument("--real", help="real volumes: a medvol cache or a folder/file/glob (real-vs-fake)")
     make.add_argument("--fake", action="append", default=[], metavar="NAME=DIR_OR_CKPT",
                       help="a generated source: a folder of volumes or a checkpoint (file or run folder); repeat")
@@ -31,7 +32,10 @@ def register(actions) -> None:
                       help="volumes of a --real cache (default all)")
     make.add_argument("--title", help="page title")
     make.add_argument("--device", default="auto", help="where checkpoints generate: auto, cpu, cuda[:N]")
-    make.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    make.add_argument("--allow-synthetic-real", action="store_true", dest="allow_synthetic_real",
+                      help="accept --real volumes marked synthetic (refused by default; recorded in key.json)")
+    make.add_argument("--overwrite", action="store_true",
+                      help="replace a study medvol wrote in --out (removes only medvol's files, never others)")
     make.add_argument("--out", required=True, help="the study folder")
     make.set_defaults(func=run_make)
 
@@ -40,12 +44,14 @@ def register(actions) -> None:
         description="Accuracy with exact binomial intervals, d′ and a TOST equivalence test (real vs fake); "
                     "votes, χ² on the totals and per pair, Fleiss' κ, Likert and time summaries. Writes "
                     "score.json, score.md and score.png.")
-    score.add_argument("study", help="the study folder (with key.json) or the key file")
+    score.add_argument("study", help="the study folder (with key.json beside page/) or the key file")
     score.add_argument("answers", nargs="+", help="answer files exported by the page (CSV or JSON)")
     score.add_argument("--margin", type=float, default=0.1, help="TOST equivalence margin around 0.5 (default 0.1)")
     score.add_argument("--alpha", type=float, default=0.05, help="TOST level (default 0.05)")
     score.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
-    score.add_argument("--out", required=True, help="output folder")
+    score.add_argument("--overwrite", action="store_true",
+                       help="replace another scoring medvol wrote in --out (removes only medvol's files)")
+    score.add_argument("--out", required=True, help="output folder (not the study folder or its page)")
     score.set_defaults(func=run_score)
 
 
@@ -57,9 +63,10 @@ def run_make(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     out = make_study(args.out, args.fake, args.real, pairs=args.pairs, planes=args.planes, mode=args.mode,
                      seed=args.seed, window=args.window, positions=args.positions, real_split=args.real_split,
-                     title=args.title, device=args.device, overwrite=args.overwrite)
-    print(f"wrote {args.pairs} pairs to {out}: give readers {out}/index.html with {out}/images/ "
-          f"(not {out}/key.json)")
+                     title=args.title, device=args.device, overwrite=args.overwrite,
+                     allow_synthetic_real=args.allow_synthetic_real)
+    print(f"wrote {args.pairs} pairs to {out}: give readers the folder {out}/page/ only "
+          f"(the key is {out}/key.json)")
     return 0
 
 
@@ -67,7 +74,7 @@ def run_score(args: argparse.Namespace) -> int:
     from medvol.study.reader.score import score_study
 
     result = score_study(args.study, args.answers, args.out, margin=args.margin, alpha=args.alpha,
-                         confidence=args.confidence)
+                         confidence=args.confidence, overwrite=args.overwrite)
     if "accuracy" in result:
         pooled = result["accuracy"]["pooled"]
         low, high = pooled["ci"]

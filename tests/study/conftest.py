@@ -9,13 +9,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def phantom_sources(tmp_path_factory) -> dict[str, Path]:
-    """Folders of 32³ phantoms: ``real`` (3 volumes), ``fakeA`` (3), ``fakeB`` (2), other seeds."""
+    """Folders of 32³ phantoms: ``real`` (6 volumes), ``fakeA`` (4), ``fakeB`` (4), other seeds (enough that
+    no study below shows a volume twice)."""
     from medvol.data.phantom import write_phantoms
 
     root = tmp_path_factory.mktemp("reader_sources")
-    write_phantoms(3, 32, root / "real_scans", seed=0)
-    write_phantoms(3, 32, root / "gen_alpha_folder", seed=5)
-    write_phantoms(2, 32, root / "gen_beta_folder", seed=9)
+    write_phantoms(6, 32, root / "real_scans", seed=0)
+    write_phantoms(4, 32, root / "gen_alpha_folder", seed=5)
+    write_phantoms(4, 32, root / "gen_beta_folder", seed=9)
     return {"real": root / "real_scans", "fakeA": root / "gen_alpha_folder", "fakeB": root / "gen_beta_folder"}
 
 

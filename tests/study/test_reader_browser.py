@@ -1,7 +1,8 @@
 """The study page in a real browser: headless Debian chromium driven through selenium.
 
-One reader answers every pair with clicks and keys, the page is reloaded in the middle (nothing
-may be lost), the CSV is downloaded through the page's button and scored.
+One reader answers every pair with clicks and keys on a copy of the page folder alone, the page
+is reloaded in the middle (nothing may be lost), the CSV is downloaded through the page's button
+and scored.
 """
 
 from __future__ import annotations
@@ -72,7 +73,12 @@ def test_full_study_in_chromium_with_a_reload(browser, rvf_study, tmp_path):
 
     key = json.loads((rvf_study / "key.json").read_text(encoding="utf-8"))
     n = len(key["pairs"])
-    browser.get((rvf_study / "index.html").as_uri())
+    # The readers get a copy of the page folder only (as on a USB stick): no key beside it.
+    stick = tmp_path / "stick"
+    shutil.copytree(rvf_study / "page", stick)
+    assert not list(stick.rglob("key.json"))
+    by_image = {p["left_image"]: p["pair"] for p in key["pairs"]}
+    browser.get((stick / "index.html").as_uri())
     browser.find_element(By.ID, "reader-id").send_keys("R01")
     browser.find_element(By.ID, "reader-role").send_keys("resident")
     browser.find_element(By.ID, "reader-years").send_keys("3")
@@ -84,7 +90,7 @@ def test_full_study_in_chromium_with_a_reload(browser, rvf_study, tmp_path):
         _wait(lambda: _images_loaded(browser), what="both images")
         assert browser.find_element(By.ID, "progress-text").text == f"Pair {i + 1} of {n}"
         src = browser.find_element(By.ID, "img-left").get_attribute("src")
-        pair = Path(src).name.removesuffix("_left.png")
+        pair = by_image[Path(src).name]
         assert pair == key["pairs"][i]["pair"]  # the page keeps the key's order
         shown.append(pair)
         # Alternate the ways of answering: keys on even pairs, clicks on odd ones.

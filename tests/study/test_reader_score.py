@@ -178,3 +178,91 @@ def test_json_answers_with_odd_values_name_the_answer(crfgan_like, tmp_path):
     bad.write_text(json.dumps({"reader": "R", "answers": [{"pair": "p00", "side": "left"}]}))
     with pytest.raises(MedvolError, match=r"r\.json: answer 1: unknown field 'side'"):
         score_study(study, [bad], tmp_path / "out")
+
+
+def _answers_for(study: Path, path: Path, choice: str = "left") -> Path:
+    pairs = json.loads((study / "key.json").read_text(encoding="utf-8"))["pairs"]
+    return _write_csv(path, [["R01", p["pair"], choice, 3, 2.0] for p in pairs])
+
+
+def test_score_never_replaces_a_users_file_even_with_overwrite(crfgan_like, tmp_path, capsys):
+    study, answers, _ = crfgan_like
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "score.md").write_text("my own notes", encoding="utf-8")
+    argv = ["study", "reader", "score", str(study), str(answers), "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds files medvol did not write" in err[0] and "score.md" in err[0]
+    assert cli.main(argv + ["--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "score.md: exists and was not written by medvol" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [".medvol-output.json", "score.md"]  # nothing written
+    assert (out / "score.md").read_text(encoding="utf-8") == "my own notes"
+
+
+def test_score_out_of_another_scoring_needs_overwrite(crfgan_like, tmp_path, capsys):
+    study, answers, _ = crfgan_like
+    out = tmp_path / "o"
+    argv = ["study", "reader", "score", str(study), str(answers), "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0  # the same scoring again continues in its own folder
+    first = json.loads((out / "score.json").read_text(encoding="utf-8"))
+    rows = list(csv.reader(open(answers, newline="", encoding="utf-8")))[1:]
+    fewer = _write_csv(tmp_path / "fewer.csv", [r for r in rows if r[0] != "R00"])
+    capsys.readouterr()
+    other = ["study", "reader", "score", str(study), str(fewer), "--out", str(out)]
+    assert cli.main(other) == 2
+    assert "holds the outputs of another medvol study-reader-score" in capsys.readouterr().err
+    assert json.loads((out / "score.json").read_text(encoding="utf-8")) == first
+    assert cli.main(other + ["--overwrite"]) == 0
+    assert len(json.loads((out / "score.json").read_text(encoding="utf-8"))["readers"]) == 11
+
+
+def test_score_out_in_the_study_or_its_page_is_refused(rvf_study, tmp_path):
+    answers = _answers_for(rvf_study, tmp_path / "a.csv")
+    before = sorted(p.relative_to(rvf_study).as_posix() for p in rvf_study.rglob("*"))
+    for out in (rvf_study, rvf_study / "page", rvf_study / "page" / "scores"):
+        with pytest.raises(MedvolError, match="study folder or inside its page folder"):
+            score_study(rvf_study, [answers], out, plot=False, overwrite=True)
+    assert sorted(p.relative_to(rvf_study).as_posix() for p in rvf_study.rglob("*")) == before
+
+
+def test_score_finds_the_key_in_both_layouts(rvf_study, tmp_path):
+    import shutil
+
+    answers = _answers_for(rvf_study, tmp_path / "a.csv")
+    new = score_study(rvf_study, [answers], tmp_path / "new", plot=False)
+    pair = json.loads((rvf_study / "key.json").read_text(encoding="utf-8"))["pairs"][0]
+    assert new["per_pair"][0]["images"] == {"left": f"page/images/{pair['left_image']}",
+                                            "right": f"page/images/{pair['right_image']}"}
+    # A study made before the page moved to page/: key.json beside index.html and images/.
+    old = tmp_path / "old_study"
+    shutil.copytree(rvf_study / "page", old)
+    key = json.loads((rvf_study / "key.json").read_text(encoding="utf-8"))
+    for name in ("layout", "page", "images"):
+        key.pop(name)
+    (old / "key.json").write_text(json.dumps(key), encoding="utf-8")
+    again = score_study(old, [answers], tmp_path / "old", plot=False)
+    assert again["accuracy"] == new["accuracy"] and "images" not in again["per_pair"][0]
+    # The page folder of a new study is not a study: the message says where the key is.
+    with pytest.raises(MedvolError, match=r"page folder of a study .*give the study folder"):
+        score_study(rvf_study / "page", [answers], tmp_path / "x", plot=False)
+
+
+@pytest.mark.parametrize("field,value", [("left_image", "../../key.json"), ("right_image", "/etc/passwd"),
+                                         ("page", ".."), ("images", "../..")])
+def test_names_in_the_key_stay_inside_the_page_folder(rvf_study, tmp_path, field, value):
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(rvf_study, study)
+    key = json.loads((study / "key.json").read_text(encoding="utf-8"))
+    if field in ("page", "images"):
+        key[field] = value
+    else:
+        key["pairs"][0][field] = value
+    (study / "key.json").write_text(json.dumps(key), encoding="utf-8")
+    with pytest.raises(MedvolError, match=rf"key\.json .*{field}.*{value}"):
+        score_study(study, [_answers_for(study, tmp_path / "a.csv")], tmp_path / "o", plot=False)
+    assert not (tmp_path / "o").exists()

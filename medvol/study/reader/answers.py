@@ -29,10 +29,47 @@ class Answer:
     seconds: float
 
 
-def load_key(study: str | Path) -> dict:
-    """``STUDY/key.json`` (or a key file given directly), checked."""
+def key_path(study: str | Path) -> Path:
+    """The key file of a study: ``STUDY/key.json`` (both layouts: ``page/`` beside it, or the page
+    and ``images/`` beside it, as studies made before the page moved to ``page/``), or the file."""
     path = Path(study)
-    path = path / "key.json" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    if not (path / "key.json").is_file() and (path / "index.html").is_file() and (path.parent / "key.json").is_file():
+        raise MedvolError(f"{path}: this is the page folder of a study (handed to readers, no key); "
+                          f"give the study folder {path.parent}, which holds key.json")
+    return path / "key.json"
+
+
+def key_images(path: Path, key: dict) -> list[tuple[Path, Path]] | None:
+    """The (left, right) image paths of each pair of the key at ``path``; None for a key of the
+    first layout (which names no files).
+
+    Every name goes through :func:`medvol.outputs.safe_name`: a key is a file anyone may have
+    edited, and its names must stay inside the study's page folder.
+    """
+    from medvol.outputs import safe_name
+
+    layout = key.get("layout", 1)
+    if layout == 1:
+        return None
+    if layout != 2:
+        raise MedvolError(f"{path}: key layout {layout!r} is newer than this medvol understands")
+    page = safe_name(path.parent, key.get("page"), f"{path.name} 'page'")
+    images = safe_name(page, key.get("images"), f"{path.name} 'images'")
+    return [tuple(safe_name(images, pair.get(f"{side}_image"), f"{path.name} pair #{number} {side}_image")
+                  for side in ("left", "right"))
+            for number, pair in enumerate(key["pairs"], start=1)]
+
+
+def load_key(study: str | Path) -> dict:
+    """``STUDY/key.json`` (or a key file given directly), checked.
+
+    Raises:
+        MedvolError: no key (naming the page folder if that was given), an unreadable key, one that
+            lacks mode or pairs, or names an image outside the study's page folder.
+    """
+    path = key_path(study)
     try:
         key = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -40,11 +77,12 @@ def load_key(study: str | Path) -> dict:
     except (OSError, ValueError) as error:
         raise MedvolError(f"{path}: unreadable answer key ({error})") from None
     pairs = key.get("pairs") if isinstance(key, dict) else None
-    if key.get("mode") not in ("real-vs-fake", "model-vs-model") or not isinstance(pairs, list) or not pairs:
+    if not isinstance(key, dict) or key.get("mode") not in ("real-vs-fake", "model-vs-model") or not isinstance(pairs, list) or not pairs:
         raise MedvolError(f"{path}: not a reader-study key (needs mode and a non-empty pairs list)")
     for number, pair in enumerate(pairs, start=1):
         if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) for k in ("pair", "left", "right")):
             raise MedvolError(f"{path}: pair #{number} lacks pair/left/right")
+    key_images(path, key)
     return key
 
 

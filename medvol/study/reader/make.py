@@ -2,21 +2,28 @@
 
 A pair shows two slices at the same position in the same plane: in ``real-vs-fake`` mode a real
 volume beside a generated one (the question: which is real?), in ``model-vs-model`` mode two
-generated volumes from different models (which is more realistic?). Every choice is drawn from
-one ``numpy`` generator seeded with ``seed``: same inputs and seed, the same study, byte for byte.
+generated volumes from different models (which is more realistic?).
 
-What ``STUDY/`` holds: ``index.html`` (the page, with the study's pair list inlined),
-``images/<pair>_left.png`` and ``..._right.png``, and ``key.json``, the only file that names the
-sources. Pair ids are random tokens; the page never sees the key.
+Blinding. The seed makes the *design* reproducible (generation, which volumes, planes, slice
+positions); the *presentation* (which source goes left, the pair ids, the image file names, the
+page order and the study id) is drawn from ``secrets``, so that nobody holding the page, even with
+medvol's code, the inputs and the seed, can tell the sides apart by anything but the pixels.
+
+What ``STUDY/`` holds: ``page/`` (handed to readers: ``index.html`` with the study's pair list
+inlined, and ``images/<random>.png``, one modification time for all) and, beside it, ``key.json``,
+the only file that names the sources. A study is written in a scratch folder beside ``STUDY/``,
+then moved into the claimed folder (:func:`medvol.outputs.owned_output`), the key last.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
 import os
+import secrets
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,15 +35,21 @@ from medvol.errors import MedvolError
 from medvol.study.reader.images import resolve_window, to_uint8, write_png
 from medvol.study.reader.sources import (Source, fake_source, fit_to_shape, parse_fake, real_source,
                                          scratch_folder)
-from medvol.utils import atomic_dir, checked_write
+from medvol.utils import checked_write
 
 log = logging.getLogger("medvol.study")
 
 MODES = ("real-vs-fake", "model-vs-model")
 PLANES = ("axial", "coronal", "sagittal")
 KEY_FILE = "key.json"
+#: The folder handed to readers (``STUDY/page/``): the page and its images, never the key.
+PAGE_DIR = "page"
 PAGE_FILE = "index.html"
 IMAGE_DIR = "images"
+#: Layout of a study folder: 2 = ``key.json`` beside ``page/``; 1 (before) = all in one folder.
+LAYOUT = 2
+#: The job name in the output marker (``medvol.outputs``).
+JOB = "study-reader-make"
 #: Default range of slice positions, as fractions of the axis: the central part, where the
 #: anatomy is (slices near the edges are mostly air or padding and tell a reader nothing).
 DEFAULT_POSITIONS = (0.3, 0.7)
@@ -55,6 +68,7 @@ class PairPlan:
     plane: str
     position: float
     sides: tuple[tuple[str, int], tuple[str, int]]  # ((source name, volume index) left, right)
+    images: tuple[str, str] = ("", "")  # the left and right image file names (in PAGE_DIR/IMAGE_DIR)
 
 
 def parse_planes(text: str) -> list[str]:
@@ -75,9 +89,14 @@ def parse_positions(text: str | Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
-def _token(rng: np.random.Generator, used: set[str]) -> str:
+#: Alphabet of pair ids: no look-alike characters (0/o, 1/l/i), so an id reads back unambiguously.
+ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
+def _secret_token(length: int, used: set[str]) -> str:
+    """A fresh random token from :data:`ID_ALPHABET`, drawn from ``secrets`` (never from the seed)."""
     while True:
-        token = "".join(rng.choice(list("abcdefghjkmnpqrstuvwxyz23456789"), size=8))
+        token = "".join(secrets.choice(ID_ALPHABET) for _ in range(length))
         if token not in used:
             used.add(token)
             return token
@@ -85,12 +104,12 @@ def _token(rng: np.random.Generator, used: set[str]) -> str:
 
 def plan_pairs(mode: str, fakes: list[str], counts: dict[str, int], pairs: int, planes: list[str],
                positions: tuple[float, float], rng: np.random.Generator) -> list[PairPlan]:
-    """Draw the pairs: which sources, which volumes, which plane and position, which side.
+    """Draw the design from the seed: which sources, which volumes, which plane and position.
 
-    Sources, planes and sides are balanced rather than drawn independently: the comparisons
-    (real against each fake, or each pair of models) and the planes take turns, exactly half of
-    the pairs (rounded) put the first source on the left, and each source's volumes are used in a
-    seeded random order, each once before any twice. The presentation order is then shuffled.
+    Sources and planes are balanced rather than drawn independently: the comparisons (real against
+    each fake, or each pair of models) and the planes take turns, and each source's volumes are
+    used in a seeded random order. Every plan has its comparison's first source on the left here;
+    :func:`present` then draws the sides, the ids and the order from ``secrets``.
     """
     if mode == "real-vs-fake":
         comparisons = [("real", name) for name in fakes]
@@ -104,16 +123,36 @@ def plan_pairs(mode: str, fakes: list[str], counts: dict[str, int], pairs: int, 
         used[name] += 1
         return int(index)
 
-    flips = rng.permutation(np.arange(pairs) % 2 == 1)
-    tokens: set[str] = set()
     plans = []
     for i in range(pairs):
         first, second = comparisons[i % len(comparisons)]
-        a, b = (first, next_volume(first)), (second, next_volume(second))
-        sides = (b, a) if flips[i] else (a, b)
+        sides = ((first, next_volume(first)), (second, next_volume(second)))
         position = float(rng.uniform(*positions))
-        plans.append(PairPlan(_token(rng, tokens), planes[(i // len(comparisons)) % len(planes)], position, sides))
-    return [plans[i] for i in rng.permutation(pairs)]
+        plans.append(PairPlan("", planes[(i // len(comparisons)) % len(planes)], position, sides))
+    return plans
+
+
+def present(plans: list[PairPlan]) -> list[PairPlan]:
+    """The presentation of a design: sides, pair ids, image names and page order, from ``secrets``.
+
+    Nothing here depends on the seed, so that neither the seed (the default is 0, and it is
+    recorded in the key) nor medvol's code lets anyone holding the page recover the answers:
+    exactly half of the pairs (rounded down) put the comparison's second source on the left,
+    which ones is drawn by the operating system's cryptographic generator, as are the ids, the
+    image file names and the order of the pairs on the page.
+    """
+    chooser = secrets.SystemRandom()
+    flips = [i < len(plans) // 2 for i in range(len(plans))]
+    chooser.shuffle(flips)
+    ids: set[str] = set()
+    names: set[str] = set()
+    shown = []
+    for plan, flip in zip(plans, flips):
+        sides = (plan.sides[1], plan.sides[0]) if flip else plan.sides
+        images = (f"{_secret_token(16, names)}.png", f"{_secret_token(16, names)}.png")
+        shown.append(PairPlan(_secret_token(8, ids), plan.plane, plan.position, sides, images))
+    chooser.shuffle(shown)
+    return shown
 
 
 def volumes_needed(mode: str, fakes: list[str], pairs: int) -> dict[str, int]:
@@ -128,43 +167,72 @@ def volumes_needed(mode: str, fakes: list[str], pairs: int) -> dict[str, int]:
     return needed
 
 
-def study_id(seed: int, mode: str, specs: list[str], pairs: int, planes: list[str]) -> str:
-    """A short id for the page's saved state (so two studies in one browser keep theirs apart).
+def _refuse_repeats(source: Source, count: int, spec: str) -> None:
+    """Refuse a source with fewer volumes than the pairs it appears in.
 
-    Hashed from the command's inputs; it says nothing about which side holds which source."""
-    text = json.dumps([seed, mode, specs, pairs, planes])
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    A volume shown in two pairs can be recognised: a reader who notices the repeat (the same
+    body in another plane or slice) learns that both images come from one source, and where only
+    one side repeats, which one. So every image of a side comes from a volume of its own.
+    """
+    if len(source) < count:
+        raise MedvolError(
+            f"{spec}: {len(source)} volume(s) for {count} pairs would show a volume in more than one pair "
+            f"(a reader who recognises the repeat learns its source); give at least {count} volumes "
+            "or fewer --pairs")
+
+
+def _refuse_synthetic_real(source: Source, spec: str, allow: bool) -> list[str]:
+    """The real volumes marked synthetic (:func:`medvol.data.provenance.provenance_of`); refused
+    unless ``allow`` (then each is named in a warning and in the key)."""
+    if not source.synthetic:
+        return []
+    item, evidence = source.synthetic[0]
+    more = f" and {len(source.synthetic) - 1} more" if len(source.synthetic) > 1 else ""
+    if not allow:
+        raise MedvolError(f"--real {spec}: {item}{more} is marked synthetic ({evidence}); the real side of a "
+                          "reader study must be scans (use --allow-synthetic-real to accept it; the key records it)")
+    log.warning("--allow-synthetic-real: %d real volume(s) of %s are marked synthetic (first: %s); recorded in %s",
+                len(source.synthetic), spec, item, KEY_FILE)
+    return [item for item, _ in source.synthetic]
 
 
 def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = None, *, pairs: int = 30,
                planes: str | Sequence[str] = "axial,coronal,sagittal", mode: str = "real-vs-fake", seed: int = 0,
                window: str = "lung", positions: str | Sequence[float] = DEFAULT_POSITIONS, real_split: str = "all",
-               title: str | None = None, device: str = "auto", overwrite: bool = False) -> Path:
+               title: str | None = None, device: str = "auto", overwrite: bool = False,
+               allow_synthetic_real: bool = False) -> Path:
     """Make a reader study folder (module docstring) and return its path.
 
     Args:
-        out: the study folder to create (refused if it exists and is not empty, unless
-            ``overwrite``; written under a temporary name and renamed when complete).
+        out: the study folder. A folder holding files medvol did not write, or another study, is
+            refused unless ``overwrite``; ``overwrite`` removes only the files a medvol study wrote
+            there, never anything else (inputs, a user's files), and never replaces such a file.
         fakes: ``NAME=DIR_OR_CKPT`` strings: a folder of generated volumes, or a checkpoint (file or
             run folder) from which volumes are generated with ``seed``.
         real: real volumes (a medvol cache or files/folders/globs); required for ``real-vs-fake``.
         pairs: number of pairs.
         planes: planes to take turns over (subset of axial, coronal, sagittal).
         mode: ``"real-vs-fake"`` or ``"model-vs-model"`` (two or more fakes).
-        seed: seeds everything: generation, volumes, planes, positions, sides, ids, order.
+        seed: seeds the design: generation, volumes, planes, positions (not the sides, ids, image
+            names or order, which come from ``secrets``: :func:`present`).
         window: display window: a viewer preset (``lung``, ``mediastinum``, ``bone``), ``LOW,HIGH``
             in HU, or ``auto`` (the pair's 0.5–99.5 percentiles, for MR).
         positions: range of slice positions as fractions of the axis.
         real_split: ``train``, ``val`` or ``all`` volumes of a cache.
         title: page title.
         device: where checkpoints generate (``auto``, ``cpu``, ``cuda[:N]``).
+        overwrite: see ``out``.
+        allow_synthetic_real: accept real volumes marked synthetic (recorded in the key).
 
     Returns:
         The study folder.
 
     Raises:
-        MedvolError: a bad option, an unreadable source, volumes that cannot be paired.
+        MedvolError: a bad option or ``out``, an unreadable source, volumes that cannot be paired, a
+            source with fewer volumes than its pairs, real volumes marked synthetic.
     """
+    from medvol.outputs import check_output, owned_output
+
     if mode not in MODES:
         raise MedvolError(f"--mode {mode!r}: choose {' or '.join(MODES)}")
     if pairs < 1:
@@ -184,40 +252,68 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
             raise MedvolError("--real is not used by --mode model-vs-model (it compares --fake sources)")
     resolve_window(window, np.zeros(1), np.ones(1))  # a bad --window fails before any work
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise MedvolError(f"--out {out}: exists and is not empty (use --overwrite to replace it)")
+    # The study's id names this job: a second make into the same folder is another job (it would
+    # draw other sides and ids), so a finished study is never replaced without --overwrite.
+    sid = secrets.token_hex(6)
+    identity = {"study": sid}
+    kept = check_output(out, JOB, identity, overwrite=overwrite)
+    mine = [rel for rel in kept if rel == KEY_FILE or rel.split("/")[0] == PAGE_DIR]
+    if mine:
+        raise MedvolError(f"--out {out}: {mine[0]} was not written by medvol; refusing to replace it "
+                          "(move it away or choose another --out)")
 
     rng = np.random.default_rng(seed)
     needed = volumes_needed(mode, names, pairs)
     with scratch_folder(out) as scratch:
         sources: dict[str, Source] = {}
+        synthetic_real: list[str] = []
         if real is not None:
             sources["real"] = real_source(real, real_split)
+            _refuse_repeats(sources["real"], pairs, f"--real {real}")
+            synthetic_real = _refuse_synthetic_real(sources["real"], real, allow_synthetic_real)
         for name, spec in parsed:
             # A fake that no pair uses (fewer pairs than comparisons) still gets one volume: it is checked.
             sources[name] = fake_source(name, spec, max(1, needed[name]), seed, scratch, device=device)
-        plans = plan_pairs(mode, names, {n: len(s) for n, s in sources.items()}, pairs, plane_list, low_high, rng)
-        with atomic_dir(out) as tmp:
-            key_pairs = _write_images(tmp, plans, sources, window, mode)
-            specs = [f"real={real}"] if real is not None else []
-            specs += [f"{n}={s}" for n, s in parsed]
-            sid = study_id(seed, mode, specs, pairs, plane_list)
-            _write_page(tmp, sid, mode, key_pairs, title)
-            key = {
-                "study": sid, "mode": mode, "seed": seed, "pairs": key_pairs,
-                "sources": {name: source.origin for name, source in sources.items()},
-                "window": window, "planes": plane_list, "positions": list(low_high), "real_split": real_split,
-                "medvol_version": medvol.__version__,
-            }
-            with checked_write(tmp / KEY_FILE, "answer key") as path:
+            _refuse_repeats(sources[name], needed[name], f"--fake {name}={spec}")
+        design = plan_pairs(mode, names, {n: len(s) for n, s in sources.items()}, pairs, plane_list, low_high, rng)
+        plans = present(design)
+        page = scratch / PAGE_DIR
+        key_pairs = _write_images(page, plans, sources, window, mode)
+        _write_page(page, sid, mode, key_pairs, title)
+        key = {
+            "study": sid, "mode": mode, "seed": seed, "layout": LAYOUT, "page": PAGE_DIR, "images": IMAGE_DIR,
+            "presentation": "sides, pair ids, image names and page order drawn from secrets, not from the seed",
+            "pairs": key_pairs,
+            "sources": {name: source.origin for name, source in sources.items()},
+            "window": window, "planes": plane_list, "positions": list(low_high), "real_split": real_split,
+            "allow_synthetic_real": bool(allow_synthetic_real), "synthetic_real": synthetic_real,
+            "medvol_version": medvol.__version__,
+        }
+        inputs = [spec for _, spec in parsed] + ([real] if real is not None else [])
+        inputs += [item for source in sources.values() for item in source.items]
+        page_files = sorted(p.relative_to(scratch).as_posix() for p in page.rglob("*") if p.is_file())
+        with owned_output(out, JOB, identity, overwrite=overwrite, inputs=inputs) as claimed:
+            targets = claimed.paths(page_files + [KEY_FILE])
+            for rel, target in zip(page_files, targets):
+                shutil.move(scratch / rel, target)
+            _same_times(targets[:-1])
+            with checked_write(targets[-1], "answer key") as path:  # last: a study with a key is complete
                 path.write_text(json.dumps(key, indent=1), encoding="utf-8")
     return out
+
+
+def _same_times(paths: list[Path]) -> None:
+    """Give every file of the page one modification time, so that the times say nothing about
+    the order in which images were written."""
+    now = time.time_ns()
+    for path in paths:
+        os.utime(path, ns=(now, now))
 
 
 def _write_images(folder: Path, plans: list[PairPlan], sources: dict[str, Source], window: str, mode: str) -> list[dict]:
     from medvol.data.datasets import take_slice
 
-    (folder / IMAGE_DIR).mkdir()
+    (folder / IMAGE_DIR).mkdir(parents=True)
     key_pairs = []
     for number, plan in enumerate(plans, start=1):
         loaded = {side: sources[name].load(index) for side, (name, index) in zip(("left", "right"), plan.sides)}
@@ -240,10 +336,11 @@ def _write_images(folder: Path, plans: list[PairPlan], sources: dict[str, Source
                 image = to_uint8(slices[side], limits)
             except MedvolError as error:
                 raise MedvolError(f"{sources[name].items[index]}: {error}") from None
-            write_png(image, folder / IMAGE_DIR / f"{plan.pair}_{side}.png")
+            write_png(image, folder / IMAGE_DIR / plan.images[0 if side == "left" else 1])
         key_pairs.append({
             "pair": plan.pair, "number": number,
             "left": plan.sides[0][0], "right": plan.sides[1][0],
+            "left_image": plan.images[0], "right_image": plan.images[1],
             "left_volume": sources[plan.sides[0][0]].items[plan.sides[0][1]],
             "right_volume": sources[plan.sides[1][0]].items[plan.sides[1][1]],
             "plane": plan.plane, "slice": k, "position": round(plan.position, 4),
@@ -266,7 +363,7 @@ def _write_page(folder: Path, sid: str, mode: str, key_pairs: list[dict], title:
     from medvol.study.reader.page import render_page
 
     page_pairs = [{"pair": p["pair"], "plane": p["plane"],
-                   "left": f"{IMAGE_DIR}/{p['pair']}_left.png", "right": f"{IMAGE_DIR}/{p['pair']}_right.png"}
+                   "left": f"{IMAGE_DIR}/{p['left_image']}", "right": f"{IMAGE_DIR}/{p['right_image']}"}
                   for p in key_pairs]
     data = {"study": sid, "mode": mode, "question": QUESTIONS[mode], "pairs": page_pairs,
             "title": title or "Reader study"}

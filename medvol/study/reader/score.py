@@ -25,11 +25,13 @@ import numpy as np
 
 from medvol.errors import MedvolError
 from medvol.study.reader import stats
-from medvol.study.reader.answers import Answer, load_key, read_answers
+from medvol.study.reader.answers import Answer, key_images, key_path, load_key, read_answers
 from medvol.utils import checked_write
 
 DEFAULT_MARGIN = 0.1
 DEFAULT_ALPHA = 0.05
+#: The job name in the output marker (``medvol.outputs``).
+JOB = "study-reader-score"
 
 
 def _ordered_sources(key: dict) -> list[str]:
@@ -142,33 +144,62 @@ def score_answers(key: dict, by_reader: dict[str, dict[str, Answer]], experience
     return result
 
 
+def _refuse_out_in_study(out: Path, key_file: Path) -> None:
+    """Refuse an output in the study folder or its page: ``--overwrite`` there would remove the
+    study medvol made, and a score in the page folder would travel to the readers with it."""
+    study = key_file.resolve().parent
+    target = out.resolve()
+    if target == study or study / "page" in (target, *target.parents):
+        raise MedvolError(f"--out {out}: is the study folder or inside its page folder; write the score "
+                          "elsewhere (e.g. beside the study) so that it never reaches the readers")
+
+
 def score_study(study: str | os.PathLike, answer_files: list[str | os.PathLike], out: str | os.PathLike, *,
                 margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA, confidence: float = 0.95,
-                plot: bool = True) -> dict:
+                plot: bool = True, overwrite: bool = False) -> dict:
     """Read the key and answers, score them, write ``score.json``, ``score.md`` and ``score.png``.
+
+    ``out`` is claimed with :func:`medvol.outputs.owned_output`: a folder holding anything medvol
+    did not write for this same scoring (same key, answers and options) is refused unless
+    ``overwrite``, which removes only what medvol wrote; a user's file (a ``score.md`` of their
+    own) is never replaced.
 
     Returns:
         The score dict (as in score.json).
 
     Raises:
         MedvolError: anything :func:`load_key` / :func:`read_answers` refuse (naming file and row),
-            bad options, a failed write.
+            bad options, an output refused as above or inside the study, a failed write.
     """
+    from medvol.outputs import owned_output
     from medvol.study.reader.report import plot_score, score_markdown
+    from medvol.utils import sha256_file
 
+    key_file = key_path(study)
     key = load_key(study)
-    by_reader, experience = read_answers([Path(f) for f in answer_files], key)
+    files = [Path(f) for f in answer_files]
+    by_reader, experience = read_answers(files, key)
     result = score_answers(key, by_reader, experience, margin=margin, alpha=alpha, confidence=confidence)
     result["answer_files"] = [str(f) for f in answer_files]
+    images = key_images(key_file, key)
+    if images is not None:
+        study_dir = key_file.parent
+        for row, (left, right) in zip(result["per_pair"], images):
+            row["images"] = {"left": left.relative_to(study_dir).as_posix(),
+                             "right": right.relative_to(study_dir).as_posix()}
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MedvolError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    with checked_write(out / "score.json", "score") as tmp:
-        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    with checked_write(out / "score.md", "score report") as tmp:
-        tmp.write_text(score_markdown(result), encoding="utf-8")
-    if plot:
-        with checked_write(out / "score.png", "score plot") as tmp:
-            plot_score(result, tmp)
+    _refuse_out_in_study(out, key_file)
+    identity = {"key": str(key_file.resolve()), "key_sha256": sha256_file(key_file),
+                "answers": [[str(f.resolve()), sha256_file(f)] for f in files],
+                "margin": margin, "alpha": alpha, "confidence": confidence, "plot": plot}
+    with owned_output(out, JOB, identity, overwrite=overwrite, inputs=[key_file, *files]) as claimed:
+        names = ["score.json", "score.md"] + (["score.png"] if plot else [])
+        paths = dict(zip(names, claimed.paths(names)))  # a user's file among them: refused before writing
+        with checked_write(paths["score.json"], "score") as tmp:
+            tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+        with checked_write(paths["score.md"], "score report") as tmp:
+            tmp.write_text(score_markdown(result), encoding="utf-8")
+        if plot:
+            with checked_write(paths["score.png"], "score plot") as tmp:
+                plot_score(result, tmp)
     return result

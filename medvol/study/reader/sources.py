@@ -37,12 +37,14 @@ class Source:
         origin: what it was made from (a path), for the key.
         items: one description per volume (file name, cache entry, or checkpoint seed and index).
         loader: ``loader(i)`` -> (array (D, H, W) float32, spacing (z, y, x) mm).
+        synthetic: ``(item, evidence)`` for each volume marked synthetic (real sources only).
     """
 
     name: str
     origin: str
     items: list[str]
     loader: Callable[[int], tuple[np.ndarray, tuple[float, float, float]]] = field(repr=False)
+    synthetic: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -73,7 +75,7 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def _cache_source(name: str, path: Path, split: str) -> Source:
-    from medvol.data.cache import load_entry, load_manifest
+    from medvol.data.cache import MANIFEST, load_entry, load_manifest
 
     manifest = load_manifest(path)
     entries = [e for e in manifest["volumes"] if split == "all" or e.get("split") == split]
@@ -85,7 +87,9 @@ def _cache_source(name: str, path: Path, split: str) -> Source:
         volume = load_entry(path, names[index], physical=True)
         return volume.array, tuple(volume.spacing)
 
-    return Source(name, str(path), [f"cache:{n}" for n in names], load)
+    marked = [(f"cache:{e['name']}", f"{MANIFEST} entry {e['name']!r}: synthetic")
+              for e in entries if e.get("synthetic") is True]
+    return Source(name, str(path), [f"cache:{n}" for n in names], load, marked)
 
 
 def _file_source(name: str, spec: str) -> Source:
@@ -102,15 +106,29 @@ def _file_source(name: str, spec: str) -> Source:
 
 
 def real_source(spec: str, split: str = "all") -> Source:
-    """The real volumes: a medvol cache folder (``split`` of it) or files/folders/globs."""
+    """The real volumes: a medvol cache folder (``split`` of it) or files/folders/globs.
+
+    Volumes marked synthetic (:func:`medvol.data.provenance.provenance_of`: header, sidecar,
+    ``generated.json`` listing, or a cache entry made from such a volume) are listed in
+    ``Source.synthetic``; the caller decides (``make_study`` refuses them by default).
+    """
     from medvol.data.cache import MANIFEST
+    from medvol.data.provenance import provenance_of
 
     path = Path(spec)
     if path.is_dir() and (path / MANIFEST).is_file():
         return _cache_source("real", path, split)
     if split != "all":
         raise MedvolError(f"--real-split {split}: {spec} is not a medvol cache (only caches have splits)")
-    return _file_source("real", spec)
+    source = _file_source("real", spec)
+    for item in source.items:
+        try:
+            found = provenance_of(item)
+        except MedvolError:  # an unreadable header: reading the volume reports it, naming the file
+            continue
+        if found["synthetic"]:
+            source.synthetic.append((item, "; ".join(found["evidence"])))
+    return source
 
 
 def fake_source(name: str, spec: str, n: int, seed: int, workdir: Path, device: str = "auto") -> Source:
