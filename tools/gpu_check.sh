@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
         --published) [ $# -ge 2 ] || usage; PUBLISHED+=("$2"); shift ;;
         --budget-s) [ $# -ge 2 ] || usage; BUDGET="$2"; shift ;;
         --no-time-limits) NOLIMIT=1 ;;
-        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "gpu_check: error: unknown argument $1" >&2; usage ;;
     esac
     shift
@@ -191,6 +191,7 @@ else
 fi
 
 wait "$EST_PID"
+quick_summary  # every part has ended: a lane's slower rewrite cannot leave an older table behind
 ELAPSED=$(( $(date +%s) - START ))
 "$PY" - "$OUT/meta.json" "$ELAPSED" <<'EOF'
 import json, sys
