@@ -71,6 +71,8 @@ def _run_config_path(args) -> Path:
         run_dir = Path(args.out)
     else:
         given = Path(args.resume)
+        if not given.exists():
+            raise MedvolError(f"checkpoint {given} does not exist")
         run_dir = given if given.is_dir() else given.parent
         if run_dir.name == "checkpoints":
             run_dir = run_dir.parent

@@ -139,8 +139,6 @@ def test_checkpoint_of_another_model_or_size_is_refused(run2, tiny, tmp_path, ca
 
 def _tree(folder) -> dict[str, bytes]:
     """Every file under ``folder`` (TensorBoard events and the lock file included) and its bytes."""
-    from pathlib import Path
-
     folder = Path(folder)
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
