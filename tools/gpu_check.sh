@@ -3,6 +3,7 @@
 #
 #   tools/gpu_check.sh --out DIR [--published PATH]... [--budget-s S]    on a CUDA machine
 #   tools/gpu_check.sh --dry-run --out DIR [--published PATH]...          the same, CPU, tiny sizes
+#   add --no-time-limits to run every part to its end (the test of the dry run: no clock in it)
 #
 # Prepare on a machine with nvcc first (tools/prepare_gpu_check.sh): it builds medvol/_C*.so and
 # puts pytest into .gpu_deps/, both carried to the GPU machine. Nothing is compiled here: the
@@ -12,7 +13,8 @@
 # Every part runs under `timeout`, limited so that the whole run stays inside --budget-s
 # (default 460 s, 1800 s for a dry run); a failing or timed-out part is recorded and the next one runs. Results go
 # under DIR (a new timestamped subfolder if DIR already has files): status.tsv, summary.md,
-# logs/, and one folder per part.
+# logs/, and one folder per part. summary.md is rewritten from status.tsv (by bash, no Python)
+# after every part, so a run cut short still leaves one; the full report replaces it at the end.
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,15 +22,17 @@ ARGS="$*"
 DRY=0
 OUT=""
 BUDGET=
+NOLIMIT=0
 PUBLISHED=()
-usage() { echo "usage: tools/gpu_check.sh [--dry-run] --out DIR [--published PATH]... [--budget-s SECONDS]" >&2; exit 2; }
+usage() { echo "usage: tools/gpu_check.sh [--dry-run] --out DIR [--published PATH]... [--budget-s SECONDS] [--no-time-limits]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
         --out) [ $# -ge 2 ] || usage; OUT="$2"; shift ;;
         --published) [ $# -ge 2 ] || usage; PUBLISHED+=("$2"); shift ;;
         --budget-s) [ $# -ge 2 ] || usage; BUDGET="$2"; shift ;;
-        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --no-time-limits) NOLIMIT=1 ;;
+        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "gpu_check: error: unknown argument $1" >&2; usage ;;
     esac
     shift
@@ -78,8 +82,24 @@ else
 fi
 
 START=$(date +%s)
-RESERVE=10   # seconds kept for the summary
+RESERVE=10   # seconds kept for the final report (summary.md exists before it: quick_summary)
+SUMMARY_LIMIT=120  # the final report's own limit; a cold Python start on a loaded host is slow
 : > "$OUT/status.tsv"
+
+# quick_summary: summary.md from status.tsv by bash alone (no Python start, nothing to time out),
+# replaced atomically; called after every part, so whatever cuts the run short, one is there.
+quick_summary() {
+    local tmp="$OUT/.summary.md.tmp-$BASHPID"
+    {
+        printf '# GPU check%s: status of the parts\n\n' "$( [ $DRY -eq 1 ] && echo ' (dry run on the CPU)')"
+        printf '| part | status | exit | seconds | limit s |\n|---|---|---|---|---|\n'
+        while IFS=$'\t' read -r name st rc took limit _; do
+            printf '| %s | %s | %s | %s | %s |\n' "$name" "$st" "$rc" "$took" "$limit"
+        done < "$OUT/status.tsv"
+        printf '\nWritten by tools/gpu_check.sh from status.tsv; the full report (tools/gpu_check_report.py summary)\n'
+        printf 'replaces it when the run ends. Logs of every part: logs/<part>.log.\n'
+    } > "$tmp" && mv -f "$tmp" "$OUT/summary.md"
+}
 
 # part NAME MAX_SECONDS [--stdout FILE] COMMAND...: run under timeout, log to logs/NAME.log
 # (stdout to FILE instead when given, for the tools that print their table), record the status.
@@ -88,25 +108,31 @@ part() {
     if [ "$1" = "--stdout" ]; then stdout="$2"; shift 2; fi
     local left=$(( START + BUDGET - RESERVE - $(date +%s) ))
     local limit=$(( max < left ? max : left ))
-    if [ "$limit" -lt 5 ]; then
+    local run=(timeout -k 5 "$limit")
+    if [ $NOLIMIT -eq 1 ]; then
+        limit=none; run=()
+    elif [ "$limit" -lt 5 ]; then
         printf '%s\tskipped (no time left)\t\t0\t0\t%s\n' "$name" "$*" >> "$OUT/status.tsv"
         echo "[gpu_check] $name: skipped, no time left"
+        quick_summary
         return
     fi
     echo "[gpu_check] $name (limit ${limit}s): $*"
     local t0=$(date +%s)
     if [ -n "$stdout" ]; then
         mkdir -p "$(dirname "$stdout")"
-        timeout -k 5 "$limit" "$@" > "$stdout" 2> "$OUT/logs/$name.log"
+        ${run[@]+"${run[@]}"} "$@" > "$stdout" 2> "$OUT/logs/$name.log"
     else
-        timeout -k 5 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
+        ${run[@]+"${run[@]}"} "$@" > "$OUT/logs/$name.log" 2>&1
     fi
     local rc=$?
     local took=$(( $(date +%s) - t0 )) status=ok
     case $rc in 0) ;; 124|137) status="timed out" ;; *) status="failed" ;; esac
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$took" "$limit" "$*" >> "$OUT/status.tsv"
     echo "[gpu_check] $name: $status (exit $rc, ${took}s)"
+    quick_summary
 }
+quick_summary
 
 "$PY" - "$OUT/meta.json" "$DRY" "$BUDGET" "$ARGS" <<'EOF'
 import datetime, json, subprocess, sys, torch
@@ -142,6 +168,7 @@ if [ ${#PUBLISHED[@]} -gt 0 ]; then
         --out "$OUT/vs_published"
 else
     printf 'vs_published\tskipped (no --published PATH)\t\t0\t0\t\n' >> "$OUT/status.tsv"
+    quick_summary
 fi
 }
 model_lane() {
@@ -164,11 +191,13 @@ else
 fi
 
 wait "$EST_PID"
+quick_summary  # every part has ended: a lane's slower rewrite cannot leave an older table behind
 ELAPSED=$(( $(date +%s) - START ))
 "$PY" - "$OUT/meta.json" "$ELAPSED" <<'EOF'
 import json, sys
 meta = json.load(open(sys.argv[1])); meta["elapsed_s"] = int(sys.argv[2]); json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
-timeout -k 2 "$RESERVE" "$PY" tools/gpu_check_report.py summary --out "$OUT" > "$OUT/logs/summary.log" 2>&1 \
-    || echo "[gpu_check] summary failed: see $OUT/logs/summary.log"
+# Not held to the budget's reserve: summary.md already exists, this only makes it complete.
+timeout -k 5 "$SUMMARY_LIMIT" "$PY" tools/gpu_check_report.py summary --out "$OUT" > "$OUT/logs/summary.log" 2>&1 \
+    || echo "[gpu_check] full report failed (summary.md lists the parts only): see $OUT/logs/summary.log"
 echo "[gpu_check] done in ${ELAPSED}s: $OUT/summary.md"

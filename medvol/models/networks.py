@@ -305,38 +305,45 @@ class Encoder(nn.Module):
             k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
             depths.append((depths[-1] + 2 * p - k) // s + 1)
         affine: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-        def level(k: int, a: int, b: int) -> torch.Tensor:
-            """Depth slices a..b of block k's output (k >= 1): normalised and rectified where its
-            statistics are known (k <= len(affine)), the raw convolution otherwise."""
-            if k == 0:
-                return x[:, :, a:b]
-            conv, _ = blocks[k - 1]
-            ks, st, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-            lo, hi = st * a - pad, st * (b - 1) - pad + ks
-            inp = level(k - 1, max(lo, 0), min(hi, depths[k - 1]))
-            if lo < 0 or hi > depths[k - 1]:
-                inp = F.pad(inp, (0, 0, 0, 0, max(-lo, 0), max(hi - depths[k - 1], 0)))
-            y = F.conv3d(inp, conv.weight, conv.bias, (st, *conv.stride[1:]), (0, *conv.padding[1:]))
-            if k > len(affine):
-                return y
-            scale, shift = affine[k - 1]
-            return F.relu(y.float() * scale + shift).to(y.dtype)
-
         for k, (_, norm) in enumerate(blocks, start=1):
             groups = norm.num_groups
             total = torch.zeros(x.shape[0], groups, dtype=torch.float64, device=x.device)
             total_sq = torch.zeros_like(total)
             count = 0
             for a in range(0, depths[k], tile_depth):
-                y = level(k, a, min(a + tile_depth, depths[k])).double().reshape(x.shape[0], groups, -1)
+                y = _tiled_level(x, blocks, depths, affine, k, a, min(a + tile_depth, depths[k]))
+                y = y.double().reshape(x.shape[0], groups, -1)
                 total += y.sum(dim=2)
                 total_sq += (y * y).sum(dim=2)
                 count += y.shape[2]
             affine.append(group_norm_affine(norm, total, total_sq, count))
         last = len(blocks)
-        return torch.cat([level(last, a, min(a + tile_depth, depths[last]))
+        return torch.cat([_tiled_level(x, blocks, depths, affine, last, a, min(a + tile_depth, depths[last]))
                           for a in range(0, depths[last], tile_depth)], dim=2)
+
+
+def _tiled_level(x: torch.Tensor, blocks: list, depths: list[int], affine: list, k: int, a: int,
+                 b: int) -> torch.Tensor:
+    """Depth slices a..b of block k's output in :meth:`Encoder.forward_tiled` (k >= 1): normalised
+    and rectified where its statistics are known (k <= len(affine)), the raw convolution otherwise.
+
+    A module function, not a closure: a recursive closure refers to itself through its own cell,
+    a reference cycle that kept ``x`` (the whole real volume, 128 MiB at 256^3 batch 2) alive until
+    Python's cyclic garbage collector happened to run.
+    """
+    if k == 0:
+        return x[:, :, a:b]
+    conv, _ = blocks[k - 1]
+    ks, st, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    lo, hi = st * a - pad, st * (b - 1) - pad + ks
+    inp = _tiled_level(x, blocks, depths, affine, k - 1, max(lo, 0), min(hi, depths[k - 1]))
+    if lo < 0 or hi > depths[k - 1]:
+        inp = F.pad(inp, (0, 0, 0, 0, max(-lo, 0), max(hi - depths[k - 1], 0)))
+    y = F.conv3d(inp, conv.weight, conv.bias, (st, *conv.stride[1:]), (0, *conv.padding[1:]))
+    if k > len(affine):
+        return y
+    scale, shift = affine[k - 1]
+    return F.relu(y.float() * scale + shift).to(y.dtype)
 
 
 class SubEncoder(nn.Module):

@@ -7,6 +7,7 @@ All memory is in MiB (2^20 bytes). Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
@@ -15,7 +16,7 @@ import platform
 import sys
 from pathlib import Path
 
-from medvol.utils import atomic_path
+from medvol.utils import checked_write
 
 MIB = 2**20
 NAMES = {"hagan": "HA-GAN", "crfgan": "CRF-GAN", "dcgan": "DCGAN", "mlpgan": "MLP-GAN", "stylegan2": "StyleGAN2",
@@ -48,21 +49,28 @@ def environment(command: str | None = None) -> dict:
 
 
 def write_json(report: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    """Raises: MedvolError: the write failed (a full disk), naming the file."""
+    with checked_write(path, "profile results") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
 
 
 def write_outputs(report: dict, out: Path) -> list[Path]:
-    """Write every output file; returns their paths (the PNG only if matplotlib is present)."""
+    """Write every output file; returns their paths (the PNG only if matplotlib is present).
+
+    The files take their names only once all of them are written: a failed write (a full disk)
+    raises :class:`MedvolError` naming the file and renames none of them.
+    """
     out = Path(out)
-    write_json(report, out / "profile.json")
-    with atomic_path(out / "profile.md") as tmp:
-        Path(tmp).write_text(markdown(report), encoding="utf-8")
-    with atomic_path(out / "profile.csv") as tmp:
-        Path(tmp).write_text(to_csv(report), encoding="utf-8")
-    written = [out / name for name in FILES[:3]]
-    if plot(report, out / "profile.png"):
-        written.append(out / "profile.png")
+    texts = {"profile.json": json.dumps(report, indent=1, default=str), "profile.md": markdown(report),
+             "profile.csv": to_csv(report)}
+    written = []
+    with contextlib.ExitStack() as stack:
+        for name in FILES[:3]:
+            tmp = stack.enter_context(checked_write(out / name, "profile output"))
+            Path(tmp).write_text(texts[name], encoding="utf-8")
+            written.append(out / name)
+        if plot(report, out / "profile.png"):
+            written.append(out / "profile.png")
     return written
 
 
@@ -442,7 +450,9 @@ def plot(report: dict, path: Path) -> bool:
         ax.legend(fontsize=7)
     fig.suptitle(f"medvol profile — {report['meta'].get('device', '')}", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    try:
+        with checked_write(path, "profile plot") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return True

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,7 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from medvol.errors import MedvolError
 from medvol.profile.cases import DEFAULT_MAX_BATCH_LIMIT, Case, model_dims
+from medvol.utils import write_failure
 
 
 def run_in_subprocess(case: Case, *, timeout: float | None = None) -> dict:
@@ -27,9 +30,14 @@ def run_in_subprocess(case: Case, *, timeout: float | None = None) -> dict:
     A worker killed by SIGKILL (the kernel's OOM killer) is an ``"OOM"`` result; a timeout or a
     crash without a result is an ``"error"`` result with the tail of its stderr.
     """
-    with tempfile.TemporaryDirectory(prefix="medvol-profile-") as tmp:
-        case_file, result_file = Path(tmp, "case.json"), Path(tmp, "result.json")
-        case_file.write_text(json.dumps(case.to_dict()), encoding="utf-8")
+    with contextlib.ExitStack() as stack:
+        try:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="medvol-profile-"))
+            case_file, result_file = Path(tmp, "case.json"), Path(tmp, "result.json")
+            case_file.write_text(json.dumps(case.to_dict()), encoding="utf-8")
+        except OSError as error:  # the temporary folder's disk is full
+            raise MedvolError(f"cannot write the profile worker's case file in {tempfile.gettempdir()}: "
+                              f"{write_failure(error, tempfile.gettempdir())}") from None
         command = [sys.executable, "-m", "medvol.profile.worker", "--case", str(case_file),
                    "--result", str(result_file)]
         try:
@@ -120,7 +128,10 @@ def run_profile(cases: list[Case], out: str | os.PathLike, *, max_batch: bool = 
 
     run = run or (lambda case: run_in_subprocess(case, timeout=timeout))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # checked before any case runs: a folder that cannot be made fails in a second, not after an hour
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"cannot create output folder {out}: {write_failure(error, out.parent)}") from None
     report = {"meta": environment(command), "results": [], "max_batch": []}
     for index, case in enumerate(cases, 1):
         result = run(case)

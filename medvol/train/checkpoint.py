@@ -240,9 +240,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 #: Names of medvol's own temporaries in a run folder (``atomic_path`` keeps the stem and suffixes):
-#: checkpoints and their sidecars, sample slices, the saved config. A killed writer leaves them.
+#: checkpoints and their sidecars, sample slices, the saved configs (``config.yaml``,
+#: ``config.N.yaml``) and the history. A killed writer leaves them.
 TEMP_PATTERNS = ("checkpoints/.ckpt_*.tmp-*.pt", "checkpoints/.ckpt_*.tmp-*.pt.sha256",
-                 "samples/.slices_*.tmp-*.npz", ".config.tmp-*.yaml")
+                 "samples/.slices_*.tmp-*.npz", ".config.tmp-*.yaml", ".history.tmp-*.jsonl")
 
 
 def clean_temporaries(run_dir: str | os.PathLike) -> list[Path]:

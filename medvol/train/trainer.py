@@ -9,6 +9,8 @@ TensorBoard and a progress bar (``monitor.py``), and a stop on the first NaN/inf
 Nothing of a run is lost or mixed: one run per folder, locked while it trains (``runfolder.py``);
 ``--resume auto`` falls back past damaged checkpoints to the newest verified one; SIGINT/SIGTERM
 checkpoint before exiting (``interrupt.py``); temporaries of killed writes are removed at start.
+A resume from an older checkpoint or with changed settings needs ``--fork`` or ``--allow-changes``,
+and every start is recorded in the run's history with its config file (``history.py``).
 
 Example:
     >>> from medvol.config import load_config
@@ -18,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -28,15 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from medvol.config import TrainConfig, config_to_dict, save_config
+from medvol.config import TrainConfig, config_to_dict
 from medvol.errors import MedvolError
 from medvol.train import checkpoint as ckpt
+from medvol.train import history
 from medvol.train.data import build_dataset, data_meta, make_loader
 from medvol.train.distributed import (DistInfo, all_finite, average_gradients, barrier, broadcast_module,
                                       broadcast_object, gather_objects, init_distributed, max_over_ranks)
 from medvol.train.interrupt import StopSignals, TrainingInterrupted
 from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
-from medvol.train.runfolder import RunFolderLock, refuse_second_run
+from medvol.train.runfolder import RunFolderLock, existing_run, refuse_second_run
 from medvol.utils import checked_write, cpu_has_native_bf16
 
 log = logging.getLogger("medvol.train")
@@ -103,13 +107,20 @@ class Trainer:
     """One training run; :func:`train` is the entry point.
 
     Args:
-        cfg: the resolved config.
+        cfg: the resolved config (``train.out`` is the folder trained into: a fork's new folder).
         info: rank, world size and device (from :func:`init_distributed`).
+        fork_source: with ``--fork``, the folder ``--resume auto`` reads the checkpoint from.
+        allow_changes: ``--allow-changes``: resume in place from an older checkpoint or with
+            changed settings, recording them.
     """
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo):
+    def __init__(self, cfg: TrainConfig, info: DistInfo, fork_source: Path | None = None,
+                 allow_changes: bool = False):
         self.cfg = cfg
         self.info = info
+        self.fork_source = fork_source
+        self.allow_changes = allow_changes
+        self.start: dict[str, Any] = {}  # what history.jsonl records of this start (main rank)
         self.device = info.device
         self.run_dir = Path(cfg.train.out)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -242,7 +253,7 @@ class Trainer:
                 if removed:
                     log.info("removed %d temporary file(s) of interrupted writes: %s", len(removed),
                              ", ".join(str(p.relative_to(self.run_dir)) for p in removed))
-                state = resolve_resume(resume, self.run_dir)
+                state = self._pick_checkpoint(resume)
                 decision = {"path": state["path"] if state is not None else None}
             except MedvolError as error:
                 decision = {"error": str(error)}
@@ -252,6 +263,56 @@ class Trainer:
         if decision["path"] is None:
             return None
         return state if self.info.is_main else ckpt.read_checkpoint(decision["path"])
+
+    def _pick_checkpoint(self, resume: str | None) -> dict[str, Any] | None:
+        """:func:`resolve_resume` plus the checks of a fork or an in-place resume (main rank)."""
+        if self.fork_source is not None:
+            if resume is None:
+                raise MedvolError("--fork needs --resume PATH|auto: the checkpoint the new run starts from")
+            if resume == "auto":
+                state = ckpt.read_latest_verified(self.fork_source / "checkpoints")
+                if state is None:
+                    raise MedvolError(f"--fork: no checkpoint in {self.fork_source} to start from")
+            else:
+                state = ckpt.read_checkpoint(resume)
+            held = existing_run(self.run_dir)
+            if held is not None:
+                raise MedvolError(f"--fork {self.run_dir}: that folder already holds a run ({held}); fork into "
+                                  f"a new folder, or continue that run with --resume auto --out {self.run_dir}")
+            ckpt.check_compatible(state, self.cfg)
+            self.start = {"event": "fork", "changes": history.changed_settings(ckpt.checkpoint_config(state),
+                                                                                self.cfg)}
+            return state
+        state = resolve_resume(resume, self.run_dir)
+        if state is None:
+            self.start = {"event": "start", "changes": {}}
+            return None
+        changes = history.check_resume(state, self.cfg, self.run_dir, auto=resume == "auto",
+                                       allow_changes=self.allow_changes)
+        self.start = {"event": "resume", "changes": changes}
+        return state
+
+    def _record_start(self, path: str | None) -> None:
+        """Write this start's config file and history record (main rank, before any training)."""
+        record: dict[str, Any] = {"event": self.start["event"], "iteration": self.iteration}
+        if path is not None:
+            side = ckpt.checksum_path(path).read_text(encoding="utf-8").split()
+            record.update(checkpoint=str(Path(path).resolve()), sha256=side[0] if side else None)
+        if self.start["event"] == "fork":
+            copy = history.copy_checkpoint(path, self.run_dir)
+            record["copied_to"] = str(copy.relative_to(self.run_dir))
+        elif self.start["event"] == "resume":
+            aside = history.set_aside_newer(self.run_dir, self.iteration)
+            if aside is not None:
+                record["superseded"] = str(aside.relative_to(self.run_dir))
+                log.warning("moved checkpoints and samples newer than iteration %d to %s", self.iteration, aside)
+        config_file = history.record_config(self.run_dir, self.cfg)
+        record["config"] = config_file.name
+        if self.start["changes"]:
+            record["changes"] = self.start["changes"]
+            log.warning("%s with changed settings: %s (recorded in %s)", self.start["event"],
+                        history.describe_changes(self.start["changes"], limit=50), history.HISTORY)
+        history.append_history(self.run_dir, record)
 
     def run(self, resume: str | None = None) -> Path:
         """Train to ``cfg.train.iterations``; see :func:`train`."""
@@ -294,7 +355,7 @@ class Trainer:
             log.warning("train.compile is ignored in reference mode (plain eager PyTorch by definition)")
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            self._record_start(path)
         total = cfg.train.iterations
         monitor = Monitor(self.run_dir, total, min(self.iteration, total), enabled=info.is_main,
                           progress=cfg.train.progress)
@@ -385,7 +446,8 @@ class Trainer:
             self._stop_on_signal(stop)
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> Path:
+def train(cfg: TrainConfig, resume: str | None = None, fork: str | Path | None = None,
+          allow_changes: bool = False) -> Path:
     """Train ``cfg``; under ``torchrun`` every rank calls this and they train data-parallel.
 
     Args:
@@ -393,9 +455,17 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         resume: ``None`` (a new run; refused if ``cfg.train.out`` already holds one), a
             checkpoint file/run folder, or ``"auto"`` (the newest verified checkpoint in
             ``cfg.train.out``, skipping damaged newer ones with a warning; fresh when there is none).
+            An explicit checkpoint older than the run's newest, or settings that differ from the
+            run's config (other than ``history.FREE_KEYS``), are refused unless ``fork`` or
+            ``allow_changes``.
+        fork: a new run folder that starts from the ``resume`` checkpoint (copied in; with
+            ``"auto"``, the newest of ``cfg.train.out``); the source run is only read.
+        allow_changes: continue in place anyway: changed settings are recorded in
+            ``history.jsonl`` and newer checkpoints moved to ``superseded/N/``.
 
     Returns:
-        The run folder: ``config.yaml``, ``checkpoints/ckpt_*.pt`` (+ ``.sha256``), ``tb/``.
+        The run folder: ``config.yaml`` (``config.N.yaml`` when a later start resolved to
+        another config), ``history.jsonl``, ``checkpoints/ckpt_*.pt`` (+ ``.sha256``), ``tb/``.
 
     Raises:
         MedvolError: bad data/checkpoint/config, a second run into one folder, a failed
@@ -403,10 +473,19 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         TrainingInterrupted: SIGINT/SIGTERM; a checkpoint of the last completed iteration was
             written first (``exit_code`` 130 or 143).
     """
+    fork_source = None
+    if fork is not None:
+        if allow_changes:
+            raise MedvolError("--fork and --allow-changes exclude each other: a fork is a new run, "
+                              "its changes are recorded anyway")
+        fork_source = Path(cfg.train.out)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out=str(fork)))
+        if Path(fork).resolve() == fork_source.resolve():
+            raise MedvolError(f"--fork {fork}: that is the run being forked; fork into a new folder")
     info = init_distributed(cfg.train.device)
     ok = False
     try:
-        run_dir = Trainer(cfg, info).run(resume)
+        run_dir = Trainer(cfg, info, fork_source=fork_source, allow_changes=allow_changes).run(resume)
         ok = True
         return run_dir
     finally:

@@ -127,3 +127,24 @@ def test_bad_size_and_budget_are_refused_up_front(tmp_path, capsys, argv, messag
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"medvol profile: error: {message}"), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("limit, culprit", [
+    (3_000, "profile.png"),   # the tables fit, the plot does not
+    (600, "profile.json"),    # not even the results after the first case
+], ids=["plot", "results"])
+def test_estimate_on_a_full_disk(tmp_path, standin_path, medvol_with_file_limit, limit, culprit):
+    """A full disk (files limited through RLIMIT_FSIZE, as in tests/train/test_full_disk.py) is one
+    line naming the file and exit 2 (issue 22), and no output or temporary takes a final name."""
+    out = tmp_path / "prof"
+    done = medvol_with_file_limit(["profile", "--estimate", "--device", "cpu", "--model", "hagan", "--size", "32",
+                                   "--factory", standin_path, "--batch", "1", "--mode", "optimized", "--out", out],
+                                  limit=limit)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medvol profile: error: cannot write "), lines
+    assert str(out / culprit) in lines[0]
+    left = sorted(p.name for p in out.iterdir())
+    assert not [name for name in left if ".tmp-" in name], left
+    assert not {"profile.md", "profile.csv", "profile.png"} & set(left), left

