@@ -125,17 +125,21 @@ class TrainOptions:
 
     ``mode`` is ``"reference"`` (fp32, plain ops, no activation checkpointing: the published
     procedure) or ``"optimized"`` (autocast in ``amp``, activation checkpointing, fused ops,
-    norms in the autocast dtype; ``compile`` adds ``torch.compile``). ``lr`` overrides the
+    norms in the autocast dtype; ``compile`` adds ``torch.compile``). ``amp: auto`` is bf16 where
+    the device computes it natively and fp32 elsewhere (``medvol.utils.resolve_amp``); the run's
+    config.yaml records what it became. ``threads``: torch CPU threads, 0 for medvol's default
+    (``medvol.utils.default_threads``); config.yaml records the count used. ``lr`` overrides the
     published learning rate of an optimiser by its key in ``GANSystem.make_optimizers()``
     (e.g. ``{"G": 1e-4}``).
     """
 
     iterations: int = 80000
     mode: Literal["reference", "optimized"] = "optimized"
-    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     compile: bool = False
     seed: int = 0
     device: str = "auto"
+    threads: int = 0
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -157,7 +161,7 @@ class TrainConfig:
 _POSITIVE = {"model.base_width", "model.latent_dim", "model.channels", "data.phantom_n", "data.batch", "data.prefetch",
              "train.ckpt_every", "train.log_every", "train.sample_every"}
 _POSITIVE |= {"model.n_critic"}
-_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
+_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints", "train.threads",
                  "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
 _NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
 _NON_NEGATIVE |= {"model.mask_channels"}

@@ -246,3 +246,108 @@ def cpu_has_native_bf16() -> bool:
     import torch
 
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def device_has_native_bf16(device) -> bool:
+    """Whether ``device`` (a ``torch.device`` or its name) computes bf16 natively.
+
+    CUDA: compute capability 8.0 or newer (``is_bf16_supported`` without emulation: on older GPUs
+    bf16 is emulated and slower than fp32). CPU: :func:`cpu_has_native_bf16`.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def resolve_amp(amp: str, device) -> tuple[str, str]:
+    """``(precision, why)``: what ``train.amp`` means on ``device``.
+
+    ``"auto"`` becomes ``"bf16"`` where the device computes bf16 natively and ``"none"`` (fp32)
+    elsewhere, so that the optimized mode is never slower than fp32 for the sake of a precision
+    the hardware only emulates (measured in docs/performance.md); any other value is kept.
+    """
+    if amp != "auto":
+        return amp, "set explicitly"
+    import torch
+
+    device = torch.device(device)
+    if device_has_native_bf16(device):
+        return "bf16", f"{device.type} has native bf16"
+    what = (f"CPU capability {torch.backends.cpu.get_cpu_capability()}" if device.type == "cpu"
+            else f"{device.type} device")
+    return "none", f"no native bf16 ({what}), fp32"
+
+
+def physical_cores() -> int | None:
+    """Physical cores of this machine from /proc/cpuinfo (Linux), or None where it does not say."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    cores = set()
+    for block in text.split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        if "core id" in fields:
+            cores.add((fields.get("physical id"), fields["core id"]))
+    return len(cores) or None
+
+
+#: The most threads medvol picks by itself: the small models it trains on CPUs gain little beyond
+#: four threads, and every thread more is a core taken from the other jobs of a shared machine.
+MAX_DEFAULT_THREADS = 4
+
+
+def default_threads() -> int:
+    """The torch CPU thread count medvol uses when ``--threads`` is not given.
+
+    The CPUs this process may run on (``os.sched_getaffinity``, so a container's or ``taskset``'s
+    limit counts), no more than the physical cores (a hyper-thread shares its core's vector
+    units), less the cores other processes already keep busy (the 1-minute load average), at
+    least 1 and at most :data:`MAX_DEFAULT_THREADS`. Why: torch's own default is every core,
+    and its OpenMP threads wait for each other at the end of every parallel region, so one
+    thread on a core that another process holds stalls all of them; on a loaded 2-core machine
+    that made ``fastgan_tiny`` 11 times slower than one thread (docs/performance.md).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    cores = physical_cores()
+    if cores:
+        cpus = min(cpus, cores)
+    try:
+        busy = int(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, min(cpus - busy, MAX_DEFAULT_THREADS))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU thread count: ``threads``, or :func:`default_threads` for None; returns it.
+
+    Every medvol command calls this once (``--threads``, :func:`add_threads_option`) and records
+    the count it returns beside its results.
+
+    Raises:
+        MedvolError: ``threads`` below 1.
+    """
+    if threads is not None and threads < 1:
+        raise MedvolError(f"--threads {threads}: expected at least 1")
+    count = default_threads() if threads is None else int(threads)
+    import torch
+
+    torch.set_num_threads(count)
+    return count
+
+
+def add_threads_option(parser) -> None:
+    """Add ``--threads N`` (dest ``threads``, None when not given) to an argparse parser."""
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: the free physical cores, at most "
+                             f"{MAX_DEFAULT_THREADS}; on a busy machine 1 is often fastest)")
