@@ -346,6 +346,13 @@ def set_threads(threads: int | None) -> int:
     return count
 
 
+def torch_threads() -> int:
+    """torch's CPU thread count now, as results record it (``"threads"``)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def add_threads_option(parser) -> None:
     """Add ``--threads N`` (dest ``threads``, None when not given) to an argparse parser."""
     parser.add_argument("--threads", type=int, metavar="N",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+from medvol.utils import add_threads_option, set_threads
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -54,6 +56,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=16, help="extractor batch (default 16)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -76,6 +79,7 @@ def run(args) -> int:
         raise MedvolError("--slices-per-volume and --batch must be at least 1")
     if (args.fake is None) == (args.run is None):
         raise MedvolError("give exactly one of --fake and --run")
+    set_threads(args.threads)  # scores.json records the count ("threads")
     options = dict(
         features=[s for s in args.features.split(",") if s] if args.features else None,
         metrics=[m for m in args.metrics.split(",") if m],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from medvol.utils import add_threads_option, set_threads
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -29,6 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="evaluation device: cpu or cuda[:N]")
     parser.add_argument("--retry-failed", action="store_true", dest="retry_failed",
                         help="train or score the runs that failed before again")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -40,10 +43,12 @@ def run(args) -> int:
         raise MedvolError(f"--bootstrap {args.bootstrap}: give 0 (none) or at least 2 rounds")
     if args.n is not None and args.n < 2:
         raise MedvolError(f"--n {args.n}: need at least 2 images per set")
+    # The runs train one at a time, so each run (and each evaluation, in this process) gets them all.
+    threads = set_threads(args.threads)
     sweep = Sweep(args.config, args.grid, args.runs, args.out, select=args.select,
                   features=[s for s in args.features.split(",") if s] if args.features else None,
                   n=args.n, seed=args.seed, real=args.real, bootstrap=args.bootstrap,
-                  batch=args.batch, device=args.device, retry_failed=args.retry_failed,
+                  batch=args.batch, device=args.device, retry_failed=args.retry_failed, threads=threads,
                   echo=lambda line: print(line, flush=True))
     state = sweep.run()
     counts: dict[str, int] = {}

@@ -29,6 +29,7 @@ import medvol
 from medvol.errors import MedvolError
 from medvol.eval import metrics as M
 from medvol.eval.features import FeatureSet, file_hash, get_extractor
+from medvol.utils import torch_threads
 
 METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization")
 FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
@@ -398,6 +399,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         "medvol_version": medvol.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "threads": torch_threads(),
         "seed": seed,
         "bootstrap": n_boot,
         "metrics": list(metrics),

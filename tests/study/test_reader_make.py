@@ -185,3 +185,17 @@ def test_cli_make_refuses_a_non_empty_out_in_one_line(tmp_path, phantom_sources,
     assert (tmp_path / "s" / "keep.txt").read_text(encoding="utf-8") == "mine"
     assert cli.main(argv + ["--overwrite"]) == 0
     assert (tmp_path / "s" / "key.json").is_file() and not (tmp_path / "s" / "keep.txt").exists()
+
+
+def test_cli_make_threads_recorded_in_the_key(tmp_path, phantom_sources):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["study", "reader", "make", "--real", str(phantom_sources["real"]), "--fake",
+                f"g={phantom_sources['fakeA']}", "--pairs", "2", "--threads", "1", "--out", str(tmp_path / "s")]
+        assert cli.main(argv) == 0
+        assert json.loads((tmp_path / "s" / "key.json").read_text(encoding="utf-8"))["threads"] == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -28,7 +28,7 @@ from medvol.errors import MedvolError
 from medvol.study.reader.images import resolve_window, to_uint8, write_png
 from medvol.study.reader.sources import (Source, fake_source, fit_to_shape, parse_fake, real_source,
                                          scratch_folder)
-from medvol.utils import atomic_dir, checked_write
+from medvol.utils import atomic_dir, checked_write, torch_threads
 
 log = logging.getLogger("medvol.study")
 
@@ -207,7 +207,7 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
                 "study": sid, "mode": mode, "seed": seed, "pairs": key_pairs,
                 "sources": {name: source.origin for name, source in sources.items()},
                 "window": window, "planes": plane_list, "positions": list(low_high), "real_split": real_split,
-                "medvol_version": medvol.__version__,
+                "medvol_version": medvol.__version__, "threads": torch_threads(),
             }
             with checked_write(tmp / KEY_FILE, "answer key") as path:
                 path.write_text(json.dumps(key, indent=1), encoding="utf-8")
