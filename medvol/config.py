@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -358,11 +359,94 @@ def config_from_dict(data: dict | None, overrides: list[str] | None = None, sour
     return cfg
 
 
+def shipped_configs_dir() -> Path:
+    """The folder of the configs medvol ships, found from the package, never from the cwd.
+
+    Installed, they are package data (``medvol/configs``: setup.py maps ``configs/`` there as it
+    maps ``kernels/`` to ``medvol.kernels``); in a source checkout (``PYTHONPATH``, ``pip -e``)
+    they are the checkout's top-level ``configs/``, the one copy that is edited.
+    """
+    package = Path(__file__).resolve().parent
+    for folder in (package / "configs", package.parent / "configs"):
+        if (folder / "demo.yaml").is_file():
+            return folder
+    raise MedvolError(f"the shipped configs are missing from this installation ({package / 'configs'}); "
+                      "reinstall medvol")
+
+
+def shipped_config_names() -> list[str]:
+    """Names of the shipped configs: ``demo``, ``crfgan_256``, ``sweeps/tiny``, ..."""
+    root = shipped_configs_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """The YAML file that ``--config`` (or ``--grid``) means: an existing file as given, else a
+    shipped config by name (``demo``, ``crfgan_256``, ``sweeps/tiny``; ``.yaml`` and a leading
+    ``configs/`` may be given), so that documented commands work outside the checkout.
+
+    Raises:
+        MedvolError: neither a file nor a shipped name; close names are suggested.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = path.as_posix().removesuffix(".yaml").removesuffix(".yml")
+    name = text.removeprefix("configs/")
+    names = shipped_config_names()
+    if name in names:
+        return shipped_configs_dir() / f"{name}.yaml"
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise MedvolError(f"config file {name_or_path} does not exist, and no shipped config has that name "
+                      f"(`medvol configs` lists them){hint}")
+
+
+def describe_config(path: str | os.PathLike, width: int = 90) -> str:
+    """The first sentence of a config file's first comment (its one-line description), cut to
+    ``width`` characters at a word; "" for a file that starts without a comment."""
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if not text or text.startswith(("medvol ", "Train:")):
+            break
+        lines.append(text)
+    text, depth = " ".join(lines), 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        ends = char == ";" or (char == "." and text[i + 1:i + 2] in ("", " ")
+                               and not text[:i].endswith((" al", "e.g", "i.e")))
+        if ends and depth <= 0:
+            text = text[:i]
+            break
+    if len(text) > width:
+        text = text[:width - 1].rsplit(" ", 1)[0].rstrip(",;:(") + "…"
+    return text
+
+
+def list_shipped_configs() -> list[dict[str, Any]]:
+    """One row per shipped config: ``name``, ``model`` and ``size`` (None for a sweep grid, which
+    has no model section), ``description`` (:func:`describe_config`) and ``path``."""
+    root = shipped_configs_dir()
+    rows = []
+    for name in shipped_config_names():
+        path = root / f"{name}.yaml"
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        model = data.get("model") if isinstance(data.get("model"), dict) else None
+        rows.append({"name": name, "model": model.get("name", ModelConfig.name) if model else None,
+                     "size": model.get("size", ModelConfig.size) if model else None,
+                     "description": describe_config(path), "path": str(path)})
+    return rows
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainConfig:
     """Load ``path`` (YAML; ``None`` for the defaults) and apply ``overrides``.
 
     Args:
-        path: a YAML file with optional ``model``, ``data``, ``train`` sections.
+        path: a YAML file with optional ``model``, ``data``, ``train`` sections, or the name of a
+            shipped config (:func:`resolve_config`: ``demo``, ``crfgan_256``).
         overrides: CLI-style overrides, e.g. ``["--train.iterations", "10", "--data.batch=4"]``.
 
     Raises:
@@ -371,9 +455,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     """
     data: Any = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MedvolError(f"config file {path} does not exist")
+        path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:

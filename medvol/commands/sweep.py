@@ -13,8 +13,8 @@ def register(subparsers) -> None:
                     "evaluate`, and write DIR/sweep.csv, sweep.json, report.md (best run per "
                     "loss, spread of scores) and boxplot.png. Re-running the same command "
                     "resumes the sweep; a failing run is recorded and the sweep goes on.")
-    parser.add_argument("--config", required=True, help="base training config, e.g. configs/dcgan_tiny.yaml")
-    parser.add_argument("--grid", required=True, help="grid YAML, e.g. configs/sweeps/empirical_study.yaml")
+    parser.add_argument("--config", required=True, help="base training config: a file or a shipped name, e.g. dcgan_tiny")
+    parser.add_argument("--grid", required=True, help="grid YAML: a file or a shipped name, e.g. sweeps/empirical_study")
     parser.add_argument("--runs", type=int, required=True, help="K: configurations to draw and train")
     parser.add_argument("--out", required=True, help="sweep folder DIR")
     parser.add_argument("--select", default="fid",
@@ -36,6 +36,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from medvol.config import resolve_config
     from medvol.errors import MedvolError
     from medvol.sweep import Sweep
 
@@ -45,7 +46,7 @@ def run(args) -> int:
         raise MedvolError(f"--n {args.n}: need at least 2 images per set")
     # The runs train one at a time, so each run (and each evaluation, in this process) gets them all.
     threads = set_threads(args.threads)
-    sweep = Sweep(args.config, args.grid, args.runs, args.out, select=args.select,
+    sweep = Sweep(resolve_config(args.config), resolve_config(args.grid), args.runs, args.out, select=args.select,
                   features=[s for s in args.features.split(",") if s] if args.features else None,
                   n=args.n, seed=args.seed, real=args.real, bootstrap=args.bootstrap,
                   batch=args.batch, device=args.device, retry_failed=args.retry_failed, threads=threads,

@@ -43,16 +43,10 @@ def test_auto_without_cuda_is_fp32():
 def test_auto_is_the_default_and_the_demo_uses_it(monkeypatch):
     # make demo trains configs/demo.yaml: on a CPU without native bf16 it must run in fp32.
     assert load_config(None, ["--model.size", "32"]).train.amp == "auto"
-    demo = load_config(utils_root() / "configs" / "demo.yaml")
+    demo = load_config("demo")
     assert demo.train.amp == "auto" and demo.train.mode == "optimized"
     monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
     assert utils.resolve_amp(demo.train.amp, "cpu")[0] == "none"
-
-
-def utils_root():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("native", [False, True])
