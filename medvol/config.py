@@ -215,6 +215,14 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _did_you_mean(name: str, known, prefix: str) -> str:
+    """``"; did you mean train.iterations?"`` for a mistyped key (difflib's closest), or ""."""
+    close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(f"{prefix}.{c}" if prefix else c for c in close) + "?"
+
+
 def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if data is None:
         data = {}
@@ -225,8 +233,8 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     unknown = sorted(set(map(str, data)) - names)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise MedvolError(f"unknown config key {key!r} (known in {prefix or 'top level'}: "
-                          f"{', '.join(sorted(names))})")
+        raise MedvolError(f"unknown config key {key!r}{_did_you_mean(unknown[0], names, prefix)} "
+                          f"(known in {prefix or 'top level'}: {', '.join(sorted(names))})")
     kwargs = {}
     for name in names & set(data):
         key = f"{prefix}.{name}" if prefix else name
@@ -331,7 +339,8 @@ def _apply_override(raw: dict, key: str, value: Any) -> None:
             return
         hints = _hints(cls)
         if part not in hints:
-            raise MedvolError(f"unknown config key {here!r}")
+            section = ".".join(parts[:depth])
+            raise MedvolError(f"unknown config key {here!r}{_did_you_mean(part, hints, section)}")
         tp = hints[part]
         if last:
             node[part] = value

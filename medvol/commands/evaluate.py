@@ -29,8 +29,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--features",
                         help="comma list: inception2.5d[:PATH], medicalnet:PATH[:SHA256], "
-                             "inception[:PATH] (2D images), or a registered extractor (default "
-                             "inception2.5d for volumes, inception for 2D images)")
+                             "domain:FILE[:SHA256] (medvol's own features, from `medvol features "
+                             "train`), inception[:PATH] (2D images), or a registered extractor "
+                             "(default inception2.5d for volumes, inception for 2D images)")
     parser.add_argument("--metrics", default="fid,kid,mmd,prdc",
                         help="comma list of fid,kid,mmd,prdc,msssim,memorization (default: the first four)")
     parser.add_argument("--train", help="training set for memorization (default: the train split of "
