@@ -283,6 +283,18 @@ def resolve_amp(amp: str, device) -> tuple[str, str]:
     return "none", f"no native bf16 ({what}), fp32"
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for reports that name the device."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def physical_cores() -> int | None:
     """Physical cores of this machine from /proc/cpuinfo (Linux), or None where it does not say."""
     try:
