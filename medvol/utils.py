@@ -315,29 +315,52 @@ def physical_cores() -> int | None:
 MAX_DEFAULT_THREADS = 4
 
 
+def busy_cpus() -> float:
+    """CPUs that other processes keep busy now: the runnable tasks of ``/proc/loadavg`` (a
+    snapshot, ours not counted; the median of 5 readings 10 ms apart), or the 1-minute load average
+    where that file is missing. A snapshot, unlike the load average, does not count a run that
+    ended seconds ago, so commands run back to back on a quiet machine still get every core."""
+    import statistics
+    import time
+
+    readings = []
+    for _ in range(5):
+        try:
+            fields = Path("/proc/loadavg").read_text(encoding="ascii").split()
+            readings.append(int(fields[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            break
+        time.sleep(0.01)
+    if readings:
+        return float(max(0, statistics.median(readings)))
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
 def default_threads() -> int:
     """The torch CPU thread count medvol uses when ``--threads`` is not given.
 
     The CPUs this process may run on (``os.sched_getaffinity``, so a container's or ``taskset``'s
     limit counts), no more than the physical cores (a hyper-thread shares its core's vector
-    units), less the cores other processes already keep busy (the 1-minute load average), at
-    least 1 and at most :data:`MAX_DEFAULT_THREADS`. Why: torch's own default is every core,
-    and its OpenMP threads wait for each other at the end of every parallel region, so one
-    thread on a core that another process holds stalls all of them; on a loaded 2-core machine
-    that made ``fastgan_tiny`` 11 times slower than one thread (docs/performance.md).
+    units), less this process's share of the CPUs other processes keep busy (:func:`busy_cpus`,
+    scaled by the fraction of the machine's CPUs it may use), at least 1 and at most
+    :data:`MAX_DEFAULT_THREADS`. Why: torch's own default is every core, and its OpenMP threads
+    wait for each other at the end of every parallel region, so one thread on a core that another
+    process holds stalls all of them; on a loaded 2-core machine two threads made ``fastgan`` 10-15
+    times slower than one (docs/performance.md, "Threads on a shared CPU").
     """
+    machine = os.cpu_count() or 1
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
+        cpus = machine
     cores = physical_cores()
     if cores:
         cpus = min(cpus, cores)
-    try:
-        busy = int(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        busy = 0
-    return max(1, min(cpus - busy, MAX_DEFAULT_THREADS))
+    free = cpus - busy_cpus() * min(1.0, cpus / machine)
+    return max(1, min(int(free), MAX_DEFAULT_THREADS))
 
 
 def set_threads(threads: int | None) -> int:

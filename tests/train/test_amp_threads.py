@@ -92,16 +92,34 @@ def test_set_threads(restore_threads):
 
 def test_default_threads_leaves_busy_cores_alone(monkeypatch):
     monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(utils.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(utils, "physical_cores", lambda: 8)
-    monkeypatch.setattr(utils.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    monkeypatch.setattr(utils, "busy_cpus", lambda: 0.0)
     assert utils.default_threads() == utils.MAX_DEFAULT_THREADS
-    monkeypatch.setattr(utils.os, "getloadavg", lambda: (6.5, 0.0, 0.0))
+    monkeypatch.setattr(utils, "busy_cpus", lambda: 6.0)
     assert utils.default_threads() == 2
-    monkeypatch.setattr(utils.os, "getloadavg", lambda: (30.0, 0.0, 0.0))
+    monkeypatch.setattr(utils, "busy_cpus", lambda: 30.0)
     assert utils.default_threads() == 1
-    monkeypatch.setattr(utils.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(utils, "busy_cpus", lambda: 0.0)
     monkeypatch.setattr(utils, "physical_cores", lambda: 2)  # 8 hyper-threads on 2 cores
     assert utils.default_threads() == 2
+    # 4 of a 64-CPU host's CPUs (a container), 32 runnable elsewhere: this process's share is 2 busy.
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(utils.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(utils, "physical_cores", lambda: 32)
+    monkeypatch.setattr(utils, "busy_cpus", lambda: 32.0)
+    assert utils.default_threads() == 2
+
+
+def test_busy_cpus_reads_runnable_tasks(monkeypatch, tmp_path):
+    fake = tmp_path / "loadavg"
+    fake.write_text("9.50 7.00 3.00 4/300 1234\n", encoding="ascii")
+    real_path = utils.Path
+    monkeypatch.setattr(utils, "Path", lambda p: real_path(fake) if p == "/proc/loadavg" else real_path(p))
+    assert utils.busy_cpus() == 3.0  # 4 runnable, this process one of them; not the 9.5 load average
+    monkeypatch.setattr(utils, "Path", lambda p: real_path(tmp_path / "missing"))
+    monkeypatch.setattr(utils.os, "getloadavg", lambda: (2.5, 0.0, 0.0))
+    assert utils.busy_cpus() == 2.5
 
 
 def test_train_cli_threads_recorded(tiny, tmp_path, restore_threads):
