@@ -1,6 +1,7 @@
 """Build and install medvol.
 
-Installs the ``medvol`` package (with the Triton kernels from ``kernels/`` as ``medvol.kernels``)
+Installs the ``medvol`` package (with the Triton kernels from ``kernels/`` as ``medvol.kernels`` and
+the YAML configs from ``configs/`` as package data in ``medvol/configs``)
 and builds the C++ extension ``medvol._C`` from ``csrc/``. torch must be installed first and be
 visible to the build: ``pip install --no-build-isolation .``.
 
@@ -49,6 +50,10 @@ EXTRAS_REQUIRE = {
     "dev": ["pytest>=8", "pytest-qt", "pytorch-fid", "prdc", "scikit-learn", "scipy", "selenium"],
 }
 EXTRAS_REQUIRE["all"] = sorted({req for name, reqs in EXTRAS_REQUIRE.items() if name != "dev" for req in reqs})
+
+#: The shipped configs, installed as package data under ``medvol/configs`` from the one copy in
+#: ``configs/`` (folders of YAML files, no ``__init__.py``), so ``--config NAME`` works anywhere.
+CONFIG_PACKAGES = ["medvol.configs", "medvol.configs.sweeps"]
 
 #: sm_70 (V100) to sm_90 (H100/H200), and PTX of the newest for later GPUs to compile at load time.
 DEFAULT_ARCHS = "7.0;7.5;8.0;8.6;8.9;9.0+PTX"
@@ -199,9 +204,10 @@ def main() -> None:
         version=_version(),
         description="Memory-efficient 3D generative models of medical volumes (HA-GAN, CRF-GAN)",
         python_requires=">=3.10",
-        packages=find_packages(include=["medvol", "medvol.*"]) + ["medvol.kernels"],
-        package_dir={"medvol.kernels": "kernels"},
-        package_data={"medvol": ["napari.yaml", "study/reader/template/*"]},
+        packages=find_packages(include=["medvol", "medvol.*"]) + ["medvol.kernels"] + CONFIG_PACKAGES,
+        package_dir={"medvol.kernels": "kernels", "medvol.configs": "configs"},
+        package_data={"medvol": ["napari.yaml", "study/reader/template/*"],
+                      **{package: ["*.yaml"] for package in CONFIG_PACKAGES}},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         install_requires=INSTALL_REQUIRES,

@@ -18,7 +18,7 @@ from medvol.utils import console_safe, missing_extra, missing_package
 
 #: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
 COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "compare", "features", "sweep",
-                       "study", "profile", "info", "view"]
+                       "study", "profile", "info", "view", "configs", "doctor"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -125,17 +126,21 @@ class TrainOptions:
 
     ``mode`` is ``"reference"`` (fp32, plain ops, no activation checkpointing: the published
     procedure) or ``"optimized"`` (autocast in ``amp``, activation checkpointing, fused ops,
-    norms in the autocast dtype; ``compile`` adds ``torch.compile``). ``lr`` overrides the
+    norms in the autocast dtype; ``compile`` adds ``torch.compile``). ``amp: auto`` is bf16 where
+    the device computes it natively and fp32 elsewhere (``medvol.utils.resolve_amp``); the run's
+    config.yaml records what it became. ``threads``: torch CPU threads, 0 for medvol's default
+    (``medvol.utils.default_threads``); config.yaml records the count used. ``lr`` overrides the
     published learning rate of an optimiser by its key in ``GANSystem.make_optimizers()``
     (e.g. ``{"G": 1e-4}``).
     """
 
     iterations: int = 80000
     mode: Literal["reference", "optimized"] = "optimized"
-    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     compile: bool = False
     seed: int = 0
     device: str = "auto"
+    threads: int = 0
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -157,7 +162,7 @@ class TrainConfig:
 _POSITIVE = {"model.base_width", "model.latent_dim", "model.channels", "data.phantom_n", "data.batch", "data.prefetch",
              "train.ckpt_every", "train.log_every", "train.sample_every"}
 _POSITIVE |= {"model.n_critic"}
-_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
+_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints", "train.threads",
                  "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
 _NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
 _NON_NEGATIVE |= {"model.mask_channels"}
@@ -210,6 +215,14 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _did_you_mean(name: str, known, prefix: str) -> str:
+    """``"; did you mean train.iterations?"`` for a mistyped key (difflib's closest), or ""."""
+    close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(f"{prefix}.{c}" if prefix else c for c in close) + "?"
+
+
 def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if data is None:
         data = {}
@@ -220,8 +233,8 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     unknown = sorted(set(map(str, data)) - names)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise MedvolError(f"unknown config key {key!r} (known in {prefix or 'top level'}: "
-                          f"{', '.join(sorted(names))})")
+        raise MedvolError(f"unknown config key {key!r}{_did_you_mean(unknown[0], names, prefix)} "
+                          f"(known in {prefix or 'top level'}: {', '.join(sorted(names))})")
     kwargs = {}
     for name in names & set(data):
         key = f"{prefix}.{name}" if prefix else name
@@ -326,7 +339,8 @@ def _apply_override(raw: dict, key: str, value: Any) -> None:
             return
         hints = _hints(cls)
         if part not in hints:
-            raise MedvolError(f"unknown config key {here!r}")
+            section = ".".join(parts[:depth])
+            raise MedvolError(f"unknown config key {here!r}{_did_you_mean(part, hints, section)}")
         tp = hints[part]
         if last:
             node[part] = value
@@ -354,11 +368,94 @@ def config_from_dict(data: dict | None, overrides: list[str] | None = None, sour
     return cfg
 
 
+def shipped_configs_dir() -> Path:
+    """The folder of the configs medvol ships, found from the package, never from the cwd.
+
+    Installed, they are package data (``medvol/configs``: setup.py maps ``configs/`` there as it
+    maps ``kernels/`` to ``medvol.kernels``); in a source checkout (``PYTHONPATH``, ``pip -e``)
+    they are the checkout's top-level ``configs/``, the one copy that is edited.
+    """
+    package = Path(__file__).resolve().parent
+    for folder in (package / "configs", package.parent / "configs"):
+        if (folder / "demo.yaml").is_file():
+            return folder
+    raise MedvolError(f"the shipped configs are missing from this installation ({package / 'configs'}); "
+                      "reinstall medvol")
+
+
+def shipped_config_names() -> list[str]:
+    """Names of the shipped configs: ``demo``, ``crfgan_256``, ``sweeps/tiny``, ..."""
+    root = shipped_configs_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """The YAML file that ``--config`` (or ``--grid``) means: an existing file as given, else a
+    shipped config by name (``demo``, ``crfgan_256``, ``sweeps/tiny``; ``.yaml`` and a leading
+    ``configs/`` may be given), so that documented commands work outside the checkout.
+
+    Raises:
+        MedvolError: neither a file nor a shipped name; close names are suggested.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = path.as_posix().removesuffix(".yaml").removesuffix(".yml")
+    name = text.removeprefix("configs/")
+    names = shipped_config_names()
+    if name in names:
+        return shipped_configs_dir() / f"{name}.yaml"
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise MedvolError(f"config file {name_or_path} does not exist, and no shipped config has that name "
+                      f"(`medvol configs` lists them){hint}")
+
+
+def describe_config(path: str | os.PathLike, width: int = 90) -> str:
+    """The first sentence of a config file's first comment (its one-line description), cut to
+    ``width`` characters at a word; "" for a file that starts without a comment."""
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if not text or text.startswith(("medvol ", "Train:")):
+            break
+        lines.append(text)
+    text, depth = " ".join(lines), 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        ends = char == ";" or (char == "." and text[i + 1:i + 2] in ("", " ")
+                               and not text[:i].endswith((" al", "e.g", "i.e")))
+        if ends and depth <= 0:
+            text = text[:i]
+            break
+    if len(text) > width:
+        text = text[:width - 1].rsplit(" ", 1)[0].rstrip(",;:(") + "…"
+    return text
+
+
+def list_shipped_configs() -> list[dict[str, Any]]:
+    """One row per shipped config: ``name``, ``model`` and ``size`` (None for a sweep grid, which
+    has no model section), ``description`` (:func:`describe_config`) and ``path``."""
+    root = shipped_configs_dir()
+    rows = []
+    for name in shipped_config_names():
+        path = root / f"{name}.yaml"
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        model = data.get("model") if isinstance(data.get("model"), dict) else None
+        rows.append({"name": name, "model": model.get("name", ModelConfig.name) if model else None,
+                     "size": model.get("size", ModelConfig.size) if model else None,
+                     "description": describe_config(path), "path": str(path)})
+    return rows
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainConfig:
     """Load ``path`` (YAML; ``None`` for the defaults) and apply ``overrides``.
 
     Args:
-        path: a YAML file with optional ``model``, ``data``, ``train`` sections.
+        path: a YAML file with optional ``model``, ``data``, ``train`` sections, or the name of a
+            shipped config (:func:`resolve_config`: ``demo``, ``crfgan_256``).
         overrides: CLI-style overrides, e.g. ``["--train.iterations", "10", "--data.batch=4"]``.
 
     Raises:
@@ -367,9 +464,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     """
     data: Any = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MedvolError(f"config file {path} does not exist")
+        path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:

@@ -246,3 +246,150 @@ def cpu_has_native_bf16() -> bool:
     import torch
 
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def device_has_native_bf16(device) -> bool:
+    """Whether ``device`` (a ``torch.device`` or its name) computes bf16 natively.
+
+    CUDA: compute capability 8.0 or newer (``is_bf16_supported`` without emulation: on older GPUs
+    bf16 is emulated and slower than fp32). CPU: :func:`cpu_has_native_bf16`.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def resolve_amp(amp: str, device) -> tuple[str, str]:
+    """``(precision, why)``: what ``train.amp`` means on ``device``.
+
+    ``"auto"`` becomes ``"bf16"`` where the device computes bf16 natively and ``"none"`` (fp32)
+    elsewhere, so that the optimized mode is never slower than fp32 for the sake of a precision
+    the hardware only emulates (measured in docs/performance.md); any other value is kept.
+    """
+    if amp != "auto":
+        return amp, "set explicitly"
+    import torch
+
+    device = torch.device(device)
+    if device_has_native_bf16(device):
+        return "bf16", f"{device.type} has native bf16"
+    what = (f"CPU capability {torch.backends.cpu.get_cpu_capability()}" if device.type == "cpu"
+            else f"{device.type} device")
+    return "none", f"no native bf16 ({what}), fp32"
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for reports that name the device."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def physical_cores() -> int | None:
+    """Physical cores of this machine from /proc/cpuinfo (Linux), or None where it does not say."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    cores = set()
+    for block in text.split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        if "core id" in fields:
+            cores.add((fields.get("physical id"), fields["core id"]))
+    return len(cores) or None
+
+
+#: The most threads medvol picks by itself: the small models it trains on CPUs gain little beyond
+#: four threads, and every thread more is a core taken from the other jobs of a shared machine.
+MAX_DEFAULT_THREADS = 4
+
+
+def busy_cpus() -> float:
+    """CPUs that other processes keep busy now: the runnable tasks of ``/proc/loadavg`` (a
+    snapshot, ours not counted; the median of 5 readings 10 ms apart), or the 1-minute load average
+    where that file is missing. A snapshot, unlike the load average, does not count a run that
+    ended seconds ago, so commands run back to back on a quiet machine still get every core."""
+    import statistics
+    import time
+
+    readings = []
+    for _ in range(5):
+        try:
+            fields = Path("/proc/loadavg").read_text(encoding="ascii").split()
+            readings.append(int(fields[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            break
+        time.sleep(0.01)
+    if readings:
+        return float(max(0, statistics.median(readings)))
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def default_threads() -> int:
+    """The torch CPU thread count medvol uses when ``--threads`` is not given.
+
+    The CPUs this process may run on (``os.sched_getaffinity``, so a container's or ``taskset``'s
+    limit counts), no more than the physical cores (a hyper-thread shares its core's vector
+    units), less this process's share of the CPUs other processes keep busy (:func:`busy_cpus`,
+    scaled by the fraction of the machine's CPUs it may use), at least 1 and at most
+    :data:`MAX_DEFAULT_THREADS`. Why: torch's own default is every core, and its OpenMP threads
+    wait for each other at the end of every parallel region, so one thread on a core that another
+    process holds stalls all of them; on a loaded 2-core machine two threads made ``fastgan`` 10-15
+    times slower than one (docs/performance.md, "Threads on a shared CPU").
+    """
+    machine = os.cpu_count() or 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = machine
+    cores = physical_cores()
+    if cores:
+        cpus = min(cpus, cores)
+    free = cpus - busy_cpus() * min(1.0, cpus / machine)
+    return max(1, min(int(free), MAX_DEFAULT_THREADS))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU thread count: ``threads``, or :func:`default_threads` for None; returns it.
+
+    Every medvol command calls this once (``--threads``, :func:`add_threads_option`) and records
+    the count it returns beside its results.
+
+    Raises:
+        MedvolError: ``threads`` below 1.
+    """
+    if threads is not None and threads < 1:
+        raise MedvolError(f"--threads {threads}: expected at least 1")
+    count = default_threads() if threads is None else int(threads)
+    import torch
+
+    torch.set_num_threads(count)
+    return count
+
+
+def torch_threads() -> int:
+    """torch's CPU thread count now, as results record it (``"threads"``)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def add_threads_option(parser) -> None:
+    """Add ``--threads N`` (dest ``threads``, None when not given) to an argparse parser."""
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: the free physical cores, at most "
+                             f"{MAX_DEFAULT_THREADS}; on a busy machine 1 is often fastest)")

@@ -24,13 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--config", default="demo", help="a shipped config name or a YAML file (default demo)")
     parser.add_argument("--phantoms", type=int, default=12, help="phantom CTs to write (default 12)")
     parser.add_argument("--phantom-size", type=int, default=96,
                         help="voxels per side of the written phantoms, resized to the model size by the cache")

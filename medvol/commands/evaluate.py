@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+from medvol.utils import add_threads_option, set_threads
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,8 +29,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--features",
                         help="comma list: inception2.5d[:PATH], medicalnet:PATH[:SHA256], "
-                             "inception[:PATH] (2D images), or a registered extractor (default "
-                             "inception2.5d for volumes, inception for 2D images)")
+                             "domain:FILE[:SHA256] (medvol's own features, from `medvol features "
+                             "train`), inception[:PATH] (2D images), or a registered extractor "
+                             "(default inception2.5d for volumes, inception for 2D images)")
     parser.add_argument("--metrics", default="fid,kid,mmd,prdc",
                         help="comma list of fid,kid,mmd,prdc,msssim,memorization (default: the first four)")
     parser.add_argument("--train", help="training set for memorization (default: the train split of "
@@ -54,6 +57,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=16, help="extractor batch (default 16)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -76,6 +80,7 @@ def run(args) -> int:
         raise MedvolError("--slices-per-volume and --batch must be at least 1")
     if (args.fake is None) == (args.run is None):
         raise MedvolError("give exactly one of --fake and --run")
+    set_threads(args.threads)  # scores.json records the count ("threads")
     options = dict(
         features=[s for s in args.features.split(",") if s] if args.features else None,
         metrics=[m for m in args.metrics.split(",") if m],

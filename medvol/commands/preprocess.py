@@ -83,7 +83,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medvol.data.cache import build_cache, export_nifti, parse_mask_labels
-    from medvol.data.preprocess import PreprocessParams, parse_window
+    from medvol.data.preprocess import PreprocessParams, not_hu_warning, parse_window
     from medvol.errors import MedvolError
 
     def waiting(message: str) -> None:
@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
               "skipped", file=sys.stderr)
     for source, reason in summary.failed:
         print(f"medvol preprocess: skipped {reason}", file=sys.stderr)
+    if summary.not_hu:
+        print(f"medvol preprocess: warning: {not_hu_warning(summary.not_hu, len(summary.processed), params.window)}",
+              file=sys.stderr)
     split = summary.manifest["split"]
     synthetic = sum(entry.get("synthetic") is True for entry in summary.manifest["volumes"])
     marked = f", {synthetic} synthetic" if synthetic else ""

@@ -30,8 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", default=None,
                         help="comma list of batch sizes (default: 1,2 for 3D models, 16,64 for 2D ones)")
     parser.add_argument("--mode", default="reference,optimized",
-                        help="comma list: reference (fp32) and/or optimized (bf16 autocast, "
-                             "checkpointing, fused ops)")
+                        help="comma list: reference (fp32) and/or optimized (bf16 autocast where the "
+                             "device has native bf16, checkpointing, fused ops)")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--device", default=None,

@@ -6,6 +6,8 @@ import argparse
 import shlex
 import sys
 
+from medvol.utils import add_threads_option, set_threads
+
 
 def _channels(text: str) -> tuple[int, ...]:
     try:
@@ -48,9 +50,7 @@ def register(actions) -> None:
                         help="iterations of that training (default 100)")
     parser.add_argument("--generate-seed", type=int, default=0, help="latent seed of checkpoint sources (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads (default: torch's choice; on a busy machine 1 is often fastest "
-                        "for tiny U-Nets)")
+    add_threads_option(parser)
     parser.add_argument("--out", required=True, help="the study folder")
     parser.set_defaults(func=run)
 
@@ -61,14 +61,7 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"medvol study downstream: {message}", file=sys.stderr, flush=True)
 
-    from medvol.errors import MedvolError
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise MedvolError(f"--threads {args.threads}: expected at least 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # results.json records the count ("threads")
     labels = [n.strip() for n in args.labels.split(",")] if args.labels else None
     results = run_downstream(args.real, args.synthetic, args.out, n_synthetic=args.n_synthetic, seeds=args.seeds,
                              labels=labels, iterations=args.iterations, batch=args.batch, lr=args.lr,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medvol.utils import add_threads_option, set_threads
+
 
 def register(actions) -> None:
     parser = actions.add_parser(
@@ -37,6 +39,7 @@ def register(actions) -> None:
     make.add_argument("--overwrite", action="store_true",
                       help="replace a study medvol wrote in --out (removes only medvol's files, never others)")
     make.add_argument("--out", required=True, help="the study folder")
+    add_threads_option(make)
     make.set_defaults(func=run_make)
 
     score = steps.add_parser(
@@ -61,6 +64,7 @@ def run_make(args: argparse.Namespace) -> int:
     from medvol.study.reader.make import make_study
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    set_threads(args.threads)  # key.json records the count
     out = make_study(args.out, args.fake, args.real, pairs=args.pairs, planes=args.planes, mode=args.mode,
                      seed=args.seed, window=args.window, positions=args.positions, real_split=args.real_split,
                      title=args.title, device=args.device, overwrite=args.overwrite,

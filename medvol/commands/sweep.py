@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from medvol.utils import add_threads_option, set_threads
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -11,8 +13,8 @@ def register(subparsers) -> None:
                     "evaluate`, and write DIR/sweep.csv, sweep.json, report.md (best run per "
                     "loss, spread of scores) and boxplot.png. Re-running the same command "
                     "resumes the sweep; a failing run is recorded and the sweep goes on.")
-    parser.add_argument("--config", required=True, help="base training config, e.g. configs/dcgan_tiny.yaml")
-    parser.add_argument("--grid", required=True, help="grid YAML, e.g. configs/sweeps/empirical_study.yaml")
+    parser.add_argument("--config", required=True, help="base training config: a file or a shipped name, e.g. dcgan_tiny")
+    parser.add_argument("--grid", required=True, help="grid YAML: a file or a shipped name, e.g. sweeps/empirical_study")
     parser.add_argument("--runs", type=int, required=True, help="K: configurations to draw and train")
     parser.add_argument("--out", required=True, help="sweep folder DIR")
     parser.add_argument("--select", default="fid",
@@ -29,10 +31,12 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="evaluation device: cpu or cuda[:N]")
     parser.add_argument("--retry-failed", action="store_true", dest="retry_failed",
                         help="train or score the runs that failed before again")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from medvol.config import resolve_config
     from medvol.errors import MedvolError
     from medvol.sweep import Sweep
 
@@ -40,10 +44,12 @@ def run(args) -> int:
         raise MedvolError(f"--bootstrap {args.bootstrap}: give 0 (none) or at least 2 rounds")
     if args.n is not None and args.n < 2:
         raise MedvolError(f"--n {args.n}: need at least 2 images per set")
-    sweep = Sweep(args.config, args.grid, args.runs, args.out, select=args.select,
+    # The runs train one at a time, so each run (and each evaluation, in this process) gets them all.
+    threads = set_threads(args.threads)
+    sweep = Sweep(resolve_config(args.config), resolve_config(args.grid), args.runs, args.out, select=args.select,
                   features=[s for s in args.features.split(",") if s] if args.features else None,
                   n=args.n, seed=args.seed, real=args.real, bootstrap=args.bootstrap,
-                  batch=args.batch, device=args.device, retry_failed=args.retry_failed,
+                  batch=args.batch, device=args.device, retry_failed=args.retry_failed, threads=threads,
                   echo=lambda line: print(line, flush=True))
     state = sweep.run()
     counts: dict[str, int] = {}

@@ -1,15 +1,18 @@
-"""``medvol train --config configs/X.yaml [--mode M] [--resume PATH|auto [--fork NEWDIR | --allow-changes]]
+"""``medvol train --config NAME|FILE [--mode M] [--resume PATH|auto [--fork NEWDIR | --allow-changes]] [--threads N]
 [--section.key VALUE ...]``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
 
+from medvol.utils import add_threads_option, set_threads
+
 _EPILOG = """config overrides: any config key as --section.key VALUE (or --section.key=VALUE), e.g.
-  --train.iterations 10 --data.batch 4 --train.amp fp16 --train.lr.G 2e-4 --data.source CACHE_DIR
+  --train.iterations 10 --data.batch 4 --train.amp auto|bf16|fp16|none --train.lr.G 2e-4 --data.source CACHE_DIR
 multi-GPU / multi-process: torchrun --nproc_per_node N -m medvol.cli train --config ...
 a NaN/inf loss stops the run (exit 2) and keeps the last good checkpoint.
 one run per folder: a folder that already holds a run is refused (exit 2) unless --resume auto
@@ -34,16 +37,18 @@ class _OverrideParser(argparse.ArgumentParser):
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a 3D GAN from a YAML config",
-        description="Train HA-GAN or CRF-GAN from a config in configs/; writes a run folder with "
-                    "config.yaml, checkpoints/, samples/ and tb/ (TensorBoard).",
+        "train", help="train a 3D or 2D generative model from a YAML config",
+        description="Train a 3D or 2D generative model from a config (3D: crfgan, hagan; 2D: dcgan, "
+                    "mlpgan, stylegan2, fastgan, spade, pix2pix; `medvol configs` lists the shipped ones); writes a run "
+                    "folder with config.yaml, checkpoints/, samples/ and tb/ (TensorBoard).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The subparser is created by argparse; switching its class only changes parse_known_args.
     parser.__class__ = _OverrideParser
-    parser.add_argument("--config", help="YAML config, e.g. configs/crfgan_256.yaml (with --resume, "
-                                         "default: the run's newest config.yaml / config.N.yaml)")
+    parser.add_argument("--config", help="a shipped config by name (crfgan_256, demo, ...) or a YAML file "
+                                         "(with --resume, default: the run's newest config.yaml / config.N.yaml)")
     parser.add_argument("--mode", choices=["reference", "optimized"],
-                        help="reference: fp32 plain ops (published); optimized (default): autocast, "
+                        help="reference: fp32 plain ops (published); optimized (default): autocast "
+                             "(train.amp auto: bf16 where the device has it natively, else fp32), "
                              "activation checkpointing, fused ops")
     parser.add_argument("--resume", metavar="PATH|auto",
                         help="continue from a checkpoint file or run folder, or 'auto' (latest in train.out)")
@@ -55,6 +60,7 @@ def register(subparsers) -> None:
     way.add_argument("--allow-changes", action="store_true",
                      help="resume in place from an older checkpoint or with changed settings, recording "
                           "each change in history.jsonl")
+    add_threads_option(parser)
     parser.set_defaults(func=run, overrides=[])
 
 
@@ -98,6 +104,9 @@ def run(args) -> int:
         path = _run_config_path(args)
         # The run's config names the folder as it was typed then; the run is where it is now.
         cfg = load_config(path, ([] if args.out else ["--train.out", str(path.parent)]) + overrides)
+    # --threads, else the config's train.threads, else medvol's default; config.yaml records it.
+    threads = set_threads(args.threads if args.threads is not None else (cfg.train.threads or None))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     run_dir = train(cfg, resume=args.resume, fork=args.fork, allow_changes=args.allow_changes)
     if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
         print(f"run folder: {run_dir}")

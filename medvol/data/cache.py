@@ -99,6 +99,8 @@ class CacheSummary:
         replaced: with ``overwrite``, what was replaced (one line), else None.
         cleaned: temporaries of an earlier, killed run that were removed.
         exported: NIfTI files written (``export_dir``).
+        not_hu: sources preprocessed as CT whose intensities do not look like HU
+            (:func:`medvol.data.preprocess.looks_like_hu`: an MR scan, most likely).
     """
 
     path: Path
@@ -109,6 +111,7 @@ class CacheSummary:
     replaced: str | None = None
     cleaned: list[Path] = dataclasses.field(default_factory=list)
     exported: list[Path] = dataclasses.field(default_factory=list)
+    not_hu: list[str] = dataclasses.field(default_factory=list)
 
 
 def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
@@ -314,6 +317,7 @@ def _process_one(source: str, out_file: str, final: str, params_dict: dict, read
         "direction": list(info["direction"]),
         "shape": list(array.shape),
         "medvol_version": medvol.__version__,
+        "looks_like_hu": info.get("looks_like_hu", True),
     }
 
 
@@ -594,6 +598,7 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
         raise MedvolError(f"{dst}: a volume is named {clash[0]!r}, the name of another volume's label map; "
                           "rename that source or preprocess without labels (--no-labels)")
     processed: list[str] = []
+    not_hu: list[str] = []  # sources whose intensities do not look like HU (CT modality only)
     failed: list[tuple[str, str]] = []
     # Workers write hidden pending files; they replace the cache's arrays only once the run has
     # succeeded, so a failed (strict, full disk or interrupted) run leaves the previous cache intact.
@@ -631,6 +636,8 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                 log.info("skipped %s", result["error"])
                 failed.append((source, result["error"]))
                 continue
+            if not result.pop("looks_like_hu"):
+                not_hu.append(source)
             entry = dict(result, name=name, file=f"{VOLUME_DIR}/{name}.npy", **marks[source])
             if label_files[source] is not None:
                 entry["labels"] = f"{VOLUME_DIR}/{name}{LABELS_SUFFIX}.npy"
@@ -672,7 +679,7 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
         replaced += (f"; {len(set(processed) & old_names)} re-made from this run's source, "
                      f"{len(volumes_removed)} removed")
     return CacheSummary(path=dst, manifest=manifest, processed=processed, reused=reused, failed=failed,
-                        replaced=replaced)
+                        replaced=replaced, not_hu=not_hu)
 
 
 def _new_manifest(old, entries, old_entries, src, sources, params_dict, settings, redeal, failed) -> dict[str, Any]:

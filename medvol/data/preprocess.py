@@ -227,6 +227,30 @@ def _output_grid(iso_image, before_pad: Sequence[int], size: int) -> tuple[tuple
     return tuple(float(s) for s in spacing_xyz[::-1]), tuple(float(o) for o in origin)
 
 
+#: Below this value a CT voxel in HU is air or lung; a CT in HU has plenty of them (outside the body, in
+#: the lungs and airways), an MR scan (non-negative scanner units) none.
+AIR_HU = -200.0
+#: The smallest fraction of voxels below :data:`AIR_HU` that a CT in HU is expected to have.
+MIN_AIR_FRACTION = 0.01
+
+
+def looks_like_hu(array: np.ndarray) -> bool:
+    """Whether intensities look like CT in Hounsfield units: at least :data:`MIN_AIR_FRACTION` of
+    the voxels below :data:`AIR_HU`.
+
+    An MR scan (or a CT stored without its rescale to HU) fails this; through the default CT window
+    [-1024, 600] it would come out washed out, its tissue clipped at the window's top."""
+    return bool(np.count_nonzero(array < AIR_HU) >= MIN_AIR_FRACTION * array.size)
+
+
+def not_hu_warning(sources: Sequence[str], total: int, window: Sequence[float]) -> str:
+    """The one line that says ``sources`` (of ``total`` volumes) went through the CT ``window``
+    without looking like HU (:func:`looks_like_hu`), and which option fits them."""
+    return (f"{len(sources)} of {total} volume(s) do not look like CT in HU (under {100 * MIN_AIR_FRACTION:g}% "
+            f"of voxels below {AIR_HU:g}, e.g. {sources[0]}): through the CT window {window[0]:g},{window[1]:g} "
+            "an MR scan comes out washed out; use --modality mr (or --window for CT in other units)")
+
+
 def preprocess_with_info(volume: Volume, params: PreprocessParams,
                          labels: Volume | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """:func:`preprocess_volume` that also says what it did, and carries a label map along.
@@ -236,7 +260,7 @@ def preprocess_with_info(volume: Volume, params: PreprocessParams,
         grid as :class:`medvol.data.io.Volume` states it (``spacing`` z, y, x mm of the output voxels;
         ``origin`` x, y, z LPS mm of voxel 0; ``direction`` after reorientation), so the array
         overlays the source scan; ``isotropic_spacing``, ``blank_slices`` (how many were found) and
-        ``shape_before_pad``. With ``blank_slices="remove"`` the kept slices are treated as
+        ``shape_before_pad``; for CT, ``looks_like_hu`` (:func:`looks_like_hu` of the input). With ``blank_slices="remove"`` the kept slices are treated as
         contiguous from the first kept one, so positions along z are only approximate.
 
         With ``labels`` (a label map of the image: integer values 0..255, any grid that overlaps
@@ -298,6 +322,8 @@ def preprocess_with_info(volume: Volume, params: PreprocessParams,
         "blank_slices": int(blank.sum()),
         "shape_before_pad": before_pad,
     }
+    if params.modality == "ct":
+        info["looks_like_hu"] = looks_like_hu(volume.array)
     if label_image is not None:
         label_array = handle_blank_slices(sitk.GetArrayFromImage(label_image), blank, params.blank_slices)
         moved = sitk.GetImageFromArray(np.ascontiguousarray(label_array))

@@ -29,6 +29,7 @@ import medvol
 from medvol.errors import MedvolError
 from medvol.eval import metrics as M
 from medvol.eval.features import FeatureSet, file_hash, get_extractor
+from medvol.utils import torch_threads
 
 METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization")
 FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
@@ -238,6 +239,23 @@ def _rows(groups: np.ndarray, pick: np.ndarray) -> np.ndarray:
     return np.concatenate([order[s:e] for s, e in zip(starts, ends)])
 
 
+def small_sample_warnings(real: FeatureSet, fake: FeatureSet) -> list[str]:
+    """The Frechet distance's small-N warning per view, counting what the docs count: volumes
+    (the independent samples; a 2.5D view has several correlated slice rows per volume)."""
+    lines = []
+    for view, rows in real.features.items():
+        n_rows, dim = min(len(rows), len(fake.features[view])), rows.shape[1]
+        if n_rows >= dim:
+            continue
+        per_volume = len(rows) > real.n_volumes or len(fake.features[view]) > fake.n_volumes
+        counted = (f"N = {real.n_volumes} real and {fake.n_volumes} generated volumes ({n_rows} feature rows: "
+                   "slices, correlated within a volume)" if per_volume
+                   else f"N = {n_rows} samples")
+        lines.append(f"{view}/fid: {counted} for feature dimension {dim}; the covariance is singular and the "
+                     "score is strongly biased by N. Compare scores only at equal N (of volumes and slices).")
+    return lines
+
+
 def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k: int = 5,
                 kid_subsets: int = 100, kid_subset_size: int = 1000, n_boot: int = 50,
                 seed: int = 0, level: float = 0.95) -> dict:
@@ -276,7 +294,8 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always", M.SmallSampleWarning)
         values = scalar_scores(r_all, f_all)
-        caught.extend(sorted({str(w.message) for w in records}))
+    if records:
+        caught.extend(small_sample_warnings(real, fake))
     result: dict = {name: {"value": val} for name, val in values.items()}
     if n_boot >= 2 and values:
         rng = np.random.default_rng(seed)
@@ -398,6 +417,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         "medvol_version": medvol.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "threads": torch_threads(),
         "seed": seed,
         "bootstrap": n_boot,
         "metrics": list(metrics),

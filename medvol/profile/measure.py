@@ -185,6 +185,8 @@ def measure(case: Case, result: dict) -> None:
     timer = StepTimer(device)
     counter.reset()
     result["static_bytes"] = int(counter.current())
+    result["amp"] = "bf16" if amp_dtype(case) is torch.bfloat16 else "fp32"
+    result["threads"] = torch.get_num_threads()
     step_times, data_times, substeps = [], [], {}
 
     def substep(name):

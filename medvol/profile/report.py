@@ -200,7 +200,8 @@ def markdown(report: dict) -> str:
     lines = ["# medvol profile", ""] + _provenance(report) + [""]
     lines += ["Cells: `OOM` = out of memory (the paper's \"—\"); optimized cells show "
               "(optimized / reference) in parentheses. Reference = fp32, no checkpointing; "
-              "optimized = bf16 autocast, activation checkpointing, fused ops, bf16 group norms.", ""]
+              "optimized = bf16 autocast (measured: only where the device computes bf16 natively, else fp32, "
+              "as `train.amp auto`), activation checkpointing, fused ops, group norms in the autocast dtype.", ""]
     if any(_dims(r) == 2 for r in results):
         lines += ["2D models (sizes S², batches of [B, C, S, S] images): optimized = bf16 autocast and "
                   "fused Adam; they have no checkpointing and no group norms.", ""]

@@ -37,8 +37,16 @@ def build_system(case: Case) -> torch.nn.Module:
 
 
 def amp_dtype(case: Case) -> torch.dtype | None:
-    """The optimized path trains under bf16 autocast; the reference path in fp32."""
-    return torch.bfloat16 if case.mode == "optimized" else None
+    """The reference path trains in fp32; the optimized path as ``medvol train``'s default
+    ``train.amp auto`` does: bf16 autocast where the measured device computes bf16 natively, fp32
+    where it would only emulate it. An estimate (fake tensors, no device used) is of the bf16 run."""
+    if case.mode != "optimized":
+        return None
+    if case.kind == "measure":
+        from medvol.utils import resolve_amp
+
+        return torch.bfloat16 if resolve_amp("auto", case.device)[0] == "bf16" else None
+    return torch.bfloat16
 
 
 def check_simulated_oom(case: Case) -> None:

@@ -113,11 +113,14 @@ class Sweep:
                  out: str | os.PathLike, *, select: str = "fid", features: Sequence[str] | None = None,
                  n: int | None = 256, seed: int = 0, real: str = "data", bootstrap: int = 50,
                  batch: int = 16, device: str = "cpu", retry_failed: bool = False,
-                 python: str | None = None, echo: Callable[[str], None] = lambda line: None):
+                 threads: int | None = None, python: str | None = None, echo: Callable[[str], None] = lambda line: None):
         self.config_path, self.grid_path = Path(config), Path(grid)
         self.base = read_yaml(self.config_path, "config file")
         self.grid = Grid(self.grid_path, self.base)
         self.count = runs
+        #: torch CPU threads of each training run (None: medvol train's default); not part of the
+        #: sweep's identity, so a resumed sweep may use another count.
+        self.threads = threads
         self.draws = self.grid.draw(runs, seed)
         self.out = Path(out)
         self.select, self.seed, self.real = select, seed, real
@@ -224,6 +227,8 @@ class Sweep:
         overrides = {**fixed, **record["values"], "train.out": str(run_dir), "train.progress": False}
         cmd = [self.python, "-m", "medvol.cli", "train", "--config", str(self.out / "base.yaml"),
                "--resume", "auto", *override_args(overrides)]
+        if self.threads:
+            cmd += ["--threads", str(self.threads)]
         record.update(status="training", command=cmd[1:], started=_now())
         record.pop("error", None)
         self._save(state)

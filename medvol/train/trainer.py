@@ -41,7 +41,7 @@ from medvol.train.distributed import (DistInfo, all_finite, average_gradients, b
 from medvol.train.interrupt import StopSignals, TrainingInterrupted
 from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
 from medvol.train.runfolder import RunFolderLock, existing_run, refuse_second_run
-from medvol.utils import checked_write, cpu_has_native_bf16
+from medvol.utils import checked_write, cpu_has_native_bf16, resolve_amp, set_threads
 
 log = logging.getLogger("medvol.train")
 
@@ -124,6 +124,17 @@ class Trainer:
         self.device = info.device
         self.run_dir = Path(cfg.train.out)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        # What "auto" means here is decided once and written into the run's config.yaml (and its
+        # checkpoints), with the thread count, so a run's record says how it was trained.
+        amp, why = resolve_amp(cfg.train.amp, self.device)
+        # 0: the process's own setting (the CLI has already applied --threads or medvol's default;
+        # a library caller keeps control of its process).
+        threads = set_threads(cfg.train.threads) if cfg.train.threads else torch.get_num_threads()
+        if info.is_main:
+            if cfg.train.mode == "optimized":
+                log.info("train.amp %s -> %s (%s)", cfg.train.amp, amp, why)
+            log.info("torch CPU threads: %d", threads)
+        cfg = self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp, threads=threads))
         self.amp_dtype, use_scaler = amp_settings(cfg)
         if self.device.type == "cuda" and self.amp_dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise MedvolError("train.amp bf16: this GPU has no bf16 support; use --train.amp fp16")

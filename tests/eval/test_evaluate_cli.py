@@ -203,3 +203,22 @@ def test_run_curve_and_compare(tmp_path, weights, capsys):
     assert code == 0, err
     assert main(["compare", str(tmp_path / "curve" / "iter_0000002"), str(tmp_path / "n4")]) == 2
     assert "n_real" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_applied_and_recorded(tmp_path, capsys, threads):
+    before = torch.get_num_threads()
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.standard_normal((20, 4)))
+    np.save(tmp_path / "b.npy", rng.standard_normal((20, 4)))
+    try:
+        code, _, err = run_eval(capsys, "--real", tmp_path / "a.npy", "--fake", tmp_path / "b.npy",
+                                "--out", tmp_path / "o", "--bootstrap", 0, "--threads", threads)
+        assert code == 0, err
+        assert torch.get_num_threads() == threads
+        assert json.loads((tmp_path / "o" / "scores.json").read_text(encoding="utf-8"))["threads"] == threads
+        code, _, err = run_eval(capsys, "--real", tmp_path / "a.npy", "--fake", tmp_path / "b.npy",
+                                "--out", tmp_path / "p", "--threads", 0)
+        assert code == 2 and "--threads 0" in err and not (tmp_path / "p").exists()
+    finally:
+        torch.set_num_threads(before)

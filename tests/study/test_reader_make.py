@@ -295,3 +295,17 @@ def test_a_synthetic_cache_entry_is_refused_as_real(tmp_path, phantom_sources):
     build_cache(src, cache, PreprocessParams(size=32), allow_synthetic=True)
     with pytest.raises(MedvolError, match=r"cache:gen_0 and 1 more is marked synthetic"):
         make_study(tmp_path / "s", [f"g={phantom_sources['fakeA']}"], str(cache), pairs=2)
+
+
+def test_cli_make_threads_recorded_in_the_key(tmp_path, phantom_sources):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["study", "reader", "make", "--real", str(phantom_sources["real"]), "--fake",
+                f"g={phantom_sources['fakeA']}", "--pairs", "2", "--threads", "1", "--out", str(tmp_path / "s")]
+        assert cli.main(argv) == 0
+        assert json.loads((tmp_path / "s" / "key.json").read_text(encoding="utf-8"))["threads"] == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -66,7 +66,11 @@ def sweep_args(files, out, *extra):
 @pytest.fixture(scope="module")
 def swept(files):
     out = files["root"] / "sweep"
-    assert main(sweep_args(files, out)) == 0
+    before = torch.get_num_threads()
+    try:
+        assert main(sweep_args(files, out, "--threads", 1)) == 0
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
@@ -277,3 +281,16 @@ def test_ctrl_c_leaves_a_resumable_sweep(files, tmp_path):
     state = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert state["runs"][0]["status"] == "evaluated" and state["runs"][0]["provenance"]["iteration"] == 40
     assert f"resumed from {ckpts / f'ckpt_{stopped:07d}.pt'}" in (out / "runs" / "run_000" / "train.log").read_text(encoding="utf-8")
+
+
+def test_threads_reach_every_run_and_are_recorded(swept):
+    # --threads 1: each run trains (a subprocess) and is scored with one thread, and says so.
+    state = json.loads((swept / "sweep.json").read_text(encoding="utf-8"))
+    trained = [r for r in state["runs"] if r["status"] == "evaluated"]
+    assert trained
+    for record in state["runs"]:
+        assert record["command"][-2:] == ["--threads", "1"]
+    for record in trained:
+        run = swept / "runs" / record["id"]
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["threads"] == 1
+        assert json.loads((run / "eval" / "scores.json").read_text(encoding="utf-8"))["threads"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from medvol.config import config_from_dict, config_to_dict, load_config, save_co
 from medvol.errors import MedvolError
 from medvol.train import checkpoint as ckpt
 from medvol.train.trainer import train
+from medvol.utils import resolve_amp
 
 
 def _assert_same_state(a: dict, b: dict) -> None:
@@ -81,7 +83,10 @@ def test_checkpoint_contents_and_load(run2):
     assert set(state["rng"][0]) == {"torch", "cuda", "numpy", "python", "generator"}
     assert state["data"]["spacing"] and state["config"]["model"]["name"] == "crfgan"
     system, loaded_cfg, _ = ckpt.load_checkpoint(run_dir)
-    assert loaded_cfg == cfg
+    # The run records what amp "auto" and threads 0 became on this machine (issue 24).
+    resolved = dataclasses.replace(cfg.train, amp=resolve_amp(cfg.train.amp, "cpu")[0],
+                                   threads=torch.get_num_threads())
+    assert loaded_cfg == dataclasses.replace(cfg, train=resolved)
     for key, value in system.state_dict().items():
         assert torch.equal(value, state["system"][key]), key
 

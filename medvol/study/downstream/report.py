@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import medvol
-from medvol.utils import checked_write
+from medvol.utils import checked_write, torch_threads
 
 SETUP_TITLES = {"real": "real", "real+aug": "real + augmentation", "synthetic": "synthetic only",
                 "real+synthetic": "real + synthetic"}
@@ -161,7 +161,7 @@ def write_results(out: Path, study: dict, val, *, command: str | None, note: str
     table = collect(out, study)
     results = {"medvol_version": medvol.__version__,
                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "command": command, "note": note, "config": study["config"],
+               "command": command, "threads": torch_threads(), "note": note, "config": study["config"],
                "held_out": {"split": "val", "volumes": val.items},
                "sources": {name: dict(source, fid=study["fid"].get(name)) for name, source in study["sources"].items()},
                "setups": table}

@@ -35,7 +35,7 @@ from medvol.errors import MedvolError
 from medvol.study.reader.images import resolve_window, to_uint8, write_png
 from medvol.study.reader.sources import (Source, fake_source, fit_to_shape, parse_fake, real_source,
                                          scratch_folder)
-from medvol.utils import checked_write
+from medvol.utils import checked_write, torch_threads
 
 log = logging.getLogger("medvol.study")
 
@@ -287,7 +287,7 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
             "sources": {name: source.origin for name, source in sources.items()},
             "window": window, "planes": plane_list, "positions": list(low_high), "real_split": real_split,
             "allow_synthetic_real": bool(allow_synthetic_real), "synthetic_real": synthetic_real,
-            "medvol_version": medvol.__version__,
+            "medvol_version": medvol.__version__, "threads": torch_threads(),
         }
         inputs = [spec for _, spec in parsed] + ([real] if real is not None else [])
         inputs += [item for source in sources.values() for item in source.items]

@@ -36,6 +36,7 @@ import medvol
 from medvol.errors import MedvolError
 from medvol.study.recursive.generation import Plan, finished, run_generation
 from medvol.study.recursive.real import prepare_real, read_json, write_json
+from medvol.utils import torch_threads
 
 log = logging.getLogger("medvol.study")
 
@@ -198,7 +199,8 @@ def _run_locked(root: Path, cfg, identity: dict, *, config: str, generations: in
             log.info("generation %d: finished earlier (%s), not redone", k, root / f"gen_{k:03d}" / "scores.json")
         rows.append(run_generation(plan, k))
         summary = {"study": study, "floor": floor, "generations": rows,
-                   "wall_seconds": sum(r["seconds"]["total"] for r in rows), "updated": _now()}
+                   "wall_seconds": sum(r["seconds"]["total"] for r in rows), "updated": _now(),
+                   "threads": torch_threads()}
         write_json(root / "summary.json", summary, "study summary")
         from medvol.utils import checked_write
 
