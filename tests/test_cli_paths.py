@@ -70,6 +70,14 @@ def _outside(tmp_path: Path, base: Path) -> dict[str, bytes]:
 
 # --- case 1: names read from a manifest leave their folder --------------------------------------
 
+def _cache_readers(cache: Path, world: Path) -> list[list]:
+    """Commands that read a cache for training and evaluation."""
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    return [["features", "train", "--data", cache, "--out", world / "f.pt", "--iters", 1, "--batch", 1],
+            ["train", "--config", demo, "--data.source", cache, "--out", world / "run"],
+            ["evaluate", "--real", cache, "--fake", cache, "--out", world / "ev", "--size", 32]]
+
+
 def _crafted(tmp_path):
     return [("./../../victim", "not a plain file name"), ("..", "not a plain file name"),
             (str(tmp_path / "victim"), "not a plain file name"), ("sub/victim", "not a plain file name")]
@@ -89,7 +97,7 @@ def test_a_crafted_name_is_refused_by_every_reader_and_writer(world, tmp_path, c
          world / "out"],
         ["preprocess", "--dst", cache, "--export-nifti", world / "out"],
         ["info", cache],
-        ["features", "train", "--data", cache, "--out", world / "f.pt", "--iters", 1, "--batch", 1],
+        *_cache_readers(cache, world),
     ]
     for argv in commands:
         code, out, err = run(argv, capsys)
@@ -122,7 +130,7 @@ def test_links_out_of_the_cache_are_refused_by_its_readers(world, tmp_path, caps
     outside = _outside(tmp_path, world)
     for argv in (["preprocess", "--dst", cache, "--export-nifti", world / "out"],
                  ["preprocess", "--src", world / "src", "--dst", cache, "--size", 32, "--workers", 1],
-                 ["features", "train", "--data", cache, "--out", world / "f.pt", "--iters", 1, "--batch", 1]):
+                 *_cache_readers(cache, world)):
         code, out, err = run(argv, capsys)
         assert code == 2 and err.count("\n") == 1, (argv, err)
         assert "a link pointing outside its folder" in err and ".npy'" in err, err
@@ -266,12 +274,12 @@ def test_a_fifo_is_refused_up_front(world, tmp_path):
                          (dicom, dicom / "notes"), (mhd / "v.mhd", mhd / "v.raw")):
         done = _medvol("preprocess", "--src", src, "--dst", tmp_path / "c", "--size", 32, "--workers", 1)
         assert done.returncode == 2 and done.stdout == "", done.stderr
-        assert done.stderr == (f"medvol preprocess: error: {culprit}: not a regular file (a FIFO); medvol reads "
-                               "volumes only from regular files\n")
+        assert done.stderr == (f"medvol preprocess: error: {culprit}: not a regular file or folder (a FIFO); a "
+                               "volume must be a file or a DICOM folder\n")
         assert not (tmp_path / "c").exists()  # refused before the cache (and its lock) was made
     done = _medvol("info", pipe)
-    assert done.returncode == 2 and done.stderr.endswith(f"{pipe}: not a regular file (a FIFO); medvol reads "
-                                                         "volumes only from regular files\n")
+    assert done.returncode == 2 and done.stderr.endswith(f"{pipe}: not a regular file or folder (a FIFO); a volume "
+                                                         "must be a file or a DICOM folder\n")
 
 
 def test_a_fifo_in_a_searched_folder_is_refused_and_the_cache_untouched(world):
@@ -280,12 +288,12 @@ def test_a_fifo_in_a_searched_folder_is_refused_and_the_cache_untouched(world):
     os.mkfifo(world / "src" / "phantom_0009.nii.gz")
     done = _medvol("preprocess", "--src", world / "src", "--dst", cache, "--size", 32, "--workers", 1)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert f"{world / 'src' / 'phantom_0009.nii.gz'}: not a regular file (a FIFO)" in done.stderr
+    assert f"{world / 'src' / 'phantom_0009.nii.gz'}: not a regular file or folder (a FIFO)" in done.stderr
     assert _files(cache) == before
     os.unlink(world / "src" / "phantom_0009.nii.gz")
     os.mkfifo(world / "src" / "phantom_0001_seg.nii.gz")  # a second label map, as a pipe: refused too
     done = _medvol("preprocess", "--src", world / "src", "--dst", cache, "--size", 32, "--workers", 1)
-    assert done.returncode == 2 and "phantom_0001_seg.nii.gz: not a regular file (a FIFO)" in done.stderr
+    assert done.returncode == 2 and "phantom_0001_seg.nii.gz: not a regular file or folder (a FIFO)" in done.stderr
 
 
 # --- case 4: `medvol info` on folders --------------------------------------------------------------

@@ -660,8 +660,8 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
 
     # Files the cache does not list are not medvol's to replace (a damaged cache's arrays are: --overwrite).
     listed_before = _listed_files(old) if old is not None else set()
-    occupied = set() if damaged is not None else {
-        p.name for p in volume_dir.iterdir() if not is_temp_name(p.name) and f"{VOLUME_DIR}/{p.name}" not in listed_before}
+    occupied = set() if damaged is not None else {p.name for p in volume_dir.iterdir() if not is_temp_name(p.name)
+                                                   and f"{VOLUME_DIR}/{p.name}" not in listed_before}
     names = _assign_names(sources, {e["source"]: name for name, e in old_entries.items()}, occupied, volume_dir)
     entries: dict[str, dict[str, Any]] = dict(old_entries)
     todo: list[tuple[str, Path]] = []
@@ -916,8 +916,8 @@ def load_labels(cache_dir: str | os.PathLike, name: str) -> Volume:
     if entry is None:
         raise MedvolError(f"{cache_dir}: no volume {name!r} in this cache")
     geometry = entry_geometry(entry, cache_dir / MANIFEST)
-    return Volume(array=np.array(entry_labels(cache_dir, manifest, entry)), path=str(entry_file(cache_dir, entry, "labels")),
-                  **geometry)
+    return Volume(array=np.array(entry_labels(cache_dir, manifest, entry)),
+                  path=str(entry_file(cache_dir, entry, "labels")), **geometry)
 
 
 def load_entry(cache_dir: str | os.PathLike, name: str, *, physical: bool = False) -> Volume:

@@ -406,7 +406,7 @@ def source_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def regular_file(path: str | os.PathLike, what: str = "volumes") -> Path:
+def regular_file(path: str | os.PathLike) -> Path:
     """``path`` if it is a regular file (links followed) or missing (its reader names it then).
 
     A named pipe, socket or device is refused: opening or reading one blocks forever (a FIFO
@@ -421,8 +421,8 @@ def regular_file(path: str | os.PathLike, what: str = "volumes") -> Path:
         return Path(path)
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return Path(path)
-    raise MedvolError(f"{path}: not a regular file ({_file_kind(mode)}); medvol reads {what} only from "
-                      "regular files")
+    raise MedvolError(f"{path}: not a regular file or folder ({_file_kind(mode)}); a volume must be a file or "
+                      "a DICOM folder")
 
 
 def check_regular(source: str | os.PathLike) -> Path:
