@@ -213,6 +213,17 @@ def test_only_medvols_temporaries_and_an_uncommitted_runs_arrays_are_cleaned(wor
     assert (volumes / "phantom_0000.npy").is_file() and (volumes / "phantom_0001_labels.npy").is_file()
 
 
+def test_a_volume_with_a_temporary_looking_name_is_not_cleaned(world, tmp_path, capsys):
+    odd = tmp_path / ".scan.tmp-1.nii.gz"
+    shutil.copy(world / "src" / "phantom_0000.nii.gz", odd)
+    argv = ["preprocess", "--src", odd, "--dst", world / "cache", "--size", 32, "--workers", 1]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "preprocessed 1 volume(s)" in out, err
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "reused 1" in out and "temporary" not in err, err
+    assert (world / "cache" / "volumes" / ".scan.tmp-1.npy").is_file()
+
+
 def test_an_uncommitted_manifest_naming_a_file_out_of_the_cache_removes_nothing(world, tmp_path):
     from medvol.data.cache import clean_temporaries
 

@@ -250,17 +250,17 @@ def clean_temporaries(cache_dir: str | os.PathLike) -> list[Path]:
     Only call this while holding the :class:`CacheLock`: a live run's temporaries look the same.
     """
     cache_dir = Path(cache_dir)
+    try:
+        listed = _listed_files(load_manifest(cache_dir)) if (cache_dir / MANIFEST).is_file() else set()
+    except MedvolError:
+        listed = None
     removed = []
     for folder in (cache_dir, cache_dir / VOLUME_DIR):
-        if folder.is_dir():
-            removed += [p for p in sorted(folder.iterdir())
-                        if is_temp_name(p.name) and (p.is_symlink() or p.is_file())]
+        if folder.is_dir():  # a listed array is never a temporary, whatever its name (".x.tmp-1" as a source)
+            removed += [p for p in sorted(folder.iterdir()) if is_temp_name(p.name) and (p.is_symlink() or p.is_file())
+                        and (folder != cache_dir / VOLUME_DIR or f"{VOLUME_DIR}/{p.name}" not in (listed or ()))]
     journals = [p for p in removed if p.parent == cache_dir and p.name.startswith(MANIFEST_TMP)]
     if journals and (cache_dir / MANIFEST).is_file():
-        try:
-            listed = _listed_files(load_manifest(cache_dir))
-        except MedvolError:
-            listed = None
         for journal in journals if listed is not None else []:
             removed += [p for p in _committed_arrays(cache_dir, journal)
                         if f"{VOLUME_DIR}/{p.name}" not in listed and p not in removed]
