@@ -426,3 +426,15 @@ def test_ctrl_c_in_preprocess_says_the_cache_is_unchanged(world, tmp_path):
         assert err == f"medvol preprocess: interrupted (Ctrl-C); the cache {cache} is unchanged " \
                       "(this run's volumes were not kept)\n"
         assert _files(cache) == before
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "/abs", "a\\b", "a\x00b", None, 3])
+def test_plain_name_refuses_what_safe_name_refuses_without_the_disk(name, tmp_path):
+    from medvol.errors import MedvolError
+    from medvol.outputs import plain_name, safe_name
+
+    for check in (plain_name, safe_name):
+        with pytest.raises(MedvolError, match="refusing to read or write outside the folder"):
+            check(tmp_path / "missing", name, "entry")
+    assert plain_name(tmp_path / "missing", "vol_0001.npy") == "vol_0001.npy"
+    assert not (tmp_path / "missing").exists()
