@@ -59,13 +59,7 @@ def safe_name(folder: str | os.PathLike, name: Any, what: str = "name") -> Path:
         PosixPath('/cache/volumes/vol_0001.npy')
     """
     folder = Path(folder)
-    bad = None
-    if not isinstance(name, str) or not name:
-        bad = "not a file name"
-    elif name in (".", "..") or "\x00" in name or "/" in name or "\\" in name or os.sep in name:
-        bad = "not a plain file name"
-    elif os.path.isabs(name):
-        bad = "an absolute path"
+    bad = _not_plain(name)
     if bad is None:
         path = folder / name
         base = folder.resolve()
@@ -79,6 +73,32 @@ def safe_name(folder: str | os.PathLike, name: Any, what: str = "name") -> Path:
     if bad is not None:
         raise MedvolError(f"{what} {name!r} in {folder}: {bad}; refusing to read or write outside the folder")
     return path
+
+
+def _not_plain(name: Any) -> str | None:
+    """Why ``name`` is not a plain file name, or None."""
+    if not isinstance(name, str) or not name:
+        return "not a file name"
+    if name in (".", "..") or "\x00" in name or "/" in name or "\\" in name or os.sep in name:
+        return "not a plain file name"
+    if os.path.isabs(name):
+        return "an absolute path"
+    return None
+
+
+def plain_name(folder: str | os.PathLike, name: Any, what: str = "name") -> str:
+    """``name`` if it is a plain file name, without looking at the disk (:func:`safe_name`'s string rules).
+
+    For checking every name of a file when it is read (cheap); :func:`safe_name` then checks the
+    one path that is opened or written, symlinks included.
+
+    Raises:
+        MedvolError: as :func:`safe_name`, for the rules that need no disk access.
+    """
+    bad = _not_plain(name)
+    if bad is not None:
+        raise MedvolError(f"{what} {name!r} in {folder}: {bad}; refusing to read or write outside the folder")
+    return name
 
 
 def safe_relpath(folder: str | os.PathLike, rel: Any, what: str = "name") -> Path:

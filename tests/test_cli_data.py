@@ -235,7 +235,7 @@ def test_a_locked_cache_is_waited_for_or_refused(tmp_path):
     _phantoms(tmp_path / "a", 1, seed=1)
     cache = tmp_path / "cache"
     (cache / "volumes").mkdir(parents=True)
-    live = cache / "volumes" / ".phantom_0000.pending.npy"  # a temporary of the run holding the lock
+    live = cache / "volumes" / ".phantom_0000.tmp-pending.npy"  # a temporary of the run holding the lock
     live.write_bytes(b"being written")
     argv = ["preprocess", "--src", tmp_path / "a", "--dst", cache, "--size", 32, "--workers", 1]
     with open(cache / ".medvol-cache.lock", "w", encoding="utf-8") as lock:
@@ -271,12 +271,12 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
     manifest = (cache / "manifest.json").read_bytes()
     killed = _medvol("preprocess", "--src", tmp_path / "b", *argv)
     deadline = time.monotonic() + 120
-    while not list((cache / "volumes").glob(".*.pending.npy")) and time.monotonic() < deadline:
+    while not list((cache / "volumes").glob(".*.tmp-pending.npy")) and time.monotonic() < deadline:
         assert killed.poll() is None, killed.communicate()
         time.sleep(0.01)
     killed.kill()
     killed.communicate()
-    assert list((cache / "volumes").glob(".*.pending.npy")), "the killed run left no temporaries to clean"
+    assert list((cache / "volumes").glob(".*.tmp-pending.npy")), "the killed run left no temporaries to clean"
     assert (cache / "manifest.json").read_bytes() == manifest
     code, out, err = _finish(_medvol("preprocess", "--src", tmp_path / "a", *argv))
     assert _no_temporaries(cache) == []

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+#: What a Ctrl-C leaves (``medvol.cli``).
+INTERRUPTED = "nothing was written (--out is written whole or not at all)"
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare", help="side-by-side table of several evaluations",

@@ -1,10 +1,14 @@
 """``medvol info``: trainable parameter counts of a model at a size, per sub-network; or, given a
-PATH, the provenance of a volume, cache entry or cache (synthetic or not, and from what)."""
+PATH, the provenance of a volume, cache entry, cache or folder of volumes (synthetic or not, and from what)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+
+#: What a Ctrl-C leaves (``medvol.cli``).
+INTERRUPTED = "nothing was written"
 
 
 def register(subparsers) -> None:
@@ -15,9 +19,11 @@ def register(subparsers) -> None:
         "(3D: G, D, E, sub_E or crf, total; 2D: G, D, total). Nothing is allocated: the model is built "
         "on the meta device. With PATH instead: whether the volume (or cache entry CACHE/volumes/NAME.npy, "
         "or cache folder) is marked synthetic, the marks found (header, sidecar JSON, generated.json, "
-        "cache manifest) and what made it.",
+        "cache manifest) and what made it; given a folder of volumes (e.g. a `medvol generate` output), how "
+        "many it holds and how many of them are marked synthetic. A folder without volumes is an error.",
     )
-    parser.add_argument("path", nargs="?", help="a volume file, cache entry or cache folder: print its provenance")
+    parser.add_argument("path", nargs="?",
+                        help="a volume file, cache entry, cache folder or folder of volumes: print its provenance")
     parser.add_argument("--model", help="hagan, crfgan (3D) or dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix (2D)")
     parser.add_argument("--size", type=int,
                         help="volume side: 64, 128, 256, 512; 2D image side: 64, 128, 256 (or 32)")
@@ -92,6 +98,15 @@ def _provenance(path: str, as_json: bool) -> int:
 def provenance_lines(found: dict) -> list[str]:
     """Human-readable lines of a :func:`medvol.data.provenance.provenance_of` result."""
     verdict = "SYNTHETIC" if found["synthetic"] else "not marked synthetic"
+    if found["kind"] == "folder":
+        lines = [f"{found['path']}: folder of {found['volumes']} volume(s), {len(found['synthetic_names'])} "
+                 "marked synthetic (give one file to see what made it and check its voxels)"]
+        for what, key in (("synthetic", "synthetic_names"), ("not marked", "unmarked_names")):
+            names = found[key]
+            if names and len(names) < found["volumes"]:
+                more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+                lines.append(f"  {what}: {', '.join(names[:5])}{more}")
+        return lines
     if found["kind"] == "cache":
         lines = [f"{found['path']}: medvol cache of {found['volumes']} volume(s), "
                  f"{len(found['synthetic_names'])} marked synthetic"]

@@ -7,6 +7,10 @@ import argparse
 from medvol.viewer.presets import WINDOW_WIDTH_LEVEL
 
 
+#: What a Ctrl-C leaves (``medvol.cli``).
+INTERRUPTED = "nothing was written (a screenshot is written whole or not at all)"
+
+
 def register(subparsers) -> None:
     presets = ", ".join(f"{name} W{w:g}/L{level:g}" for name, (w, level) in WINDOW_WIDTH_LEVEL.items())
     parser = subparsers.add_parser(

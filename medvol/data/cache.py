@@ -65,8 +65,9 @@ import medvol
 from medvol.data.discover import discover, find_labels
 from medvol.data.io import Volume, checksum, read_volume, volume_stem
 from medvol.data.preprocess import PreprocessParams, preprocess_with_info
-from medvol.data.provenance import refuse_synthetic_sources, source_marks, write_synthetic
+from medvol.data.provenance import refuse_synthetic_sources, sidecar_path, source_marks, write_synthetic
 from medvol.errors import MedvolError
+from medvol.outputs import is_temp_name, plain_name, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ MANIFEST_FORMAT = 3
 LABELS_SUFFIX = "_labels"
 #: Class names of LiTS label maps (``segmentation-N``: 1 liver, 2 tumour).
 LITS_LABELS = ("liver", "tumour")
-#: Temporaries a killed run leaves behind: workers' pending arrays, atomic-write temporaries, the manifest's.
-TEMP_PATTERNS = (f"{VOLUME_DIR}/.*.pending.npy", f"{VOLUME_DIR}/.*.tmp-*", ".manifest.tmp-*.json")
+#: The end of a worker's pending array ``volumes/.<name>.tmp-pending.npy``: medvol's temporary
+#: naming (:func:`medvol.outputs.is_temp_name`), so a killed run's pending arrays are cleaned.
+PENDING = ".tmp-pending.npy"
+#: The manifest a run is committing (``.manifest.tmp-<pid>.json``, a temporary name too).
+MANIFEST_TMP = ".manifest.tmp-"
 GEOMETRY_KEYS = ("spacing", "origin", "direction")
 SPLIT_DEFAULTS = {"seed": 0, "val_fraction": 0.1, "val_fold": 0}
 SPLIT_OPTIONS = {"seed": "--seed", "val_fraction": "--val-fraction", "val_fold": "--val-fold"}
@@ -138,7 +142,32 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     for number, entry in enumerate(manifest["volumes"]):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("name", "file", "source")):
             raise MedvolError(f"{path}: volume entry {number} is malformed (needs name, file and source)")
+        _check_entry_names(path, number, entry)
     return manifest
+
+
+def _check_entry_names(path: Path, number: int, entry: dict[str, Any]) -> None:
+    """Refuse an entry whose name is no plain file name, or whose files are not named after it.
+
+    Writers build paths from the name (``volumes/<name>.npy``, ``DIR/<name>.nii.gz``), readers
+    from ``file``: both must stay inside their folder, and say the same.
+    """
+    name = plain_name(path.parent / VOLUME_DIR, entry["name"], f"{path}: volume entry {number} name")
+    for key, expected in (("file", f"{VOLUME_DIR}/{name}.npy"), ("labels", f"{VOLUME_DIR}/{name}{LABELS_SUFFIX}.npy")):
+        value = entry.get(key)
+        if isinstance(value, str) and value != expected:
+            raise MedvolError(f"{path}: volume entry {number} ({name!r}): {key} {value!r} is not {expected!r}; "
+                              "refusing a file that is not named after its entry")
+
+
+def entry_file(cache_dir: str | os.PathLike, entry: dict[str, Any], key: str = "file") -> Path:
+    """The array ``entry[key]`` (``file`` or ``labels``) of a checked entry (:func:`load_manifest`).
+
+    Raises:
+        MedvolError: the file is a link leading out of the cache's ``volumes/`` folder.
+    """
+    return safe_name(Path(cache_dir) / VOLUME_DIR, entry[key].rpartition("/")[2],
+                     f"{Path(cache_dir) / MANIFEST}: {key} of volume {entry['name']!r}:")
 
 
 class CacheLock:
@@ -212,24 +241,48 @@ def _reason(error: OSError) -> str:
 
 
 def clean_temporaries(cache_dir: str | os.PathLike) -> list[Path]:
-    """Delete what killed runs left in ``cache_dir``: temporaries and arrays missing from the manifest.
+    """Delete what killed runs left in ``cache_dir``, and nothing else.
+
+    Removed: files of medvol's temporary naming (:func:`medvol.outputs.is_temp_name`: workers'
+    pending arrays, atomic-write temporaries, the manifest being committed) in the cache and its
+    ``volumes/``; and the arrays a run killed while committing had already renamed into place:
+    those its uncommitted manifest (``.manifest.tmp-*.json``) lists and the manifest does not (a
+    run names new volumes so that they never take the name of a file already there). An array the
+    manifest does not list is otherwise kept: it may be the user's.
 
     Only call this while holding the :class:`CacheLock`: a live run's temporaries look the same.
-    An array not listed in an intact manifest was renamed into place by a run killed before it
-    renamed its manifest; without the manifest nothing says what it is.
     """
     cache_dir = Path(cache_dir)
-    removed = [p for pattern in TEMP_PATTERNS for p in sorted(cache_dir.glob(pattern)) if p.is_file()]
     try:
-        listed = _listed_files(load_manifest(cache_dir))
+        listed = _listed_files(load_manifest(cache_dir)) if (cache_dir / MANIFEST).is_file() else set()
     except MedvolError:
         listed = None
-    if listed is not None:
-        removed += [p for p in sorted((cache_dir / VOLUME_DIR).glob("*.npy"))
-                    if not p.name.startswith(".") and f"{VOLUME_DIR}/{p.name}" not in listed]
+    removed = []
+    for folder in (cache_dir, cache_dir / VOLUME_DIR):
+        if folder.is_dir():  # a listed array is never a temporary, whatever its name (".x.tmp-1" as a source)
+            removed += [p for p in sorted(folder.iterdir()) if is_temp_name(p.name) and (p.is_symlink() or p.is_file())
+                        and (folder != cache_dir / VOLUME_DIR or f"{VOLUME_DIR}/{p.name}" not in (listed or ()))]
+    journals = [p for p in removed if p.parent == cache_dir and p.name.startswith(MANIFEST_TMP)]
+    if journals and (cache_dir / MANIFEST).is_file():
+        for journal in journals if listed is not None else []:
+            removed += [p for p in _committed_arrays(cache_dir, journal)
+                        if f"{VOLUME_DIR}/{p.name}" not in listed and p not in removed]
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+def _committed_arrays(cache_dir: Path, journal: Path) -> list[Path]:
+    """The arrays an uncommitted manifest lists that exist (checked as :func:`load_manifest` does)."""
+    try:
+        manifest = json.loads(journal.read_text(encoding="utf-8"))
+        entries = manifest["volumes"]
+        for number, entry in enumerate(entries):
+            _check_entry_names(journal, number, entry)
+        return [p for entry in entries for key in ("file", "labels") if isinstance(entry.get(key), str)
+                for p in [entry_file(cache_dir, entry, key)] if p.is_file() or p.is_symlink()]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, MedvolError):
+        return []  # a journal cut short by the kill: nothing was renamed after it was written
 
 
 def _listed_files(manifest: dict[str, Any]) -> set[str]:
@@ -262,9 +315,9 @@ def _source_stat(source: Path) -> tuple[int, int]:
 
 
 def _labels_pending(out_file: str) -> Path:
-    """The pending label file beside a worker's pending array ``.<name>.pending.npy``."""
+    """The pending label file beside a worker's pending array ``.<name>.tmp-pending.npy``."""
     path = Path(out_file)
-    return path.with_name(path.name.replace(".pending.npy", f"{LABELS_SUFFIX}.pending.npy"))
+    return path.with_name(f"{path.name[: -len(PENDING)]}{LABELS_SUFFIX}{PENDING}")
 
 
 def _process_one(source: str, out_file: str, final: str, params_dict: dict, reader: str,
@@ -322,6 +375,11 @@ def _process_one(source: str, out_file: str, final: str, params_dict: dict, read
 
 
 def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: only the main process answers it (it cancels the
+    # pool and cleans up), so a worker never prints a traceback of its own.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # One thread per worker: the processes already use every core.
     try:
         import torch
@@ -347,10 +405,20 @@ def _assign_split(names: list[str], seed: int, val_fraction: float, val_fold: in
     return result
 
 
-def _assign_names(sources: Sequence[Path], known: dict[str, str]) -> list[str]:
+def _assign_names(sources: Sequence[Path], known: dict[str, str], occupied: set[str] = frozenset(),
+                  volume_dir: Path = Path(VOLUME_DIR)) -> list[str]:
     """Cache names of ``sources``: a source already in the cache keeps its name (``known``: source
     -> name); a new one gets its file stem, or the stem and a short hash of its path where the stem
-    is shared (e.g. DICOM folders all named "CT", or two folders of ``phantom_0000.nii.gz``)."""
+    is shared (e.g. DICOM folders all named "CT", or two folders of ``phantom_0000.nii.gz``) or its
+    array's or label map's file name is in ``occupied`` (files in ``volume_dir`` that the cache does
+    not list: never replaced).
+
+    Raises:
+        MedvolError: a stem that is no plain file name, or a file already holding both names.
+    """
+    def free(name: str) -> bool:
+        return f"{name}.npy" not in occupied and f"{name}{LABELS_SUFFIX}.npy" not in occupied
+
     taken = set(known.values())
     stems = [volume_stem(s) for s in sources]
     new_stems = [stem for src, stem in zip(sources, stems) if str(src) not in known]
@@ -358,10 +426,15 @@ def _assign_names(sources: Sequence[Path], known: dict[str, str]) -> list[str]:
     for src, stem in zip(sources, stems):
         if str(src) in known:
             names.append(known[str(src)])
-        elif new_stems.count(stem) == 1 and stem not in taken:
-            names.append(stem)
-        else:
-            names.append(f"{stem}-{hashlib.sha1(str(src).encode()).hexdigest()[:8]}")
+            continue
+        plain_name(volume_dir, stem, f"{src}: its cache name")
+        name = stem
+        if new_stems.count(stem) != 1 or stem in taken or not free(stem):
+            name = f"{stem}-{hashlib.sha1(str(src).encode()).hexdigest()[:8]}"
+            if not free(name):
+                raise MedvolError(f"{src}: its cache names {stem!r} and {name!r} are both taken by files in "
+                                  f"{volume_dir} that the cache does not list; move them away")
+        names.append(name)
     return names
 
 
@@ -390,7 +463,7 @@ def _labels_unchanged(previous: dict[str, Any], label_source: Path | None, dst: 
     if label_source is None:
         return "labels" not in previous
     if previous.get("labels_source") != str(label_source) or not isinstance(previous.get("labels"), str) \
-            or not _array_ok(dst / previous["labels"], size, np.uint8):
+            or not _array_ok(entry_file(dst, previous, "labels"), size, np.uint8):
         return False
     stat = _source_stat(label_source)
     return stat == (previous.get("labels_size"), previous.get("labels_mtime_ns")) \
@@ -518,14 +591,31 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         raise MedvolError(f"{dst}: cannot create the cache folder ({_reason(error)})") from None
     with CacheLock(dst, wait=wait, on_wait=on_wait):
         cleaned = clean_temporaries(dst)
-        summary = _build_locked(src, sources, dst, params, workers=workers, strict=strict,
-                                split_given={"seed": seed, "val_fraction": val_fraction, "val_fold": val_fold},
-                                reader=reader, progress=progress, overwrite=overwrite, marks=marks,
-                                label_files=label_files, mask_labels=mask_labels)
+        before = _manifest_identity(dst)
+        try:
+            summary = _build_locked(src, sources, dst, params, workers=workers, strict=strict,
+                                    split_given={"seed": seed, "val_fraction": val_fraction, "val_fold": val_fold},
+                                    reader=reader, progress=progress, overwrite=overwrite, marks=marks,
+                                    label_files=label_files, mask_labels=mask_labels)
+        except KeyboardInterrupt:
+            if _manifest_identity(dst) == before:
+                raise KeyboardInterrupt(f"interrupted (Ctrl-C); the cache {dst} is unchanged "
+                                        "(this run's volumes were not kept)") from None
+            raise KeyboardInterrupt(f"interrupted (Ctrl-C) as it finished; the cache {dst} holds this run's "
+                                    "volumes (run it again to see them reused)") from None
         summary.cleaned = cleaned
         if export_dir is not None:
             summary.exported = _export(dst, summary.manifest, Path(export_dir))
     return summary
+
+
+def _manifest_identity(dst: Path) -> tuple[int, int] | None:
+    """What tells a replaced manifest from the old one (it is renamed into place: a new inode)."""
+    try:
+        stat = (dst / MANIFEST).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _split_settings(old: dict[str, Any] | None, given: dict[str, Any], keep_old: bool,
@@ -572,14 +662,18 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
     if replaced is None and redeal and old_entries:
         replaced = f"dealt the cache's {len(old_entries)} volume(s) anew into folds"
 
-    names = _assign_names(sources, {e["source"]: name for name, e in old_entries.items()})
+    # Files the cache does not list are not medvol's to replace (a damaged cache's arrays are: --overwrite).
+    listed_before = _listed_files(old) if old is not None else set()
+    occupied = set() if damaged is not None else {p.name for p in volume_dir.iterdir() if not is_temp_name(p.name)
+                                                   and f"{VOLUME_DIR}/{p.name}" not in listed_before}
+    names = _assign_names(sources, {e["source"]: name for name, e in old_entries.items()}, occupied, volume_dir)
     entries: dict[str, dict[str, Any]] = dict(old_entries)
     todo: list[tuple[str, Path]] = []
     reused: list[str] = []
     for name, source in zip(names, sources):
         previous = old_entries.get(name)
         if previous is not None and previous["source"] == str(source) and not overwrite \
-                and all(k in previous for k in GEOMETRY_KEYS) and _array_ok(dst / previous["file"], params.size) \
+                and all(k in previous for k in GEOMETRY_KEYS) and _array_ok(entry_file(dst, previous), params.size) \
                 and _labels_unchanged(previous, label_files[str(source)], dst, params.size):
             size, mtime = _source_stat(source)
             unchanged = (size, mtime) == (previous.get("source_size"), previous.get("source_mtime_ns"))
@@ -602,7 +696,10 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
     failed: list[tuple[str, str]] = []
     # Workers write hidden pending files; they replace the cache's arrays only once the run has
     # succeeded, so a failed (strict, full disk or interrupted) run leaves the previous cache intact.
-    jobs = [(name, str(source), str(volume_dir / f".{name}.pending.npy")) for name, source in todo]
+    jobs = [(name, str(source), str(volume_dir / f".{name}{PENDING}")) for name, source in todo]
+    for name, _ in todo:  # the final names, before any work: none may be a link out of volumes/
+        safe_name(volume_dir, f"{name}.npy", f"{dst}: cache array")
+        safe_name(volume_dir, f"{name}{LABELS_SUFFIX}.npy", f"{dst}: cache label map")
     pool = None
     try:
         from tqdm import tqdm
@@ -669,9 +766,12 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
         if pool is not None:
             pool.shutdown(wait=True)
     if replaced is not None:
-        # Only now that the new manifest is in place: arrays of the replaced cache no longer listed.
+        # Only now that the new manifest is in place: arrays of the replaced cache no longer listed
+        # (those its manifest listed; with a damaged manifest, every array of volumes/).
         listed = _listed_files(manifest)
-        removed = [p for p in sorted(volume_dir.glob("[!.]*.npy")) if f"{VOLUME_DIR}/{p.name}" not in listed]
+        before = sorted(volume_dir.glob("[!.]*.npy")) if damaged is not None else \
+            [volume_dir / f.rpartition("/")[2] for f in sorted(listed_before)]
+        removed = [p for p in before if f"{VOLUME_DIR}/{p.name}" not in listed and (p.is_file() or p.is_symlink())]
         for path in removed:
             path.unlink()
         old_names = {e["name"] for e in old["volumes"]} if old is not None else set()
@@ -719,17 +819,23 @@ def _new_manifest(old, entries, old_entries, src, sources, params_dict, settings
 
 def _commit(dst: Path, manifest: dict[str, Any], arrays: list[tuple[str, Path]]) -> None:
     """Manifest to a temporary file, then the arrays into place, then the manifest (all renames)."""
-    tmp = dst / f".manifest.tmp-{os.getpid()}.json"
+    tmp = dst / f"{MANIFEST_TMP}{os.getpid()}.json"
     try:
         _write_text(tmp, json.dumps(manifest, indent=1))
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise MedvolError(f"{dst / MANIFEST}: cannot write ({_reason(error)}); the cache is unchanged") from None
+    fresh = []  # arrays renamed to a name that was free: taken back if the commit fails
     try:
         for pending, final in arrays:
+            new = not (final.exists() or final.is_symlink())
             os.replace(pending, final)
+            if new:
+                fresh.append(final)
         os.replace(tmp, dst / MANIFEST)
     except BaseException:
+        for final in fresh:
+            final.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
         raise
 
@@ -760,7 +866,7 @@ def _load(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any], phys
     from medvol.data.preprocess import to_intensity
 
     geometry = entry_geometry(entry, cache_dir / MANIFEST)
-    path = cache_dir / entry["file"]
+    path = entry_file(cache_dir, entry)
     array = _read_cached(path, "cached volume", (int(manifest["params"].get("size", 0)),) * 3, np.float32)
     if physical:
         array = to_intensity(array, PreprocessParams.from_dict(manifest["params"])).astype(np.float32)
@@ -778,7 +884,7 @@ def entry_labels(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any
         raise MedvolError(f"{cache_dir}: volume {entry.get('name')!r} has no label map (the cache was built "
                           "without a label file beside its source, or by a medvol without labels); put "
                           "<name>_mask.nii.gz beside the source and run `medvol preprocess` again")
-    path = cache_dir / entry["labels"]
+    path = entry_file(cache_dir, entry, "labels")
     return _read_cached(path, "label map", (int(manifest["params"].get("size", 0)),) * 3, np.uint8)
 
 
@@ -817,8 +923,8 @@ def load_labels(cache_dir: str | os.PathLike, name: str) -> Volume:
     if entry is None:
         raise MedvolError(f"{cache_dir}: no volume {name!r} in this cache")
     geometry = entry_geometry(entry, cache_dir / MANIFEST)
-    return Volume(array=np.array(entry_labels(cache_dir, manifest, entry)), path=str(cache_dir / entry["labels"]),
-                  **geometry)
+    return Volume(array=np.array(entry_labels(cache_dir, manifest, entry)),
+                  path=str(entry_file(cache_dir, entry, "labels")), **geometry)
 
 
 def load_entry(cache_dir: str | os.PathLike, name: str, *, physical: bool = False) -> Volume:
@@ -901,21 +1007,40 @@ def export_nifti(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, *, wa
 
 
 def _export(cache_dir: Path, manifest: dict[str, Any], out_dir: Path) -> list[Path]:
-    from medvol.data.io import write_volume
-
     if out_dir.exists() and not out_dir.is_dir():
         raise MedvolError(f"{out_dir}: exists and is not a folder (--export-nifti)")
-    written = []
+    try:
+        return _export_checked(cache_dir, manifest, out_dir)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted (Ctrl-C) while exporting; the cache {cache_dir} is complete, and "
+                                f"the files already in {out_dir} are whole (each is written under a temporary "
+                                "name and renamed)") from None
+
+
+def _export_checked(cache_dir: Path, manifest: dict[str, Any], out_dir: Path) -> list[Path]:
+    from medvol.data.io import write_volume
+
+    # Every file's name is checked before the first is written: none may be a link out of out_dir.
+    plans = []
     for entry in manifest["volumes"]:
+        names = [f"{entry['name']}.nii.gz"] + ([f"{entry['name']}_mask.nii.gz"] if isinstance(entry.get("labels"), str)
+                                              else [])
+        targets = [safe_name(out_dir, name, "--export-nifti file") for name in names]
+        if entry.get("synthetic") is True:  # and their sidecars
+            for target in targets:
+                safe_name(out_dir, sidecar_path(target).name, "--export-nifti sidecar")
+        plans.append((entry, targets))
+    written = []
+    for entry, targets in plans:
+        synthetic = entry.get("synthetic") is True
         volume = _load(cache_dir, manifest, entry, physical=True)
-        path = out_dir / f"{entry['name']}.nii.gz"
-        pairs = [(volume, path, None)]
-        if isinstance(entry.get("labels"), str):
+        pairs = [(volume, targets[0], None)]
+        if len(targets) > 1:
             labels = dataclasses.replace(volume, array=np.array(entry_labels(cache_dir, manifest, entry)))
-            pairs.append((labels, out_dir / f"{entry['name']}_mask.nii.gz", np.uint8))
+            pairs.append((labels, targets[1], np.uint8))
         try:
             for item, target, dtype in pairs:
-                if entry.get("synthetic") is True:
+                if synthetic:
                     record = dict(entry.get("provenance") or {}, exported_from={"cache": str(cache_dir),
                                                                                  "entry": entry["name"]})
                     if dtype is not None:

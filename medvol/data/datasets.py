@@ -192,7 +192,7 @@ class CachedVolumeDataset(Dataset):
     """
 
     def __init__(self, cache_dir: str | os.PathLike, split: str = "train", allow_synthetic: bool = False):
-        from medvol.data.cache import load_manifest
+        from medvol.data.cache import entry_file, load_manifest
         from medvol.data.preprocess import PreprocessParams
         from medvol.data.provenance import refuse_synthetic_entries
 
@@ -209,6 +209,8 @@ class CachedVolumeDataset(Dataset):
         self.size = self.params.size
         self.window = self.params.intensity_window
         self.names = [v["name"] for v in self.entries]
+        # Checked once here: a link out of the cache is refused before training starts.
+        self.files = [entry_file(self.cache_dir, v) for v in self.entries]
         self.spacings = [tuple(float(s) for s in v["spacing"]) for v in self.entries]
         self.spacing = tuple(float(s) for s in np.median(np.asarray(self.spacings), axis=0))
         self.mask_labels = tuple(self.manifest.get("mask_labels") or ())
@@ -225,7 +227,7 @@ class CachedVolumeDataset(Dataset):
 
     def volume(self, index: int) -> np.ndarray:
         """The memory-mapped float32 (S, S, S) array of item ``index`` (read-only)."""
-        path = self.cache_dir / self.entries[index]["file"]
+        path = self.files[index]
         try:
             array = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as error:

@@ -8,6 +8,11 @@ Dataset layouts as shipped work unchanged:
 Masks written beside images (``*_mask.*``, ``*_seg.*``, ``*_label.*``) are skipped in folders and
 globs; a file named explicitly (directly or in a list) is always taken. :func:`find_labels` finds the
 label map of an image (``medvol preprocess`` caches it with the image).
+
+Only regular files are read: a named pipe, socket or device (given, in a list, or found in a
+searched folder with a volume's suffix or inside a DICOM series folder) is refused with a one-line
+error naming it, before anything reads it (reading a FIFO blocks forever). A searched folder's
+other non-regular files are not volumes and are passed over, as any other file is.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import glob as globlib
 import os
 from pathlib import Path
 
-from medvol.data.io import is_dicom_file, volume_stem, volume_suffix
+from medvol.data.io import check_regular, is_dicom_file, regular_file, volume_stem, volume_suffix
 from medvol.errors import MedvolError
 
 #: Names (lower case, fnmatch) of label/mask files that are not images.
@@ -51,12 +56,14 @@ def _scan_folder(folder: Path) -> list[Path]:
                 continue
             file = root_path / name
             suffix = volume_suffix(file)
+            if suffix:  # masks too: find_labels would pass a pipe over silently
+                regular_file(file)
             if suffix == ".dcm" or (not suffix and not Path(name).suffix and is_dicom_file(file)):
                 dicom_here = True
             elif suffix and not _is_mask(file):
                 found.append(file)
         if dicom_here and not _is_mask(root_path / "x"):
-            found.append(root_path)
+            found.append(check_regular(root_path))
     return found
 
 
@@ -73,7 +80,8 @@ def discover(source: str | os.PathLike | list) -> list[Path]:
 
     Raises:
         MedvolError: a missing path, a glob matching nothing, a folder without volumes, or a list
-            naming a missing file (the message names it).
+            naming a missing file, or a file that is not regular (module docstring): the message
+            names it.
     """
     if isinstance(source, (list, tuple)):
         found = [path for item in source for path in discover(item)]
@@ -90,13 +98,15 @@ def discover(source: str | os.PathLike | list) -> list[Path]:
                 if match.is_dir():
                     found.extend(_scan_folder(match))
                 elif volume_suffix(match) == ".dcm" or (not volume_suffix(match) and is_dicom_file(match)):
-                    found.append(match.parent)  # DICOM slices stand for their series folder
+                    found.append(check_regular(match.parent))  # DICOM slices stand for their series folder
                 elif volume_suffix(match) and not _is_mask(match):
-                    found.append(match)
+                    found.append(check_regular(match))
             if not found:
                 raise MedvolError(f"{text}: no volumes match this pattern")
             return sorted(dict.fromkeys(found))
         raise MedvolError(f"{text}: no such file or folder")
+    if not path.is_dir():
+        regular_file(path)  # before a list is read or a file taken
     if path.is_dir():
         found = _scan_folder(path)
         if not found:
@@ -108,7 +118,7 @@ def discover(source: str | os.PathLike | list) -> list[Path]:
         return _read_list(path)
     if not volume_suffix(path) and not is_dicom_file(path):
         raise MedvolError(f"{path}: not a volume (expected .nii, .nii.gz, .mhd, .mha, .nrrd, .dcm or a .txt list)")
-    return [path]
+    return [check_regular(path)]
 
 
 def _read_list(list_file: Path) -> list[Path]:
@@ -122,7 +132,7 @@ def _read_list(list_file: Path) -> list[Path]:
             entry = list_file.parent / entry
         if not entry.exists():
             raise MedvolError(f"{list_file}:{number}: {line}: no such file or folder")
-        found.extend(_scan_folder(entry) if entry.is_dir() else [entry])
+        found.extend(_scan_folder(entry) if entry.is_dir() else [check_regular(entry)])
     if not found:
         raise MedvolError(f"{list_file}: the list names no volumes")
     return sorted(dict.fromkeys(found))

@@ -406,12 +406,58 @@ def source_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
+def regular_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file (links followed) or missing (its reader names it then).
+
+    A named pipe, socket or device is refused: opening or reading one blocks forever (a FIFO
+    with no writer) or never ends, and would do so while a cache lock is held.
+
+    Raises:
+        MedvolError: one line naming ``path`` and what it is.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return Path(path)
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return Path(path)
+    raise MedvolError(f"{path}: not a regular file or folder ({_file_kind(mode)}); a volume must be a file or "
+                      "a DICOM folder")
+
+
+def check_regular(source: str | os.PathLike) -> Path:
+    """``source`` (a volume file or DICOM folder) if every file it is read from is regular.
+
+    A folder's every entry is checked (GDCM opens them all to find the series); an ``.mhd`` or
+    ``.nhdr`` header's data file too.
+
+    Raises:
+        MedvolError: as :func:`regular_file`, naming the first file that is not regular.
+    """
+    source = Path(source)
+    if source.is_dir():
+        for entry in sorted(os.scandir(source), key=lambda e: e.name):
+            if not entry.is_dir():
+                regular_file(entry.path)
+        return source
+    regular_file(source)
+    if volume_suffix(source) in (".mhd", ".nhdr") and source.is_file():
+        for file in source_files(source)[1:]:
+            regular_file(file)
+    return source
+
+
 def checksum(path: str | os.PathLike) -> str:
-    """SHA-256 over every file of the volume at ``path`` (names and contents)."""
+    """SHA-256 over every file of the volume at ``path`` (names and contents).
+
+    Raises:
+        MedvolError: a file of the volume is not a regular file (:func:`regular_file`).
+    """
     import hashlib
 
     digest = hashlib.sha256()
     for file in source_files(path):
+        regular_file(file)
         digest.update(file.name.encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

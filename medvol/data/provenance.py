@@ -234,10 +234,10 @@ def provenance_of(path: str | os.PathLike, *, verify: bool = False) -> dict[str,
     """Whether the volume, cache entry or cache at ``path`` is synthetic, and from what.
 
     Args:
-        path: a volume file (or DICOM folder), a cache entry ``CACHE/volumes/NAME.npy``, or a
-            cache folder.
+        path: a volume file (or DICOM folder), a cache entry ``CACHE/volumes/NAME.npy``, a
+            cache folder, or a folder of volumes (searched as ``medvol preprocess --src`` does).
         verify: for a volume with a sidecar, read its voxels and compare their SHA-256 with the
-            sidecar's (``"voxels_match"``).
+            sidecar's (``"voxels_match"``); not done for the volumes of a folder.
 
     Returns:
         ``{"path", "kind", "synthetic", "evidence", "record", ...}``: ``kind`` is ``"volume"``,
@@ -246,12 +246,16 @@ def provenance_of(path: str | os.PathLike, *, verify: bool = False) -> dict[str,
         else the manifest's provenance), None when unknown. A volume also has ``"header"`` (its
         free-text fields), ``"sidecar"`` (the path, or None) and ``"listed_in"``; a cache entry
         ``"cache"``, ``"name"`` and ``"source"``; a cache ``"volumes"``, ``"synthetic_names"``
-        and ``"unchecked"`` (entries made before medvol recorded provenance).
+        and ``"unchecked"`` (entries made before medvol recorded provenance); a folder
+        (``kind`` ``"folder"``) ``"volumes"``, ``"synthetic_names"`` and ``"unmarked_names"``
+        (paths relative to it).
 
     Raises:
-        MedvolError: a missing path, an unreadable header, or a malformed cache manifest.
+        MedvolError: a missing path, a file that is not regular (a FIFO), an unreadable header, a
+            malformed cache manifest, or a folder holding no volume.
     """
     from medvol.data.cache import MANIFEST, VOLUME_DIR, load_manifest
+    from medvol.data.io import is_dicom_file, regular_file
 
     path = Path(path)
     if path.is_dir() and (path / MANIFEST).is_file():
@@ -266,6 +270,9 @@ def provenance_of(path: str | os.PathLike, *, verify: bool = False) -> dict[str,
         raise MedvolError(f"{path}: not listed in {cache / MANIFEST}")
     if not path.exists():
         raise MedvolError(f"{path}: no such file or folder")
+    regular_file(path)
+    if path.is_dir() and not any(is_dicom_file(f) for f in sorted(path.iterdir()) if not f.name.startswith(".")):
+        return _folder_provenance(path)
     fields = read_header_fields(path)
     evidence = is_marked(fields)
     sidecar = read_sidecar(path)
@@ -284,6 +291,19 @@ def provenance_of(path: str | os.PathLike, *, verify: bool = False) -> dict[str,
 
         result["voxels_match"] = voxels_sha256(read_volume(path).array) == record["voxels_sha256"]
     return result
+
+
+def _folder_provenance(folder: Path) -> dict[str, Any]:
+    """A folder that is neither a cache nor a DICOM series: each of its volumes, counted."""
+    from medvol.data.discover import discover
+
+    files = discover(folder)  # none: a one-line error naming the folder
+    marked, unmarked = [], []
+    for file in files:
+        (marked if provenance_of(file)["synthetic"] else unmarked).append(file.relative_to(folder).as_posix())
+    evidence = [f"{len(marked)} of {len(files)} volumes marked synthetic"] if marked else []
+    return {"path": str(folder), "kind": "folder", "synthetic": bool(marked), "evidence": evidence, "record": None,
+            "volumes": len(files), "synthetic_names": marked, "unmarked_names": unmarked}
 
 
 def _entry_provenance(cache: Path, entry: dict[str, Any]) -> dict[str, Any]:
