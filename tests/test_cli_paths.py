@@ -356,6 +356,8 @@ CTRL_C = {
     "profile": (["profile", "--out", "o"], "profile", "run"),
     "info": (["info"], "info", "run"),
     "view": (["view", "p"], "view", "run"),
+    "configs": (["configs"], "configs", "run"),
+    "doctor": (["doctor"], "doctor", "run"),
 }
 
 
