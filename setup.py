@@ -45,8 +45,8 @@ EXTRAS_REQUIRE = {
     # profile.png of medvol profile (the tables are written without it).
     "plot": ["matplotlib"],
     # medvol sweep: the study lives in an Optuna RDB storage (SQLite in the sweep folder, or
-    # PostgreSQL through psycopg2 for workers on several machines).
-    "sweep": ["optuna>=4.9", "SQLAlchemy>=2.0", "psycopg2-binary>=2.9", "matplotlib"],
+    # PostgreSQL through psycopg, SQLAlchemy 2's default driver, for workers on several machines).
+    "sweep": ["optuna>=4.9", "SQLAlchemy>=2.0", "psycopg[binary]>=3.1", "matplotlib"],
     # optuna-dashboard: the live view of a sweep's study (docs/sweep.md).
     "dashboard": ["optuna-dashboard>=0.17"],
     # The tests, and the libraries the evaluation tests use as oracles (pytorch-fid needs

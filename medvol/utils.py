@@ -185,7 +185,7 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "tensorboard": ("tensorboard", "log"), "tqdm": ("tqdm", "log"),
     "matplotlib": ("matplotlib", "plot"),
     "PIL": ("matplotlib", "plot"),  # Pillow comes with matplotlib
-    "optuna": ("optuna", "sweep"), "sqlalchemy": ("SQLAlchemy", "sweep"), "psycopg2": ("psycopg2-binary", "sweep"),
+    "optuna": ("optuna", "sweep"), "sqlalchemy": ("SQLAlchemy", "sweep"), "psycopg": ("psycopg", "sweep"),
     "optuna_dashboard": ("optuna-dashboard", "dashboard"),
 }
 

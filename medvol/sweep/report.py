@@ -60,6 +60,9 @@ def study_state(study, grid, out: Path, *, config: str, grid_path: str, storage:
         record.update({k: attrs[k] for k in RESULT_KEYS if k in attrs})
         if status == "lost":
             record["error"] = f"trial {latest.number}: its worker stopped sending heartbeats"
+        if len(trials) > 1:  # what happened to the trial before (a retry, a resumption)
+            before = trials[-2]
+            record["previous"] = state_names.get(before.state) or before.user_attrs.get("status") or "lost"
         if latest.intermediate_values:
             record["intermediate"] = {str(k): v for k, v in sorted(latest.intermediate_values.items())}
         records.append(record)

@@ -13,12 +13,12 @@ The sweep folder ``DIR``::
 The study (Optuna's storage) is the record. Run ``i`` of the draw is enqueued once as a trial
 with fixed parameters (user attributes ``run``, ``run_id``, ``values``); a worker pops waiting
 trials one at a time (:mod:`medvol.sweep.trial` trains and scores each) and leaves when no trial
-is waiting or running. Enqueueing, retrying and popping happen under the study's planning lock
+is waiting. Enqueueing, retrying and popping happen under the study's planning lock
 (:mod:`medvol.sweep.storage`), so each configuration is trained by exactly one worker at a time.
 
 A run's status is its latest trial's. A worker that dies stops its trial's heartbeat: after two
-intervals another worker (or the next one to start) fails it as stale and enqueues a retry of the
-same run (up to ``max_retry`` times), which resumes from the run's last checkpoint. A failing run
+intervals the next worker that looks for work (a running one between two trials, or one started
+later) fails it as stale and enqueues a retry of the same run (up to ``max_retry`` times), which resumes from the run's last checkpoint. A failing run
 (``failed``, ``eval_failed``) is recorded and the sweep goes on; ``retry_failed`` enqueues it again.
 An interrupted run (Ctrl-C, SIGTERM) is enqueued again at once and resumes when a worker runs.
 """
@@ -33,7 +33,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -49,8 +48,6 @@ PRUNERS = ("none", "median", "halving")
 #: What a sweep folder may hold besides temporaries: the sweep's own files.
 OWN = {STUDY_FILE, "base.yaml", "grid.yaml", "runs", "params", "sweep.json", "sweep.csv", "report.md",
        "boxplot.png", DB_NAME, f"{DB_NAME}.plan.lock", f"{DB_NAME}-journal", f"{DB_NAME}-wal", f"{DB_NAME}-shm"}
-#: Longest wait between two looks at the study while other workers' trials run.
-IDLE_POLL = 5.0
 
 
 def _terminate(signum, frame) -> None:
@@ -333,7 +330,8 @@ class Sweep:
         return state
 
     def work(self) -> None:
-        """Pop waiting trials and run them until none is waiting or running."""
+        """Pop waiting trials and run them until none is waiting. (A worker does not wait for the
+        trials of others: one that dies is retried by the next worker that looks for work.)"""
         import optuna
         from optuna.storages import fail_stale_trials
 
@@ -343,6 +341,7 @@ class Sweep:
         if self.gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.gpu  # the evaluation in this process too
         waiting, running = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
+        busy: list = []
         while True:
             trial = beat = None
             quiet = _quiet()
@@ -357,10 +356,10 @@ class Sweep:
             finally:
                 quiet.__exit__(None, None, None)
             if trial is None:
-                if not busy:
-                    return
-                time.sleep(min(IDLE_POLL, self.heartbeat))
-                continue
+                if busy:
+                    self.echo(f"no run waiting; {len(busy)} running in other workers (one whose worker dies is "
+                              "retried by the next worker that starts)")
+                return
             try:
                 attrs = trial.user_attrs
                 values = attrs.get("values")

@@ -122,6 +122,7 @@ class TrialRun:
         cmd = [sw.python, "-m", "medvol.cli", "train", "--config", str(sw.out / "base.yaml"),
                "--resume", "auto", *override_args(overrides)]
         attrs = {"command": cmd[1:], "started": _now(), "worker": sw.worker_name}
+        self.trial.set_user_attr("worker", sw.worker_name)
         sw.echo(f"{self.run_id} (trial {self.trial.number}): training {json.dumps(self.values)}")
         log = self.run_dir / "train.log"
         start = time.monotonic()
