@@ -183,7 +183,8 @@ def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bo
     if failed:
         lines += ["", "## Runs that did not finish", ""]
         for r in failed:
-            why = f"stopped at iteration {r.get('pruned_at')} by the pruner" if r["status"] == "pruned" else r.get("error", "")
+            why = f"stopped at iteration {r.get('pruned_at')} by the pruner" if r["status"] == "pruned" \
+                else r.get("error", "")
             lines.append(f"- {r['id']} ({r['status']}, trials {', '.join(map(str, r.get('trials', [])))}): {why}")
     lines += ["", "## All runs", "", "| id | status | " + " | ".join(keys) + f" | {name} |",
               "|---|---|" + "---|" * len(keys) + "---|"]

@@ -18,8 +18,9 @@ is waiting. Enqueueing, retrying and popping happen under the study's planning l
 
 A run's status is its latest trial's. A worker that dies stops its trial's heartbeat: after two
 intervals the next worker that looks for work (a running one between two trials, or one started
-later) fails it as stale and enqueues a retry of the same run (up to ``max_retry`` times), which resumes from the run's last checkpoint. A failing run
-(``failed``, ``eval_failed``) is recorded and the sweep goes on; ``retry_failed`` enqueues it again.
+later) fails it as stale and enqueues a retry of the same run (up to ``max_retry`` times), which
+resumes from the run's last checkpoint. A failing run (``failed``, ``eval_failed``) is recorded and
+the sweep goes on; ``retry_failed`` enqueues it again.
 An interrupted run (Ctrl-C, SIGTERM) is enqueued again at once and resumes when a worker runs.
 """
 
@@ -140,7 +141,8 @@ class Sweep:
         self.sampler, self.select, self.seed, self.real = sampler, select, seed, real
         self.features = list(features) if features else None
         self.n, self.bootstrap, self.batch, self.device = n, bootstrap, batch, device
-        self.prune, self.prune_startup, self.prune_warmup = (None if prune == "none" else prune), prune_startup, prune_warmup
+        self.prune = None if prune == "none" else prune
+        self.prune_startup, self.prune_warmup = prune_startup, prune_warmup
         self.retry_failed, self.max_retry, self.heartbeat = retry_failed, max_retry, heartbeat
         self.workers = workers
         self.python = python or sys.executable
@@ -287,7 +289,7 @@ class Sweep:
                        "retries": retries, "retry_of": number})
         return True
 
-    def requeue(self, attrs: dict, params: dict, number: int, count_retry: bool) -> None:
+    def requeue(self, attrs: dict, number: int, count_retry: bool) -> None:
         """:meth:`_requeue` under the planning lock (called outside planning)."""
         quiet = _quiet()
         try:
@@ -299,7 +301,8 @@ class Sweep:
     def _on_stale(self, study, trial) -> None:
         """A trial whose worker stopped sending heartbeats was failed: retry its run (it resumes
         from the run's last checkpoint)."""
-        if isinstance(trial.user_attrs.get("run"), int) and self._requeue(trial.user_attrs, trial.number, count_retry=True):
+        if isinstance(trial.user_attrs.get("run"), int) and \
+                self._requeue(trial.user_attrs, trial.number, count_retry=True):
             self.echo(f"{trial.user_attrs.get('run_id')}: trial {trial.number} lost its worker; enqueued again")
 
     # ------------------------------------------------------------------ working

@@ -17,7 +17,6 @@ import ctypes
 import datetime as _dt
 import json
 import math
-import os
 import signal
 import subprocess
 import threading
@@ -138,7 +137,16 @@ class TrialRun:
                         code = proc.wait(timeout=POLL if sw.prune else None)
                         break
                     except subprocess.TimeoutExpired:
-                        pruned = self._score_new_checkpoints(during_training=True)
+                        try:
+                            pruned = self._score_new_checkpoints(during_training=True)
+                        except (MedvolError, RuntimeError, OSError) as error:
+                            self._stop(proc)
+                            line = str(error).splitlines()[0] if str(error) else type(error).__name__
+                            sw.echo(f"{self.run_id}: evaluation failed (evaluation: {line})")
+                            return self._finish("eval_failed", {
+                                **attrs, "returncode": proc.returncode, "error": f"evaluation: {line}",
+                                "train_seconds": round(time.monotonic() - start, 2),
+                                "eval_seconds": round(self.eval_seconds, 2)})
                         if pruned is not None:
                             self._stop(proc)
                             code = proc.returncode
@@ -260,7 +268,8 @@ class TrialRun:
             return self._finish("eval_failed", {**attrs, "error": error_line,
                                                 "eval_seconds": round(self.eval_seconds, 2)})
         s = ext["scores"][name]
-        scores_json = self.run_dir / "eval" / (f"iter_{last_it:07d}" if last_it in self.scored and sw.prune else "") / "scores.json"
+        scored_as = f"iter_{last_it:07d}" if sw.prune and last_it in self.scored else ""
+        scores_json = self.run_dir / "eval" / scored_as / "scores.json"
         attrs.update(
             eval_seconds=round(self.eval_seconds, 2),
             score={"name": name, "direction": better(name), "value": s["value"],
@@ -299,5 +308,5 @@ class TrialRun:
         else:
             self.sweep.study.tell(self.trial, state=state)
         if status == "interrupted":
-            self.sweep.requeue(self.trial.user_attrs, self.trial.params, self.trial.number, count_retry=False)
+            self.sweep.requeue(self.trial.user_attrs, self.trial.number, count_retry=False)
         return status

@@ -56,32 +56,30 @@ def training_alive(run_dir: Path) -> bool:
 
 
 def test_two_workers_share_one_study_and_train_each_run_once(files, postgres_url, tmp_path):
+    """``--workers 2``: two worker processes start together on one PostgreSQL study; each run is
+    enqueued once and trained once (a race in enqueueing or taking trials shows as extra trials
+    or a run trained twice)."""
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"stratify": "model.loss", "fixed": {"train.iterations": 2},
-                                    "grid": {"model.loss": ["bce", "lsgan", "hinge", "wgan-gp"]}}))
+                                    "grid": {"model.loss": ["bce", "hinge", "lsgan"]}}))
     out = tmp_path / "sweep"
-    proc = subprocess.Popen(command(files, out, grid, postgres_url, "two", "--runs", 4, "--workers", 2),
+    proc = subprocess.Popen(command(files, out, grid, postgres_url, "two", "--runs", 3, "--workers", 2),
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = finish(proc, 300)
     assert proc.returncode == 0, stderr
     assert "worker 0 started" in stdout and "worker 1 started" in stdout
     study = optuna.load_study(study_name="two", storage=postgres_url)
-    assert len(study.get_trials()) == 4
-    for i in range(4):
+    assert len(study.get_trials()) == 3
+    for i in range(3):
         (trial,) = trials_of(study, f"run_{i:03d}")
         assert trial.state == optuna.trial.TrialState.COMPLETE
         assert headers(out / "runs" / f"run_{i:03d}") == 1  # trained by one worker, once
     state = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
-    assert [r["status"] for r in state["runs"]] == ["evaluated"] * 4
+    assert [r["status"] for r in state["runs"]] == ["evaluated"] * 3
     assert state["storage"] == postgres_url and state["study"] == "two"
-    # a second command finds nothing to do
-    proc = subprocess.Popen(command(files, out, grid, postgres_url, "two", "--runs", 4),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = finish(proc, 120)
-    assert proc.returncode == 0 and "training" not in stdout, stderr
-    assert len(study.get_trials()) == 4
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_a_consistent_study_and_a_rerunnable_trial(files, postgres_url, tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"stratify": "model.loss",
