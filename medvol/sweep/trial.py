@@ -30,6 +30,8 @@ from medvol.sweep.grid import override_args
 LOG_TAIL = 20
 #: Seconds a run gets to checkpoint and exit after Ctrl-C (or pruning) before it is killed.
 STOP_GRACE = 120
+#: Seconds a run that may have had the worker's stop signal too gets to stop on its own.
+OWN_STOP = 10
 #: Seconds between looks for a new checkpoint while a run trains with pruning on.
 POLL = 0.5
 #: Exit statuses of a run stopped by a signal after checkpointing (medvol train: 128 + signal).
@@ -152,7 +154,7 @@ class TrialRun:
                             code = proc.returncode
                             break
             except KeyboardInterrupt as interrupt:
-                self._stop(proc)
+                self._stop(proc, signalled=True)
                 self._finish("interrupted", {**attrs, "returncode": proc.returncode,
                                              "train_seconds": round(time.monotonic() - start, 2),
                                              "log_tail": log_tail(log)})
@@ -181,15 +183,24 @@ class TrialRun:
             return self._finish("failed", {**attrs, "error": error, "log_tail": tail})
         return self._evaluate(attrs)
 
-    def _stop(self, proc: subprocess.Popen) -> None:
-        """Let the run checkpoint and exit (SIGINT; it may have had it too), killing it if it does
-        not within :data:`STOP_GRACE`."""
+    def _stop(self, proc: subprocess.Popen, signalled: bool = False) -> None:
+        """Let the run checkpoint and exit (SIGINT), killing it if it does not within
+        :data:`STOP_GRACE`. ``signalled``: the worker was stopped by a signal that the run may have
+        had too (a terminal's Ctrl-C reaches the process group): it gets :data:`OWN_STOP` seconds
+        to stop on its own first, since a second SIGINT that lands after its handler is gone
+        kills it by the signal."""
         if proc.poll() is not None:
             return
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not cut this short
         try:
+            if signalled:
+                try:
+                    proc.wait(timeout=OWN_STOP)
+                    return
+                except subprocess.TimeoutExpired:
+                    pass
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=STOP_GRACE)

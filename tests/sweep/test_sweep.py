@@ -345,7 +345,7 @@ def test_ctrl_c_leaves_a_resumable_sweep(files, tmp_path):
     import time
 
     grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"fixed": {"train.iterations": 40, "train.ckpt_every": 4,
+    grid.write_text(yaml.safe_dump({"fixed": {"train.iterations": 200, "train.ckpt_every": 4,
                                               "train.keep_checkpoints": 1},
                                     "grid": {"model.loss": ["hinge"]}}))
     out = tmp_path / "sweep"
@@ -377,7 +377,7 @@ def test_ctrl_c_leaves_a_resumable_sweep(files, tmp_path):
     assert interrupted.user_attrs["status"] == "interrupted" and interrupted.user_attrs["returncode"] == 130
     assert again.state == optuna.trial.TrialState.WAITING
     stopped = max(int(p.name[5:12]) for p in ckpts.glob("ckpt_*.pt"))
-    assert 4 <= stopped < 40
+    assert 4 <= stopped < 200
     state = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert state["runs"][0]["status"] == "pending" and state["runs"][0]["previous"] == "interrupted"
     # the same command resumes the run from its checkpoint and scores it
@@ -385,5 +385,5 @@ def test_ctrl_c_leaves_a_resumable_sweep(files, tmp_path):
     _, err = finish(proc, 300)
     assert proc.returncode == 0, err.decode()
     state = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
-    assert state["runs"][0]["status"] == "evaluated" and state["runs"][0]["provenance"]["iteration"] == 40
+    assert state["runs"][0]["status"] == "evaluated" and state["runs"][0]["provenance"]["iteration"] == 200
     assert f"resumed from {ckpts / f'ckpt_{stopped:07d}.pt'}" in (out / "runs" / "run_000" / "train.log").read_text(encoding="utf-8")
