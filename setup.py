@@ -45,6 +45,11 @@ EXTRAS_REQUIRE = {
     "log": ["tensorboard", "tqdm"],
     # profile.png of medvol profile (the tables are written without it).
     "plot": ["matplotlib"],
+    # medvol sweep: the study lives in an Optuna RDB storage (SQLite in the sweep folder, or
+    # PostgreSQL through psycopg, SQLAlchemy 2's default driver, for workers on several machines).
+    "sweep": ["optuna>=4.9", "SQLAlchemy>=2.0", "psycopg[binary]>=3.1", "matplotlib"],
+    # optuna-dashboard: the live view of a sweep's study (docs/sweep.md).
+    "dashboard": ["optuna-dashboard>=0.17"],
     # The tests, and the libraries the evaluation tests use as oracles (pytorch-fid needs
     # torchvision, which the Makefile installs from the same local wheels as torch).
     "dev": ["pytest>=8", "pytest-qt", "pytorch-fid", "prdc", "scikit-learn", "scipy", "selenium"],

@@ -157,7 +157,7 @@ class FolderLock:
 
     Args:
         run_dir: the run folder.
-        lock_name: the lock file's name (``medvol sweep`` locks its folder with its own).
+        lock_name: the lock file's name.
         holder: what holds such a lock, for the refusal message.
 
     Raises:

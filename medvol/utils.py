@@ -185,6 +185,8 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "tensorboard": ("tensorboard", "log"), "tqdm": ("tqdm", "log"),
     "matplotlib": ("matplotlib", "plot"),
     "PIL": ("matplotlib", "plot"),  # Pillow comes with matplotlib
+    "optuna": ("optuna", "sweep"), "sqlalchemy": ("SQLAlchemy", "sweep"), "psycopg": ("psycopg", "sweep"),
+    "optuna_dashboard": ("optuna-dashboard", "dashboard"),
 }
 
 

@@ -17,8 +17,11 @@ own, is checked against the base config when the grid is loaded (a typo or an ou
 is a grid error, before anything trains); values that are valid alone but impossible together
 (label smoothing with a WGAN loss, say) only fail the run that draws them.
 
-Run ``i`` is drawn from a generator seeded with ``(seed, i)`` and differs from runs ``0..i-1``,
-so a sweep's first K runs are the same whatever K, and a larger ``--runs`` extends a sweep.
+Two samplers, as the empirical study drew from its table: ``random`` (:meth:`Grid.draw`): run
+``i`` is drawn from a generator seeded with ``(seed, i)`` and differs from runs ``0..i-1``;
+``grid`` (:meth:`Grid.ordered`): every distinct configuration once, in an order shuffled by
+``seed``. Either way a sweep's first K runs are the same whatever K, and a larger ``--runs``
+extends a sweep.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ def override_args(values: dict[str, Any]) -> list[str]:
     """``{"model.loss": "bce"}`` -> ``["--model.loss=\"bce\""]``: JSON is YAML, so every value
     reaches the config loader with its type (an empty string stays a string)."""
     return [f"--{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def _encode(value: Any, choices: list) -> Any:
+    scalar = all(c is None or isinstance(c, (bool, int, float, str)) for c in choices)
+    return value if scalar else json.dumps(value, sort_keys=True)
 
 
 class Grid:
@@ -169,6 +177,44 @@ class Grid:
             seen.add(key)
             drawn.append(values)
         return drawn
+
+    def ordered(self, count: int, seed: int) -> list[dict[str, Any]]:
+        """The first ``count`` of every distinct configuration, in an order shuffled by ``seed``
+        (the ``grid`` sampler: ``--runs`` equal to :attr:`size` trains the whole table).
+
+        Raises:
+            MedvolError: ``count`` out of range, or a grid too large to enumerate.
+        """
+        nominal = math.prod(len(values) for _, values in self.space)
+        if nominal > COUNT_LIMIT:
+            raise MedvolError(f"--sampler grid: the grid {self.path} has {nominal} combinations, too many "
+                              f"to enumerate (limit {COUNT_LIMIT}); use --sampler random")
+        if count < 1:
+            raise MedvolError(f"--runs {count}: must be at least 1")
+        every: dict[str, dict[str, Any]] = {}
+        for combo in itertools.product(*(values for _, values in self.space)):
+            values = self._apply_when({key: value for (keys, _), value in zip(self.space, combo) for key in keys})
+            every.setdefault(canonical_hash(values), values)
+        if count > len(every):
+            raise MedvolError(f"--runs {count}: the grid {self.path} holds only {len(every)} configurations")
+        configs = list(every.values())
+        order = np.random.default_rng([seed, len(configs)]).permutation(len(configs))
+        return [configs[j] for j in order[:count]]
+
+    def params(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A drawn configuration as Optuna parameters: one per grid entry that is set, named as in
+        the grid file (``"train.lr.G,train.lr.D"``), its value as :meth:`choices` encodes it."""
+        out = {}
+        for keys, choices in self.space:
+            if keys[0] in values:
+                out[",".join(keys)] = _encode(values[keys[0]], choices)
+        return out
+
+    def choices(self, keys: tuple[str, ...]) -> list:
+        """The Optuna categorical choices of a grid entry: its values, or their JSON text when one
+        of them is not a scalar (Optuna stores only None, bool, int, float and str)."""
+        values = next(v for k, v in self.space if k == keys)
+        return [_encode(v, values) for v in values]
 
     def _strata(self) -> list:
         return next(values for keys, values in self.space if self.stratify in keys)

@@ -1,22 +1,75 @@
-"""A sweep's outputs: ``sweep.csv``, ``report.md`` and ``boxplot.png``.
+"""A sweep's outputs, written from its study: ``sweep.json``, ``sweep.csv``, ``report.md``,
+``boxplot.png`` and ``params/<grid key>.png``.
 
+:func:`study_state` turns the study (the record) into one entry per run: its latest trial's state
+and results, and every trial number it took (a run retried after its worker died has several).
 Runs are grouped by the loss (``model.loss`` when the grid varies it; otherwise the base
 config's loss, or one group ``all``): the best run of each group, the spread of the selected
-score within it (min, quartiles, max over its evaluated runs), and a box plot of the selected
-score per group with every run drawn as a point — the empirical study's central figure.
+score within it (min, quartiles, max over its evaluated runs), a box plot of the selected
+score per group with every run drawn as a point — the empirical study's central figure — and, per
+grid key, the score of every run against that key's value (its Fig. 4: FID against D's filters).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import io
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 
+import medvol
+
 from medvol.sweep.grid import read_yaml
 
 GROUP_KEY = "model.loss"
+FAILED = ("failed", "eval_failed", "lost")
+NOT_FINISHED = ("failed", "eval_failed", "lost", "interrupted", "pruned")
+#: Run results kept in a trial's user attributes (medvol.sweep.trial), copied into the record.
+RESULT_KEYS = ("score", "scores", "provenance", "error", "log_tail", "returncode", "train_seconds",
+               "eval_seconds", "pruned_at", "started", "finished", "worker", "command")
+
+
+def study_state(study, grid, out: Path, *, config: str, grid_path: str, storage: str) -> dict:
+    """The sweep record: one entry per run (id, index, values, status, its trials, results).
+
+    A run's status is its latest trial's: ``pending`` (waiting), ``running``, ``evaluated``,
+    ``pruned``, or the failure the trial recorded (``failed``, ``eval_failed``, ``interrupted``);
+    ``lost`` when its worker died before recording anything (stale heartbeat).
+    """
+    import optuna
+
+    state_names = {optuna.trial.TrialState.WAITING: "pending", optuna.trial.TrialState.RUNNING: "running",
+                   optuna.trial.TrialState.COMPLETE: "evaluated", optuna.trial.TrialState.PRUNED: "pruned"}
+    runs: dict[int, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        if isinstance(t.user_attrs.get("run"), int):
+            runs.setdefault(t.user_attrs["run"], []).append(t)
+    records = []
+    for index in sorted(runs):
+        trials = sorted(runs[index], key=lambda t: t.number)
+        latest = trials[-1]
+        attrs = latest.user_attrs
+        status = state_names.get(latest.state) or attrs.get("status") or "lost"
+        record = {"id": str(attrs.get("run_id")), "index": index, "values": attrs.get("values") or {},
+                  "status": status, "trials": [t.number for t in trials],
+                  "retries": attrs.get("retries", 0)}
+        record.update({k: attrs[k] for k in RESULT_KEYS if k in attrs})
+        if status == "lost":
+            record["error"] = f"trial {latest.number}: its worker stopped sending heartbeats"
+        if len(trials) > 1:  # what happened to the trial before (a retry, a resumption)
+            before = trials[-2]
+            record["previous"] = state_names.get(before.state) or before.user_attrs.get("status") or "lost"
+        if latest.intermediate_values:
+            record["intermediate"] = {str(k): v for k, v in sorted(latest.intermediate_values.items())}
+        records.append(record)
+    return {"medvol_version": medvol.__version__,
+            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": config, "grid": grid_path, "storage": storage, "study": study.study_name,
+            "identity": study.user_attrs.get("medvol_identity"), "runs": records}
 
 
 def group_of(record: dict, default: str) -> str:
@@ -39,13 +92,16 @@ def summarize(state: dict, default_group: str) -> dict[str, dict]:
     """Per group: the evaluated runs' scores, the best run and the spread."""
     groups: dict[str, dict] = {}
     for record in state["runs"]:
-        g = groups.setdefault(group_of(record, default_group), {"runs": 0, "failed": 0, "scores": [], "ids": []})
+        g = groups.setdefault(group_of(record, default_group),
+                              {"runs": 0, "failed": 0, "pruned": 0, "scores": [], "ids": []})
         g["runs"] += 1
         if record.get("status") == "evaluated":
             g["scores"].append(record["score"]["value"])
             g["ids"].append(record["id"])
-        elif record.get("status") in ("failed", "eval_failed"):
+        elif record.get("status") in FAILED:
             g["failed"] += 1
+        elif record.get("status") == "pruned":
+            g["pruned"] += 1
     for g in groups.values():
         if g["scores"]:
             direction = next(r["score"]["direction"] for r in state["runs"] if r["id"] == g["ids"][0])
@@ -59,12 +115,13 @@ def csv_text(state: dict, keys: list[str]) -> str:
     """One row per run: id, status, every grid key, the score with its interval, times, error."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", "status", *keys, "score", "value", "ci_low", "ci_high", "iteration",
+    writer.writerow(["id", "status", "trials", *keys, "score", "value", "ci_low", "ci_high", "iteration",
                      "train_seconds", "eval_seconds", "checkpoint_sha256", "error"])
     for r in state["runs"]:
         s = r.get("score") or {}
         p = r.get("provenance") or {}
-        writer.writerow([r["id"], r["status"], *[r["values"].get(k, "") for k in keys],
+        writer.writerow([r["id"], r["status"], " ".join(map(str, r.get("trials", []))),
+                         *[r["values"].get(k, "") for k in keys],
                          s.get("name", ""), _num(s.get("value")), _num(s.get("ci_low")),
                          _num(s.get("ci_high")), p.get("iteration", ""), r.get("train_seconds", ""),
                          r.get("eval_seconds", ""), p.get("checkpoint_sha256", ""), r.get("error", "")])
@@ -75,22 +132,30 @@ def _num(value) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bool) -> str:
+def better(score: str) -> str:
+    from medvol.eval.evaluate import better as direction
+
+    return direction(score)
+
+
+def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bool,
+             param_figures: list[tuple[str, str]] = ()) -> str:
     runs = state["runs"]
     counts = {s: sum(r["status"] == s for r in runs) for s in dict.fromkeys(r["status"] for r in runs)}
     first = next((r for r in runs if r.get("score")), None)
     name = first["score"]["name"] if first else select
-    direction = first["score"]["direction"] if first else ""
+    direction = first["score"]["direction"] if first else better(select)
     prov = (first or {}).get("provenance", {})
     lines = [f"# medvol sweep — {state.get('updated', '')}", "",
+             f"- study `{state.get('study')}` in `{state.get('storage')}`",
              f"- config `{state['config']}`, grid `{state['grid']}`, {len(runs)} runs: "
              + ", ".join(f"{v} {k}" for k, v in counts.items()),
              f"- selected score: {name} ({direction} is better)"
              + (f"; extractor {prov.get('extractor')}, N = {prov.get('n_real')} real / "
                 f"{prov.get('n_fake')} generated images, seed {prov.get('seed')}" if prov else ""),
              "", f"## Best run per {GROUP_KEY}", "",
-             "| loss | runs | failed | best run | " + name + " | 95% interval | configuration |",
-             "|---|---|---|---|---|---|---|"]
+             "| loss | runs | failed | pruned | best run | " + name + " | 95% interval | configuration |",
+             "|---|---|---|---|---|---|---|---|"]
     by_id = {r["id"]: r for r in runs}
     for g, info in groups.items():
         if "best" in info:
@@ -98,9 +163,10 @@ def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bo
             s = r["score"]
             ci = f"{s['ci_low']:.4g} .. {s['ci_high']:.4g}" if s.get("ci_low") is not None else ""
             config = ", ".join(f"{k}={v}" for k, v in r["values"].items() if k != GROUP_KEY)
-            lines.append(f"| {g} | {info['runs']} | {info['failed']} | {r['id']} | {s['value']:.5g} | {ci} | {config} |")
+            lines.append(f"| {g} | {info['runs']} | {info['failed']} | {info['pruned']} | {r['id']} | "
+                         f"{s['value']:.5g} | {ci} | {config} |")
         else:
-            lines.append(f"| {g} | {info['runs']} | {info['failed']} | — | — | | |")
+            lines.append(f"| {g} | {info['runs']} | {info['failed']} | {info['pruned']} | — | — | | |")
     lines += ["", f"## Spread of {name} across the sweep", "",
               "| loss | evaluated | min | q1 | median | q3 | max |", "|---|---|---|---|---|---|---|"]
     for g, info in groups.items():
@@ -110,11 +176,16 @@ def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bo
                                                                           ("min", "q1", "median", "q3", "max")) + " |")
     if figure:
         lines += ["", f"![{name} per loss](boxplot.png)"]
-    failed = [r for r in runs if r["status"] in ("failed", "eval_failed", "interrupted")]
+    if param_figures:
+        lines += ["", f"## {name} against each grid key", ""]
+        lines += [f"![{name} against {key}]({rel})" for key, rel in param_figures]
+    failed = [r for r in runs if r["status"] in NOT_FINISHED]
     if failed:
         lines += ["", "## Runs that did not finish", ""]
         for r in failed:
-            lines.append(f"- {r['id']} ({r['status']}): {r.get('error', '')}")
+            why = f"stopped at iteration {r.get('pruned_at')} by the pruner" if r["status"] == "pruned" \
+                else r.get("error", "")
+            lines.append(f"- {r['id']} ({r['status']}, trials {', '.join(map(str, r.get('trials', [])))}): {why}")
     lines += ["", "## All runs", "", "| id | status | " + " | ".join(keys) + f" | {name} |",
               "|---|---|" + "---|" * len(keys) + "---|"]
     for r in runs:
@@ -146,15 +217,61 @@ def boxplot(path: Path, groups: dict, name: str, direction: str) -> bool:
     return ok
 
 
+def param_file(key: str) -> str:
+    """The figure name of a grid entry: ``"train.lr.G,train.lr.D"`` -> ``"train.lr.G_train.lr.D.png"``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._") + ".png"
+
+
+def param_plot(path: Path, key: str, choices: list, runs: list[dict], name: str, direction: str) -> bool:
+    """The selected score of every evaluated run against the value it drew for ``key`` (one
+    column per value, in grid order, each run a point, the median a bar); False without matplotlib
+    or without a run that set ``key``."""
+    from medvol.eval.evaluate import _pyplot, _save
+
+    plt = _pyplot()
+    first = key.split(",")[0]
+    points = [(choices.index(r["values"][first]), r["score"]["value"]) for r in runs
+              if r["status"] == "evaluated" and first in r["values"] and r["values"][first] in choices]
+    if plt is None or not points:
+        return False
+    fig, ax = plt.subplots(figsize=(0.9 * len(choices) + 2.5, 3.6), dpi=110)
+    rng = np.random.default_rng(0)  # horizontal jitter of the points only
+    xs = np.array([p[0] for p in points], dtype=float)
+    ys = np.array([p[1] for p in points], dtype=float)
+    ax.scatter(xs + rng.uniform(-0.12, 0.12, len(xs)), ys, s=14, alpha=0.7, zorder=3)
+    for j in sorted(set(xs.astype(int))):
+        ax.hlines(np.median(ys[xs == j]), j - 0.3, j + 0.3, color="black", linewidth=1.5, zorder=4)
+    ax.set_xticks(range(len(choices)), [str(c) for c in choices], rotation=30 if len(choices) > 4 else 0)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"{name} ({direction} is better)")
+    ax.set_title(f"{name} against {key} (bar: median)")
+    fig.tight_layout()
+    ok = _save(fig, path)
+    plt.close(fig)
+    return ok
+
+
 def write_report(out: Path, state: dict, grid, select: str) -> None:
-    """Write ``sweep.csv``, ``report.md`` and ``boxplot.png`` (when matplotlib is installed)."""
+    """Write ``sweep.json``, ``sweep.csv``, ``report.md``, ``boxplot.png`` and one figure per grid
+    key under ``params/`` (the figures when matplotlib is installed)."""
     from medvol.eval.evaluate import _write_text
+    from medvol.outputs import safe_name
 
     keys = list(grid.keys)
     groups = summarize(state, _default_group(out))
+    _write_text(out / "sweep.json", json.dumps(state, indent=2, default=str) + "\n")
     _write_text(out / "sweep.csv", csv_text(state, keys))
     first = next((r for r in state["runs"] if r.get("score")), None)
     name = first["score"]["name"] if first else select
-    direction = first["score"]["direction"] if first else "lower"
+    direction = first["score"]["direction"] if first else better(select)
     figure = boxplot(out / "boxplot.png", groups, name, direction)
-    _write_text(out / "report.md", markdown(state, groups, keys, select, figure))
+    params = []
+    for entry, choices in grid.space:
+        key = ",".join(entry)
+        if len(choices) < 2:
+            continue
+        (out / "params").mkdir(exist_ok=True)
+        path = safe_name(out / "params", param_file(key), "grid key figure")
+        if param_plot(path, key, choices, state["runs"], name, direction):
+            params.append((key, f"params/{path.name}"))
+    _write_text(out / "report.md", markdown(state, groups, keys, select, figure, params))
