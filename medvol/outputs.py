@@ -331,12 +331,63 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     except OSError as error:
         raise MedvolError(f"{option} {folder}: cannot create it ({os.strerror(error.errno or 0).lower()})") from None
     identity = _json_roundtrip(identity)
+    marker, owned, same, kept = _assess(folder, job, identity, overwrite, inputs, option, outputs)
+    removed: list[str] = []
+    if marker is not None and not same and owned:
+        for rel in sorted(owned):
+            path = folder / rel  # present, so safe (_present)
+            if path.resolve() in kept or not (path.is_file() or path.is_symlink()):
+                continue
+            path.unlink()
+            removed.append(rel)
+            with contextlib.suppress(OSError):  # an emptied sub-folder goes too
+                parent = path.parent
+                while parent != folder and not any(parent.iterdir()):
+                    parent.rmdir()
+                    parent = parent.parent
+        owned = set()
+    files = sorted(owned) if same else []
+    out = OwnedOutput(folder, job, identity, files, continued=same, removed=removed)
+    out._save()
+    return out
+
+
+def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike] = (), option: str = "--out", outputs: Iterable[str] = ()) -> None:
+    """What :func:`claim_output` would refuse, refused now, creating, removing and recording nothing.
+
+    For a job that computes long and writes at the end: its output is checked before the work
+    and claimed (:func:`owned_output`) only to write, so a failed job leaves no folder behind.
+
+    Raises:
+        MedvolError: as :func:`claim_output`.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MedvolError(f"{option} {folder}: exists and is not a folder")
+    if folder.is_dir():
+        _assess(folder, job, _json_roundtrip(identity), overwrite, inputs, option, outputs)
+        return
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MedvolError(f"{option} {folder}: cannot create it ({parent} is not a folder)")
+
+
+def _assess(folder: Path, job: str, identity: Any, overwrite: bool, inputs, option: str, outputs):
+    """The refusals of :func:`claim_output` for an existing ``folder``.
+
+    Returns:
+        ``(marker, owned, same, kept)``: the marker (or None), the files it lists that are there,
+        whether it is this same job, and the resolved inputs (never removed).
+    """
     marker = _read_marker(folder)
     # Files a job recorded but never wrote (it failed first) are no outputs to keep or to remove.
     owned = {rel for rel in marker["files"] if _present(folder, rel)} if marker else set()
     same = marker is not None and marker.get("job") == job and _json_roundtrip(marker.get("identity")) == identity
     foreign = _foreign(folder, owned)
-    removed: list[str] = []
+    kept = {Path(p).resolve() for p in inputs}
     if (marker is not None and not same and owned) or foreign:
         if not overwrite:
             if foreign:
@@ -345,30 +396,11 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
                                   "(which keeps them and never replaces them)")
             raise MedvolError(f"{option} {folder}: holds the outputs of another medvol {marker['job']} "
                               f"({len(owned)} files); use another folder, or --overwrite to remove them")
-        # What will still be there after the removal below: files medvol did not write, and inputs.
-        kept = {Path(p).resolve() for p in inputs}
+        # What will still be there once overwrite removed the other job's files: files medvol did
+        # not write, and inputs. None of them may be one of this job's outputs.
         replaceable = {rel for rel in owned if same or (folder / rel).resolve() not in kept}
         OwnedOutput(folder, job, identity, sorted(replaceable), False, []).check(*outputs)
-        if marker is not None and not same:
-            for rel in sorted(owned):
-                try:
-                    path = safe_relpath(folder, rel, f"{MARKER} entry")
-                except MedvolError:
-                    continue
-                if path.resolve() in kept or not (path.is_file() or path.is_symlink()):
-                    continue
-                path.unlink()
-                removed.append(rel)
-                with contextlib.suppress(OSError):  # an emptied sub-folder goes too
-                    parent = path.parent
-                    while parent != folder and not any(parent.iterdir()):
-                        parent.rmdir()
-                        parent = parent.parent
-            owned = set()
-    files = sorted(owned) if same else []
-    out = OwnedOutput(folder, job, identity, files, continued=same, removed=removed)
-    out._save()
-    return out
+    return marker, owned, same, kept
 
 
 @contextlib.contextmanager
