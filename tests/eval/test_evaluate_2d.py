@@ -248,3 +248,20 @@ def test_fed_images_are_channel_0_of_the_seeded_latents(tmp_path):
     assert both.shape[1] == 2 and len(generated) == 3
     for (name, image), full in zip(generated, both):
         np.testing.assert_allclose(image, full[0].numpy(), atol=1e-6)
+
+
+def test_a_2d_generate_folder_scores_without_its_preview_grids(tmp_path, weights, run_2d, capsys):
+    """Issue 22: medvol's own grid_0000.png (and the views PNGs of --volume) are previews, not samples."""
+    from medvol.train.generate import generate
+
+    generate(run_2d, 70, tmp_path / "g", seed=1)  # 70 samples: grid_0000.png and grid_0001.png
+    assert {"grid_0000.png", "grid_0001.png"} <= {p.name for p in (tmp_path / "g").iterdir()}
+    code, _, err = run_eval(capsys, "--real", "phantom:0", "--fake", tmp_path / "g", "--features",
+                            f"inception:{weights}", "--n", 70, "--bootstrap", 0, "--out", tmp_path / "e")
+    assert code == 0, err
+    report, _ = scores_of(tmp_path / "e")
+    assert report["fake"]["n_images"] == 70 and all(n.startswith("sample_") for n in report["fake"]["names"])
+    # The generated folder as the real set: refused (marked synthetic) unless allowed.
+    code, _, err = run_eval(capsys, "--real", tmp_path / "g", "--fake", tmp_path / "g", "--features",
+                            f"inception:{weights}", "--n", 4, "--bootstrap", 0, "--out", tmp_path / "r")
+    assert code == 2 and "--allow-synthetic-real" in err and len(err.strip().splitlines()) == 1
