@@ -229,3 +229,46 @@ def test_n_beyond_a_set_warns_or_is_refused_under_strict(tmp_path, fast, capsys,
     code, _, err = run_eval(capsys, *argv, "--out", tmp_path / "s", "--strict")
     assert code == 2 and said in one_line(err) and "--strict" in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny CRF-GAN run with checkpoints at iterations 2 and 4."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", "--config", "configs/demo.yaml", "--out", str(out), "--model.size", str(SIZE),
+                 "--model.base_width", "2", "--model.latent_dim", "8", "--data.phantom_n", "4",
+                 "--data.workers", "0", "--train.iterations", "4", "--train.mode", "reference",
+                 "--train.device", "cpu", "--train.amp", "none", "--train.ckpt_every", "2",
+                 "--train.keep_checkpoints", "5", "--train.sample_every", "1000", "--train.progress", "false"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("users", ["curve.png", "iter_0000004/scores.md"])
+def test_run_curves_never_replace_a_users_file_and_refuse_first(tmp_path, fast, run, capsys, no_features, users):
+    out = tmp_path / "curve"
+    (out / users).parent.mkdir(parents=True)
+    (out / users).write_text("mine", encoding="utf-8")
+    argv = ["--real", "phantom:0", "--run", run, "--every", 2, "--n", 2, "--out", out, *fast]
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_eval(capsys, *argv, *extra)
+        assert code == 2 and users.split("/")[-1] in one_line(err), err
+    assert (out / users).read_text(encoding="utf-8") == "mine"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [users]
+
+
+def test_run_curves_overwrite_only_their_own_outputs(tmp_path, fast, run, capsys):
+    out = tmp_path / "curve"
+    argv = ["--real", "phantom:0", "--run", run, "--every", 2, "--n", 2, "--out", out, *fast]
+    code, _, err = run_eval(capsys, *argv)
+    assert code == 0, err
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert written == ["best.json", "curve.csv", "curve.png",
+                       *[f"iter_000000{i}/{name}" for i in (2, 4) for name in ("features_pca.png", "scores.json",
+                                                                                 "scores.md")]]
+    code, _, err = run_eval(capsys, *argv)
+    assert code == 2 and "--overwrite" in one_line(err)
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    code, _, err = run_eval(capsys, *argv[:-len(fast) - 2], "--every", 4, "--out", out, *fast, "--overwrite")
+    assert code == 0, err
+    assert not (out / "iter_0000002").exists() and (out / "iter_0000004" / "scores.json").is_file()
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
