@@ -235,7 +235,8 @@ def test_n_beyond_a_set_warns_or_is_refused_under_strict(tmp_path, fast, capsys,
 def run(tmp_path_factory):
     """A tiny CRF-GAN run with checkpoints at iterations 2 and 4."""
     out = tmp_path_factory.mktemp("run") / "run"
-    assert main(["train", "--config", "configs/demo.yaml", "--out", str(out), "--model.size", str(SIZE),
+    config = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    assert main(["train", "--config", str(config), "--out", str(out), "--model.size", str(SIZE),
                  "--model.base_width", "2", "--model.latent_dim", "8", "--data.phantom_n", "4",
                  "--data.workers", "0", "--train.iterations", "4", "--train.mode", "reference",
                  "--train.device", "cpu", "--train.amp", "none", "--train.ckpt_every", "2",
