@@ -196,7 +196,8 @@ class DomainFeatures(Extractor):
         if volume.shape != (self.size,) * 3:
             raise MedvolError(f"domain features were trained on {self.size}^3 volumes, got "
                               f"{tuple(volume.shape)}; evaluate at --size {self.size}")
-        x = torch.from_numpy(np.asarray(volume, dtype=np.float32))[None, None].to(self.device)
+        # A cache volume is a read-only memmap: copied (only then) so torch gets a writable array.
+        x = torch.from_numpy(np.require(volume, np.float32, ["W"]))[None, None].to(self.device)
         return {"volume": pooled_features(self.net, x).double().cpu().numpy()}
 
 
