@@ -888,7 +888,7 @@ def compare(folders: Sequence[str | os.PathLike]) -> str:
             if other[field] != ref[field]:
                 raise MedvolError(f"{f} was computed with {field} = {other[field]} but {folders[0]} "
                                   f"with {ref[field]}; scores compare only when computed alike")
-    lines = ["| extractor | score | " + " | ".join(str(f) for f in folders) + " | better |",
+    lines = [TABLE_HEAD + " | ".join(str(f) for f in folders) + " | better |",
              "|---|---|" + "---|" * len(folders) + "---|"]
     for i, ext in enumerate(reports[0]["extractors"]):
         for name in ext["scores"]:
@@ -897,6 +897,46 @@ def compare(folders: Sequence[str | os.PathLike]) -> str:
             lines.append(f"| {ext['info']['extractor']} | {name} | " + " | ".join(cells)
                          + f" | {better(name)} |")
     return "\n".join(lines) + "\n"
+
+
+#: How every table :func:`compare` makes begins: what tells medvol's own table file from another file.
+TABLE_HEAD = "| extractor | score | "
+
+
+def check_table_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``medvol compare --out FILE`` under the one output rule, before anything is read.
+
+    An earlier table of ``medvol compare`` is replaced only with ``overwrite``; any other file is
+    never replaced.
+
+    Raises:
+        MedvolError: one line naming ``path`` and what is in the way.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MedvolError(f"--out {path}: is a folder; give the markdown file to write")
+    if path.exists() or path.is_symlink():
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                head = f.read(len(TABLE_HEAD))
+        except OSError:
+            head = ""
+        if head != TABLE_HEAD:
+            raise MedvolError(f"--out {path}: exists and is not a table medvol compare wrote; refusing to replace "
+                              "it (with or without --overwrite): choose another --out")
+        if not overwrite:
+            raise MedvolError(f"--out {path}: holds a comparison table; choose another --out or pass --overwrite")
+    return path
+
+
+def write_table(path: str | os.PathLike, table: str, overwrite: bool = False) -> Path:
+    """Write a :func:`compare` table to ``path`` (checked as :func:`check_table_output`), atomically."""
+    from medvol.utils import checked_write
+
+    path = check_table_output(path, overwrite)
+    with checked_write(path, "comparison table") as tmp:
+        tmp.write_text(table, encoding="utf-8")
+    return path
 
 
 def _checked_report(path: Path, rep) -> dict:

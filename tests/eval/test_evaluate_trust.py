@@ -273,3 +273,23 @@ def test_run_curves_overwrite_only_their_own_outputs(tmp_path, fast, run, capsys
     assert code == 0, err
     assert not (out / "iter_0000002").exists() and (out / "iter_0000004" / "scores.json").is_file()
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_compare_out_never_replaces_a_users_file(tmp_path, fast, capsys):
+    for name, seed in (("a", 1), ("b", 2)):
+        code, _, err = run_eval(capsys, "--real", "phantom:0", "--fake", f"phantom:{seed}", "--n", 2,
+                                "--out", tmp_path / name, *fast)
+        assert code == 0, err
+    folders = [str(tmp_path / "a"), str(tmp_path / "b")]
+    table = tmp_path / "table.md"
+    table.write_text("my notes", encoding="utf-8")
+    for extra in ([], ["--overwrite"]):
+        assert main(["compare", *folders, "--out", str(table), *extra]) == 2
+        assert "not a table medvol compare wrote" in one_line(capsys.readouterr().err)
+    assert table.read_text(encoding="utf-8") == "my notes"
+    table.unlink()
+    assert main(["compare", *folders, "--out", str(table)]) == 0
+    written = table.read_text(encoding="utf-8")
+    assert written.startswith("| extractor | score |") and "| volume/fid |" in written
+    assert main(["compare", *folders, "--out", str(table)]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["compare", *folders, "--out", str(table), "--overwrite"]) == 0
