@@ -224,9 +224,14 @@ class RealSlices:
 
 
 def real_slices(spec: str, cfg, *, size: int, plane: str, split: str, n: int | None,
-                seed: int) -> RealSlices:
-    """The real side of a 2D evaluation (see the module docstring)."""
+                seed: int, allow_synthetic_real: bool = False) -> RealSlices:
+    """The real side of a 2D evaluation (see the module docstring).
+
+    A cache split holding volumes marked synthetic (``--real CACHE``, or ``--real data`` of a run
+    trained on them) is refused unless ``allow_synthetic_real``, then recorded.
+    """
     from medvol.config import DataConfig
+    from medvol.eval.evaluate import synthetic_real
     from medvol.train.data import build_dataset
 
     data = cfg.data if cfg is not None else DataConfig(plane=plane, workers=0, phantom_n=16)
@@ -249,6 +254,13 @@ def real_slices(spec: str, cfg, *, size: int, plane: str, split: str, n: int | N
     else:
         raise MedvolError(f"--real {spec}: for 2D images give data (the run's training slices), "
                           "phantom[:SEED] or a preprocessing cache folder")
+    if data.source != "phantom" and (Path(data.source) / "manifest.json").is_file():
+        from medvol.data.datasets import CachedVolumeDataset
+
+        volumes = CachedVolumeDataset(data.source, split=data.split, allow_synthetic=True)
+        synthetic_real(info, list(volumes.synthetic), len(volumes), allow_synthetic_real, spec)
+        if volumes.synthetic:  # allowed and recorded just above
+            data = dataclasses.replace(data, allow_synthetic=True)
     dataset = build_dataset(data, size, dims=2, channels=1 + int(data.masks))
     info["data"] = dataclasses.asdict(data)
     return RealSlices(dataset, n, seed, info)
@@ -301,7 +313,8 @@ def image_pairs(report: dict, real: str, fake: str, *, loaded, files, features, 
         synthetic_real(src_real.info, [p.name for p in marked_synthetic(src_real.files)], len(src_real.files),
                        allow_synthetic_real, real, "images")
     else:
-        src_real = real_slices(real, cfg, size=src_fake.size, plane=plane, split=split, n=n, seed=seed)
+        src_real = real_slices(real, cfg, size=src_fake.size, plane=plane, split=split, n=n, seed=seed,
+                               allow_synthetic_real=allow_synthetic_real)
         real_def = ("slices", src_real.info["data"], list(map(int, src_real.indices)))
     if src_real.size != src_fake.size:
         raise MedvolError(f"--real images are {src_real.size}^2 but --fake images are {src_fake.size}^2")

@@ -265,3 +265,26 @@ def test_a_2d_generate_folder_scores_without_its_preview_grids(tmp_path, weights
     code, _, err = run_eval(capsys, "--real", tmp_path / "g", "--fake", tmp_path / "g", "--features",
                             f"inception:{weights}", "--n", 4, "--bootstrap", 0, "--out", tmp_path / "r")
     assert code == 2 and "--allow-synthetic-real" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cache_of_generated_volumes_as_the_real_slices_needs_allow_synthetic_real(tmp_path, weights, png_sets,
+                                                                                     capsys):
+    from medvol.data.io import Volume
+    from medvol.data.provenance import write_synthetic
+
+    (tmp_path / "gen").mkdir()
+    for i in range(2):
+        volume = Volume(array=np.full((SIZE,) * 3, -1000.0 + 200 * i, np.float32), spacing=(1.0, 1.0, 1.0))
+        volume.array[8:24, 8:24, 8:24] = 40.0
+        write_synthetic(volume, tmp_path / "gen" / f"sample_{i:04d}.nii.gz", {"model": "test", "index": i})
+    assert main(["preprocess", "--src", str(tmp_path / "gen"), "--dst", str(tmp_path / "cache"), "--size", str(SIZE),
+                 "--val-fraction", "0.5", "--workers", "1", "--allow-synthetic"]) == 0
+    capsys.readouterr()
+    argv = ["--real", tmp_path / "cache", "--split", "train", "--fake", png_sets["phantom"], "--features",
+            f"inception:{weights}", "--n", 4, "--bootstrap", 0, "--metrics", "fid"]
+    code, _, err = run_eval(capsys, *argv, "--out", tmp_path / "e")
+    assert code == 2 and "--allow-synthetic-real" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_eval(capsys, *argv, "--out", tmp_path / "a", "--allow-synthetic-real")
+    assert code == 0, err
+    report, _ = scores_of(tmp_path / "a")
+    assert report["real"]["synthetic"]["count"] == 2 and report["allow_synthetic_real"] is True
