@@ -147,6 +147,14 @@ def _foreign(folder: Path, owned: set[str]) -> list[str]:
     return sorted(found)
 
 
+def _present(folder: Path, rel: Any) -> bool:
+    try:
+        path = safe_relpath(folder, rel, f"{MARKER} entry")
+    except MedvolError:
+        return False
+    return path.exists() or path.is_symlink()
+
+
 def _describe(names: list[str]) -> str:
     shown = ", ".join(names[:3])
     return f"{shown} and {len(names) - 3} more" if len(names) > 3 else shown
@@ -174,7 +182,8 @@ class FolderLock:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise MedvolError(f"run folder {self.run_dir}: cannot create it ({os.strerror(error.errno).lower()})") from None
+            where = "run folder" if holder == "medvol train" else "folder"
+            raise MedvolError(f"{where} {self.run_dir}: cannot create it ({os.strerror(error.errno).lower()})") from None
         self.path = self.run_dir / lock_name
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -282,43 +291,60 @@ class OwnedOutput:
         """Whether ``rel`` is recorded as written by medvol for this job."""
         return rel in self.files
 
+    def check(self, *rels: str) -> None:
+        """Refuse now, before any work, what :meth:`path` would refuse later (records nothing).
 
-def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,
-                 option: str = "--out") -> list[str]:
-    """What :func:`claim_output` would refuse, checked without touching anything (nothing created).
+        Raises:
+            MedvolError: an output leaves the folder, or names a file medvol did not write.
+        """
+        for rel in rels:
+            path = safe_relpath(self.folder, rel, "output")
+            if rel not in self.files and (path.exists() or path.is_symlink()):
+                raise MedvolError(f"{path}: exists and was not written by medvol for this job; "
+                                  "refusing to replace it (move it away or choose another output)")
 
-    A command that works long before it writes (a study that generates volumes) calls this first,
-    so that a refused output costs nothing, and claims the folder when its outputs are ready.
+    def write_all(self, contents: dict[str, bytes | str], what: str = "output") -> list[Path]:
+        """Write several outputs as one: each to a temporary name first, then all renamed.
 
-    Returns:
-        The files under ``folder`` that medvol did not write (relative paths): kept by an
-        ``overwrite``, and never replaced (empty when the folder is missing).
+        A failed write (a full disk) leaves none of them under its final name, and no temporary.
 
-    Raises:
-        MedvolError: as :func:`claim_output`.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise MedvolError(f"{option} {folder}: exists and is not a folder")
-    if not folder.exists():
-        return []
-    marker = _read_marker(folder)
-    owned = set(marker["files"]) if marker else set()
-    identity = _json_roundtrip(identity)
-    same = marker is not None and marker.get("job") == job and _json_roundtrip(marker.get("identity")) == identity
-    foreign = _foreign(folder, owned)
-    if not overwrite and foreign:
-        raise MedvolError(f"{option} {folder}: holds files medvol did not write for this job "
-                          f"({_describe(foreign)}); use a new or empty folder, or --overwrite "
-                          "(which keeps them and never replaces them)")
-    if not overwrite and marker is not None and not same and owned:
-        raise MedvolError(f"{option} {folder}: holds the outputs of another medvol {marker['job']} "
-                          f"({len(owned)} files); use another folder, or --overwrite to remove them")
-    return foreign
+        Args:
+            contents: output name (as :meth:`path`) -> its bytes (``str`` is written as UTF-8).
+            what: what the outputs are, for the message.
+
+        Returns:
+            The final paths, in the order given.
+
+        Raises:
+            MedvolError: one line naming the file that could not be written and why.
+        """
+        from medvol.utils import _temp_sibling, fsync_file, write_failure
+
+        paths = [self.path(rel) for rel in contents]
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for path, body in zip(paths, contents.values()):
+                tmp = _temp_sibling(path, directory=False)
+                staged.append((tmp, path))
+                data = body.encode("utf-8") if isinstance(body, str) else body
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    fsync_file(tmp)
+                except OSError as error:
+                    raise MedvolError(f"cannot write {what} {path}: {write_failure(error, path.parent)}") from None
+            for tmp, path in staged:
+                os.replace(tmp, path)
+        finally:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        return paths
 
 
 def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,
-                 inputs: Iterable[str | os.PathLike] = (), option: str = "--out") -> OwnedOutput:
+                 inputs: Iterable[str | os.PathLike] = (), option: str = "--out",
+                 outputs: Iterable[str] = ()) -> OwnedOutput:
     """Claim ``folder`` for one job's outputs (without the lock; see :func:`owned_output`).
 
     Args:
@@ -330,10 +356,13 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
             are removed, files medvol did not write are kept (and never replaced).
         inputs: the job's inputs; never removed, whatever the marker says.
         option: the option that named the folder, for messages.
+        outputs: the names this job will write, when known: one that names a file medvol did
+            not write is refused here, before ``overwrite`` removes anything.
 
     Raises:
         MedvolError: the folder is a file; holds another job's outputs or files medvol did not
-            write (without ``overwrite``); its marker is damaged.
+            write (without ``overwrite``); one of ``outputs`` is a file medvol did not write;
+            its marker is damaged.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -343,11 +372,69 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     except OSError as error:
         raise MedvolError(f"{option} {folder}: cannot create it ({os.strerror(error.errno or 0).lower()})") from None
     identity = _json_roundtrip(identity)
+    marker, owned, same, kept = _assess(folder, job, identity, overwrite, inputs, option, outputs)
+    removed: list[str] = []
+    if marker is not None and not same and owned:
+        for rel in sorted(owned):
+            path = folder / rel  # present, so safe (_present)
+            if path.resolve() in kept or not (path.is_file() or path.is_symlink()):
+                continue
+            path.unlink()
+            removed.append(rel)
+            with contextlib.suppress(OSError):  # an emptied sub-folder goes too
+                parent = path.parent
+                while parent != folder and not any(parent.iterdir()):
+                    parent.rmdir()
+                    parent = parent.parent
+        owned = set()
+    files = sorted(owned) if same else []
+    out = OwnedOutput(folder, job, identity, files, continued=same, removed=removed)
+    out._save()
+    return out
+
+
+def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike] = (), option: str = "--out",
+                 outputs: Iterable[str] = ()) -> list[str]:
+    """What :func:`claim_output` would refuse, refused now, creating, removing and recording nothing.
+
+    For a job that computes long and writes at the end: its output is checked before the work
+    and claimed (:func:`owned_output`) only to write, so a failed job leaves no folder behind.
+
+    Returns:
+        The files under ``folder`` that medvol did not write (relative paths): kept by an
+        ``overwrite``, and never replaced (empty when the folder is missing).
+
+    Raises:
+        MedvolError: as :func:`claim_output`.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MedvolError(f"{option} {folder}: exists and is not a folder")
+    if folder.is_dir():
+        _, owned, _, _ = _assess(folder, job, _json_roundtrip(identity), overwrite, inputs, option, outputs)
+        return _foreign(folder, owned)
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MedvolError(f"{option} {folder}: cannot create it ({parent} is not a folder)")
+    return []
+
+
+def _assess(folder: Path, job: str, identity: Any, overwrite: bool, inputs, option: str, outputs):
+    """The refusals of :func:`claim_output` for an existing ``folder``.
+
+    Returns:
+        ``(marker, owned, same, kept)``: the marker (or None), the files it lists that are there,
+        whether it is this same job, and the resolved inputs (never removed).
+    """
     marker = _read_marker(folder)
-    owned = set(marker["files"]) if marker else set()
+    # Files a job recorded but never wrote (it failed first) are no outputs to keep or to remove.
+    owned = {rel for rel in marker["files"] if _present(folder, rel)} if marker else set()
     same = marker is not None and marker.get("job") == job and _json_roundtrip(marker.get("identity")) == identity
     foreign = _foreign(folder, owned)
-    removed: list[str] = []
+    kept = {Path(p).resolve() for p in inputs}
     if (marker is not None and not same and owned) or foreign:
         if not overwrite:
             if foreign:
@@ -356,32 +443,17 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
                                   "(which keeps them and never replaces them)")
             raise MedvolError(f"{option} {folder}: holds the outputs of another medvol {marker['job']} "
                               f"({len(owned)} files); use another folder, or --overwrite to remove them")
-        if marker is not None and not same:
-            keep = {Path(p).resolve() for p in inputs}
-            for rel in sorted(owned):
-                try:
-                    path = safe_relpath(folder, rel, f"{MARKER} entry")
-                except MedvolError:
-                    continue
-                if path.resolve() in keep or not (path.is_file() or path.is_symlink()):
-                    continue
-                path.unlink()
-                removed.append(rel)
-                with contextlib.suppress(OSError):  # an emptied sub-folder goes too
-                    parent = path.parent
-                    while parent != folder and not any(parent.iterdir()):
-                        parent.rmdir()
-                        parent = parent.parent
-            owned = set()
-    files = sorted(owned) if same else []
-    out = OwnedOutput(folder, job, identity, files, continued=same, removed=removed)
-    out._save()
-    return out
+        # What will still be there once overwrite removed the other job's files: files medvol did
+        # not write, and inputs. None of them may be one of this job's outputs.
+        replaceable = {rel for rel in owned if same or (folder / rel).resolve() not in kept}
+        OwnedOutput(folder, job, identity, sorted(replaceable), False, []).check(*outputs)
+    return marker, owned, same, kept
 
 
 @contextlib.contextmanager
 def owned_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,
-                 inputs: Iterable[str | os.PathLike] = (), option: str = "--out") -> Iterator[OwnedOutput]:
+                 inputs: Iterable[str | os.PathLike] = (), option: str = "--out",
+                 outputs: Iterable[str] = ()) -> Iterator[OwnedOutput]:
     """Claim ``folder`` (:func:`claim_output`) and hold it against a second run while in use.
 
     A second medvol process claiming the same folder meanwhile is refused (``fcntl`` lock on
@@ -395,10 +467,22 @@ def owned_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     if folder.exists() and not folder.is_dir():
         raise MedvolError(f"{option} {folder}: exists and is not a folder")
     lock = FolderLock(folder, lock_name=LOCK, holder=f"medvol {job}")
+    claimed = None
     try:
-        yield claim_output(folder, job, identity, overwrite=overwrite, inputs=inputs, option=option)
+        claimed = claim_output(folder, job, identity, overwrite=overwrite, inputs=inputs, option=option,
+                               outputs=outputs)
+        yield claimed
+    except BaseException:
+        # A job that failed before writing anything leaves no folder (or marker) it created.
+        if lock.created and (claimed is None or not any(_present(folder, rel) for rel in claimed.files)):
+            with contextlib.suppress(OSError):
+                (folder / MARKER).unlink()
+        raise
     finally:
         # Unlinked while still held: a process waiting on the old inode sees it gone and retries.
         with contextlib.suppress(OSError):
             (folder / LOCK).unlink()
         lock.release()
+        if lock.created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty

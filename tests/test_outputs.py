@@ -6,7 +6,7 @@ import os
 import pytest
 
 from medvol.errors import MedvolError
-from medvol.outputs import MARKER, claim_output, owned_output, safe_name, safe_relpath
+from medvol.outputs import MARKER, check_output, claim_output, owned_output, safe_name, safe_relpath
 
 
 @pytest.mark.parametrize("name", ["../victim", "./../../victim", "/etc/passwd", "a/b", "a\\b", "..", ".", "",
@@ -125,3 +125,50 @@ def test_paths_records_many_and_refuses_a_foreign_one_before_recording_any(tmp_p
     assert json.loads((out / MARKER).read_text())["files"] == ["key.json", "page/images/a.png", "page/index.html"]
     with pytest.raises(MedvolError, match="output"):
         claimed.paths(["../escape"])
+
+
+def test_overwrite_refuses_a_planned_output_that_is_a_users_file_before_removing_anything(tmp_path):
+    out = tmp_path / "out"
+    claim_output(out, "generate", {"n": 1}).path("a.nii.gz").write_text("a")
+    (out / "b.nii.gz").write_text("user")
+    with pytest.raises(MedvolError, match="b.nii.gz: exists and was not written by medvol"):
+        claim_output(out, "generate", {"n": 2}, overwrite=True, outputs=["a.nii.gz", "b.nii.gz"])
+    assert (out / "a.nii.gz").read_text() == "a" and (out / "b.nii.gz").read_text() == "user"
+    with pytest.raises(MedvolError, match="b.nii.gz"):
+        check_output(out, "generate", {"n": 2}, overwrite=True, outputs=["b.nii.gz"])
+    check_output(out, "generate", {"n": 2}, overwrite=True, outputs=["a.nii.gz"])  # would be removed first
+    check_output(tmp_path / "new" / "deeper", "generate", {"n": 2})
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_first_job_leaves_no_folder_and_unwritten_entries_are_no_outputs(tmp_path):
+    with pytest.raises(RuntimeError):
+        with owned_output(tmp_path / "o", "evaluate", {"v": 1}) as out:
+            out.path("scores.json")  # recorded, never written
+            raise RuntimeError("failed")
+    assert not (tmp_path / "o").exists()
+    kept = claim_output(tmp_path / "k", "evaluate", {"v": 1})
+    kept.path("scores.json")
+    claim_output(tmp_path / "k", "evaluate", {"v": 2})  # nothing of v 1 is there: not refused
+
+
+def test_write_all_on_a_full_disk_leaves_none_of_them(tmp_path, monkeypatch):
+    import errno
+
+    import medvol.utils
+
+    real_fsync = medvol.utils.fsync_file
+
+    def fsync(path):
+        if ".second.tmp-" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(path)
+
+    monkeypatch.setattr(medvol.utils, "fsync_file", fsync)
+    out = claim_output(tmp_path / "o", "evaluate", {"v": 1})
+    with pytest.raises(MedvolError, match="cannot write result .*second.json: no space left on device"):
+        out.write_all({"first.png": b"png", "second.json": "{}"}, "result")
+    assert sorted(os.listdir(tmp_path / "o")) == [MARKER]
+    monkeypatch.undo()
+    assert [p.name for p in out.write_all({"first.png": b"png", "second.json": "{}"})] == ["first.png", "second.json"]
+    assert (tmp_path / "o" / "second.json").read_text() == "{}"

@@ -14,17 +14,19 @@ def register(subparsers) -> None:
                     "folders. Refuses evaluations computed with different extractors, weights, "
                     "real sets or N, whose scores do not compare.")
     parser.add_argument("folders", nargs="+", help="evaluation output folders (with scores.json)")
-    parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--out", help="also write the table to this markdown file (a file that is not a table "
+                                      "medvol compare wrote is never replaced)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier table in --out")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pathlib import Path
+    from medvol.eval.evaluate import check_table_output, compare, write_table
 
-    from medvol.eval.evaluate import _write_text, compare
-
+    if args.out:
+        check_table_output(args.out, args.overwrite)  # before reading the evaluations
     table = compare(args.folders)
     print(table, end="")
     if args.out:
-        _write_text(Path(args.out), table)
+        write_table(args.out, table, args.overwrite)
     return 0

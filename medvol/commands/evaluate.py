@@ -56,7 +56,14 @@ def register(subparsers) -> None:
                         help="2.5D: non-empty slices per plane and volume (default 16)")
     parser.add_argument("--batch", type=int, default=16, help="extractor batch (default 16)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier evaluation in --out (removes only what medvol wrote there; a "
+                             "file medvol did not write is never replaced)")
+    parser.add_argument("--allow-synthetic-real", action="store_true", dest="allow_synthetic_real",
+                        help="score against a real set that holds volumes or images marked synthetic "
+                             "(generated); refused without it, recorded in scores.json with it")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse (instead of a warning) when a set holds fewer than --n volumes or images")
     add_threads_option(parser)
     parser.set_defaults(func=run)
 
@@ -70,6 +77,8 @@ def _progress(it, total, desc):
 
 
 def run(args) -> int:
+    import logging
+
     from medvol.data.preprocess import parse_window
     from medvol.errors import MedvolError
     from medvol.eval.evaluate import evaluate
@@ -81,6 +90,7 @@ def run(args) -> int:
     if (args.fake is None) == (args.run is None):
         raise MedvolError("give exactly one of --fake and --run")
     set_threads(args.threads)  # scores.json records the count ("threads")
+    logging.basicConfig(level=logging.WARNING, format="medvol evaluate: %(message)s")  # warning lines
     options = dict(
         features=[s for s in args.features.split(",") if s] if args.features else None,
         metrics=[m for m in args.metrics.split(",") if m],
@@ -89,6 +99,7 @@ def run(args) -> int:
         split=args.split, seed=args.seed, k=args.k, n_boot=args.bootstrap,
         slices_per_volume=args.slices_per_volume, batch=args.batch, device=args.device,
         overwrite=args.overwrite, progress=_progress, plane=args.plane, train=args.train, diversity_n=args.diversity_n,
+        allow_synthetic_real=args.allow_synthetic_real, strict=args.strict,
         command="medvol " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     if args.run is not None:

@@ -18,7 +18,9 @@ def register(subparsers) -> None:
     train.add_argument("--batch", type=int, default=4, help="batch (default 4)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an existing --out that is a domain feature file (any other file is "
+                            "never replaced)")
     train.set_defaults(func=run)
 
 

@@ -1,5 +1,5 @@
 """``medvol generate --ckpt PATH --n K --out DIR [--seed S] [--label C] [--tile-depth T]
-[--volume] [--masks DIR] [--display-window LOW,HIGH]``."""
+[--volume] [--masks DIR] [--display-window LOW,HIGH] [--overwrite]``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
     parser.add_argument("--mode", choices=["reference", "optimized"],
                         help="default: optimized on CUDA, reference on the CPU")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="accept an --out holding other files: removes what another medvol generate "
+                             "wrote there, keeps (and never replaces) files medvol did not write; the same "
+                             "command again continues without it")
     parser.set_defaults(func=run)
 
 
@@ -63,7 +67,8 @@ def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     paths = generate(args.ckpt, args.n, args.out, seed=args.seed, label=args.label,
                      tile_depth=args.tile_depth, device=args.device, mode=args.mode, volume=args.volume,
-                     masks=args.masks, display_window=_window(args.display_window), batch=args.batch)
+                     masks=args.masks, display_window=_window(args.display_window), batch=args.batch,
+                     overwrite=args.overwrite)
     for path in paths:
         print(path)
     device = pick_device(args.device)

@@ -47,14 +47,17 @@ def train_domain_features(data: str | os.PathLike, out: str | os.PathLike, *, it
                           batch: int = 4, lr: float = 1e-3, seed: int = 0,
                           channels=DEFAULT_CHANNELS, overwrite: bool = False,
                           log_every: int = 50, print_fn=print) -> dict:
-    """Train the autoencoder on the train split of cache ``data``; write it to ``out``."""
+    """Train the autoencoder on the train split of cache ``data``; write it to ``out``.
+
+    ``out`` is checked before training (:func:`check_feature_output`); it is written atomically
+    and a failed write (a full disk) is one line naming it, with nothing left under its name.
+    """
     from medvol.data.cache import MANIFEST
     from medvol.data.datasets import CachedVolumeDataset
-    from medvol.utils import atomic_path
+    from medvol.utils import checked_write
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise MedvolError(f"{out}: exists; choose another --out or pass --overwrite")
+    check_feature_output(out, overwrite)
     if iters < 1 or batch < 1 or not lr > 0:
         raise MedvolError("--iters and --batch must be at least 1 and --lr positive")
     ds = CachedVolumeDataset(data, split="train")
@@ -98,10 +101,46 @@ def train_domain_features(data: str | os.PathLike, out: str | os.PathLike, *, it
         "medvol_version": medvol.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"--out {out}: cannot create its folder ({os.strerror(error.errno or 0).lower()})") from None
+    with checked_write(out, "domain feature file", library_errors=(RuntimeError,)) as tmp:
         torch.save(blob, tmp)
     return blob
+
+
+def is_feature_file(path: Path) -> bool:
+    """Whether ``path`` is a domain feature file medvol wrote (its ``format`` says so)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a torch zip file, or not one of ours
+        return False
+    return isinstance(blob, dict) and blob.get("format") == FORMAT
+
+
+def check_feature_output(out: Path, overwrite: bool) -> None:
+    """The one output rule (:mod:`medvol.outputs`) for ``--out FILE``, before any training.
+
+    An existing domain feature file is replaced only with ``overwrite``; any other file (not
+    written by ``medvol features train``) or a folder is never replaced.
+
+    Raises:
+        MedvolError: one line naming ``out`` and what is in the way.
+    """
+    if out.is_dir():
+        raise MedvolError(f"--out {out}: is a folder; give the file to write (e.g. {out / 'domain.pt'})")
+    if out.exists() or out.is_symlink():
+        if not is_feature_file(out):
+            raise MedvolError(f"--out {out}: exists and is not a domain feature file medvol wrote; refusing to "
+                              "replace it (with or without --overwrite): choose another --out")
+        if not overwrite:
+            raise MedvolError(f"--out {out}: holds a domain feature file; choose another --out or pass --overwrite")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MedvolError(f"--out {out}: cannot create its folder ({parent} is not a folder)")
 
 
 def save_untrained(path: str | os.PathLike, size: int, seed: int = 0, channels=DEFAULT_CHANNELS) -> Path:
@@ -157,7 +196,8 @@ class DomainFeatures(Extractor):
         if volume.shape != (self.size,) * 3:
             raise MedvolError(f"domain features were trained on {self.size}^3 volumes, got "
                               f"{tuple(volume.shape)}; evaluate at --size {self.size}")
-        x = torch.from_numpy(np.asarray(volume, dtype=np.float32))[None, None].to(self.device)
+        # A cache volume is a read-only memmap: copied (only then) so torch gets a writable array.
+        x = torch.from_numpy(np.require(volume, np.float32, ["W"]))[None, None].to(self.device)
         return {"volume": pooled_features(self.net, x).double().cpu().numpy()}
 
 

@@ -17,7 +17,9 @@ Volumes are streamed through the extractors one at a time; only features are kep
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -33,6 +35,8 @@ from medvol.utils import torch_threads
 
 METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization")
 FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
+
+log = logging.getLogger("medvol.evaluate")
 
 
 # ----------------------------------------------------------------------------------- sources
@@ -52,6 +56,7 @@ class Source:
         self.seed = seed
         self.device = device
         self.info: dict = {"source": spec}
+        self.synthetic: list[str] = []  # the real side's volumes marked synthetic (medvol.data.provenance)
         self.kind, self._names = self._resolve(spec, modality, window)
 
     def _resolve(self, spec: str, modality: str, window):
@@ -74,12 +79,15 @@ class Source:
 
             if self.role == "fake":
                 self.split = "all"  # --split picks the real volumes; a generated cache is used whole
-            self._cache = CachedVolumeDataset(path, split=self.split)
+            # Marked volumes are refused (or recorded) by evaluate for the real side, not here.
+            self._cache = CachedVolumeDataset(path, split=self.split, allow_synthetic=True)
             if self.size is not None and self._cache.size != self.size:
                 raise MedvolError(f"--{self.role} {spec}: the cache is {self._cache.size}^3, "
                                   f"--size asks for {self.size}")
             self.size = self._cache.size
             names = self._cache.names[: self.n] if self.n else self._cache.names
+            marked = set(self._cache.synthetic)
+            self.synthetic = [name for name in names if name in marked]
             self.info.update(kind="cache", split=self.split, size=self.size,
                              preprocessing=self._cache.manifest["params"])
             return "cache", names
@@ -100,6 +108,8 @@ class Source:
         self.info.update(kind="volumes", size=self.size, preprocessing=self._params.to_dict())
         from medvol.data.io import volume_stem
 
+        if self.role == "real":
+            self.synthetic = [volume_stem(f) for f in marked_synthetic(self._files)]
         return "volumes", [volume_stem(f) for f in self._files]
 
     @staticmethod
@@ -200,6 +210,91 @@ class Keep:
             if len(self.kept) < self.n:
                 self.kept.append(np.array(volume, dtype=np.float32))
             yield name, volume
+
+
+class Checksums:
+    """Pass ``(name, array)`` through while taking each array's SHA-256 (float32 voxels and shape,
+    :func:`medvol.data.provenance.voxels_sha256`): the identity of the real set in scores.json."""
+
+    def __init__(self, source):
+        self.source, self.digests = source, []
+        self.role = getattr(source, "role", "real")
+        self.names = getattr(source, "names", None)
+
+    def __len__(self) -> int:
+        return len(self.source) if hasattr(self.source, "__len__") else len(self.names)
+
+    def __iter__(self):
+        from medvol.data.provenance import voxels_sha256
+
+        self.digests = []
+        for name, array in self.source:
+            self.digests.append(voxels_sha256(array))
+            yield name, array
+
+    def set_sha256(self) -> str:
+        """SHA-256 of the sorted per-volume checksums: the same volumes, in any order, give one value."""
+        return set_checksum(self.digests)
+
+
+def set_checksum(digests: Sequence[str]) -> str:
+    """SHA-256 of the sorted per-item checksums (hex), one per line."""
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def marked_synthetic(files: Sequence) -> list:
+    """The files among ``files`` that carry a synthetic mark (header, sidecar or generated.json).
+
+    A file whose header cannot be read counts as unmarked here; reading it later names it.
+    """
+    from medvol.data.provenance import provenance_of
+
+    marked = []
+    for path in files:
+        try:
+            if provenance_of(path)["synthetic"]:
+                marked.append(path)
+        except MedvolError:
+            pass
+    return marked
+
+
+def synthetic_real(info: dict, marked: Sequence[str], total: int, allow: bool, spec: str, unit: str = "volumes") -> None:
+    """Refuse a real set holding generated data unless ``allow``; record what was allowed in ``info``.
+
+    Raises:
+        MedvolError: one line naming the real source, the count and a first marked item.
+    """
+    if not marked:
+        return
+    if not allow:
+        raise MedvolError(f"--real {spec}: {len(marked)} of its {total} {unit} are marked synthetic (e.g. "
+                          f"{marked[0]}); generated data scored as the real set would hide what the scores "
+                          "measure: pass --allow-synthetic-real to score against them anyway")
+    info["synthetic"] = {"count": len(marked), "names": list(marked), "allowed_by": "--allow-synthetic-real"}
+
+
+def check_counts(report: dict, n: int | None, n_real: int, n_fake: int, unit: str, strict: bool) -> None:
+    """Say (or, with ``strict``, refuse) that ``--n`` asked for more than a set holds.
+
+    Scores compare only at equal N (docs: FID is biased in N), so a silent 7-vs-2 is a trap.
+    """
+    if n is None or (n_real >= n and n_fake >= n):
+        return
+    text = (f"--n {n}: the real set has {n_real} {unit} and the fake set {n_fake}; "
+            f"scoring {n_real} against {n_fake}, not {n} against {n}")
+    if strict:
+        raise MedvolError(f"{text}; refusing under --strict")
+    log.warning("warning: %s", text)
+    report.setdefault("warnings", []).append(text)
+
+
+def planned_outputs(metrics: Sequence[str]) -> list[str]:
+    """Every file ``medvol evaluate`` may write into its output folder (checked before the work)."""
+    names = ["scores.json", "scores.md", "features_pca.png"]
+    if "memorization" in metrics:
+        names += ["memorization.json", "memorization_montage.png"]
+    return names
 
 
 def volume_vectors(fs: FeatureSet) -> np.ndarray:
@@ -345,6 +440,11 @@ def _markdown(report: dict) -> str:
              f"- seed {report['seed']}, bootstrap {report['bootstrap']} rounds over "
              f"{'images' if report.get('dims') == 2 else 'volumes'}, "
              f"medvol {report['medvol_version']}", ""]
+    if "synthetic" in report["real"]:
+        marked = report["real"]["synthetic"]
+        lines += [f"The real set holds {marked['count']} item(s) marked synthetic, scored as real "
+                  f"({marked['allowed_by']}).", ""]
+    lines += [f"warning: {w}" for w in report.get("warnings", [])] + ([""] if report.get("warnings") else [])
     for ext in report["extractors"]:
         info = ext["info"]
         lines += [f"## {info['extractor']}", "",
@@ -391,14 +491,23 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
              n_boot: int = 50, slices_per_volume: int = 16, batch: int = 16, device: str = "cpu",
              overwrite: bool = False, progress=None, command: str | None = None,
              train: str | None = None, diversity_n: int = 16, memo: dict | None = None,
-             montage_pairs: int = 8, plane: str = "axial") -> dict:
+             montage_pairs: int = 8, plane: str = "axial", allow_synthetic_real: bool = False,
+             strict: bool = False, _claim: dict | None = None) -> dict:
     """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``.
 
     ``features`` defaults to ``inception2.5d`` for volumes and ``inception`` for 2D images (a 2D
     model's checkpoint or a folder of 2D images as ``fake``: :mod:`medvol.eval.images2d`, where
     ``plane`` picks the real slices of an image folder). ``memo`` (a dict kept by the caller)
     holds the real and training features between calls with the same real set, so that scoring
-    many checkpoints extracts them once."""
+    many checkpoints extracts them once.
+
+    ``out`` follows :mod:`medvol.outputs`: checked before any feature is computed (a file, a
+    user's ``scores.md`` or figure, another job's outputs are refused; ``overwrite`` replaces an
+    earlier evaluation and removes only what medvol wrote), written at the end all at once.
+    A real set holding volumes marked synthetic is refused unless ``allow_synthetic_real`` (then
+    recorded); ``--n`` larger than a set is a warning, an error with ``strict``. scores.json
+    records ``real.set_sha256`` (the sorted per-volume checksums), which :func:`compare` matches.
+    """
     memo = {} if memo is None else memo
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -409,6 +518,17 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                           "or pass --overwrite")
     if n is not None and n < 2:
         raise MedvolError(f"--n {n}: need at least 2 volumes per set")
+    from medvol.outputs import check_output
+    from medvol.train.distributed import pick_device
+
+    pick_device(device)  # a GPU this machine lacks is named before anything is read
+    claim = _claim or {
+        "folder": out, "prefix": "", "job": "evaluate", "overwrite": overwrite,
+        "identity": {"real": real, "fake": fake, "train": train, "features": features, "metrics": list(metrics),
+                     "n": n, "size": size, "split": split, "seed": seed, "plane": plane},
+        "inputs": [p for p in (real, fake, train) if p is not None and Path(p).exists()]}
+    check_output(claim["folder"], claim["job"], claim["identity"], overwrite=claim["overwrite"],
+                 inputs=claim["inputs"], outputs=[claim["prefix"] + name for name in planned_outputs(metrics)])
 
     npy = [s.endswith(".npy") for s in (real, fake)]
     if any(npy) and not all(npy):
@@ -422,6 +542,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         "bootstrap": n_boot,
         "metrics": list(metrics),
         "k": k,
+        "allow_synthetic_real": bool(allow_synthetic_real),
         "extractors": [],
     }
     loaded = None
@@ -437,8 +558,9 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 report, real, fake, loaded=loaded if is_2d else None, files=files,
                 features=features or ["inception"], metrics=metrics, n=n, size=size,
                 modality=modality, window=window, plane=plane, split=split, seed=seed, batch=batch,
-                device=device, progress=progress, memo=memo)
-            return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed)
+                device=device, progress=progress, memo=memo, allow_synthetic_real=allow_synthetic_real,
+                strict=strict)
+            return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed)
     features = list(features or ["inception2.5d"])
     if all(npy):
         if set(metrics) - set(FEATURE_METRICS):
@@ -446,7 +568,10 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         fr, ff = precomputed(real, "real"), precomputed(fake, "fake")
         if fr.features["features"].shape[1] != ff.features["features"].shape[1]:
             raise MedvolError("--real and --fake feature files have different dimensions")
-        report["real"] = {"source": real, "kind": "features", "n_volumes": fr.n_volumes}
+        check_counts(report, n, fr.n_volumes, ff.n_volumes, "rows", strict)
+        rows = fr.features["features"].astype(np.float32)
+        report["real"] = {"source": real, "kind": "features", "n_volumes": fr.n_volumes,
+                          "set_sha256": set_checksum([hashlib.sha256(r.tobytes()).hexdigest() for r in rows])}
         report["fake"] = {"source": fake, "kind": "features", "n_volumes": ff.n_volumes}
         pairs = [({"extractor": "precomputed", "weights": None, "weights_sha256": None,
                    "dim": fr.features["features"].shape[1], "views": ["features"],
@@ -459,6 +584,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         if src_real.size != src_fake.size:
             raise MedvolError(f"--real volumes are {src_real.size}^3 but --fake are {src_fake.size}^3; "
                               "give --size to prepare both alike")
+        synthetic_real(src_real.info, src_real.synthetic, len(src_real), allow_synthetic_real, real)
+        check_counts(report, n, len(src_real), len(src_fake), "volumes", strict)
         src_train = None
         if "memorization" in metrics:
             if train is None and src_real.kind == "cache" and split != "train":
@@ -480,7 +607,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             if ext.dims != 3:
                 raise MedvolError(f"--features {spec}: scores 2D images, not volumes (use "
                                   "inception2.5d for the slices of volumes)")
-        keep_r, keep_f = Keep(src_real, diversity_n), Keep(src_fake, diversity_n)
+        sums_r = Checksums(src_real)
+        keep_r, keep_f = Keep(sums_r, diversity_n), Keep(src_fake, diversity_n)
         pairs = []
         def run(ext, src):
             return ext.extract(src, progress=None if progress is None else
@@ -490,14 +618,17 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             first = index == 0 and "msssim" in metrics
             key = ("real", real, spec, split, n, size, seed)
             if key not in memo or (first and ("kept",) + key not in memo):
-                memo[key] = run(ext, keep_r if first else src_real)
+                memo[key] = run(ext, keep_r if first else sums_r)
+                memo[("set_sha256",) + key] = sums_r.set_sha256()
                 if first:
                     memo[("kept",) + key] = keep_r.kept
             if first:
                 keep_r.kept = memo[("kept",) + key]
             ff = run(ext, keep_f if first else src_fake)
             pairs.append((ext.info(), memo[key], ff))
-        report["real"] = dict(src_real.info, n_volumes=len(src_real), names=src_real.names)
+        real_key = ("real", real, features[0], split, n, size, seed)
+        report["real"] = dict(src_real.info, n_volumes=len(src_real), names=src_real.names,
+                              set_sha256=memo[("set_sha256",) + real_key])
         report["fake"] = dict(src_fake.info, n_volumes=len(src_fake), names=src_fake.names)
         if "msssim" in metrics:
             from medvol.eval.diversity import pairwise_ms_ssim
@@ -539,12 +670,16 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 src_fake.pick(closest), src_train.pick(train_idx), list(closest), train_idx)
         report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
                               volume_vectors(pairs[0][2]))
-    return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed)
+    return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed)
 
 
-def _finish(report: dict, pairs: list, metrics: Sequence[str], out: Path, *, k: int, n_boot: int,
+def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k: int, n_boot: int,
             seed: int) -> dict:
-    """Score every ``(extractor info, real features, fake features)`` pair; write the outputs."""
+    """Score every ``(extractor info, real features, fake features)`` pair; write the outputs.
+
+    ``claim``: the output folder, job, identity, overwrite and inputs (:mod:`medvol.outputs`) and
+    the ``prefix`` of the names in it. Every output is written under a temporary name first and
+    all are renamed together: a full disk leaves neither scores nor a figure without them."""
     feature_metrics = [m for m in metrics if m in FEATURE_METRICS]
     for info, fr, ff in pairs:
         scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed)
@@ -555,17 +690,23 @@ def _finish(report: dict, pairs: list, metrics: Sequence[str], out: Path, *, k: 
     records = report.pop("_memorization_records", None)
     montage = report.pop("_montage", None)
     scatter = report.pop("_scatter", None)
-    out.mkdir(parents=True, exist_ok=True)
+    contents: dict[str, bytes | str] = {}
     if records is not None:
-        _write_text(out / "memorization.json", json.dumps(records, indent=2) + "\n")
-    figures = []
-    if montage is not None and _plot_montage(out / "memorization_montage.png", *montage):
-        figures.append("memorization_montage.png")
-    if scatter is not None and _plot_scatter(out / "features_pca.png", *scatter):
-        figures.append("features_pca.png")
-    report["figures"] = figures
-    _write_text(out / "scores.md", _markdown(report))
-    _write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
+        contents["memorization.json"] = json.dumps(records, indent=2) + "\n"
+    for name, plot, args in (("memorization_montage.png", _plot_montage, montage),
+                             ("features_pca.png", _plot_scatter, scatter)):
+        png = plot(*args) if args is not None else None
+        if png is not None:
+            contents[name] = png
+    report["figures"] = [name for name in contents if name.endswith(".png")]
+    contents["scores.md"] = _markdown(report)
+    contents["scores.json"] = json.dumps(report, indent=2) + "\n"
+    from medvol.outputs import owned_output
+
+    names = {claim["prefix"] + name: body for name, body in contents.items()}
+    with owned_output(claim["folder"], claim["job"], claim["identity"], overwrite=claim["overwrite"],
+                      inputs=claim["inputs"], outputs=list(names)) as owned:
+        owned.write_all(names, "evaluation output")
     return report
 
 
@@ -591,6 +732,15 @@ def _save(fig, path: Path) -> bool:
     return True
 
 
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (written with the other outputs, all at once)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both sets projected on the two leading principal axes of the pooled, centred features;
     also the explained variance ratios."""
@@ -601,11 +751,10 @@ def pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return (a - mean) @ vt[:2].T, (b - mean) @ vt[:2].T, ratio[:2]
 
 
-def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray,
-                  unit: str = "volume") -> bool:
+def _plot_scatter(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str = "volume") -> bytes | None:
     plt = _pyplot()
     if plt is None or len(real) + len(fake) < 3:
-        return False
+        return None
     pr, pf, ratio = pca_2d(real, fake)
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     ax.scatter(pr[:, 0], pr[:, 1], s=14, label=f"real ({len(real)})", alpha=0.8)
@@ -615,15 +764,15 @@ def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray
     ax.set_title(f"{extractor} features, one point per {unit}")
     ax.legend()
     fig.tight_layout()
-    ok = _save(fig, path)
+    png = _png(fig)
     plt.close(fig)
-    return ok
+    return png
 
 
-def _plot_montage(path: Path, pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bool:
+def _plot_montage(pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bytes | None:
     plt = _pyplot()
     if plt is None or not pairs:
-        return False
+        return None
     fig, axes = plt.subplots(2, len(pairs), figsize=(1.8 * len(pairs), 4.0), dpi=100, squeeze=False)
     for col, ((fname, tname, dist), fi, ti) in enumerate(zip(pairs, fake_idx, train_idx)):
         for row, (vol, title) in enumerate(((fake_vols[int(fi)], f"{fname}\nd={dist:.3g}"),
@@ -634,9 +783,9 @@ def _plot_montage(path: Path, pairs, fake_vols: dict, train_vols: dict, fake_idx
             ax.axis("off")
     fig.suptitle("closest generated (top) / training (bottom) pairs, central axial slice", fontsize=8)
     fig.tight_layout()
-    ok = _save(fig, path)
+    png = _png(fig)
     plt.close(fig)
-    return ok
+    return png
 
 
 # -------------------------------------------------------------------- runs and comparisons
@@ -671,10 +820,22 @@ def evaluate_run(run_dir: str | os.PathLike, real: str, out: str | os.PathLike, 
     if (out / "curve.csv").exists() and not overwrite:
         raise MedvolError(f"{out}: already holds a run evaluation (curve.csv); choose another --out "
                           "or pass --overwrite")
+    from medvol.outputs import check_output
+
+    per_checkpoint = planned_outputs(options.get("metrics", METRICS))
+    identity = {"run": str(run_dir), "real": real, "every": every, "best": best,
+                **{key: options.get(key) for key in ("features", "metrics", "n", "size", "split", "seed", "train")}}
+    claim = {"folder": out, "job": "evaluate --run", "identity": identity, "overwrite": overwrite,
+             "inputs": [p for p in (run_dir, real, options.get("train")) if p is not None and Path(p).exists()]}
+    # Every output of every checkpoint is checked before the first feature is computed.
+    check_output(out, claim["job"], identity, overwrite=overwrite, inputs=claim["inputs"],
+                 outputs=["curve.csv", "curve.png", "best.json"]
+                 + [f"iter_{it:07d}/{name}" for it, _ in chosen for name in per_checkpoint])
     memo: dict = {}
     rows = []
     for it, path in chosen:
-        rep = evaluate(real, str(path), out / f"iter_{it:07d}", overwrite=overwrite, memo=memo, **options)
+        rep = evaluate(real, str(path), out / f"iter_{it:07d}", overwrite=overwrite, memo=memo,
+                       _claim=dict(claim, prefix=f"iter_{it:07d}/"), **options)
         scores = rep["extractors"][0]["scores"]
         rows.append((it, path, {k: v["value"] for k, v in scores.items()}))
     names = list(rows[0][2])
@@ -686,20 +847,26 @@ def evaluate_run(run_dir: str | os.PathLike, real: str, out: str | os.PathLike, 
     header = "iteration,checkpoint," + ",".join(names)
     lines = [header] + [f"{it},{p.name}," + ",".join(f"{r.get(k, float('nan')):.8g}" for k in names)
                         for it, p, r in rows]
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "curve.csv", "\n".join(lines) + "\n")
-    _plot_curve(out / "curve.png", rows, best, pick[0])
     summary = {"run": str(run_dir), "best_score": best, "direction": better(best),
                "best_iteration": pick[0], "best_checkpoint": str(pick[1]),
                "best_value": pick[2][best], "iterations": [r[0] for r in rows]}
-    _write_text(out / "best.json", json.dumps(summary, indent=2) + "\n")
+    contents: dict[str, bytes | str] = {"curve.csv": "\n".join(lines) + "\n"}
+    png = _plot_curve(rows, best, pick[0])
+    if png is not None:
+        contents["curve.png"] = png
+    contents["best.json"] = json.dumps(summary, indent=2) + "\n"
+    from medvol.outputs import owned_output
+
+    with owned_output(out, claim["job"], identity, overwrite=overwrite, inputs=claim["inputs"],
+                      outputs=list(contents)) as owned:
+        owned.write_all(contents, "run evaluation output")
     return summary
 
 
-def _plot_curve(path: Path, rows, best: str, best_it: int) -> None:
+def _plot_curve(rows, best: str, best_it: int) -> bytes | None:
     plt = _pyplot()
     if plt is None:
-        return
+        return None
     its = [r[0] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(its, [r[2][best] for r in rows], marker="o")
@@ -708,8 +875,9 @@ def _plot_curve(path: Path, rows, best: str, best_it: int) -> None:
     ax.set_ylabel(best)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    png = _png(fig)
     plt.close(fig)
+    return png
 
 
 def compare(folders: Sequence[str | os.PathLike]) -> str:
@@ -721,7 +889,7 @@ def compare(folders: Sequence[str | os.PathLike]) -> str:
         if not path.is_file():
             raise MedvolError(f"{f}: no scores.json (not a `medvol evaluate` output folder)")
         try:
-            reports.append(json.loads(path.read_text(encoding="utf-8")))
+            reports.append(_checked_report(path, json.loads(path.read_text(encoding="utf-8"))))
         except ValueError as error:
             raise MedvolError(f"{path}: unreadable ({error})") from None
     if len(reports) < 2:
@@ -731,16 +899,16 @@ def compare(folders: Sequence[str | os.PathLike]) -> str:
         return {"extractors": [(e["info"]["extractor"], e["info"]["weights_sha256"])
                                for e in rep["extractors"]],
                 "n_real": set_count(rep["real"]), "n_fake": set_count(rep["fake"]),
-                "real": rep["real"]["source"]}
+                "real": rep["real"]["source"], "real_set_sha256": rep["real"]["set_sha256"]}
 
     ref = key(reports[0])
     for f, rep in zip(folders[1:], reports[1:]):
         other = key(rep)
-        for field in ("extractors", "n_real", "n_fake", "real"):
+        for field in ("extractors", "n_real", "n_fake", "real", "real_set_sha256"):
             if other[field] != ref[field]:
                 raise MedvolError(f"{f} was computed with {field} = {other[field]} but {folders[0]} "
                                   f"with {ref[field]}; scores compare only when computed alike")
-    lines = ["| extractor | score | " + " | ".join(str(f) for f in folders) + " | better |",
+    lines = [TABLE_HEAD + " | ".join(str(f) for f in folders) + " | better |",
              "|---|---|" + "---|" * len(folders) + "---|"]
     for i, ext in enumerate(reports[0]["extractors"]):
         for name in ext["scores"]:
@@ -749,3 +917,69 @@ def compare(folders: Sequence[str | os.PathLike]) -> str:
             lines.append(f"| {ext['info']['extractor']} | {name} | " + " | ".join(cells)
                          + f" | {better(name)} |")
     return "\n".join(lines) + "\n"
+
+
+#: How every table :func:`compare` makes begins: what tells medvol's own table file from another file.
+TABLE_HEAD = "| extractor | score | "
+
+
+def check_table_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``medvol compare --out FILE`` under the one output rule, before anything is read.
+
+    An earlier table of ``medvol compare`` is replaced only with ``overwrite``; any other file is
+    never replaced.
+
+    Raises:
+        MedvolError: one line naming ``path`` and what is in the way.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MedvolError(f"--out {path}: is a folder; give the markdown file to write")
+    if path.exists() or path.is_symlink():
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                head = f.read(len(TABLE_HEAD))
+        except OSError:
+            head = ""
+        if head != TABLE_HEAD:
+            raise MedvolError(f"--out {path}: exists and is not a table medvol compare wrote; refusing to replace "
+                              "it (with or without --overwrite): choose another --out")
+        if not overwrite:
+            raise MedvolError(f"--out {path}: holds a comparison table; choose another --out or pass --overwrite")
+    return path
+
+
+def write_table(path: str | os.PathLike, table: str, overwrite: bool = False) -> Path:
+    """Write a :func:`compare` table to ``path`` (checked as :func:`check_table_output`), atomically."""
+    from medvol.utils import checked_write
+
+    path = check_table_output(path, overwrite)
+    with checked_write(path, "comparison table") as tmp:
+        tmp.write_text(table, encoding="utf-8")
+    return path
+
+
+def _checked_report(path: Path, rep) -> dict:
+    """A ``scores.json`` with what :func:`compare` reads, or a one-line error naming what is missing."""
+    def bad(what: str) -> MedvolError:
+        return MedvolError(f"{path}: {what}; not a complete `medvol evaluate` output (re-run medvol evaluate)")
+
+    if not isinstance(rep, dict):
+        raise bad("not a JSON object")
+    extractors = rep.get("extractors")
+    if not isinstance(extractors, list) or not extractors:
+        raise bad("no extractors")
+    for ext in extractors:
+        info, scores = (ext.get("info"), ext.get("scores")) if isinstance(ext, dict) else (None, None)
+        if not isinstance(info, dict) or not {"extractor", "weights_sha256"} <= set(info):
+            raise bad("an extractor without its info (extractor, weights_sha256)")
+        if not isinstance(scores, dict) or not all(isinstance(v, dict) for v in scores.values()):
+            raise bad(f"extractor {info['extractor']!r} without scores")
+    for side in ("real", "fake"):
+        got = rep.get(side)
+        if not isinstance(got, dict) or "source" not in got or not ({"n_volumes", "n_images"} & set(got)):
+            raise bad(f"no {side} set (source and size)")
+    if not isinstance(rep["real"].get("set_sha256"), str):
+        raise bad("no checksum of the real set (real.set_sha256, which older versions did not write), so "
+                  "its real volumes cannot be matched")
+    return rep

@@ -12,7 +12,9 @@ Sources:
   set does not depend on the batch size or the device.
 - ``--fake`` a folder (or one file) of 2D images: ``.png`` (8- or 16-bit grey, one image per file;
   grids are not split) or 2D NIfTI ``.nii`` / ``.nii.gz`` (CT in HU, mapped to [-1, 1] with the
-  training window; MR taken as [-1, 1]); files whose name ends in ``_mask`` are skipped.
+  training window; MR taken as [-1, 1]); files whose name ends in ``_mask`` are skipped, and so
+  are medvol's own previews (``grid_0000.png``, ``sample_0000_views.png``, listed as such in the
+  folder's ``generated.json``).
 - ``--real data`` (with a 2D checkpoint): the run's own training slices, built by the trainer's
   :func:`medvol.train.data.build_dataset` from the checkpoint's ``data`` config, so the real set
   is exactly what the model saw (plane, size, blank slices, mask channel, slice class).
@@ -56,7 +58,7 @@ def image_files(spec: str) -> list[Path] | None:
         files = [path] if _suffix(path) in IMAGE_SUFFIXES else []
     elif path.is_dir() and not (path / "manifest.json").exists():
         files = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p) in IMAGE_SUFFIXES
-                       and not p.name[: -len(_suffix(p))].endswith("_mask"))
+                       and not p.name[: -len(_suffix(p))].endswith("_mask") and not is_preview(p))
     else:
         return None
     if not files:
@@ -64,6 +66,18 @@ def image_files(spec: str) -> list[Path] | None:
     if all(_suffix(p) == ".png" for p in files):
         return files
     return files if _nifti_is_2d(files[0]) else None
+
+
+#: Kinds of the PNGs ``medvol generate`` writes to look at (:mod:`medvol.train.generate2d`), not samples.
+PREVIEW_KINDS = ("png grid", "png views")
+
+
+def is_preview(path: Path) -> bool:
+    """Whether ``path`` is one of medvol's preview images, as its folder's generated.json says."""
+    from medvol.data.provenance import listed_record
+
+    record = listed_record(path)
+    return record is not None and record.get("kind") in PREVIEW_KINDS
 
 
 def _nifti_is_2d(path: Path) -> bool:
@@ -210,9 +224,14 @@ class RealSlices:
 
 
 def real_slices(spec: str, cfg, *, size: int, plane: str, split: str, n: int | None,
-                seed: int) -> RealSlices:
-    """The real side of a 2D evaluation (see the module docstring)."""
+                seed: int, allow_synthetic_real: bool = False) -> RealSlices:
+    """The real side of a 2D evaluation (see the module docstring).
+
+    A cache split holding volumes marked synthetic (``--real CACHE``, or ``--real data`` of a run
+    trained on them) is refused unless ``allow_synthetic_real``, then recorded.
+    """
     from medvol.config import DataConfig
+    from medvol.eval.evaluate import synthetic_real
     from medvol.train.data import build_dataset
 
     data = cfg.data if cfg is not None else DataConfig(plane=plane, workers=0, phantom_n=16)
@@ -235,6 +254,13 @@ def real_slices(spec: str, cfg, *, size: int, plane: str, split: str, n: int | N
     else:
         raise MedvolError(f"--real {spec}: for 2D images give data (the run's training slices), "
                           "phantom[:SEED] or a preprocessing cache folder")
+    if data.source != "phantom" and (Path(data.source) / "manifest.json").is_file():
+        from medvol.data.datasets import CachedVolumeDataset
+
+        volumes = CachedVolumeDataset(data.source, split=data.split, allow_synthetic=True)
+        synthetic_real(info, list(volumes.synthetic), len(volumes), allow_synthetic_real, spec)
+        if volumes.synthetic:  # allowed and recorded just above
+            data = dataclasses.replace(data, allow_synthetic=True)
     dataset = build_dataset(data, size, dims=2, channels=1 + int(data.masks))
     info["data"] = dataclasses.asdict(data)
     return RealSlices(dataset, n, seed, info)
@@ -246,15 +272,20 @@ def memo_key(*parts) -> str:
 
 
 def image_pairs(report: dict, real: str, fake: str, *, loaded, files, features, metrics, n, size,
-                modality, window, plane, split, seed, batch, device, progress, memo) -> list:
+                modality, window, plane, split, seed, batch, device, progress, memo,
+                allow_synthetic_real: bool = False, strict: bool = False) -> list:
     """Extract the 2D features of both sides; fill ``report`` (sources, provenance).
+
+    A real image folder holding images marked synthetic is refused unless
+    ``allow_synthetic_real``; ``n`` larger than a set warns (refused with ``strict``).
 
     Returns:
         ``[(extractor info, real FeatureSet, fake FeatureSet), ...]``, one per extractor, for
         :func:`medvol.eval.evaluate._finish` to score.
     """
     from medvol.data.preprocess import PreprocessParams
-    from medvol.eval.evaluate import FEATURE_METRICS, volume_vectors
+    from medvol.eval.evaluate import (FEATURE_METRICS, Checksums, check_counts, marked_synthetic, synthetic_real,
+                                      volume_vectors)
     from medvol.eval.features import get_extractor
 
     other = [m for m in metrics if m not in FEATURE_METRICS]
@@ -279,11 +310,15 @@ def image_pairs(report: dict, real: str, fake: str, *, loaded, files, features, 
     if real_files is not None:
         src_real = ImageFiles(real, real_files, n, nifti_window)
         real_def = ("files", str(Path(real).resolve()), [p.name for p in src_real.files])
+        synthetic_real(src_real.info, [p.name for p in marked_synthetic(src_real.files)], len(src_real.files),
+                       allow_synthetic_real, real, "images")
     else:
-        src_real = real_slices(real, cfg, size=src_fake.size, plane=plane, split=split, n=n, seed=seed)
+        src_real = real_slices(real, cfg, size=src_fake.size, plane=plane, split=split, n=n, seed=seed,
+                               allow_synthetic_real=allow_synthetic_real)
         real_def = ("slices", src_real.info["data"], list(map(int, src_real.indices)))
     if src_real.size != src_fake.size:
         raise MedvolError(f"--real images are {src_real.size}^2 but --fake images are {src_fake.size}^2")
+    check_counts(report, n, len(src_real.names), len(src_fake.names), "images", strict)
     extractors = [get_extractor(spec, device=device, seed=seed, batch=batch) for spec in features]
     if not extractors:
         raise MedvolError("--features: give at least one extractor")
@@ -299,9 +334,12 @@ def image_pairs(report: dict, real: str, fake: str, *, loaded, files, features, 
     for spec, ext in zip(features, extractors):
         key = ("real2d", memo_key(real_def, spec, ext.weights_sha256, size, seed))
         if key not in memo:
-            memo[key] = run(ext, src_real, "real")
+            sums = Checksums(src_real)
+            memo[key] = run(ext, sums, "real")
+            memo[("set_sha256",) + key] = sums.set_sha256()
+        set_sha256 = memo[("set_sha256",) + key]
         pairs.append((ext.info(), memo[key], run(ext, src_fake, "fake")))
-    report["real"] = dict(src_real.info, n_images=len(src_real.names), names=src_real.names)
+    report["real"] = dict(src_real.info, n_images=len(src_real.names), names=src_real.names, set_sha256=set_sha256)
     report["fake"] = dict(src_fake.info, n_images=len(src_fake.names), names=src_fake.names)
     report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
                           volume_vectors(pairs[0][2]), "image")

@@ -44,7 +44,7 @@ from medvol.data.paired import labels_from_channels
 from medvol.errors import MedvolError
 from medvol.train.checkpoint import checksum_path, load_checkpoint
 from medvol.train.distributed import pick_device
-from medvol.utils import checked_write, write_failure
+from medvol.utils import checked_write
 
 log = logging.getLogger("medvol.generate")
 
@@ -87,11 +87,12 @@ def read_provenance(out: Path) -> dict[str, Any]:
 def generate(ckpt: str | os.PathLike, n: int | None, out: str | os.PathLike, seed: int = 0,
              label: int | None = None, tile_depth: int | None = None, device: str = "auto",
              mode: str | None = None, *, volume: bool = False, masks: str | os.PathLike | None = None,
-             display_window: tuple[float, float] | None = None, batch: int = 16) -> list[Path]:
+             display_window: tuple[float, float] | None = None, batch: int = 16,
+             overwrite: bool = False) -> list[Path]:
     """``medvol generate``: volumes of a 3D model, images (or stacked volumes) of a 2D model.
 
     Args:
-        ckpt, seed, label, tile_depth, device, mode: as :func:`generate_volumes`.
+        ckpt, seed, label, tile_depth, device, mode, overwrite: as :func:`generate_volumes`.
         n: volumes (3D, or 2D with ``volume``) or images (2D); None: 1, or as many as ``masks``
             gives.
         volume, masks, display_window, batch: 2D models only, see
@@ -109,13 +110,13 @@ def generate(ckpt: str | os.PathLike, n: int | None, out: str | os.PathLike, see
 
         return generate_images((system, cfg, state), n, out, seed=seed, label=label, tile_depth=tile_depth,
                                device=dev, mode=mode, volume=volume, masks=masks,
-                               display_window=display_window, batch=batch)
+                               display_window=display_window, batch=batch, overwrite=overwrite)
     for flag, given in (("--volume", volume), ("--masks", masks is not None),
                         ("--display-window", display_window is not None)):
         if given:
             raise MedvolError(f"{flag}: only for 2D models; {cfg.model.name} generates volumes")
     return _generate_volumes((system, cfg, state), 1 if n is None else n, out, seed, label, tile_depth,
-                             dev, mode)
+                             dev, mode, overwrite)
 
 
 def checkpoint_facts(state: dict[str, Any], cfg, seed: int, mode: str) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def checkpoint_facts(state: dict[str, Any], cfg, seed: int, mode: str) -> dict[s
 
 def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, seed: int = 0,
                      label: int | None = None, tile_depth: int | None = None, device: str = "auto",
-                     mode: str | None = None) -> list[Path]:
+                     mode: str | None = None, overwrite: bool = False) -> list[Path]:
     """Generate ``n`` volumes from a checkpoint and write them as ``out/sample_0000.nii.gz``, ….
 
     For a 2D model's checkpoint: ``n`` volumes of stacked slices (``generate(..., volume=True)``).
@@ -144,13 +145,18 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
         device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda[:N]"``.
         mode: ``"reference"`` or ``"optimized"`` (fused upsample-conv: less memory);
             default optimized on CUDA, reference on the CPU.
+        overwrite: accept an ``out`` holding other files: what another medvol generate wrote
+            there is removed first; files medvol did not write are kept and never replaced.
+            Without it such a folder is refused; the same call again (same checkpoint, n, seed,
+            mode and options) continues in its own folder.
 
     Returns:
         The written file paths, in order.
 
     Raises:
         MedvolError: bad checkpoint, ``n < 1``, a label for an unconditional model or out of range,
-            a device this machine lacks, or a failed write (a full disk): the volume being
+            a device this machine lacks, an ``out`` holding other files (before anything is
+            generated), or a failed write (a full disk): the volume being
             written then has no file under its name; the ones before it are complete and listed
             in ``generated.json``.
     """
@@ -162,16 +168,39 @@ def generate_volumes(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, se
         from medvol.train.generate2d import generate_images
 
         return generate_images(loaded, n, out, seed=seed, label=label, tile_depth=tile_depth, device=dev,
-                               mode=mode, volume=True)
-    return _generate_volumes(loaded, n, out, seed, label, tile_depth, dev, mode)
+                               mode=mode, volume=True, overwrite=overwrite)
+    return _generate_volumes(loaded, n, out, seed, label, tile_depth, dev, mode, overwrite)
+
+
+def generate_identity(state: dict[str, Any], n: int, seed: int, mode: str, **settings) -> dict[str, Any]:
+    """What makes two generate calls the same job (:mod:`medvol.outputs`): the checkpoint (path
+    and the SHA-256 its checksum file records), ``n``, the seed, the mode and the other settings
+    that change what is written."""
+    ckpt_path = Path(state["path"])
+    sidecar = checksum_path(ckpt_path)
+    sha = sidecar.read_text(encoding="utf-8").split()[0] if sidecar.is_file() else None
+    return {"checkpoint": str(ckpt_path.resolve()), "checkpoint_sha256": sha, "n": n, "seed": seed,
+            "mode": mode, **settings}
+
+
+def sample_names(n: int, masks: bool, extra: tuple[str, ...] = ()) -> list[str]:
+    """The files a generate call of ``n`` samples writes: images, their sidecars, masks (with
+    theirs), each of ``extra`` per sample (``"_views.png"``) and generated.json."""
+    names = []
+    for i in range(n):
+        stem = f"sample_{i:04d}"
+        names += [f"{stem}.nii.gz", f"{stem}.json"]
+        if masks:
+            names += [f"{stem}_mask.nii.gz", f"{stem}_mask.json"]
+        names += [stem + tail for tail in extra]
+    return names + [PROVENANCE]
 
 
 def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: int | None,
-                      tile_depth: int | None, dev: torch.device, mode: str | None) -> list[Path]:
+                      tile_depth: int | None, dev: torch.device, mode: str | None,
+                      overwrite: bool = False) -> list[Path]:
     """:func:`generate_volumes` for a loaded 3D ``(system, cfg, state)``."""
-    from medvol.data.io import Volume
-    from medvol.data.preprocess import to_intensity
-    from medvol.data.provenance import write_synthetic
+    from medvol.outputs import owned_output
 
     system, cfg, state = loaded
     k = system.num_classes
@@ -199,7 +228,21 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
 
     if mask_labels is not None:
         common["mask_labels"] = mask_labels
-    out = make_output_folder(out)
+    identity = generate_identity(state, n, seed, mode, label=label, tile_depth=tile_depth, dims=3)
+    planned = sample_names(n, mask_labels is not None)  # checked before anything is generated
+    with owned_output(out, "generate", identity, overwrite=overwrite, inputs=[ckpt_path], outputs=planned) as owned:
+        return _write_volumes(owned, system, n, seed, label, tile_depth, dev, k, window, mask_labels, common,
+                              spacing, origin, direction)
+
+
+def _write_volumes(owned, system, n, seed, label, tile_depth, dev, k, window, mask_labels, common,
+                   spacing, origin, direction) -> list[Path]:
+    """Generate and write the volumes of :func:`_generate_volumes` into the claimed folder."""
+    from medvol.data.io import Volume
+    from medvol.data.preprocess import to_intensity
+    from medvol.data.provenance import sidecar_path, write_synthetic
+
+    out = owned.folder
     provenance = read_provenance(out)
     if mask_labels is not None:
         record_mask_labels(provenance, mask_labels, out)
@@ -214,6 +257,9 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
         volume = Volume(array=array.astype("float32"), spacing=spacing, origin=origin, direction=direction)
         record = dict(common, index=i, label=int(labels[0]) if labels is not None else None)
         mask_path, mask_written = out / f"sample_{i:04d}_mask.nii.gz", False
+        for written in (path, mask_path) if mask_labels is not None else (path,):
+            owned.path(written.name)
+            owned.path(sidecar_path(written).name)
         try:
             if mask_labels is not None:
                 # The label map first: an image written without its mask would pass for an unpaired one.
@@ -226,15 +272,13 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
             record = write_synthetic(volume, path, record)  # marked: header, sidecar (medvol.data.provenance)
         except MedvolError as error:
             if mask_written:  # no label map without its image
-                from medvol.data.provenance import sidecar_path
-
                 mask_path.unlink(missing_ok=True)
                 sidecar_path(mask_path).unlink(missing_ok=True)
                 provenance["files"].pop(mask_path.name, None)
             # The file of an earlier call under this name, if any, is untouched and keeps its entry.
             if paths:
                 with contextlib.suppress(MedvolError):
-                    write_provenance(out, provenance)
+                    write_provenance(owned, provenance)
             done = f"; the {i} volume(s) before it are complete" if i else ""
             raise MedvolError(f"{error}{done}") from None
         provenance["files"][path.name] = record
@@ -242,7 +286,7 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
             provenance["files"][mask_path.name] = mask_record
         log.info("wrote %s", path)
         paths.append(path)
-    write_provenance(out, provenance)
+    write_provenance(owned, provenance)
     return paths
 
 
@@ -272,17 +316,7 @@ def record_mask_labels(provenance: dict[str, Any], mask_labels: list[str], out: 
     provenance["mask_labels"] = list(mask_labels)
 
 
-def make_output_folder(out: str | os.PathLike) -> Path:
-    """``out`` created (with its parents), or a one-line error."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise MedvolError(f"--out {out}: cannot create it ({write_failure(error, out.parent)})") from None
-    return out
-
-
-def write_provenance(out: Path, provenance: dict[str, Any]) -> None:
-    """Rewrite ``out/generated.json`` atomically."""
-    with checked_write(out / PROVENANCE, "provenance file") as tmp:
+def write_provenance(owned, provenance: dict[str, Any]) -> None:
+    """Rewrite generated.json of the claimed output folder ``owned`` atomically."""
+    with checked_write(owned.path(PROVENANCE), "provenance file") as tmp:
         tmp.write_text(json.dumps(provenance, indent=1, sort_keys=True), encoding="utf-8")

@@ -40,8 +40,8 @@ import torch
 
 from medvol.data.paired import labels_from_channels
 from medvol.errors import MedvolError
-from medvol.train.generate import (centred_origin, checkpoint_facts, make_output_folder, paired_mask_labels,
-                                   read_provenance, record_mask_labels, write_provenance)
+from medvol.train.generate import (centred_origin, checkpoint_facts, generate_identity, paired_mask_labels,
+                                   read_provenance, record_mask_labels, sample_names, write_provenance)
 from medvol.utils import checked_write, optional_import
 
 log = logging.getLogger("medvol.generate")
@@ -262,7 +262,8 @@ def phantom_masks(cfg, volume: bool) -> Iterator[tuple[np.ndarray, str]]:
 def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int = 0, label: int | None = None,
                     tile_depth: int | None = None, device: torch.device | str = "cpu", mode: str | None = None,
                     volume: bool = False, masks: str | os.PathLike | None = None,
-                    display_window: tuple[float, float] | None = None, batch: int = 16) -> list[Path]:
+                    display_window: tuple[float, float] | None = None, batch: int = 16,
+                    overwrite: bool = False) -> list[Path]:
     """Generate from a loaded 2D model and write slices (or stacked volumes) into ``out``.
 
     Args:
@@ -277,6 +278,7 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
             None takes the masks of the training phantom slices.
         display_window: PNG black .. white in the output unit (CT: HU); default the training window.
         batch: samples per forward pass of G.
+        overwrite: as :func:`medvol.train.generate.generate_volumes` (one rule for ``out``).
 
     Returns:
         The image (or volume) paths written, in order.
@@ -285,8 +287,6 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
         MedvolError: refused options, missing mask source, bad mask files, a failed write (the
             samples before it are complete and listed in generated.json).
     """
-    from medvol.data.preprocess import to_intensity
-
     system, cfg, state = loaded
     name, size = cfg.model.name, cfg.model.size
     if tile_depth is not None:
@@ -332,7 +332,28 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
     mask_labels = paired_mask_labels(system, meta, state)
     if mask_labels is not None:
         common["mask_labels"] = mask_labels
-    writer = _Writer(make_output_folder(out), seed, common, shown, mask_labels)
+    from medvol.outputs import owned_output
+
+    identity = generate_identity(state, n, seed, mode, dims=2, volume=volume, display_window=list(shown),
+                                 masks=str(Path(masks).resolve()) if masks is not None else None)
+    if volume:
+        planned = sample_names(n, True, ("_views.png",))
+    else:
+        grids = [f"grid_{g:04d}.png" for g in range(math.ceil(n / GRID_SAMPLES))]
+        planned = sample_names(n, True) + grids
+    inputs = [Path(state["path"])] + ([Path(masks)] if masks is not None else [])
+    # The planned names are checked before anything is generated (or removed by overwrite).
+    with owned_output(out, "generate", identity, overwrite=overwrite, inputs=inputs, outputs=planned) as owned:
+        writer = _Writer(owned, seed, common, shown, mask_labels)
+        return _write_images(writer, system, cfg, meta, plane, size, n, per, volume, batch, dev, window,
+                             mask_stream)
+
+
+def _write_images(writer: "_Writer", system, cfg, meta, plane, size, n, per, volume, batch, dev, window,
+                  mask_stream) -> list[Path]:
+    """Generate and write the samples of :func:`generate_images` through ``writer``."""
+    from medvol.data.preprocess import to_intensity
+
     if volume:
         spacing, measured = volume_spacing(meta, plane)
         direction = tuple(float(d) for d in meta.get("direction") or np.eye(3).ravel())
@@ -340,7 +361,7 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
     else:
         writer.pixel_spacing = tuple(float(s) for s in (meta.get("spacing") or (1.0, 1.0))[-2:])
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(writer.seed)
     pending: list[tuple[np.ndarray, np.ndarray | None, str | None]] = []
     try:
         for start in range(0, n * per, batch):
@@ -375,12 +396,13 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
 class _Writer:
     """Writes samples as they come, keeps generated.json and the PNG grids in step."""
 
-    def __init__(self, out: Path, seed: int, common: dict[str, Any], shown: tuple[float, float],
+    def __init__(self, owned, seed: int, common: dict[str, Any], shown: tuple[float, float],
                  mask_labels: list[str] | None = None):
-        self.out, self.seed, self.common, self.shown = out, seed, common, shown
-        self.provenance = read_provenance(out)
+        self.owned, self.out = owned, owned.folder
+        self.seed, self.common, self.shown = seed, common, shown
+        self.provenance = read_provenance(self.out)
         if mask_labels is not None:
-            record_mask_labels(self.provenance, mask_labels, out)
+            record_mask_labels(self.provenance, mask_labels, self.out)
         # Masks are shown with their top label white; a label map's classes as grey levels.
         self.classes = len(mask_labels) if mask_labels is not None else 1
         self.mask_intensity = f"label map 0..{self.classes} (0 background)" if mask_labels is not None else "label 0/1"
@@ -404,15 +426,24 @@ class _Writer:
     def _mask_grey(self, mask: np.ndarray) -> np.ndarray:
         return (mask.astype(np.uint16) * 255 // self.classes).astype(np.uint8)
 
+    def _claim(self, name: str, sidecar: bool = True) -> Path:
+        """``out/name`` recorded as this job's output (with its provenance sidecar)."""
+        from medvol.data.provenance import sidecar_path
+
+        path = self.owned.path(name)
+        if sidecar:
+            self.owned.path(sidecar_path(path).name)
+        return path
+
     def slice(self, image: np.ndarray, mask: np.ndarray | None, source: str | None) -> None:
         i = len(self.paths)
-        path = self.out / f"sample_{i:04d}.nii.gz"
+        path = self._claim(f"sample_{i:04d}.nii.gz")
         origin = centred_origin_2d(image.shape, self.pixel_spacing)
         geometry = {"spacing": list(self.pixel_spacing), "origin": list(origin), "direction": [1.0, 0.0, 0.0, 1.0]}
         facts = dict(self.common, index=i, kind="image", mask_source=source, **geometry)
         self.provenance["files"][path.name] = write_image2d(image, self.pixel_spacing, path, facts)
         if mask is not None:
-            mask_path = self.out / f"sample_{i:04d}_mask.nii.gz"
+            mask_path = self._claim(f"sample_{i:04d}_mask.nii.gz")
             facts = dict(facts, kind="mask", intensity=self.mask_intensity)
             self.provenance["files"][mask_path.name] = write_image2d(mask, self.pixel_spacing, mask_path, facts)
         self.paths.append(path)
@@ -424,7 +455,7 @@ class _Writer:
     def _flush_grid(self) -> None:
         if not self.tiles:
             return
-        path = self.out / f"grid_{self.grid_first // GRID_SAMPLES:04d}.png"
+        path = self._claim(f"grid_{self.grid_first // GRID_SAMPLES:04d}.png", sidecar=False)
         write_png(tile_grid(self.tiles), path)
         last = self.grid_first + len(self.tiles) - 1
         self._record(path, kind="png grid", indices=[self.grid_first, last], display_window=list(self.shown))
@@ -440,7 +471,7 @@ class _Writer:
         g = self.geometry
         size = len(group)
         image = stack_slices(np.stack([item[0] for item in group]), plane)
-        path = self.out / f"sample_{k:04d}.nii.gz"
+        path = self._claim(f"sample_{k:04d}.nii.gz")
         facts = {"index": k, "kind": "stacked volume", "slices": [k * size, (k + 1) * size - 1],
                  "spacing": list(g["spacing"]), "origin": list(g["origin"]), "direction": list(g["direction"]),
                  "spacing_normal_measured": g["spacing_normal_measured"],
@@ -451,12 +482,12 @@ class _Writer:
         rows = [self._views(image)]
         if group[0][1] is not None:
             mask = stack_slices(np.stack([item[1] for item in group]), plane)
-            mask_path = self.out / f"sample_{k:04d}_mask.nii.gz"
+            mask_path = self._claim(f"sample_{k:04d}_mask.nii.gz")
             facts = dict(self.common, **dict(facts, kind="stacked mask volume", intensity=self.mask_intensity))
             self.provenance["files"][mask_path.name] = write_synthetic(Volume(array=mask, **geometry), mask_path,
                                                                        facts, dtype=np.uint8)
             rows.append(self._views(mask, grey=False))
-        views = self.out / f"sample_{k:04d}_views.png"
+        views = self._claim(f"sample_{k:04d}_views.png", sidecar=False)
         write_png(tile_grid([np.concatenate(rows, axis=0)], gap=0), views)
         self._record(views, index=k, kind="png views", display_window=list(self.shown))
         self.paths.append(path)
@@ -477,10 +508,12 @@ class _Writer:
         return f"; the {count} sample(s) before it are complete" if count else ""
 
     def abort(self) -> None:
+        if not self.paths:  # nothing written: no listing of nothing
+            return
         with contextlib.suppress(MedvolError):
             self._flush_grid()
-            write_provenance(self.out, self.provenance)
+            write_provenance(self.owned, self.provenance)
 
     def finish(self) -> None:
         self._flush_grid()
-        write_provenance(self.out, self.provenance)
+        write_provenance(self.owned, self.provenance)

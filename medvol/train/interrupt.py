@@ -25,16 +25,19 @@ class TrainingInterrupted(KeyboardInterrupt):
         signum: the signal received.
         iteration: iterations completed.
         checkpoint: the checkpoint holding them (``None`` if none could be written).
+        advice: how to continue, as the command that ran the training says it (a study that
+            trains resumes by being run again, not with ``--resume``).
     """
 
-    def __init__(self, signum: int, iteration: int, checkpoint: Path | None):
+    def __init__(self, signum: int, iteration: int, checkpoint: Path | None,
+                 advice: str = "continue with --resume auto"):
         self.signum = int(signum)
         self.iteration = iteration
         self.checkpoint = checkpoint
         self.exit_code = 128 + self.signum
         kept = f"saved {checkpoint}" if checkpoint is not None else "no checkpoint written"
         super().__init__(f"interrupted by {signal.Signals(self.signum).name} at iteration {iteration}; "
-                         f"{kept}; continue with --resume auto")
+                         f"{kept}; {advice}")
 
 
 class StopSignals:

@@ -64,3 +64,42 @@ def test_features_train_learns(cache, tmp_path, capsys):
     assert main(["features", "train", "--data", str(cache), "--out", str(out), "--iters", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert torch.load(out, weights_only=True)["train"]["loss"] == loss
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def build(*args, **kwargs):
+        raise AssertionError("training started before --out was checked")
+
+    monkeypatch.setattr(D, "build_autoencoder", build)
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_features_train_never_replaces_a_file_it_did_not_write(cache, tmp_path, capsys, no_training, overwrite):
+    """Issue 22: --out naming a user's file (or a folder) is refused before training, --overwrite or not."""
+    out = tmp_path / "mine.pt"
+    out.write_bytes(b"a user's file")
+    assert main(["features", "train", "--data", str(cache), "--out", str(out), *overwrite]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a domain feature file medvol wrote" in err[0]
+    assert out.read_bytes() == b"a user's file"
+    assert main(["features", "train", "--data", str(cache), "--out", str(tmp_path), *overwrite]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_features_train_overwrite_replaces_its_own_file(cache, tmp_path):
+    out = tmp_path / "domain.pt"
+    D.save_untrained(out, size=32, seed=0)
+    assert main(["features", "train", "--data", str(cache), "--out", str(out), "--iters", "1", "--batch", "1",
+                 "--overwrite"]) == 0
+    assert torch.load(out, weights_only=True)["train"]["iters"] == 1
+
+
+def test_features_train_on_a_full_disk(cache, tmp_path, medvol_with_file_limit):
+    out = tmp_path / "domain.pt"
+    done = medvol_with_file_limit(["features", "train", "--data", cache, "--out", out, "--iters", 1, "--batch", 1],
+                                  limit=100_000)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"medvol features: error: cannot write domain feature file {out}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

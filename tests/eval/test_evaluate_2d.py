@@ -248,3 +248,43 @@ def test_fed_images_are_channel_0_of_the_seeded_latents(tmp_path):
     assert both.shape[1] == 2 and len(generated) == 3
     for (name, image), full in zip(generated, both):
         np.testing.assert_allclose(image, full[0].numpy(), atol=1e-6)
+
+
+def test_a_2d_generate_folder_scores_without_its_preview_grids(tmp_path, weights, run_2d, capsys):
+    """Issue 22: medvol's own grid_0000.png (and the views PNGs of --volume) are previews, not samples."""
+    from medvol.train.generate import generate
+
+    generate(run_2d, 70, tmp_path / "g", seed=1)  # 70 samples: grid_0000.png and grid_0001.png
+    assert {"grid_0000.png", "grid_0001.png"} <= {p.name for p in (tmp_path / "g").iterdir()}
+    code, _, err = run_eval(capsys, "--real", "phantom:0", "--fake", tmp_path / "g", "--features",
+                            f"inception:{weights}", "--n", 70, "--bootstrap", 0, "--out", tmp_path / "e")
+    assert code == 0, err
+    report, _ = scores_of(tmp_path / "e")
+    assert report["fake"]["n_images"] == 70 and all(n.startswith("sample_") for n in report["fake"]["names"])
+    # The generated folder as the real set: refused (marked synthetic) unless allowed.
+    code, _, err = run_eval(capsys, "--real", tmp_path / "g", "--fake", tmp_path / "g", "--features",
+                            f"inception:{weights}", "--n", 4, "--bootstrap", 0, "--out", tmp_path / "r")
+    assert code == 2 and "--allow-synthetic-real" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cache_of_generated_volumes_as_the_real_slices_needs_allow_synthetic_real(tmp_path, weights, png_sets,
+                                                                                     capsys):
+    from medvol.data.io import Volume
+    from medvol.data.provenance import write_synthetic
+
+    (tmp_path / "gen").mkdir()
+    for i in range(2):
+        volume = Volume(array=np.full((SIZE,) * 3, -1000.0 + 200 * i, np.float32), spacing=(1.0, 1.0, 1.0))
+        volume.array[8:24, 8:24, 8:24] = 40.0
+        write_synthetic(volume, tmp_path / "gen" / f"sample_{i:04d}.nii.gz", {"model": "test", "index": i})
+    assert main(["preprocess", "--src", str(tmp_path / "gen"), "--dst", str(tmp_path / "cache"), "--size", str(SIZE),
+                 "--val-fraction", "0.5", "--workers", "1", "--allow-synthetic"]) == 0
+    capsys.readouterr()
+    argv = ["--real", tmp_path / "cache", "--split", "train", "--fake", png_sets["phantom"], "--features",
+            f"inception:{weights}", "--n", 4, "--bootstrap", 0, "--metrics", "fid"]
+    code, _, err = run_eval(capsys, *argv, "--out", tmp_path / "e")
+    assert code == 2 and "--allow-synthetic-real" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_eval(capsys, *argv, "--out", tmp_path / "a", "--allow-synthetic-real")
+    assert code == 0, err
+    report, _ = scores_of(tmp_path / "a")
+    assert report["real"]["synthetic"]["count"] == 2 and report["allow_synthetic_real"] is True

@@ -381,3 +381,28 @@ def test_mask_channel_threshold_is_the_midpoint(run2d_masks, tmp_path, monkeypat
     generate(run2d_masks, 1, tmp_path / "t")
     mask = _read2d(tmp_path / "t" / "sample_0000_mask.nii.gz")[1]
     np.testing.assert_array_equal(mask, (ramp[0, 0] > 0).numpy().astype(np.uint8))
+
+
+def test_2d_generate_refuses_another_job_and_overwrites_only_its_own_files(run2d, tmp_path):
+    """Issue 22: slices, sidecars, grids and generated.json of another call are not replaced
+    without --overwrite; a user's file is never replaced."""
+    out = tmp_path / "g"
+    generate(run2d, 2, out, seed=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert "grid_0000.png" in before and PROVENANCE in before
+    generate(run2d, 2, out, seed=1)  # the identical command continues
+    with pytest.raises(MedvolError, match="another medvol generate"):
+        generate(run2d, 1, out, seed=2)
+    with pytest.raises(MedvolError, match="another medvol generate"):
+        generate(run2d, 2, out, seed=1, display_window=(-160.0, 240.0))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}.keys() == before.keys()
+    assert (out / "sample_0001.nii.gz").read_bytes() == before["sample_0001.nii.gz"]
+    (out / "grid_0001.png").write_bytes(b"mine")
+    generate(run2d, 1, out, seed=2, overwrite=True)
+    assert not (out / "sample_0001.nii.gz").exists() and (out / "grid_0001.png").read_bytes() == b"mine"
+    listing = json.loads((out / PROVENANCE).read_text(encoding="utf-8"))
+    assert sorted(listing["files"]) == ["grid_0000.png", "sample_0000.nii.gz"]
+    # 65 samples need grid_0001.png, which is the user's: refused before generating anything.
+    with pytest.raises(MedvolError, match="grid_0001.png: exists and was not written by medvol"):
+        generate(run2d, 65, out, seed=3, overwrite=True)
+    assert (out / "grid_0001.png").read_bytes() == b"mine" and (out / "sample_0000.nii.gz").exists()

@@ -291,3 +291,26 @@ def test_checkpoint_source_generates_images_and_masks(data, tmp_path):
     stamp = (folder / "sample_0000.nii.gz").stat().st_mtime_ns
     _run(data, out, [f"gan={run}"], n_synthetic=2, iterations=2, labels=["lungs"])
     assert (folder / "sample_0000.nii.gz").stat().st_mtime_ns == stamp
+
+
+def test_a_cache_with_one_held_out_volume_is_refused_before_training(data, tmp_path, monkeypatch):
+    """Issue 22: FID needs two held-out volumes; that is said before any U-Net trains, not after all."""
+    import json as _json
+
+    from medvol.data.cache import build_cache as build
+    from medvol.data.preprocess import PreprocessParams
+    from medvol.study.downstream import study as S
+    from tests.study.downstream_data import LABELS
+
+    cache = build(data["root"] / "scans", tmp_path / "cache", PreprocessParams(size=SIZE), val_fraction=0.2,
+                  mask_labels=LABELS)
+    manifest = _json.loads((tmp_path / "cache" / "manifest.json").read_text(encoding="utf-8"))
+    assert [v["split"] for v in manifest["volumes"]].count("val") == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a U-Net was trained before the FID sizes were checked")
+
+    monkeypatch.setattr(S, "run_setup", no_training)
+    with pytest.raises(MedvolError, match="val split gives 1 held-out volumes; the FID of --synthetic good"):
+        _run({"cache": tmp_path / "cache"}, tmp_path / "study", [f"good={data['good']}"])
+    assert not list((tmp_path / "study").rglob("*__seed*.json"))

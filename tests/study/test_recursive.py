@@ -252,3 +252,37 @@ def test_the_summary_table_and_plot_show_every_generation_and_the_floor(tmp_path
     assert series["fid"]["ci"] == [[-0.5, 0.5], [0.5, 1.5], [1.5, 2.5]] and series["recall"]["ci"] is None
     path = scores_plot(tmp_path / "scores.png", summary)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # about 12 CPU seconds: real data, floor scores, then two training steps
+def test_an_interrupted_study_advises_what_continues_it(tmp_path, monkeypatch, capfd):
+    """Issue 22: Ctrl-C during a generation's training names the way on that the study has (run it
+    again), not `--resume auto`, which `medvol study recursive` does not accept."""
+    import signal
+
+    from medvol.cli import main
+    from medvol.train import trainer
+
+    real_build = trainer.build_system
+
+    def build_interrupting(cfg):
+        system = real_build(cfg)
+        step = system.train_step
+
+        def interrupted(real, optimizers, iteration, **kwargs):
+            losses = step(real, optimizers, iteration, **kwargs)
+            if iteration == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return losses
+
+        system.train_step = interrupted
+        return system
+
+    monkeypatch.setattr(trainer, "build_system", build_interrupting)
+    argv = ["study", "recursive", "--config", str(CONFIG), "--generations", "1", "--n-synthetic", "3",
+            "--feature-iters", "3", "--bootstrap", "0", "--device", "cpu", "--out", str(tmp_path / "s"),
+            *[f"--set={o}" for o in TINY]]
+    assert main(argv) == 130
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("medvol study: interrupted by SIGINT at iteration 2; saved ")
+    assert "--resume" not in last and "run the same medvol study recursive command again" in last

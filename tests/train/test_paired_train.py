@@ -107,8 +107,13 @@ def test_generate_writes_the_label_map_of_the_channels(paired_run, tmp_path, mon
     other.parent.mkdir()
     state["data"]["mask_labels"] = ["liver", "tumour"]
     ckpt.save_checkpoint(other, {k: v for k, v in state.items() if k not in ("path", "format", "version")})
-    with pytest.raises(MedvolError, match="holds label maps of classes"):
+    with pytest.raises(MedvolError, match="holds the outputs of another medvol generate"):
         generate_volumes(other, 1, tmp_path / "g")
+    # --overwrite removes the other checkpoint's files (and their listing) first.
+    monkeypatch.undo()
+    generate_volumes(other, 1, tmp_path / "g", overwrite=True)
+    listing = json.loads((tmp_path / "g" / "generated.json").read_text(encoding="utf-8"))
+    assert listing["mask_labels"] == ["liver", "tumour"] and not (tmp_path / "g" / "sample_0001.nii.gz").exists()
 
 
 def test_generated_masks_of_the_trained_model(paired_run, tmp_path):
@@ -220,4 +225,4 @@ def test_no_label_map_is_left_without_its_image(paired_run, tmp_path, medvol_wit
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"medvol generate: error: cannot write volume {out / 'sample_0000.nii.gz'}: short write")
-    assert sorted(p.name for p in out.iterdir()) == []  # the label map written first was removed
+    assert not out.exists()  # the label map written first was removed, and the folder generate made

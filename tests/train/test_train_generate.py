@@ -127,3 +127,51 @@ def test_training_records_the_data_direction(phantom_cache, tmp_path):
     cfg = load_config(None, ["--data.source", str(phantom_cache)])
     meta = data_meta(CachedVolumeDataset(phantom_cache), cfg.data)
     assert meta["direction"] == list(IDENTITY) and meta["modality"] == "ct"
+
+
+def _bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+def test_generate_continues_its_own_job_and_refuses_or_overwrites_another(run_dir, tmp_path, capsys):
+    """Issue 22: --out holding another job's samples is refused unless --overwrite, which removes
+    only what medvol wrote there; the identical command continues."""
+    out = tmp_path / "g"
+    generate_volumes(run_dir, 2, out, seed=5)
+    volume = (out / "sample_0001.nii.gz").read_bytes()
+    generate_volumes(run_dir, 2, out, seed=5)  # the same job again: continues (sidecars get a new date)
+    first = _bytes(out)
+    assert sorted(first) == [PROVENANCE, "sample_0000.json", "sample_0000.nii.gz", "sample_0001.json",
+                             "sample_0001.nii.gz"]
+    assert first["sample_0001.nii.gz"] == volume
+    for other in (dict(n=2, seed=6), dict(n=3, seed=5), dict(n=2, seed=5, tile_depth=2)):
+        with pytest.raises(MedvolError, match="holds the outputs of another medvol generate"):
+            generate_volumes(run_dir, other.pop("n"), out, **other)
+    assert cli.main(["generate", "--ckpt", str(run_dir), "--n", "1", "--seed", "6", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert _bytes(out) == first
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    generate_volumes(run_dir, 1, out, seed=6, overwrite=True)
+    listing = json.loads((out / PROVENANCE).read_text(encoding="utf-8"))
+    assert sorted(listing["files"]) == ["sample_0000.nii.gz"] and listing["files"]["sample_0000.nii.gz"]["seed"] == 6
+    assert not (out / "sample_0001.nii.gz").exists() and not (out / "sample_0001.json").exists()
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_generate_never_replaces_a_file_it_did_not_write(run_dir, tmp_path):
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "sample_0001.nii.gz").write_bytes(b"a user's scan")
+    with pytest.raises(MedvolError, match="sample_0001.nii.gz"):
+        generate_volumes(run_dir, 2, out)
+    # --overwrite keeps it: refused before anything is generated, nothing else written.
+    with pytest.raises(MedvolError, match="sample_0001.nii.gz: exists and was not written by medvol"):
+        generate_volumes(run_dir, 2, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["sample_0001.nii.gz"]
+    assert (out / "sample_0001.nii.gz").read_bytes() == b"a user's scan"
+    (out / "sample_0001.nii.gz").unlink()
+    (out / PROVENANCE).write_text("{}", encoding="utf-8")  # a generated.json medvol did not write
+    with pytest.raises(MedvolError, match="generated.json"):
+        generate_volumes(run_dir, 1, out, overwrite=True)
+    assert (out / PROVENANCE).read_text(encoding="utf-8") == "{}"

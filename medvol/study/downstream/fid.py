@@ -43,6 +43,21 @@ def _stream(data: LabelledSet):
         yield data.items[index], data.load(index)[0]
 
 
+def check_sizes(name: str, real_val: LabelledSet, synthetic: LabelledSet, *, dims: int, side: int | None) -> None:
+    """Refuse, before any network is trained, a FID that cannot be computed: fewer than 2 items a side.
+
+    Raises:
+        MedvolError: one line naming the side that is too small.
+    """
+    real = len(real_slices(real_val, side)) if dims == 2 else len(real_val)
+    unit = "slices" if dims == 2 else "volumes"
+    if real < 2:
+        raise MedvolError(f"--real {real_val.info.get('cache')}: its val split gives {real} held-out {unit}; the FID "
+                          f"of --synthetic {name} needs at least 2 (rebuild the cache with a larger --val-fraction)")
+    if len(synthetic) < 2:
+        raise MedvolError(f"--synthetic {name}: {len(synthetic)} item(s); its FID needs at least 2")
+
+
 def fid(real_val: LabelledSet, synthetic: LabelledSet, ext, *, side: int | None, memo: dict) -> dict:
     """``{"fid", "n_real", "n_synthetic", "extractor", "warning"}`` of one synthetic source.
 

@@ -210,6 +210,9 @@ def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike,
     study = _check_config(out, config)
     for name, (data, spec, kind) in sources.items():
         study["sources"][name] = _source_record(name, spec, kind, data, study, out)
+        known = study["fid"].get(name)
+        if known is None or known.get("fingerprint") != data.info["fingerprint"]:
+            F.check_sizes(name, val, data, dims=dims, side=side)  # before training: FID comes last
     (out / RUN_DIR).mkdir(parents=True, exist_ok=True)
     write_json(out / STUDY_FILE, study)
     log(f"downstream study in {out}: {len(train)} real training and {len(val)} held-out volumes, "

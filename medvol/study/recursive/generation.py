@@ -12,7 +12,8 @@
 
 A generation stopped anywhere before scores.json restarts its unfinished steps: the cache build
 reuses the arrays it already made, training resumes from the last checkpoint (``--resume auto``)
-and generation and scoring are redone (both are deterministic per seed).
+and generation and scoring are redone (both are deterministic per seed). A training stopped by
+Ctrl-C or SIGTERM says so: run the same ``medvol study recursive`` command again to continue.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
     from medvol.study.recursive.report import montage
     from medvol.study.recursive.scoring import read_samples, score_generation
     from medvol.train.generate import generate_volumes
+    from medvol.train.interrupt import TrainingInterrupted
     from medvol.train.trainer import train
 
     done = finished(plan.root, k)
@@ -135,7 +137,12 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
     t1 = time.perf_counter()
     log.info("generation %d: training (seed %d)", k, seeds["train"])
     cfg = generation_config(plan, k, source, allow_synthetic)
-    run_dir = train(cfg, resume="auto")
+    try:
+        run_dir = train(cfg, resume="auto")
+    except TrainingInterrupted as stop:  # the study has no --resume: it continues when run again
+        raise TrainingInterrupted(stop.signum, stop.iteration, stop.checkpoint,
+                                  advice="run the same medvol study recursive command again to continue "
+                                         f"(generation {k} resumes its training there)") from None
     t2 = time.perf_counter()
     samples = generate_volumes(run_dir, plan.n_synthetic, here / "samples", seed=seeds["samples"], device=plan.device)
     t3 = time.perf_counter()
