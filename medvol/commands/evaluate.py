@@ -105,7 +105,9 @@ def _print_report(report: dict, out) -> None:
     for ext in report["extractors"]:
         print(f"{ext['info']['extractor']}:")
         for name, s in ext["scores"].items():
-            ci = f"  [{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if "ci_low" in s else ""
+            ci = f"  [{s['ci_low']:.4g}, {s['ci_high']:.4g}] {s['interval']}" if "ci_low" in s else ""
+            if "bias_corrected" in s:
+                ci += f" (bias-corrected {s['bias_corrected']:.4g})"
             print(f"  {name:<24} {s['value']:.6g}{ci}")
         for w in ext["warnings"]:
             print(f"  warning: {w}")

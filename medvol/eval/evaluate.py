@@ -238,10 +238,18 @@ def _rows(groups: np.ndarray, pick: np.ndarray) -> np.ndarray:
     return np.concatenate([order[s:e] for s, e in zip(starts, ends)])
 
 
+def interval_for(score: str) -> str:
+    """The bootstrap interval a score gets (:func:`medvol.eval.metrics.bootstrap_interval`):
+    ``"basic"`` for the Fréchet distance, a plug-in estimate biased upward by an amount the
+    resamples measure; ``"percentile"`` (the spread of the resampled score) for the rest."""
+    return "basic" if score.rsplit("/", 1)[-1] == "fid" else "percentile"
+
+
 def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k: int = 5,
                 kid_subsets: int = 100, kid_subset_size: int = 1000, n_boot: int = 50,
                 seed: int = 0, level: float = 0.95) -> dict:
-    """Every metric on every view, the mean over views, and a bootstrap interval over volumes.
+    """Every metric on every view, the mean over views, and a bootstrap interval over volumes
+    (basic for FID, percentile for the rest: :func:`interval_for`).
 
     One bootstrap round draws volumes (with replacement) once for the real and once for the fake
     set and applies the draw to every view, so the interval of the mean over views is that of
@@ -295,9 +303,8 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
                     continue  # a draw too degenerate for a metric (e.g. all one volume) is skipped
         for name, vals in draws.items():
             if len(vals) >= 2:
-                lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
-                result[name].update(ci_low=float(lo), ci_high=float(hi),
-                                    std=float(np.std(vals, ddof=1)), n_boot=len(vals))
+                result[name].update(M.bootstrap_interval(values[name], vals, level, interval_for(name)),
+                                    n_boot=len(vals))
     if "kid" in metrics:
         for v in views:
             m = min(kid_subset_size, len(r_all[v]), len(f_all[v]))
@@ -331,11 +338,19 @@ def _markdown(report: dict) -> str:
         lines += [f"## {info['extractor']}", "",
                   f"weights: `{info['weights']}` (sha256 `{info['weights_sha256']}`)  ",
                   f"preprocessing: {info['preprocessing']}", "",
-                  "| score | value | 95% interval |", "|---|---|---|"]
+                  "| score | value | 95% interval | interval |", "|---|---|---|---|"]
         for name, s in ext["scores"].items():
             ci = (f"{s['ci_low']:.4g} .. {s['ci_high']:.4g}" if "ci_low" in s
                   else (f"± {s['std']:.3g} (std over subsets)" if "std" in s else ""))
-            lines.append(f"| {name} | {s['value']:.6g} | {ci} |")
+            kind = s.get("interval", "")
+            if kind == "basic":
+                kind = f"basic; bias-corrected value {s['bias_corrected']:.4g}"
+            lines.append(f"| {name} | {s['value']:.6g} | {ci} | {kind} |")
+        if any(s.get("interval") == "basic" for s in ext["scores"].values()):
+            lines.append("\nbasic: a bootstrap interval for the population score, centred on the "
+                         "bias-corrected value (2 value - mean of the resamples); the plug-in value "
+                         "lies above it when its bias is larger than its spread. percentile: the "
+                         "spread of the resampled score.")
         for w in ext["warnings"]:
             lines.append(f"\nwarning: {w}")
         lines.append("")

@@ -105,7 +105,9 @@ def test_precomputed_features(tmp_path, capsys):
 
     assert fid["value"] == pytest.approx(
         frechet_distance(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")))
-    assert fid["ci_low"] <= fid["value"] <= fid["ci_high"]
+    assert fid["interval"] == "basic" and fid["ci_low"] <= fid["bias_corrected"] <= fid["ci_high"]
+    assert rep["extractors"][0]["scores"]["features/mmd"]["interval"] == "percentile"
+    assert "bias-corrected value" in (tmp_path / "o" / "scores.md").read_text(encoding="utf-8")
     np.save(tmp_path / "c.npy", np.zeros((5, 3)))
     code, _, err = run_eval(capsys, "--real", tmp_path / "a.npy", "--fake", tmp_path / "c.npy",
                             "--out", tmp_path / "o2")
