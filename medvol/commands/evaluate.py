@@ -57,18 +57,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _progress(it, total, desc):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return it
-    return tqdm(it, total=total, desc=desc, unit="vol", disable=None, leave=False)
-
-
 def run(args) -> int:
     from medvol.data.preprocess import parse_window
     from medvol.errors import MedvolError
     from medvol.eval.evaluate import evaluate
+    from medvol.progress import track
 
     if args.bootstrap < 0 or args.bootstrap == 1:
         raise MedvolError(f"--bootstrap {args.bootstrap}: give 0 (none) or at least 2 rounds")
@@ -83,7 +76,7 @@ def run(args) -> int:
         window=parse_window(args.window) if args.window else None,
         split=args.split, seed=args.seed, k=args.k, n_boot=args.bootstrap,
         slices_per_volume=args.slices_per_volume, batch=args.batch, device=args.device,
-        overwrite=args.overwrite, progress=_progress, plane=args.plane, train=args.train, diversity_n=args.diversity_n,
+        overwrite=args.overwrite, progress=track, plane=args.plane, train=args.train, diversity_n=args.diversity_n,
         command="medvol " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     if args.run is not None:

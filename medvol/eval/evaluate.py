@@ -17,6 +17,7 @@ Volumes are streamed through the extractors one at a time; only features are kep
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import os
 import warnings
@@ -153,16 +154,17 @@ class Source:
         else:
             yield from self._generate()
 
-    def pick(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
+    def pick(self, indices: Sequence[int], progress=None) -> dict[int, np.ndarray]:
         """The volumes at ``indices`` (one more pass over the source, stopped after the last)."""
         want, got = set(int(i) for i in indices), {}
         if not want:
             return got
-        for i, (_, volume) in enumerate(self):
+        passes = itertools.islice(self, max(want) + 1)
+        if progress is not None:
+            passes = progress(passes, max(want) + 1, f"memorisation montage {self.role}")
+        for i, (_, volume) in enumerate(passes):
             if i in want:
                 got[i] = np.array(volume, dtype=np.float32)
-            if i >= max(want):
-                break
         return got
 
     def _generate(self) -> Iterator[tuple[str, np.ndarray]]:
@@ -247,13 +249,14 @@ def interval_for(score: str) -> str:
 
 def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k: int = 5,
                 kid_subsets: int = 100, kid_subset_size: int = 1000, n_boot: int = 50,
-                seed: int = 0, level: float = 0.95) -> dict:
+                seed: int = 0, level: float = 0.95, progress=None, desc: str = "bootstrap") -> dict:
     """Every metric on every view, the mean over views, and a bootstrap interval over volumes
     (basic for FID, percentile for the rest: :func:`interval_for`).
 
     One bootstrap round draws volumes (with replacement) once for the real and once for the fake
     set and applies the draw to every view, so the interval of the mean over views is that of
-    one resampled set of volumes.
+    one resampled set of volumes. ``progress``: a :func:`medvol.progress.track`-like callable,
+    given the rounds and ``desc``.
     """
     views = list(real.features)
     if list(fake.features) != views:
@@ -291,7 +294,8 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
         draws: dict[str, list[float]] = {name: [] for name in values}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", M.SmallSampleWarning)
-            for _ in range(n_boot):
+            rounds = range(n_boot) if progress is None else progress(range(n_boot), n_boot, desc, "round")
+            for _ in rounds:
                 pr = rng.integers(0, real.n_volumes, real.n_volumes)
                 pf = rng.integers(0, fake.n_volumes, fake.n_volumes)
                 r = {v: real.features[v][_rows(real.groups[v], pr)] for v in views}
@@ -433,7 +437,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 features=features or ["inception"], metrics=metrics, n=n, size=size,
                 modality=modality, window=window, plane=plane, split=split, seed=seed, batch=batch,
                 device=device, progress=progress, memo=memo)
-            return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed)
+            return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed, progress=progress)
     features = list(features or ["inception2.5d"])
     if all(npy):
         if set(metrics) - set(FEATURE_METRICS):
@@ -479,7 +483,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         pairs = []
         def run(ext, src):
             return ext.extract(src, progress=None if progress is None else
-                               (lambda it: progress(it, len(src), f"{ext.name} {src.role}")))
+                               (lambda it: progress(it, len(src), f"features {ext.name} {src.role}")))
 
         for index, (spec, ext) in enumerate(zip(features, extractors)):
             first = index == 0 and "msssim" in metrics
@@ -497,8 +501,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         if "msssim" in metrics:
             from medvol.eval.diversity import pairwise_ms_ssim
 
-            d_real = pairwise_ms_ssim(keep_r.kept, seed=seed)
-            d_fake = pairwise_ms_ssim(keep_f.kept, seed=seed)
+            d_real = pairwise_ms_ssim(keep_r.kept, seed=seed, progress=progress, desc="diversity real")
+            d_fake = pairwise_ms_ssim(keep_f.kept, seed=seed, progress=progress, desc="diversity fake")
             report["diversity"] = {"real": d_real, "fake": d_fake,
                                    "n": [len(keep_r.kept), len(keep_f.kept)],
                                    "note": "mean pairwise 3D MS-SSIM within each set; higher = "
@@ -507,7 +511,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             ext = extractors[0]
             key = ("train", train, features[0], size, seed)
             if key not in memo:
-                memo[key] = ext.extract(src_train)
+                memo[key] = run(ext, src_train)
             ft = memo[key]
             mem = M.memorization(volume_vectors(ft), volume_vectors(pairs[0][2]),
                                  volume_vectors(pairs[0][1]))
@@ -531,18 +535,20 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             report["_montage"] = (
                 [(report["fake"]["names"][i], ft.names[t], float(mem["distance"][i]))
                  for i, t in zip(closest, train_idx)],
-                src_fake.pick(closest), src_train.pick(train_idx), list(closest), train_idx)
+                src_fake.pick(closest, progress), src_train.pick(train_idx, progress), list(closest),
+                train_idx)
         report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
                               volume_vectors(pairs[0][2]))
-    return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed)
+    return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed, progress=progress)
 
 
 def _finish(report: dict, pairs: list, metrics: Sequence[str], out: Path, *, k: int, n_boot: int,
-            seed: int) -> dict:
+            seed: int, progress=None) -> dict:
     """Score every ``(extractor info, real features, fake features)`` pair; write the outputs."""
     feature_metrics = [m for m in metrics if m in FEATURE_METRICS]
     for info, fr, ff in pairs:
-        scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed)
+        scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed, progress=progress,
+                             desc=f"bootstrap {info['extractor']}")
         report["extractors"].append({"info": info, "rows": {v: [int(len(fr.features[v])),
                                                                  int(len(ff.features[v]))]
                                                              for v in fr.features},

@@ -4,6 +4,7 @@ Inception network (so no weights are needed) and with precomputed features."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,7 @@ def test_precomputed_features(tmp_path, capsys):
     assert fid["interval"] == "basic" and fid["ci_low"] <= fid["bias_corrected"] <= fid["ci_high"]
     assert rep["extractors"][0]["scores"]["features/mmd"]["interval"] == "percentile"
     assert "bias-corrected value" in (tmp_path / "o" / "scores.md").read_text(encoding="utf-8")
+    assert re.search(r"^bootstrap precomputed: 10 round in \d+\.\d s$", err, re.M), err
     np.save(tmp_path / "c.npy", np.zeros((5, 3)))
     code, _, err = run_eval(capsys, "--real", tmp_path / "a.npy", "--fake", tmp_path / "c.npy",
                             "--out", tmp_path / "o2")
@@ -154,6 +156,11 @@ def test_memorization_and_diversity_on_a_phantom_cache(tmp_path, weights, capsys
     d = rep["diversity"]
     assert 0 < d["real"]["mean"] < 1 and 0 < d["fake"]["mean"] < 1
     assert "memorisation" in out and "diversity" in out
+    # stderr is not a terminal here: one plain line per phase
+    for phase in ("features inception2.5d real: 3 vol", "features inception2.5d fake: 6 vol",
+                  f"features inception2.5d train: {len(train)} vol", "diversity real: 3 pair",
+                  "diversity fake: 15 pair", "memorisation montage fake: ", "memorisation montage train: "):
+        assert re.search(rf"^{re.escape(phase)}.* in \d+\.\d s$", err, re.M), (phase, err)
     assert rep["figures"] == ["memorization_montage.png", "features_pca.png"]
     assert (tmp_path / "ev" / "memorization_montage.png").stat().st_size > 1000
 
