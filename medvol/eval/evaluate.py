@@ -622,22 +622,21 @@ def _plot_scatter(path: Path, extractor: str, real: np.ndarray, fake: np.ndarray
 
 
 def _plot_montage(path: Path, pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bool:
-    plt = _pyplot()
-    if plt is None or not pairs:
+    """The closest generated / training pairs, central axial slices: one column per pair, the
+    generated volume on top, its nearest training volume below, each captioned right above its
+    own image (:mod:`medvol.viewer.preview`)."""
+    from medvol.viewer.preview import labelled_grid, pillow_available, to_grey, write_png
+
+    if not pairs or not pillow_available():
         return False
-    fig, axes = plt.subplots(2, len(pairs), figsize=(1.8 * len(pairs), 4.0), dpi=100, squeeze=False)
-    for col, ((fname, tname, dist), fi, ti) in enumerate(zip(pairs, fake_idx, train_idx)):
-        for row, (vol, title) in enumerate(((fake_vols[int(fi)], f"{fname}\nd={dist:.3g}"),
-                                            (train_vols[int(ti)], tname))):
-            ax = axes[row][col]
-            ax.imshow(vol[vol.shape[0] // 2], cmap="gray", vmin=-1, vmax=1)
-            ax.set_title(title, fontsize=6)
-            ax.axis("off")
-    fig.suptitle("closest generated (top) / training (bottom) pairs, central axial slice", fontsize=8)
-    fig.tight_layout()
-    ok = _save(fig, path)
-    plt.close(fig)
-    return ok
+    top, bottom = [], []
+    for (fname, tname, dist), fi, ti in zip(pairs, fake_idx, train_idx):
+        fake, real = fake_vols[int(fi)], train_vols[int(ti)]
+        top.append((f"d={dist:.3g} generated {fname}", to_grey(fake[fake.shape[0] // 2], (-1, 1))))
+        bottom.append((f"training {tname}", to_grey(real[real.shape[0] // 2], (-1, 1))))
+    write_png(labelled_grid([top, bottom], title="closest generated / training pairs, central axial "
+                                                 "slices (d: feature distance)"), path)
+    return True
 
 
 # -------------------------------------------------------------------- runs and comparisons

@@ -61,9 +61,11 @@ def image_files(spec: str) -> list[Path] | None:
         return None
     if not files:
         return None
-    if all(_suffix(p) == ".png" for p in files):
+    volumes = [p for p in files if _suffix(p) != ".png"]
+    if not volumes:
         return files
-    return files if _nifti_is_2d(files[0]) else None
+    # decided by the NIfTI files: a folder of 3D samples also holds medvol generate's preview.png
+    return files if _nifti_is_2d(volumes[0]) else None
 
 
 def _nifti_is_2d(path: Path) -> bool:

@@ -45,6 +45,7 @@ from medvol.errors import MedvolError
 from medvol.train.checkpoint import checksum_path, load_checkpoint
 from medvol.train.distributed import pick_device
 from medvol.utils import checked_write, write_failure
+from medvol.viewer.preview import preview_files
 
 log = logging.getLogger("medvol.generate")
 
@@ -243,6 +244,7 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
         log.info("wrote %s", path)
         paths.append(path)
     write_provenance(out, provenance)
+    preview_files(paths, out / "preview.png", window)  # central planes, captioned (medvol.viewer.preview)
     return paths
 
 

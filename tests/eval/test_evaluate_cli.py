@@ -163,6 +163,21 @@ def test_memorization_and_diversity_on_a_phantom_cache(tmp_path, weights, capsys
         assert re.search(rf"^{re.escape(phase)}.* in \d+\.\d s$", err, re.M), (phase, err)
     assert rep["figures"] == ["memorization_montage.png", "features_pca.png"]
     assert (tmp_path / "ev" / "memorization_montage.png").stat().st_size > 1000
+    # the montage: generated (top) over training (bottom), 6 pairs, each caption right above its image
+    from PIL import Image
+
+    from medvol.viewer import preview as P
+
+    montage = np.asarray(Image.open(tmp_path / "ev" / "memorization_montage.png"))
+    line_h = int(sum(P._font().getbbox("Ag")[1::2])) + 2
+    band, title = P.CAPTION_LINES * line_h + 4, line_h + P.GAP
+    assert montage.shape == (title + 2 * (band + 128 + P.ROW_GAP) + P.GAP, 6 * 128 + 7 * P.GAP)
+    for row in range(2):
+        top = title + P.GAP + row * (band + 128 + P.ROW_GAP)
+        for col in range(6):
+            left = P.GAP + col * (128 + P.GAP)
+            assert (montage[top:top + band, left:left + 128] < 128).sum() > 20  # its caption
+            assert montage[top + band:top + band + 128, left:left + 128].std() > 10  # its slice
 
 
 def test_pca_projection_matches_sklearn():
