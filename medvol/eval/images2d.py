@@ -294,7 +294,8 @@ def image_pairs(report: dict, real: str, fake: str, *, loaded, files, features, 
             raise MedvolError(f"--features {spec}: scores volumes, not 2D images (use inception)")
 
     def run(ext, src, role):
-        wrap = None if progress is None else (lambda it: progress(it, len(src.names), f"{ext.name} {role}"))
+        wrap = None if progress is None else (
+            lambda it: progress(it, len(src.names), f"features {ext.name} {role}", "image"))
         return ext.extract(src, progress=wrap)
 
     pairs = []

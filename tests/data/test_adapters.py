@@ -109,8 +109,8 @@ def test_torchio_subjects_match_the_cache(cache):
         assert subject["name"] == entry["name"]
     # a TorchIO transform works on the adapter's subjects: flipping along x is flipping the cache's last axis
     flipped = A.to_torchio(cache / "cache", transform=tio.Flip(axes=(0,)))[0]
-    np.testing.assert_array_equal(flipped["image"].data[0].numpy(),
-                                  np.load(cache / "cache" / manifest["volumes"][0]["file"])[:, :, ::-1].transpose(2, 1, 0))
+    first = np.load(cache / "cache" / manifest["volumes"][0]["file"])
+    np.testing.assert_array_equal(flipped["image"].data[0].numpy(), first[:, :, ::-1].transpose(2, 1, 0))
 
 
 def test_bad_caches_are_refused(cache, tmp_path):
