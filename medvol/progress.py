@@ -3,7 +3,7 @@
 A bar redrawn with carriage returns is unreadable in a log file or a CI job, and tqdm's own
 ``disable=None`` makes such runs silent instead: a user then sees nothing for minutes. So
 :func:`track` draws a bar only when the stream is a terminal and otherwise writes one plain line
-when the phase ends (``features inception2.5d real: 16/16 vol in 41.2 s``). The library's long
+when the phase ends (``features inception2.5d real: 16 vol in 41.2 s``). The library's long
 functions take ``progress`` (a callable with :func:`track`'s signature, None for silence) and
 the commands pass :func:`track`.
 """
