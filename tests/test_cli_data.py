@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,10 @@ def test_phantom_then_preprocess(tmp_path, capsys):
         f"phantom_000{i}{m}.nii.gz" for i in range(3) for m in ("", "_mask")]
     argv = ["preprocess", "--src", tmp_path / "ph", "--dst", tmp_path / "cache", "--size", 32,
             "--window", "-1024,600", "--workers", 1]
-    code, out, _ = run(argv, capsys)
+    code, out, err = run(argv, capsys)
     assert code == 0 and "preprocessed 3 volume(s), reused 0, skipped 0" in out
+    # stderr is not a terminal here: one plain line for the phase instead of a bar
+    assert re.search(r"^preprocess: 3 vol in \d+\.\d s$", err, re.M) and "\r" not in err
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text(encoding="utf-8"))
     assert [v["name"] for v in manifest["volumes"]] == ["phantom_0000", "phantom_0001", "phantom_0002"]
     code, out, _ = run(argv, capsys)

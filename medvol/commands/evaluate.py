@@ -68,20 +68,13 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _progress(it, total, desc):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return it
-    return tqdm(it, total=total, desc=desc, unit="vol", disable=None, leave=False)
-
-
 def run(args) -> int:
     import logging
 
     from medvol.data.preprocess import parse_window
     from medvol.errors import MedvolError
     from medvol.eval.evaluate import evaluate
+    from medvol.progress import track
 
     if args.bootstrap < 0 or args.bootstrap == 1:
         raise MedvolError(f"--bootstrap {args.bootstrap}: give 0 (none) or at least 2 rounds")
@@ -98,7 +91,7 @@ def run(args) -> int:
         window=parse_window(args.window) if args.window else None,
         split=args.split, seed=args.seed, k=args.k, n_boot=args.bootstrap,
         slices_per_volume=args.slices_per_volume, batch=args.batch, device=args.device,
-        overwrite=args.overwrite, progress=_progress, plane=args.plane, train=args.train, diversity_n=args.diversity_n,
+        overwrite=args.overwrite, progress=track, plane=args.plane, train=args.train, diversity_n=args.diversity_n,
         allow_synthetic_real=args.allow_synthetic_real, strict=args.strict,
         command="medvol " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
@@ -121,7 +114,9 @@ def _print_report(report: dict, out) -> None:
     for ext in report["extractors"]:
         print(f"{ext['info']['extractor']}:")
         for name, s in ext["scores"].items():
-            ci = f"  [{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if "ci_low" in s else ""
+            ci = f"  [{s['ci_low']:.4g}, {s['ci_high']:.4g}] {s['interval']}" if "ci_low" in s else ""
+            if "bias_corrected" in s:
+                ci += f" (bias-corrected {s['bias_corrected']:.4g})"
             print(f"  {name:<24} {s['value']:.6g}{ci}")
         for w in ext["warnings"]:
             print(f"  warning: {w}")

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                               percentiles=args.percentiles, keep_aspect=args.keep_aspect,
                               blank_slices=args.blank_slices, orient=args.orient)
     summary = build_cache(args.src, args.dst, params, workers=args.workers, strict=args.strict, seed=args.seed,
-                          val_fraction=args.val_fraction, reader=args.reader, progress=sys.stderr.isatty(),
+                          val_fraction=args.val_fraction, reader=args.reader, progress=True,
                           overwrite=args.overwrite, wait=args.lock_wait, on_wait=waiting,
                           export_dir=args.export_nifti, allow_synthetic=args.allow_synthetic,
                           labels=args.labels, mask_labels=parse_mask_labels(args.mask_labels))

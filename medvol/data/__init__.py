@@ -11,6 +11,7 @@ need them, so importing this package needs only numpy (and torch for the dataset
 - :mod:`medvol.data.datasets`: :class:`PhantomVolumeDataset`, :class:`CachedVolumeDataset`,
   :class:`SliceDataset`.
 - :mod:`medvol.data.phantom`: :func:`make_phantom`, :func:`write_phantoms`.
+- :mod:`medvol.data.adapters`: a cache as a MONAI ``Dataset`` or TorchIO ``SubjectsDataset``.
 """
 
 from medvol.data.discover import discover

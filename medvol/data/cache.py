@@ -54,7 +54,6 @@ import json
 import logging
 import multiprocessing
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -547,7 +546,8 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         seed, val_fraction, val_fold: the train/validation split (module docstring); None: the
             cache's own (0, 0.1, 0 for a new cache).
         reader: passed to :func:`medvol.data.io.read_volume`.
-        progress: show a tqdm progress bar on stderr.
+        progress: report on stderr (:func:`medvol.progress.track`): a bar on a terminal, else one
+            line when the volumes are done.
         overwrite: replace a cache made with other parameters or split settings (or a damaged one),
             and redo this run's volumes even where they are already done.
         wait, on_wait: waiting for another run that holds the cache (:class:`CacheLock`).
@@ -700,12 +700,11 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
     for name, _ in todo:  # the final names, before any work: none may be a link out of volumes/
         safe_name(volume_dir, f"{name}.npy", f"{dst}: cache array")
         safe_name(volume_dir, f"{name}{LABELS_SUFFIX}.npy", f"{dst}: cache label map")
-    pool = None
-    try:
-        from tqdm import tqdm
+    pools: list[futures.ProcessPoolExecutor] = []
 
-        bar = tqdm(total=len(jobs), desc="preprocess", unit="vol", disable=not progress or not jobs,
-                   file=sys.stderr)
+    def run_jobs():
+        # A generator, so that loading MONAI (tens of seconds on a busy machine) and starting the
+        # workers happen inside the progress phase: the bar shows while they do.
         if workers > 1 and len(jobs) > 1:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             if method == "fork":
@@ -713,20 +712,26 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                 # of being imported by each (seconds apiece).
                 import monai.transforms  # noqa: F401
                 import SimpleITK  # noqa: F401
-            pool = futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                                               mp_context=multiprocessing.get_context(method),
-                                               initializer=_worker_init)
-            pending = {pool.submit(_process_one, source, out, str(volume_dir / f"{name}.npy"), params_dict,
-                                   reader, _str_or_none(label_files[source])): (name, source, out)
+            pools.append(futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                                     mp_context=multiprocessing.get_context(method),
+                                                     initializer=_worker_init))
+            pending = {pools[0].submit(_process_one, source, out, str(volume_dir / f"{name}.npy"), params_dict,
+                                       reader, _str_or_none(label_files[source])): (name, source, out)
                        for name, source, out in jobs}
-            results = ((pending[f], f.result()) for f in futures.as_completed(pending))
+            for done in futures.as_completed(pending):
+                yield pending[done], done.result()
         else:
-            results = (((name, source, out),
-                        _process_one(source, out, str(volume_dir / f"{name}.npy"), params_dict, reader,
-                                     _str_or_none(label_files[source])))
-                       for name, source, out in jobs)
+            for name, source, out in jobs:
+                yield (name, source, out), _process_one(source, out, str(volume_dir / f"{name}.npy"), params_dict,
+                                                        reader, _str_or_none(label_files[source]))
+
+    try:
+        results = run_jobs()
+        if progress and jobs:
+            from medvol.progress import track
+
+            results = track(results, len(jobs), "preprocess", "vol")
         for (name, source, out), result in results:
-            bar.update(1)
             if "error" in result:
                 if strict or result.get("fatal"):
                     raise MedvolError(result["error"])
@@ -740,7 +745,6 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                 entry["labels"] = f"{VOLUME_DIR}/{name}{LABELS_SUFFIX}.npy"
             entries[name] = entry
             processed.append(name)
-        bar.close()
         if not processed and not reused:
             reasons = "; ".join(reason for _, reason in failed[:3])
             raise MedvolError(f"no volume of {src} could be preprocessed ({len(failed)} failed: {reasons})")
@@ -755,16 +759,15 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
             if f"{VOLUME_DIR}/{name}{LABELS_SUFFIX}.npy" not in listed:
                 (volume_dir / f"{name}{LABELS_SUFFIX}.npy").unlink(missing_ok=True)
     except BaseException:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-            pool = None
+        if pools:
+            pools.pop().shutdown(wait=True, cancel_futures=True)
         for _, _, out in jobs:
             Path(out).unlink(missing_ok=True)
             _labels_pending(out).unlink(missing_ok=True)
         raise
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if pools:
+            pools.pop().shutdown(wait=True)
     if replaced is not None:
         # Only now that the new manifest is in place: arrays of the replaced cache no longer listed
         # (those its manifest listed; with a damaged manifest, every array of volumes/).

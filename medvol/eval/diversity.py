@@ -38,10 +38,11 @@ def ms_ssim_settings(size: int) -> dict:
 
 
 def pairwise_ms_ssim(volumes: Sequence[np.ndarray], max_pairs: int | None = None, seed: int = 0,
-                     data_range: float = 2.0) -> dict:
+                     data_range: float = 2.0, progress=None, desc: str = "diversity") -> dict:
     """Mean and std of MS-SSIM over pairs of distinct volumes (all pairs, or a seeded sample).
 
-    Volumes are (S, S, S) arrays in [-1, 1] (``data_range`` 2)."""
+    Volumes are (S, S, S) arrays in [-1, 1] (``data_range`` 2). ``progress``: a
+    :func:`medvol.progress.track`-like callable, given the pairs and ``desc``."""
     from monai.metrics import MultiScaleSSIMMetric
 
     if len(volumes) < 2:
@@ -59,7 +60,7 @@ def pairwise_ms_ssim(volumes: Sequence[np.ndarray], max_pairs: int | None = None
         pairs = [pairs[i] for i in sorted(pick)]
     values = []
     with torch.no_grad():
-        for i, j in pairs:
+        for i, j in (pairs if progress is None else progress(pairs, len(pairs), desc, "pair")):
             a = torch.from_numpy(np.asarray(volumes[i], dtype=np.float32))[None, None]
             b = torch.from_numpy(np.asarray(volumes[j], dtype=np.float32))[None, None]
             values.append(float(metric(a, b).reshape(-1)[0]))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -164,16 +165,17 @@ class Source:
         else:
             yield from self._generate()
 
-    def pick(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
+    def pick(self, indices: Sequence[int], progress=None) -> dict[int, np.ndarray]:
         """The volumes at ``indices`` (one more pass over the source, stopped after the last)."""
         want, got = set(int(i) for i in indices), {}
         if not want:
             return got
-        for i, (_, volume) in enumerate(self):
+        passes = itertools.islice(self, max(want) + 1)
+        if progress is not None:
+            passes = progress(passes, max(want) + 1, f"memorisation montage {self.role}")
+        for i, (_, volume) in enumerate(passes):
             if i in want:
                 got[i] = np.array(volume, dtype=np.float32)
-            if i >= max(want):
-                break
         return got
 
     def _generate(self) -> Iterator[tuple[str, np.ndarray]]:
@@ -351,14 +353,23 @@ def small_sample_warnings(real: FeatureSet, fake: FeatureSet) -> list[str]:
     return lines
 
 
+def interval_for(score: str) -> str:
+    """The bootstrap interval a score gets (:func:`medvol.eval.metrics.bootstrap_interval`):
+    ``"basic"`` for the Fréchet distance, a plug-in estimate biased upward by an amount the
+    resamples measure; ``"percentile"`` (the spread of the resampled score) for the rest."""
+    return "basic" if score.rsplit("/", 1)[-1] == "fid" else "percentile"
+
+
 def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k: int = 5,
                 kid_subsets: int = 100, kid_subset_size: int = 1000, n_boot: int = 50,
-                seed: int = 0, level: float = 0.95) -> dict:
-    """Every metric on every view, the mean over views, and a bootstrap interval over volumes.
+                seed: int = 0, level: float = 0.95, progress=None, desc: str = "bootstrap") -> dict:
+    """Every metric on every view, the mean over views, and a bootstrap interval over volumes
+    (basic for FID, percentile for the rest: :func:`interval_for`).
 
     One bootstrap round draws volumes (with replacement) once for the real and once for the fake
     set and applies the draw to every view, so the interval of the mean over views is that of
-    one resampled set of volumes.
+    one resampled set of volumes. ``progress``: a :func:`medvol.progress.track`-like callable,
+    given the rounds and ``desc``.
     """
     views = list(real.features)
     if list(fake.features) != views:
@@ -397,7 +408,8 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
         draws: dict[str, list[float]] = {name: [] for name in values}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", M.SmallSampleWarning)
-            for _ in range(n_boot):
+            rounds = range(n_boot) if progress is None else progress(range(n_boot), n_boot, desc, "round")
+            for _ in rounds:
                 pr = rng.integers(0, real.n_volumes, real.n_volumes)
                 pf = rng.integers(0, fake.n_volumes, fake.n_volumes)
                 r = {v: real.features[v][_rows(real.groups[v], pr)] for v in views}
@@ -409,9 +421,8 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
                     continue  # a draw too degenerate for a metric (e.g. all one volume) is skipped
         for name, vals in draws.items():
             if len(vals) >= 2:
-                lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
-                result[name].update(ci_low=float(lo), ci_high=float(hi),
-                                    std=float(np.std(vals, ddof=1)), n_boot=len(vals))
+                result[name].update(M.bootstrap_interval(values[name], vals, level, interval_for(name)),
+                                    n_boot=len(vals))
     if "kid" in metrics:
         for v in views:
             m = min(kid_subset_size, len(r_all[v]), len(f_all[v]))
@@ -450,11 +461,19 @@ def _markdown(report: dict) -> str:
         lines += [f"## {info['extractor']}", "",
                   f"weights: `{info['weights']}` (sha256 `{info['weights_sha256']}`)  ",
                   f"preprocessing: {info['preprocessing']}", "",
-                  "| score | value | 95% interval |", "|---|---|---|"]
+                  "| score | value | 95% interval | interval |", "|---|---|---|---|"]
         for name, s in ext["scores"].items():
             ci = (f"{s['ci_low']:.4g} .. {s['ci_high']:.4g}" if "ci_low" in s
                   else (f"± {s['std']:.3g} (std over subsets)" if "std" in s else ""))
-            lines.append(f"| {name} | {s['value']:.6g} | {ci} |")
+            kind = s.get("interval", "")
+            if kind == "basic":
+                kind = f"basic; bias-corrected value {s['bias_corrected']:.4g}"
+            lines.append(f"| {name} | {s['value']:.6g} | {ci} | {kind} |")
+        if any(s.get("interval") == "basic" for s in ext["scores"].values()):
+            lines.append("\nbasic: a bootstrap interval for the population score, centred on the "
+                         "bias-corrected value (2 value - mean of the resamples); the plug-in value "
+                         "lies above it when its bias is larger than its spread. percentile: the "
+                         "spread of the resampled score.")
         for w in ext["warnings"]:
             lines.append(f"\nwarning: {w}")
         lines.append("")
@@ -560,7 +579,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 modality=modality, window=window, plane=plane, split=split, seed=seed, batch=batch,
                 device=device, progress=progress, memo=memo, allow_synthetic_real=allow_synthetic_real,
                 strict=strict)
-            return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed)
+            return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress)
     features = list(features or ["inception2.5d"])
     if all(npy):
         if set(metrics) - set(FEATURE_METRICS):
@@ -612,7 +631,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         pairs = []
         def run(ext, src):
             return ext.extract(src, progress=None if progress is None else
-                               (lambda it: progress(it, len(src), f"{ext.name} {src.role}")))
+                               (lambda it: progress(it, len(src), f"features {ext.name} {src.role}")))
 
         for index, (spec, ext) in enumerate(zip(features, extractors)):
             first = index == 0 and "msssim" in metrics
@@ -633,8 +652,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         if "msssim" in metrics:
             from medvol.eval.diversity import pairwise_ms_ssim
 
-            d_real = pairwise_ms_ssim(keep_r.kept, seed=seed)
-            d_fake = pairwise_ms_ssim(keep_f.kept, seed=seed)
+            d_real = pairwise_ms_ssim(keep_r.kept, seed=seed, progress=progress, desc="diversity real")
+            d_fake = pairwise_ms_ssim(keep_f.kept, seed=seed, progress=progress, desc="diversity fake")
             report["diversity"] = {"real": d_real, "fake": d_fake,
                                    "n": [len(keep_r.kept), len(keep_f.kept)],
                                    "note": "mean pairwise 3D MS-SSIM within each set; higher = "
@@ -643,7 +662,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             ext = extractors[0]
             key = ("train", train, features[0], size, seed)
             if key not in memo:
-                memo[key] = ext.extract(src_train)
+                memo[key] = run(ext, src_train)
             ft = memo[key]
             mem = M.memorization(volume_vectors(ft), volume_vectors(pairs[0][2]),
                                  volume_vectors(pairs[0][1]))
@@ -667,14 +686,15 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             report["_montage"] = (
                 [(report["fake"]["names"][i], ft.names[t], float(mem["distance"][i]))
                  for i, t in zip(closest, train_idx)],
-                src_fake.pick(closest), src_train.pick(train_idx), list(closest), train_idx)
+                src_fake.pick(closest, progress), src_train.pick(train_idx, progress), list(closest),
+                train_idx)
         report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
                               volume_vectors(pairs[0][2]))
-    return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed)
+    return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress)
 
 
 def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k: int, n_boot: int,
-            seed: int) -> dict:
+            seed: int, progress=None) -> dict:
     """Score every ``(extractor info, real features, fake features)`` pair; write the outputs.
 
     ``claim``: the output folder, job, identity, overwrite and inputs (:mod:`medvol.outputs`) and
@@ -682,7 +702,8 @@ def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k
     all are renamed together: a full disk leaves neither scores nor a figure without them."""
     feature_metrics = [m for m in metrics if m in FEATURE_METRICS]
     for info, fr, ff in pairs:
-        scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed)
+        scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed, progress=progress,
+                             desc=f"bootstrap {info['extractor']}")
         report["extractors"].append({"info": info, "rows": {v: [int(len(fr.features[v])),
                                                                  int(len(ff.features[v]))]
                                                              for v in fr.features},
@@ -770,22 +791,20 @@ def _plot_scatter(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str 
 
 
 def _plot_montage(pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bytes | None:
-    plt = _pyplot()
-    if plt is None or not pairs:
+    """The closest generated / training pairs, central axial slices: one column per pair, the
+    generated volume on top, its nearest training volume below, each captioned right above its
+    own image (:mod:`medvol.viewer.preview`)."""
+    from medvol.viewer.preview import labelled_grid, pillow_available, png_bytes, to_grey
+
+    if not pairs or not pillow_available():
         return None
-    fig, axes = plt.subplots(2, len(pairs), figsize=(1.8 * len(pairs), 4.0), dpi=100, squeeze=False)
-    for col, ((fname, tname, dist), fi, ti) in enumerate(zip(pairs, fake_idx, train_idx)):
-        for row, (vol, title) in enumerate(((fake_vols[int(fi)], f"{fname}\nd={dist:.3g}"),
-                                            (train_vols[int(ti)], tname))):
-            ax = axes[row][col]
-            ax.imshow(vol[vol.shape[0] // 2], cmap="gray", vmin=-1, vmax=1)
-            ax.set_title(title, fontsize=6)
-            ax.axis("off")
-    fig.suptitle("closest generated (top) / training (bottom) pairs, central axial slice", fontsize=8)
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return png
+    top, bottom = [], []
+    for (fname, tname, dist), fi, ti in zip(pairs, fake_idx, train_idx):
+        fake, real = fake_vols[int(fi)], train_vols[int(ti)]
+        top.append((f"d={dist:.3g} generated {fname}", to_grey(fake[fake.shape[0] // 2], (-1, 1))))
+        bottom.append((f"training {tname}", to_grey(real[real.shape[0] // 2], (-1, 1))))
+    return png_bytes(labelled_grid([top, bottom], title="closest generated / training pairs, central axial "
+                                                 "slices (d: feature distance)"))
 
 
 # -------------------------------------------------------------------- runs and comparisons

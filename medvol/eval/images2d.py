@@ -63,9 +63,11 @@ def image_files(spec: str) -> list[Path] | None:
         return None
     if not files:
         return None
-    if all(_suffix(p) == ".png" for p in files):
+    volumes = [p for p in files if _suffix(p) != ".png"]
+    if not volumes:
         return files
-    return files if _nifti_is_2d(files[0]) else None
+    # decided by the NIfTI files: a folder of 3D samples also holds medvol generate's preview.png
+    return files if _nifti_is_2d(volumes[0]) else None
 
 
 #: Kinds of the PNGs ``medvol generate`` writes to look at (:mod:`medvol.train.generate2d`), not samples.
@@ -327,7 +329,8 @@ def image_pairs(report: dict, real: str, fake: str, *, loaded, files, features, 
             raise MedvolError(f"--features {spec}: scores volumes, not 2D images (use inception)")
 
     def run(ext, src, role):
-        wrap = None if progress is None else (lambda it: progress(it, len(src.names), f"{ext.name} {role}"))
+        wrap = None if progress is None else (
+            lambda it: progress(it, len(src.names), f"features {ext.name} {role}", "image"))
         return ext.extract(src, progress=wrap)
 
     pairs = []

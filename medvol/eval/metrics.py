@@ -320,14 +320,48 @@ def memorization(train, fake, heldout, k: int = 1, copy_quantile: float = 0.01,
 # -------------------------------------------------------------------------------- bootstrap
 
 
+INTERVALS = ("basic", "percentile")
+
+
+def bootstrap_interval(value: float, draws, level: float = 0.95, method: str = "basic") -> dict:
+    """A bootstrap interval from the full-sample ``value`` and the resampled ``draws``.
+
+    ``"basic"`` (pivotal): [2 value - q_hi, 2 value - q_lo], q the draws' quantiles. It assumes
+    that the error of the estimate (value - truth) is distributed like that of a resample (draw -
+    value), so it moves the interval down by the bias the resamples show. This is the interval
+    for a biased plug-in estimate such as the Fréchet distance, whose resamples sit above it:
+    there the percentile interval can miss its own estimate and covers the true distance rarely
+    (0 % in the test at D = 16, N = 60; the basic interval 95 %). It is centred on the
+    bias-corrected estimate 2 value - mean(draws) (returned as ``bias_corrected``), not on
+    ``value``, which lies above it when the bias is larger than the spread.
+
+    ``"percentile"``: [q_lo, q_hi], the spread of the resampled score. It suits an unbiased
+    estimate (the MMD U-statistic), for which the basic interval would correct a bias that only
+    the resampling creates (duplicated samples), and it is what PRDC reports (read it as spread).
+    """
+    if method not in INTERVALS:
+        raise MedvolError(f"bootstrap: unknown interval {method!r}; choose from {', '.join(INTERVALS)}")
+    d = np.asarray(draws, dtype=np.float64)
+    q_lo, q_hi = (float(q) for q in np.quantile(d, [(1 - level) / 2, (1 + level) / 2]))
+    out = {"interval": method, "std": float(d.std(ddof=1)), "bias": float(d.mean() - value)}
+    if method == "basic":
+        out.update(ci_low=2.0 * value - q_hi, ci_high=2.0 * value - q_lo,
+                   bias_corrected=float(2.0 * value - d.mean()))
+    else:
+        out.update(ci_low=q_lo, ci_high=q_hi)
+    return out
+
+
 def bootstrap(score: Callable[[np.ndarray, np.ndarray], float], real, fake, n_boot: int = 200,
               seed: int = 0, level: float = 0.95, real_groups: Sequence | None = None,
-              fake_groups: Sequence | None = None) -> dict:
-    """The score and a percentile bootstrap interval, resampling volumes with replacement.
+              fake_groups: Sequence | None = None, method: str = "basic") -> dict:
+    """The score and a bootstrap interval (:func:`bootstrap_interval`), resampling volumes.
 
     ``real_groups`` / ``fake_groups`` give the volume each feature row belongs to (2.5D features
-    are several slices per volume, which are correlated): whole volumes are resampled, so N is
-    the number of volumes, not of slices. Without groups every row is its own volume.
+    are several slices per volume, which are correlated): whole volumes are resampled with
+    replacement, so N is the number of volumes, not of slices. Without groups every row is its
+    own volume. ``method="basic"`` suits biased plug-in scores (the Fréchet distance),
+    ``"percentile"`` unbiased ones (MMD^2).
     """
     r = as_features(real, "real")
     f = as_features(fake, "fake")
@@ -335,6 +369,8 @@ def bootstrap(score: Callable[[np.ndarray, np.ndarray], float], real, fake, n_bo
         raise MedvolError(f"bootstrap: n_boot must be >= 2, got {n_boot}")
     if not 0.0 < level < 1.0:
         raise MedvolError(f"bootstrap: level must be in (0, 1), got {level}")
+    if method not in INTERVALS:
+        raise MedvolError(f"bootstrap: unknown interval {method!r}; choose from {', '.join(INTERVALS)}")
 
     def index(groups, n, name):
         g = np.arange(n) if groups is None else np.asarray(groups)
@@ -353,12 +389,9 @@ def bootstrap(score: Callable[[np.ndarray, np.ndarray], float], real, fake, n_bo
         pick_r = np.concatenate([rows_r[j] for j in rng.integers(0, len(rows_r), len(rows_r))])
         pick_f = np.concatenate([rows_f[j] for j in rng.integers(0, len(rows_f), len(rows_f))])
         values[i] = float(score(r[pick_r], f[pick_f]))
-    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return {
         "value": value,
-        "ci_low": float(lo),
-        "ci_high": float(hi),
-        "std": float(values.std(ddof=1)),
+        **bootstrap_interval(value, values, level, method),
         "level": level,
         "n_boot": n_boot,
         "seed": seed,

@@ -44,7 +44,8 @@ from medvol.data.paired import labels_from_channels
 from medvol.errors import MedvolError
 from medvol.train.checkpoint import checksum_path, load_checkpoint
 from medvol.train.distributed import pick_device
-from medvol.utils import checked_write
+from medvol.utils import checked_write, write_failure
+from medvol.viewer.preview import preview_files
 
 log = logging.getLogger("medvol.generate")
 
@@ -229,7 +230,7 @@ def _generate_volumes(loaded, n: int, out: str | os.PathLike, seed: int, label: 
     if mask_labels is not None:
         common["mask_labels"] = mask_labels
     identity = generate_identity(state, n, seed, mode, label=label, tile_depth=tile_depth, dims=3)
-    planned = sample_names(n, mask_labels is not None)  # checked before anything is generated
+    planned = sample_names(n, mask_labels is not None) + ["preview.png"]  # checked before anything is generated
     with owned_output(out, "generate", identity, overwrite=overwrite, inputs=[ckpt_path], outputs=planned) as owned:
         return _write_volumes(owned, system, n, seed, label, tile_depth, dev, k, window, mask_labels, common,
                               spacing, origin, direction)
@@ -287,6 +288,7 @@ def _write_volumes(owned, system, n, seed, label, tile_depth, dev, k, window, ma
         log.info("wrote %s", path)
         paths.append(path)
     write_provenance(owned, provenance)
+    preview_files(paths, owned.path("preview.png"), window)  # central planes, captioned (medvol.viewer.preview)
     return paths
 
 

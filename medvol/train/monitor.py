@@ -116,6 +116,12 @@ class Monitor:
             with self._tensorboard():
                 self.writer.add_images(tag, mid_slices(volume), iteration, dataformats="NCHW")
 
+    def preview(self, iteration: int, tag: str, image) -> None:
+        """A labelled preview (uint8 ``(H, W)`` grey, :mod:`medvol.viewer.preview`) as one image."""
+        if self.writer is not None:
+            with self._tensorboard():
+                self.writer.add_image(tag, image[None], iteration, dataformats="CHW")
+
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)

@@ -42,6 +42,7 @@ from medvol.train.interrupt import StopSignals, TrainingInterrupted
 from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
 from medvol.train.runfolder import RunFolderLock, existing_run, refuse_second_run
 from medvol.utils import checked_write, cpu_has_native_bf16, resolve_amp, set_threads
+from medvol.viewer.preview import training_preview, write_png
 
 log = logging.getLogger("medvol.train")
 
@@ -240,6 +241,12 @@ class Trainer:
         with checked_write(path, "sample slices") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, real=mid_slices(real).numpy(), generated=mid_slices(fake).numpy())
+        # ... and as a labelled PNG (central planes, every panel captioned), also in TensorBoard.
+        preview = training_preview(real.detach().float().cpu().numpy(), fake.detach().float().cpu().numpy(),
+                                   self.iteration)
+        if preview is not None:
+            write_png(preview, path.with_suffix(".png"))
+            monitor.preview(self.iteration, f"{kind}/preview", preview)
 
     def _stop_on_nonfinite(self, losses: dict[str, torch.Tensor], monitor: Monitor) -> None:
         values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])

@@ -96,11 +96,26 @@ def prepare_layers(
     shared = layer_transform(first, use_origin=False)
     out = []
     for index, volume in enumerate(volumes):
-        out.append(image_layer_data(volume, window=window, transform=shared))
+        out.append(image_layer_data(volume, window=window, transform=shared, name=grid_name(volume)))
         if labels is not None:
             name = f"{volume_name(labels.path, 'labels')} on {out[-1][1]['name']}"
             out.append(labels_layer_data(labels, name=name, transform=shared))
     return out
+
+
+def grid_name(volume) -> str:
+    """``"real: NAME"`` or ``"generated: NAME"``: a grid cell's caption says what the volume is.
+
+    Generated means marked synthetic (header, sidecar, ``generated.json`` or cache manifest:
+    :func:`medvol.data.provenance.provenance_of`); real, anything not so marked.
+    """
+    from medvol.data.provenance import provenance_of
+
+    name = volume_name(volume.path)
+    if volume.path is None:
+        return name
+    synthetic = provenance_of(volume.path)["synthetic"]
+    return f"{'generated' if synthetic else 'real'}: {name}"
 
 
 def populate_viewer(viewer, layer_data: Sequence[LayerData], *, grid: bool = False) -> list:
@@ -126,6 +141,10 @@ def populate_viewer(viewer, layer_data: Sequence[LayerData], *, grid: bool = Fal
             layer = viewer.add_labels(data, **kwargs)
         layers.append(layer)
     if grid:
+        for layer, (_, _, kind) in zip(layers, layer_data):
+            if kind == "image":  # its name (real: / generated:) drawn in its own cell
+                layer.name_overlay.visible = True
+                layer.name_overlay.font_size = 14
         n_images = sum(kind == "image" for _, _, kind in layer_data)
         viewer.canvas.grid.stride = max(1, len(layer_data) // max(1, n_images))
         viewer.canvas.grid.shape = (1, n_images) if n_images <= MAX_GRID_ROW else (-1, -1)

@@ -4,6 +4,7 @@ Inception network (so no weights are needed) and with precomputed features."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,10 @@ def test_precomputed_features(tmp_path, capsys):
 
     assert fid["value"] == pytest.approx(
         frechet_distance(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")))
-    assert fid["ci_low"] <= fid["value"] <= fid["ci_high"]
+    assert fid["interval"] == "basic" and fid["ci_low"] <= fid["bias_corrected"] <= fid["ci_high"]
+    assert rep["extractors"][0]["scores"]["features/mmd"]["interval"] == "percentile"
+    assert "bias-corrected value" in (tmp_path / "o" / "scores.md").read_text(encoding="utf-8")
+    assert re.search(r"^bootstrap precomputed: 10 round in \d+\.\d s$", err, re.M), err
     np.save(tmp_path / "c.npy", np.zeros((5, 3)))
     code, _, err = run_eval(capsys, "--real", tmp_path / "a.npy", "--fake", tmp_path / "c.npy",
                             "--out", tmp_path / "o2")
@@ -152,8 +156,28 @@ def test_memorization_and_diversity_on_a_phantom_cache(tmp_path, weights, capsys
     d = rep["diversity"]
     assert 0 < d["real"]["mean"] < 1 and 0 < d["fake"]["mean"] < 1
     assert "memorisation" in out and "diversity" in out
+    # stderr is not a terminal here: one plain line per phase
+    for phase in ("features inception2.5d real: 3 vol", "features inception2.5d fake: 6 vol",
+                  f"features inception2.5d train: {len(train)} vol", "diversity real: 3 pair",
+                  "diversity fake: 15 pair", "memorisation montage fake: ", "memorisation montage train: "):
+        assert re.search(rf"^{re.escape(phase)}.* in \d+\.\d s$", err, re.M), (phase, err)
     assert rep["figures"] == ["memorization_montage.png", "features_pca.png"]
     assert (tmp_path / "ev" / "memorization_montage.png").stat().st_size > 1000
+    # the montage: generated (top) over training (bottom), 6 pairs, each caption right above its image
+    from PIL import Image
+
+    from medvol.viewer import preview as P
+
+    montage = np.asarray(Image.open(tmp_path / "ev" / "memorization_montage.png"))
+    line_h = int(sum(P._font().getbbox("Ag")[1::2])) + 2
+    band, title = P.CAPTION_LINES * line_h + 4, line_h + P.GAP
+    assert montage.shape == (title + 2 * (band + 128 + P.ROW_GAP) + P.GAP, 6 * 128 + 7 * P.GAP)
+    for row in range(2):
+        top = title + P.GAP + row * (band + 128 + P.ROW_GAP)
+        for col in range(6):
+            left = P.GAP + col * (128 + P.GAP)
+            assert (montage[top:top + band, left:left + 128] < 128).sum() > 20  # its caption
+            assert montage[top + band:top + band + 128, left:left + 128].std() > 10  # its slice
 
 
 def test_pca_projection_matches_sklearn():

@@ -84,7 +84,7 @@ def test_prepare_grid_aligns_voxels_and_rejects_shape_mismatch(volumes_dir):
                                volumes_dir / "mask.nii.gz"])
     layers = prepare_layers([a, b], window=(-1350.0, 150.0), grid=True, labels=mask)
     assert [(kwargs["name"], kind) for _, kwargs, kind in layers] == [
-        ("a", "image"), ("mask on a", "labels"), ("b", "image"), ("mask on b", "labels")]
+        ("real: a", "image"), ("mask on real: a", "labels"), ("real: b", "image"), ("mask on real: b", "labels")]
     for _, kwargs, _ in layers:
         assert kwargs["translate"] == (0.0, 0.0, 0.0)
         np.testing.assert_allclose(kwargs["scale"], a.spacing)

@@ -40,7 +40,7 @@ def test_grid_side_by_side_with_linked_slicing(make_napari_viewer, volumes_dir):
     assert viewer.canvas.grid.enabled
     assert viewer.canvas.grid.actual_shape(viewer.layers) == (1, 3)
     assert [viewer.canvas.grid.position(i, viewer.layers) for i in range(3)] == [(0, 0), (0, 1), (0, 2)]
-    assert [layer.name for layer in layers] == ["a", "b", "a [1]"]
+    assert [layer.name for layer in layers] == ["real: a", "real: b", "real: a [1]"]
     for k in (5, 30):
         viewer.dims.set_current_step(0, k)
         for volume, layer in zip(volumes, layers):
@@ -66,3 +66,32 @@ def test_slice_choice_sets_displayed_axes(make_napari_viewer, volumes_dir, slice
     assert tuple(viewer.dims.order) == order
     # Superior (+z in LPS) is drawn up in coronal and sagittal views.
     assert viewer.scene.camera.orientation2d[0] == "up"
+
+
+def test_grid_cells_say_which_volume_is_real(make_napari_viewer, volumes_dir, tmp_path):
+    """A generated (marked synthetic) volume beside a real one: each cell draws its own caption."""
+    from medvol.data.io import read_volume
+    from medvol.data.provenance import write_synthetic
+
+    write_synthetic(read_volume(volumes_dir / "b.nii.gz"), tmp_path / "sample_0000.nii.gz",
+                    {"model": "test", "seed": 0})
+    import imageio.v3 as iio
+
+    from medvol.viewer.app import save_screenshot
+
+    viewer = make_napari_viewer(show=True)  # napari reads a screenshot back from a shown window
+    _, layers = _build(viewer, [volumes_dir / "a.nii.gz", tmp_path / "sample_0000.nii.gz"], grid=True,
+                       window=(-1000.0, 400.0))
+    assert [layer.name for layer in layers] == ["real: a", "generated: sample_0000"]
+    assert all(layer.name_overlay.visible for layer in layers)
+    labelled = iio.imread(save_screenshot(viewer, tmp_path / "labelled.png", size=(256, 512))).astype(float)
+    for layer in layers:
+        layer.name_overlay.visible = False
+    bare = iio.imread(save_screenshot(viewer, tmp_path / "bare.png", size=(256, 512))).astype(float)
+    assert bare.std() > 20  # the volumes are drawn
+    changed = np.abs(labelled - bare).max(axis=2) > 60
+    width = changed.shape[1]
+    # the caption is drawn in each cell (left: real, right: generated), near its top
+    for cell in (changed[:, : width // 2], changed[:, width // 2:]):
+        rows = np.flatnonzero(cell.any(axis=1))
+        assert rows.size and rows.max() < changed.shape[0] // 3, rows
