@@ -30,7 +30,7 @@ from medvol.errors import MedvolError
 from medvol.eval import metrics as M
 from medvol.eval.features import FeatureSet, file_hash, get_extractor
 
-METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization")
+METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization", "factors")
 FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
 
 
@@ -452,9 +452,14 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             if split == "train" and src_real.kind == "cache":
                 raise MedvolError("memorization compares with held-out real volumes: use --split val")
             src_train = Source(train, "train", **dict(opts, split=train_split, n=None))
+        if "factors" in metrics:  # phantom ground truth (medvol.eval.factors); no extractor needed
+            from medvol.eval.factors import check_phantom_source, score_sources
+
+            check_phantom_source(src_real)
+            report["factors"] = score_sources(src_real, src_fake)
         extractors = [get_extractor(spec, device=device, seed=seed, slices_per_volume=slices_per_volume,
-                                    batch=batch) for spec in features]
-        if not extractors:
+                                    batch=batch) for spec in features] if set(metrics) != {"factors"} else []
+        if not extractors and set(metrics) != {"factors"}:
             raise MedvolError("--features: give at least one extractor")
         for spec, ext in zip(features, extractors):
             if ext.dims != 3:
@@ -517,8 +522,9 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 [(report["fake"]["names"][i], ft.names[t], float(mem["distance"][i]))
                  for i, t in zip(closest, train_idx)],
                 src_fake.pick(closest), src_train.pick(train_idx), list(closest), train_idx)
-        report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
-                              volume_vectors(pairs[0][2]))
+        if pairs:
+            report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
+                                  volume_vectors(pairs[0][2]))
     return _finish(report, pairs, metrics, out, k=k, n_boot=n_boot, seed=seed)
 
 
@@ -544,7 +550,12 @@ def _finish(report: dict, pairs: list, metrics: Sequence[str], out: Path, *, k: 
     if scatter is not None and _plot_scatter(out / "features_pca.png", *scatter):
         figures.append("features_pca.png")
     report["figures"] = figures
-    _write_text(out / "scores.md", _markdown(report))
+    text = _markdown(report)
+    if "factors" in report:
+        from medvol.eval.factors import markdown
+
+        text = text.rstrip("\n") + "\n" + "\n".join(markdown(report["factors"])) + "\n"
+    _write_text(out / "scores.md", text)
     _write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
     return report
 

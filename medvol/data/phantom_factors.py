@@ -1,0 +1,253 @@
+"""Measuring a phantom's factors back from its voxels, so generated volumes get a ground truth.
+
+:func:`measure_factors` reads the factors of :mod:`medvol.data.phantom` from any chest volume: a
+phantom in HU at its native grid, or a preprocessed volume in [-1, 1] (the cache's window
+[-1024, 600], aspect kept and padded). It is deterministic and uses only the voxels and their
+spacing. Every measurement is a plain image operation (HU thresholds, connected components, a
+robust noise estimate); none is fitted to the phantom's records. The error of each against the
+recorded factors over fresh seeds is tabulated in docs/data.md (``tools/phantom_factor_errors.py``).
+
+Coordinates are mm from the volume's centre (x left+, y posterior+, z superior+), as in the
+phantom; a preprocessed volume keeps that centre (its padding is symmetric).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from medvol.errors import MedvolError
+
+#: HU between air / lung and soft tissue: the midpoint of lung (-850) and soft tissue (+40).
+LUNG_HU = -400.0
+#: HU between air (-1000) and the body surface (skin +30, fat -100).
+BODY_HU = -500.0
+#: Soft tissue (heart, vessels, nodules): above the lung threshold, below bone.
+SOFT_HU = (-250.0, 200.0)
+BONE_HU = 250.0
+#: Smallest nodule counted: a lesion enclosed by lung of at least this volume (mm^3, a 4 mm
+#: radius sphere) and at least 2 voxels.
+NODULE_MIN_MM3 = 4.0 / 3.0 * math.pi * 4.0 ** 3
+#: Largest ratio of a nodule's longest to shortest principal axis (vessel pieces are longer).
+MAX_ELONGATION = 2.0
+#: Widest gap between the lungs (mm along x) that the heart search looks into.
+HEART_GAP_MM = 140.0
+#: The heart search's top, as a fraction of the lungs' height from their lowest slice.
+HEART_LEVEL = 0.45
+#: Habitus class boundaries on the body width (mm): midway between the classes' width ranges.
+HABITUS_WIDTH_MM = ((273.0, "slim"), (319.0, "average"), (math.inf, "broad"))
+#: Asymmetry class boundaries on the left/right lung volume ratio.
+ASYMMETRY_RATIO = ((0.55, "left_small"), (1.35, "none"), (math.inf, "right_small"))
+
+
+def to_hu(array: np.ndarray, window: Sequence[float] | None = None) -> np.ndarray:
+    """HU of ``array``: as it is (``window`` None), or mapped back from [-1, 1] over ``window``."""
+    array = np.asarray(array, dtype=np.float32)
+    if window is None:
+        return array
+    low, high = float(window[0]), float(window[1])
+    return (array + 1.0) / 2.0 * (high - low) + low
+
+
+def _coords(shape, spacing):
+    return [(np.arange(n) + 0.5 - n / 2.0) * s for n, s in zip(shape, spacing)]  # z, y, x mm
+
+
+def _crossing(profile: np.ndarray, inside: int, step: int, level: float) -> float:
+    """Sub-voxel index where ``profile`` falls below ``level`` walking from ``inside`` by ``step``."""
+    i = inside
+    while 0 <= i + step < profile.size and profile[i + step] > level:
+        i += step
+    if not 0 <= i + step < profile.size:
+        return float(i) + 0.5 * step
+    a, b = profile[i], profile[i + step]
+    return i + step * float((a - level) / (a - b)) if a != b else i + 0.5 * step
+
+
+def _body(hu: np.ndarray) -> np.ndarray:
+    """The body: the largest connected component above :data:`BODY_HU` (the couch lies apart)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(hu > BODY_HU)
+    if count == 0:
+        raise MedvolError("measure_factors: no body in the volume (no voxel above -500 HU)")
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
+                    window: Sequence[float] | None = None) -> dict[str, Any]:
+    """The phantom factors of one volume, measured from its voxels.
+
+    Args:
+        array: (D, H, W) = (z, y, x) volume, in HU (``window`` None) or in [-1, 1].
+        spacing: (z, y, x) mm of its voxels.
+        window: the HU window [-1, 1] stands for (the cache's ``[-1024, 600]``), or None for HU.
+
+    Returns:
+        ``{factor: value}`` for :data:`medvol.data.phantom.CONTINUOUS_FACTORS` and
+        :data:`~medvol.data.phantom.DISCRETE_FACTORS` (habitus from the body width, asymmetry from
+        the lung ratio, mode their pair). A quantity that cannot be found (no lungs) is NaN.
+
+    Raises:
+        MedvolError: not a 3D array, a bad spacing, non-finite voxels.
+    """
+    from scipy import ndimage
+
+    array = np.asarray(array)
+    if array.ndim != 3 or min(array.shape) < 8:
+        raise MedvolError(f"measure_factors: expected a (z, y, x) volume of at least 8^3, got shape {array.shape}")
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise MedvolError(f"measure_factors: bad spacing {spacing!r}: expected three positive mm values")
+    if not np.isfinite(array).all():
+        raise MedvolError("measure_factors: the volume holds NaN or infinite voxels")
+    hu = to_hu(array, window)
+    z, y, x = _coords(hu.shape, spacing)
+    sz, sy, sx = spacing
+    out: dict[str, Any] = {}
+
+    body = _body(hu)
+    interior = np.stack([ndimage.binary_fill_holes(s) for s in body])  # the body with what it encloses
+    # Width and depth at mid-thorax: the widest row and the deepest column of the central slices.
+    slab = [k for k in range(hu.shape[0]) if abs(z[k]) <= max(15.0, 0.6 * sz)]
+    widths, depths, centres = [], [], []
+    for k in slab:
+        b = interior[k]
+        if not b.any():
+            continue
+        row = int(np.argmax(b.sum(axis=1)))
+        cols = np.nonzero(b[row])[0]
+        lo = _crossing(hu[k, row], int(cols[0]), -1, BODY_HU)
+        hi = _crossing(hu[k, row], int(cols[-1]), 1, BODY_HU)
+        widths.append((hi - lo) * sx)
+        centres.append(np.interp((lo + hi) / 2.0, np.arange(x.size), x))
+        col = int(np.argmax(b.sum(axis=0)))
+        rows = np.nonzero(b[:, col])[0]
+        depths.append((_crossing(hu[k, :, col], int(rows[-1]), 1, BODY_HU)
+                       - _crossing(hu[k, :, col], int(rows[0]), -1, BODY_HU)) * sy)
+    out["body_width_mm"] = float(np.mean(widths)) if widths else math.nan
+    out["body_depth_mm"] = float(np.mean(depths)) if depths else math.nan
+    mid_x = float(np.mean(centres)) if centres else 0.0
+
+    # Lungs: dark voxels enclosed by the body, away from its surface, with the vessels and
+    # lesions they enclose in each axial slice.
+    inner = np.stack([ndimage.binary_erosion(s, iterations=1) for s in interior])
+    dark = inner & (hu < LUNG_HU)
+    lung = np.stack([ndimage.binary_fill_holes(s) for s in dark]) & inner
+    voxel_ml = sz * sy * sx / 1000.0
+    left_side = (x > mid_x)[None, None, :]
+    left = float((lung & left_side).sum()) * voxel_ml
+    right = float((lung & ~left_side).sum()) * voxel_ml
+    out["lung_ml"] = left + right
+    out["lung_ratio"] = left / right if right > 0 else math.nan
+
+    # Heart: the soft tissue between the lungs (a gap of at most HEART_GAP_MM along x, so not
+    # the abdomen under the domes that the lungs' crescents flank), in front of the spine, in
+    # the axial slices where that tissue is widest (the upper mediastinum is narrow).
+    hx = hy = hz = math.nan
+    near_mid = np.abs(x - mid_x) < 20.0
+    spine_rows = np.nonzero((hu[:, :, near_mid] > BONE_HU).any(axis=(0, 2)) & (y > 0))[0]
+    spine_front = y[spine_rows[0]] - 10.0 if spine_rows.size else y[-1]
+    soft = _between(lung, HEART_GAP_MM / sx) & (hu > SOFT_HU[0]) & (hu < SOFT_HU[1])
+    soft &= (y < spine_front)[None, :, None]
+    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
+    if zs.size:  # the heart rests on the diaphragm: the lower part of the lungs' height
+        soft &= (z <= z[zs[0]] + HEART_LEVEL * (z[zs[-1]] - z[zs[0]]))[:, None, None]
+    per_slice = soft.sum(axis=(1, 2))
+    if per_slice.max() > 0:
+        soft &= (per_slice >= 0.5 * per_slice.max())[:, None, None]
+        weight = soft.astype(np.float64)
+        total = weight.sum()
+        hz = float((weight.sum(axis=(1, 2)) * z).sum() / total)
+        hy = float((weight.sum(axis=(0, 2)) * y).sum() / total)
+        hx = float((weight.sum(axis=(0, 1)) * x).sum() / total)
+    out["heart_x_mm"], out["heart_y_mm"], out["heart_z_mm"] = hx, hy, hz
+
+    # Nodules: soft-tissue lesions wholly enclosed by lung (holes of the dark lung in 3D).
+    holes = ndimage.binary_fill_holes(dark) & ~dark & lung
+    labels, count = ndimage.label(holes)
+    sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0)
+    min_voxels = max(2.0, NODULE_MIN_MM3 / (sz * sy * sx))
+    count_ = 0
+    for index, objects in enumerate(ndimage.find_objects(labels) if count else []):
+        if sizes[index] < min_voxels:
+            continue
+        points = np.argwhere(labels[objects] == index + 1) * np.asarray(spacing)
+        if len(points) >= 4:
+            eig = np.linalg.eigvalsh(np.cov(points.T) + np.eye(3) * (min(spacing) ** 2 / 12.0))
+            if math.sqrt(eig[-1] / eig[0]) > MAX_ELONGATION:
+                continue  # a stretch of vessel, not a nodule
+        count_ += 1
+    out["nodule_count"] = count_
+
+    # Noise and slice thickness from the air around the body, inside the reconstruction circle.
+    air = _air(hu, body, z, y, x)
+    out["noise_hu"], out["slice_mm"] = _noise(hu, air, sz)
+
+    width, ratio = out["body_width_mm"], out["lung_ratio"]
+    out["habitus"] = next(name for bound, name in HABITUS_WIDTH_MM if width < bound) if math.isfinite(width) else "unknown"
+    out["asymmetry"] = next(name for bound, name in ASYMMETRY_RATIO if ratio < bound) if math.isfinite(ratio) else "unknown"
+    out["mode"] = f"{out['habitus']}/{out['asymmetry']}"
+    return out
+
+
+def _between(lung: np.ndarray, max_gap: float) -> np.ndarray:
+    """Voxels off the lungs with lung on both sides along x within a gap of ``max_gap`` voxels."""
+    n = lung.shape[2]
+    index = np.arange(n)
+    last = np.where(lung, index, -1)
+    np.maximum.accumulate(last, axis=2, out=last)  # the nearest lung voxel to the right (x-)
+    first = np.where(lung, index, n)
+    first = np.minimum.accumulate(first[:, :, ::-1], axis=2)[:, :, ::-1]  # ... to the left (x+)
+    return ~lung & (last >= 0) & (first < n) & (first - last - 1 <= max_gap)
+
+
+def _air(hu, body, z, y, x) -> np.ndarray:
+    """Air voxels: 20 mm clear of the body and the couch, within 170 mm of the axis, |z| <= 150 mm."""
+    from scipy import ndimage
+
+    sy = float(y[1] - y[0])
+    anything = hu > -900.0
+    reach = max(1, int(math.ceil(20.0 / sy)))
+    near = np.stack([ndimage.binary_dilation(s, iterations=reach) for s in anything]) if anything.any() else anything
+    circle = (y[:, None] ** 2 + x[None, :] ** 2) <= 170.0 ** 2
+    return ~near & circle[None] & (np.abs(z) <= 150.0)[:, None, None]
+
+
+def _noise(hu: np.ndarray, air: np.ndarray, spacing_z: float) -> tuple[float, float]:
+    """(noise std in HU, slice thickness FWHM in mm) from the air voxels.
+
+    Both use only the ranks above the air's median, which the window's clipping at -1024 HU
+    leaves intact: the std is the 84th minus the 50th percentile; the correlation of z-neighbours
+    comes from how often both lie above the median (for a Gaussian pair, ``P = 1/4 +
+    asin(rho) / (2 pi)``), and the thickness is the Gaussian blur whose kernel gives that
+    correlation on this grid (:func:`medvol.data.phantom._z_kernel`).
+    """
+    from medvol.data.phantom import _z_kernel
+
+    values = hu[air]
+    if values.size < 100:
+        return math.nan, math.nan
+    median = float(np.median(values))
+    sigma = float(np.percentile(values, 84.134) - median)
+    pair = air[1:] & air[:-1]
+    if pair.sum() < 100:
+        return sigma, math.nan
+    above = hu > median
+    p = float((above[1:] & above[:-1] & pair).sum()) / float(pair.sum())
+    rho = math.sin(2.0 * math.pi * (p - 0.25))
+    grid = np.linspace(0.0, 30.0, 601)  # FWHM in mm
+    rhos = np.array([_lag1(_z_kernel(g, spacing_z)) for g in grid])
+    if rho <= rhos[0]:
+        return sigma, 0.0
+    if rho >= rhos[-1]:
+        return sigma, float(grid[-1])
+    return sigma, float(np.interp(rho, rhos, grid))
+
+
+def _lag1(kernel: np.ndarray) -> float:
+    return float(np.sum(kernel[1:] * kernel[:-1]) / np.sum(kernel ** 2))
