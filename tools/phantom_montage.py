@@ -32,10 +32,16 @@ def main() -> None:
         f = p.factors
         hu = np.clip(p.hu, -1024, 600)
         s = args.size
-        zc = int(np.searchsorted(np.linspace(-FOV_Z_MM / 2, FOV_Z_MM / 2, s), f["heart_z_mm"] + 40))
-        views = [(hu[zc], FOV_XY_MM / FOV_XY_MM), (hu[::-1, :, s // 2 + int(f["body_cx"] / FOV_XY_MM * s)], FOV_Z_MM / FOV_XY_MM),
-                 (hu[::-1, s // 2 + int(f["heart_y_mm"] / FOV_XY_MM * s)], FOV_Z_MM / FOV_XY_MM)]
-        views = [views[0], views[2], views[1]]  # axial, coronal, sagittal
+        def index(mm: float, fov: float) -> int:
+            return int(np.clip(round((mm + fov / 2) / fov * s - 0.5), 0, s - 1))
+
+        # Axial 40 mm above the heart's centre, coronal through the lungs' centre (the cavity's
+        # middle), sagittal through the right lung.
+        axial = hu[index(f["heart_z_mm"] + 40.0, FOV_Z_MM)]
+        coronal = hu[::-1, index(f["body_cy"] - 4.0, FOV_XY_MM)]
+        right_lung_x = f["body_cx"] - 0.5 * (f["body_a"] - 2.0 - f["fat_mm"] - f["muscle_mm"])
+        sagittal = hu[::-1, :, index(right_lung_x, FOV_XY_MM)]
+        views = [(axial, 1.0), (coronal, FOV_Z_MM / FOV_XY_MM), (sagittal, FOV_Z_MM / FOV_XY_MM)]
         for i, (img, aspect) in enumerate(views):
             ax = axes[i, j]
             ax.imshow(img, cmap="gray", vmin=-1024, vmax=600,

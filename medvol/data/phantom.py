@@ -132,7 +132,7 @@ def draw_factors(seed: int | Sequence[int] = 0, nodules: bool = False) -> dict[s
       the right; dome depth (centre to rim) U(35, 55).
     - heart: size scale U(0.85, 1.2) of (52, 42, 48) half-axes; x offset U(15, 30) to the left of
       the midline, y U(0.15, 0.3) of the cavity depth in front of its centre, resting on the domes.
-    - nodules: with ``nodules`` 1-3 (equally likely), each radius U(4, 12), else none.
+    - nodules: with ``nodules`` 1-3 (equally likely), each radius U(5, 14), else none.
     - acquisition: effective noise std ``noise_hu`` U(6, 24); slice thickness ``slice_mm`` (FWHM
       of the z blur) U(0.5, 10).
 
@@ -163,7 +163,7 @@ def draw_factors(seed: int | Sequence[int] = 0, nodules: bool = False) -> dict[s
     }
     count = int(rng.integers(1, 4)) if nodules else 0
     f["nodules"] = [{"side": int(rng.integers(2)), "where": [float(v) for v in u(-0.6, 0.6, size=3)],
-                     "radius_mm": u(4.0, 12.0), "hu": u(10.0, 45.0)} for _ in range(count)]
+                     "radius_mm": u(5.0, 14.0), "hu": u(10.0, 45.0)} for _ in range(count)]
     return f
 
 
@@ -372,7 +372,10 @@ class _Lungs:
         h_up = 0.55 * (s["apex"] - s["dome"])
         z_mid = s["apex"] - h_up
         p = self.POWER
-        rho = (np.abs((X - s["x"]) / s["a"]) ** p + np.abs((Y - s["y"]) / s["b"]) ** p
+        dx = (X - s["x"]) / s["a"]
+        # The medial face is flatter (power 4) than the lateral curve: a D-shaped cross-section.
+        flat = np.abs(dx) ** np.where(dx * s["side"] < 0, 4.0, p)
+        rho = (flat + np.abs((Y - s["y"]) / s["b"]) ** p
                + (np.maximum(Z - z_mid, 0.0) / h_up) ** p) ** (1.0 / p)
         return np.maximum((rho - 1.0) * min(s["a"], s["b"]), self.diaphragm(s, X, Y) - Z)
 
@@ -464,7 +467,7 @@ def render_phantom(size: int = 64, seed: int | Sequence[int] = 0, nodules: bool 
     top = np.array([carina[0] - small * f["shift_mm"] * 0.5, carina[1] - u(0, 8), FOV_Z_MM / 2 + 5])
     trachea_r = u(8, 10)
     airway_segments = [(top, carina, trachea_r)]
-    vessel_segments, vessel_roots = [], []
+    vessel_segments, vessel_roots, hila = [], [], []
     for s in lungs.sides:
         side = s["side"]
         hilum = np.array([s["x"] - side * s["a"] * 0.6, s["y"], carina[2] - u(5, 20)])
@@ -473,6 +476,7 @@ def render_phantom(size: int = 64, seed: int | Sequence[int] = 0, nodules: bool 
         # The pulmonary artery: from the mediastinum to the hilum, where the tree starts.
         root = np.array([med_cx + side * 5.0, vessel_hilum[1] - 10.0, vessel_hilum[2]])
         vessel_roots.append((root, vessel_hilum, u(7.0, 9.0)))
+        hila.append(vessel_hilum)
         for kind in ("airway", "vessel"):
             for lobe in ((side * 0.5, 0.1, 1.0), (side * 1.0, 0.3, -0.8), (side * 0.6, -0.8, 0.1),
                          (side * 0.6, 0.9, -0.1), (side * 1.0, -0.3, -0.6), (side * 0.7, 0.6, 0.7),
@@ -510,16 +514,19 @@ def render_phantom(size: int = 64, seed: int | Sequence[int] = 0, nodules: bool 
         for nodule in f["nodules"]:
             s = lungs.sides[nodule["side"]]
             radius = nodule["radius_mm"]
+            drawn = max(radius, c.edge)  # at least a voxel: a nodule that shows
             half_height = (s["apex"] - s["dome"]) / 2
             centre = np.array([s["x"], s["y"], s["dome"] + half_height])
             extent = np.array([s["a"], s["b"], half_height])
             where = np.asarray(nodule["where"])
-            for shrink in np.linspace(1.0, 0.0, 11):  # pulled towards the lung centre until inside
+            # Pulled towards the lung centre until it lies in the lung, clear of its wall, the
+            # heart and the hilum (where the big vessels would swallow it).
+            for shrink in np.linspace(1.0, 0.0, 11):
                 point = centre + where * extent * shrink
-                if lungs.inside(point, margin=radius + 4.0) and \
-                        _ellipsoid_sd(point, heart_c, heart_axes + 8.0 + radius) > 0:
+                if lungs.inside(point, margin=drawn + max(4.0, c.edge)) and \
+                        _ellipsoid_sd(point, heart_c, heart_axes + 8.0 + drawn) > 0 and \
+                        min(np.linalg.norm(point - h) for h in hila) > drawn + 25.0:
                     break
-            drawn = max(radius, c.edge)  # at least a voxel: a nodule that shows
             region = c.box(point - drawn * 1.4 - c.edge, point + drawn * 1.4 + c.edge)
             zz, yy, xx = c.grid(region)
             dx, dy, dz = xx - point[0], yy - point[1], zz - point[2]

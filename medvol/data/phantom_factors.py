@@ -27,15 +27,13 @@ BODY_HU = -500.0
 #: Soft tissue (heart, vessels, nodules): above the lung threshold, below bone.
 SOFT_HU = (-250.0, 200.0)
 BONE_HU = 250.0
-#: Smallest nodule counted: a lesion enclosed by lung of at least this volume (mm^3, a 4 mm
-#: radius sphere) and at least 2 voxels.
-NODULE_MIN_MM3 = 4.0 / 3.0 * math.pi * 4.0 ** 3
-#: Largest ratio of a nodule's longest to shortest principal axis (vessel pieces are longer).
-MAX_ELONGATION = 2.0
-#: Widest gap between the lungs (mm along x) that the heart search looks into.
-HEART_GAP_MM = 140.0
-#: The heart search's top, as a fraction of the lungs' height from their lowest slice.
-HEART_LEVEL = 0.45
+#: Nodule search: Gaussian smoothing (mm), the edge of a lesion on the smoothed image and the
+#: smoothed peak a nodule reaches (HU); chosen on phantoms outside the error table's seeds.
+NODULE_SMOOTH_MM = 3.0
+NODULE_EDGE_HU = -150.0
+NODULE_PEAK_HU = -80.0
+#: Axial slices whose enclosed soft tissue is at least this fraction of the widest hold the heart.
+HEART_SLICE = 0.5
 #: Habitus class boundaries on the body width (mm): midway between the classes' width ranges.
 HABITUS_WIDTH_MM = ((273.0, "slim"), (319.0, "average"), (math.inf, "broad"))
 #: Asymmetry class boundaries on the left/right lung volume ratio.
@@ -145,21 +143,23 @@ def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
     out["lung_ml"] = left + right
     out["lung_ratio"] = left / right if right > 0 else math.nan
 
-    # Heart: the soft tissue between the lungs (a gap of at most HEART_GAP_MM along x, so not
-    # the abdomen under the domes that the lungs' crescents flank), in front of the spine, in
-    # the axial slices where that tissue is widest (the upper mediastinum is narrow).
+    # Heart: the soft tissue the lungs enclose (row-wise and column-wise, per axial slice) in
+    # front of the spine, in the axial slices where that tissue is widest (the upper mediastinum
+    # between the lungs' flat medial faces is narrow).
     hx = hy = hz = math.nan
     near_mid = np.abs(x - mid_x) < 20.0
     spine_rows = np.nonzero((hu[:, :, near_mid] > BONE_HU).any(axis=(0, 2)) & (y > 0))[0]
     spine_front = y[spine_rows[0]] - 10.0 if spine_rows.size else y[-1]
-    soft = _between(lung, HEART_GAP_MM / sx) & (hu > SOFT_HU[0]) & (hu < SOFT_HU[1])
+    soft = np.zeros_like(lung)
+    for k in np.nonzero(lung.any(axis=(1, 2)))[0]:
+        s = lung[k]
+        rows = np.maximum.accumulate(s, axis=1) & np.maximum.accumulate(s[:, ::-1], axis=1)[:, ::-1]
+        cols = np.maximum.accumulate(s, axis=0) & np.maximum.accumulate(s[::-1], axis=0)[::-1]
+        soft[k] = rows & cols & ~s & (hu[k] > SOFT_HU[0]) & (hu[k] < SOFT_HU[1])
     soft &= (y < spine_front)[None, :, None]
-    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
-    if zs.size:  # the heart rests on the diaphragm: the lower part of the lungs' height
-        soft &= (z <= z[zs[0]] + HEART_LEVEL * (z[zs[-1]] - z[zs[0]]))[:, None, None]
     per_slice = soft.sum(axis=(1, 2))
     if per_slice.max() > 0:
-        soft &= (per_slice >= 0.5 * per_slice.max())[:, None, None]
+        soft &= (per_slice >= HEART_SLICE * per_slice.max())[:, None, None]
         weight = soft.astype(np.float64)
         total = weight.sum()
         hz = float((weight.sum(axis=(1, 2)) * z).sum() / total)
@@ -167,22 +167,14 @@ def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
         hx = float((weight.sum(axis=(0, 1)) * x).sum() / total)
     out["heart_x_mm"], out["heart_y_mm"], out["heart_z_mm"] = hx, hy, hz
 
-    # Nodules: soft-tissue lesions wholly enclosed by lung (holes of the dark lung in 3D).
-    holes = ndimage.binary_fill_holes(dark) & ~dark & lung
-    labels, count = ndimage.label(holes)
-    sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0)
-    min_voxels = max(2.0, NODULE_MIN_MM3 / (sz * sy * sx))
-    count_ = 0
-    for index, objects in enumerate(ndimage.find_objects(labels) if count else []):
-        if sizes[index] < min_voxels:
-            continue
-        points = np.argwhere(labels[objects] == index + 1) * np.asarray(spacing)
-        if len(points) >= 4:
-            eig = np.linalg.eigvalsh(np.cov(points.T) + np.eye(3) * (min(spacing) ** 2 / 12.0))
-            if math.sqrt(eig[-1] / eig[0]) > MAX_ELONGATION:
-                continue  # a stretch of vessel, not a nodule
-        count_ += 1
-    out["nodule_count"] = count_
+    # Nodules: soft-tissue lesions wholly enclosed by lung, found on a lightly smoothed image
+    # (thin vessels fade below NODULE_EDGE_HU, so a nodule touching one stays apart) and kept if
+    # their smoothed peak reaches NODULE_PEAK_HU (what is left of vessel pieces does not).
+    smooth = ndimage.gaussian_filter(hu, [max(NODULE_SMOOTH_MM / s, 0.5) for s in spacing], mode="nearest")
+    clear = inner & (smooth < NODULE_EDGE_HU)
+    labels, count = ndimage.label(ndimage.binary_fill_holes(clear) & ~clear & lung)
+    peaks = np.asarray(ndimage.maximum(smooth, labels, index=np.arange(1, count + 1))) if count else np.zeros(0)
+    out["nodule_count"] = int((peaks >= NODULE_PEAK_HU).sum())
 
     # Noise and slice thickness from the air around the body, inside the reconstruction circle.
     air = _air(hu, body, z, y, x)
@@ -193,17 +185,6 @@ def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
     out["asymmetry"] = next(name for bound, name in ASYMMETRY_RATIO if ratio < bound) if math.isfinite(ratio) else "unknown"
     out["mode"] = f"{out['habitus']}/{out['asymmetry']}"
     return out
-
-
-def _between(lung: np.ndarray, max_gap: float) -> np.ndarray:
-    """Voxels off the lungs with lung on both sides along x within a gap of ``max_gap`` voxels."""
-    n = lung.shape[2]
-    index = np.arange(n)
-    last = np.where(lung, index, -1)
-    np.maximum.accumulate(last, axis=2, out=last)  # the nearest lung voxel to the right (x-)
-    first = np.where(lung, index, n)
-    first = np.minimum.accumulate(first[:, :, ::-1], axis=2)[:, :, ::-1]  # ... to the left (x+)
-    return ~lung & (last >= 0) & (first < n) & (first - last - 1 <= max_gap)
 
 
 def _air(hu, body, z, y, x) -> np.ndarray:
