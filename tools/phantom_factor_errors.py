@@ -11,7 +11,6 @@ Usage: python tools/phantom_factor_errors.py [--n 24] [--sizes 32,64,128] [--see
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
 

@@ -1,8 +1,6 @@
 """The factor metric: W1 against scipy, ~0 within one distribution, growing with a shift, coverage."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -64,21 +62,22 @@ def test_metric_refuses_too_few_volumes(measured):
         factor_scores(measured[:1], measured)
 
 
-def test_evaluate_cli_factors(tmp_path):
-    base = [sys.executable, "-m", "medvol.cli", "evaluate", "--size", "32", "--n", "4", "--metrics", "factors"]
-    result = subprocess.run(base + ["--real", "phantom:1", "--fake", "phantom:2", "--out", str(tmp_path / "ev")],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "ev" / "scores.json").read_text())
-    assert report["factors"]["n"] == [4, 4] and "body_width_mm" in report["factors"]["continuous"]
-    assert "Phantom factors" in (tmp_path / "ev" / "scores.md").read_text()
-    # Volumes that are not phantoms (no factor sidecars): one line, exit 2.
+def test_evaluate_cli_factors(tmp_path, capsys):
+    from medvol.cli import main
     from medvol.data.phantom import write_phantoms
 
+    base = ["evaluate", "--size", "32", "--n", "4", "--metrics", "factors"]
+    assert main(base + ["--real", "phantom:1", "--fake", "phantom:2", "--out", str(tmp_path / "ev")]) == 0
+    assert "mode coverage" in capsys.readouterr().out
+    report = json.loads((tmp_path / "ev" / "scores.json").read_text())
+    assert report["factors"]["n"] == [4, 4] and "body_width_mm" in report["factors"]["continuous"]
+    assert "heart_x_mm" not in report["factors"]["continuous"]  # measured, not scored (docs/data.md)
+    assert "Phantom factors" in (tmp_path / "ev" / "scores.md").read_text()
+    # Volumes that are not phantoms (no factor sidecars): one line, exit 2, nothing written.
     paths = write_phantoms(2, 32, tmp_path / "plain", seed=3)
     for path in paths:
         path.with_name(path.name.replace(".nii.gz", ".factors.json")).unlink()
-    result = subprocess.run(base + ["--real", str(tmp_path / "plain"), "--fake", "phantom:2",
-                                    "--out", str(tmp_path / "ev2")], capture_output=True, text=True)
-    assert result.returncode == 2 and "only applies to phantom data" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert main(base + ["--real", str(tmp_path / "plain"), "--fake", "phantom:2", "--out", str(tmp_path / "ev2")]) == 2
+    err = capsys.readouterr().err
+    assert "only applies to phantom data" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ev2" / "scores.json").exists()
