@@ -255,7 +255,11 @@ class _Canvas:
             t = np.clip(t, 0.0, 1.0)
             dist = np.sqrt((xx - p0[0] - t * axis[0]) ** 2 + (yy - p0[1] - t * axis[1]) ** 2
                            + (zz - p0[2] - t * axis[2]) ** 2)
-            alpha = self.alpha(dist - r)
+            # The soft edge spreads a thin tube over its neighbours: scale it so that its
+            # cross-section holds pi r^2 of tissue, as a real partial-volume average would.
+            e = self.edge
+            spread = 3.0 * e * r * r / (r + e / 2) ** 3 if r < e / 2 else r * r / (r * r + e * e / 12)
+            alpha = self.alpha(dist - r) * np.float32(spread)
             if mask is not None:
                 alpha = alpha * mask[region]
             self.paint(alpha, value, tissue, region)
@@ -489,6 +493,8 @@ def render_phantom(size: int = 64, seed: int | Sequence[int] = 0, nodules: bool 
     # Vessels only show inside the lungs (in the mediastinum they merge with soft tissue).
     c.paint_tubes(vessel_segments, 40.0 + jitter["blood"], "vessel", mask=np.minimum(lung_cover * 1.5, 1.0))
     c.paint_tubes(vessel_roots, 40.0 + jitter["blood"], "vessel")
+    # An airway much thinner than a voxel averages into the lung (wall and lumen cancel): skip it.
+    airway_segments = [seg for seg in airway_segments if seg[2] >= 0.4 * c.edge]
     c.paint_tubes(airway_segments, 10.0, "mediastinum", extra=1.5)  # wall
     c.paint_tubes(airway_segments, -1000.0, "airway")
 
@@ -728,7 +734,7 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
             the ones before it are complete.
     """
     from medvol.outputs import owned_output
-    from medvol.utils import checked_write
+    from medvol.utils import checked_write, optional_import
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise MedvolError(f"invalid count {n!r} (--n): expected a positive integer")
@@ -739,6 +745,7 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
         raise MedvolError(f"unknown format {fmt!r} (--format): choose one of {', '.join(PHANTOM_FORMATS)}")
     _seed_rng(seed)
     identity = {"n": int(n), "size": int(size), "seed": int(seed), "format": fmt, "nodules": bool(nodules)}
+    optional_import("SimpleITK", "writing volume files")  # before the folder is claimed
     written = []
     with owned_output(out, "data phantom", identity, overwrite=overwrite) as folder:
         for index in range(n):

@@ -66,7 +66,9 @@ def _crossing(profile: np.ndarray, inside: int, step: int, level: float) -> floa
 
 def _body(hu: np.ndarray) -> np.ndarray | None:
     """The body: the largest connected component above :data:`BODY_HU` (the couch lies apart)."""
-    from scipy import ndimage
+    from medvol.utils import optional_import
+
+    ndimage = optional_import("scipy.ndimage", "measuring phantom factors")
 
     labels, count = ndimage.label(hu > BODY_HU)
     if count == 0:
@@ -94,7 +96,9 @@ def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
     Raises:
         MedvolError: not a 3D array, a bad spacing, non-finite voxels.
     """
-    from scipy import ndimage
+    from medvol.utils import optional_import
+
+    ndimage = optional_import("scipy.ndimage", "measuring phantom factors")
 
     array = np.asarray(array)
     if array.ndim != 3 or min(array.shape) < 8:
@@ -196,7 +200,9 @@ def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
 
 def _air(hu, body, z, y, x) -> np.ndarray:
     """Air voxels: 20 mm clear of the body and the couch, within 170 mm of the axis, |z| <= 150 mm."""
-    from scipy import ndimage
+    from medvol.utils import optional_import
+
+    ndimage = optional_import("scipy.ndimage", "measuring phantom factors")
 
     sy = float(y[1] - y[0])
     anything = hu > -900.0
