@@ -28,7 +28,7 @@ lung asymmetry class (none / a small left lung / a small right lung, with the he
 pulled towards the small side); their pair is the volume's *mode*.
 
 A seed gives the same volume, and the same factors at every size; rendering is vectorised numpy
-(about 0.1 s for a 64^3 volume on one core, docs/data.md).
+(about 0.2 s for a 64^3 volume on one core, docs/data.md).
 """
 
 from __future__ import annotations

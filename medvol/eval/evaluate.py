@@ -422,7 +422,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
     features = list(features or ["inception2.5d"])
     if all(npy):
         if set(metrics) - set(FEATURE_METRICS):
-            raise MedvolError("msssim and memorization need volumes, not precomputed features")
+            raise MedvolError("msssim, memorization and factors need volumes, not precomputed features")
         fr, ff = precomputed(real, "real"), precomputed(fake, "fake")
         if fr.features["features"].shape[1] != ff.features["features"].shape[1]:
             raise MedvolError("--real and --fake feature files have different dimensions")
