@@ -733,7 +733,7 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
             volume being written then has no file under its name (nor its label map or factors),
             the ones before it are complete.
     """
-    from medvol.outputs import owned_output
+    from medvol.outputs import MARKER, owned_output
     from medvol.utils import checked_write, optional_import
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -767,6 +767,8 @@ def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii
                 # A volume whose label map or factors are missing would pass for a complete one.
                 for file in paths:
                     file.unlink(missing_ok=True)
+                if not written and not folder.continued:  # nothing written: leave no marker either
+                    (folder.folder / MARKER).unlink(missing_ok=True)
                 raise
             written.append(path)
     return written
