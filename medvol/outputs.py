@@ -466,6 +466,10 @@ def owned_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise MedvolError(f"{option} {folder}: exists and is not a folder")
+    try:  # here, so that a failure names the option rather than a "run folder"
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedvolError(f"{option} {folder}: cannot create it ({os.strerror(error.errno or 0).lower()})") from None
     lock = FolderLock(folder, lock_name=LOCK, holder=f"medvol {job}")
     claimed = None
     try:

@@ -184,6 +184,7 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "monai": ("monai", "itk"),
     "tensorboard": ("tensorboard", "log"), "tqdm": ("tqdm", "log"),
     "matplotlib": ("matplotlib", "plot"),
+    "scipy": ("scipy", "eval"),  # measuring phantom factors (medvol evaluate --metrics factors)
     "PIL": ("matplotlib", "plot"),  # Pillow comes with matplotlib
     "optuna": ("optuna", "sweep"), "sqlalchemy": ("SQLAlchemy", "sweep"), "psycopg": ("psycopg", "sweep"),
     "optuna_dashboard": ("optuna-dashboard", "dashboard"),

@@ -24,8 +24,8 @@ def run(argv, capsys):
 def test_phantom_then_preprocess(tmp_path, capsys):
     code, out, _ = run(["data", "phantom", "--n", 3, "--size", 32, "--out", tmp_path / "ph", "--nodules"], capsys)
     assert code == 0 and "wrote 3 phantom volume(s) with nodules" in out and "(lungs 1, nodules 2)" in out
-    assert sorted(os.listdir(tmp_path / "ph")) == [
-        f"phantom_000{i}{m}.nii.gz" for i in range(3) for m in ("", "_mask")]
+    assert sorted(os.listdir(tmp_path / "ph")) == [".medvol-output.json"] + sorted(
+        f"phantom_000{i}{m}" for i in range(3) for m in (".factors.json", ".nii.gz", "_mask.nii.gz"))
     argv = ["preprocess", "--src", tmp_path / "ph", "--dst", tmp_path / "cache", "--size", 32,
             "--window", "-1024,600", "--workers", 1]
     code, out, err = run(argv, capsys)
@@ -34,6 +34,9 @@ def test_phantom_then_preprocess(tmp_path, capsys):
     assert re.search(r"^preprocess: 3 vol in \d+\.\d s$", err, re.M) and "\r" not in err
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text(encoding="utf-8"))
     assert [v["name"] for v in manifest["volumes"]] == ["phantom_0000", "phantom_0001", "phantom_0002"]
+    # Each entry keeps the phantom's factors from its sidecar.
+    sidecar = json.loads((tmp_path / "ph" / "phantom_0001.factors.json").read_text(encoding="utf-8"))
+    assert manifest["volumes"][1]["phantom_factors"] == sidecar["phantom_factors"]
     code, out, _ = run(argv, capsys)
     assert code == 0 and "preprocessed 0 volume(s), reused 3" in out
 

@@ -33,7 +33,8 @@ def register(subparsers) -> None:
                              "train`), inception[:PATH] (2D images), or a registered extractor "
                              "(default inception2.5d for volumes, inception for 2D images)")
     parser.add_argument("--metrics", default="fid,kid,mmd,prdc",
-                        help="comma list of fid,kid,mmd,prdc,msssim,memorization (default: the first four)")
+                        help="comma list of fid,kid,mmd,prdc,msssim,memorization,factors (default: the first four; "
+                             "factors: phantom ground truth, phantom data only)")
     parser.add_argument("--train", help="training set for memorization (default: the train split of "
                                         "--real when it is a cache)")
     parser.add_argument("--diversity-n", type=int, default=16, dest="diversity_n",
@@ -127,4 +128,9 @@ def _print_report(report: dict, out) -> None:
         m = report["memorization"]
         print(f"memorisation: authenticity {m['authenticity']:.3f}, likely copies "
               f"{len(m['likely_copies'])}: {', '.join(m['likely_copies'][:5])}")
+    if "factors" in report:
+        f = report["factors"]
+        worst = max(f["continuous"].items(), key=lambda kv: -1 if kv[1]["w1_norm"] != kv[1]["w1_norm"] else kv[1]["w1_norm"])
+        print(f"phantom factors: mode coverage {f['modes']['coverage']:.2f}, largest W1/std {worst[0]} "
+              f"{worst[1]['w1_norm']:.3f} (real-vs-real floor {worst[1]['floor_norm']:.3f})")
     print(f"wrote {out}/scores.json, scores.md")

@@ -354,6 +354,11 @@ def _process_one(source: str, out_file: str, final: str, params_dict: dict, read
         extra = {"labels_source": str(label_source), "labels_checksum": checksum(label_source),
                  "labels_size": label_size, "labels_mtime_ns": label_mtime,
                  "label_values": [int(v) for v in np.unique(info["labels"])]}
+    from medvol.data.phantom import read_factors
+
+    factors = read_factors(path)  # a phantom's recorded factors (medvol data phantom), kept with it
+    if factors is not None:
+        extra["phantom_factors"] = factors
     return {**extra,
         "source": str(path),
         "checksum": digest,

@@ -1,42 +1,49 @@
-"""Procedural chest-CT-like phantoms in Hounsfield units: the embedded default data.
+"""Procedural chest-CT phantoms in Hounsfield units: a population with known factors.
+
+The phantom is the embedded default data: every CPU demo, test and study learns from it. It is a
+*population*: each volume is rendered from factors drawn from documented distributions
+(:func:`draw_factors`, the table in docs/data.md), recorded with the volume (:attr:`Phantom.factors`,
+the ``phantom_NNNN.factors.json`` sidecar of :func:`write_phantoms`) and measurable back from the
+voxels (:mod:`medvol.data.phantom_factors`), so a generated set can be scored against ground truth.
 
 One phantom is an (S, S, S) = (z, y, x) volume in LPS orientation (z inferior -> superior, y
 anterior -> posterior, x right -> left) with a 380 mm in-plane field of view and 340 mm along z, so
-its voxels are anisotropic like a real chest CT. It holds, painted in anatomical order with
-partial-volume (soft) edges:
+its voxels are anisotropic like a real chest CT. Painted in anatomical order with partial-volume
+(soft) edges:
 
 - scanner padding (-2048) outside the reconstruction circle, air (-1000) and the couch;
-- the body: skin, subcutaneous fat (-100), a muscle wall (+40..55);
-- the thoracic cavity: mediastinum, two lungs (-850 with a posterior gravity gradient) carrying a
-  branching pulmonary vessel tree (blood +40) and a branching airway tree (air lumen with a wall)
-  from the trachea, the heart (myocardium +40 around a blood pool +40, pericardial fat) with the
-  aorta, and the liver dome under the right lung;
-- bone (400-1000): vertebrae (cortical shell, cancellous core, discs, spinal canal, posterior arch),
-  twelve pairs of ribs sloping down anteriorly, the sternum;
-- optionally 1-3 lobulated solid nodules (0..50 HU) in the lungs, returned as a mask;
-- correlated Gaussian noise.
+- the body (habitus: size, depth, fat): skin, subcutaneous fat (-100), a muscle wall (+45);
+- the thoracic cavity: mediastinum, two lungs (-850 with a posterior gravity gradient) with apices
+  and a diaphragm dome each (the right dome higher), branching pulmonary vessels (+40) that thin
+  towards the periphery, a branching airway tree from the trachea, the heart (myocardium around a
+  blood pool, pericardial fat) resting on the diaphragm, the aorta; under the domes the liver
+  (right) and the upper abdomen (left);
+- bone (300-1000): vertebrae (cortical shell, cancellous core, discs, canal, posterior arch), twelve
+  pairs of ribs sloping down anteriorly, the sternum;
+- optionally 1-3 lobulated solid nodules (10..45 HU), returned as a mask;
+- acquisition: slice thickness (a Gaussian blur along z) and correlated noise.
 
-Beside the tissue labels, :func:`phantom_labels` gives the segmentation label map that paired
-image + mask generation trains on: lungs 1 (parenchyma with its vessels and small airways), nodules 2
-(:data:`MASK_LABELS`).
+Discrete factors with several modes: the body habitus class (slim / average / broad) and the
+lung asymmetry class (none / a small left lung / a small right lung, with the heart and mediastinum
+pulled towards the small side); their pair is the volume's *mode*.
 
-Body size and position, organ sizes, the branching, intensities and noise vary with the seed; a
-given seed always gives the same volume. Rendering is vectorised numpy (a 64^3 volume takes tens of
-milliseconds).
+A seed gives the same volume, and the same factors at every size; rendering is vectorised numpy
+(about 0.2 s for a 64^3 volume on one core, docs/data.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from medvol.data.io import Volume, write_volume
 from medvol.errors import MedvolError
-from medvol.utils import write_failure
 
 FOV_XY_MM = 380.0
 FOV_Z_MM = 340.0
@@ -46,13 +53,33 @@ PADDING_HU = -2048.0
 TISSUES = {
     "outside": 0, "air": 1, "couch": 2, "skin": 3, "fat": 4, "muscle": 5, "mediastinum": 6,
     "lung": 7, "vessel": 8, "airway": 9, "heart": 10, "blood": 11, "liver": 12, "bone": 13,
-    "disc": 14, "canal": 15, "nodule": 16,
+    "disc": 14, "canal": 15, "nodule": 16, "abdomen": 17,
 }
 #: Class names of :func:`phantom_labels`' label map: label i is ``MASK_LABELS[i - 1]``.
 MASK_LABELS = ("lungs", "nodules")
 #: Tissues that count as lung in the label map when they lie in the lung region: the parenchyma and
 #: what runs through it (a lung segmentation includes its vessels and small airways).
 _LUNG_TISSUES = ("lung", "vessel", "airway")
+
+#: Body habitus classes: probability, half-width of the body at mid-thorax (mm, uniform range),
+#: subcutaneous fat (mm, uniform range). The width ranges do not overlap, so the class is
+#: measurable from the body width (:mod:`medvol.data.phantom_factors`).
+HABITUS = {
+    "slim": (0.30, (118.0, 132.0), (5.0, 10.0)),
+    "average": (0.45, (141.0, 155.0), (10.0, 18.0)),
+    "broad": (0.25, (164.0, 176.0), (18.0, 28.0)),
+}
+#: Lung asymmetry classes: probability, side of the small lung (x sign: -1 right, +1 left, 0 none).
+#: A small lung has 50-65 % of its lateral extent and its dome 25-45 mm higher; the heart and the
+#: mediastinum shift 8-18 mm towards it (volume loss pulls them over).
+ASYMMETRY = {"none": (0.60, 0), "left_small": (0.20, 1), "right_small": (0.20, -1)}
+#: Every mode (habitus, asymmetry) as ``"habitus/asymmetry"``.
+MODES = tuple(f"{h}/{a}" for h in HABITUS for a in ASYMMETRY)
+#: Continuous factors recorded for every volume and measured back (units in the names).
+CONTINUOUS_FACTORS = ("body_width_mm", "body_depth_mm", "lung_ml", "lung_ratio", "heart_x_mm",
+                      "heart_y_mm", "heart_z_mm", "nodule_count", "noise_hu", "slice_mm")
+#: Discrete factors.
+DISCRETE_FACTORS = ("habitus", "asymmetry", "mode")
 
 
 @dataclasses.dataclass
@@ -68,6 +95,8 @@ class Phantom:
         origin: physical (x, y, z) LPS of voxel 0.
         lung_region: bool (S, S, S), the voxels at least half covered by the lungs' outline (which
             the trachea and main bronchi lie outside of).
+        factors: the volume's factors (:func:`draw_factors`'s draw, plus the ground truth of every
+            measurable factor: :data:`CONTINUOUS_FACTORS`, :data:`DISCRETE_FACTORS`).
     """
 
     hu: np.ndarray
@@ -76,6 +105,66 @@ class Phantom:
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     lung_region: np.ndarray | None = None
+    factors: dict | None = None
+
+
+def _seed_rng(seed: int | Sequence[int], stream: int = 0) -> np.random.Generator:
+    """The generator of one random stream of a seed (0 factors, 1 geometry detail, 2 noise)."""
+    if isinstance(seed, (bool, float)) or (np.ndim(seed) == 0 and int(seed) < 0):
+        raise MedvolError(f"invalid phantom seed {seed!r} (--seed): expected a non-negative integer")
+    words = [int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed]
+    if any(w < 0 for w in words):
+        raise MedvolError(f"invalid phantom seed {seed!r} (--seed): expected non-negative integers")
+    return np.random.default_rng(words + [0x9E37, stream])
+
+
+def draw_factors(seed: int | Sequence[int] = 0, nodules: bool = False) -> dict[str, Any]:
+    """The factors of the phantom with this seed (independent of the rendering size).
+
+    Distributions (mm unless named; U = uniform):
+
+    - ``habitus`` from :data:`HABITUS` (slim 0.30, average 0.45, broad 0.25): body half-width
+      ``body_a`` U(118, 132) / U(141, 155) / U(164, 176), fat U(5, 10) / U(10, 18) / U(18, 28);
+      depth ``body_b = body_a`` x U(0.66, 0.78); centre x U(-8, 8), y U(-12, 4); widening towards
+      the shoulders U(0, 0.08).
+    - ``asymmetry`` from :data:`ASYMMETRY` (none 0.60, left_small 0.20, right_small 0.20).
+    - lungs: apex z U(105, 130); apex-to-right-dome height U(175, 215); left dome U(5, 20) below
+      the right; dome depth (centre to rim) U(35, 55).
+    - heart: size scale U(0.85, 1.2) of (52, 42, 48) half-axes; x offset U(15, 30) to the left of
+      the midline, y U(0.15, 0.3) of the cavity depth in front of its centre, resting on the domes.
+    - nodules: with ``nodules`` 1-3 (equally likely), each radius U(5, 14), else none.
+    - acquisition: effective noise std ``noise_hu`` U(6, 24); slice thickness ``slice_mm`` (FWHM
+      of the z blur) U(0.5, 10).
+
+    Returns:
+        A JSON-able dict of the drawn parameters (the measurable ground truth is added by
+        :func:`render_phantom`, which also knows the voxel grid).
+    """
+    rng = _seed_rng(seed, 0)
+    u = rng.uniform
+
+    def choose(table: dict) -> str:
+        names = list(table)
+        return names[int(rng.choice(len(names), p=[table[n][0] for n in names]))]
+
+    habitus = choose(HABITUS)
+    asymmetry = choose(ASYMMETRY)
+    _, width, fat = HABITUS[habitus]
+    body_a = u(*width)
+    f = {
+        "habitus": habitus, "asymmetry": asymmetry, "mode": f"{habitus}/{asymmetry}",
+        "body_a": body_a, "body_b": body_a * u(0.66, 0.78), "body_cx": u(-8, 8), "body_cy": u(-12, 4),
+        "fat_mm": u(*fat), "muscle_mm": u(10, 16), "taper": u(0.0, 0.08),
+        "apex_z": u(105, 130), "lung_height": u(175, 215), "left_dome_drop": u(5, 20),
+        "dome_depth": u(35, 55), "small_lung_scale": u(0.50, 0.65), "small_dome_raise": u(25, 45),
+        "shift_mm": u(8, 18), "heart_scale": u(0.85, 1.2), "heart_dx": u(15, 30), "heart_dy": u(0.15, 0.3),
+        "heart_sit": u(0.45, 0.6), "noise_hu": u(6, 24), "slice_mm": u(0.5, 10.0),
+        "hu_jitter": {k: u(-8, 8) for k in ("fat", "muscle", "lung", "blood", "liver", "bone")},
+    }
+    count = int(rng.integers(1, 4)) if nodules else 0
+    f["nodules"] = [{"side": int(rng.integers(2)), "where": [float(v) for v in u(-0.6, 0.6, size=3)],
+                     "radius_mm": u(5.0, 14.0), "hu": u(10.0, 45.0)} for _ in range(count)]
+    return f
 
 
 class _Canvas:
@@ -166,7 +255,11 @@ class _Canvas:
             t = np.clip(t, 0.0, 1.0)
             dist = np.sqrt((xx - p0[0] - t * axis[0]) ** 2 + (yy - p0[1] - t * axis[1]) ** 2
                            + (zz - p0[2] - t * axis[2]) ** 2)
-            alpha = self.alpha(dist - r)
+            # The soft edge spreads a thin tube over its neighbours: scale it so that its
+            # cross-section holds pi r^2 of tissue, as a real partial-volume average would.
+            e = self.edge
+            spread = 3.0 * e * r * r / (r + e / 2) ** 3 if r < e / 2 else r * r / (r * r + e * e / 12)
+            alpha = self.alpha(dist - r) * np.float32(spread)
             if mask is not None:
                 alpha = alpha * mask[region]
             self.paint(alpha, value, tissue, region)
@@ -226,42 +319,102 @@ def _tree(rng: np.random.Generator, start: np.ndarray, direction: np.ndarray, le
     return segments
 
 
-def _seed_rng(seed: int | Sequence[int]) -> np.random.Generator:
-    if isinstance(seed, (bool, float)) or (np.ndim(seed) == 0 and int(seed) < 0):
-        raise MedvolError(f"invalid phantom seed {seed!r} (--seed): expected a non-negative integer")
-    return np.random.default_rng(seed if np.ndim(seed) == 0 else [int(s) for s in seed])
+def _z_kernel(slice_mm: float, spacing_z: float) -> np.ndarray:
+    """The normalised z blur of a slice thickness (FWHM, mm) on a grid of ``spacing_z`` mm."""
+    sigma = slice_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / spacing_z  # in voxels
+    if sigma < 1e-3:
+        return np.ones(1)
+    half = max(1, int(math.ceil(4.0 * sigma)))
+    t = np.arange(-half, half + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (t / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def _blur_z(array: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``array`` convolved with ``kernel`` along axis 0, edges replicated."""
+    if kernel.size == 1:
+        return array
+    half = kernel.size // 2
+    padded = np.pad(array, ((half, half), (0, 0), (0, 0)), mode="edge")
+    out = np.zeros_like(array)
+    for i, weight in enumerate(kernel.astype(np.float32)):
+        out += weight * padded[i:i + array.shape[0]]
+    return out
+
+
+class _Lungs:
+    """The two lungs' outlines as signed distances (mm, negative inside), from the factors."""
+
+    POWER = 2.4
+
+    def __init__(self, f: dict, cav_a: float, cav_b: float, cav_cy: float, med_cx: float, med_half: float):
+        small = ASYMMETRY[f["asymmetry"]][1]
+        self.med_cx, self.med_half = med_cx, med_half
+        self.sides = []
+        cx = f["body_cx"]
+        for side in (-1, 1):  # -1: patient right (x negative), +1: left
+            medial = med_cx + side * med_half
+            full = abs(cx + side * cav_a - medial) / 2.0  # half-width filling the hemithorax
+            a = full * (f["small_lung_scale"] if side == small else 1.0)
+            dome = f["apex_z"] - f["lung_height"] - (f["left_dome_drop"] if side == 1 else 0.0)
+            if side == small:
+                dome += f["small_dome_raise"]
+            self.sides.append({
+                "side": side, "a": a, "b": cav_b * 0.88, "full": full,
+                "x": medial + side * a, "full_x": medial + side * full, "y": cav_cy + cav_b * 0.05,
+                "apex": f["apex_z"], "dome": dome, "dome_depth": f["dome_depth"],
+            })
+
+    def diaphragm(self, s: dict, X, Y):
+        """z (mm) of the diaphragm under lung ``s``: a dome, highest in front of the centre."""
+        r2 = ((X - s["full_x"]) / s["full"]) ** 2 + ((Y - s["y"] + 0.15 * s["b"]) / s["b"]) ** 2
+        return s["dome"] - s["dome_depth"] * r2
+
+    def sd(self, s: dict, X, Y, Z):
+        """Signed distance (approximate, mm) to lung ``s``: a superellipsoid whose upper half rounds
+        into the apex, cut from below by the diaphragm dome."""
+        h_up = 0.55 * (s["apex"] - s["dome"])
+        z_mid = s["apex"] - h_up
+        p = self.POWER
+        dx = (X - s["x"]) / s["a"]
+        # The medial face is flatter (power 4) than the lateral curve: a D-shaped cross-section.
+        flat = np.abs(dx) ** np.where(dx * s["side"] < 0, 4.0, p)
+        rho = (flat + np.abs((Y - s["y"]) / s["b"]) ** p
+               + (np.maximum(Z - z_mid, 0.0) / h_up) ** p) ** (1.0 / p)
+        return np.maximum((rho - 1.0) * min(s["a"], s["b"]), self.diaphragm(s, X, Y) - Z)
+
+    def inside(self, point: np.ndarray, margin: float = 2.0) -> bool:
+        if abs(point[0] - self.med_cx) <= self.med_half + 4:
+            return False
+        return any(float(self.sd(s, *point)) < -margin for s in self.sides)
 
 
 def render_phantom(size: int = 64, seed: int | Sequence[int] = 0, nodules: bool = False) -> Phantom:
-    """Render one phantom with its tissue labels (see the module docstring).
+    """Render one phantom with its tissue labels and factors (see the module docstring).
 
     Args:
         size: cube edge S (16..1024).
         seed: an integer, or a sequence of integers (e.g. ``(dataset_seed, index)``).
-        nodules: add 1-3 nodules and return their mask.
+        nodules: add 1-3 nodules and return their mask. A nodule smaller than a voxel is
+            rendered one voxel edge in radius so that it shows (its drawn radius is recorded).
 
     Returns:
         A :class:`Phantom`.
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 16 <= size <= 1024:
         raise MedvolError(f"unsupported phantom size {size!r} (--size): expected an integer in 16..1024")
-    rng = _seed_rng(seed)
-    c = _Canvas(int(size))
+    f = draw_factors(seed, nodules)
+    rng = _seed_rng(seed, 1)
     u = rng.uniform
+    c = _Canvas(int(size))
+    jitter = f["hu_jitter"]
 
-    # Reconstruction circle: scanner padding outside, as many real CTs store it.
-    radius_fov = FOV_XY_MM / 2
-    outside = np.sqrt(c.X ** 2 + c.Y ** 2) > radius_fov
-    # Body geometry (mm, x left+, y posterior+).
-    cx, cy = u(-12, 12), u(-15, 5)
-    body_a, body_b = u(135, 162), u(95, 118)
-    skin, fat_t, muscle_t = 2.0, u(8, 24), u(10, 17)
-    taper = u(0.0, 0.08)
-    scale_z = 1.0 + taper * c.Z / (FOV_Z_MM / 2)  # slightly wider towards the shoulders
-    hu_jitter = {k: u(-8, 8) for k in ("fat", "muscle", "lung", "blood", "liver", "bone")}
+    outside = np.sqrt(c.X ** 2 + c.Y ** 2) > FOV_XY_MM / 2  # the reconstruction circle
+    cx, cy, body_a, body_b = f["body_cx"], f["body_cy"], f["body_a"], f["body_b"]
+    skin, fat_t, muscle_t = 2.0, f["fat_mm"], f["muscle_mm"]
+    scale_z = 1.0 + f["taper"] * c.Z / (FOV_Z_MM / 2)  # slightly wider towards the shoulders
 
-    # Couch under the back.
-    couch_y = cy + body_b + u(6, 14)
+    couch_y = cy + body_b + u(20, 32)
     couch = c.alpha(np.abs(c.Y - couch_y - 4.0 - 0.0008 * c.X ** 2) - 4.0)
     c.paint(np.broadcast_to(couch, c.hu.shape), 120.0, "couch")
 
@@ -271,103 +424,182 @@ def render_phantom(size: int = 64, seed: int | Sequence[int] = 0, nodules: bool 
         return c.alpha((rho - 1.0) * np.minimum(ax, ay))
 
     c.paint(body_layer(0.0), 30.0, "skin")
-    c.paint(body_layer(skin), -100.0 + hu_jitter["fat"], "fat")
-    c.paint(body_layer(skin + fat_t), 45.0 + hu_jitter["muscle"], "muscle")
+    c.paint(body_layer(skin), -100.0 + jitter["fat"], "fat")
+    c.paint(body_layer(skin + fat_t), 45.0 + jitter["muscle"], "muscle")
     cav_inset = skin + fat_t + muscle_t
     cav_a, cav_b = body_a - cav_inset, body_b - cav_inset
     cav_cy = cy - 4.0
-    c.paint(body_layer(cav_inset), 35.0, "mediastinum")
+    cavity = body_layer(cav_inset)
+    c.paint(cavity, 35.0, "mediastinum")
 
-    # Lungs: boxy superellipsoids either side of the mediastinum, apex near the top.
-    lung_zc = u(10, 45)
-    lung_axes = [cav_a * u(0.47, 0.52), cav_b * u(0.86, 0.95), u(120, 140)]
-    mediastinum_half = u(10, 16)
-    heart_c = np.array([cx + u(15, 35), cav_cy - cav_b * u(0.15, 0.3), lung_zc - lung_axes[2] * u(0.35, 0.55)])
-    heart_axes = np.array([u(46, 58), u(38, 48), u(42, 54)])
-    # Lungs live inside the cavity: compute them over its bounding box only.
-    lung_box = c.box(np.array([cx - cav_a, cav_cy - cav_b, lung_zc - lung_axes[2]]) - c.edge,
-                     np.array([cx + cav_a, cav_cy + cav_b, lung_zc + lung_axes[2]]) + c.edge)
+    small = ASYMMETRY[f["asymmetry"]][1]
+    med_cx = cx + small * f["shift_mm"]  # volume loss pulls the mediastinum to the small side
+    lungs = _Lungs(f, cav_a, cav_b, cav_cy, med_cx, u(10, 14))
+    right, left = lungs.sides
+
+    # Under the domes: the liver (right, across the midline) and the upper abdomen (left).
+    Zf, Yf, Xf = c.Z, c.Y, c.X
+    dia = np.where(Xf < med_cx, lungs.diaphragm(right, Xf, Yf), lungs.diaphragm(left, Xf, Yf))
+    below = c.alpha(Zf - dia) * cavity
+    liver_side = c.alpha(Xf - (med_cx + 35.0))
+    c.paint(below * liver_side, 58.0 + jitter["liver"], "liver")
+    c.paint(below * (1.0 - liver_side), 42.0, "abdomen")
+
+    heart_axes = np.array([52.0, 42.0, 48.0]) * f["heart_scale"]
+    heart_c = np.array([med_cx + f["heart_dx"], cav_cy - cav_b * f["heart_dy"],
+                        left["dome"] + heart_axes[2] * f["heart_sit"]])
+
+    # Lungs, computed over their bounding box only.
+    low = np.array([cx - cav_a, cav_cy - cav_b, min(right["dome"], left["dome"]) - 80.0]) - c.edge
+    high = np.array([cx + cav_a, cav_cy + cav_b, f["apex_z"]]) + c.edge
+    lung_box = c.box(low, high)
     Z, Y, X = c.grid(lung_box)
-    cover = np.zeros(tuple(s.stop - s.start for s in lung_box), dtype=np.float32)
-    lung_centers = []
-    for side in (-1.0, 1.0):
-        center = np.array([cx + side * (mediastinum_half + lung_axes[0] * 0.95), cav_cy + cav_b * 0.05, lung_zc])
-        lung_centers.append(center)
-        cover = np.maximum(cover, c.alpha(_ellipsoid_sd((X, Y, Z), center, lung_axes, power=2.6)))
-    # Keep lungs off the midline, inside the cavity, and out of the heart (cardiac notch).
-    cover *= c.alpha(mediastinum_half - np.abs(X - cx))
-    cover *= np.broadcast_to(body_layer(cav_inset + 3.0), c.hu.shape)[lung_box]
-    cover *= 1.0 - c.alpha(_ellipsoid_sd((X, Y, Z), heart_c, heart_axes + 8.0))
+    keep = c.alpha(lungs.med_half - np.abs(X - med_cx))
+    keep = keep * np.broadcast_to(body_layer(cav_inset + 3.0), c.hu.shape)[lung_box]
+    keep = keep * (1.0 - c.alpha(_ellipsoid_sd((X, Y, Z), heart_c, heart_axes + 8.0)))
+    covers = [c.alpha(lungs.sd(s, X, Y, Z)) * keep for s in lungs.sides]
+    cover = np.maximum(covers[0], covers[1])
     gravity = 25.0 * (Y - cav_cy) / cav_b  # dependent (posterior) lung is denser
-    c.paint(cover, -850.0 + hu_jitter["lung"] + gravity, "lung", lung_box)
+    c.paint(cover, -850.0 + jitter["lung"] + gravity, "lung", lung_box)
     lung_cover = np.zeros_like(c.hu)
     lung_cover[lung_box] = cover
 
-    def in_lung(point: np.ndarray) -> bool:
-        for center in lung_centers:
-            q = np.abs((point - center) / lung_axes) ** 2.6
-            if q.sum() <= 0.95 and abs(point[0] - cx) > mediastinum_half + 4:
-                return True
-        return False
-
-    # Airways: trachea from the top, carina, main bronchi, then trees inside each lung.
-    carina = np.array([cx + u(-4, 4), cav_cy - cav_b * 0.05, lung_zc + lung_axes[2] * u(0.05, 0.2)])
-    top = np.array([carina[0], carina[1] - u(0, 8), FOV_Z_MM / 2 + 5])
+    # Airways: trachea from the top, carina, main bronchi, then trees inside each lung; vessel
+    # trees from each hilum. Both thin by a constant factor per generation.
+    carina = np.array([med_cx + u(-4, 4), cav_cy - cav_b * 0.05,
+                       f["apex_z"] - (f["apex_z"] - right["dome"]) * u(0.3, 0.4)])
+    top = np.array([carina[0] - small * f["shift_mm"] * 0.5, carina[1] - u(0, 8), FOV_Z_MM / 2 + 5])
     trachea_r = u(8, 10)
     airway_segments = [(top, carina, trachea_r)]
-    vessel_segments = []
-    for side, center in zip((-1.0, 1.0), lung_centers):
-        hilum = np.array([center[0] - side * lung_axes[0] * 0.55, center[1], lung_zc + u(-5, 10)])
+    vessel_segments, vessel_roots, hila = [], [], []
+    for s in lungs.sides:
+        side = s["side"]
+        hilum = np.array([s["x"] - side * s["a"] * 0.6, s["y"], carina[2] - u(5, 20)])
         airway_segments.append((carina, hilum, trachea_r * 0.7))
         vessel_hilum = hilum + np.array([0.0, u(4, 10), u(-12, -4)])
-        for tree_kind in ("airway", "vessel"):
-            for lobe_dir in ((side * 0.8, 0.1, 1.0), (side * 1.0, 0.3, -0.8), (side * 0.6, -0.8, 0.1),
-                             (side * 0.6, 0.9, -0.1), (side * 1.0, -0.3, -0.5), (side * 0.7, 0.6, 0.7)):
-                d = np.array(lobe_dir) + rng.normal(scale=0.15, size=3)
-                if tree_kind == "airway":
-                    airway_segments += _tree(rng, hilum, d, u(22, 30), u(4.0, 5.0), 4, in_lung)
+        # The pulmonary artery: from the mediastinum to the hilum, where the tree starts.
+        root = np.array([med_cx + side * 5.0, vessel_hilum[1] - 10.0, vessel_hilum[2]])
+        vessel_roots.append((root, vessel_hilum, u(7.0, 9.0)))
+        hila.append(vessel_hilum)
+        for kind in ("airway", "vessel"):
+            for lobe in ((side * 0.5, 0.1, 1.0), (side * 1.0, 0.3, -0.8), (side * 0.6, -0.8, 0.1),
+                         (side * 0.6, 0.9, -0.1), (side * 1.0, -0.3, -0.6), (side * 0.7, 0.6, 0.7),
+                         (side * 0.4, 0.5, -1.0)):
+                d = np.array(lobe) + rng.normal(scale=0.15, size=3)
+                if kind == "airway":
+                    airway_segments += _tree(rng, hilum, d, u(20, 28), u(3.5, 4.5), 4, lungs.inside)
                 else:
-                    vessel_segments += _tree(rng, vessel_hilum, d, u(24, 32), u(4.5, 6.0), 5, in_lung)
+                    vessel_segments += _tree(rng, vessel_hilum, d, u(22, 30), u(4.5, 6.0), 5, lungs.inside)
     # Vessels only show inside the lungs (in the mediastinum they merge with soft tissue).
-    c.paint_tubes(vessel_segments, 40.0 + hu_jitter["blood"], "vessel", mask=np.minimum(lung_cover * 1.5, 1.0))
+    c.paint_tubes(vessel_segments, 40.0 + jitter["blood"], "vessel", mask=np.minimum(lung_cover * 1.5, 1.0))
+    c.paint_tubes(vessel_roots, 40.0 + jitter["blood"], "vessel")
+    # An airway much thinner than a voxel averages into the lung (wall and lumen cancel): skip it.
+    airway_segments = [seg for seg in airway_segments if seg[2] >= 0.4 * c.edge]
     c.paint_tubes(airway_segments, 10.0, "mediastinum", extra=1.5)  # wall
     c.paint_tubes(airway_segments, -1000.0, "airway")
 
-    # Heart with a blood pool and pericardial fat; aorta arching back along the spine.
+    # Heart with a blood pool and pericardial fat, resting on the diaphragm; the aorta.
     c.paint_ellipsoid(heart_c, heart_axes + 4.0, -90.0, "fat")
-    c.paint_ellipsoid(heart_c, heart_axes, 42.0 + hu_jitter["muscle"], "heart")
-    c.paint_ellipsoid(heart_c, heart_axes * 0.65, 38.0 + hu_jitter["blood"], "blood")
-    # The spinous process tip stays 10-20 mm under the back's fat layer.
-    spine_y = cy + body_b - skin - fat_t - u(75, 85)
+    c.paint_ellipsoid(heart_c, heart_axes, 42.0 + jitter["muscle"], "heart")
+    c.paint_ellipsoid(heart_c, heart_axes * 0.65, 38.0 + jitter["blood"], "blood")
+    spine_y = cy + body_b - skin - fat_t - u(75, 85)  # spinous tip 10-20 mm under the back's fat
     aorta_r = u(11, 14)
-    arch_top = np.array([cx + 5, cav_cy - cav_b * 0.05, carina[2] + u(15, 30)])
+    arch_top = np.array([med_cx + 5, cav_cy - cav_b * 0.05, carina[2] + u(15, 30)])
     ascending = np.array([heart_c[0] - 20, heart_c[1] + 5, heart_c[2] + heart_axes[2] * 0.6])
     descending_top = np.array([cx + u(18, 26), spine_y - u(22, 28), arch_top[2] - 10])
     descending_bottom = descending_top + np.array([u(-5, 5), u(-3, 3), -FOV_Z_MM])
     c.paint_tubes([(ascending, arch_top, aorta_r), (arch_top, descending_top, aorta_r),
-                   (descending_top, descending_bottom, aorta_r)], 40.0 + hu_jitter["blood"], "blood")
+                   (descending_top, descending_bottom, aorta_r)], 40.0 + jitter["blood"], "blood")
 
-    # Liver dome under the right lung (x negative = patient right).
-    liver_c = np.array([cx - cav_a * 0.35, cav_cy, lung_zc - lung_axes[2] * u(1.0, 1.15)])
-    liver_axes = np.array([cav_a * 0.75, cav_b * 0.9, u(80, 100)])
-    c.paint_ellipsoid(liver_c, liver_axes, 58.0 + hu_jitter["liver"], "liver", within=body_layer(cav_inset + 1.0))
+    _paint_spine(c, rng, cx, spine_y, jitter["bone"])
+    _paint_ribs(c, rng, cx, cav_cy, cav_a, cav_b, muscle_t, f["apex_z"], heart_c, heart_axes, jitter["bone"])
 
-    # Spine: vertebral bodies (cortical shell, cancellous core) separated by discs, canal, arch.
+    mask, nodule_truth = None, []
+    if nodules:
+        mask = np.zeros(c.hu.shape, dtype=np.uint8)
+        for nodule in f["nodules"]:
+            s = lungs.sides[nodule["side"]]
+            radius = nodule["radius_mm"]
+            drawn = max(radius, c.edge)  # at least a voxel: a nodule that shows
+            half_height = (s["apex"] - s["dome"]) / 2
+            centre = np.array([s["x"], s["y"], s["dome"] + half_height])
+            extent = np.array([s["a"], s["b"], half_height])
+            where = np.asarray(nodule["where"])
+            # Pulled towards the lung centre until it lies in the lung, clear of its wall, the
+            # heart and the hilum (where the big vessels would swallow it).
+            for shrink in np.linspace(1.0, 0.0, 11):
+                point = centre + where * extent * shrink
+                if lungs.inside(point, margin=drawn + max(4.0, c.edge)) and \
+                        _ellipsoid_sd(point, heart_c, heart_axes + 8.0 + drawn) > 0 and \
+                        min(np.linalg.norm(point - h) for h in hila) > drawn + 25.0:
+                    break
+            region = c.box(point - drawn * 1.4 - c.edge, point + drawn * 1.4 + c.edge)
+            zz, yy, xx = c.grid(region)
+            dx, dy, dz = xx - point[0], yy - point[1], zz - point[2]
+            r = np.sqrt(dx ** 2 + dy ** 2 + dz ** 2)
+            # Lobulated outline: the radius varies with direction.
+            lobes = 1.0 + 0.15 * np.sin(3 * np.arctan2(dy, dx) + u(0, 6.3)) * np.cos(2 * np.arccos(
+                np.clip(dz / np.maximum(r, 1e-6), -1, 1)))
+            alpha = c.alpha(r - drawn * lobes)
+            c.paint(alpha, nodule["hu"], "nodule", region)
+            mask[region] |= (alpha >= 0.5).astype(np.uint8)
+            nodule_truth.append({"centre_mm": [float(v) for v in point], "rendered_radius_mm": float(drawn)})
+
+    # Acquisition: correlated noise, then the slice thickness blurs image and noise along z (a
+    # thick slice averages thin ones); the noise is scaled so its std after the blur is noise_hu.
+    kernel = _z_kernel(f["slice_mm"], c.spacing[0])
+    noise = _seed_rng(seed, 2).standard_normal(c.hu.shape, dtype=np.float32)
+    for axis in (1, 2):
+        noise = (noise + np.roll(noise, 1, axis) + np.roll(noise, -1, axis)) / np.sqrt(3.0)
+    c.hu += noise * np.float32(f["noise_hu"] / np.sqrt(np.sum(kernel ** 2)))
+    c.hu = _blur_z(c.hu, kernel)
+    c.hu[np.broadcast_to(outside, c.hu.shape)] = PADDING_HU
+    c.tissues[np.broadcast_to(outside, c.hu.shape)] = TISSUES["outside"]
+    origin = (-FOV_XY_MM / 2 + c.spacing[2] / 2, -FOV_XY_MM / 2 + c.spacing[1] / 2,
+              -FOV_Z_MM / 2 + c.spacing[0] / 2)
+
+    voxel_ml = float(np.prod(c.spacing)) / 1000.0
+    side_ml = [float(cv.sum(dtype=np.float64)) * voxel_ml for cv in covers]  # right, left
+    truth = {
+        "body_width_mm": 2.0 * body_a, "body_depth_mm": 2.0 * body_b,
+        "lung_ml": side_ml[0] + side_ml[1], "lung_ratio": side_ml[1] / max(side_ml[0], 1e-6),
+        "heart_x_mm": float(heart_c[0]), "heart_y_mm": float(heart_c[1]), "heart_z_mm": float(heart_c[2]),
+        "nodule_count": len(f["nodules"]), "noise_hu": f["noise_hu"], "slice_mm": f["slice_mm"],
+        "lung_right_ml": side_ml[0], "lung_left_ml": side_ml[1], "nodule_detail": nodule_truth,
+        "size": int(size), "spacing_mm": [float(s) for s in c.spacing],
+    }
+    factors = {**f, **truth}
+    return Phantom(hu=c.hu, tissues=c.tissues, mask=mask, spacing=c.spacing, origin=origin,
+                   lung_region=lung_cover >= 0.5, factors=_jsonable(factors))
+
+
+def _jsonable(value):
+    """``value`` with numpy scalars turned into Python numbers (for the JSON sidecar)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _paint_spine(c: _Canvas, rng, cx: float, spine_y: float, jitter: float) -> None:
+    """Vertebrae (cortical shell, cancellous core) separated by discs, the canal and the arch."""
+    u = rng.uniform
     body_r = u(15, 19)
     period = u(22, 27)
     phase = u(0, period)
     canal_y = spine_y + body_r + 9.0
-    # Everything of the spine lies in a column around the midline: work in its bounding box.
     spine_box = c.box(np.array([cx - 36.0, spine_y - body_r, -FOV_Z_MM]) - c.edge,
                       np.array([cx + 36.0, canal_y + 41.0, FOV_Z_MM]) + c.edge)
     Z, Y, X = c.grid(spine_box)
     disc = c.alpha(np.abs(np.mod(Z - phase, period) - period / 2) - 2.5)
     r_spine = np.sqrt((X - cx) ** 2 + (Y - spine_y) ** 2)
-    cortical = 900.0 + hu_jitter["bone"] * 5
-    cancellous = 430.0 + hu_jitter["bone"] * 3
+    cortical = 900.0 + jitter * 5
     body_cover = c.alpha(r_spine - body_r)
     c.paint(body_cover * (1 - disc), cortical, "bone", spine_box)
-    c.paint(c.alpha(r_spine - (body_r - 2.5)) * (1 - disc), cancellous, "bone", spine_box)
+    c.paint(c.alpha(r_spine - (body_r - 2.5)) * (1 - disc), 430.0 + jitter * 3, "bone", spine_box)
     c.paint(body_cover * disc, 80.0, "disc", spine_box)
     r_canal = np.sqrt((X - cx) ** 2 + (Y - canal_y) ** 2)
     arch = c.alpha(np.abs(r_canal - 10.5) - 3.0) * (Y > canal_y - 6)
@@ -377,73 +609,34 @@ def render_phantom(size: int = 64, seed: int | Sequence[int] = 0, nodules: bool 
     c.paint(posterior_bone, cortical * 0.8, "bone", spine_box)
     c.paint(c.alpha(r_canal - 7.5), 30.0, "canal", spine_box)
 
-    # Ribs: twelve pairs at the inner chest wall, sloping down towards the front.
+
+def _paint_ribs(c: _Canvas, rng, cx, cav_cy, cav_a, cav_b, muscle_t, apex_z, heart_c, heart_axes,
+                jitter: float) -> None:
+    """Twelve pairs of ribs at the inner chest wall sloping down to the front; the sternum."""
+    u = rng.uniform
     rib_a, rib_b = cav_a + muscle_t * 0.3, cav_b + muscle_t * 0.3
     rho_rib = _ellipse_rho(c, cx, cav_cy, rib_a, rib_b)
     radial = (rho_rib - 1.0) * min(rib_a, rib_b)  # mm from the rib ellipse
-    # Angle from the posterior midline (0) round to the front (pi), either side.
-    theta = np.arctan2(np.abs(c.X - cx), c.Y - cav_cy)
+    theta = np.arctan2(np.abs(c.X - cx), c.Y - cav_cy)  # from the posterior midline (0) to the front (pi)
     theta_band = (theta > 0.35) & (theta < 2.55)
-    rib_spacing = u(22, 27)
+    rib_spacing = u(21, 25)
     drop = u(35, 55)
     rib_half_h, rib_half_w = u(5.0, 7.0), u(3.5, 5.0)
-    top_rib = lung_zc + lung_axes[2] * 0.9
+    top_rib = apex_z + 5.0
     for k in range(12):
         z_post = top_rib - k * rib_spacing
-        z_lo = z_post - drop - rib_half_h - c.edge
-        z_hi = z_post + rib_half_h + c.edge
-        zs = slice(int(np.searchsorted(c.z, z_lo)), int(np.searchsorted(c.z, z_hi)))
+        zs = slice(int(np.searchsorted(c.z, z_post - drop - rib_half_h - c.edge)),
+                   int(np.searchsorted(c.z, z_post + rib_half_h + c.edge)))
         if zs.stop <= zs.start:
             continue
         zc = z_post - drop * (theta / np.pi)
         shape = np.sqrt((radial / rib_half_w) ** 2 + ((c.Z[zs] - zc) / rib_half_h) ** 2)
-        cover = c.alpha((shape - 1.0) * rib_half_w) * theta_band
-        inner = c.alpha((shape - 0.55) * rib_half_w) * theta_band
-        c.paint(cover, 780.0 + hu_jitter["bone"] * 5, "bone", np.s_[zs])
-        c.paint(inner, 450.0 + hu_jitter["bone"] * 3, "bone", np.s_[zs])
-    # Sternum: a plate at the front midline, down to the heart.
+        c.paint(c.alpha((shape - 1.0) * rib_half_w) * theta_band, 780.0 + jitter * 5, "bone", np.s_[zs])
+        c.paint(c.alpha((shape - 0.55) * rib_half_w) * theta_band, 450.0 + jitter * 3, "bone", np.s_[zs])
     sternum_y = cav_cy - cav_b - muscle_t * 0.2
     sternum = c.alpha(np.maximum(np.abs(c.X - cx) - 16.0, np.abs(c.Y - sternum_y) - 5.5))
     sternum = sternum * (c.Z > heart_c[2] - heart_axes[2] * 0.6) * (c.Z < top_rib)
-    c.paint(sternum, 520.0 + hu_jitter["bone"] * 3, "bone")
-
-    mask = None
-    if nodules:
-        mask = np.zeros(c.hu.shape, dtype=np.uint8)
-        count = int(rng.integers(1, 4))
-        placed = 0
-        for _ in range(200):
-            if placed == count:
-                break
-            center = lung_centers[int(rng.integers(2))]
-            point = center + rng.uniform(-0.7, 0.7, size=3) * lung_axes
-            if not in_lung(point):
-                continue
-            radius = max(u(3.0, 12.0), 1.5 * c.edge)  # at least a voxel of solid core
-            region = c.box(point - radius * 1.4 - c.edge, point + radius * 1.4 + c.edge)
-            zz, yy, xx = c.z[region[0]][:, None, None], c.y[region[1]][None, :, None], c.x[region[2]][None, None, :]
-            dx, dy, dz = xx - point[0], yy - point[1], zz - point[2]
-            r = np.sqrt(dx ** 2 + dy ** 2 + dz ** 2)
-            # Lobulated outline: the radius varies with direction.
-            lobes = 1.0 + 0.18 * np.sin(3 * np.arctan2(dy, dx) + u(0, 6.3)) * np.cos(2 * np.arccos(
-                np.clip(dz / np.maximum(r, 1e-6), -1, 1)))
-            alpha = c.alpha(r - radius * lobes)
-            c.paint(alpha, u(10.0, 45.0), "nodule", region)
-            mask[region] |= (alpha >= 0.5).astype(np.uint8)
-            placed += 1
-
-    # Correlated noise: white noise blurred over neighbours, rescaled to the target sigma.
-    sigma = u(8.0, 20.0)
-    noise = rng.standard_normal(c.hu.shape, dtype=np.float32)
-    for axis in (1, 2):
-        noise = (noise + np.roll(noise, 1, axis) + np.roll(noise, -1, axis)) / np.sqrt(3.0)
-    c.hu += noise * sigma
-    c.hu[np.broadcast_to(outside, c.hu.shape)] = PADDING_HU
-    c.tissues[np.broadcast_to(outside, c.hu.shape)] = TISSUES["outside"]
-    origin = (-FOV_XY_MM / 2 + c.spacing[2] / 2, -FOV_XY_MM / 2 + c.spacing[1] / 2,
-              -FOV_Z_MM / 2 + c.spacing[0] / 2)
-    return Phantom(hu=c.hu, tissues=c.tissues, mask=mask, spacing=c.spacing, origin=origin,
-                   lung_region=lung_cover >= 0.5)
+    c.paint(sternum, 520.0 + jitter * 3, "bone")
 
 
 def phantom_labels(phantom: Phantom) -> np.ndarray:
@@ -474,7 +667,8 @@ def make_phantom(size: int = 64, seed: int | Sequence[int] = 0,
 
     Returns:
         ``(volume, mask)``: the :class:`Volume` (float32 (S, S, S) HU, LPS identity direction) and
-        the uint8 (S, S, S) nodule mask, or None without nodules.
+        the uint8 (S, S, S) nodule mask, or None without nodules. :func:`render_phantom` also
+        gives the tissues and the factors.
 
     Example:
         >>> vol, mask = make_phantom(64, seed=3, nodules=True)
@@ -487,48 +681,94 @@ def make_phantom(size: int = 64, seed: int | Sequence[int] = 0,
 
 
 PHANTOM_FORMATS = ("nii.gz", "nii", "mhd", "nrrd")
+#: Suffix of the factor sidecar beside each written phantom: ``phantom_0000.factors.json``.
+FACTORS_SUFFIX = ".factors.json"
+
+
+def factors_path(path: str | os.PathLike) -> Path:
+    """The factor sidecar ``DIR/NAME.factors.json`` of the volume ``DIR/NAME.<suffix>``."""
+    from medvol.data.io import volume_stem
+
+    path = Path(path)
+    return path.with_name(volume_stem(path) + FACTORS_SUFFIX)
+
+
+def read_factors(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The phantom factors recorded beside the volume ``path`` (its sidecar), or None without one.
+
+    Raises:
+        MedvolError: a sidecar that is not a JSON object holding ``"phantom_factors"``.
+    """
+    side = factors_path(path)
+    if not side.is_file():
+        return None
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise MedvolError(f"{side}: unreadable phantom factor sidecar ({error})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("phantom_factors"), dict):
+        raise MedvolError(f"{side}: not a phantom factor sidecar (no 'phantom_factors' object)")
+    return record["phantom_factors"]
 
 
 def write_phantoms(n: int, size: int, out: str | os.PathLike, *, fmt: str = "nii.gz", seed: int = 0,
-                   nodules: bool = False) -> list[Path]:
+                   nodules: bool = False, overwrite: bool = False) -> list[Path]:
     """Write ``n`` phantoms as CT files (int16 HU): ``phantom_0000.<fmt>`` ...
 
     Volume i uses the seed ``(seed, i)``, the same as item i of
-    ``PhantomVolumeDataset(size, n, seed)``. Its label map (uint8: lungs 1, nodules 2, see
-    :func:`phantom_labels`) goes beside as ``phantom_0000_mask.<fmt>``.
+    ``PhantomVolumeDataset(size, n, seed)``. Beside it go its label map (uint8: lungs 1, nodules 2,
+    see :func:`phantom_labels`) as ``phantom_0000_mask.<fmt>`` and its factors as
+    ``phantom_0000.factors.json`` (``{"phantom_factors": {...}, "seed": [seed, i]}``).
+
+    ``out`` is claimed with :func:`medvol.outputs.owned_output`: the same call again continues
+    (rewrites the same files); a folder holding anything else (a user's files, another medvol
+    job's) is refused unless ``overwrite``, which removes only what medvol wrote there and never
+    replaces a file medvol did not write.
 
     Returns:
         The image paths written (label maps not included).
 
     Raises:
-        MedvolError: a bad argument, or a failed write (a full disk); the volume being written
-            then has no file under its name (nor its label map), the ones before it are complete.
+        MedvolError: a bad argument, a refused folder, or a failed write (a full disk); the
+            volume being written then has no file under its name (nor its label map or factors),
+            the ones before it are complete.
     """
+    from medvol.outputs import MARKER, owned_output
+    from medvol.utils import checked_write, optional_import
+
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise MedvolError(f"invalid count {n!r} (--n): expected a positive integer")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 16 <= size <= 1024:
+        raise MedvolError(f"unsupported phantom size {size!r} (--size): expected an integer in 16..1024")
     fmt = fmt.lstrip(".")
     if fmt not in PHANTOM_FORMATS:
         raise MedvolError(f"unknown format {fmt!r} (--format): choose one of {', '.join(PHANTOM_FORMATS)}")
     _seed_rng(seed)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MedvolError(f"{out}: exists and is not a folder (--out)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise MedvolError(f"{out}: cannot create the folder (--out: {write_failure(error, out.parent)})") from None
+    identity = {"n": int(n), "size": int(size), "seed": int(seed), "format": fmt, "nodules": bool(nodules)}
+    optional_import("SimpleITK", "writing volume files")  # before the folder is claimed
     written = []
-    for index in range(n):
-        phantom = render_phantom(size, (seed, index), nodules)
-        volume = Volume(array=phantom.hu, spacing=phantom.spacing, origin=phantom.origin)
-        path = write_volume(volume, out / f"phantom_{index:04d}.{fmt}", dtype=np.int16)
-        try:
-            write_volume(dataclasses.replace(volume, array=phantom_labels(phantom)),
-                         out / f"phantom_{index:04d}_mask.{fmt}", dtype=np.uint8)
-        except MedvolError:
-            # A volume whose label map is missing would pass for one without labels.
-            for file in [path, path.with_suffix(".raw")] if fmt == "mhd" else [path]:
-                file.unlink(missing_ok=True)
-            raise
-        written.append(path)
+    with owned_output(out, "data phantom", identity, overwrite=overwrite) as folder:
+        for index in range(n):
+            stem = f"phantom_{index:04d}"
+            names = [f"{stem}.{fmt}", f"{stem}_mask.{fmt}", stem + FACTORS_SUFFIX]
+            if fmt == "mhd":
+                names += [f"{stem}.raw", f"{stem}_mask.raw"]
+            paths = [folder.path(name) for name in names]  # refused before writing anything
+            phantom = render_phantom(size, (seed, index), nodules)
+            volume = Volume(array=phantom.hu, spacing=phantom.spacing, origin=phantom.origin)
+            try:
+                path = write_volume(volume, paths[0], dtype=np.int16)
+                write_volume(dataclasses.replace(volume, array=phantom_labels(phantom)), paths[1], dtype=np.uint8)
+                record = {"phantom_factors": phantom.factors, "seed": [int(seed), index],
+                          "nodules": bool(nodules)}
+                with checked_write(paths[2], "phantom factor sidecar") as tmp:
+                    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            except MedvolError:
+                # A volume whose label map or factors are missing would pass for a complete one.
+                for file in paths:
+                    file.unlink(missing_ok=True)
+                if not written and not folder.continued:  # nothing written: leave no marker either
+                    (folder.folder / MARKER).unlink(missing_ok=True)
+                raise
+            written.append(path)
     return written

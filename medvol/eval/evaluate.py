@@ -34,7 +34,7 @@ from medvol.eval import metrics as M
 from medvol.eval.features import FeatureSet, file_hash, get_extractor
 from medvol.utils import torch_threads
 
-METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization")
+METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization", "factors")
 FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
 
 log = logging.getLogger("medvol.evaluate")
@@ -583,7 +583,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
     features = list(features or ["inception2.5d"])
     if all(npy):
         if set(metrics) - set(FEATURE_METRICS):
-            raise MedvolError("msssim and memorization need volumes, not precomputed features")
+            raise MedvolError("msssim, memorization and factors need volumes, not precomputed features")
         fr, ff = precomputed(real, "real"), precomputed(fake, "fake")
         if fr.features["features"].shape[1] != ff.features["features"].shape[1]:
             raise MedvolError("--real and --fake feature files have different dimensions")
@@ -618,9 +618,14 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             if split == "train" and src_real.kind == "cache":
                 raise MedvolError("memorization compares with held-out real volumes: use --split val")
             src_train = Source(train, "train", **dict(opts, split=train_split, n=None))
+        if "factors" in metrics:  # phantom ground truth (medvol.eval.factors); no extractor needed
+            from medvol.eval.factors import check_phantom_source, score_sources
+
+            check_phantom_source(src_real)
+            report["factors"] = score_sources(src_real, src_fake)
         extractors = [get_extractor(spec, device=device, seed=seed, slices_per_volume=slices_per_volume,
-                                    batch=batch) for spec in features]
-        if not extractors:
+                                    batch=batch) for spec in features] if set(metrics) != {"factors"} else []
+        if not extractors and set(metrics) != {"factors"}:
             raise MedvolError("--features: give at least one extractor")
         for spec, ext in zip(features, extractors):
             if ext.dims != 3:
@@ -688,8 +693,9 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                  for i, t in zip(closest, train_idx)],
                 src_fake.pick(closest, progress), src_train.pick(train_idx, progress), list(closest),
                 train_idx)
-        report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
-                              volume_vectors(pairs[0][2]))
+        if pairs:
+            report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
+                                  volume_vectors(pairs[0][2]))
     return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress)
 
 
@@ -720,7 +726,12 @@ def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k
         if png is not None:
             contents[name] = png
     report["figures"] = [name for name in contents if name.endswith(".png")]
-    contents["scores.md"] = _markdown(report)
+    text = _markdown(report)
+    if "factors" in report:
+        from medvol.eval.factors import markdown
+
+        text = text.rstrip("\n") + "\n" + "\n".join(markdown(report["factors"])) + "\n"
+    contents["scores.md"] = text
     contents["scores.json"] = json.dumps(report, indent=2) + "\n"
     from medvol.outputs import owned_output
 
