@@ -233,7 +233,8 @@ def _refuse_repeats(source: Source, count: int, spec: str, unit: str = "pairs") 
     """
     if len(source) < count:
         raise MedvolError(
-            f"{spec}: {len(source)} volume(s) for {count} {unit} would show a volume more than once "
+            f"{spec}: {len(source)} volume(s) for {count} {unit} would show a volume "
+            f"{'in more than one pair' if unit == 'pairs' else 'more than once'} "
             f"(a reader who recognises the repeat learns its source); give at least {count} volumes "
             f"or fewer --{unit}")
 
