@@ -52,7 +52,7 @@ EXTRAS_REQUIRE = {
     "dashboard": ["optuna-dashboard>=0.17"],
     # The tests, and the libraries the evaluation tests use as oracles (pytorch-fid needs
     # torchvision, which the Makefile installs from the same local wheels as torch).
-    "dev": ["pytest>=8", "pytest-qt", "pytorch-fid", "prdc", "scikit-learn", "scipy", "selenium", "torch-fidelity"],
+    "dev": ["pytest>=8", "pytest-qt", "pytorch-fid", "prdc", "scikit-learn", "scipy", "selenium"],
 }
 EXTRAS_REQUIRE["all"] = sorted({req for name, reqs in EXTRAS_REQUIRE.items() if name != "dev" for req in reqs})
 
