@@ -28,13 +28,17 @@ def register(subparsers) -> None:
                                        "(default mean/fid or fid)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--features",
-                        help="comma list: inception2.5d[:PATH], medicalnet:PATH[:SHA256], "
+                        help="comma list: inception2.5d[:PATH], inception-logits[2.5d]:PATH (class logits for is), medicalnet:PATH[:SHA256], "
                              "domain:FILE[:SHA256] (medvol's own features, from `medvol features "
                              "train`), inception[:PATH] (2D images), or a registered extractor "
                              "(default inception2.5d for volumes, inception for 2D images)")
     parser.add_argument("--metrics", default="fid,kid,mmd,prdc",
-                        help="comma list of fid,kid,mmd,prdc,msssim,memorization,factors (default: the first four; "
-                             "factors: phantom ground truth, phantom data only)")
+                        help="comma list of fid,kid,mmd,prdc,msssim,memorization,factors,is (default: the first "
+                             "four; factors: phantom ground truth, phantom data only; is needs --features "
+                             "inception-logits[2.5d]:PATH)")
+    parser.add_argument("--is-splits", type=int, default=10, dest="is_splits",
+                        help="is: the parts the samples are cut into; the score is their mean, "
+                             "with their std (default 10)")
     parser.add_argument("--train", help="training set for memorization (default: the train split of "
                                         "--real when it is a cache)")
     parser.add_argument("--diversity-n", type=int, default=16, dest="diversity_n",
@@ -93,7 +97,7 @@ def run(args) -> int:
         split=args.split, seed=args.seed, k=args.k, n_boot=args.bootstrap,
         slices_per_volume=args.slices_per_volume, batch=args.batch, device=args.device,
         overwrite=args.overwrite, progress=track, plane=args.plane, train=args.train, diversity_n=args.diversity_n,
-        allow_synthetic_real=args.allow_synthetic_real, strict=args.strict,
+        allow_synthetic_real=args.allow_synthetic_real, strict=args.strict, is_splits=args.is_splits,
         command="medvol " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     if args.run is not None:

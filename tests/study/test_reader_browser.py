@@ -148,3 +148,65 @@ def test_full_study_in_chromium_with_a_reload(browser, rvf_study, tmp_path):
     # The JSON export scores the same.
     again = score_study(rvf_study, [json_file], tmp_path / "score_json", plot=False)
     assert again["accuracy"]["pooled"] == result["accuracy"]["pooled"]
+
+
+def _image_loaded(driver) -> bool:
+    return driver.execute_script("var m=document.getElementById('img-left');"
+                                 "return m.complete && m.naturalWidth > 0;")
+
+
+def test_single_image_study_in_chromium(browser, phantom_sources, tmp_path):
+    """The visual Turing test page: one image, "Real" / "Synthetic" by key and by click, a reload."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from medvol.study.reader.make import make_study
+    from medvol.study.reader.score import score_study
+
+    study = make_study(tmp_path / "single", [f"g={phantom_sources['fakeA']}"], str(phantom_sources["real"]),
+                       mode="single", images=6)
+    key = json.loads((study / "key.json").read_text(encoding="utf-8"))
+    n = len(key["pairs"])
+    stick = tmp_path / "stick"
+    shutil.copytree(study / "page", stick)
+    by_image = {p["image"]: p["pair"] for p in key["pairs"]}
+    browser.get((stick / "index.html").as_uri())
+    browser.find_element(By.ID, "reader-id").send_keys("V1")
+    browser.find_element(By.ID, "reader-role").send_keys("resident")
+    browser.find_element(By.ID, "start").click()
+    assert browser.find_element(By.ID, "choose-left").text.startswith("Real")
+    assert browser.find_element(By.ID, "choose-right").text.startswith("Synthetic")
+    assert not browser.find_elements(By.ID, "img-right")  # one image on screen, never two
+    body = browser.find_element(By.TAG_NAME, "body")
+    planned = {}
+    for i in range(n):
+        _wait(lambda: _image_loaded(browser), what="the image")
+        assert browser.find_element(By.ID, "progress-text").text == f"Image {i + 1} of {n}"
+        item = by_image[Path(browser.find_element(By.ID, "img-left").get_attribute("src")).name]
+        choice = ("real", "synthetic")[(i // 2) % 2]
+        planned[item] = choice
+        if i % 2 == 0:
+            body.send_keys(Keys.ARROW_LEFT if choice == "real" else Keys.ARROW_RIGHT)
+            body.send_keys(str(1 + i % 5))
+        else:
+            browser.find_element(By.ID, "choose-left" if choice == "real" else "choose-right").click()
+            browser.find_element(By.CSS_SELECTOR, f"input[name=difficulty][value='{1 + i % 5}']").click()
+        if i == 1:
+            browser.refresh()
+            _wait(lambda: _image_loaded(browser), what="the image after reload")
+            body = browser.find_element(By.TAG_NAME, "body")
+            assert browser.find_element(By.ID, "progress-text").text == f"Image {i + 1} of {n}"
+            button = "choose-left" if choice == "real" else "choose-right"
+            assert "chosen" in browser.find_element(By.ID, button).get_attribute("class")
+        body.send_keys(Keys.ENTER)
+        time.sleep(0.02)
+    _wait(lambda: browser.find_element(By.ID, "done-screen").is_displayed(), what="the done screen")
+    browser.find_element(By.ID, "export-csv").click()
+    csv_file = _wait(lambda: next(iter(browser.downloads.glob("answers_V1.csv")), None), what="the CSV download")
+    time.sleep(0.2)
+    rows = csv_file.read_text(encoding="utf-8").splitlines()
+    assert len(rows) == n + 1 and {row.split(",")[2] for row in rows[1:]} == {"real", "synthetic"}
+    assert {row.split(",")[1]: row.split(",")[2] for row in rows[1:]} == planned
+    result = score_study(study, [csv_file], tmp_path / "score", plot=False)
+    truth = {p["pair"]: p["truth"] for p in key["pairs"]}
+    assert result["pooled"]["accuracy"]["k"] == sum(truth[item] == c for item, c in planned.items())

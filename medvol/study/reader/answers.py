@@ -3,7 +3,8 @@
 An answer file is the CSV the page exports (``reader,pair,choice,difficulty,seconds``, one row per
 pair) or its JSON export (``{"reader", "experience", "answers": [{"pair", "choice",
 "difficulty", "seconds"}, …]}``); one CSV may hold several readers. Every reader must answer every
-pair of the key exactly once.
+pair of the key exactly once. In the single-image mode (the visual Turing test) the ``pair``
+column holds the image's id and ``choice`` is ``real`` or ``synthetic``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from medvol.errors import MedvolError
 
 COLUMNS = ("reader", "pair", "choice", "difficulty", "seconds")
 CHOICES = ("left", "right")
+SINGLE_CHOICES = ("real", "synthetic")
+MODES = ("real-vs-fake", "model-vs-model", "single")
+
+
+def choices_of(key: dict) -> tuple[str, str]:
+    """The two answers a key's mode allows."""
+    return SINGLE_CHOICES if key.get("mode") == "single" else CHOICES
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,9 @@ def key_path(study: str | Path) -> Path:
     return path / "key.json"
 
 
-def key_images(path: Path, key: dict) -> list[tuple[Path, Path]] | None:
-    """The (left, right) image paths of each pair of the key at ``path``; None for a key of the
-    first layout (which names no files).
+def key_images(path: Path, key: dict) -> list[tuple[Path, ...]] | None:
+    """The (left, right) image paths of each pair of the key at ``path`` (``(image,)`` in the
+    single-image mode); None for a key of the first layout (which names no files).
 
     Every name goes through :func:`medvol.outputs.safe_name`: a key is a file anyone may have
     edited, and its names must stay inside the study's page folder.
@@ -57,6 +65,9 @@ def key_images(path: Path, key: dict) -> list[tuple[Path, Path]] | None:
         raise MedvolError(f"{path}: key layout {layout!r} is newer than this medvol understands")
     page = safe_name(path.parent, key.get("page"), f"{path.name} 'page'")
     images = safe_name(page, key.get("images"), f"{path.name} 'images'")
+    if key.get("mode") == "single":
+        return [(safe_name(images, item.get("image"), f"{path.name} image #{number}"),)
+                for number, item in enumerate(key["pairs"], start=1)]
     return [tuple(safe_name(images, pair.get(f"{side}_image"), f"{path.name} pair #{number} {side}_image")
                   for side in ("left", "right"))
             for number, pair in enumerate(key["pairs"], start=1)]
@@ -77,16 +88,22 @@ def load_key(study: str | Path) -> dict:
     except (OSError, ValueError) as error:
         raise MedvolError(f"{path}: unreadable answer key ({error})") from None
     pairs = key.get("pairs") if isinstance(key, dict) else None
-    if not isinstance(key, dict) or key.get("mode") not in ("real-vs-fake", "model-vs-model") or not isinstance(pairs, list) or not pairs:
+    if not isinstance(key, dict) or key.get("mode") not in MODES or not isinstance(pairs, list) or not pairs:
         raise MedvolError(f"{path}: not a reader-study key (needs mode and a non-empty pairs list)")
+    single = key["mode"] == "single"
+    fields = ("pair", "source", "truth") if single else ("pair", "left", "right")
     for number, pair in enumerate(pairs, start=1):
-        if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) for k in ("pair", "left", "right")):
-            raise MedvolError(f"{path}: pair #{number} lacks pair/left/right")
+        if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) for k in fields):
+            raise MedvolError(f"{path}: {'image' if single else 'pair'} #{number} lacks {'/'.join(fields)}")
+        if single and pair["truth"] not in SINGLE_CHOICES:
+            raise MedvolError(f"{path}: image #{number} has truth {pair['truth']!r}, expected real or synthetic")
+    if single and len({p["truth"] for p in pairs}) < 2:
+        raise MedvolError(f"{path}: a single-image key needs both real and synthetic images")
     key_images(path, key)
     return key
 
 
-def _check_row(where: str, row: dict, pairs: set[str]) -> Answer:
+def _check_row(where: str, row: dict, pairs: set[str], choices: tuple[str, str] = CHOICES) -> Answer:
     reader = str(row.get("reader") or "").strip()
     if not reader:
         raise MedvolError(f"{where}: empty reader")
@@ -94,8 +111,8 @@ def _check_row(where: str, row: dict, pairs: set[str]) -> Answer:
     if pair not in pairs:
         raise MedvolError(f"{where}: unknown pair {pair!r} (not in the study's key)")
     choice = str(row.get("choice") or "").strip().lower()
-    if choice not in CHOICES:
-        raise MedvolError(f"{where}: choice {row.get('choice')!r}, expected left or right")
+    if choice not in choices:
+        raise MedvolError(f"{where}: choice {row.get('choice')!r}, expected {' or '.join(choices)}")
     difficulty_text = str(row.get("difficulty")).strip()
     if difficulty_text not in ("1", "2", "3", "4", "5"):
         raise MedvolError(f"{where}: difficulty {row.get('difficulty')!r}, expected an integer 1 to 5")
@@ -108,7 +125,7 @@ def _check_row(where: str, row: dict, pairs: set[str]) -> Answer:
     return Answer(reader, pair, choice, int(difficulty_text), seconds)
 
 
-def _read_csv(path: Path, pairs: set[str]) -> list[Answer]:
+def _read_csv(path: Path, pairs: set[str], choices: tuple[str, str] = CHOICES) -> list[Answer]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
@@ -129,11 +146,11 @@ def _read_csv(path: Path, pairs: set[str]) -> list[Answer]:
             continue
         if len(row) != len(COLUMNS):
             raise MedvolError(f"{path}: row {number}: {len(row)} fields, expected {len(COLUMNS)}")
-        answers.append(_check_row(f"{path}: row {number}", dict(zip(COLUMNS, row)), pairs))
+        answers.append(_check_row(f"{path}: row {number}", dict(zip(COLUMNS, row)), pairs, choices))
     return answers
 
 
-def _read_json(path: Path, pairs: set[str]) -> tuple[list[Answer], dict]:
+def _read_json(path: Path, pairs: set[str], choices: tuple[str, str] = CHOICES) -> tuple[list[Answer], dict]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -147,7 +164,7 @@ def _read_json(path: Path, pairs: set[str]) -> tuple[list[Answer], dict]:
         unknown = [k for k in item if k not in COLUMNS and k != "answered"]
         if unknown:
             raise MedvolError(f"{path}: answer {number}: unknown field {unknown[0]!r}")
-        answers.append(_check_row(f"{path}: answer {number}", dict(item, reader=data["reader"]), pairs))
+        answers.append(_check_row(f"{path}: answer {number}", dict(item, reader=data["reader"]), pairs, choices))
     experience = data.get("experience") if isinstance(data.get("experience"), dict) else {}
     return answers, {str(data["reader"]): experience}
 
@@ -170,10 +187,10 @@ def read_answers(files: list[str | Path], key: dict) -> tuple[dict[str, dict[str
     for file in files:
         path = Path(file)
         if path.suffix.lower() == ".json":
-            answers, exp = _read_json(path, known)
+            answers, exp = _read_json(path, known, choices_of(key))
             experience.update(exp)
         else:
-            answers = _read_csv(path, known)
+            answers = _read_csv(path, known, choices_of(key))
         if not answers:
             raise MedvolError(f"{path}: no answers")
         for number, answer in enumerate(answers, start=1):

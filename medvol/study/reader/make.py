@@ -39,7 +39,7 @@ from medvol.utils import checked_write, torch_threads
 
 log = logging.getLogger("medvol.study")
 
-MODES = ("real-vs-fake", "model-vs-model")
+MODES = ("real-vs-fake", "model-vs-model", "single")
 PLANES = ("axial", "coronal", "sagittal")
 KEY_FILE = "key.json"
 #: The folder handed to readers (``STUDY/page/``): the page and its images, never the key.
@@ -57,7 +57,11 @@ DEFAULT_POSITIONS = (0.3, 0.7)
 QUESTIONS = {
     "real-vs-fake": "Which image is the real scan?",
     "model-vs-model": "Which image looks more realistic?",
+    "single": "Is this image real or synthetic?",
 }
+#: The two answers of the single-image mode (the visual Turing test), and what each source is.
+SINGLE_CHOICES = ("real", "synthetic")
+DEFAULT_IMAGES = 100
 
 
 @dataclass
@@ -155,6 +159,59 @@ def present(plans: list[PairPlan]) -> list[PairPlan]:
     return shown
 
 
+@dataclass
+class ItemPlan:
+    """One image of the single-image mode before it exists: its source, volume and slice."""
+
+    item: str
+    plane: str
+    position: float
+    source: tuple[str, int]  # (source name, volume index)
+    image: str = ""
+
+
+def single_counts(images: int, real_share: float, fakes: list[str]) -> dict[str, int]:
+    """How many images each source gives: ``round(images * real_share)`` real, the rest shared
+    by the fakes in turn."""
+    n_real = int(round(images * real_share))
+    counts = {"real": n_real, **{name: 0 for name in fakes}}
+    for i in range(images - n_real):
+        counts[fakes[i % len(fakes)]] += 1
+    return counts
+
+
+def plan_single(counts: dict[str, int], sizes: dict[str, int], planes: list[str],
+                positions: tuple[float, float], rng: np.random.Generator) -> list[ItemPlan]:
+    """Draw the single-image design from the seed: the slots (plane and slice position of every
+    image, planes taking turns) and, per source, the order its volumes are used in (each once).
+
+    Which slot shows which source is *not* drawn here: :func:`present_single` deals the sources
+    to the slots from ``secrets``. Were it seeded, anyone holding the seed (the default, 0, is in
+    the key) could compute which planes and slice positions are the real ones and tell a real
+    image by where its slice lies.
+    """
+    total = sum(counts.values())
+    slots = [(planes[i % len(planes)], float(rng.uniform(*positions))) for i in range(total)]
+    volumes = {name: [int(v) for v in rng.permutation(sizes[name])[:count]] for name, count in counts.items()}
+    sources = [(name, volume) for name, count in counts.items() for volume in volumes[name]]
+    return [ItemPlan("", plane, position, source) for (plane, position), source in zip(slots, sources)]
+
+
+def present_single(plans: list[ItemPlan]) -> list[ItemPlan]:
+    """The presentation of a single-image design, all from ``secrets``: which slot (plane and
+    position) shows which source's volume, the image ids and names, and the page order of real
+    and synthetic images (a fresh cryptographic shuffle, never the seed's)."""
+    chooser = secrets.SystemRandom()
+    sources = [plan.source for plan in plans]
+    chooser.shuffle(sources)
+    ids: set[str] = set()
+    names: set[str] = set()
+    shown = [ItemPlan(_secret_token(8, ids), plan.plane, plan.position, source, f"{_secret_token(16, names)}.png")
+             for plan, source in zip(plans, sources)]
+    chooser.shuffle(shown)
+    return shown
+
+
 def volumes_needed(mode: str, fakes: list[str], pairs: int) -> dict[str, int]:
     """How many volumes of each fake the pairs use (one per appearance: a checkpoint generates
     that many, so that no two pairs show the same generated volume)."""
@@ -167,7 +224,7 @@ def volumes_needed(mode: str, fakes: list[str], pairs: int) -> dict[str, int]:
     return needed
 
 
-def _refuse_repeats(source: Source, count: int, spec: str) -> None:
+def _refuse_repeats(source: Source, count: int, spec: str, unit: str = "pairs") -> None:
     """Refuse a source with fewer volumes than the pairs it appears in.
 
     A volume shown in two pairs can be recognised: a reader who notices the repeat (the same
@@ -176,9 +233,10 @@ def _refuse_repeats(source: Source, count: int, spec: str) -> None:
     """
     if len(source) < count:
         raise MedvolError(
-            f"{spec}: {len(source)} volume(s) for {count} pairs would show a volume in more than one pair "
+            f"{spec}: {len(source)} volume(s) for {count} {unit} would show a volume "
+            f"{'in more than one pair' if unit == 'pairs' else 'more than once'} "
             f"(a reader who recognises the repeat learns its source); give at least {count} volumes "
-            "or fewer --pairs")
+            f"or fewer --{unit}")
 
 
 def _refuse_synthetic_real(source: Source, spec: str, allow: bool) -> list[str]:
@@ -200,7 +258,7 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
                planes: str | Sequence[str] = "axial,coronal,sagittal", mode: str = "real-vs-fake", seed: int = 0,
                window: str = "lung", positions: str | Sequence[float] = DEFAULT_POSITIONS, real_split: str = "all",
                title: str | None = None, device: str = "auto", overwrite: bool = False,
-               allow_synthetic_real: bool = False) -> Path:
+               allow_synthetic_real: bool = False, images: int | None = None, real_share: float = 0.5) -> Path:
     """Make a reader study folder (module docstring) and return its path.
 
     Args:
@@ -212,7 +270,9 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
         real: real volumes (a medvol cache or files/folders/globs); required for ``real-vs-fake``.
         pairs: number of pairs.
         planes: planes to take turns over (subset of axial, coronal, sagittal).
-        mode: ``"real-vs-fake"`` or ``"model-vs-model"`` (two or more fakes).
+        mode: ``"real-vs-fake"``, ``"model-vs-model"`` (two or more fakes) or ``"single"`` (the
+            visual Turing test: one image at a time, real or synthetic; ``images`` and
+            ``real_share`` instead of ``pairs``).
         seed: seeds the design: generation, volumes, planes, positions (not the sides, ids, image
             names or order, which come from ``secrets``: :func:`present`).
         window: display window: a viewer preset (``lung``, ``mediastinum``, ``bone``), ``LOW,HIGH``
@@ -223,6 +283,8 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
         device: where checkpoints generate (``auto``, ``cpu``, ``cuda[:N]``).
         overwrite: see ``out``.
         allow_synthetic_real: accept real volumes marked synthetic (recorded in the key).
+        images: ``single`` mode: the number of images (default 100).
+        real_share: ``single`` mode: the fraction of real images (default 0.5; rounded to a count).
 
     Returns:
         The study folder.
@@ -234,7 +296,19 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
     from medvol.outputs import check_output, owned_output
 
     if mode not in MODES:
-        raise MedvolError(f"--mode {mode!r}: choose {' or '.join(MODES)}")
+        raise MedvolError(f"--mode {mode!r}: choose {', '.join(MODES)}")
+    if mode == "single":
+        images = DEFAULT_IMAGES if images is None else images
+        if images < 2:
+            raise MedvolError(f"--images {images}: expected at least 2")
+        if not 0.0 < real_share < 1.0:
+            raise MedvolError(f"--real-share {real_share}: expected a fraction strictly between 0 and 1")
+        n_real = int(round(images * real_share))
+        if n_real < 1 or n_real >= images:
+            raise MedvolError(f"--real-share {real_share} of --images {images} gives {n_real} real images: "
+                              "need at least one real and one synthetic")
+    elif images is not None:
+        raise MedvolError(f"--images is for --mode single; --mode {mode} takes --pairs")
     if pairs < 1:
         raise MedvolError(f"--pairs {pairs}: expected at least 1")
     plane_list = parse_planes(planes) if isinstance(planes, str) else parse_planes(",".join(planes))
@@ -243,8 +317,8 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
     names = [name for name, _ in parsed]
     if len(set(names)) != len(names):
         raise MedvolError(f"--fake: names must differ, got {', '.join(names)}")
-    if mode == "real-vs-fake" and (real is None or not parsed):
-        raise MedvolError("--mode real-vs-fake needs --real and at least one --fake")
+    if mode in ("real-vs-fake", "single") and (real is None or not parsed):
+        raise MedvolError(f"--mode {mode} needs --real and at least one --fake")
     if mode == "model-vs-model":
         if len(parsed) < 2:
             raise MedvolError("--mode model-vs-model needs at least two --fake sources")
@@ -263,6 +337,10 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
                           "(move it away or choose another --out)")
 
     rng = np.random.default_rng(seed)
+    if mode == "single":
+        return _make_single(out, sid, identity, names, parsed, real, images, real_share, plane_list, low_high, rng,
+                            seed=seed, window=window, real_split=real_split, title=title, device=device,
+                            overwrite=overwrite, allow_synthetic_real=allow_synthetic_real)
     needed = volumes_needed(mode, names, pairs)
     with scratch_folder(out) as scratch:
         sources: dict[str, Source] = {}
@@ -300,6 +378,93 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
             with checked_write(targets[-1], "answer key") as path:  # last: a study with a key is complete
                 path.write_text(json.dumps(key, indent=1), encoding="utf-8")
     return out
+
+
+def _make_single(out: Path, sid: str, identity: dict, names: list[str], parsed: list, real: str, images: int,
+                 real_share: float, plane_list: list[str], low_high: tuple[float, float], rng: np.random.Generator, *,
+                 seed: int, window: str, real_split: str, title: str | None, device: str, overwrite: bool,
+                 allow_synthetic_real: bool) -> Path:
+    """The single-image mode of :func:`make_study` (``out`` already checked)."""
+    from medvol.outputs import owned_output
+
+    counts = single_counts(images, real_share, names)
+    with scratch_folder(out) as scratch:
+        sources: dict[str, Source] = {"real": real_source(real, real_split)}
+        _refuse_repeats(sources["real"], counts["real"], f"--real {real}", "images")
+        synthetic_real = _refuse_synthetic_real(sources["real"], real, allow_synthetic_real)
+        for name, spec in parsed:
+            sources[name] = fake_source(name, spec, max(1, counts[name]), seed, scratch, device=device)
+            _refuse_repeats(sources[name], counts[name], f"--fake {name}={spec}", "images")
+        design = plan_single(counts, {n: len(src) for n, src in sources.items()}, plane_list, low_high, rng)
+        plans = present_single(design)
+        page = scratch / PAGE_DIR
+        key_items = _write_single_images(page, plans, sources, window, names[0])
+        page_items = [{"pair": item["pair"], "plane": item["plane"], "image": f"{IMAGE_DIR}/{item['image']}"}
+                      for item in key_items]
+        data = {"study": sid, "mode": "single", "question": QUESTIONS["single"], "pairs": page_items,
+                "title": title or "Reader study"}
+        from medvol.study.reader.page import render_page
+
+        with checked_write(page / PAGE_FILE, "study page") as path:
+            path.write_text(render_page(data), encoding="utf-8")
+        key = {
+            "study": sid, "mode": "single", "seed": seed, "layout": LAYOUT, "page": PAGE_DIR, "images": IMAGE_DIR,
+            "presentation": "image ids, image names and page order drawn from secrets, not from the seed",
+            "choices": list(SINGLE_CHOICES), "real_share": real_share,
+            "counts": {"real": counts["real"], "synthetic": images - counts["real"]},
+            "pairs": key_items,
+            "sources": {name: source.origin for name, source in sources.items()},
+            "window": window, "planes": plane_list, "positions": list(low_high), "real_split": real_split,
+            "allow_synthetic_real": bool(allow_synthetic_real), "synthetic_real": synthetic_real,
+            "medvol_version": medvol.__version__, "threads": torch_threads(),
+        }
+        inputs = [spec for _, spec in parsed] + [real] + [item for src in sources.values() for item in src.items]
+        page_files = sorted(p.relative_to(scratch).as_posix() for p in page.rglob("*") if p.is_file())
+        with owned_output(out, JOB, identity, overwrite=overwrite, inputs=inputs) as claimed:
+            targets = claimed.paths(page_files + [KEY_FILE])
+            for rel, target in zip(page_files, targets):
+                shutil.move(scratch / rel, target)
+            _same_times(targets[:-1])
+            with checked_write(targets[-1], "answer key") as path:
+                path.write_text(json.dumps(key, indent=1), encoding="utf-8")
+    return out
+
+
+def _write_single_images(folder: Path, plans: list[ItemPlan], sources: dict[str, Source], window: str,
+                         first_fake: str) -> list[dict]:
+    """One PNG per item, every one at the shape of the first fake's volumes (real volumes are
+    resized to it, as in the pairs), so that the image size never tells a real image apart."""
+    from medvol.data.datasets import take_slice
+
+    (folder / IMAGE_DIR).mkdir(parents=True)
+    shape, spacing = None, None
+    reference = next((p.source for p in plans if p.source[0] == first_fake), None)
+    if reference is not None:
+        array, spacing = sources[first_fake].load(reference[1])
+        shape = array.shape
+    if shape is None or len(shape) != 3 or min(shape) < 2:
+        raise MedvolError(f"{sources[first_fake].items[0]}: shape {shape} is not a 3D volume")
+    items = []
+    for number, plan in enumerate(plans, start=1):
+        name, index = plan.source
+        what = sources[name].items[index]
+        array, own_spacing = sources[name].load(index)
+        array = fit_to_shape(array, own_spacing, shape, spacing, what)
+        axis = PLANES.index(plan.plane)
+        k = int(round(plan.position * (shape[axis] - 1)))
+        image = np.array(take_slice(array, plan.plane, k))
+        limits = resolve_window(window, image, image)
+        try:
+            pixels = to_uint8(image, limits)
+        except MedvolError as error:
+            raise MedvolError(f"{what}: {error}") from None
+        write_png(pixels, folder / IMAGE_DIR / plan.image)
+        items.append({"pair": plan.item, "number": number, "source": name,
+                      "truth": "real" if name == "real" else "synthetic", "image": plan.image, "volume": what,
+                      "plane": plan.plane, "slice": k, "position": round(plan.position, 4), "shape": list(shape),
+                      "window": [round(v, 3) for v in limits]})
+        log.info("image %d/%d: %s", number, len(plans), plan.item)
+    return items
 
 
 def _same_times(paths: list[Path]) -> None:

@@ -16,8 +16,50 @@ def _ci(acc: dict) -> str:
     return f"{acc['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def _rate(r: dict) -> str:
+    if r["value"] is None:
+        return "—"
+    low, high = r["ci"]
+    return f"{r['k']} / {r['n']} = {r['value']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def single_markdown(result: dict) -> str:
+    """The score of a single-image study (visual Turing test) as markdown."""
+    pct = round(100 * result["confidence"])
+    lines = [f"# Reader study {result.get('study') or ''}: single images (visual Turing test)", "",
+             f"{len(result['readers'])} reader(s), {result['n_images']} images each "
+             f"({result['n_real']} real, {result['n_synthetic']} synthetic).", "",
+             f"## Accuracy, sensitivity, specificity ({pct} % Clopper–Pearson intervals; positive = synthetic)", "",
+             "| reader | accuracy [CI] | p vs 0.5 | sensitivity [CI] | specificity [CI] | called real |",
+             "|---|---|---|---|---|---|"]
+    rows = [(r, result["by_reader"][r]) for r in result["readers"]] + [("**pooled**", result["pooled"])]
+    for name, r in rows:
+        lines.append(f"| {name} | {_rate(r['accuracy'])} | {_p(r['accuracy']['p_vs_chance'])} | "
+                     f"{_rate(r['sensitivity'])} | {_rate(r['specificity'])} | {r['called_real']} |")
+    if result["by_fake"]:
+        lines += ["", "| source | called synthetic [CI] |", "|---|---|"]
+        lines += [f"| {name} | {_rate(r)} |" for name, r in result["by_fake"].items()]
+    kappa = result["fleiss_kappa"]
+    lines += ["", f"- Fleiss' κ between readers (images × real/synthetic): {kappa:.3f}" if kappa is not None else
+              "- Fleiss' κ: needs at least two readers (and answers in both categories)",
+              "- p vs 0.5: exact two-sided binomial test of the accuracy. A non-significant p is "
+              "*inconclusive*, not evidence that the images are indistinguishable.", "",
+              "## Difficulty (1 … 5) and time", "",
+              "| reader | Likert mean | median | seconds, median |", "|---|---|---|---|"]
+    for r in result["readers"]:
+        lk, sec = result["likert"]["by_reader"][r], result["seconds"]["by_reader"][r]
+        lines.append(f"| {r} | {lk['mean']:.2f} | {lk['median']:g} | {sec['median']:.1f} |")
+    lines += ["", "## Per image", "", "| image | plane | truth | votes |", "|---|---|---|---|"]
+    for p in result["per_pair"]:
+        lines.append(f"| {p['pair']} | {p['plane']} | {p['truth']} | real {p['votes']['real']}, "
+                     f"synthetic {p['votes']['synthetic']} |")
+    return "\n".join(lines) + "\n"
+
+
 def score_markdown(result: dict) -> str:
     """The score as a markdown report (the numbers of score.json, in tables)."""
+    if result["mode"] == "single":
+        return single_markdown(result)
     pct = round(100 * result["confidence"])
     lines = [f"# Reader study {result.get('study') or ''}: {result['mode']}", "",
              f"{len(result['readers'])} reader(s), {result['n_pairs']} pairs each.", ""]
@@ -75,7 +117,22 @@ def plot_score(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    if result["mode"] == "real-vs-fake":
+    if result["mode"] == "single":
+        names = result["readers"] + ["pooled"]
+        rates = [result["by_reader"][r] for r in result["readers"]] + [result["pooled"]]
+        for offset, (what, color) in zip((-0.2, 0.0, 0.2), (("accuracy", "k"), ("sensitivity", "tab:red"),
+                                                            ("specificity", "tab:blue"))):
+            got = [(i + offset, r[what]) for i, r in enumerate(rates) if r[what]["value"] is not None]
+            left.errorbar([x for x, _ in got], [v["value"] for _, v in got],
+                          yerr=[[v["value"] - v["ci"][0] for _, v in got], [v["ci"][1] - v["value"] for _, v in got]],
+                          fmt="o", capsize=3, color=color, label=what)
+        left.axhline(0.5, color="tab:green", lw=1)
+        left.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        left.set_ylim(0, 1.02)
+        left.set_ylabel(f"{round(100 * result['confidence'])} % exact CI")
+        left.set_title("Real or synthetic?")
+        left.legend(loc="lower right", fontsize=8)
+    elif result["mode"] == "real-vs-fake":
         acc = result["accuracy"]
         names = result["readers"] + ["pooled"]
         values = [acc["by_reader"][r] for r in result["readers"]] + [acc["pooled"]]

@@ -1,5 +1,10 @@
 """``medvol study reader score``: accuracy, d′, votes, χ², Fleiss' κ, Likert; JSON, markdown, plot.
 
+- single (the visual Turing test: one image, "real or synthetic?"): per reader and pooled, the
+  accuracy, the sensitivity (synthetic images called synthetic) and the specificity (real images
+  called real), each with its exact (Clopper–Pearson) interval; the exact two-sided binomial test
+  of the accuracy against 0.5; Fleiss' κ between readers on images × {real, synthetic}.
+
 What is computed (docs/studies.md explains each choice):
 
 - real-vs-fake: per reader and pooled, the proportion of pairs where the real image was chosen,
@@ -92,6 +97,8 @@ def score_answers(key: dict, by_reader: dict[str, dict[str, Answer]], experience
     if not 0.0 < confidence < 1.0:
         raise MedvolError(f"--confidence {confidence}: expected a number in (0, 1)")
     stats.tost_proportion(0, 1, margin)  # a bad margin fails here, naming --margin
+    if key["mode"] == "single":
+        return score_single(key, by_reader, experience, confidence=confidence, alpha=alpha)
     readers = sorted(by_reader)
     order = _ordered_sources(key)
     pairs = key["pairs"]
@@ -144,6 +151,69 @@ def score_answers(key: dict, by_reader: dict[str, dict[str, Answer]], experience
     return result
 
 
+def _proportion(k: int, n: int, confidence: float) -> dict:
+    low, high = stats.clopper_pearson(k, n, confidence) if n else (None, None)
+    return {"k": k, "n": n, "value": k / n if n else None, "ci": [low, high]}
+
+
+def single_rates(answers: list[Answer], truth: dict[str, str], confidence: float) -> dict:
+    """Accuracy, sensitivity (synthetic called synthetic) and specificity (real called real) of
+    ``answers``, each with its exact interval, and the two-sided binomial p of the accuracy
+    against 0.5."""
+    correct = sum(a.choice == truth[a.pair] for a in answers)
+    fakes = [a for a in answers if truth[a.pair] == "synthetic"]
+    reals = [a for a in answers if truth[a.pair] == "real"]
+    accuracy = _proportion(correct, len(answers), confidence)
+    accuracy["p_vs_chance"] = stats.binom_test_two_sided(correct, len(answers))
+    return {"accuracy": accuracy,
+            "sensitivity": _proportion(sum(a.choice == "synthetic" for a in fakes), len(fakes), confidence),
+            "specificity": _proportion(sum(a.choice == "real" for a in reals), len(reals), confidence),
+            "called_real": sum(a.choice == "real" for a in answers)}
+
+
+def score_single(key: dict, by_reader: dict[str, dict[str, Answer]], experience: dict | None = None, *,
+                 confidence: float = 0.95, alpha: float = DEFAULT_ALPHA) -> dict:
+    """The score of a single-image study (the visual Turing test) as a JSON-ready dict.
+
+    Positive = synthetic: sensitivity is the share of synthetic images the readers called
+    synthetic, specificity the share of real images called real. Pooled figures treat every
+    (reader, image) answer as one trial (the same images are seen by every reader).
+    """
+    readers = sorted(by_reader)
+    items = key["pairs"]
+    truth = {item["pair"]: item["truth"] for item in items}
+    source = {item["pair"]: item["source"] for item in items}
+    all_answers = [by_reader[r][item["pair"]] for r in readers for item in items]
+    table = np.asarray([[sum(by_reader[r][item["pair"]].choice == c for r in readers) for c in ("real", "synthetic")]
+                        for item in items], dtype=np.int64)
+    result: dict = {
+        "mode": "single", "study": key.get("study"), "n_pairs": len(items), "n_images": len(items),
+        "n_real": sum(t == "real" for t in truth.values()), "n_synthetic": sum(t == "synthetic" for t in truth.values()),
+        "readers": readers, "experience": {r: (experience or {}).get(r) for r in readers},
+        "positive": "synthetic", "confidence": confidence, "alpha": alpha,
+        "pooled": single_rates(all_answers, truth, confidence),
+        "by_reader": {r: single_rates(list(by_reader[r].values()), truth, confidence) for r in readers},
+        "by_fake": {},
+        "per_pair": [{"pair": item["pair"], "plane": item.get("plane"), "truth": item["truth"],
+                      "source": item["source"], "votes": {"real": int(row[0]), "synthetic": int(row[1])}}
+                     for item, row in zip(items, table)],
+    }
+    fakes = sorted({s for s in source.values() if s != "real"})
+    if len(fakes) > 1:
+        for name in fakes:
+            mine = [a for a in all_answers if source[a.pair] == name]
+            result["by_fake"][name] = _proportion(sum(a.choice == "synthetic" for a in mine), len(mine), confidence)
+    kappa = stats.fleiss_kappa(table) if len(readers) >= 2 else None
+    result["fleiss_kappa"] = kappa if kappa is not None and np.isfinite(kappa) else None
+    result["likert"] = {"pooled": _likert([a.difficulty for a in all_answers]),
+                        "by_reader": {r: _likert([a.difficulty for a in by_reader[r].values()]) for r in readers},
+                        "by_choice": {c: _likert([a.difficulty for a in all_answers if a.choice == c])
+                                      for c in ("real", "synthetic") if any(a.choice == c for a in all_answers)}}
+    result["seconds"] = {"pooled": _summary([a.seconds for a in all_answers]),
+                         "by_reader": {r: _summary([a.seconds for a in by_reader[r].values()]) for r in readers}}
+    return result
+
+
 def _refuse_out_in_study(out: Path, key_file: Path) -> None:
     """Refuse an output in the study folder or its page: ``--overwrite`` there would remove the
     study medvol made, and a score in the page folder would travel to the readers with it."""
@@ -184,9 +254,12 @@ def score_study(study: str | os.PathLike, answer_files: list[str | os.PathLike],
     images = key_images(key_file, key)
     if images is not None:
         study_dir = key_file.parent
-        for row, (left, right) in zip(result["per_pair"], images):
-            row["images"] = {"left": left.relative_to(study_dir).as_posix(),
-                             "right": right.relative_to(study_dir).as_posix()}
+        for row, paths in zip(result["per_pair"], images):
+            if len(paths) == 1:
+                row["image"] = paths[0].relative_to(study_dir).as_posix()
+            else:
+                row["images"] = {"left": paths[0].relative_to(study_dir).as_posix(),
+                                 "right": paths[1].relative_to(study_dir).as_posix()}
     out = Path(out)
     _refuse_out_in_study(out, key_file)
     identity = {"key": str(key_file.resolve()), "key_sha256": sha256_file(key_file),

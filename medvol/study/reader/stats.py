@@ -92,6 +92,13 @@ def dprime_2afc(k: int, n: int) -> tuple[float, float]:
     return math.sqrt(2.0) * NormalDist().inv_cdf(pc), pc
 
 
+def binom_test_two_sided(k: int, n: int) -> float:
+    """Exact two-sided binomial test of ``k`` of ``n`` against p = 0.5: twice the smaller tail,
+    at most 1 (the distribution is symmetric at 0.5, so this is also the "as or less likely"
+    p-value of scipy's ``binomtest``)."""
+    return min(1.0, 2.0 * min(binom_cdf(k, n, 0.5), binom_sf(k, n, 0.5)))
+
+
 def tost_proportion(k: int, n: int, margin: float, null: float = 0.5) -> dict[str, float]:
     """Two one-sided exact binomial tests: is the proportion within ``null ± margin``?
 

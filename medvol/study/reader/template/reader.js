@@ -6,6 +6,12 @@
   var study = JSON.parse(document.getElementById("study-data").textContent);
   var PREFIX = "medvol-reader/" + study.study + "/";
   var CURRENT = PREFIX + "current";
+  // Single-image mode (visual Turing test): one image, the left button answers "real" and the
+  // right one "synthetic"; the pair modes answer with the side chosen.
+  var SINGLE = study.mode === "single";
+  var SIDES = ["left", "right"];
+  var CHOICES = SINGLE ? ["real", "synthetic"] : SIDES;
+  var UNIT = SINGLE ? "Image" : "Pair";
   var state = null;  // {reader, role, years, started, answers: [...], pending: {...} | null}
 
   function $(id) { return document.getElementById(id); }
@@ -56,7 +62,7 @@
     var done = state.answers.length;
     $("progress").max = study.pairs.length;
     $("progress").value = done;
-    $("progress-text").textContent = pair ? "Pair " + (done + 1) + " of " + study.pairs.length
+    $("progress-text").textContent = pair ? UNIT + " " + (done + 1) + " of " + study.pairs.length
                                           : study.pairs.length + " of " + study.pairs.length + " done";
     if (!pair) { finish(); return; }
     if (!state.pending || state.pending.pair !== pair.pair) {
@@ -68,12 +74,12 @@
     function onLoad() {
       loaded += 1;
       // The clock starts once both images are on screen (kept across reloads).
-      if (loaded === 2 && state.pending.startedAt === null) { state.pending.startedAt = Date.now(); save(); }
+      if (loaded === (SINGLE ? 1 : 2) && state.pending.startedAt === null) { state.pending.startedAt = Date.now(); save(); }
     }
-    ["left", "right"].forEach(function (side) {
+    (SINGLE ? ["left"] : SIDES).forEach(function (side) {
       var img = $("img-" + side);
       img.onload = onLoad;
-      img.src = pair[side];
+      img.src = SINGLE ? pair.image : pair[side];
     });
     show("trial-screen");
     paint();
@@ -81,9 +87,9 @@
 
   function paint() {
     var p = state.pending;
-    ["left", "right"].forEach(function (side) {
-      $("img-" + side).classList.toggle("chosen", p.choice === side);
-      $("choose-" + side).classList.toggle("chosen", p.choice === side);
+    SIDES.forEach(function (side, i) {
+      if (!SINGLE) { $("img-" + side).classList.toggle("chosen", p.choice === side); }
+      $("choose-" + side).classList.toggle("chosen", p.choice === CHOICES[i]);
     });
     document.querySelectorAll("input[name=difficulty]").forEach(function (r) {
       r.checked = (p.difficulty !== null && Number(r.value) === p.difficulty);
@@ -93,7 +99,7 @@
 
   function choose(side) {
     if (!state || !state.pending || $("trial-screen").hidden) { return; }
-    state.pending.choice = side; save(); paint();
+    state.pending.choice = CHOICES[SIDES.indexOf(side)]; save(); paint();
   }
   function rate(value) {
     if (!state || !state.pending || $("trial-screen").hidden) { return; }
@@ -144,8 +150,26 @@
   $("reader-id").addEventListener("keydown", function (e) { if (e.key === "Enter") { start(); } });
   $("choose-left").addEventListener("click", function () { choose("left"); });
   $("choose-right").addEventListener("click", function () { choose("right"); });
-  $("img-left").addEventListener("click", function () { choose("left"); });
-  $("img-right").addEventListener("click", function () { choose("right"); });
+  if (SINGLE) {
+    $("intro").textContent = "You will see single images, one at a time. For each image say whether it is a " +
+      "real scan or a synthetic (generated) one, then how sure you are. Answers are saved in this browser as " +
+      "you go; closing or reloading the page loses nothing. At the end, export your answers and send the " +
+      "files to the study organiser.";
+    $("img-left").alt = "image";
+    $("img-right").parentNode.replaceChild(document.createElement("span"), $("img-right"));
+    $("choose-left").innerHTML = "Real <kbd>&larr;</kbd>";
+    $("choose-right").innerHTML = "Synthetic <kbd>&rarr;</kbd>";
+    $("likert-question").textContent = "How sure are you?";
+    ["1 a guess", "2 unsure", "3 fairly sure", "4 sure", "5 certain"].forEach(function (text, i) {
+      document.querySelectorAll(".likert-text")[i].textContent = text;
+    });
+    $("hint").innerHTML = "Keys: <kbd>&larr;</kbd> real, <kbd>&rarr;</kbd> synthetic, <kbd>1</kbd>&ndash;" +
+      "<kbd>5</kbd> how sure, <kbd>Enter</kbd> next. There is no going back.";
+    $("done-title").textContent = "Thank you: all images answered.";
+  } else {
+    $("img-left").addEventListener("click", function () { choose("left"); });
+    $("img-right").addEventListener("click", function () { choose("right"); });
+  }
   document.querySelectorAll("input[name=difficulty]").forEach(function (r) {
     r.addEventListener("change", function () { rate(Number(r.value)); });
   });
