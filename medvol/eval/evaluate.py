@@ -620,7 +620,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 modality=modality, window=window, plane=plane, split=split, seed=seed, batch=batch,
                 device=device, progress=progress, memo=memo, allow_synthetic_real=allow_synthetic_real,
                 strict=strict)
-            return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress, is_splits=is_splits)
+            return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress,
+                           is_splits=is_splits)
     features = list(features or ["inception2.5d"])
     if all(npy):
         if set(metrics) - set(FEATURE_METRICS):
@@ -739,7 +740,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         if pairs:
             report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
                                   volume_vectors(pairs[0][2]))
-    return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress, is_splits=is_splits)
+    return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress,
+                   is_splits=is_splits)
 
 
 def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k: int, n_boot: int,
