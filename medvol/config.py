@@ -127,7 +127,7 @@ class TrainOptions:
     procedure) or ``"optimized"`` (autocast in ``amp``, activation checkpointing, fused ops,
     norms in the autocast dtype; ``compile`` adds ``torch.compile``). ``lr`` overrides the
     published learning rate of an optimiser by its key in ``GANSystem.make_optimizers()``
-    (e.g. ``{"G": 1e-4}``).
+    (e.g. ``{"G": 1e-4}``); ``beta1`` likewise overrides Adam's first beta.
     """
 
     iterations: int = 80000
@@ -143,6 +143,9 @@ class TrainOptions:
     progress: bool = True
     out: str = "runs/run"
     lr: dict[str, float] = field(default_factory=dict)
+    #: Adam's beta1 per optimiser, like ``lr`` (e.g. ``{"G": 0.5}``); the model's own by default
+    #: (3D: 0, as published; 2D: 0.5). A stabiliser for short CPU runs (docs/learning.md).
+    beta1: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -258,6 +261,9 @@ def _validate(cfg: TrainConfig) -> None:
     for name, lr in cfg.train.lr.items():
         if lr <= 0:
             raise MedvolError(f"config key train.lr.{name}: must be positive, got {lr}")
+    for name, beta in cfg.train.beta1.items():
+        if not 0 <= beta < 1:
+            raise MedvolError(f"config key train.beta1.{name}: must be in [0, 1), got {beta}")
     if cfg.train.device not in ("auto", "cpu") and not cfg.train.device.startswith("cuda"):
         raise MedvolError(f"config key train.device: {cfg.train.device!r} is not auto, cpu or cuda[:N]")
 
@@ -319,7 +325,7 @@ def _apply_override(raw: dict, key: str, value: Any) -> None:
         here = ".".join(parts[: depth + 1])
         last = depth == len(parts) - 1
         if cls is dict:
-            # Inside a mapping field (train.lr): any name is a valid key, one level deep.
+            # Inside a mapping field (train.lr, train.beta1): any name is a valid key, one level deep.
             if not last:
                 raise MedvolError(f"unknown config key {key!r}")
             node[part] = value
