@@ -89,6 +89,9 @@ class ModelConfig:
     #: Paired image + mask generation (docs/models.md, docs/models2d.md): K > 0 adds one output
     #: (and discriminator input) channel per label-map class 1..K; 0 keeps the published networks.
     mask_channels: int = 0
+    #: Any model but stylegan2 (which has ema_kimg): half-life in iterations of G_ema, a moving
+    #: average of G's weights that generation samples from; 0: none, as published (docs/learning.md).
+    g_ema_half_life: float = 0.0
 
 
 @dataclass
@@ -163,7 +166,7 @@ _POSITIVE |= {"model.n_critic"}
 _NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
                  "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
 _NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
-_NON_NEGATIVE |= {"model.mask_channels"}
+_NON_NEGATIVE |= {"model.mask_channels", "model.g_ema_half_life"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

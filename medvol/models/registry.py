@@ -131,5 +131,11 @@ def build_from_config(model) -> GANSystem:
                 owners = " and ".join(n for n, t in MODEL_OPTIONS.items() if key in t)
                 raise MedvolError(f"model.{key}: only for {owners}, not {model.name}")
     options = {key: getattr(model, key) for key in own}
-    return build(model.name, model.size, base_width=model.base_width, latent_dim=model.latent_dim,
-                 num_classes=model.num_classes, mask_channels=model.mask_channels, **options)
+    system = build(model.name, model.size, base_width=model.base_width, latent_dim=model.latent_dim,
+                   num_classes=model.num_classes, mask_channels=model.mask_channels, **options)
+    if model.g_ema_half_life > 0:
+        try:
+            system.enable_g_ema(model.g_ema_half_life)
+        except MedvolError as error:
+            raise MedvolError(f"model.{error}") from None
+    return system

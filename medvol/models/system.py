@@ -8,6 +8,7 @@ published training step (:meth:`train_step`, written in :mod:`medvol.models.haga
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator
 
@@ -210,15 +211,53 @@ class GANSystem(nn.Module):
         if x.dim() != 5 or tuple(x.shape[1:]) != (c, s, s, s):
             raise MedvolError(f"volume: expected shape [B, {c}, {s}, {s}, {s}], got {list(x.shape)}")
 
+    # ------------------------------------------------------------------ G's moving average
+    #: Half-life in iterations of ``G_ema``, the exponential moving average of G's weights that
+    #: :meth:`generate` samples from; 0: no ``G_ema`` (the published procedure).
+    g_ema_half_life: float = 0.0
+
+    def enable_g_ema(self, half_life: float) -> "GANSystem":
+        """Keep ``G_ema``, a moving average of G's weights with the given half-life in iterations,
+        and sample from it (:meth:`generate`); G itself still trains as before.
+
+        Averaging the last few hundred generators smooths the oscillation of a short adversarial
+        run, where the last G is one point of a cycle (docs/learning.md). ``G_ema`` is a submodule
+        (checkpoints carry it) but no optimiser group. Call before the system is trained.
+        """
+        if half_life <= 0:
+            raise MedvolError(f"g_ema_half_life: must be positive, got {half_life}")
+        if "G_ema" in self._modules:
+            raise MedvolError(f"g_ema_half_life: {self.name} keeps its own G_ema (stylegan2: model.ema_kimg)")
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        self.g_ema_half_life = float(half_life)
+        return self
+
+    @torch.no_grad()
+    def update_g_ema(self) -> None:
+        """``G_ema <- G + beta (G_ema - G)``, beta = 0.5 ** (1 / half-life); buffers (GroupNorm has
+        none; BatchNorm statistics, spectral-norm vectors) are copied from G."""
+        beta = 0.5 ** (1.0 / self.g_ema_half_life)
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
     # ------------------------------------------------------------------ inference
     @contextlib.contextmanager
-    def _eval(self) -> Iterator[None]:
+    def _eval(self, sample: bool = False) -> Iterator[None]:
+        """Eval mode without grad; with ``sample`` and a ``G_ema`` (:meth:`enable_g_ema`), G_ema's
+        weights stand in G's place (generation, never the encoder paths)."""
         was_training = self.training
         self.eval()
+        swap = sample and self.g_ema_half_life > 0
+        if swap:
+            self._modules["G"], self._modules["G_ema"] = self._modules["G_ema"], self._modules["G"]
         try:
             with torch.no_grad():
                 yield
         finally:
+            if swap:
+                self._modules["G"], self._modules["G_ema"] = self._modules["G_ema"], self._modules["G"]
             self.train(was_training)
 
     def generate(
@@ -236,7 +275,7 @@ class GANSystem(nn.Module):
         if tile_depth is not None and tile_depth < 1:
             raise MedvolError(f"tile_depth: must be >= 1, got {tile_depth}")
         labels = self._check_labels(labels, z.shape[0])
-        with self._eval():
+        with self._eval(sample=True):
             emb = self.G.embed(z.to(self._device()), labels)
             return self._render(emb, tile_depth)
 

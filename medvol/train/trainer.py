@@ -362,6 +362,8 @@ class Trainer:
                                             amp_dtype=self.amp_dtype, scaler=self.scaler,
                                             generator=self.generator)
             self._stop_on_nonfinite(losses, monitor)
+            if self.system.g_ema_half_life > 0:
+                self.system.update_g_ema()
             t2 = time.perf_counter()
             self.iteration += 1
             wait += t1 - t0

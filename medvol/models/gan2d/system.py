@@ -136,7 +136,7 @@ class GANSystem2D(GANSystem):
         if masks is not None:
             raise MedvolError(f"masks: {self.name} is not mask-conditional (it generates its images "
                               "from noise alone)")
-        with self._eval():
+        with self._eval(sample=True):
             return self.G(z.to(self._device()))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
