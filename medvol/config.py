@@ -92,6 +92,9 @@ class ModelConfig:
     #: Any model but stylegan2 (which has ema_kimg): half-life in iterations of G_ema, a moving
     #: average of G's weights that generation samples from; 0: none, as published (docs/learning.md).
     g_ema_half_life: float = 0.0
+    #: crfgan, hagan: weight of the mode-seeking term in G's loss (Mao et al. 2019); 0: none, as
+    #: published (docs/learning.md).
+    mode_seeking: float = 0.0
 
 
 @dataclass
@@ -166,7 +169,7 @@ _POSITIVE |= {"model.n_critic"}
 _NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints",
                  "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
 _NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
-_NON_NEGATIVE |= {"model.mask_channels", "model.g_ema_half_life"}
+_NON_NEGATIVE |= {"model.mask_channels", "model.g_ema_half_life", "model.mode_seeking"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

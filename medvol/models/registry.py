@@ -133,6 +133,10 @@ def build_from_config(model) -> GANSystem:
     options = {key: getattr(model, key) for key in own}
     system = build(model.name, model.size, base_width=model.base_width, latent_dim=model.latent_dim,
                    num_classes=model.num_classes, mask_channels=model.mask_channels, **options)
+    if model.mode_seeking > 0:
+        if system.dims != 3:
+            raise MedvolError(f"model.mode_seeking: only for crfgan and hagan, not {model.name}")
+        system.mode_seeking = float(model.mode_seeking)
     if model.g_ema_half_life > 0:
         try:
             system.enable_g_ema(model.g_ema_half_life)

@@ -462,15 +462,46 @@ class GANSystem(nn.Module):
         state.keep["d_real"] = d_real.detach()
 
     def _generator_logit(self, z: torch.Tensor, state: "StepState") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The logit G is trained to push towards "real", and D's class logits of the fakes."""
-        return self.D(*self._fake_inputs(z, state.labels, state.start), state.position)
+        """The logit G is trained to push towards "real", and D's class logits of the fakes.
+
+        With :attr:`mode_seeking` the fake crop is kept in ``state.keep["g_fake"]`` for its term.
+        """
+        fake = self._fake_inputs(z, state.labels, state.start)
+        if self.mode_seeking > 0:
+            state.keep["g_fake"] = fake[0]
+        return self.D(*fake, state.position)
+
+    #: Weight of the mode-seeking term in G's loss (:meth:`mode_seeking_loss`); 0: none, as published.
+    mode_seeking: float = 0.0
+
+    @staticmethod
+    def mode_seeking_loss(z: torch.Tensor, fake: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+        """Mode seeking (Mao et al., CVPR 2019): ``1 / (ratio + eps)``, the ratio the mean absolute
+        difference of two samples over that of their latents, each sample paired with the next
+        (the batch rolled by one). G minimises it, so two latents may not give one image; without
+        it short runs of these models turn every latent into one chest (docs/learning.md).
+
+        Args:
+            z: ``[B, L]`` latents, B >= 2.
+            fake: ``[B, ...]`` what G made of them.
+        """
+        if z.shape[0] < 2:
+            raise MedvolError("mode_seeking: needs a batch of at least 2 (samples are compared in pairs)")
+        dx = (fake.float() - fake.float().roll(1, 0)).abs().flatten(1).mean(1)
+        dz = (z.float() - z.float().roll(1, 0)).abs().mean(1)
+        return 1.0 / ((dx / dz).mean() + eps)
 
     def _step_G(self, state: "StepState") -> None:
-        """G: BCE(logit, 1) on fresh fakes through the frozen D (+ the conditioning labels' CE)."""
+        """G: BCE(logit, 1) on fresh fakes through the frozen D (+ the conditioning labels' CE)
+        (+ :attr:`mode_seeking` times :meth:`mode_seeking_loss` of those fakes' crops)."""
         z = self.sample_latent(state.batch, state.generator, state.device)
         with state.autocast():
             logit, cls = self._generator_logit(z, state)
             loss = self._add_class_loss(self._bce(logit, 1.0), cls, state.labels, state.out, "G_cls")
+            if self.mode_seeking > 0:
+                ms = self.mode_seeking_loss(z, state.keep.pop("g_fake"))
+                state.out["G_ms"] = ms.detach()
+                loss = loss + self.mode_seeking * ms
         self._update("G", loss, state.optimizers, state.scaler)
         state.out["G"] = loss.detach()
 

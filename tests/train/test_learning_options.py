@@ -112,3 +112,44 @@ def test_g_ema_refused_where_the_model_has_its_own(tiny):
         _small("stylegan2", half_life=5.0)
     with pytest.raises(MedvolError, match=r"model\.g_ema_half_life"):
         load_config(None, ["--model.g_ema_half_life", "-1"])
+
+
+# ------------------------------------------------------------------ model.mode_seeking
+
+def test_mode_seeking_loss_closed_form():
+    from medvol.models.system import GANSystem
+
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    fake = torch.tensor([[0.0, 0.0], [2.0, 4.0]])
+    # Each sample differs from its neighbour by |dx| = 3 on average and |dz| = 1: ratio 3.
+    assert GANSystem.mode_seeking_loss(z, fake).item() == pytest.approx(1 / (3 + 1e-5))
+    z3, fake3 = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([[0.0], [1.0], [1.0]])
+    # Pairs (0, 2), (1, 0), (2, 1): ratios 1/3, 1, 0.
+    assert GANSystem.mode_seeking_loss(z3, fake3).item() == pytest.approx(1 / ((1 / 3 + 1 + 0) / 3 + 1e-5))
+    with pytest.raises(MedvolError, match="at least 2"):
+        GANSystem.mode_seeking_loss(z[:1], fake[:1])
+
+
+@pytest.mark.parametrize("name", ["crfgan", "hagan"])
+def test_mode_seeking_term_is_added_to_g_loss(name):
+    from medvol.config import ModelConfig
+    from medvol.models import build_from_config
+
+    def step(weight: float) -> dict:
+        torch.manual_seed(0)
+        system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8, mode_seeking=weight))
+        real = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+        return system.train_step(real, system.make_optimizers(), 0, generator=torch.Generator().manual_seed(5))
+
+    plain, seeking = step(0.0), step(7.0)
+    assert "G_ms" not in plain and seeking["G_ms"] > 0
+    torch.testing.assert_close(seeking["D"], plain["D"])  # D's step comes first and is untouched
+    torch.testing.assert_close(seeking["G"], plain["G"] + 7.0 * seeking["G_ms"])
+
+
+def test_mode_seeking_refused_for_2d_models():
+    with pytest.raises(MedvolError, match=r"model\.mode_seeking: only for crfgan and hagan"):
+        from medvol.config import ModelConfig
+        from medvol.models import build_from_config
+
+        build_from_config(ModelConfig(name="dcgan", size=32, base_width=4, latent_dim=8, mode_seeking=1.0))
