@@ -18,7 +18,8 @@ Steps (docs/learning.md):
    that resemble each other more than real ones do are collapsing; precision / recall / density /
    coverage (``medvol.eval.prdc``, k = 5) of the samples against the held-out set on pooled
    pixels (volumes average-pooled to 8^3, images to 16^2: phantoms are aligned, so pooled pixels
-   are a crude but weight-free feature); and memorisation: the mean distance of each sample to
+   are a crude but weight-free feature), beside the same for ``--n`` training items (the
+   ceiling a generator of the population would reach); and memorisation: the mean distance of each sample to
    its nearest training item beside that of each held-out item.
 5. ``OUT/montage.png``: central axial / coronal / sagittal slices of real volumes (left) beside
    samples (right), or a grid of real and generated images; ``OUT/losses.png``: the logged losses.
@@ -159,6 +160,8 @@ def scores(fake: np.ndarray, real: np.ndarray, train_set: np.ndarray) -> dict:
         "ssim_pairwise_fake": round(pairwise_ssim(fake), 4),
         "ssim_pairwise_real": round(pairwise_ssim(real), 4),
         "prdc_pooled": {k: round(float(v), 4) for k, v in quality.items() if k != "k"},
+        # The ceiling: training items scored against the held-out ones the same way.
+        "prdc_pooled_train_items": {k: round(float(v), 4) for k, v in prdc(r, t, k=5).items() if k != "k"},
         "nn_train_fake": round(float(nearest(f, t).mean()), 4),
         "nn_train_heldout": round(float(nearest(r, t).mean()), 4),
         "fake_mean": round(float(fake[:, 0].mean()), 4), "real_mean": round(float(real[:, 0].mean()), 4),
@@ -263,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.check_call(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
         numbers["evaluate"] = str(ev / "scores.json")
     numbers_path.write_text(json.dumps(numbers, indent=1))
-    keys = ("iteration", "ssim_pairwise_fake", "ssim_pairwise_real", "prdc_pooled", "nn_train_fake",
-            "nn_train_heldout")
+    keys = ("iteration", "ssim_pairwise_fake", "ssim_pairwise_real", "prdc_pooled", "prdc_pooled_train_items",
+            "nn_train_fake", "nn_train_heldout")
     print(json.dumps({k: numbers[k] for k in keys}))
     if numbers.get("training"):
         print(json.dumps(numbers["training"][-1]))
