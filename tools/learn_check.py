@@ -241,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     run, log_path = out / "run", out / "train.log"
     numbers_path = out / "numbers.json"
     numbers = json.loads(numbers_path.read_text()) if numbers_path.exists() else {}
-    numbers.update(config=args.config, overrides=overrides, cpu=os.cpu_count(),
-                   date=time.strftime("%Y-%m-%d %H:%M"))
+    numbers.update(cpu=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"))
     if not args.no_train:
+        numbers.update(config=args.config, overrides=overrides)
         numbers.setdefault("training", []).append(train(args.config, run, overrides, log_path))
     t0 = time.perf_counter()
     fake, cfg, iteration = generate(run, args.n, args.seed)
