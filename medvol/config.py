@@ -92,7 +92,7 @@ class ModelConfig:
     #: Any model but stylegan2 (which has ema_kimg): half-life in iterations of G_ema, a moving
     #: average of G's weights that generation samples from; 0: none, as published (docs/learning.md).
     g_ema_half_life: float = 0.0
-    #: crfgan, hagan: weight of the mode-seeking term in G's loss (Mao et al. 2019); 0: none, as
+    #: crfgan, hagan, dcgan, mlpgan: weight of the mode-seeking term in G's loss (Mao et al. 2019); 0: none, as
     #: published (docs/learning.md).
     mode_seeking: float = 0.0
 

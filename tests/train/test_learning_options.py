@@ -147,9 +147,25 @@ def test_mode_seeking_term_is_added_to_g_loss(name):
     torch.testing.assert_close(seeking["G"], plain["G"] + 7.0 * seeking["G_ms"])
 
 
-def test_mode_seeking_refused_for_2d_models():
-    with pytest.raises(MedvolError, match=r"model\.mode_seeking: only for crfgan and hagan"):
-        from medvol.config import ModelConfig
-        from medvol.models import build_from_config
+def test_mode_seeking_term_is_added_to_a_2d_g_loss():
+    from medvol.config import ModelConfig
+    from medvol.models import build_from_config
 
-        build_from_config(ModelConfig(name="dcgan", size=32, base_width=4, latent_dim=8, mode_seeking=1.0))
+    def step(weight: float) -> dict:
+        torch.manual_seed(0)
+        system = build_from_config(ModelConfig(name="dcgan", size=32, base_width=4, latent_dim=8, mode_seeking=weight))
+        real = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+        return system.train_step(real, system.make_optimizers(), 0, generator=torch.Generator().manual_seed(5))
+
+    plain, seeking = step(0.0), step(3.0)
+    assert "G_ms" not in plain and seeking["G_ms"] > 0
+    torch.testing.assert_close(seeking["D"], plain["D"])
+    torch.testing.assert_close(seeking["G"], plain["G"] + 3.0 * seeking["G_ms"])
+
+
+def test_mode_seeking_refused_where_the_g_step_is_the_model_own():
+    from medvol.config import ModelConfig
+    from medvol.models import build_from_config
+
+    with pytest.raises(MedvolError, match=r"model\.mode_seeking: only for crfgan, hagan, dcgan, mlpgan, not fastgan"):
+        build_from_config(ModelConfig(name="fastgan", size=32, base_width=4, latent_dim=8, mode_seeking=1.0))
