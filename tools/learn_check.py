@@ -3,6 +3,7 @@
     python tools/learn_check.py --config configs/learn/crfgan_32.yaml --out /tmp/lc/crf
     python tools/learn_check.py --config configs/learn/dcgan_64.yaml --out /tmp/lc/dc --train.iterations 500
     python tools/learn_check.py --config ... --out DIR --no-train      # score DIR/run as it is
+    python tools/learn_check.py --config configs/learn/crfgan_32.yaml --out DIR --cache /tmp/cache32_256
 
 Steps (docs/learning.md):
 
@@ -75,6 +76,26 @@ def train(config: str, run: Path, overrides: list[str], log_path: Path) -> dict:
     return {"wall_s": round(time.perf_counter() - t0, 1),
             "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
             "load1_before": load_before, "load1_after": load1(), "command": " ".join(cmd)}
+
+
+def phantom_cache(config: str, overrides: list[str], folder: Path) -> list[str]:
+    """Build (or reuse) a preprocessing cache of the config's phantoms at the model size in
+    ``folder``; returns the override that trains on it. On-the-fly 3D phantoms cost more CPU than
+    a narrow model's step (docs/learning.md), a cache only its first build."""
+    from medvol.config import load_config
+    from medvol.data.cache import build_cache
+    from medvol.data.phantom import write_phantoms
+    from medvol.data.preprocess import PreprocessParams
+
+    cfg = load_config(config, overrides)
+    if cfg.data.source != "phantom":
+        sys.exit(f"learn_check: --cache needs data.source phantom, the config has {cfg.data.source}")
+    if not (folder / "manifest.json").exists():
+        files = folder.with_name(folder.name + "_phantoms")
+        write_phantoms(cfg.data.phantom_n, cfg.model.size, files, seed=cfg.data.phantom_seed,
+                       nodules=cfg.data.phantom_nodules)
+        build_cache(files, folder, PreprocessParams(size=cfg.model.size))
+    return ["--data.source", str(folder)]
 
 
 def losses_from_log(log_path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -234,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="latent seed of the samples")
     parser.add_argument("--eval-seed", type=int, default=1000, help="phantom seed of the held-out real set")
     parser.add_argument("--no-train", action="store_true", help="score OUT/run as it is")
+    parser.add_argument("--cache", metavar="DIR", help="train on a preprocessing cache of the config's phantoms "
+                        "in DIR (built on first use; reused after)")
     parser.add_argument("--evaluate", metavar="DOMAIN_PT", help="3D: also run medvol evaluate with these domain features")
     args, overrides = parser.parse_known_args(argv)
     out = Path(args.out)
@@ -243,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     numbers = json.loads(numbers_path.read_text()) if numbers_path.exists() else {}
     numbers.update(cpu=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"))
     if not args.no_train:
+        if args.cache:
+            overrides = [*overrides, *phantom_cache(args.config, overrides, Path(args.cache).resolve())]
         numbers.update(config=args.config, overrides=overrides)
         numbers.setdefault("training", []).append(train(args.config, run, overrides, log_path))
     t0 = time.perf_counter()
