@@ -90,6 +90,12 @@ class ModelConfig:
     #: Paired image + mask generation (docs/models.md, docs/models2d.md): K > 0 adds one output
     #: (and discriminator input) channel per label-map class 1..K; 0 keeps the published networks.
     mask_channels: int = 0
+    #: Any model but stylegan2 (which has ema_kimg): half-life in iterations of G_ema, a moving
+    #: average of G's weights that generation samples from; 0: none, as published (docs/learning.md).
+    g_ema_half_life: float = 0.0
+    #: crfgan, hagan, dcgan, mlpgan: weight of the mode-seeking term in G's loss (Mao et al. 2019); 0: none, as
+    #: published (docs/learning.md).
+    mode_seeking: float = 0.0
 
 
 @dataclass
@@ -131,7 +137,7 @@ class TrainOptions:
     config.yaml records what it became. ``threads``: torch CPU threads, 0 for medvol's default
     (``medvol.utils.default_threads``); config.yaml records the count used. ``lr`` overrides the
     published learning rate of an optimiser by its key in ``GANSystem.make_optimizers()``
-    (e.g. ``{"G": 1e-4}``).
+    (e.g. ``{"G": 1e-4}``); ``beta1`` likewise overrides Adam's first beta.
     """
 
     iterations: int = 80000
@@ -148,6 +154,9 @@ class TrainOptions:
     progress: bool = True
     out: str = "runs/run"
     lr: dict[str, float] = field(default_factory=dict)
+    #: Adam's beta1 per optimiser, like ``lr`` (e.g. ``{"G": 0.5}``); the model's own by default
+    #: (3D: 0, as published; 2D: 0.5). A stabiliser for short CPU runs (docs/learning.md).
+    beta1: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,7 +174,7 @@ _POSITIVE |= {"model.n_critic"}
 _NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints", "train.threads",
                  "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
 _NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
-_NON_NEGATIVE |= {"model.mask_channels"}
+_NON_NEGATIVE |= {"model.mask_channels", "model.g_ema_half_life", "model.mode_seeking"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -271,6 +280,9 @@ def _validate(cfg: TrainConfig) -> None:
     for name, lr in cfg.train.lr.items():
         if lr <= 0:
             raise MedvolError(f"config key train.lr.{name}: must be positive, got {lr}")
+    for name, beta in cfg.train.beta1.items():
+        if not 0 <= beta < 1:
+            raise MedvolError(f"config key train.beta1.{name}: must be in [0, 1), got {beta}")
     if cfg.train.device not in ("auto", "cpu") and not cfg.train.device.startswith("cuda"):
         raise MedvolError(f"config key train.device: {cfg.train.device!r} is not auto, cpu or cuda[:N]")
 
@@ -332,7 +344,7 @@ def _apply_override(raw: dict, key: str, value: Any) -> None:
         here = ".".join(parts[: depth + 1])
         last = depth == len(parts) - 1
         if cls is dict:
-            # Inside a mapping field (train.lr): any name is a valid key, one level deep.
+            # Inside a mapping field (train.lr, train.beta1): any name is a valid key, one level deep.
             if not last:
                 raise MedvolError(f"unknown config key {key!r}")
             node[part] = value

@@ -162,7 +162,10 @@ class CRFGAN(GANSystem):
         weight = crf_weight(state.iteration)
         state.out["crf_weight"] = torch.tensor(weight)
         emb = self.G.embed(z, state.labels)
-        d_gen, cls_gen = self.D(self.G.render(self._crop_emb(emb, state.start)), state.position)
+        fake = self.G.render(self._crop_emb(emb, state.start))
+        if self.mode_seeking > 0:
+            state.keep["g_fake"] = fake
+        d_gen, cls_gen = self.D(fake, state.position)
         adversarial = d_gen
         if weight > 0:
             adversarial = weight * self.crf(emb, d_gen) + (1.0 - weight) * d_gen.float()

@@ -115,6 +115,10 @@ MODEL_OPTIONS: dict[str, dict[str, object]] = {
     "pix2pix": PIX2PIX_OPTIONS,
 }
 
+#: The models whose G step adds the mode-seeking term (GANSystem's and GANSystem2D's own G step).
+MODE_SEEKING = ("crfgan", "hagan", "dcgan", "mlpgan")
+
+
 def build_from_config(model) -> GANSystem:
     """``build`` with a :class:`medvol.config.ModelConfig`.
 
@@ -131,5 +135,15 @@ def build_from_config(model) -> GANSystem:
                 owners = " and ".join(n for n, t in MODEL_OPTIONS.items() if key in t)
                 raise MedvolError(f"model.{key}: only for {owners}, not {model.name}")
     options = {key: getattr(model, key) for key in own}
-    return build(model.name, model.size, base_width=model.base_width, latent_dim=model.latent_dim,
-                 num_classes=model.num_classes, mask_channels=model.mask_channels, **options)
+    system = build(model.name, model.size, base_width=model.base_width, latent_dim=model.latent_dim,
+                   num_classes=model.num_classes, mask_channels=model.mask_channels, **options)
+    if model.mode_seeking > 0:
+        if model.name not in MODE_SEEKING:
+            raise MedvolError(f"model.mode_seeking: only for {', '.join(MODE_SEEKING)}, not {model.name}")
+        system.mode_seeking = float(model.mode_seeking)
+    if model.g_ema_half_life > 0:
+        try:
+            system.enable_g_ema(model.g_ema_half_life)
+        except MedvolError as error:
+            raise MedvolError(f"model.{error}") from None
+    return system

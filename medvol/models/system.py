@@ -8,6 +8,7 @@ published training step (:meth:`train_step`, written in :mod:`medvol.models.haga
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator
 
@@ -210,15 +211,53 @@ class GANSystem(nn.Module):
         if x.dim() != 5 or tuple(x.shape[1:]) != (c, s, s, s):
             raise MedvolError(f"volume: expected shape [B, {c}, {s}, {s}, {s}], got {list(x.shape)}")
 
+    # ------------------------------------------------------------------ G's moving average
+    #: Half-life in iterations of ``G_ema``, the exponential moving average of G's weights that
+    #: :meth:`generate` samples from; 0: no ``G_ema`` (the published procedure).
+    g_ema_half_life: float = 0.0
+
+    def enable_g_ema(self, half_life: float) -> "GANSystem":
+        """Keep ``G_ema``, a moving average of G's weights with the given half-life in iterations,
+        and sample from it (:meth:`generate`); G itself still trains as before.
+
+        Averaging the last few hundred generators smooths the oscillation of a short adversarial
+        run, where the last G is one point of a cycle (docs/learning.md). ``G_ema`` is a submodule
+        (checkpoints carry it) but no optimiser group. Call before the system is trained.
+        """
+        if half_life <= 0:
+            raise MedvolError(f"g_ema_half_life: must be positive, got {half_life}")
+        if "G_ema" in self._modules:
+            raise MedvolError(f"g_ema_half_life: {self.name} keeps its own G_ema (stylegan2: model.ema_kimg)")
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        self.g_ema_half_life = float(half_life)
+        return self
+
+    @torch.no_grad()
+    def update_g_ema(self) -> None:
+        """``G_ema <- G + beta (G_ema - G)``, beta = 0.5 ** (1 / half-life); buffers (GroupNorm has
+        none; BatchNorm statistics, spectral-norm vectors) are copied from G."""
+        beta = 0.5 ** (1.0 / self.g_ema_half_life)
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
     # ------------------------------------------------------------------ inference
     @contextlib.contextmanager
-    def _eval(self) -> Iterator[None]:
+    def _eval(self, sample: bool = False) -> Iterator[None]:
+        """Eval mode without grad; with ``sample`` and a ``G_ema`` (:meth:`enable_g_ema`), G_ema's
+        weights stand in G's place (generation, never the encoder paths)."""
         was_training = self.training
         self.eval()
+        swap = sample and self.g_ema_half_life > 0
+        if swap:
+            self._modules["G"], self._modules["G_ema"] = self._modules["G_ema"], self._modules["G"]
         try:
             with torch.no_grad():
                 yield
         finally:
+            if swap:
+                self._modules["G"], self._modules["G_ema"] = self._modules["G_ema"], self._modules["G"]
             self.train(was_training)
 
     def generate(
@@ -236,7 +275,7 @@ class GANSystem(nn.Module):
         if tile_depth is not None and tile_depth < 1:
             raise MedvolError(f"tile_depth: must be >= 1, got {tile_depth}")
         labels = self._check_labels(labels, z.shape[0])
-        with self._eval():
+        with self._eval(sample=True):
             emb = self.G.embed(z.to(self._device()), labels)
             return self._render(emb, tile_depth)
 
@@ -423,15 +462,46 @@ class GANSystem(nn.Module):
         state.keep["d_real"] = d_real.detach()
 
     def _generator_logit(self, z: torch.Tensor, state: "StepState") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The logit G is trained to push towards "real", and D's class logits of the fakes."""
-        return self.D(*self._fake_inputs(z, state.labels, state.start), state.position)
+        """The logit G is trained to push towards "real", and D's class logits of the fakes.
+
+        With :attr:`mode_seeking` the fake crop is kept in ``state.keep["g_fake"]`` for its term.
+        """
+        fake = self._fake_inputs(z, state.labels, state.start)
+        if self.mode_seeking > 0:
+            state.keep["g_fake"] = fake[0]
+        return self.D(*fake, state.position)
+
+    #: Weight of the mode-seeking term in G's loss (:meth:`mode_seeking_loss`); 0: none, as published.
+    mode_seeking: float = 0.0
+
+    @staticmethod
+    def mode_seeking_loss(z: torch.Tensor, fake: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+        """Mode seeking (Mao et al., CVPR 2019): ``1 / (ratio + eps)``, the ratio the mean absolute
+        difference of two samples over that of their latents, each sample paired with the next
+        (the batch rolled by one). G minimises it, so two latents may not give one image; without
+        it short runs of these models turn every latent into one chest (docs/learning.md).
+
+        Args:
+            z: ``[B, L]`` latents, B >= 2.
+            fake: ``[B, ...]`` what G made of them.
+        """
+        if z.shape[0] < 2:
+            raise MedvolError("mode_seeking: needs a batch of at least 2 (samples are compared in pairs)")
+        dx = (fake.float() - fake.float().roll(1, 0)).abs().flatten(1).mean(1)
+        dz = (z.float() - z.float().roll(1, 0)).abs().mean(1)
+        return 1.0 / ((dx / dz).mean() + eps)
 
     def _step_G(self, state: "StepState") -> None:
-        """G: BCE(logit, 1) on fresh fakes through the frozen D (+ the conditioning labels' CE)."""
+        """G: BCE(logit, 1) on fresh fakes through the frozen D (+ the conditioning labels' CE)
+        (+ :attr:`mode_seeking` times :meth:`mode_seeking_loss` of those fakes' crops)."""
         z = self.sample_latent(state.batch, state.generator, state.device)
         with state.autocast():
             logit, cls = self._generator_logit(z, state)
             loss = self._add_class_loss(self._bce(logit, 1.0), cls, state.labels, state.out, "G_cls")
+            if self.mode_seeking > 0:
+                ms = self.mode_seeking_loss(z, state.keep.pop("g_fake"))
+                state.out["G_ms"] = ms.detach()
+                loss = loss + self.mode_seeking * ms
         self._update("G", loss, state.optimizers, state.scaler)
         state.out["G"] = loss.detach()
 

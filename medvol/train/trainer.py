@@ -86,6 +86,19 @@ def apply_lr_overrides(optimizers: dict[str, torch.optim.Optimizer], lr: dict[st
             group["lr"] = value
 
 
+def apply_beta1_overrides(optimizers: dict[str, torch.optim.Optimizer], beta1: dict[str, float]) -> None:
+    """Set Adam's first beta ``beta1[name]`` on every param group of optimiser ``name``."""
+    for name, value in beta1.items():
+        if name not in optimizers:
+            raise MedvolError(f"config key train.beta1.{name}: no such optimiser "
+                              f"(this model has {', '.join(sorted(optimizers))})")
+        for group in optimizers[name].param_groups:
+            if "betas" not in group:
+                raise MedvolError(f"config key train.beta1.{name}: optimiser {name} "
+                                  f"({type(optimizers[name]).__name__}) has no betas")
+            group["betas"] = (value, group["betas"][1])
+
+
 def resolve_resume(resume: str | None, run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint to start from, loaded and verified, or ``None`` for a fresh start.
 
@@ -362,6 +375,7 @@ class Trainer:
         if info.enabled and path is None:
             broadcast_module(self.system)
         apply_lr_overrides(self.optimizers, cfg.train.lr)
+        apply_beta1_overrides(self.optimizers, cfg.train.beta1)
         if cfg.train.compile and cfg.train.mode == "optimized":
             # In place: the modules keep their names, so checkpoints stay interchangeable. D stays
             # eager: its spectral norm updates its power-iteration buffers in place on each of the
@@ -427,6 +441,8 @@ class Trainer:
                                             amp_dtype=self.amp_dtype, scaler=self.scaler,
                                             generator=self.generator)
             self._stop_on_nonfinite(losses, monitor)
+            if self.system.g_ema_half_life > 0:
+                self.system.update_g_ema()
             t2 = time.perf_counter()
             self.iteration += 1
             wait += t1 - t0

@@ -64,7 +64,7 @@ class ConditionalGANSystem2D(GANSystem2D, metaclass=abc.ABCMeta):
             raise MedvolError(f"z: expected shape [B, {self.latent_dim}], got {list(z.shape)}")
         device = self._device()
         masks = self._check_masks(masks, z.shape[0]).to(device)
-        with self._eval():
+        with self._eval(sample=True):
             image = self._render(z.to(device), masks)
             return torch.cat([image, masks.to(image.dtype)], dim=1)
 

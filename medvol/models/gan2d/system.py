@@ -136,7 +136,7 @@ class GANSystem2D(GANSystem):
         if masks is not None:
             raise MedvolError(f"masks: {self.name} is not mask-conditional (it generates its images "
                               "from noise alone)")
-        with self._eval():
+        with self._eval(sample=True):
             return self.G(z.to(self._device()))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,11 +202,17 @@ class GANSystem2D(GANSystem):
         return out
 
     def _step_G(self, state: StepState) -> None:
-        """G: the loss's G term on fresh fakes through the frozen D (+ fm_weight * feature matching)."""
+        """G: the loss's G term on fresh fakes through the frozen D (+ fm_weight * feature matching)
+        (+ :attr:`mode_seeking` times :meth:`mode_seeking_loss` of the fakes)."""
         z = self.sample_latent(state.batch, state.generator, state.device)
         with state.autocast():
-            logit, features = self.D(self._augment(self.G(z), state))
+            fake = self.G(z)
+            logit, features = self.D(self._augment(fake, state))
             loss = generator_loss(self.loss, logit)
+            if self.mode_seeking > 0:
+                ms = self.mode_seeking_loss(z, fake)
+                state.out["G_ms"] = ms.detach()
+                loss = loss + self.mode_seeking * ms
             if self.fm_weight > 0:
                 with torch.no_grad():
                     _, real_features = self.D(self._augment(state.real, state))
