@@ -44,7 +44,7 @@ def register(subparsers) -> None:
                         help="2D image folders: the plane of the real slices (a checkpoint's own "
                              "plane is used for its runs)")
     parser.add_argument("--size", type=int, help="volume size for raw volumes, phantoms and checks "
-                                              "(default: a cache's size, else a checkpoint's)")
+                                              "(default: the size of a cache given as --real or --fake)")
     parser.add_argument("--modality", choices=["ct", "mr"],
                         help="raw volumes: ct or mr (default: as the cache on the other side, else ct)")
     parser.add_argument("--window", help="raw CT volumes: HU window MIN,MAX (default: as the cache on the "

@@ -659,7 +659,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
     records ``real.set_sha256`` (the sorted per-volume checksums), which :func:`compare` matches.
 
     What is not given is inferred and said (a log line each, and in scores.json): ``size`` (and,
-    for raw volumes, ``modality`` and ``window``) from a cache on either side, else a checkpoint;
+    for raw volumes, ``modality`` and ``window``) from a cache on either side;
     ``split`` of a real cache by :func:`choose_split` (``real.split_chosen``); the memorisation
     references by :func:`memorization_sets` (``memorization.train`` / ``.heldout``); prdc's ``k``
     shrinks to what the sets allow (``prdc_k`` per extractor, with a warning).
@@ -736,11 +736,10 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                    "preprocessing": "given"}, fr, ff)]
     else:
         # What the command line leaves out is read from the data: a cache's manifest gives the
-        # size and preparation of raw volumes, a checkpoint its size; the real split is chosen.
+        # size and preparation of raw volumes; the real split is chosen.
         like = cache_params(real) or cache_params(fake)
-        if size is None:
-            size = like[1].size if like is not None else (
-                int(loaded[0].size) if loaded is not None else None)
+        if size is None and like is not None:
+            size = like[1].size
         split_reason = f"--split {split}"
         if split is None:
             split, split_reason = ("val", "") if not is_cache(real) else choose_split(
