@@ -764,11 +764,6 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             src_train, heldout, line = memorization_sets(real, train, src_real, opts)
             train = src_train.spec
             notes.append(line)
-        said = memo.setdefault("_said", set())  # a run's checkpoints say it once
-        for line in notes:
-            if line not in said:
-                log.info("%s", line)
-                said.add(line)
         extractors = [get_extractor(spec, device=device, seed=seed, slices_per_volume=slices_per_volume,
                                     batch=batch) for spec in features]
         if not extractors:
@@ -777,6 +772,11 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             if ext.dims != 3:
                 raise MedvolError(f"--features {spec}: scores 2D images, not volumes (use "
                                   "inception2.5d for the slices of volumes)")
+        said = memo.setdefault("_said", set())  # said once all refusals are past; once per run
+        for line in notes:
+            if line not in said:
+                log.info("%s", line)
+                said.add(line)
         sums_r = Checksums(src_real)
         keep_r, keep_f = Keep(sums_r, diversity_n), Keep(src_fake, diversity_n)
         pairs = []

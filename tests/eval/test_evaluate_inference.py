@@ -264,3 +264,21 @@ def test_what_cannot_be_inferred_is_one_line_before_the_work(tmp_path, newcomer,
     code, _, err = run_eval(capsys, "--real", newcomer["cache"], "--fake", fake, "--k", 0, *common, "--out", one)
     assert code == 2 and "--k 0" in one_line(err)
     assert not one.exists()
+
+
+def test_the_command_says_its_choices_on_stderr(tmp_path, newcomer, domain):
+    """The CLI as a user runs it (a fresh process): each inference is one `medvol evaluate:` line."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "medvol.cli", "evaluate", "--real", str(newcomer["cache"]),
+                           "--fake", str(newcomer["fake"]), "--out", str(tmp_path / "o"), "--features",
+                           f"domain:{domain}", "--metrics", "fid,prdc,memorization", "--bootstrap", "0"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("medvol evaluate: ")]
+    assert any(line.startswith("medvol evaluate: real set: ") and "the whole cache (20 volumes)" in line
+               for line in lines), done.stderr
+    assert any(line.startswith("medvol evaluate: memorisation: training reference ") for line in lines)
