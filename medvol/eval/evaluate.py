@@ -64,6 +64,8 @@ class Source:
         self.kind, self._names = self._resolve(spec, modality, window)
 
     def _resolve(self, spec: str, modality: str, window):
+        if self.size is None and self.like is not None and not is_cache(spec):
+            self.size = self.like[1].size  # a cache's own size is checked against --size only
         if spec == "phantom" or spec.startswith("phantom:"):
             if self.size is None:
                 raise MedvolError(f"--{self.role} {spec}: give --size for phantom volumes")
@@ -738,8 +740,6 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         # What the command line leaves out is read from the data: a cache's manifest gives the
         # size and preparation of raw volumes; the real split is chosen.
         like = cache_params(real) or cache_params(fake)
-        if size is None and like is not None:
-            size = like[1].size
         split_reason = f"--split {split}"
         if split is None:
             split, split_reason = ("val", "") if not is_cache(real) else choose_split(
