@@ -39,8 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--is-splits", type=int, default=10, dest="is_splits",
                         help="is: the parts the samples are cut into; the score is their mean, "
                              "with their std (default 10)")
-    parser.add_argument("--train", help="training set for memorization (default: the train split of "
-                                        "--real when it is a cache)")
+    parser.add_argument("--train", help="training set for memorization: a cache (its train split) or volumes "
+                                        "(default: the train split of --real when it is a cache)")
     parser.add_argument("--diversity-n", type=int, default=16, dest="diversity_n",
                         help="msssim: volumes per set kept for pairwise MS-SSIM (default 16)")
     parser.add_argument("--n", type=int, help="volumes per set (default: all; 16 generated); 2D: "
@@ -48,13 +48,18 @@ def register(subparsers) -> None:
     parser.add_argument("--plane", default="axial", choices=["axial", "coronal", "sagittal"],
                         help="2D image folders: the plane of the real slices (a checkpoint's own "
                              "plane is used for its runs)")
-    parser.add_argument("--size", type=int, help="volume size for raw volumes, phantoms and checks")
-    parser.add_argument("--modality", default="ct", choices=["ct", "mr"], help="raw volumes: ct or mr")
-    parser.add_argument("--window", help="raw CT volumes: HU window MIN,MAX")
-    parser.add_argument("--split", default="val", choices=["train", "val", "all"],
-                        help="cache split (default val)")
+    parser.add_argument("--size", type=int, help="volume size for raw volumes, phantoms and checks "
+                                              "(default: the size of a cache given as --real or --fake)")
+    parser.add_argument("--modality", choices=["ct", "mr"],
+                        help="raw volumes: ct or mr (default: as the cache on the other side, else ct)")
+    parser.add_argument("--window", help="raw CT volumes: HU window MIN,MAX (default: as the cache on the "
+                                         "other side, else -1024,600)")
+    parser.add_argument("--split", choices=["train", "val", "all"],
+                        help="split of a --real cache (default: val when it holds enough volumes for "
+                             "--metrics, else the whole cache; said on stderr and in scores.json)")
     parser.add_argument("--seed", type=int, default=0, help="generation, bootstrap and KID seed")
-    parser.add_argument("--k", type=int, default=5, help="nearest neighbours of PRDC (default 5)")
+    parser.add_argument("--k", type=int, default=5, help="nearest neighbours of PRDC (default 5; fewer, "
+                                                          "with a warning, where a set is smaller than k + 1)")
     parser.add_argument("--bootstrap", type=int, default=50,
                         help="bootstrap rounds over volumes (0: none; default 50)")
     parser.add_argument("--slices-per-volume", type=int, default=16, dest="slices_per_volume",
@@ -89,6 +94,7 @@ def run(args) -> int:
         raise MedvolError("give exactly one of --fake and --run")
     set_threads(args.threads)  # scores.json records the count ("threads")
     logging.basicConfig(level=logging.WARNING, format="medvol evaluate: %(message)s")  # warning lines
+    logging.getLogger("medvol.evaluate").setLevel(logging.INFO)  # and what was inferred (split, references)
     options = dict(
         features=[s for s in args.features.split(",") if s] if args.features else None,
         metrics=[m for m in args.metrics.split(",") if m],

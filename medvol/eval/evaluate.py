@@ -2,9 +2,11 @@
 
 Sources (``--real`` / ``--fake``):
 
-- a preprocessing cache (a folder with ``manifest.json``; ``--split`` picks train / val / all);
+- a preprocessing cache (a folder with ``manifest.json``; ``--split`` picks train / val / all, and
+  without it :func:`choose_split` picks val when it holds enough volumes, else the whole cache);
 - a volume file, a folder or glob of volumes in any format medvol reads, prepared like
-  ``medvol preprocess`` (``--size``, ``--modality``, ``--window``);
+  ``medvol preprocess``: with the other side's cache parameters when that side is a cache
+  (``--size``, ``--modality``, ``--window`` override them), else with those options;
 - a checkpoint or run folder (``--fake`` only): volumes generated on the fly, seeded, one at a time;
   a 2D model's checkpoint, or a folder of 2D images, is scored as images
   (:mod:`medvol.eval.images2d`);
@@ -16,6 +18,7 @@ Volumes are streamed through the extractors one at a time; only features are kep
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import itertools
@@ -46,9 +49,10 @@ log = logging.getLogger("medvol.evaluate")
 class Source:
     """Where volumes come from: yields ``(name, float32 (S, S, S) in [-1, 1])`` one at a time."""
 
-    def __init__(self, spec: str, role: str, *, size: int | None, modality: str, window,
-                 split: str, n: int | None, seed: int, device: str, loaded=None):
+    def __init__(self, spec: str, role: str, *, size: int | None, modality: str | None, window,
+                 split: str, n: int | None, seed: int, device: str, loaded=None, like=None):
         self.spec = spec
+        self.like = like  # (cache folder, PreprocessParams) that raw volumes are prepared with
         self._loaded = loaded  # (system, cfg, state) of a checkpoint already read by the caller
         self.role = role
         self.size = size
@@ -61,6 +65,8 @@ class Source:
         self.kind, self._names = self._resolve(spec, modality, window)
 
     def _resolve(self, spec: str, modality: str, window):
+        if self.size is None and self.like is not None and not is_cache(spec):
+            self.size = self.like[1].size  # a cache's own size is checked against --size only
         if spec == "phantom" or spec.startswith("phantom:"):
             if self.size is None:
                 raise MedvolError(f"--{self.role} {spec}: give --size for phantom volumes")
@@ -89,6 +95,8 @@ class Source:
             names = self._cache.names[: self.n] if self.n else self._cache.names
             marked = set(self._cache.synthetic)
             self.synthetic = [name for name in names if name in marked]
+            splits = {entry["name"]: entry["split"] for entry in self._cache.entries}
+            self.splits = [splits[name] for name in names]  # each volume's split in the cache
             self.info.update(kind="cache", split=self.split, size=self.size,
                              preprocessing=self._cache.manifest["params"])
             return "cache", names
@@ -98,15 +106,20 @@ class Source:
         from medvol.data.preprocess import PreprocessParams
 
         if self.size is None:
-            raise MedvolError(f"--{self.role} {spec}: give --size to prepare raw volumes")
-        kwargs = {"size": self.size, "modality": modality}
-        if window is not None:
-            kwargs["window"] = window
-        self._params = PreprocessParams(**kwargs)
+            raise MedvolError(f"--{self.role} {spec}: give --size to prepare raw volumes (or a cache "
+                              "as the other set, whose size is used)")
+        given = {"size": self.size, "modality": modality, "window": window}
+        given = {key: value for key, value in given.items() if value is not None}
+        if self.like is not None:
+            self._params = dataclasses.replace(self.like[1], **given)
+        else:
+            self._params = PreprocessParams(**{"modality": "ct", **given})
         self._files = discover(spec)
         if self.n:
             self._files = self._files[: self.n]
         self.info.update(kind="volumes", size=self.size, preprocessing=self._params.to_dict())
+        if self.like is not None:
+            self.info["prepared_like"] = str(self.like[0])
         from medvol.data.io import volume_stem
 
         if self.role == "real":
@@ -335,6 +348,125 @@ def planned_outputs(metrics: Sequence[str]) -> list[str]:
     return names
 
 
+def is_cache(spec: str | None) -> bool:
+    """Whether ``spec`` names a preprocessing cache (a folder with ``manifest.json``)."""
+    return spec is not None and Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file()
+
+
+def cache_params(spec: str):
+    """``(folder, PreprocessParams)`` of the cache ``spec``, or None when ``spec`` is no cache.
+
+    Its manifest records how its volumes were prepared: raw volumes scored against them are
+    prepared the same way, so that ``--size`` (and the window) need not be typed twice."""
+    if not is_cache(spec):
+        return None
+    from medvol.data.cache import load_manifest
+    from medvol.data.preprocess import PreprocessParams
+
+    return Path(spec), PreprocessParams.from_dict(load_manifest(Path(spec))["params"])
+
+
+def needed_volumes(metrics: Sequence[str], k: int, n: int | None) -> tuple[int, str]:
+    """The fewest real volumes the requested scores need without shrinking anything, and why.
+
+    prdc counts ``k`` neighbours besides a volume itself; ``--n`` asks for that many; every
+    distribution score needs two."""
+    need, why = 2, "a distribution score"
+    if "prdc" in metrics and k + 1 > need:
+        need, why = k + 1, f"prdc with k = {k}"
+    if n is not None and n > need:
+        need, why = n, f"--n {n}"
+    return need, why
+
+
+def choose_split(cache: str, metrics: Sequence[str], *, k: int, n: int | None,
+                 allow_synthetic_real: bool) -> tuple[str, str]:
+    """The split of the real cache when ``--split`` is not given, and the reason, in words.
+
+    The val split (never trained on) when it holds what :func:`needed_volumes` asks, else the
+    whole cache: a small cache's default 90/10 split leaves too few val volumes to score against.
+    The whole cache holds the training volumes, so its scores flatter a model that copies them;
+    memorisation (the check for that) still takes the val split as its held-out reference. A
+    cache whose train split holds volumes marked synthetic stays on val (unless
+    ``allow_synthetic_real``): scoring against generated volumes would hide what is measured."""
+    from medvol.data.cache import load_manifest
+
+    entries = load_manifest(Path(cache))["volumes"]
+    n_val = sum(entry.get("split") == "val" for entry in entries)
+    need, why = needed_volumes([m for m in metrics if m in FEATURE_METRICS], k, n)
+    if n_val >= need:
+        return "val", f"its val split holds {n_val} volumes, enough for {why}"
+    marked = sum(bool(entry.get("synthetic")) for entry in entries)
+    if n_val and marked and not allow_synthetic_real:
+        return "val", (f"its val split holds {n_val} volume(s), fewer than {why} needs, but the whole cache "
+                       f"holds {marked} marked synthetic (see --allow-synthetic-real)")
+    return "all", (f"its val split holds {n_val} volume(s), fewer than the {need} that {why} needs, so the "
+                   "whole cache is scored (training volumes included; --split val insists on val)")
+
+
+def enough_volumes(metrics: Sequence[str], real: Source, fake: Source) -> None:
+    """Refuse, before any feature is computed, a set too small for every distribution score.
+
+    Raises:
+        MedvolError: one line naming the set, its count and what to add.
+    """
+    scores = [m for m in metrics if m in FEATURE_METRICS]
+    for src in (real, fake):
+        if scores and len(src) < 2:
+            hint = (" or pass --split all" if src.kind == "cache" and src.split != "all"
+                    else f" or leave {', '.join(scores)} out of --metrics")
+            raise MedvolError(f"--{src.role} {src.spec}: holds {len(src)} volume, but {scores[0]} needs at least "
+                              f"2 per set: add volumes{hint}")
+
+
+def memorization_sets(real: str, train: str | None, src_real: Source, opts: dict) -> tuple[Source, dict, str]:
+    """The training reference and the held-out real volumes of the memorisation check.
+
+    The training reference is ``--train`` (a cache gives its train split, what ``medvol train``
+    learns from), else the real cache's train split. The held-out reference must be volumes the
+    model never saw: the real volumes of the cache's val split when the training reference is
+    that cache (whatever split the scores use), else the whole real set.
+
+    Returns:
+        ``(training source, held-out record with its "indices" into the real set, one line saying both)``.
+
+    Raises:
+        MedvolError: no training set is known, or no real volume is held out (one line: what to give).
+    """
+    if train is None:
+        if src_real.kind != "cache":
+            raise MedvolError("memorization needs the training set the model learnt from: give --train "
+                              "(its cache, volume folder or glob)")
+        train = real
+    train_split = "train" if is_cache(train) else "all"
+    src_train = Source(train, "train", **dict(opts, split=train_split, n=None))
+    names = src_real.names
+    if src_real.kind == "cache" and train_split == "train" and Path(train).resolve() == Path(real).resolve():
+        indices = [i for i, split in enumerate(src_real.splits) if split == "val"]
+        record = {"source": real, "split": "val",
+                  "chosen": "the real volumes in the cache's val split (the training reference is its train split)"}
+        what = f"{real}'s val split"
+    else:
+        indices = list(range(len(names)))
+        record = {"source": real, "split": getattr(src_real, "split", None) if src_real.kind == "cache" else None,
+                  "chosen": "the whole real set (the training reference is another set)"}
+        what = f"the real set {real}"
+    if not indices:
+        if src_real.split == "train":
+            raise MedvolError(f"memorization: with --split train no real volume is held out from the training "
+                              f"reference ({real}'s train split): drop --split, or give --train")
+        raise MedvolError(f"memorization: {real} has no val volumes to hold out from its train split: give "
+                          "--train (the training volumes) and, as --real, volumes the model never saw")
+    if len(src_train) < 2:
+        raise MedvolError(f"memorization: the training reference {train} holds {len(src_train)} volume; "
+                          "need at least 2")
+    record.update(n_volumes=len(indices), names=[names[i] for i in indices], indices=indices)
+    kind = f"{train_split} split of the cache" if train_split == "train" else "all of it"
+    line = (f"memorisation: training reference {train} ({kind}, {len(src_train)} volumes); held-out "
+            f"reference {what} ({len(indices)} volumes)")
+    return src_train, record, line
+
+
 def volume_vectors(fs: FeatureSet) -> np.ndarray:
     """One vector per volume: the mean of its rows in every view, views concatenated."""
     parts = []
@@ -410,6 +542,17 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
     views = list(real.features)
     if list(fake.features) != views:
         raise MedvolError(f"real and fake features have different views: {views} vs {list(fake.features)}")
+    caught: list[str] = []
+    prdc_k = None
+    if "prdc" in metrics:
+        # A small set cannot give k neighbours to each sample: k shrinks to what N allows, said.
+        n_real = min(len(real.features[v]) for v in views)
+        n_fake = min(len(fake.features[v]) for v in views)
+        prdc_k = M.prdc_neighbours(k, n_real, n_fake)
+        if prdc_k < k:
+            text = (f"prdc: k = {k} needs {k + 1} samples per set, but the real set gives {n_real} and the "
+                    f"fake set {n_fake}; scored with k = {prdc_k} (recorded as prdc_k)")
+            caught.append(text)
 
     def scalar_scores(r: dict, f: dict) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -421,7 +564,7 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
                 elif m == "mmd":
                     out[f"{v}/mmd"] = M.mmd(a, b)["mmd2"]
                 elif m == "prdc":
-                    for key, val in M.prdc(a, b, k=k).items():
+                    for key, val in M.prdc(a, b, k=prdc_k).items():
                         if key != "k":
                             out[f"{v}/{key}"] = val
         if len(views) > 1:
@@ -432,7 +575,6 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
 
     r_all = {v: real.features[v] for v in views}
     f_all = {v: fake.features[v] for v in views}
-    caught: list[str] = []
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always", M.SmallSampleWarning)
         values = scalar_scores(r_all, f_all)
@@ -467,7 +609,10 @@ def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k
                                   "subsets": got["subsets"], "subset_size": got["subset_size"]}
         if len(views) > 1:
             result["mean/kid"] = {"value": float(np.mean([result[f"{v}/kid"]["value"] for v in views]))}
-    return {"scores": result, "warnings": caught}
+    scored = {"scores": result, "warnings": caught}
+    if prdc_k is not None:
+        scored["prdc_k"] = prdc_k
+    return scored
 
 
 # ----------------------------------------------------------------------------------- command
@@ -482,7 +627,9 @@ def set_count(side: dict) -> str:
 
 def _markdown(report: dict) -> str:
     lines = [f"# medvol evaluate — {report['date']}", "",
-             f"- real: `{report['real']['source']}` ({set_count(report['real'])})",
+             f"- real: `{report['real']['source']}` ({set_count(report['real'])}"
+             + (f"; split {report['real']['split']}: {report['real']['split_chosen']}"
+                if "split_chosen" in report["real"] else "") + ")",
              f"- fake: `{report['fake']['source']}` ({set_count(report['fake'])})",
              f"- seed {report['seed']}, bootstrap {report['bootstrap']} rounds over "
              f"{'images' if report.get('dims') == 2 else 'volumes'}, "
@@ -498,6 +645,8 @@ def _markdown(report: dict) -> str:
                   f"weights: `{info['weights']}` (sha256 `{info['weights_sha256']}`)  ",
                   f"preprocessing: {info['preprocessing']}", "",
                   "| score | value | 95% interval | interval |", "|---|---|---|---|"]
+        if "prdc_k" in ext:
+            lines[-2:-2] = [f"prdc: k = {ext['prdc_k']} nearest neighbours", ""]
         for name, s in ext["scores"].items():
             ci = (f"{s['ci_low']:.4g} .. {s['ci_high']:.4g}" if "ci_low" in s
                   else (f"± {s['std']:.3g} (std over {s.get('spread', 'subsets')})" if "std" in s else ""))
@@ -528,6 +677,9 @@ def _markdown(report: dict) -> str:
                   f"(closer to a training volume than {m['copy_threshold']:.4g}, half the 1% quantile "
                   f"of held-out distances); median distance to the nearest training volume: fake "
                   f"{m['median_distance_fake']:.4g}, held-out real {m['median_distance_heldout']:.4g}. "
+                  f"Training reference `{m['train']['source']}` ({m['train']['n_volumes']} volumes"
+                  + (f", {m['train']['split']} split" if m["train"].get("split") else "") + "); held-out: "
+                  f"{m['heldout']['chosen']} ({m['heldout']['n_volumes']} volumes). "
                   "Per sample: memorization.json.", ""]
     return "\n".join(lines) + "\n"
 
@@ -544,7 +696,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
              metrics: Sequence[str] = METRICS, n: int | None = None, size: int | None = None,
-             modality: str = "ct", window=None, split: str = "val", seed: int = 0, k: int = 5,
+             modality: str | None = None, window=None, split: str | None = None, seed: int = 0, k: int = 5,
              n_boot: int = 50, slices_per_volume: int = 16, batch: int = 16, device: str = "cpu",
              overwrite: bool = False, progress=None, command: str | None = None,
              train: str | None = None, diversity_n: int = 16, memo: dict | None = None,
@@ -564,6 +716,12 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
     A real set holding volumes marked synthetic is refused unless ``allow_synthetic_real`` (then
     recorded); ``--n`` larger than a set is a warning, an error with ``strict``. scores.json
     records ``real.set_sha256`` (the sorted per-volume checksums), which :func:`compare` matches.
+
+    What is not given is inferred and said (a log line each, and in scores.json): ``size`` (and,
+    for raw volumes, ``modality`` and ``window``) from a cache on either side;
+    ``split`` of a real cache by :func:`choose_split` (``real.split_chosen``); the memorisation
+    references by :func:`memorization_sets` (``memorization.train`` / ``.heldout``); prdc's ``k``
+    shrinks to what the sets allow (``prdc_k`` per extractor, with a warning).
     """
     memo = {} if memo is None else memo
     unknown = [m for m in metrics if m not in METRICS]
@@ -577,6 +735,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         raise MedvolError(f"--n {n}: need at least 2 volumes per set")
     if not isinstance(is_splits, int) or is_splits < 1:
         raise MedvolError(f"--is-splits {is_splits}: must be a positive integer")
+    if "prdc" in metrics and k < 1:
+        raise MedvolError(f"--k {k}: prdc needs at least 1 neighbour")
     from medvol.outputs import check_output
     from medvol.train.distributed import pick_device
 
@@ -617,7 +777,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
             pairs = images2d.image_pairs(
                 report, real, fake, loaded=loaded if is_2d else None, files=files,
                 features=features or ["inception"], metrics=metrics, n=n, size=size,
-                modality=modality, window=window, plane=plane, split=split, seed=seed, batch=batch,
+                modality=modality or "ct", window=window, plane=plane, split=split or "val", seed=seed, batch=batch,
                 device=device, progress=progress, memo=memo, allow_synthetic_real=allow_synthetic_real,
                 strict=strict)
             return _finish(report, pairs, metrics, claim, k=k, n_boot=n_boot, seed=seed, progress=progress,
@@ -639,8 +799,15 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                    "dim": fr.features["features"].shape[1], "views": ["features"],
                    "preprocessing": "given"}, fr, ff)]
     else:
+        # What the command line leaves out is read from the data: a cache's manifest gives the
+        # size and preparation of raw volumes; the real split is chosen.
+        like = cache_params(real) or cache_params(fake)
+        split_reason = f"--split {split}"
+        if split is None:
+            split, split_reason = ("val", "") if not is_cache(real) else choose_split(
+                real, metrics, k=k, n=n, allow_synthetic_real=allow_synthetic_real)
         opts = dict(size=size, modality=modality, window=window, split=split, n=n, seed=seed,
-                    device=device)
+                    device=device, like=like)
         src_real = Source(real, "real", **opts)
         src_fake = Source(fake, "fake", loaded=loaded, **opts)
         if src_real.size != src_fake.size:
@@ -648,19 +815,17 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                               "give --size to prepare both alike")
         synthetic_real(src_real.info, src_real.synthetic, len(src_real), allow_synthetic_real, real)
         check_counts(report, n, len(src_real), len(src_fake), "volumes", strict)
-        src_train = None
+        enough_volumes(metrics, src_real, src_fake)
+        notes = []
+        if src_real.kind == "cache":
+            src_real.info["split_chosen"] = split_reason
+            notes.append(f"real set: {real}, {'the whole cache' if split == 'all' else f'its {split} split'} "
+                         f"({len(src_real)} volumes): {split_reason}")
+        src_train, heldout = None, None
         if "memorization" in metrics:
-            if train is None and src_real.kind == "cache" and split != "train":
-                train = str(Path(real))
-                train_split = "train"
-            else:
-                train_split = "all"
-            if train is None:
-                raise MedvolError("memorization needs the training set: give --train (a cache's "
-                                  "train split is used when --real is that cache's val split)")
-            if split == "train" and src_real.kind == "cache":
-                raise MedvolError("memorization compares with held-out real volumes: use --split val")
-            src_train = Source(train, "train", **dict(opts, split=train_split, n=None))
+            src_train, heldout, line = memorization_sets(real, train, src_real, opts)
+            train = src_train.spec
+            notes.append(line)
         if "factors" in metrics:  # phantom ground truth (medvol.eval.factors); no extractor needed
             from medvol.eval.factors import check_phantom_source, score_sources
 
@@ -675,6 +840,11 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 raise MedvolError(f"--features {spec}: scores 2D images, not volumes (use "
                                   "inception2.5d for the slices of volumes)")
         check_logits(features, extractors, metrics)
+        said = memo.setdefault("_said", set())  # said once all refusals are past; once per run
+        for line in notes:
+            if line not in said:
+                log.info("%s", line)
+                said.add(line)
         sums_r = Checksums(src_real)
         keep_r, keep_f = Keep(sums_r, diversity_n), Keep(src_fake, diversity_n)
         pairs = []
@@ -714,7 +884,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 memo[key] = run(ext, src_train)
             ft = memo[key]
             mem = M.memorization(volume_vectors(ft), volume_vectors(pairs[0][2]),
-                                 volume_vectors(pairs[0][1]))
+                                 volume_vectors(pairs[0][1])[heldout["indices"]])
             records = [{"file": report["fake"]["names"][i],
                         "nearest_train": ft.names[int(mem["nearest_train"][i])],
                         "distance": float(mem["distance"][i]),
@@ -724,6 +894,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                        for i in range(len(mem["distance"]))]
             report["memorization"] = {
                 "extractor": ext.info()["extractor"], "train": dict(src_train.info, n_volumes=len(ft.names)),
+                "heldout": {key: value for key, value in heldout.items() if key != "indices"},
                 "features": "per-volume mean of the extractor's rows, views concatenated",
                 **{key: mem[key] for key in ("authenticity", "copy_fraction", "copy_threshold",
                                              "median_distance_fake", "median_distance_heldout")},

@@ -243,6 +243,23 @@ def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
     return np.partition(d, k - 1, axis=1)[:, k - 1]
 
 
+def prdc_neighbours(k: int, n_real: int, n_fake: int) -> int:
+    """The ``k`` of :func:`prdc` that ``n_real`` and ``n_fake`` samples allow: ``k``, or fewer.
+
+    Every sample's k-NN ball needs ``k`` other samples of its own set, so ``k`` is at most
+    ``min(n_real, n_fake) - 1``; below 1 no ball exists.
+
+    Raises:
+        MedvolError: ``k`` below 1, or a set of fewer than 2 samples.
+    """
+    if k < 1:
+        raise MedvolError(f"prdc: k must be at least 1 (--k), got {k}")
+    usable = min(k, n_real - 1, n_fake - 1)
+    if usable < 1:
+        raise MedvolError(f"prdc needs at least 2 real and 2 generated samples, got {n_real} and {n_fake}")
+    return usable
+
+
 def prdc(real, fake, k: int = 5) -> dict:
     """Precision, recall, density and coverage (Naeem et al. 2020) with k nearest neighbours.
 
