@@ -111,3 +111,38 @@ def test_vgg_row_needs_weights_before_anything_trains(tmp_path, vgg_file):
     base["model"].update(vgg_weights=str(tmp_path / "nowhere.pt"), vgg_sha256=vgg_file[1])
     with pytest.raises(MedvolError, match="does not exist"):
         Grid(SWEEPS / "empirical_study.yaml", base)
+
+
+def _run(i, loss, score, status="evaluated", **values):
+    return {"id": f"run_{i:03d}", "status": status, "values": {"model.loss": loss, **values},
+            "score": {"name": "image/fid", "value": score, "direction": "lower"}}
+
+
+def test_fig4_series_takes_d_filters_from_the_draw_then_the_base():
+    from medvol.sweep.report import d_filters_series
+
+    state = {"runs": [_run(0, "bce", 50.0, **{"model.d_base_width": 64, "model.g_base_width": 16}),
+                      _run(1, "bce", 40.0, **{"model.d_base_width": 16, "model.g_base_width": 64}),
+                      _run(2, "wgan", 30.0, **{"model.base_width": 32}),
+                      _run(3, "wgan", 20.0),                       # neither drawn: the base's 128
+                      _run(4, "hinge", 10.0, status="failed", **{"model.d_base_width": 16})]}
+    series = d_filters_series(state, {"base_width": 8, "d_base_width": 128}, "all")
+    assert series == {"bce": [(16, 40.0), (64, 50.0)], "wgan": [(32, 30.0), (128, 20.0)]}
+    # The base's tied width when it sets no d_base_width; one filter count: no figure.
+    assert d_filters_series({"runs": state["runs"][3:4]}, {"base_width": 8}, "all") == {}
+
+
+def test_fig4_figure_is_in_the_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    from medvol.sweep.report import d_filters_plot, markdown, summarize
+
+    runs = [_run(i, loss, 10.0 + i, **{"model.d_base_width": w})
+            for i, (loss, w) in enumerate([("bce", 16), ("bce", 128), ("lsgan", 32), ("lsgan", 64)])]
+    state = {"runs": runs, "config": "c.yaml", "grid": "g.yaml"}
+    from medvol.sweep.report import d_filters_series
+
+    series = d_filters_series(state, {"base_width": 64}, "all")
+    assert d_filters_plot(tmp_path / "d_filters.png", series, "image/fid", "lower")
+    assert (tmp_path / "d_filters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = markdown(state, summarize(state, "all"), ["model.loss", "model.d_base_width"], "fid", False, (), True)
+    assert "## image/fid against D's filters (the study's Fig. 4)" in text and "(d_filters.png)" in text

@@ -178,6 +178,7 @@ def test_sweep_end_to_end_with_one_failing_run(swept):
     assert "![image/fid against model.loss](params/model.loss.png)" in report
     assert (swept / "params" / "model.loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (swept / "params" / "model.label_smoothing.png").exists()
+    assert not (swept / "d_filters.png").exists() and "D's filters" not in report  # one filter count
 
 
 def test_second_invocation_does_not_retrain(files, swept, capsys):
