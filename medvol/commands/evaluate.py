@@ -33,7 +33,8 @@ def register(subparsers) -> None:
                              "train`), inception[:PATH] (2D images), or a registered extractor "
                              "(default inception2.5d for volumes, inception for 2D images)")
     parser.add_argument("--metrics", default="fid,kid,mmd,prdc",
-                        help="comma list of fid,kid,mmd,prdc,msssim,memorization (default: the first four)")
+                        help="comma list of fid,kid,mmd,prdc,msssim,memorization,umap (default: the first four; "
+                             "umap: features_umap.png beside features_pca.png, needs umap-learn)")
     parser.add_argument("--train", help="training set for memorization (default: the train split of "
                                         "--real when it is a cache)")
     parser.add_argument("--diversity-n", type=int, default=16, dest="diversity_n",
