@@ -201,3 +201,18 @@ def test_study_options_from_the_config_fail_in_one_line(tmp_path, capsys, overri
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and key in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_bad_vgg_file_stops_training_before_the_run_folder(tmp_path, capsys):
+    from medvol import cli
+
+    path, sha, _ = _tiny_vgg_file(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {name: dcgan, size: 32, base_width: 4, latent_dim: 8, vgg_weight: 1.0}\n"
+                      "data: {phantom_n: 1, workers: 0}\ntrain: {device: cpu, progress: false, iterations: 1}\n",
+                      encoding="utf-8")
+    code = cli.main(["train", "--config", str(config), "--train.out", str(tmp_path / "r"),
+                     "--model.vgg_weights", str(path), "--model.vgg_sha256", "0" * 64])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not match" in err and err.count("\n") == 0, err
+    assert not (tmp_path / "r").exists()

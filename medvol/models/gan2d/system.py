@@ -211,6 +211,11 @@ class GANSystem2D(GANSystem):
         out.update(D=loss.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
         return out
 
+    def prepare_training(self) -> None:
+        """Load the VGG of the perceptual term (file and sha256 checked) when it is used."""
+        if self.vgg_weight > 0:
+            self._vgg(torch.device("cpu"))
+
     def _vgg(self, device: torch.device) -> nn.Module:
         """The perceptual network, loaded once (kept out of the module tree: frozen, not checkpointed)."""
         from medvol.models.gan2d.vgg import load_vgg
