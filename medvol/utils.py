@@ -188,6 +188,7 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "PIL": ("matplotlib", "plot"),  # Pillow comes with matplotlib
     "optuna": ("optuna", "sweep"), "sqlalchemy": ("SQLAlchemy", "sweep"), "psycopg": ("psycopg", "sweep"),
     "optuna_dashboard": ("optuna-dashboard", "dashboard"),
+    "umap": ("umap-learn", "umap"),
 }
 
 

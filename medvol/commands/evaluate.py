@@ -33,9 +33,10 @@ def register(subparsers) -> None:
                              "train`), inception[:PATH] (2D images), or a registered extractor "
                              "(default inception2.5d for volumes, inception for 2D images)")
     parser.add_argument("--metrics", default="fid,kid,mmd,prdc",
-                        help="comma list of fid,kid,mmd,prdc,msssim,memorization,factors,is (default: the first "
-                             "four; factors: phantom ground truth, phantom data only; is needs --features "
-                             "inception-logits[2.5d]:PATH)")
+                        help="comma list of fid,kid,mmd,prdc,msssim,memorization,factors,is,umap (default: the "
+                             "first four; factors: phantom ground truth, phantom data only; is needs --features "
+                             "inception-logits[2.5d]:PATH; umap: features_umap.png beside features_pca.png, "
+                             "needs umap-learn)")
     parser.add_argument("--is-splits", type=int, default=10, dest="is_splits",
                         help="is: the parts the samples are cut into; the score is their mean, "
                              "with their std (default 10)")

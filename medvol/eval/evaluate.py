@@ -37,8 +37,11 @@ from medvol.eval import metrics as M
 from medvol.eval.features import FeatureSet, file_hash, get_extractor
 from medvol.utils import torch_threads
 
-METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization", "factors", "is")
+METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization", "factors", "is", "umap")
 FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
+#: Figures of the feature space asked for like metrics: ``umap`` draws features_umap.png beside
+#: the PCA figure (opt-in: umap-learn's first fit in a process compiles for ~20 s).
+FIGURE_METRICS = ("umap",)
 
 log = logging.getLogger("medvol.evaluate")
 
@@ -345,6 +348,8 @@ def planned_outputs(metrics: Sequence[str]) -> list[str]:
     names = ["scores.json", "scores.md", "features_pca.png"]
     if "memorization" in metrics:
         names += ["memorization.json", "memorization_montage.png"]
+    if "umap" in metrics:
+        names.append("features_umap.png")
     return names
 
 
@@ -639,6 +644,7 @@ def _markdown(report: dict) -> str:
         lines += [f"The real set holds {marked['count']} item(s) marked synthetic, scored as real "
                   f"({marked['allowed_by']}).", ""]
     lines += [f"warning: {w}" for w in report.get("warnings", [])] + ([""] if report.get("warnings") else [])
+    lines += [f"note: {w}" for w in report.get("notes", [])] + ([""] if report.get("notes") else [])
     for ext in report["extractors"]:
         info = ext["info"]
         lines += [f"## {info['extractor']}", "",
@@ -784,9 +790,10 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                            is_splits=is_splits)
     features = list(features or ["inception2.5d"])
     if all(npy):
-        if set(metrics) - set(FEATURE_METRICS):
-            raise MedvolError(f"--metrics {sorted(set(metrics) - set(FEATURE_METRICS))[0]}: needs volumes or "
-                              "images (is: their class logits), not precomputed features")
+        other = [m for m in metrics if m not in FEATURE_METRICS]
+        if other:
+            raise MedvolError(f"--metrics {other[0]}: needs volumes or images (is: their class logits), "
+                              "not precomputed features")
         fr, ff = precomputed(real, "real"), precomputed(fake, "fake")
         if fr.features["features"].shape[1] != ff.features["features"].shape[1]:
             raise MedvolError("--real and --fake feature files have different dimensions")
@@ -944,6 +951,13 @@ def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k
         png = plot(*args) if args is not None else None
         if png is not None:
             contents[name] = png
+    if "umap" in metrics and scatter is not None:
+        png, note = _plot_umap(*scatter, seed=seed)
+        if png is not None:
+            contents["features_umap.png"] = png
+        else:
+            log.warning("note: %s", note)
+            report.setdefault("notes", []).append(note)
     report["figures"] = [name for name in contents if name.endswith(".png")]
     text = _markdown(report)
     if "factors" in report:
@@ -1018,6 +1032,44 @@ def _plot_scatter(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str 
     png = _png(fig)
     plt.close(fig)
     return png
+
+
+def umap_2d(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets embedded together in 2D by UMAP (umap-learn; imported here, an optional extra):
+    Euclidean, ``min(15, N - 1)`` neighbours, seeded (which also makes it single-threaded)."""
+    import umap
+
+    z = np.concatenate([a, b]).astype(np.float64)
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(z) - 1), random_state=seed, n_jobs=1,
+                        init="random")
+    e = reducer.fit_transform(z)
+    return e[:len(a)], e[len(a):]
+
+
+def _plot_umap(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str = "volume", *,
+               seed: int = 0) -> tuple[bytes | None, str]:
+    """The UMAP figure as PNG bytes, or None and the one-line reason it was skipped."""
+    import importlib.util
+
+    if importlib.util.find_spec("umap") is None:
+        return None, "features_umap.png skipped: umap-learn is not installed (pip install 'medvol[umap]')"
+    if len(real) + len(fake) < 4:
+        return None, f"features_umap.png skipped: UMAP needs at least 4 points, got {len(real) + len(fake)}"
+    plt = _pyplot()
+    if plt is None:
+        return None, "features_umap.png skipped: matplotlib is not installed (pip install 'medvol[eval]')"
+    er, ef = umap_2d(real, fake, seed)
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    ax.scatter(er[:, 0], er[:, 1], s=14, label=f"real ({len(real)})", alpha=0.8)
+    ax.scatter(ef[:, 0], ef[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ax.set_title(f"{extractor} features (UMAP, seed {seed}), one point per {unit}")
+    ax.legend()
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return png, ""
 
 
 def _plot_montage(pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bytes | None:

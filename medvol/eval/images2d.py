@@ -286,14 +286,14 @@ def image_pairs(report: dict, real: str, fake: str, *, loaded, files, features, 
         :func:`medvol.eval.evaluate._finish` to score.
     """
     from medvol.data.preprocess import PreprocessParams
-    from medvol.eval.evaluate import (FEATURE_METRICS, Checksums, check_counts, check_logits, marked_synthetic,
-                                      synthetic_real, volume_vectors)
+    from medvol.eval.evaluate import (FEATURE_METRICS, FIGURE_METRICS, Checksums, check_counts, check_logits,
+                                      marked_synthetic, synthetic_real, volume_vectors)
     from medvol.eval.features import get_extractor
 
-    other = [m for m in metrics if m not in FEATURE_METRICS + ("is",)]
+    other = [m for m in metrics if m not in FEATURE_METRICS + FIGURE_METRICS + ("is",)]
     if other:
         raise MedvolError(f"--metrics {other[0]}: not available for 2D images; choose from "
-                          f"{', '.join(FEATURE_METRICS + ('is',))}")
+                          f"{', '.join(FEATURE_METRICS + FIGURE_METRICS + ('is',))}")
     if n is not None and n < 2:
         raise MedvolError(f"--n {n}: need at least 2 images per set")
     if modality == "ct" and window is None:

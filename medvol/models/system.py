@@ -122,6 +122,10 @@ class GANSystem(nn.Module):
             for k, m in self.groups().items()
         }
 
+    def prepare_training(self) -> None:
+        """Load and check what only training reads (a loss's weights file), so that a bad file is
+        named before the trainer writes anything; generation never calls it. Nothing here."""
+
     def set_mode(self, mode: str, channels_last: bool = False) -> "GANSystem":
         """Switch execution mode; weights are untouched (only, with ``channels_last``, their layout).
 

@@ -129,13 +129,33 @@ class Grid:
             config_from_dict(base, override_args(self.fixed), source=f"grid file {path} (fixed)")
         except MedvolError as error:
             raise MedvolError(f"grid file {path}: fixed: {error}") from None
+        self._vgg_checked = False
         for keys, values in self.space:
             for key in keys:
                 for value in values:
                     try:
-                        config_from_dict(base, override_args({**self.fixed, key: value}))
+                        cfg = config_from_dict(base, override_args({**self.fixed, key: value}))
                     except MedvolError as error:
                         raise MedvolError(f"grid file {path}: {key} = {value!r}: {error}") from None
+                    if key == "model.vgg_weight" and value > 0 and not self._vgg_checked:
+                        self._check_vgg(cfg.model, f"grid file {path}: {key} = {value!r}")
+
+    def _check_vgg(self, model, where: str) -> None:
+        """A VGG weight > 0 trains only with the VGG weights file: refuse the grid at load, not
+        every run that draws it (the file's sha256 is checked once, here)."""
+        from medvol.eval.features import check_sha256
+
+        if not (model.vgg_weights and model.vgg_sha256):
+            raise MedvolError(f"{where} needs model.vgg_weights (a local torchvision VGG16/19 state_dict "
+                              "file) and model.vgg_sha256 in the config or in 'fixed'")
+        weights = Path(model.vgg_weights).expanduser()
+        if not weights.is_file():
+            raise MedvolError(f"{where}: model.vgg_weights {weights} does not exist")
+        try:
+            check_sha256(weights, model.vgg_sha256, "VGG")
+        except MedvolError as error:
+            raise MedvolError(f"{where}: {error}") from None
+        self._vgg_checked = True
 
     @property
     def size(self) -> int:

@@ -1,5 +1,5 @@
 """A sweep's outputs, written from its study: ``sweep.json``, ``sweep.csv``, ``report.md``,
-``boxplot.png`` and ``params/<grid key>.png``.
+``boxplot.png``, ``d_filters.png`` and ``params/<grid key>.png``.
 
 :func:`study_state` turns the study (the record) into one entry per run: its latest trial's state
 and results, and every trial number it took (a run retried after its worker died has several).
@@ -7,7 +7,8 @@ Runs are grouped by the loss (``model.loss`` when the grid varies it; otherwise 
 config's loss, or one group ``all``): the best run of each group, the spread of the selected
 score within it (min, quartiles, max over its evaluated runs), a box plot of the selected
 score per group with every run drawn as a point — the empirical study's central figure — and, per
-grid key, the score of every run against that key's value (its Fig. 4: FID against D's filters).
+grid key, the score of every run against that key's value; and the study's Fig. 4, the score
+against D's filters with one series per loss (:func:`d_filters_series`).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def better(score: str) -> str:
 
 
 def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bool,
-             param_figures: list[tuple[str, str]] = ()) -> str:
+             param_figures: list[tuple[str, str]] = (), d_filters: bool = False) -> str:
     runs = state["runs"]
     counts = {s: sum(r["status"] == s for r in runs) for s in dict.fromkeys(r["status"] for r in runs)}
     first = next((r for r in runs if r.get("score")), None)
@@ -176,6 +177,9 @@ def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bo
                                                                           ("min", "q1", "median", "q3", "max")) + " |")
     if figure:
         lines += ["", f"![{name} per loss](boxplot.png)"]
+    if d_filters:
+        lines += ["", f"## {name} against D's filters (the study's Fig. 4)", "",
+                  f"![{name} against D's filters](d_filters.png)"]
     if param_figures:
         lines += ["", f"## {name} against each grid key", ""]
         lines += [f"![{name} against {key}]({rel})" for key, rel in param_figures]
@@ -217,6 +221,58 @@ def boxplot(path: Path, groups: dict, name: str, direction: str) -> bool:
     return ok
 
 
+#: Where a run's D filters come from, first found: its own draw of D's filters, of the tied base
+#: width, then the base config's (medvol.models.gan2d.dcgan: d_base_width None means base_width).
+D_FILTER_KEYS = ("model.d_base_width", "model.base_width")
+
+
+def d_filters_series(state: dict, base_model: dict, default_group: str) -> dict[str, list[tuple[int, float]]]:
+    """The points of the study's Fig. 4: per loss, ``(D's filters, score)`` of every evaluated run,
+    sorted by filters. Empty when fewer than two filter counts occur (no figure to draw)."""
+    fixed = base_model.get("d_base_width") or base_model.get("base_width")
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in state["runs"]:
+        if r.get("status") != "evaluated":
+            continue
+        filters = next((r["values"][k] for k in D_FILTER_KEYS if r["values"].get(k) is not None), fixed)
+        if filters is None:
+            continue
+        series.setdefault(group_of(r, default_group), []).append((int(filters), float(r["score"]["value"])))
+    if len({f for points in series.values() for f, _ in points}) < 2:
+        return {}
+    return {g: sorted(points) for g, points in series.items()}
+
+
+def d_filters_plot(path: Path, series: dict[str, list[tuple[int, float]]], name: str, direction: str) -> bool:
+    """Fig. 4: the score against D's filters (log2 axis), each run a point, each loss's median per
+    filter count joined by a line; False without matplotlib or without points."""
+    from medvol.eval.evaluate import _pyplot, _save
+
+    plt = _pyplot()
+    if plt is None or not series:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
+    rng = np.random.default_rng(0)  # jitter of the points only, a fraction of a doubling
+    ticks = sorted({f for points in series.values() for f, _ in points})
+    for g, points in series.items():
+        f = np.array([p[0] for p in points], dtype=float)
+        y = np.array([p[1] for p in points], dtype=float)
+        dots = ax.scatter(f * 2 ** rng.uniform(-0.08, 0.08, len(f)), y, s=14, alpha=0.6, zorder=3)
+        levels = sorted(set(f))
+        ax.plot(levels, [np.median(y[f == v]) for v in levels], color=dots.get_facecolor()[0], alpha=1.0,
+                label=f"{g} (n={len(y)})", zorder=4)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("filters of D (model.d_base_width)")
+    ax.set_ylabel(f"{name} ({direction} is better)")
+    ax.set_title(f"{name} against D's filters (line: median per loss)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    ok = _save(fig, path)
+    plt.close(fig)
+    return ok
+
+
 def param_file(key: str) -> str:
     """The figure name of a grid entry: ``"train.lr.G,train.lr.D"`` -> ``"train.lr.G_train.lr.D.png"``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._") + ".png"
@@ -252,19 +308,24 @@ def param_plot(path: Path, key: str, choices: list, runs: list[dict], name: str,
 
 
 def write_report(out: Path, state: dict, grid, select: str) -> None:
-    """Write ``sweep.json``, ``sweep.csv``, ``report.md``, ``boxplot.png`` and one figure per grid
-    key under ``params/`` (the figures when matplotlib is installed)."""
+    """Write ``sweep.json``, ``sweep.csv``, ``report.md``, ``boxplot.png``, ``d_filters.png`` (when
+    runs differ in D's filters) and one figure per grid key under ``params/`` (the figures when
+    matplotlib is installed)."""
     from medvol.eval.evaluate import _write_text
     from medvol.outputs import safe_name
 
     keys = list(grid.keys)
-    groups = summarize(state, _default_group(out))
+    default_group = _default_group(out)
+    groups = summarize(state, default_group)
     _write_text(out / "sweep.json", json.dumps(state, indent=2, default=str) + "\n")
     _write_text(out / "sweep.csv", csv_text(state, keys))
     first = next((r for r in state["runs"] if r.get("score")), None)
     name = first["score"]["name"] if first else select
     direction = first["score"]["direction"] if first else better(select)
     figure = boxplot(out / "boxplot.png", groups, name, direction)
+    base_model = read_yaml(out / "base.yaml", "config file").get("model") or {}
+    d_filters = d_filters_plot(out / "d_filters.png", d_filters_series(state, base_model, default_group),
+                               name, direction)
     params = []
     for entry, choices in grid.space:
         key = ",".join(entry)
@@ -274,4 +335,4 @@ def write_report(out: Path, state: dict, grid, select: str) -> None:
         path = safe_name(out / "params", param_file(key), "grid key figure")
         if param_plot(path, key, choices, state["runs"], name, direction):
             params.append((key, f"params/{path.name}"))
-    _write_text(out / "report.md", markdown(state, groups, keys, select, figure, params))
+    _write_text(out / "report.md", markdown(state, groups, keys, select, figure, params, d_filters))

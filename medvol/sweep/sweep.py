@@ -8,7 +8,7 @@ The sweep folder ``DIR``::
     DIR/base.yaml         the base config as given (each run = base + fixed + drawn overrides)
     DIR/grid.yaml         the grid as given
     DIR/runs/<id>/        a ``medvol train`` run folder, with train.log and eval/ (scores.json)
-    DIR/sweep.json, sweep.csv, report.md, boxplot.png, params/   (:mod:`medvol.sweep.report`)
+    DIR/sweep.json, sweep.csv, report.md, boxplot.png, d_filters.png, params/   (:mod:`medvol.sweep.report`)
 
 The study (Optuna's storage) is the record. Run ``i`` of the draw is enqueued once as a trial
 with fixed parameters (user attributes ``run``, ``run_id``, ``values``); a worker pops waiting
@@ -48,7 +48,7 @@ SAMPLERS = ("random", "grid")
 PRUNERS = ("none", "median", "halving")
 #: What a sweep folder may hold besides temporaries: the sweep's own files.
 OWN = {STUDY_FILE, "base.yaml", "grid.yaml", "runs", "params", "sweep.json", "sweep.csv", "report.md",
-       "boxplot.png", DB_NAME, f"{DB_NAME}.plan.lock", f"{DB_NAME}-journal", f"{DB_NAME}-wal", f"{DB_NAME}-shm"}
+       "boxplot.png", "d_filters.png", DB_NAME, f"{DB_NAME}.plan.lock", f"{DB_NAME}-journal", f"{DB_NAME}-wal", f"{DB_NAME}-shm"}
 
 
 def _terminate(signum, frame) -> None:

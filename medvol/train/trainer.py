@@ -61,11 +61,12 @@ def seed_everything(seed: int) -> None:
 
 
 def build_system(cfg: TrainConfig):
-    """``medvol.models.build`` with the config's model options."""
+    """``medvol.models.build`` with the config's model options, ready to train."""
     from medvol.models import build_from_config
 
-    m = cfg.model
-    return build_from_config(m)
+    system = build_from_config(cfg.model)
+    system.prepare_training()  # a loss's weights file is checked before the run folder exists
+    return system
 
 
 def amp_settings(cfg: TrainConfig) -> tuple[torch.dtype | None, bool]:

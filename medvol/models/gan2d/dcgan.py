@@ -16,7 +16,8 @@ DCGAN_OPTIONS: dict[str, object] = {
     "loss": "bce", "channels": 1, "g_activation": "relu", "d_activation": "leakyrelu", "norm": "batch",
     "spectral_norm_d": False, "spectral_norm_g": False, "init": "normal", "init_gain": 0.02,
     "gp_weight": None, "clip": None, "fm_weight": 0.0, "label_smoothing": 0.0, "diffaugment": None,
-    "n_critic": 1, "optimizer": "adam",
+    "n_critic": 1, "optimizer": "adam", "g_norm": None, "d_norm": None, "g_base_width": None,
+    "d_base_width": None, "augment": False, "vgg_weight": 0.0, "vgg_weights": None, "vgg_sha256": None,
 }
 #: The loss's own GP weight and clipping value (WGAN-GP: 10; WGAN: 0.01).
 DEFAULT_GP = {"wgan-gp": 10.0}
@@ -49,8 +50,12 @@ class DCGAN(GANSystem2D):
         channels: image channels (2 with a mask channel concatenated).
         g_activation, d_activation: "relu", "leakyrelu" (slope 0.2), "elu", "selu".
         norm: "batch", "instance" or "none", on every hidden layer but D's first.
+        g_norm, d_norm: G's / D's own normalisation (the study's separate rows); None: ``norm``.
+        g_base_width, d_base_width: G's / D's own filters (the study's separate rows; Fig. 4
+            plots FID against D's); None: ``base_width``.
         spectral_norm_d, spectral_norm_g: spectral norm on every conv of D / of G.
-        init, init_gain: "normal" (N(0, gain)), "xavier", "kaiming" (times gain) or "default".
+        init, init_gain: "normal" (N(0, gain)), "xavier" (Glorot normal), "xavier_uniform" (Glorot
+            uniform), "kaiming" (times gain) or "default".
         gp_weight: weight of the gradient penalty (default 10 for wgan-gp, else 0).
         clip: D's weights are clipped to [-clip, clip] after each D update (default 0.01 for wgan,
             else 0: none).
@@ -62,6 +67,10 @@ class DCGAN(GANSystem2D):
             ``train.lr`` says otherwise).
         diffaugment: comma-separated DiffAugment policy, e.g. "color,translation,cutout"; None or
             "": none.
+        augment: classical augmentation of the real images (random left-right flip, integer shift
+            up to S/16; medvol.models.gan2d.augment).
+        vgg_weight: weight of the VGG perceptual term in G's loss (medvol.models.gan2d.vgg); > 0
+            needs ``vgg_weights`` (a local torchvision VGG16/19 state_dict file) and ``vgg_sha256``.
 
     Example:
         >>> from medvol.models import build
@@ -78,16 +87,35 @@ class DCGAN(GANSystem2D):
                  spectral_norm_g: bool = False, init: str = "normal", init_gain: float = 0.02,
                  gp_weight: float | None = None, clip: float | None = None, fm_weight: float = 0.0,
                  label_smoothing: float = 0.0, diffaugment: str | None = None, n_critic: int = 1,
-                 optimizer: str = "adam"):
+                 optimizer: str = "adam", g_norm: str | None = None, d_norm: str | None = None,
+                 g_base_width: int | None = None, d_base_width: int | None = None, augment: bool = False,
+                 vgg_weight: float = 0.0, vgg_weights: str | None = None, vgg_sha256: str | None = None):
         super().__init__(size, base_width, latent_dim, num_classes, channels)
         self.loss = _choice("loss", loss, LOSSES)
         g_act = _choice("g_activation", g_activation, ACTIVATIONS)
         d_act = _choice("d_activation", d_activation, ACTIVATIONS)
         norm = _choice("norm", norm, NORMS)
-        init = _choice("init", init, INITS)
-        for key, value in (("spectral_norm_d", spectral_norm_d), ("spectral_norm_g", spectral_norm_g)):
+        g_norm_ = norm if g_norm is None else _choice("g_norm", g_norm, NORMS)
+        d_norm_ = norm if d_norm is None else _choice("d_norm", d_norm, NORMS)
+        widths = {}
+        for key, value in (("g_base_width", g_base_width), ("d_base_width", d_base_width)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise MedvolError(f"{key}: expected a positive integer, got {value!r}")
+            widths[key] = base_width if value is None else value
+        for key, value in (("spectral_norm_d", spectral_norm_d), ("spectral_norm_g", spectral_norm_g),
+                           ("augment", augment)):
             if not isinstance(value, bool):
                 raise MedvolError(f"{key}: expected true or false, got {value!r}")
+        self.augment = augment
+        self.vgg_weight = _number("vgg_weight", vgg_weight, 0.0)
+        for key, value in (("vgg_weights", vgg_weights), ("vgg_sha256", vgg_sha256)):
+            if value is not None and not isinstance(value, str):
+                raise MedvolError(f"{key}: expected a string, got {value!r}")
+        if self.vgg_weight > 0 and not (vgg_weights and vgg_sha256):
+            raise MedvolError("vgg_weight > 0 needs model.vgg_weights (a local torchvision VGG16/19 "
+                              "state_dict file) and model.vgg_sha256 (its sha256); medvol downloads no weights")
+        self.vgg_weights, self.vgg_sha256 = vgg_weights, vgg_sha256
+        init = _choice("init", init, INITS)
         gain = _number("init_gain", init_gain, 0.0)
         self.gp_weight = _number("gp_weight", DEFAULT_GP.get(loss, 0.0) if gp_weight is None else gp_weight, 0.0)
         self.clip = _number("clip", DEFAULT_CLIP.get(loss, 0.0) if clip is None else clip, 0.0)
@@ -110,10 +138,12 @@ class DCGAN(GANSystem2D):
                          "norm": norm, "spectral_norm_d": spectral_norm_d, "spectral_norm_g": spectral_norm_g,
                          "init": init, "init_gain": gain, "gp_weight": gp_weight, "clip": clip,
                          "fm_weight": fm_weight, "label_smoothing": label_smoothing, "diffaugment": diffaugment,
-                         "n_critic": n_critic, "optimizer": optimizer}
+                         "n_critic": n_critic, "optimizer": optimizer, "g_norm": g_norm, "d_norm": d_norm,
+                         "g_base_width": g_base_width, "d_base_width": d_base_width, "augment": augment,
+                         "vgg_weight": vgg_weight, "vgg_weights": vgg_weights, "vgg_sha256": vgg_sha256}
 
-        self.G = DCGANGenerator(size, latent_dim, base_width, channels, norm, g_act)
-        self.D = DCGANDiscriminator(size, base_width, channels, norm, d_act)
+        self.G = DCGANGenerator(size, latent_dim, widths["g_base_width"], channels, g_norm_, g_act)
+        self.D = DCGANDiscriminator(size, widths["d_base_width"], channels, d_norm_, d_act)
         for net, spectral in ((self.G, spectral_norm_g), (self.D, spectral_norm_d)):
             init_weights(net, init, gain)  # before the parametrisation, which keeps the raw weight
             if spectral:

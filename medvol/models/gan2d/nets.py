@@ -15,7 +15,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 ACTIVATIONS = ("relu", "leakyrelu", "elu", "selu")
 NORMS = ("batch", "instance", "none")
-INITS = ("normal", "xavier", "kaiming", "default")
+INITS = ("normal", "xavier", "xavier_uniform", "kaiming", "default")
 #: DCGAN's widths double towards the 4x4 end up to this multiple of the base width.
 MAX_MULTIPLE = 8
 
@@ -42,7 +42,8 @@ def init_weights(module: nn.Module, scheme: str, gain: float) -> None:
     """Initialise every conv / linear weight of ``module`` in place (biases to 0).
 
     ``normal``: N(0, gain) (DCGAN: gain 0.02), norm layers' scales N(1, 0.02) as in DCGAN;
-    ``xavier``: Glorot normal with ``gain``; ``kaiming``: He normal (fan-in) times ``gain``;
+    ``xavier``: Glorot normal with ``gain``; ``xavier_uniform``: Glorot uniform with ``gain``
+    (U[-a, a], a = gain sqrt(6 / (fan_in + fan_out))); ``kaiming``: He normal (fan-in) times ``gain``;
     ``default``: PyTorch's own initialisation. Other schemes keep norm scales at 1.
     """
     if scheme == "default":
@@ -53,6 +54,8 @@ def init_weights(module: nn.Module, scheme: str, gain: float) -> None:
                 nn.init.normal_(m.weight, 0.0, gain)
             elif scheme == "xavier":
                 nn.init.xavier_normal_(m.weight, gain=gain)
+            elif scheme == "xavier_uniform":
+                nn.init.xavier_uniform_(m.weight, gain=gain)
             else:
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 with torch.no_grad():

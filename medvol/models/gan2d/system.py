@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from medvol.errors import MedvolError
+from medvol.models.gan2d.augment import rand_flip_shift
 from medvol.models.gan2d.diffaugment import diff_augment
 from medvol.models.gan2d.losses import discriminator_loss, feature_matching, generator_loss, gradient_penalty
 from medvol.models.system import MODES, GANSystem, StepState
@@ -63,6 +64,13 @@ class GANSystem2D(GANSystem):
     clip = 0.0
     fm_weight = 0.0
     policy: tuple[str, ...] = ()
+    #: Classical augmentation of the real batches (flips, small shifts: medvol.models.gan2d.augment).
+    augment = False
+    #: Weight of the VGG perceptual term in G's loss, and its weights file and sha256 (vgg.py); the
+    #: network is loaded at the first G step that needs it and is not part of the checkpoint.
+    vgg_weight = 0.0
+    vgg_weights: str | None = None
+    vgg_sha256: str | None = None
 
     def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, channels: int):
         # nn.Module's init, not GANSystem's: that one builds the 3D encoder and the crop geometry.
@@ -158,6 +166,8 @@ class GANSystem2D(GANSystem):
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         reals = real.chunk(self.n_critic)
+        if self.augment:
+            reals = tuple(rand_flip_shift(r, generator) for r in reals)
         return CriticState(reals[-1], None, 0, reals[-1], None, optimizers, iteration, amp_dtype, scaler,
                            generator, reals=reals)
 
@@ -201,8 +211,22 @@ class GANSystem2D(GANSystem):
         out.update(D=loss.detach(), D_real=loss_real.detach(), D_fake=loss_fake.detach())
         return out
 
+    def prepare_training(self) -> None:
+        """Load the VGG of the perceptual term (file and sha256 checked) when it is used."""
+        if self.vgg_weight > 0:
+            self._vgg(torch.device("cpu"))
+
+    def _vgg(self, device: torch.device) -> nn.Module:
+        """The perceptual network, loaded once (kept out of the module tree: frozen, not checkpointed)."""
+        from medvol.models.gan2d.vgg import load_vgg
+
+        if "_vgg_net" not in self.__dict__:
+            self.__dict__["_vgg_net"] = load_vgg(self.vgg_weights, self.vgg_sha256)
+        return self.__dict__["_vgg_net"].to(device)
+
     def _step_G(self, state: StepState) -> None:
-        """G: the loss's G term on fresh fakes through the frozen D (+ fm_weight * feature matching)
+        """G: the loss's G term on fresh fakes through the frozen D (+ fm_weight * feature matching,
+        + vgg_weight * the VGG perceptual distance of the fakes to the real batch)
         (+ :attr:`mode_seeking` times :meth:`mode_seeking_loss` of the fakes)."""
         z = self.sample_latent(state.batch, state.generator, state.device)
         with state.autocast():
@@ -213,6 +237,12 @@ class GANSystem2D(GANSystem):
                 ms = self.mode_seeking_loss(z, fake)
                 state.out["G_ms"] = ms.detach()
                 loss = loss + self.mode_seeking * ms
+            if self.vgg_weight > 0:
+                from medvol.models.gan2d.vgg import perceptual_distance
+
+                perceptual = perceptual_distance(self._vgg(fake.device), fake, state.real)
+                loss = loss + self.vgg_weight * perceptual
+                state.out["G_vgg"] = perceptual.detach()
             if self.fm_weight > 0:
                 with torch.no_grad():
                     _, real_features = self.D(self._augment(state.real, state))
