@@ -374,7 +374,7 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     identity = _json_roundtrip(identity)
     marker, owned, same, kept = _assess(folder, job, identity, overwrite, inputs, option, outputs)
     removed: list[str] = []
-    if marker is not None and not same and owned:
+    if marker is not None and not same and owned and not _holds_inputs(folder, owned, kept):
         for rel in sorted(owned):
             path = folder / rel  # present, so safe (_present)
             if path.resolve() in kept or not (path.is_file() or path.is_symlink()):
@@ -422,6 +422,12 @@ def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     return []
 
 
+def _holds_inputs(folder: Path, owned: set[str], kept: set[Path]) -> bool:
+    """Whether another job's outputs include one of this job's inputs: then they are all kept (an
+    input's sidecars, factor files and marks belong with it), and ``overwrite`` removes none."""
+    return any((folder / rel).resolve() in kept for rel in owned)
+
+
 def _assess(folder: Path, job: str, identity: Any, overwrite: bool, inputs, option: str, outputs):
     """The refusals of :func:`claim_output` for an existing ``folder``.
 
@@ -446,6 +452,8 @@ def _assess(folder: Path, job: str, identity: Any, overwrite: bool, inputs, opti
         # What will still be there once overwrite removed the other job's files: files medvol did
         # not write, and inputs. None of them may be one of this job's outputs.
         replaceable = {rel for rel in owned if same or (folder / rel).resolve() not in kept}
+        if not same and _holds_inputs(folder, owned, kept):
+            replaceable = set()
         OwnedOutput(folder, job, identity, sorted(replaceable), False, []).check(*outputs)
     return marker, owned, same, kept
 
@@ -466,6 +474,7 @@ def owned_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise MedvolError(f"{option} {folder}: exists and is not a folder")
+    created = not folder.exists()
     try:  # here, so that a failure names the option rather than a "run folder"
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -478,7 +487,7 @@ def owned_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
         yield claimed
     except BaseException:
         # A job that failed before writing anything leaves no folder (or marker) it created.
-        if lock.created and (claimed is None or not any(_present(folder, rel) for rel in claimed.files)):
+        if created and (claimed is None or not any(_present(folder, rel) for rel in claimed.files)):
             with contextlib.suppress(OSError):
                 (folder / MARKER).unlink()
         raise
@@ -487,6 +496,6 @@ def owned_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
         with contextlib.suppress(OSError):
             (folder / LOCK).unlink()
         lock.release()
-        if lock.created:
+        if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty

@@ -871,7 +871,11 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 keep_r.kept = memo[("kept",) + key]
             ff = run(ext, keep_f if first else src_fake)
             pairs.append((ext.info(), memo[key], ff))
-        real_key = ("real", real, features[0], split, n, size, seed)
+        real_key = ("real", real, features[0] if extractors else None, split, n, size, seed)
+        if ("set_sha256",) + real_key not in memo:  # no extractor ran (factors alone): read the set once
+            for _ in sums_r:
+                pass
+            memo[("set_sha256",) + real_key] = sums_r.set_sha256()
         report["real"] = dict(src_real.info, n_volumes=len(src_real), names=src_real.names,
                               set_sha256=memo[("set_sha256",) + real_key])
         report["fake"] = dict(src_fake.info, n_volumes=len(src_fake), names=src_fake.names)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ def domain(tmp_path_factory):
     return D.save_untrained(tmp_path_factory.mktemp("dom") / "domain.pt", size=SIZE, seed=1)
 
 
+PROGRESS = re.compile(r"^[^:]+: [0-9/]+ \S+ in [0-9.]+ s$")
+
+
 @pytest.fixture
 def fast(domain):
     return ["--features", f"domain:{domain}", "--size", SIZE, "--bootstrap", 0, "--metrics", "fid"]
@@ -38,7 +42,8 @@ def run_eval(capsys, *args):
 
 
 def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    """The one error line, past the non-tty progress lines of finished phases (medvol.progress)."""
+    lines = [line for line in err.strip().splitlines() if not PROGRESS.match(line)]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 

@@ -141,8 +141,8 @@ def test_generate_continues_its_own_job_and_refuses_or_overwrites_another(run_di
     volume = (out / "sample_0001.nii.gz").read_bytes()
     generate_volumes(run_dir, 2, out, seed=5)  # the same job again: continues (sidecars get a new date)
     first = _bytes(out)
-    assert sorted(first) == [PROVENANCE, "sample_0000.json", "sample_0000.nii.gz", "sample_0001.json",
-                             "sample_0001.nii.gz"]
+    assert sorted(first) == [PROVENANCE, "preview.png", "sample_0000.json", "sample_0000.nii.gz",
+                             "sample_0001.json", "sample_0001.nii.gz"]
     assert first["sample_0001.nii.gz"] == volume
     for other in (dict(n=2, seed=6), dict(n=3, seed=5), dict(n=2, seed=5, tile_depth=2)):
         with pytest.raises(MedvolError, match="holds the outputs of another medvol generate"):
