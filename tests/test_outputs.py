@@ -172,3 +172,19 @@ def test_write_all_on_a_full_disk_leaves_none_of_them(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert [p.name for p in out.write_all({"first.png": b"png", "second.json": "{}"})] == ["first.png", "second.json"]
     assert (tmp_path / "o" / "second.json").read_text() == "{}"
+
+
+def test_overwrite_keeps_another_jobs_outputs_when_they_hold_this_jobs_inputs(tmp_path):
+    """A folder of phantoms (medvol's) used as inputs and as --out: --overwrite keeps them and their
+    sidecars; the new job's marker lists only what it writes."""
+    out = tmp_path / "X"
+    first = claim_output(out, "data phantom", {"n": 1})
+    first.path("p.nii.gz").write_text("volume")
+    first.path("p.factors.json").write_text("{}")
+    claimed = claim_output(out, "study", {"s": 1}, overwrite=True, inputs=[out / "p.nii.gz"])
+    assert claimed.removed == [] and (out / "p.factors.json").read_text() == "{}"
+    assert json.loads((out / MARKER).read_text())["files"] == []
+    # Without the input, the other job's outputs are removed as usual.
+    other = claim_output(tmp_path / "Y", "data phantom", {"n": 1})
+    other.path("p.nii.gz").write_text("volume")
+    assert claim_output(tmp_path / "Y", "study", {"s": 1}, overwrite=True).removed == ["p.nii.gz"]
