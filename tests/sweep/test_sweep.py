@@ -24,9 +24,12 @@ optuna = pytest.importorskip("optuna", reason="optuna missing: pip install 'medv
 ROOT = Path(__file__).resolve().parents[2]
 
 def sweep_args(files, out, *extra):
+    # One thread unless a test says otherwise: a re-run of the module's sweep (a retry, an
+    # extension) then trains with the count the first run recorded.
+    threads = [] if "--threads" in map(str, extra) else ["--threads", "1"]
     return ["sweep", "--config", str(files["config"]), "--grid", str(files["grid"]), "--runs", "2",
             "--features", f"inception:{files['weights']}", "--n", "6", "--bootstrap", "4",
-            "--out", str(out), *map(str, extra)]
+            "--out", str(out), *threads, *map(str, extra)]
 
 
 def load_study(out, name=None, storage=None):
