@@ -60,7 +60,14 @@ def _reload(driver, progress: str):
     from selenium.webdriver.common.by import By
 
     driver.refresh()
-    _wait(lambda: _images_loaded(driver), what="images after reload")
+    _wait(lambda: driver.execute_script("return document.readyState") == "complete", what="the reloaded page")
+    try:
+        _wait(lambda: _images_loaded(driver), what="images after reload")
+    except AssertionError:
+        # Seen once in ~10 full-suite runs (a clean clone's CI run): the reloaded page's images
+        # never completed. A second reload is what a reader does; the state must survive it too.
+        driver.refresh()
+        _wait(lambda: _images_loaded(driver), what="images after a second reload")
     assert driver.find_element(By.ID, "progress-text").text == progress
     return driver.find_element(By.TAG_NAME, "body")
 
