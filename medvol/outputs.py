@@ -28,7 +28,7 @@ from medvol.errors import MedvolError
 
 MARKER = ".medvol-output.json"
 LOCK = ".medvol-output.lock"
-#: Names medvol's own atomic writes use for temporaries (``utils._temp_sibling``): ``.<stem>.tmp-XXXX``.
+#: Names medvol's own atomic writes use for temporaries (``utils._temp_sibling``): ``.<stem>.tmp-<random>``.
 TEMP_NAME = re.compile(r"^\..+\.tmp-[A-Za-z0-9_]+")
 _FORMAT = 1
 
