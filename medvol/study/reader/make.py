@@ -254,6 +254,22 @@ def _refuse_synthetic_real(source: Source, spec: str, allow: bool) -> list[str]:
     return [item for item, _ in source.synthetic]
 
 
+def _publish(out: Path, scratch: Path, page: Path, key: dict, identity: dict, overwrite: bool,
+             inputs: list) -> None:
+    """Move the finished page from ``scratch`` into the claimed ``out`` (one modification time for
+    every page file), then write the key last: a study with a key is complete."""
+    from medvol.outputs import owned_output
+
+    page_files = sorted(p.relative_to(scratch).as_posix() for p in page.rglob("*") if p.is_file())
+    with owned_output(out, JOB, identity, overwrite=overwrite, inputs=inputs) as claimed:
+        targets = claimed.paths(page_files + [KEY_FILE])
+        for rel, target in zip(page_files, targets):
+            shutil.move(scratch / rel, target)
+        _same_times(targets[:-1])
+        with checked_write(targets[-1], "answer key") as path:
+            path.write_text(json.dumps(key, indent=1), encoding="utf-8")
+
+
 def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = None, *, pairs: int = 30,
                planes: str | Sequence[str] = "axial,coronal,sagittal", mode: str = "real-vs-fake", seed: int = 0,
                window: str = "lung", positions: str | Sequence[float] = DEFAULT_POSITIONS, real_split: str = "all",
@@ -293,7 +309,7 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
         MedvolError: a bad option or ``out``, an unreadable source, volumes that cannot be paired, a
             source with fewer volumes than its pairs, real volumes marked synthetic.
     """
-    from medvol.outputs import check_output, owned_output
+    from medvol.outputs import check_output
 
     if mode not in MODES:
         raise MedvolError(f"--mode {mode!r}: choose {', '.join(MODES)}")
@@ -368,15 +384,8 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
             "medvol_version": medvol.__version__, "threads": torch_threads(),
         }
         inputs = [spec for _, spec in parsed] + ([real] if real is not None else [])
-        inputs += [item for source in sources.values() for item in source.items]
-        page_files = sorted(p.relative_to(scratch).as_posix() for p in page.rglob("*") if p.is_file())
-        with owned_output(out, JOB, identity, overwrite=overwrite, inputs=inputs) as claimed:
-            targets = claimed.paths(page_files + [KEY_FILE])
-            for rel, target in zip(page_files, targets):
-                shutil.move(scratch / rel, target)
-            _same_times(targets[:-1])
-            with checked_write(targets[-1], "answer key") as path:  # last: a study with a key is complete
-                path.write_text(json.dumps(key, indent=1), encoding="utf-8")
+        _publish(out, scratch, page, key, identity, overwrite,
+                 inputs + [item for source in sources.values() for item in source.items])
     return out
 
 
@@ -385,8 +394,6 @@ def _make_single(out: Path, sid: str, identity: dict, names: list[str], parsed: 
                  seed: int, window: str, real_split: str, title: str | None, device: str, overwrite: bool,
                  allow_synthetic_real: bool) -> Path:
     """The single-image mode of :func:`make_study` (``out`` already checked)."""
-    from medvol.outputs import owned_output
-
     counts = single_counts(images, real_share, names)
     with scratch_folder(out) as scratch:
         sources: dict[str, Source] = {"real": real_source(real, real_split)}
@@ -418,15 +425,8 @@ def _make_single(out: Path, sid: str, identity: dict, names: list[str], parsed: 
             "allow_synthetic_real": bool(allow_synthetic_real), "synthetic_real": synthetic_real,
             "medvol_version": medvol.__version__, "threads": torch_threads(),
         }
-        inputs = [spec for _, spec in parsed] + [real] + [item for src in sources.values() for item in src.items]
-        page_files = sorted(p.relative_to(scratch).as_posix() for p in page.rglob("*") if p.is_file())
-        with owned_output(out, JOB, identity, overwrite=overwrite, inputs=inputs) as claimed:
-            targets = claimed.paths(page_files + [KEY_FILE])
-            for rel, target in zip(page_files, targets):
-                shutil.move(scratch / rel, target)
-            _same_times(targets[:-1])
-            with checked_write(targets[-1], "answer key") as path:
-                path.write_text(json.dumps(key, indent=1), encoding="utf-8")
+        _publish(out, scratch, page, key, identity, overwrite,
+                 [spec for _, spec in parsed] + [real] + [item for src in sources.values() for item in src.items])
     return out
 
 
