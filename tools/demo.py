@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from medvol.data.phantom import write_phantoms
     from medvol.data.preprocess import PreprocessParams
     from medvol.errors import MedvolError
-    from medvol.train.generate import generate_volumes
+    from medvol.sample.generate import generate_volumes
     from medvol.train.trainer import train
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -4,7 +4,7 @@
         --curve EVAL_DIR/curve.csv --out docs/img
 
 ``--run LABEL=RUN`` (repeatable): the run's latest checkpoint generates ``--samples`` volumes with
-seed 0, exactly as ``tools/demo.py`` does (``medvol.train.generate.generate_volumes``); one row of
+seed 0, exactly as ``tools/demo.py`` does (``medvol.sample.generate.generate_volumes``); one row of
 central axial slices per run, below a row of real volumes from ``--real`` (a preprocessing cache),
 all in HU, window [-1024, 600]. Written as ``demo_before_after.png``.
 
@@ -45,7 +45,7 @@ def real_slices(cache: Path, n: int) -> list[np.ndarray]:
 def sample_slices(run: Path, n: int) -> tuple[list[np.ndarray], str]:
     from medvol.data.io import read_volume
     from medvol.train.checkpoint import resolve_checkpoint
-    from medvol.train.generate import generate_volumes
+    from medvol.sample.generate import generate_volumes
 
     ckpt = resolve_checkpoint(run)
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,7 +31,7 @@ def main() -> None:
     from medvol.data.datasets import PhantomVolumeDataset
     from medvol.data.preprocess import to_intensity
     from medvol.train.checkpoint import load_checkpoint
-    from medvol.train.generate import generate_volumes
+    from medvol.sample.generate import generate_volumes
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run folder or checkpoint of a paired model trained on phantoms")

@@ -61,7 +61,7 @@ def _window(text: str | None) -> tuple[float, float] | None:
 
 def run(args) -> int:
     from medvol.train.distributed import pick_device
-    from medvol.train.generate import generate
+    from medvol.sample.generate import generate
     from medvol.train.monitor import peak_memory_bytes
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

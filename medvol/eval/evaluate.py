@@ -1079,8 +1079,8 @@ def _plot_umap(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str = "
 def _plot_montage(pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bytes | None:
     """The closest generated / training pairs, central axial slices: one column per pair, the
     generated volume on top, its nearest training volume below, each captioned right above its
-    own image (:mod:`medvol.viewer.preview`)."""
-    from medvol.viewer.preview import labelled_grid, pillow_available, png_bytes, to_grey
+    own image (:mod:`medvol.preview`)."""
+    from medvol.preview import labelled_grid, pillow_available, png_bytes, to_grey
 
     if not pairs or not pillow_available():
         return None

@@ -70,7 +70,7 @@ def image_files(spec: str) -> list[Path] | None:
     return files if _nifti_is_2d(volumes[0]) else None
 
 
-#: Kinds of the PNGs ``medvol generate`` writes to look at (:mod:`medvol.train.generate2d`), not samples.
+#: Kinds of the PNGs ``medvol generate`` writes to look at (:mod:`medvol.sample.images`), not samples.
 PREVIEW_KINDS = ("png grid", "png views")
 
 

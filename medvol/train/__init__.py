@@ -2,6 +2,6 @@
 
 Modules, along the data flow: ``data`` (dataset + resumable sampler) -> ``trainer`` (the loop
 around ``GANSystem.train_step``) with ``distributed`` (torchrun, gradient averaging),
-``checkpoint`` (atomic, checksummed, exact resume) and ``monitor`` (TensorBoard, progress bar);
-``generate`` turns a checkpoint into NIfTI volumes. Import the submodules directly.
+``checkpoint`` (atomic, checksummed, exact resume) and ``monitor`` (TensorBoard, progress bar).
+Sampling a checkpoint is :mod:`medvol.sample`. Import the submodules directly.
 """

@@ -117,7 +117,7 @@ class Monitor:
                 self.writer.add_images(tag, mid_slices(volume), iteration, dataformats="NCHW")
 
     def preview(self, iteration: int, tag: str, image) -> None:
-        """A labelled preview (uint8 ``(H, W)`` grey, :mod:`medvol.viewer.preview`) as one image."""
+        """A labelled preview (uint8 ``(H, W)`` grey, :mod:`medvol.preview`) as one image."""
         if self.writer is not None:
             with self._tensorboard():
                 self.writer.add_image(tag, image[None], iteration, dataformats="CHW")

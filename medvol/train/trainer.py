@@ -42,7 +42,7 @@ from medvol.train.interrupt import StopSignals, TrainingInterrupted
 from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
 from medvol.train.runfolder import RunFolderLock, existing_run, refuse_second_run
 from medvol.utils import checked_write, cpu_has_native_bf16, resolve_amp, set_threads
-from medvol.viewer.preview import training_preview, write_png
+from medvol.preview import training_preview, write_png
 
 log = logging.getLogger("medvol.train")
 

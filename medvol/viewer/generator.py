@@ -1,8 +1,8 @@
 """A trained model ready to generate volumes in physical units, for the viewer's widget.
 
-No GUI here: :class:`LoadedModel` wraps :func:`medvol.train.checkpoint.load_checkpoint` and
-samples exactly as ``medvol generate`` does, so seed ``s`` (and class ``k``) in the widget gives
-the volume ``medvol generate --seed s --label k`` writes first.
+No GUI here: :class:`LoadedModel` wraps a :class:`medvol.sample.sampler.Sampler` and samples
+exactly as ``medvol generate`` does, so seed ``s`` (and class ``k``) in the widget gives the
+volume ``medvol generate --seed s --label k`` writes first.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class LoadedModel:
         spacing: (z, y, x) mm of the training volumes.
         window: the training HU window (low, high), or None (MR: intensities stay in [-1, 1]).
         num_classes: 0 for unconditional models.
+        sampler: the :class:`~medvol.sample.sampler.Sampler` that draws the volumes.
         device: the torch device the system is on.
     """
 
@@ -35,31 +36,28 @@ class LoadedModel:
     spacing: tuple[float, float, float]
     window: tuple[float, float] | None
     num_classes: int
+    sampler: Any
     device: Any = "cpu"
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LoadedModel":
-        """Load a checkpoint file or run folder (:func:`medvol.train.checkpoint.load_checkpoint`)."""
+        """Load a checkpoint file or run folder (:meth:`medvol.sample.sampler.Sampler.load`)."""
         from medvol.viewer.display import guard_triton
 
         guard_triton()  # napari's OpenGL is running: importing Triton now could crash
-        from medvol.train.checkpoint import load_checkpoint
-        from medvol.train.distributed import pick_device
+        from medvol.sample.sampler import Sampler
 
-        system, cfg, state = load_checkpoint(path)
-        device = pick_device("auto")
-        system.to(device)
         # As `medvol generate`: the fused upsample-conv saves memory on CUDA; plain ops on the CPU.
-        system.set_mode("optimized" if device.type == "cuda" else "reference")
-        meta = state.get("data") or {}
-        window = meta.get("window")
+        sampler = Sampler.load(path, "auto")
+        meta = sampler.meta
         return cls(
-            system=system,
-            name=f"{Path(state.get('path', path)).name.split('.')[0]} ({cfg.model.name}@{cfg.model.size})",
+            system=sampler.system,
+            name=f"{Path(sampler.state.get('path', path)).name.split('.')[0]} ({sampler.model})",
             spacing=tuple(float(s) for s in meta.get("spacing") or (1.0, 1.0, 1.0)),
-            window=tuple(float(w) for w in window) if window is not None else None,
-            num_classes=int(system.num_classes),
-            device=device,
+            window=sampler.window,
+            num_classes=sampler.num_classes,
+            sampler=sampler,
+            device=sampler.device,
         )
 
     def generate(self, seed: int, label: int | None = None):
@@ -68,17 +66,13 @@ class LoadedModel:
         Returns:
             a :class:`medvol.data.io.Volume`, array (S, S, S) float32 in HU (CT) or [-1, 1] (MR).
         """
-        import torch
-
         from medvol.data.io import Volume
         from medvol.data.preprocess import to_intensity
 
         if self.num_classes and (label is None or not 0 <= label < self.num_classes):
             raise MedvolError(f"class label {label} out of range: this model has {self.num_classes} classes")
-        # The same latent as sample 0 of `medvol generate --seed SEED`: drawn on the CPU.
-        generator = torch.Generator().manual_seed(int(seed))
-        z = self.system.sample_latent(1, generator=generator, device=torch.device("cpu")).to(self.device)
-        labels = torch.tensor([int(label)], device=self.device) if self.num_classes else None
-        x = self.system.generate(z, labels=labels)[0, 0].float().cpu().numpy()
+        # Sample 0 of `medvol generate --seed SEED --label LABEL`.
+        sample = next(self.sampler.stream(1, int(seed), label=int(label) if self.num_classes else None))
+        x = sample.array[0]
         array = to_intensity(x, self.window) if self.window is not None else x
         return Volume(array=np.ascontiguousarray(array, dtype=np.float32), spacing=self.spacing)

@@ -252,7 +252,7 @@ def test_fed_images_are_channel_0_of_the_seeded_latents(tmp_path):
 
 def test_a_2d_generate_folder_scores_without_its_preview_grids(tmp_path, weights, run_2d, capsys):
     """Issue 22: medvol's own grid_0000.png (and the views PNGs of --volume) are previews, not samples."""
-    from medvol.train.generate import generate
+    from medvol.sample.generate import generate
 
     generate(run_2d, 70, tmp_path / "g", seed=1)  # 70 samples: grid_0000.png and grid_0001.png
     assert {"grid_0000.png", "grid_0001.png"} <= {p.name for p in (tmp_path / "g").iterdir()}

@@ -166,7 +166,7 @@ def test_memorization_and_diversity_on_a_phantom_cache(tmp_path, weights, capsys
     # the montage: generated (top) over training (bottom), 6 pairs, each caption right above its image
     from PIL import Image
 
-    from medvol.viewer import preview as P
+    from medvol import preview as P
 
     montage = np.asarray(Image.open(tmp_path / "ev" / "memorization_montage.png"))
     line_h = int(sum(P._font().getbbox("Ag")[1::2])) + 2

@@ -17,10 +17,11 @@ from medvol.data.datasets import PhantomVolumeDataset, SliceDataset, take_slice
 from medvol.errors import MedvolError
 from medvol.models.gan2d import GANSystem2D
 from medvol.train import checkpoint as ckpt
-from medvol.train import generate as generate_module
-from medvol.train.generate import PROVENANCE, generate, generate_volumes
-from medvol.train.generate2d import (GRID_GAP, centred_origin_2d, phantom_masks, stack_slices, to_grey,
-                                     volume_spacing)
+from medvol.sample import sampler as generate_module
+from medvol.sample.generate import generate, generate_volumes
+from medvol.sample.records import PROVENANCE
+from medvol.sample.images import (GRID_GAP, centred_origin_2d, phantom_masks, stack_slices, to_grey,
+                                 volume_spacing)
 
 sitk = pytest.importorskip("SimpleITK")
 nib = pytest.importorskip("nibabel")

@@ -12,8 +12,8 @@ import torch
 from medvol.errors import MedvolError
 from medvol.models import build
 from medvol.train import checkpoint as ckpt
-from medvol.train import generate as generate_module
-from medvol.train.generate import generate
+from medvol.sample import sampler as generate_module
+from medvol.sample.generate import generate
 
 #: Parameters K changes per model (G's output layers, D's input layers, FastGAN's D decoders that
 #: reconstruct the real image), and the dimension that grows by K.
@@ -132,7 +132,7 @@ def test_generate2d_writes_label_maps_of_the_channels(paired2d, tmp_path, monkey
 
     from medvol.data.preprocess import to_intensity
     from medvol.data.provenance import is_marked, provenance_of, read_header_fields
-    from medvol.train.generate2d import stack_slices
+    from medvol.sample.images import stack_slices
 
     system, cfg, state = ckpt.load_checkpoint(paired2d)
     n = 32 if volume else 3

@@ -205,7 +205,7 @@ def _write_slices(data, folder):
     from medvol.data.datasets import CachedVolumeDataset
     from medvol.data.preprocess import PreprocessParams, to_intensity
     from medvol.study.downstream.data import pool_slice
-    from medvol.train.generate2d import write_image2d
+    from medvol.sample.images import write_image2d
 
     folder.mkdir()
     ds = CachedVolumeDataset(data["cache"], "train")

@@ -14,7 +14,7 @@ from medvol.data.preprocess import to_intensity
 from medvol.errors import MedvolError
 from medvol.models.system import GANSystem
 from medvol.train import checkpoint as ckpt
-from medvol.train.generate import generate_volumes
+from medvol.sample.generate import generate_volumes
 from medvol.train.trainer import train
 
 sitk = pytest.importorskip("SimpleITK")  # writing NIfTI (optional package)

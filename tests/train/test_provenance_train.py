@@ -14,7 +14,8 @@ from medvol.data.preprocess import PreprocessParams
 from medvol.data.provenance import provenance_of, sidecar_path
 from medvol.errors import MedvolError
 from medvol.train.checkpoint import load_checkpoint
-from medvol.train.generate import PROVENANCE, generate_volumes
+from medvol.sample.generate import generate_volumes
+from medvol.sample.records import PROVENANCE
 from medvol.utils import sha256_file
 
 nib = pytest.importorskip("nibabel")

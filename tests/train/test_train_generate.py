@@ -15,7 +15,8 @@ from medvol.config import load_config
 from medvol.data.preprocess import PreprocessParams
 from medvol.errors import MedvolError
 from medvol.train import checkpoint as ckpt
-from medvol.train.generate import PROVENANCE, generate_volumes
+from medvol.sample.generate import generate_volumes
+from medvol.sample.records import PROVENANCE
 
 # optional packages ([itk], [dev]): the module is skipped where they are absent (a bare GPU
 # machine collects `pytest -m gpu` without them)

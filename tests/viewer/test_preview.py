@@ -1,4 +1,4 @@
-"""PNG previews (medvol.viewer.preview): the panel layout, a caption drawn above every panel, and
+"""PNG previews (medvol.preview): the panel layout, a caption drawn above every panel, and
 the previews a training run and ``medvol generate`` write (checked against the volumes on disk)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medvol.cli import main
-from medvol.viewer import preview as P
+from medvol import preview as P
 
 pytest.importorskip("PIL")
 

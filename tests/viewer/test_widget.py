@@ -32,7 +32,7 @@ def _wait_generated(qtbot, widget, viewer, n_layers):
 
 def test_widget_generates_a_volume_from_a_checkpoint(make_napari_viewer, qtbot, tiny_run, tmp_path):
     from medvol.data.io import read_volume
-    from medvol.train.generate import generate_volumes
+    from medvol.sample.generate import generate_volumes
     from medvol.viewer.app import add_generator_widget
 
     viewer = make_napari_viewer()

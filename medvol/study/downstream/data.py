@@ -316,7 +316,8 @@ def generate_source(name: str, ckpt: str | Path, out: Path, n: int, seed: int, d
     its mask, is kept: an interrupted study does not generate twice.
     """
     from medvol.train.checkpoint import checksum_path, load_checkpoint
-    from medvol.train.generate import generate, read_provenance
+    from medvol.sample.generate import generate
+    from medvol.sample.records import read_provenance
 
     _, _, state = load_checkpoint(ckpt)
     sha = checksum_path(Path(state["path"])).read_text(encoding="utf-8").split()[0]

@@ -4,7 +4,7 @@ A source is a list of volumes read one at a time (a study of 30 pairs at 256³ n
 than the two volumes of the pair being drawn). Real volumes come from a medvol cache (CT mapped
 back to HU, as ``medvol view`` shows it) or any folder/file/glob that ``medvol.data`` reads; a
 fake source is such a folder (e.g. the output of ``medvol generate``) or a checkpoint, from which
-volumes are generated on the fly by :func:`medvol.train.generate.generate_volumes` with the
+volumes are generated on the fly by :func:`medvol.sample.generate.generate_volumes` with the
 study's seed.
 """
 
@@ -134,7 +134,7 @@ def real_source(spec: str, split: str = "all") -> Source:
 def fake_source(name: str, spec: str, n: int, seed: int, workdir: Path, device: str = "auto") -> Source:
     """A ``--fake`` source: volumes in a folder, or ``n`` volumes generated from a checkpoint.
 
-    Generation goes through :func:`medvol.train.generate.generate_volumes` (seed ``seed``, volume
+    Generation goes through :func:`medvol.sample.generate.generate_volumes` (seed ``seed``, volume
     ``i`` the i-th latent: the files ``medvol generate --seed SEED --n N`` writes) into
     ``workdir``, which the caller deletes after the study is made.
     """
@@ -143,7 +143,7 @@ def fake_source(name: str, spec: str, n: int, seed: int, workdir: Path, device: 
         raise MedvolError(f"--fake {name}={spec}: no such file or folder")
     if not is_checkpoint(path):
         return _file_source(name, spec)
-    from medvol.train.generate import generate_volumes
+    from medvol.sample.generate import generate_volumes
 
     out = workdir / f"generated_{len(list(workdir.iterdir()))}"
     files = generate_volumes(path, n, out, seed=seed, device=device)

@@ -113,7 +113,7 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
     """Train, generate and score generation ``k`` (module docstring); return its scores.json."""
     from medvol.study.recursive.report import montage
     from medvol.study.recursive.scoring import read_samples, score_generation
-    from medvol.train.generate import generate_volumes
+    from medvol.sample.generate import generate_volumes
     from medvol.train.interrupt import TrainingInterrupted
     from medvol.train.trainer import train
 

@@ -1,5 +1,9 @@
 """PNG previews with a caption on every panel: training samples, generated volumes, montages.
 
+A layer below the trainer, the sampler, evaluation and the viewer, which all draw with it (the
+trainer's sample previews, ``medvol generate``'s preview.png through :mod:`medvol.sample.volumes`,
+evaluate's memorisation montage): arrays in, PNG out; nothing here reads a checkpoint.
+
 A volume is shown as its three central planes (axial, coronal and sagittal, superior at the top as
 :func:`medvol.data.datasets.take_slice` orients them). Panels are laid out row by row, each with
 its caption in a band directly above it, so that no caption can be read as belonging to the
@@ -165,25 +169,6 @@ def write_volume_preview(volumes: Sequence[tuple[str, np.ndarray]], path: str | 
     if not pillow_available():
         return None
     return write_png(labelled_grid(volume_rows(volumes, window), title=title), path)
-
-
-def preview_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, window: Sequence[float] | None,
-                  limit: int = 8) -> Path | None:
-    """``out`` (e.g. ``preview.png``): the first ``limit`` volume files of ``paths``, one row each,
-    captioned with the file name, displayed over ``window`` (HU for CT; None: [-1, 1], MR).
-
-    What ``medvol generate`` calls after writing its volumes. Returns None where Pillow is
-    missing or ``paths`` is empty.
-    """
-    from medvol.data.io import read_volume, volume_stem
-
-    if not paths or not pillow_available():
-        return None
-    shown = list(paths)[:limit]
-    volumes = [(f"generated {volume_stem(p)}", read_volume(p).array) for p in shown]
-    more = f" (first {limit} of {len(paths)})" if len(paths) > limit else ""
-    title = f"central planes of generated volumes{more}"
-    return write_volume_preview(volumes, out, tuple(window) if window is not None else (-1.0, 1.0), title)
 
 
 def training_preview(real: np.ndarray, fake: np.ndarray, iteration: int, per_row: int = 8) -> np.ndarray | None:

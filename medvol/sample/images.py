@@ -1,7 +1,7 @@
-"""Generation for 2D models: slices as NIfTI in HU with PNG grids, or slices stacked into volumes.
+"""Images of a 2D model written as NIfTI in HU with PNG grids, or slices stacked into volumes.
 
-Sample ``i`` of a call with ``seed`` uses the ``i``-th latent drawn from a CPU generator seeded
-with ``seed`` (as the 3D path), so the output is deterministic per seed whatever the device, and
+Sample ``i`` of a call with ``seed`` is sample ``i`` of :meth:`medvol.sample.sampler.Sampler.stream`
+(as for 3D models), so the output is deterministic per seed whatever the device or batch, and
 ``--volume`` volume ``k`` is made of samples ``k*S .. k*S + S - 1``, the same images a slice call
 with that seed writes as ``sample_{k*S:04d}`` on.
 
@@ -40,8 +40,9 @@ import torch
 
 from medvol.data.paired import labels_from_channels
 from medvol.errors import MedvolError
-from medvol.train.generate import (centred_origin, checkpoint_facts, generate_identity, paired_mask_labels,
+from medvol.sample.records import (centred_origin, checkpoint_facts, generate_identity, intensity_facts,
                                    read_provenance, record_mask_labels, sample_names, write_provenance)
+from medvol.sample.sampler import Sampler
 from medvol.utils import checked_write, optional_import
 
 log = logging.getLogger("medvol.generate")
@@ -259,26 +260,24 @@ def phantom_masks(cfg, volume: bool) -> Iterator[tuple[np.ndarray, str]]:
 # ---------------------------------------------------------------------------------------------
 # Generation
 
-def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int = 0, label: int | None = None,
-                    tile_depth: int | None = None, device: torch.device | str = "cpu", mode: str | None = None,
-                    volume: bool = False, masks: str | os.PathLike | None = None,
-                    display_window: tuple[float, float] | None = None, batch: int = 16,
-                    overwrite: bool = False) -> list[Path]:
-    """Generate from a loaded 2D model and write slices (or stacked volumes) into ``out``.
+def write_images(sampler: Sampler, n: int | None, out: str | os.PathLike, *, seed: int = 0,
+                 label: int | None = None, tile_depth: int | None = None, volume: bool = False,
+                 masks: str | os.PathLike | None = None, display_window: tuple[float, float] | None = None,
+                 batch: int = 16, overwrite: bool = False) -> list[Path]:
+    """Generate from a 2D ``sampler`` and write slices (or stacked volumes) into ``out``.
 
     Args:
-        loaded: ``(system, cfg, state)`` of :func:`medvol.train.checkpoint.load_checkpoint`.
+        sampler: a 2D model's :class:`~medvol.sample.sampler.Sampler` (device and mode set).
         n: images, or volumes with ``volume``; None: 1, or one per mask of ``masks``.
         out: output folder (created).
         seed: latent seed.
         label, tile_depth: refused (2D models are unconditional on class and have no depth).
-        device: where G runs; mode: "reference" / "optimized" (default: optimized on CUDA).
         volume: stack S consecutive samples into one [S, S, S] volume along the training plane.
         masks: mask-conditional models: a folder of 2D masks (one sample per mask, in name order);
             None takes the masks of the training phantom slices.
         display_window: PNG black .. white in the output unit (CT: HU); default the training window.
         batch: samples per forward pass of G.
-        overwrite: as :func:`medvol.train.generate.generate_volumes` (one rule for ``out``).
+        overwrite: as :func:`medvol.sample.generate.generate_volumes` (one rule for ``out``).
 
     Returns:
         The image (or volume) paths written, in order.
@@ -287,7 +286,7 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
         MedvolError: refused options, missing mask source, bad mask files, a failed write (the
             samples before it are complete and listed in generated.json).
     """
-    system, cfg, state = loaded
+    cfg, state = sampler.cfg, sampler.state
     name, size = cfg.model.name, cfg.model.size
     if tile_depth is not None:
         raise MedvolError(f"--tile-depth: {name} generates 2D images; there is no depth to tile")
@@ -295,7 +294,7 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
         raise MedvolError(f"--label {label}: {name} is not class-conditional")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise MedvolError(f"--batch: expected a positive integer, got {batch!r}")
-    conditional = bool(getattr(system, "conditional", False))
+    conditional = sampler.conditional
     if masks is not None and not conditional:
         raise MedvolError(f"--masks: {name} is not mask-conditional (it draws its images from noise alone)")
     per = size if volume else 1
@@ -317,19 +316,13 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
     n = 1 if n is None else n
     if n < 1:
         raise MedvolError(f"--n: expected at least 1, got {n}")
-    meta = state.get("data", {})
+    meta = sampler.meta
     window = meta.get("window")
     shown = display_range(display_window, window)
-
-    dev = torch.device(device)
-    system.to(dev)
-    mode = mode or ("optimized" if dev.type == "cuda" else "reference")
-    system.set_mode(mode)
+    mode = sampler.mode
     plane = meta.get("plane", cfg.data.plane)
-    common = {**checkpoint_facts(state, cfg, seed, mode),
-              "intensity": "HU" if window is not None else "[-1, 1] (MR: per-volume percentile scale)",
-              "window": list(window) if window is not None else None, "plane": plane}
-    mask_labels = paired_mask_labels(system, meta, state)
+    common = {**checkpoint_facts(state, cfg, seed, mode), **intensity_facts(window), "plane": plane}
+    mask_labels = sampler.mask_labels()
     if mask_labels is not None:
         common["mask_labels"] = mask_labels
     from medvol.outputs import owned_output
@@ -341,17 +334,16 @@ def generate_images(loaded, n: int | None, out: str | os.PathLike, *, seed: int 
     else:
         grids = [f"grid_{g:04d}.png" for g in range(math.ceil(n / GRID_SAMPLES))]
         planned = sample_names(n, True) + grids
-    inputs = [Path(state["path"])] + ([Path(masks)] if masks is not None else [])
+    inputs = [sampler.path] + ([Path(masks)] if masks is not None else [])
     # The planned names are checked before anything is generated (or removed by overwrite).
     with owned_output(out, "generate", identity, overwrite=overwrite, inputs=inputs, outputs=planned) as owned:
         writer = _Writer(owned, seed, common, shown, mask_labels)
-        return _write_images(writer, system, cfg, meta, plane, size, n, per, volume, batch, dev, window,
-                             mask_stream)
+        return _write_images(writer, sampler, meta, plane, size, n, per, volume, batch, window, mask_stream)
 
 
-def _write_images(writer: "_Writer", system, cfg, meta, plane, size, n, per, volume, batch, dev, window,
+def _write_images(writer: "_Writer", sampler: Sampler, meta, plane, size, n, per, volume, batch, window,
                   mask_stream) -> list[Path]:
-    """Generate and write the samples of :func:`generate_images` through ``writer``."""
+    """Generate and write the samples of :func:`write_images` through ``writer``."""
     from medvol.data.preprocess import to_intensity
 
     if volume:
@@ -361,25 +353,14 @@ def _write_images(writer: "_Writer", system, cfg, meta, plane, size, n, per, vol
     else:
         writer.pixel_spacing = tuple(float(s) for s in (meta.get("spacing") or (1.0, 1.0))[-2:])
 
-    generator = torch.Generator().manual_seed(writer.seed)
     pending: list[tuple[np.ndarray, np.ndarray | None, str | None]] = []
     try:
-        for start in range(0, n * per, batch):
-            count = min(batch, n * per - start)
-            z = torch.cat([system.sample_latent(1, generator=generator, device=torch.device("cpu"))
-                           for _ in range(count)]).to(dev)
-            extra, sources = {}, [None] * count
-            if mask_stream is not None:
-                drawn = [next(mask_stream) for _ in range(count)]
-                sources = [source for _, source in drawn]
-                given = torch.from_numpy(np.stack([m for m, _ in drawn]).astype(np.float32))[:, None]
-                extra["masks"] = (given * 2 - 1).to(dev)
-            x = system.generate(z, **extra).float().cpu().numpy()
-            for j in range(count):
-                image = to_intensity(x[j, 0], tuple(window)) if window is not None else x[j, 0]
-                # One mask channel (data.masks, conditional models): 1 where it is above 0.
-                mask = labels_from_channels(x[j, 1:]) if x.shape[1] > 1 else None
-                pending.append((image.astype(np.float32), mask, sources[j]))
+        for sample in sampler.stream(n * per, writer.seed, batch=batch, masks=mask_stream):
+            x = sample.array
+            image = to_intensity(x[0], tuple(window)) if window is not None else x[0]
+            # One mask channel (data.masks, conditional models): 1 where it is above 0.
+            mask = labels_from_channels(x[1:]) if x.shape[0] > 1 else None
+            pending.append((image.astype(np.float32), mask, sample.mask_source))
             while len(pending) >= per:
                 group, pending = pending[:per], pending[per:]
                 if volume:
