@@ -1,19 +1,11 @@
 """``medvol evaluate``: scores of a generated set against a real one, with their provenance.
 
-Sources (``--real`` / ``--fake``):
-
-- a preprocessing cache (a folder with ``manifest.json``; ``--split`` picks train / val / all, and
-  without it :func:`choose_split` picks val when it holds enough volumes, else the whole cache);
-- a volume file, a folder or glob of volumes in any format medvol reads, prepared like
-  ``medvol preprocess``: with the other side's cache parameters when that side is a cache
-  (``--size``, ``--modality``, ``--window`` override them), else with those options;
-- a checkpoint or run folder (``--fake`` only): volumes generated on the fly, seeded, one at a time;
-  a 2D model's checkpoint, or a folder of 2D images, is scored as images
-  (:mod:`medvol.eval.images2d`);
-- ``phantom`` or ``phantom:SEED``: the built-in phantom generator at ``--size``;
-- a ``.npy`` array ``[N, D]`` of precomputed features (both sides, no extractor then).
-
-Volumes are streamed through the extractors one at a time; only features are kept.
+Samples come from sources (:mod:`medvol.eval.sources`: a cache, a folder of volumes or images, a
+checkpoint, phantoms, precomputed features), one protocol for all; ``--fake`` decides whether
+volumes or 2D images are scored (:func:`medvol.eval.sources.probe`; 2D: :mod:`medvol.eval.images2d`).
+Samples are streamed through the extractors (:mod:`medvol.eval.features`) one at a time; only
+features are kept, and the registered metrics (:mod:`medvol.eval.scores`) score them. What to
+compute is one :class:`EvaluateOptions`.
 """
 
 from __future__ import annotations
@@ -21,326 +13,27 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import itertools
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 import medvol
 from medvol.errors import MedvolError
 from medvol.eval import metrics as M
-from medvol.eval.features import FeatureSet, file_hash, get_extractor
+from medvol.eval.features import get_extractor
+from medvol.eval.images2d import image_pairs
+from medvol.eval.scores import (FEATURE_METRICS, FIGURE_METRICS, METRICS, better, check_counts,  # noqa: F401
+                                check_logits, get_metric, interval_for, score_is, score_views, small_sample_warnings,
+                                volume_vectors)
+from medvol.eval.sources import (Checksums, Keep, VolumeSource, cache_params, is_cache, marked_synthetic,  # noqa: F401
+                                 precomputed, probe, set_checksum, synthetic_real)
 from medvol.utils import torch_threads
 
-METRICS = ("fid", "kid", "mmd", "prdc", "msssim", "memorization", "factors", "is", "umap")
-FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
-#: Figures of the feature space asked for like metrics: ``umap`` draws features_umap.png beside
-#: the PCA figure (opt-in: umap-learn's first fit in a process compiles for ~20 s).
-FIGURE_METRICS = ("umap",)
-
 log = logging.getLogger("medvol.evaluate")
-
-
-# ----------------------------------------------------------------------------------- sources
-
-
-class Source:
-    """Where volumes come from: yields ``(name, float32 (S, S, S) in [-1, 1])`` one at a time."""
-
-    def __init__(self, spec: str, role: str, *, size: int | None, modality: str | None, window,
-                 split: str, n: int | None, seed: int, device: str, loaded=None, like=None):
-        self.spec = spec
-        self.like = like  # (cache folder, PreprocessParams) that raw volumes are prepared with
-        self._loaded = loaded  # (system, cfg, state) of a checkpoint already read by the caller
-        self.role = role
-        self.size = size
-        self.split = split
-        self.n = n
-        self.seed = seed
-        self.device = device
-        self.info: dict = {"source": spec}
-        self.synthetic: list[str] = []  # the real side's volumes marked synthetic (medvol.data.provenance)
-        self.kind, self._names = self._resolve(spec, modality, window)
-
-    def _resolve(self, spec: str, modality: str, window):
-        if self.size is None and self.like is not None and not is_cache(spec):
-            self.size = self.like[1].size  # a cache's own size is checked against --size only
-        if spec == "phantom" or spec.startswith("phantom:"):
-            if self.size is None:
-                raise MedvolError(f"--{self.role} {spec}: give --size for phantom volumes")
-            tail = spec.partition(":")[2]
-            try:
-                self._phantom_seed = int(tail) if tail else self.seed
-            except ValueError:
-                raise MedvolError(f"--{self.role} {spec}: the phantom seed must be an integer") from None
-            count = self.n or 16
-            self.info.update(kind="phantom", seed=self._phantom_seed, size=self.size)
-            return "phantom", [f"phantom_{self._phantom_seed}_{i:04d}" for i in range(count)]
-        path = Path(spec)
-        if not path.exists() and not any(c in spec for c in "*?["):
-            raise MedvolError(f"--{self.role} {spec}: no such file or folder")
-        if path.is_dir() and (path / "manifest.json").is_file():
-            from medvol.data.datasets import CachedVolumeDataset
-
-            if self.role == "fake":
-                self.split = "all"  # --split picks the real volumes; a generated cache is used whole
-            # Marked volumes are refused (or recorded) by evaluate for the real side, not here.
-            self._cache = CachedVolumeDataset(path, split=self.split, allow_synthetic=True)
-            if self.size is not None and self._cache.size != self.size:
-                raise MedvolError(f"--{self.role} {spec}: the cache is {self._cache.size}^3, "
-                                  f"--size asks for {self.size}")
-            self.size = self._cache.size
-            names = self._cache.names[: self.n] if self.n else self._cache.names
-            marked = set(self._cache.synthetic)
-            self.synthetic = [name for name in names if name in marked]
-            splits = {entry["name"]: entry["split"] for entry in self._cache.entries}
-            self.splits = [splits[name] for name in names]  # each volume's split in the cache
-            self.info.update(kind="cache", split=self.split, size=self.size,
-                             preprocessing=self._cache.manifest["params"])
-            return "cache", names
-        if self._is_checkpoint(path):
-            return "checkpoint", self._open_checkpoint(path)
-        from medvol.data.discover import discover
-        from medvol.data.preprocess import PreprocessParams
-
-        if self.size is None:
-            raise MedvolError(f"--{self.role} {spec}: give --size to prepare raw volumes (or a cache "
-                              "as the other set, whose size is used)")
-        given = {"size": self.size, "modality": modality, "window": window}
-        given = {key: value for key, value in given.items() if value is not None}
-        if self.like is not None:
-            self._params = dataclasses.replace(self.like[1], **given)
-        else:
-            self._params = PreprocessParams(**{"modality": "ct", **given})
-        self._files = discover(spec)
-        if self.n:
-            self._files = self._files[: self.n]
-        self.info.update(kind="volumes", size=self.size, preprocessing=self._params.to_dict())
-        if self.like is not None:
-            self.info["prepared_like"] = str(self.like[0])
-        from medvol.data.io import volume_stem
-
-        if self.role == "real":
-            self.synthetic = [volume_stem(f) for f in marked_synthetic(self._files)]
-        return "volumes", [volume_stem(f) for f in self._files]
-
-    @staticmethod
-    def _is_checkpoint(path: Path) -> bool:
-        if path.is_file():
-            return path.suffix == ".pt"
-        return path.is_dir() and (any(path.glob("ckpt_*.pt")) or any(path.glob("checkpoints/ckpt_*.pt")))
-
-    def _open_checkpoint(self, path: Path) -> list[str]:
-        if self.role != "fake":
-            raise MedvolError(f"--{self.role} {path}: a checkpoint can only be --fake")
-        from medvol.train.checkpoint import load_checkpoint
-
-        system, _, state = self._loaded if self._loaded is not None else load_checkpoint(path)
-        self._system = system
-        self._state = state
-        ckpt = Path(state["path"])
-        size = int(system.size)
-        if self.size is not None and size != self.size:
-            raise MedvolError(f"--fake {path}: the model generates {size}^3, --size asks for {self.size}")
-        self.size = size
-        count = self.n or 16
-        self.info.update(kind="checkpoint", checkpoint=str(ckpt), checkpoint_sha256=file_hash(ckpt),
-                         iteration=int(state.get("iteration", -1)), seed=self.seed, size=self.size)
-        return [f"generated_{self.seed}_{i:04d}" for i in range(count)]
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._names)
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        if self.kind == "phantom":
-            from medvol.data.phantom import make_phantom
-            from medvol.data.preprocess import PreprocessParams, preprocess_volume
-
-            params = PreprocessParams(size=self.size)
-            for i, name in enumerate(self._names):
-                volume, _ = make_phantom(self.size, (self._phantom_seed, i))
-                yield name, preprocess_volume(volume, params)
-        elif self.kind == "cache":
-            for i, name in enumerate(self._names):
-                yield name, np.asarray(self._cache.volume(i), dtype=np.float32)
-        elif self.kind == "volumes":
-            from medvol.data.io import read_volume
-            from medvol.data.preprocess import preprocess_volume
-
-            for f, name in zip(self._files, self._names):
-                yield name, preprocess_volume(read_volume(f), self._params)
-        else:
-            yield from self._generate()
-
-    def pick(self, indices: Sequence[int], progress=None) -> dict[int, np.ndarray]:
-        """The volumes at ``indices`` (one more pass over the source, stopped after the last)."""
-        want, got = set(int(i) for i in indices), {}
-        if not want:
-            return got
-        passes = itertools.islice(self, max(want) + 1)
-        if progress is not None:
-            passes = progress(passes, max(want) + 1, f"memorisation montage {self.role}")
-        for i, (_, volume) in enumerate(passes):
-            if i in want:
-                got[i] = np.array(volume, dtype=np.float32)
-        return got
-
-    def _generate(self) -> Iterator[tuple[str, np.ndarray]]:
-        import torch
-
-        from medvol.train.distributed import pick_device
-
-        system = self._system
-        dev = pick_device(self.device)
-        system.to(dev).eval()
-        system.set_mode("optimized" if dev.type == "cuda" else "reference")
-        k = system.num_classes
-        generator = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():
-            for i, name in enumerate(self._names):
-                z = system.sample_latent(1, generator=generator, device=torch.device("cpu")).to(dev)
-                labels = None if k == 0 else torch.tensor([i % k], device=dev)
-                x = system.generate(z, labels=labels)[0, 0].float().cpu().numpy()
-                yield name, np.clip(x, -1.0, 1.0).astype(np.float32)
-
-
-class Keep:
-    """Pass volumes through while keeping copies of the first ``n`` (for pairwise MS-SSIM)."""
-
-    def __init__(self, source, n: int):
-        self.source, self.n, self.kept = source, n, []
-        self.role = source.role
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __iter__(self):
-        for name, volume in self.source:
-            if len(self.kept) < self.n:
-                self.kept.append(np.array(volume, dtype=np.float32))
-            yield name, volume
-
-
-class Checksums:
-    """Pass ``(name, array)`` through while taking each array's SHA-256 (float32 voxels and shape,
-    :func:`medvol.data.provenance.voxels_sha256`): the identity of the real set in scores.json."""
-
-    def __init__(self, source):
-        self.source, self.digests = source, []
-        self.role = getattr(source, "role", "real")
-        self.names = getattr(source, "names", None)
-
-    def __len__(self) -> int:
-        return len(self.source) if hasattr(self.source, "__len__") else len(self.names)
-
-    def __iter__(self):
-        from medvol.data.provenance import voxels_sha256
-
-        self.digests = []
-        for name, array in self.source:
-            self.digests.append(voxels_sha256(array))
-            yield name, array
-
-    def set_sha256(self) -> str:
-        """SHA-256 of the sorted per-volume checksums: the same volumes, in any order, give one value."""
-        return set_checksum(self.digests)
-
-
-def set_checksum(digests: Sequence[str]) -> str:
-    """SHA-256 of the sorted per-item checksums (hex), one per line."""
-    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
-
-
-def marked_synthetic(files: Sequence) -> list:
-    """The files among ``files`` that carry a synthetic mark (header, sidecar or generated.json).
-
-    A file whose header cannot be read counts as unmarked here; reading it later names it.
-    """
-    from medvol.data.provenance import provenance_of
-
-    marked = []
-    for path in files:
-        try:
-            if provenance_of(path)["synthetic"]:
-                marked.append(path)
-        except MedvolError:
-            pass
-    return marked
-
-
-def synthetic_real(info: dict, marked: Sequence[str], total: int, allow: bool, spec: str, unit: str = "volumes") -> None:
-    """Refuse a real set holding generated data unless ``allow``; record what was allowed in ``info``.
-
-    Raises:
-        MedvolError: one line naming the real source, the count and a first marked item.
-    """
-    if not marked:
-        return
-    if not allow:
-        raise MedvolError(f"--real {spec}: {len(marked)} of its {total} {unit} are marked synthetic (e.g. "
-                          f"{marked[0]}); generated data scored as the real set would hide what the scores "
-                          "measure: pass --allow-synthetic-real to score against them anyway")
-    info["synthetic"] = {"count": len(marked), "names": list(marked), "allowed_by": "--allow-synthetic-real"}
-
-
-def check_counts(report: dict, n: int | None, n_real: int, n_fake: int, unit: str, strict: bool) -> None:
-    """Say (or, with ``strict``, refuse) that ``--n`` asked for more than a set holds.
-
-    Scores compare only at equal N (docs: FID is biased in N), so a silent 7-vs-2 is a trap.
-    """
-    if n is None or (n_real >= n and n_fake >= n):
-        return
-    text = (f"--n {n}: the real set has {n_real} {unit} and the fake set {n_fake}; "
-            f"scoring {n_real} against {n_fake}, not {n} against {n}")
-    if strict:
-        raise MedvolError(f"{text}; refusing under --strict")
-    log.warning("warning: %s", text)
-    report.setdefault("warnings", []).append(text)
-
-
-def check_logits(specs: Sequence[str], extractors: Sequence, metrics: Sequence[str]) -> None:
-    """``is`` needs a class-logits extractor, and a logits extractor is there only for ``is``.
-
-    Raises:
-        MedvolError: one line naming the option to fix, before any image is read.
-    """
-    logits = [getattr(ext, "output", "features") == "logits" for ext in extractors]
-    if "is" in metrics and not any(logits):
-        raise MedvolError("--metrics is: the Inception Score needs class logits; add --features "
-                          "inception-logits:PATH (2D images) or inception-logits2.5d:PATH (volumes), "
-                          "a local classifier file")
-    for spec, is_logits in zip(specs, logits):
-        if is_logits and "is" not in metrics:
-            raise MedvolError(f"--features {spec}: gives class logits, scored only by the Inception "
-                              "Score; add is to --metrics")
-
-
-def score_is(real: FeatureSet, fake: FeatureSet, *, splits: int, seed: int) -> dict:
-    """The Inception Score of the fake logits per view (the real set's beside it as reference)
-    and, with several views, their mean. Each score keeps its N, splits and seed."""
-    result: dict = {}
-    for view, logits in fake.features.items():
-        got = M.inception_score(logits, splits=splits, seed=seed)
-        ref = M.inception_score(real.features[view], splits=min(splits, len(real.features[view])), seed=seed)
-        result[f"{view}/is"] = {"value": got["mean"], "std": got["std"], "spread": "splits",
-                                "splits": got["splits"], "n": got["n"], "classes": got["classes"],
-                                "seed": seed, "real": {"value": ref["mean"], "std": ref["std"],
-                                                       "splits": ref["splits"], "n": ref["n"]}}
-    if len(fake.features) > 1:
-        views = list(fake.features)
-        result["mean/is"] = {"value": float(np.mean([result[f"{v}/is"]["value"] for v in views])),
-                             "real": {"value": float(np.mean([result[f"{v}/is"]["real"]["value"]
-                                                              for v in views]))}}
-    return {"scores": result, "warnings": []}
 
 
 def planned_outputs(metrics: Sequence[str]) -> list[str]:
@@ -351,24 +44,6 @@ def planned_outputs(metrics: Sequence[str]) -> list[str]:
     if "umap" in metrics:
         names.append("features_umap.png")
     return names
-
-
-def is_cache(spec: str | None) -> bool:
-    """Whether ``spec`` names a preprocessing cache (a folder with ``manifest.json``)."""
-    return spec is not None and Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file()
-
-
-def cache_params(spec: str):
-    """``(folder, PreprocessParams)`` of the cache ``spec``, or None when ``spec`` is no cache.
-
-    Its manifest records how its volumes were prepared: raw volumes scored against them are
-    prepared the same way, so that ``--size`` (and the window) need not be typed twice."""
-    if not is_cache(spec):
-        return None
-    from medvol.data.cache import load_manifest
-    from medvol.data.preprocess import PreprocessParams
-
-    return Path(spec), PreprocessParams.from_dict(load_manifest(Path(spec))["params"])
 
 
 def needed_volumes(metrics: Sequence[str], k: int, n: int | None) -> tuple[int, str]:
@@ -409,7 +84,7 @@ def choose_split(cache: str, metrics: Sequence[str], *, k: int, n: int | None,
                    "whole cache is scored (training volumes included; --split val insists on val)")
 
 
-def enough_volumes(metrics: Sequence[str], real: Source, fake: Source) -> None:
+def enough_volumes(metrics: Sequence[str], real: VolumeSource, fake: VolumeSource) -> None:
     """Refuse, before any feature is computed, a set too small for every distribution score.
 
     Raises:
@@ -424,7 +99,8 @@ def enough_volumes(metrics: Sequence[str], real: Source, fake: Source) -> None:
                               f"2 per set: add volumes{hint}")
 
 
-def memorization_sets(real: str, train: str | None, src_real: Source, opts: dict) -> tuple[Source, dict, str]:
+def memorization_sets(real: str, train: str | None, src_real: VolumeSource,
+                      opts: dict) -> tuple[VolumeSource, dict, str]:
     """The training reference and the held-out real volumes of the memorisation check.
 
     The training reference is ``--train`` (a cache gives its train split, what ``medvol train``
@@ -444,7 +120,7 @@ def memorization_sets(real: str, train: str | None, src_real: Source, opts: dict
                               "(its cache, volume folder or glob)")
         train = real
     train_split = "train" if is_cache(train) else "all"
-    src_train = Source(train, "train", **dict(opts, split=train_split, n=None))
+    src_train = VolumeSource(train, "train", **dict(opts, split=train_split, n=None))
     names = src_real.names
     if src_real.kind == "cache" and train_split == "train" and Path(train).resolve() == Path(real).resolve():
         indices = [i for i, split in enumerate(src_real.splits) if split == "val"]
@@ -470,154 +146,6 @@ def memorization_sets(real: str, train: str | None, src_real: Source, opts: dict
     line = (f"memorisation: training reference {train} ({kind}, {len(src_train)} volumes); held-out "
             f"reference {what} ({len(indices)} volumes)")
     return src_train, record, line
-
-
-def volume_vectors(fs: FeatureSet) -> np.ndarray:
-    """One vector per volume: the mean of its rows in every view, views concatenated."""
-    parts = []
-    for view, rows in fs.features.items():
-        g = fs.groups[view]
-        means = np.zeros((fs.n_volumes, rows.shape[1]))
-        for i in range(fs.n_volumes):
-            sel = rows[g == i]
-            if len(sel):
-                means[i] = sel.mean(axis=0)
-        parts.append(means)
-    return np.concatenate(parts, axis=1)
-
-
-def precomputed(path: str, role: str) -> FeatureSet:
-    p = Path(path)
-    if not p.is_file():
-        raise MedvolError(f"--{role} {path}: no such feature file")
-    try:
-        a = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise MedvolError(f"--{role} {path}: unreadable .npy ({error})") from None
-    a = M.as_features(a, f"--{role} {path}")
-    return FeatureSet({"features": a}, {"features": np.arange(len(a))}, len(a),
-                      [f"row_{i}" for i in range(len(a))])
-
-
-# ---------------------------------------------------------------------------------- scoring
-
-
-def _rows(groups: np.ndarray, pick: np.ndarray) -> np.ndarray:
-    order = np.argsort(groups, kind="stable")
-    starts = np.searchsorted(groups[order], pick, side="left")
-    ends = np.searchsorted(groups[order], pick, side="right")
-    return np.concatenate([order[s:e] for s, e in zip(starts, ends)])
-
-
-def small_sample_warnings(real: FeatureSet, fake: FeatureSet) -> list[str]:
-    """The Frechet distance's small-N warning per view, counting what the docs count: volumes
-    (the independent samples; a 2.5D view has several correlated slice rows per volume)."""
-    lines = []
-    for view, rows in real.features.items():
-        n_rows, dim = min(len(rows), len(fake.features[view])), rows.shape[1]
-        if n_rows >= dim:
-            continue
-        per_volume = len(rows) > real.n_volumes or len(fake.features[view]) > fake.n_volumes
-        counted = (f"N = {real.n_volumes} real and {fake.n_volumes} generated volumes ({n_rows} feature rows: "
-                   "slices, correlated within a volume)" if per_volume
-                   else f"N = {n_rows} samples")
-        lines.append(f"{view}/fid: {counted} for feature dimension {dim}; the covariance is singular and the "
-                     "score is strongly biased by N. Compare scores only at equal N (of volumes and slices).")
-    return lines
-
-
-def interval_for(score: str) -> str:
-    """The bootstrap interval a score gets (:func:`medvol.eval.metrics.bootstrap_interval`):
-    ``"basic"`` for the Fréchet distance, a plug-in estimate biased upward by an amount the
-    resamples measure; ``"percentile"`` (the spread of the resampled score) for the rest."""
-    return "basic" if score.rsplit("/", 1)[-1] == "fid" else "percentile"
-
-
-def score_views(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], *, k: int = 5,
-                kid_subsets: int = 100, kid_subset_size: int = 1000, n_boot: int = 50,
-                seed: int = 0, level: float = 0.95, progress=None, desc: str = "bootstrap") -> dict:
-    """Every metric on every view, the mean over views, and a bootstrap interval over volumes
-    (basic for FID, percentile for the rest: :func:`interval_for`).
-
-    One bootstrap round draws volumes (with replacement) once for the real and once for the fake
-    set and applies the draw to every view, so the interval of the mean over views is that of
-    one resampled set of volumes. ``progress``: a :func:`medvol.progress.track`-like callable,
-    given the rounds and ``desc``.
-    """
-    views = list(real.features)
-    if list(fake.features) != views:
-        raise MedvolError(f"real and fake features have different views: {views} vs {list(fake.features)}")
-    caught: list[str] = []
-    prdc_k = None
-    if "prdc" in metrics:
-        # A small set cannot give k neighbours to each sample: k shrinks to what N allows, said.
-        n_real = min(len(real.features[v]) for v in views)
-        n_fake = min(len(fake.features[v]) for v in views)
-        prdc_k = M.prdc_neighbours(k, n_real, n_fake)
-        if prdc_k < k:
-            text = (f"prdc: k = {k} needs {k + 1} samples per set, but the real set gives {n_real} and the "
-                    f"fake set {n_fake}; scored with k = {prdc_k} (recorded as prdc_k)")
-            caught.append(text)
-
-    def scalar_scores(r: dict, f: dict) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for v in views:
-            a, b = r[v], f[v]
-            for m in metrics:
-                if m == "fid":
-                    out[f"{v}/fid"] = M.frechet_distance(a, b)
-                elif m == "mmd":
-                    out[f"{v}/mmd"] = M.mmd(a, b)["mmd2"]
-                elif m == "prdc":
-                    for key, val in M.prdc(a, b, k=prdc_k).items():
-                        if key != "k":
-                            out[f"{v}/{key}"] = val
-        if len(views) > 1:
-            names = dict.fromkeys(key.split("/", 1)[1] for key in out)  # first-seen order
-            for name in names:
-                out[f"mean/{name}"] = float(np.mean([out[f"{v}/{name}"] for v in views]))
-        return out
-
-    r_all = {v: real.features[v] for v in views}
-    f_all = {v: fake.features[v] for v in views}
-    with warnings.catch_warnings(record=True) as records:
-        warnings.simplefilter("always", M.SmallSampleWarning)
-        values = scalar_scores(r_all, f_all)
-    if records:
-        caught.extend(small_sample_warnings(real, fake))
-    result: dict = {name: {"value": val} for name, val in values.items()}
-    if n_boot >= 2 and values:
-        rng = np.random.default_rng(seed)
-        draws: dict[str, list[float]] = {name: [] for name in values}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", M.SmallSampleWarning)
-            rounds = range(n_boot) if progress is None else progress(range(n_boot), n_boot, desc, "round")
-            for _ in rounds:
-                pr = rng.integers(0, real.n_volumes, real.n_volumes)
-                pf = rng.integers(0, fake.n_volumes, fake.n_volumes)
-                r = {v: real.features[v][_rows(real.groups[v], pr)] for v in views}
-                f = {v: fake.features[v][_rows(fake.groups[v], pf)] for v in views}
-                try:
-                    for name, val in scalar_scores(r, f).items():
-                        draws[name].append(val)
-                except MedvolError:
-                    continue  # a draw too degenerate for a metric (e.g. all one volume) is skipped
-        for name, vals in draws.items():
-            if len(vals) >= 2:
-                result[name].update(M.bootstrap_interval(values[name], vals, level, interval_for(name)),
-                                    n_boot=len(vals))
-    if "kid" in metrics:
-        for v in views:
-            m = min(kid_subset_size, len(r_all[v]), len(f_all[v]))
-            got = M.kid(r_all[v], f_all[v], subsets=kid_subsets, subset_size=m, seed=seed)
-            result[f"{v}/kid"] = {"value": got["mean"], "std": got["std"],
-                                  "subsets": got["subsets"], "subset_size": got["subset_size"]}
-        if len(views) > 1:
-            result["mean/kid"] = {"value": float(np.mean([result[f"{v}/kid"]["value"] for v in views]))}
-    scored = {"scores": result, "warnings": caught}
-    if prdc_k is not None:
-        scored["prdc_k"] = prdc_k
-    return scored
 
 
 # ----------------------------------------------------------------------------------- command
@@ -700,14 +228,56 @@ def _write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
 
-def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
-             metrics: Sequence[str] = METRICS, n: int | None = None, size: int | None = None,
-             modality: str | None = None, window=None, split: str | None = None, seed: int = 0, k: int = 5,
-             n_boot: int = 50, slices_per_volume: int = 16, batch: int = 16, device: str = "cpu",
-             overwrite: bool = False, progress=None, command: str | None = None,
-             train: str | None = None, diversity_n: int = 16, memo: dict | None = None,
-             montage_pairs: int = 8, plane: str = "axial", allow_synthetic_real: bool = False,
-             strict: bool = False, is_splits: int = 10, _claim: dict | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class EvaluateOptions:
+    """What ``medvol evaluate`` computes, and from what (the command line's options).
+
+    Attributes:
+        features: extractor specs (``NAME[:WEIGHTS]``); None: ``inception2.5d`` for volumes,
+            ``inception`` for 2D images.
+        metrics: registered metric names (:mod:`medvol.eval.scores`).
+        n: samples per set (None: all of a set; 16 volumes / 256 images of a checkpoint).
+        size, modality, window: how raw volumes are prepared (else from a cache on either side).
+        split: the real cache's split (None: :func:`choose_split`).
+        seed: latents, phantoms, bootstrap and subsets.
+        k: prdc's neighbours.
+        n_boot: bootstrap rounds.
+        slices_per_volume, batch: extraction (2.5D slices per volume, samples per forward pass).
+        device: where extractors and generators run.
+        train: the training set of the memorisation check (None: the real cache's train split).
+        diversity_n: volumes per set of the MS-SSIM diversity.
+        montage_pairs: closest pairs in memorization_montage.png.
+        plane: the slices of an image folder's real set (2D).
+        allow_synthetic_real: score against a real set holding items marked synthetic.
+        strict: refuse ``n`` larger than a set (else a warning).
+        is_splits: splits of the Inception Score.
+    """
+
+    features: Sequence[str] | None = None
+    metrics: Sequence[str] = METRICS
+    n: int | None = None
+    size: int | None = None
+    modality: str | None = None
+    window: tuple[float, float] | None = None
+    split: str | None = None
+    seed: int = 0
+    k: int = 5
+    n_boot: int = 50
+    slices_per_volume: int = 16
+    batch: int = 16
+    device: str = "cpu"
+    train: str | None = None
+    diversity_n: int = 16
+    montage_pairs: int = 8
+    plane: str = "axial"
+    allow_synthetic_real: bool = False
+    strict: bool = False
+    is_splits: int = 10
+
+
+def evaluate(real: str, fake: str, out: str | os.PathLike, options: EvaluateOptions | None = None, *,
+             overwrite: bool = False, progress=None, command: str | None = None, memo: dict | None = None,
+             _claim: dict | None = None, **fields) -> dict:
     """Score ``fake`` against ``real``; write ``scores.json`` and ``scores.md`` into ``out``.
 
     ``features`` defaults to ``inception2.5d`` for volumes and ``inception`` for 2D images (a 2D
@@ -728,11 +298,19 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
     ``split`` of a real cache by :func:`choose_split` (``real.split_chosen``); the memorisation
     references by :func:`memorization_sets` (``memorization.train`` / ``.heldout``); prdc's ``k``
     shrinks to what the sets allow (``prdc_k`` per extractor, with a warning).
+
+    ``options`` (:class:`EvaluateOptions`) says what to compute; ``fields`` given by name replace
+    its fields (``evaluate(real, fake, out, n=8, seed=1)``). ``overwrite``, ``progress`` (a
+    :func:`medvol.progress.track`-like callable), ``command`` (recorded) and ``memo`` are about
+    this call, not the scores.
     """
+    chosen = dataclasses.replace(options or EvaluateOptions(), **fields)
+    (features, metrics, n, size, modality, window, split, seed, k, n_boot, slices_per_volume, batch, device,
+     train, diversity_n, montage_pairs, plane, allow_synthetic_real, strict, is_splits) = (
+        getattr(chosen, field.name) for field in dataclasses.fields(EvaluateOptions))
     memo = {} if memo is None else memo
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise MedvolError(f"unknown metric {unknown[0]!r} (--metrics): choose from {', '.join(METRICS)}")
+    for name in metrics:
+        get_metric(name)  # an unknown name is refused, with the names to choose from
     out = Path(out)
     if (out / "scores.json").exists() and not overwrite:
         raise MedvolError(f"{out}: already holds an evaluation (scores.json); choose another --out "
@@ -771,17 +349,13 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
         "allow_synthetic_real": bool(allow_synthetic_real),
         "extractors": [],
     }
-    loaded = None
+    sampler = None
     if not any(npy):
-        from medvol.eval import images2d
-
-        loaded = images2d.open_checkpoint(fake)
-        is_2d = loaded is not None and getattr(loaded[0], "dims", 3) == 2
-        files = None if loaded is not None else images2d.image_files(fake)
-        if is_2d or files is not None:
+        dims, sampler, files = probe(fake, device)  # a checkpoint is read once, here
+        if dims == 2:
             report["dims"] = 2
-            pairs = images2d.image_pairs(
-                report, real, fake, loaded=loaded if is_2d else None, files=files,
+            pairs = image_pairs(
+                report, real, fake, sampler=sampler, files=files,
                 features=features or ["inception"], metrics=metrics, n=n, size=size,
                 modality=modality or "ct", window=window, plane=plane, split=split or "val", seed=seed, batch=batch,
                 device=device, progress=progress, memo=memo, allow_synthetic_real=allow_synthetic_real,
@@ -815,8 +389,8 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, *, features: Sequence
                 real, metrics, k=k, n=n, allow_synthetic_real=allow_synthetic_real)
         opts = dict(size=size, modality=modality, window=window, split=split, n=n, seed=seed,
                     device=device, like=like)
-        src_real = Source(real, "real", **opts)
-        src_fake = Source(fake, "fake", loaded=loaded, **opts)
+        src_real = VolumeSource(real, "real", **opts)
+        src_fake = VolumeSource(fake, "fake", sampler=sampler, **opts)
         if src_real.size != src_fake.size:
             raise MedvolError(f"--real volumes are {src_real.size}^3 but --fake are {src_fake.size}^3; "
                               "give --size to prepare both alike")
@@ -1094,14 +668,6 @@ def _plot_montage(pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx)
 
 
 # -------------------------------------------------------------------- runs and comparisons
-
-LOWER_IS_BETTER = ("fid", "kid", "mmd")
-
-
-def better(score: str) -> str:
-    """``"lower"`` or ``"higher"``: the direction in which ``score`` (e.g. ``mean/fid``) improves."""
-    return "lower" if score.rsplit("/", 1)[-1] in LOWER_IS_BETTER else "higher"
-
 
 def evaluate_run(run_dir: str | os.PathLike, real: str, out: str | os.PathLike, *, every: int = 1,
                  best: str | None = None, overwrite: bool = False, **options) -> dict:
