@@ -26,9 +26,9 @@ from medvol.errors import MedvolError
 from medvol.eval import metrics as M
 from medvol.eval.features import get_extractor
 from medvol.eval.images2d import image_pairs
-from medvol.eval.scores import (FEATURE_METRICS, FIGURE_METRICS, METRICS, better, check_counts,  # noqa: F401
-                                check_logits, get_metric, interval_for, score_is, score_views, small_sample_warnings,
-                                volume_vectors)
+from medvol.eval.scores import (DISTANCES, FEATURE_METRICS, FIGURE_METRICS, METRICS, better,  # noqa: F401
+                                check_counts, check_logits, get_metric, interval_for, metric_names, score_is,
+                                score_views, small_sample_warnings, volume_vectors)
 from medvol.eval.sources import (Checksums, Keep, VolumeSource, cache_params, is_cache, marked_synthetic,  # noqa: F401
                                  precomputed, probe, set_checksum, synthetic_real)
 from medvol.utils import torch_threads
@@ -73,7 +73,7 @@ def choose_split(cache: str, metrics: Sequence[str], *, k: int, n: int | None,
 
     entries = load_manifest(Path(cache))["volumes"]
     n_val = sum(entry.get("split") == "val" for entry in entries)
-    need, why = needed_volumes([m for m in metrics if m in FEATURE_METRICS], k, n)
+    need, why = needed_volumes([m for m in metrics if m in metric_names(*DISTANCES)], k, n)
     if n_val >= need:
         return "val", f"its val split holds {n_val} volumes, enough for {why}"
     marked = sum(bool(entry.get("synthetic")) for entry in entries)
@@ -90,7 +90,7 @@ def enough_volumes(metrics: Sequence[str], real: VolumeSource, fake: VolumeSourc
     Raises:
         MedvolError: one line naming the set, its count and what to add.
     """
-    scores = [m for m in metrics if m in FEATURE_METRICS]
+    scores = [m for m in metrics if m in metric_names(*DISTANCES)]
     for src in (real, fake):
         if scores and len(src) < 2:
             hint = (" or pass --split all" if src.kind == "cache" and src.split != "all"
@@ -364,7 +364,7 @@ def evaluate(real: str, fake: str, out: str | os.PathLike, options: EvaluateOpti
                            is_splits=is_splits)
     features = list(features or ["inception2.5d"])
     if all(npy):
-        other = [m for m in metrics if m not in FEATURE_METRICS]
+        other = [m for m in metrics if m not in metric_names(*DISTANCES)]
         if other:
             raise MedvolError(f"--metrics {other[0]}: needs volumes or images (is: their class logits), "
                               "not precomputed features")
@@ -507,7 +507,7 @@ def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k
     ``claim``: the output folder, job, identity, overwrite and inputs (:mod:`medvol.outputs`) and
     the ``prefix`` of the names in it. Every output is written under a temporary name first and
     all are renamed together: a full disk leaves neither scores nor a figure without them."""
-    feature_metrics = [m for m in metrics if m in FEATURE_METRICS]
+    feature_metrics = [m for m in metrics if m in metric_names(*DISTANCES)]
     for info, fr, ff in pairs:
         if info.get("output") == "logits":
             scored = score_is(fr, ff, splits=is_splits, seed=seed)

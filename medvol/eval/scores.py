@@ -113,10 +113,13 @@ for _metric in (
 ):
     register_metric(_metric)
 
+#: The kinds of the distances between two feature sets (what precomputed ``.npy`` features can be
+#: scored with, and what needs two samples per set).
+DISTANCES = ("features", "subsets")
 #: The built-in metrics, in the order ``medvol evaluate`` lists them.
 METRICS = metric_names()
-#: Distances between two feature sets (what precomputed ``.npy`` features can be scored with).
-FEATURE_METRICS = metric_names("features", "subsets")
+#: The built-in distances between two feature sets.
+FEATURE_METRICS = metric_names(*DISTANCES)
 #: Figures of the feature space asked for like metrics: ``umap`` draws features_umap.png beside
 #: the PCA figure (opt-in: umap-learn's first fit in a process compiles for ~20 s).
 FIGURE_METRICS = metric_names("figure")
