@@ -152,3 +152,29 @@ def test_generate_evaluate_and_the_viewer_see_the_same_samples(run3d, tmp_path):
     if not torch.cuda.is_available():  # the viewer samples on "auto": the same device as above
         volume = LoadedModel.load(run3d).generate(3, label=0)
         np.testing.assert_array_equal(volume.array, read_volume(files[0]).array)
+
+
+def test_samples_come_from_the_weight_average_in_eval_mode():
+    """G_ema stands in for G where the model keeps one, BatchNorm uses its running statistics,
+    and the model is left in the training mode it had."""
+    system = _system("crfgan")
+    system.enable_g_ema(10.0)
+    with torch.no_grad():
+        for p in system.G_ema.parameters():
+            p.mul_(0.5)
+    system.train()
+    sampler = Sampler(_loaded(system, "crfgan"))
+    ema = next(sampler.stream(1, seed=0)).array
+    system.g_ema_half_life = 0.0  # the same model without its average
+    plain = next(sampler.stream(1, seed=0)).array
+    system.g_ema_half_life = 10.0
+    assert not np.allclose(ema, plain, atol=1e-3)
+    np.testing.assert_array_equal(next(sampler.stream(1, seed=0)).array, ema)
+    assert system.training
+
+    dcgan = _system("dcgan")  # BatchNorm: in training mode a sample would depend on its batch
+    dcgan.train()
+    sampler = Sampler(_loaded(dcgan, "dcgan"))
+    alone = next(sampler.stream(1, seed=2, batch=1)).array
+    in_batch = next(sampler.stream(3, seed=2, batch=3)).array
+    np.testing.assert_allclose(alone, in_batch, atol=1e-5)
