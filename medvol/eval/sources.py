@@ -30,7 +30,7 @@ import dataclasses
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -44,11 +44,13 @@ DEFAULT_N = 256
 IMAGE_SUFFIXES = (".png", ".nii", ".nii.gz")
 
 
+@runtime_checkable
 class Source(Protocol):
     """What every source of samples gives the extractors and the report."""
 
     role: str
     info: dict
+    dims: int
     size: int
     names: list[str]
 
