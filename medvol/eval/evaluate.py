@@ -25,6 +25,7 @@ import medvol
 from medvol.errors import MedvolError
 from medvol.eval import metrics as M
 from medvol.eval.features import get_extractor
+from medvol.eval.figures import _plot_curve, _plot_montage, _plot_scatter, _plot_umap, pca_2d, umap_2d  # noqa: F401
 from medvol.eval.images2d import image_pairs
 from medvol.eval.scores import (DISTANCES, FEATURE_METRICS, FIGURE_METRICS, METRICS, better,  # noqa: F401
                                 check_counts, check_logits, get_metric, interval_for, metric_names, score_is,
@@ -553,120 +554,6 @@ def _finish(report: dict, pairs: list, metrics: Sequence[str], claim: dict, *, k
     return report
 
 
-# ---------------------------------------------------------------------------------- figures
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None  # figures need the [eval] extra; every number is in scores.json anyway
-    return plt
-
-
-def _save(fig, path: Path) -> bool:
-    from medvol.utils import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return True
-
-
-def _png(fig) -> bytes:
-    """The figure as PNG bytes (written with the other outputs, all at once)."""
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Both sets projected on the two leading principal axes of the pooled, centred features;
-    also the explained variance ratios."""
-    z = np.concatenate([a, b])
-    mean = z.mean(axis=0)
-    _, sv, vt = np.linalg.svd(z - mean, full_matrices=False)
-    ratio = sv**2 / max((sv**2).sum(), 1e-300)
-    return (a - mean) @ vt[:2].T, (b - mean) @ vt[:2].T, ratio[:2]
-
-
-def _plot_scatter(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str = "volume") -> bytes | None:
-    plt = _pyplot()
-    if plt is None or len(real) + len(fake) < 3:
-        return None
-    pr, pf, ratio = pca_2d(real, fake)
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
-    ax.scatter(pr[:, 0], pr[:, 1], s=14, label=f"real ({len(real)})", alpha=0.8)
-    ax.scatter(pf[:, 0], pf[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
-    ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
-    ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}%)" if len(ratio) > 1 else "PC2")
-    ax.set_title(f"{extractor} features, one point per {unit}")
-    ax.legend()
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return png
-
-
-def umap_2d(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Both sets embedded together in 2D by UMAP (umap-learn; imported here, an optional extra):
-    Euclidean, ``min(15, N - 1)`` neighbours, seeded (which also makes it single-threaded)."""
-    import umap
-
-    z = np.concatenate([a, b]).astype(np.float64)
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(z) - 1), random_state=seed, n_jobs=1,
-                        init="random")
-    e = reducer.fit_transform(z)
-    return e[:len(a)], e[len(a):]
-
-
-def _plot_umap(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str = "volume", *,
-               seed: int = 0) -> tuple[bytes | None, str]:
-    """The UMAP figure as PNG bytes, or None and the one-line reason it was skipped."""
-    import importlib.util
-
-    if importlib.util.find_spec("umap") is None:
-        return None, "features_umap.png skipped: umap-learn is not installed (pip install 'medvol[umap]')"
-    if len(real) + len(fake) < 4:
-        return None, f"features_umap.png skipped: UMAP needs at least 4 points, got {len(real) + len(fake)}"
-    plt = _pyplot()
-    if plt is None:
-        return None, "features_umap.png skipped: matplotlib is not installed (pip install 'medvol[eval]')"
-    er, ef = umap_2d(real, fake, seed)
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
-    ax.scatter(er[:, 0], er[:, 1], s=14, label=f"real ({len(real)})", alpha=0.8)
-    ax.scatter(ef[:, 0], ef[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
-    ax.set_xlabel("UMAP 1")
-    ax.set_ylabel("UMAP 2")
-    ax.set_title(f"{extractor} features (UMAP, seed {seed}), one point per {unit}")
-    ax.legend()
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return png, ""
-
-
-def _plot_montage(pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bytes | None:
-    """The closest generated / training pairs, central axial slices: one column per pair, the
-    generated volume on top, its nearest training volume below, each captioned right above its
-    own image (:mod:`medvol.preview`)."""
-    from medvol.preview import labelled_grid, pillow_available, png_bytes, to_grey
-
-    if not pairs or not pillow_available():
-        return None
-    top, bottom = [], []
-    for (fname, tname, dist), fi, ti in zip(pairs, fake_idx, train_idx):
-        fake, real = fake_vols[int(fi)], train_vols[int(ti)]
-        top.append((f"d={dist:.3g} generated {fname}", to_grey(fake[fake.shape[0] // 2], (-1, 1))))
-        bottom.append((f"training {tname}", to_grey(real[real.shape[0] // 2], (-1, 1))))
-    return png_bytes(labelled_grid([top, bottom], title="closest generated / training pairs, central axial "
-                                                 "slices (d: feature distance)"))
-
-
 # -------------------------------------------------------------------- runs and comparisons
 
 def evaluate_run(run_dir: str | os.PathLike, real: str, out: str | os.PathLike, *, every: int = 1,
@@ -732,23 +619,6 @@ def evaluate_run(run_dir: str | os.PathLike, real: str, out: str | os.PathLike, 
                       outputs=list(contents)) as owned:
         owned.write_all(contents, "run evaluation output")
     return summary
-
-
-def _plot_curve(rows, best: str, best_it: int) -> bytes | None:
-    plt = _pyplot()
-    if plt is None:
-        return None
-    its = [r[0] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(its, [r[2][best] for r in rows], marker="o")
-    ax.axvline(best_it, color="grey", linestyle=":", label=f"best ({best_it})")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(best)
-    ax.legend()
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return png
 
 
 def compare(folders: Sequence[str | os.PathLike]) -> str:

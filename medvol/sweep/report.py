@@ -201,7 +201,7 @@ def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bo
 
 def boxplot(path: Path, groups: dict, name: str, direction: str) -> bool:
     """Box plot of the selected score per group, each run a point; False without matplotlib."""
-    from medvol.eval.evaluate import _pyplot, _save
+    from medvol.eval.figures import _pyplot, _save
 
     plt = _pyplot()
     shown = [(g, info["scores"]) for g, info in groups.items() if info["scores"]]
@@ -246,7 +246,7 @@ def d_filters_series(state: dict, base_model: dict, default_group: str) -> dict[
 def d_filters_plot(path: Path, series: dict[str, list[tuple[int, float]]], name: str, direction: str) -> bool:
     """Fig. 4: the score against D's filters (log2 axis), each run a point, each loss's median per
     filter count joined by a line; False without matplotlib or without points."""
-    from medvol.eval.evaluate import _pyplot, _save
+    from medvol.eval.figures import _pyplot, _save
 
     plt = _pyplot()
     if plt is None or not series:
@@ -282,7 +282,7 @@ def param_plot(path: Path, key: str, choices: list, runs: list[dict], name: str,
     """The selected score of every evaluated run against the value it drew for ``key`` (one
     column per value, in grid order, each run a point, the median a bar); False without matplotlib
     or without a run that set ``key``."""
-    from medvol.eval.evaluate import _pyplot, _save
+    from medvol.eval.figures import _pyplot, _save
 
     plt = _pyplot()
     first = key.split(",")[0]
