@@ -61,8 +61,9 @@ def augmentation(dims: int, side: int, seed: int):
 
 def train_unet(sets: Sequence[LabelledSet], classes: int, *, dims: int, iterations: int, batch: int, lr: float,
                seed: int, augment: bool, channels: Sequence[int] = DEFAULT_CHANNELS,
-               device: torch.device = torch.device("cpu")) -> tuple[torch.nn.Module, list[float]]:
-    """Train a U-Net on the union of ``sets``; returns the network (eval mode) and the loss curve.
+               device: torch.device = torch.device("cpu"), out=None, resume=None) -> tuple[torch.nn.Module, list[float]]:
+    """Train a U-Net on the union of ``sets`` through :func:`medvol.train.fit.fit`; returns the
+    network (eval mode) and the loss curve.
 
     Args:
         sets: the training sets (items ``(image, labels)`` of the study's classes).
@@ -73,6 +74,7 @@ def train_unet(sets: Sequence[LabelledSet], classes: int, *, dims: int, iteratio
         augment: apply :func:`augmentation` to every training item.
         channels: U-Net widths.
         device: where it trains.
+        out, resume: a checkpoint file to write, and what to resume (:func:`medvol.train.fit.fit`).
 
     Raises:
         MedvolError: no training items, or a loss that is not finite.
@@ -80,43 +82,42 @@ def train_unet(sets: Sequence[LabelledSet], classes: int, *, dims: int, iteratio
     from monai.losses import DiceLoss
     from monai.utils import convert_to_tensor
 
+    from medvol.train.fit import fit
+
     pool = [(s, i) for s, data in enumerate(sets) for i in range(len(data))]
     if not pool:
         raise MedvolError("no training items")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    net = build_unet(dims, classes, channels).to(device)
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    transform = None
-    losses = []
-    net.train()
-    for iteration in range(iterations):
+    side = sets[pool[0][0]].load(pool[0][1])[0].shape[-1]
+    transform = augmentation(dims, side, seed) if augment else None
+
+    def step(net: torch.nn.Module, iteration: int, rng: np.random.Generator) -> torch.Tensor:
         images, labels = [], []
         for pick in rng.integers(0, len(pool), size=batch):
             s, i = pool[int(pick)]
             image, label = sets[s].load(i)
             x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
             y = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None]
-            if augment:
-                if transform is None:
-                    transform = augmentation(dims, x.shape[-1], seed)
+            if transform is not None:
                 out = transform({"image": x, "label": y})
                 x = convert_to_tensor(out["image"], track_meta=False)
                 y = torch.round(convert_to_tensor(out["label"], track_meta=False))
             images.append(torch.as_tensor(x, dtype=torch.float32))
             labels.append(torch.as_tensor(y, dtype=torch.float32))
-        x = torch.stack(images).to(device)
-        y = torch.stack(labels).to(device)
-        loss = loss_fn(net(x), y)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        value = float(loss.detach())
-        if not np.isfinite(value):
-            raise MedvolError(f"U-Net training diverged at iteration {iteration} (loss {value})")
-        losses.append(value)
-    return net.eval(), losses
+        return loss_fn(net(torch.stack(images).to(device)), torch.stack(labels).to(device))
+
+    settings = {"dims": dims, "classes": classes, "channels": list(channels), "batch": batch, "augment": augment,
+                "train_items": items_digest(sets)}
+    result = fit(lambda: build_unet(dims, classes, channels), step, task="downstream-unet", iterations=iterations,
+                 lr=lr, seed=seed, settings=settings, device=device, out=out, resume=resume, transform=transform)
+    return result.net, result.losses
+
+
+def items_digest(sets: Sequence[LabelledSet]) -> str:
+    """SHA-256 of the training sets' item names: what a checkpoint compares on resume."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(f"{s.name}:{item}" for s in sets for item in s.items).encode()).hexdigest()
 
 
 @torch.no_grad()
