@@ -61,6 +61,24 @@ def test_dice_against_numpy_on_a_fixed_pair():
     assert dice_per_class((truth == 1) * 2, (truth == 1) * 1, 2)[0] == 0.0
 
 
+def test_iou_against_numpy_and_dice():
+    """IoU per class against hand counts |P∩T| / |P∪T|, and the identity IoU = Dice / (2 - Dice)."""
+    from medvol.study.downstream.segment import dice_per_class, iou_per_class
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, (5, 6, 7))
+    prediction = np.where(rng.random(truth.shape) < 0.6, truth, rng.integers(0, 3, truth.shape))
+    expected = [((prediction == c) & (truth == c)).sum() / ((prediction == c) | (truth == c)).sum() for c in (1, 2)]
+    iou = iou_per_class(prediction, truth, 2)
+    np.testing.assert_allclose(iou, expected, rtol=1e-6)
+    dice = dice_per_class(prediction, truth, 2)
+    np.testing.assert_allclose(iou, dice / (2 - dice), rtol=1e-6)
+    assert 0 < iou[0] < dice[0] < 1
+    # a class absent from the truth has no score; a perfect prediction scores 1
+    assert np.isnan(iou_per_class(prediction, np.where(truth == 2, 0, truth), 2)[1])
+    np.testing.assert_array_equal(iou_per_class(truth, truth, 2), [1.0, 1.0])
+
+
 def test_augmentation_moves_labels_with_the_image():
     """After flips, 90° turns, rotations and shifts the labels still sit on the image's structure."""
     import torch
@@ -102,12 +120,17 @@ def test_end_to_end_fast(data, tmp_path):
     for row in results["setups"]:
         value = row["dice"]["lungs"]["mean"]
         assert 0.0 <= value <= 1.0 and row["seeds"]["0"]["train_items"] > 0
+        iou = row["iou"]["lungs"]["mean"]
+        assert iou == pytest.approx(value / (2 - value), rel=1e-6) if value in (0.0, 1.0) else 0.0 <= iou < value
+        per_volume = np.array(row["seeds"]["0"]["per_volume"], float)
+        np.testing.assert_allclose(np.array(row["seeds"]["0"]["per_volume_iou"], float),
+                                   per_volume / (2 - per_volume), rtol=1e-5)
     assert _mean(results, "synthetic", "noise") < _mean(results, "real") - 0.2
     assert results["sources"]["noise"]["fid"]["fid"] > 0
     for name in ("results.json", "results.md", "dice_vs_fid.png", "study.json"):
         assert (out / name).is_file()
     table = (out / "results.md").read_text(encoding="utf-8")
-    assert "| synthetic only | noise |" in table and "Dice lungs" in table
+    assert "| synthetic only | noise |" in table and "Dice lungs" in table and "IoU lungs" in table
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@ map, Adam, a fixed number of iterations with batches drawn uniformly (seeded) fr
 the training sets. Classical augmentation (the ``real + augmentation`` set-up) is MONAI's ``Rand…``
 dictionary transforms applied to image and labels together: flips along every axis, in-plane 90°
 rotations, and a small random affine (rotation up to ±15°, shift up to ±10 % of the side) with
-nearest-neighbour labels. Dice is MONAI's ``DiceMetric`` per class on the argmax prediction of
-each held-out real volume; a class absent from a volume's truth gives no score for that volume.
+nearest-neighbour labels. Dice is MONAI's ``DiceMetric`` and IoU its ``MeanIoU`` per class on the
+argmax prediction of each held-out real volume; a class absent from a volume's truth gives no score
+for that volume. Training runs through :func:`medvol.train.fit.fit`.
 """
 
 from __future__ import annotations
@@ -137,6 +138,16 @@ def predict(net: torch.nn.Module, image: np.ndarray, dims: int, side: int | None
     return np.concatenate(out)
 
 
+def _overlap_per_class(metric, prediction: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    from monai.networks.utils import one_hot
+
+    if prediction.shape != truth.shape:
+        raise MedvolError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
+    p = one_hot(torch.from_numpy(np.asarray(prediction, np.int64))[None, None], classes + 1)
+    t = one_hot(torch.from_numpy(np.asarray(truth, np.int64))[None, None], classes + 1)
+    return metric(p, t)[0].double().numpy()
+
+
 def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
     """MONAI ``DiceMetric`` of one label map against the truth, per foreground class.
 
@@ -149,41 +160,57 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> n
         (no score, rather than a 0 or 1 that would say nothing about the network).
     """
     from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
 
-    if prediction.shape != truth.shape:
-        raise MedvolError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    p = one_hot(torch.from_numpy(np.asarray(prediction, np.int64))[None, None], classes + 1)
-    t = one_hot(torch.from_numpy(np.asarray(truth, np.int64))[None, None], classes + 1)
-    return metric(p, t)[0].double().numpy()
+    return _overlap_per_class(metric, prediction, truth, classes)
+
+
+def iou_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    """MONAI ``MeanIoU`` (Jaccard) of one label map against the truth, per foreground class: the
+    CT/X-ray thesis's segmentation score, beside Dice.
+
+    Returns:
+        float64 (C,): |P∩T| / |P∪T| per class (= Dice / (2 - Dice)); NaN where the class is absent
+        from the truth, as for Dice.
+    """
+    from monai.metrics import MeanIoU
+
+    metric = MeanIoU(include_background=False, reduction="none", ignore_empty=True)
+    return _overlap_per_class(metric, prediction, truth, classes)
 
 
 def evaluate(net: torch.nn.Module, val: LabelledSet, classes: int, *, dims: int, side: int | None = None,
-             device: torch.device = torch.device("cpu")) -> np.ndarray:
-    """Dice per held-out volume and class: float64 (volumes, C), NaN where a class is absent.
+             device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU per held-out volume and class: two float64 (volumes, C), NaN where a class is absent.
 
     A 2D network is scored on the stack of its slice predictions against the truth pooled
     in-plane to its side (:func:`medvol.study.downstream.data.pool_slice`).
     """
-    scores = []
+    dice, iou = [], []
     for index in range(len(val)):
         image, truth = val.load(index)
         if dims == 2 and side and side != truth.shape[-1]:
             truth = np.stack([pool_slice(np.zeros(t.shape, np.float32), t, side)[1] for t in truth])
-        scores.append(dice_per_class(predict(net, image, dims, side, device), truth, classes))
-    return np.stack(scores)
+        prediction = predict(net, image, dims, side, device)
+        dice.append(dice_per_class(prediction, truth, classes))
+        iou.append(iou_per_class(prediction, truth, classes))
+    return np.stack(dice), np.stack(iou)
+
+
+def _rows(table: np.ndarray) -> list[list[float | None]]:
+    return [[None if np.isnan(v) else float(v) for v in row] for row in table]
 
 
 def run_setup(train_sets: Sequence[LabelledSet], val: LabelledSet, classes: int, *, dims: int, side: int | None,
               iterations: int, batch: int, lr: float, seed: int, augment: bool, channels: Sequence[int],
               device: torch.device, log: Callable[[str], None] | None = None) -> dict:
-    """Train one U-Net and score it: ``{"dice": [[per class] per volume], "loss": [...], "seconds"}``."""
+    """Train one U-Net and score it: ``{"dice", "iou": [[per class] per volume], "loss_first", "loss_last",
+    "parameters", "seconds"}``."""
     start = time.monotonic()
     net, losses = train_unet(train_sets, classes, dims=dims, iterations=iterations, batch=batch, lr=lr, seed=seed,
                              augment=augment, channels=channels, device=device)
-    dice = evaluate(net, val, classes, dims=dims, side=side, device=device)
-    return {"dice": [[None if np.isnan(v) else float(v) for v in row] for row in dice],
+    dice, iou = evaluate(net, val, classes, dims=dims, side=side, device=device)
+    return {"dice": _rows(dice), "iou": _rows(iou),
             "loss_first": losses[0], "loss_last": float(np.mean(losses[-10:])),
             "parameters": int(sum(p.numel() for p in net.parameters())),
             "seconds": round(time.monotonic() - start, 2)}
