@@ -127,8 +127,15 @@ def markdown(study: dict, table: list[dict], command: str | None) -> str:
 
 
 def plot(path: Path, table: list[dict]) -> bool:
-    """Mean Dice of synthetic-only and real + synthetic against FID, one point per source; the
-    real and real + augmentation levels as horizontal lines. False if matplotlib is missing."""
+    """Mean Dice of synthetic-only and real + synthetic against FID (:func:`plot_against_fid`)."""
+    return plot_against_fid(path, table, "mean_dice", "mean Dice on held-out real volumes",
+                            "Downstream segmentation: Dice against FID")
+
+
+def plot_against_fid(path: Path, table: list[dict], key: str, ylabel: str, title: str) -> bool:
+    """A score (``row[key]["mean"]``, std as error bar) of synthetic-only and real + synthetic
+    against FID, one point per source; the real and real + augmentation levels as horizontal lines.
+    False if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -140,26 +147,26 @@ def plot(path: Path, table: list[dict]) -> bool:
     styles = {"synthetic": ("o", "tab:red", -11), "real+synthetic": ("s", "tab:blue", 4)}  # label below / above
     fids = [r["fid"] for r in table if r["fid"] is not None and r["fid"] > 0]
     for setup, (marker, colour, dy) in styles.items():
-        rows = [r for r in table if r["setup"] == setup and r["fid"] is not None and r["mean_dice"]["mean"] is not None]
+        rows = [r for r in table if r["setup"] == setup and r["fid"] is not None and r[key]["mean"] is not None]
         if not rows:
             continue
-        ax.errorbar([r["fid"] for r in rows], [r["mean_dice"]["mean"] for r in rows],
-                    yerr=[r["mean_dice"]["std"] or 0.0 for r in rows], fmt=marker, color=colour, capsize=3,
+        ax.errorbar([r["fid"] for r in rows], [r[key]["mean"] for r in rows],
+                    yerr=[r[key]["std"] or 0.0 for r in rows], fmt=marker, color=colour, capsize=3,
                     label=SETUP_TITLES[setup])
         for r in rows:
-            ax.annotate(r["source"], (r["fid"], r["mean_dice"]["mean"]), textcoords="offset points",
+            ax.annotate(r["source"], (r["fid"], r[key]["mean"]), textcoords="offset points",
                         xytext=(5, dy), fontsize=8, color=colour)
     for setup, style in (("real", "-"), ("real+aug", "--")):
         row = next((r for r in table if r["setup"] == setup), None)
-        if row is not None and row["mean_dice"]["mean"] is not None:
-            ax.axhline(row["mean_dice"]["mean"], color="grey", linestyle=style, label=SETUP_TITLES[setup])
+        if row is not None and row[key]["mean"] is not None:
+            ax.axhline(row[key]["mean"], color="grey", linestyle=style, label=SETUP_TITLES[setup])
     if fids and max(fids) / min(fids) > 10:
         ax.set_xscale("log")
-    ax.set_xlabel("FID of the synthetic source (against the held-out real volumes)")
-    ax.set_ylabel("mean Dice on held-out real volumes")
+    ax.set_xlabel("FID of the synthetic source (against the held-out real data)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title("Downstream segmentation: Dice against FID")
+    ax.set_title(title)
     fig.tight_layout()
     with checked_write(path, "plot") as tmp:
         fig.savefig(tmp, dpi=120, format="png")
