@@ -174,6 +174,7 @@ def test_refuses_another_configuration_and_a_reused_name(data, tmp_path):
     (tmp_path / "used" / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(MedvolError, match="not empty and holds no study.json"):
         _run(data, tmp_path / "used", [f"noise={data['noise']}"], iterations=2)
+    assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["notes.txt"]  # not even a lock file left
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(data, tmp_path):

@@ -126,7 +126,8 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, 
     try:
         return _run_downstream(real, synthetic, out, **options)
     finally:
-        lock.release(remove_empty=True)  # a refused first run leaves no empty folder behind
+        # A refused first run leaves no empty folder behind, and no lock file in a folder that existed.
+        lock.release(remove_empty=True, remove_lock=not (out / STUDY_FILE).is_file())
 
 
 def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, *, n_synthetic: int | None = None,
