@@ -101,6 +101,24 @@ def test_augmentation_moves_labels_with_the_image():
     assert changed >= 4
 
 
+def test_augmentation_rotates_in_the_axial_plane():
+    """The small random rotation turns the axial (y, x) plane: a volume that is constant along z
+    stays constant along z through every transform (flips, 90° turns, rotation, shift)."""
+    import torch
+    from monai.utils import convert_to_tensor
+
+    from medvol.study.downstream.segment import augmentation
+
+    plane = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (16, 16)).astype(np.float32))
+    image = plane.expand(16, 16, 16)[None].clone()
+    label = (image > 0).float()
+    transform = augmentation(3, 16, seed=0)
+    for _ in range(8):
+        out = transform({"image": image.clone(), "label": label.clone()})
+        x = convert_to_tensor(out["image"], track_meta=False)
+        assert torch.allclose(x, x[:, :1].expand_as(x), atol=1e-5)
+
+
 def _run(data, out, synthetic, **options):
     from medvol.study.downstream.study import run_downstream
 

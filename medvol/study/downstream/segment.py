@@ -51,7 +51,9 @@ def augmentation(dims: int, side: int, seed: int):
     keys = ("image", "label")
     flips = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(dims)]
     in_plane = (dims - 2, dims - 1)  # the last two axes: the axial plane of a (z, y, x) volume
-    rotate = (0.26,) if dims == 2 else (0.0, 0.0, 0.26)  # +-15 degrees; (0, 0, a) turns the y-x plane
+    # +-15 degrees. MONAI's first 3D angle turns the plane of the last two axes: the axial (y, x)
+    # plane of a (z, y, x) volume; (0, 0, a) would turn the (z, y) plane.
+    rotate = (0.26,) if dims == 2 else (0.26, 0.0, 0.0)
     shift = (0.1 * side,) * dims
     transform = Compose([*flips, RandRotate90d(keys, prob=0.5, spatial_axes=in_plane),
                          RandAffined(keys, prob=0.5, rotate_range=rotate, translate_range=shift,
