@@ -147,36 +147,56 @@ def test_end_to_end(data, tmp_path):
     assert not [m for m in messages if " seed " in m] and again["setups"] == results["setups"]
 
 
-def test_two_d_images_make_a_two_d_study(data, tmp_path):
-    """2D synthetic images: the real items are the central axial slices, pooled to their side."""
-    from medvol.data.preprocess import PreprocessParams, preprocess_with_info, to_intensity
+def _write_slices(folder: Path, per_class: int = 2) -> Path:
+    """2D synthetic images (16², the central axial slice of phantoms pooled 2×2) per class, marked."""
     from medvol.data.phantom import draw_factors, make_phantom
-    from medvol.study.downstream import classdata as C
-    from medvol.study.downstream.classify import run_setup
+    from medvol.data.preprocess import PreprocessParams, preprocess_with_info, to_intensity
     from medvol.train.generate2d import write_image2d
 
-    folder = tmp_path / "slices"
     params = PreprocessParams(size=SIZE)
     counts = [0, 0]
-    for i in range(40):
+    for i in range(60):
         label = int(draw_factors((3, i))["asymmetry"] != "none")
-        if counts[label] < 2:
+        if counts[label] < per_class:
             array, _ = preprocess_with_info(make_phantom(SIZE, (3, i))[0], params)
             image = array[SIZE // 2].reshape(16, 2, 16, 2).mean(axis=(1, 3))
             (folder / demo.CLASSES[label]).mkdir(parents=True, exist_ok=True)
             write_image2d(to_intensity(image, params).astype(np.float32), (1.0, 1.0),
                           folder / demo.CLASSES[label] / f"s{i}.nii.gz", {"model": "slices", "index": i})
             counts[label] += 1
-    source = C.open_synthetic_classes("s", folder, size=SIZE, window=(-1024.0, 600.0), n=None)
-    assert source.dims == 2 and [source.load(i)[1] for i in range(4)] == [0, 0, 1, 1]
-    rule = C.class_rule(str(data["cache"]), "asymmetry", None)
-    val = C.central_slices(C.open_real_classes(str(data["cache"]), "val", rule), 16)
-    assert val.load(0)[0].shape == (16, 16)
+    return folder
+
+
+def test_two_d_images_make_a_two_d_study(data, tmp_path):
+    """2D synthetic images: the real items are the central axial slices, pooled to their side."""
     import torch
 
+    from medvol.study.downstream import classdata as C
+    from medvol.study.downstream.classify import run_setup
+
+    source = C.open_synthetic_classes("s", _write_slices(tmp_path / "slices"), size=SIZE, window=(-1024.0, 600.0),
+                                      n=None)
+    assert source.dims == 2 and [source.load(i)[1] for i in range(4)] == [0, 0, 1, 1]
+    rule = C.class_rule(str(data["cache"]), "asymmetry", None)
+    volumes = C.open_real_classes(str(data["cache"]), "val", rule)
+    val = C.central_slices(volumes, 16)
+    image, label = val.load(0)
+    expected = volumes.load(0)[0][SIZE // 2].reshape(16, 2, 16, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(image, expected, rtol=1e-6)
+    assert label == volumes.load(0)[1]
     result = run_setup([source], val, net="classifier", dims=2, side=16, iterations=3, batch=2, lr=1e-2, seed=0,
                        augment=True, channels=(4, 8), weights=None, device=torch.device("cpu"))
     assert result["n"] == len(val) and result["tp"] + result["fp"] + result["tn"] + result["fn"] == len(val)
+
+
+@pytest.mark.slow
+def test_two_d_study_end_to_end(data, tmp_path):
+    """The whole 2D study: a 2D classifier, FID with Inception on the central slices."""
+    out = tmp_path / "study"
+    results = _run(data, out, [f"slices={_write_slices(tmp_path / 'slices')}"])
+    assert results["config"]["dims"] == 2 and results["config"]["side"] == 16
+    assert results["sources"]["slices"]["fid"]["extractor"]["extractor"] == "inception"
+    assert results["setups"][0]["seeds"]["0"]["n"] == len(_classes_from_manifest(data["cache"], "val"))
 
 
 def test_weights_from_a_file(data, tmp_path):
