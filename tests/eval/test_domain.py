@@ -150,3 +150,19 @@ def test_features_train_resumes_bit_exactly_and_refuses_changes(cache, tmp_path)
         get_extractor(f"domain:{part}")
     with pytest.raises(MedvolError, match="corrupt or truncated"):
         D.train_domain_features(cache, part, iters=6, resume="auto", **options)
+
+
+def test_features_train_cli_resume(cache, tmp_path, capsys):
+    """``--resume auto`` continues --out (no --overwrite needed: the same job); changed settings are
+    one line and exit 2, and the file is kept."""
+    out = tmp_path / "d.pt"
+    common = ["features", "train", "--data", str(cache), "--out", str(out), "--batch", "1"]
+    assert main([*common, "--iters", "2", "--ckpt-every", "1"]) == 0
+    assert main([*common, "--iters", "3", "--resume", "auto"]) == 0
+    assert len(D.read_feature_file(out)["train"]["loss"]) == 3
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main([*common[:-1], "2", "--iters", "4", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings (batch 1 -> 2)" in err[0]
+    assert out.read_bytes() == before
