@@ -28,7 +28,8 @@ CLASSIFY_ONLY = {"classify_by": "--classify-by", "positive": "--positive", "net"
 
 def register(actions) -> None:
     parser = actions.add_parser(
-        "downstream", help="does synthetic data help train a segmentation U-Net or a classifier? (Dice / accuracy vs FID)",
+        "downstream",
+        help="does synthetic data help train a segmentation U-Net or a classifier? (Dice / accuracy vs FID)",
         description="Train a MONAI U-Net (--task segment, default) or classifier (--task classify) on: the real "
                     "cache's train split; the same with classical augmentation; each synthetic source alone; "
                     "real + each synthetic source; each with --seeds seeds. Score it on the cache's val split "
@@ -44,12 +45,12 @@ def register(actions) -> None:
                         help="a medvol cache: with label maps (segment), or whose items carry a class (classify: "
                              "phantom factors or a label per item)")
     parser.add_argument("--synthetic", action="append", default=[], metavar="[NAME=]DIR_OR_CKPT", required=True,
-                        help="segment: generated images with X_mask files beside them (`medvol generate --out DIR` of a "
-                        "model with mask channels), or a checkpoint / run folder to generate them from; classify: a "
-                        "folder with negative/ and positive/ of generated images; repeat")
+                        help="segment: generated images with X_mask files beside them (`medvol generate --out DIR` "
+                        "of a model with mask channels), or a checkpoint / run folder to generate them from; "
+                        "classify: a folder with negative/ and positive/ of generated images; repeat")
     parser.add_argument("--n-synthetic", type=int, metavar="N",
-                        help="synthetic images per source (a folder: its first N, per class for classify; a checkpoint: "
-                             "N generated, default 32)")
+                        help="synthetic images per source (a folder: its first N, per class for classify; a "
+                             "checkpoint: N generated, default 32)")
     parser.add_argument("--seeds", type=int, default=3, help="networks per set-up (default 3)")
     parser.add_argument("--iterations", type=int, default=150, help="training iterations per network (default 150)")
     parser.add_argument("--batch", type=int, help="batch size (default 2 for segment, 4 for classify)")

@@ -69,7 +69,8 @@ def class_rule(cache: str, by: str, positive: Sequence[str] | None) -> tuple[str
     values = sorted({_value(e, by, cache) for e in entries})
     if positive is None:
         if by not in DEFAULT_NEGATIVE:
-            raise MedvolError(f"--classify-by {by}: give --positive VALUE[,VALUE] (its values here: {', '.join(values)})")
+            raise MedvolError(f"--classify-by {by}: give --positive VALUE[,VALUE] (its values here: "
+                              f"{', '.join(values)})")
         positive = [v for v in values if v != DEFAULT_NEGATIVE[by]]
     unknown = [v for v in positive if v not in values]
     if unknown:
@@ -175,6 +176,6 @@ def open_synthetic_classes(name: str, folder: str | Path, *, size: int, window: 
     info = {"folder": str(folder.resolve()), "n": len(files), "dims": dims,
             "positive": sum(label for _, label in files), "negative": sum(1 - label for _, label in files),
             "fingerprint": digest.hexdigest(),
-            "checkpoint_sha256": sorted({str(r.get("checkpoint_sha256")) for r in records if r.get("checkpoint_sha256")}),
+            "checkpoint_sha256": sorted({str(r["checkpoint_sha256"]) for r in records if r.get("checkpoint_sha256")}),
             "models": sorted({str(r.get("model")) for r in records if r.get("model")})}
     return LabelledSet(name, dims, [f"{CLASS_DIRS[label]}/{path.name}" for path, label in files], load, info)

@@ -224,16 +224,19 @@ def markdown(study: dict, table: list[dict], val_n: int, command: str | None) ->
              f"held-out real items (val split of `{config['real']}`): mean ± standard deviation over seeds of the "
              "accuracy, sensitivity, specificity and the counts of false positives (FP) and false negatives (FN). "
              "FID of each synthetic source against the same held-out items.", "",
-             "| set-up | source | accuracy | sensitivity | specificity | FP | FN | FID |", "|---|---|---|---|---|---|---|---|"]
+             "| set-up | source | accuracy | sensitivity | specificity | FP | FN | FID |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in table:
         fid = fmt(row["fid"], 4) if row["source"] else "—"
         lines.append(f"| {row['title']} | {row['source'] or '—'} | " + " | ".join(
             _cell(row[s], seeds, 2 if s in ("fp", "fn") else 3) for s in SCORES) + f" | {fid} |")
-    lines += ["", "Per seed:", "", "| set-up | source | seed | accuracy | TP | FP | TN | FN | sensitivity | specificity |",
+    lines += ["", "Per seed:", "",
+              "| set-up | source | seed | accuracy | TP | FP | TN | FN | sensitivity | specificity |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table:
         for seed, run in row["seeds"].items():
-            lines.append(f"| {row['title']} | {row['source'] or '—'} | {seed} | {run['accuracy']:.3f} | {run['tp']} | "
+            lines.append(f"| {row['title']} | {row['source'] or '—'} | {seed} | {run['accuracy']:.3f} | "
+                         f"{run['tp']} | "
                          f"{run['fp']} | {run['tn']} | {run['fn']} | {_rate(run['sensitivity'])} | "
                          f"{_rate(run['specificity'])} |")
     lines += ["", "Sources:", ""]
@@ -242,7 +245,8 @@ def markdown(study: dict, table: list[dict], val_n: int, command: str | None) ->
         extractor = (fid.get("extractor") or {}).get("extractor", "?")
         lines.append(f"- `{name}`: `{source['spec']}`, {source['negative']} negative and {source['positive']} positive "
                      f"{config['dims']}D item(s); FID with `{extractor}` features, {fid.get('n_real', '?')} real vs "
-                     f"{fid.get('n_synthetic', '?')} synthetic" + (f" ({fid['warning']})" if fid.get("warning") else ""))
+                     f"{fid.get('n_synthetic', '?')} synthetic"
+                     + (f" ({fid['warning']})" if fid.get("warning") else ""))
     if command:
         lines += ["", f"Command: `{command}`"]
     return "\n".join(lines) + "\n"

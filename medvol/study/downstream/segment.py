@@ -64,7 +64,8 @@ def augmentation(dims: int, side: int, seed: int):
 
 def train_unet(sets: Sequence[LabelledSet], classes: int, *, dims: int, iterations: int, batch: int, lr: float,
                seed: int, augment: bool, channels: Sequence[int] = DEFAULT_CHANNELS,
-               device: torch.device = torch.device("cpu"), out=None, resume=None) -> tuple[torch.nn.Module, list[float]]:
+               device: torch.device = torch.device("cpu"), out=None,
+               resume=None) -> tuple[torch.nn.Module, list[float]]:
     """Train a U-Net on the union of ``sets`` through :func:`medvol.train.fit.fit`; returns the
     network (eval mode) and the loss curve.
 
