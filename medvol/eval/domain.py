@@ -75,6 +75,10 @@ def train_domain_features(data: str | os.PathLike, out: str | os.PathLike, *, it
     out = Path(out)
     continuing = resume == "auto" and is_feature_file(out)
     check_feature_output(out, overwrite or continuing)
+    for source in ([out] if continuing else []) + ([Path(resume)] if resume not in (None, "auto") else []):
+        if source.is_file() and not read_feature_file(source)["checkpoint"]:
+            raise MedvolError(f"--resume: {source} is a domain feature file of the earlier format, without optimiser "
+                              "and RNG states; it can be used for features but not continued (train a new one)")
     if iters < 1 or batch < 1 or not lr > 0:
         raise MedvolError("--iters and --batch must be at least 1 and --lr positive")
     ds = CachedVolumeDataset(data, split="train")

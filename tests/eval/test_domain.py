@@ -121,6 +121,18 @@ def test_a_feature_file_of_the_old_format_still_loads():
     assert D.read_feature_file(here / "domain_v1.pt")["train"]["loss"] == blob["train"]["loss"]
 
 
+def test_an_old_feature_file_cannot_be_continued(cache, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    old = tmp_path / "old.pt"
+    shutil.copy(Path(__file__).parent / "data" / "domain_v1.pt", old)
+    for out, resume in ((old, "auto"), (tmp_path / "new.pt", str(old))):
+        with pytest.raises(MedvolError, match="earlier format, without optimiser and RNG states"):
+            D.train_domain_features(cache, out, iters=3, channels=(2, 4, 8, 16), resume=resume)
+    assert not (tmp_path / "new.pt").exists()
+
+
 def test_features_train_resumes_bit_exactly_and_refuses_changes(cache, tmp_path):
     """Through the fit loop: 2 iterations then ``--resume auto`` to 4 equal 4 at once; another
     recipe is refused in place and allowed as a fork into a new file."""
