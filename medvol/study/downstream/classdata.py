@@ -8,7 +8,7 @@ thesis's accuracy with false positives and false negatives is.
   comes from its manifest entry: ``--classify-by FACTOR`` reads a discrete phantom factor that
   ``medvol preprocess`` kept from the ``.factors.json`` sidecar of ``medvol data phantom``
   (``asymmetry``: none / left_small / right_small; ``habitus``; ``mode``), ``--classify-by label``
-  the entry's integer class ``label`` (what a cache that records a class per item holds).
+  the entry's integer class ``label``.
   ``--positive V,V`` names the values that are positive, every other value is negative
   (default: every value but ``none`` for ``asymmetry``, every label but 0 for ``label``).
 - Synthetic data: a folder with ``negative/`` and ``positive/`` inside, each holding images marked
