@@ -30,8 +30,8 @@ from medvol.study.downstream import classdata as C
 from medvol.study.downstream import data as D
 from medvol.study.downstream.classify import DEFAULT_CHANNELS, NETS, read_weights, run_setup
 from medvol.study.downstream.report import SETUP_TITLES, _summary, plot_against_fid
-from medvol.study.downstream.study import (LOCK_NAME, REAL_SETUPS, RUN_DIR, STUDY_FILE, SYNTHETIC_SETUPS,
-                                           _check_config, _source_record, read_json, run_name, write_json)
+from medvol.study.downstream.runs import (LOCK_NAME, REAL_SETUPS, RUN_DIR, STUDY_FILE, SYNTHETIC_SETUPS,
+                                          _check_config, _source_record, read_json, run_name, write_json)
 from medvol.utils import checked_write, torch_threads
 
 NOTE = ("Synthetic data are used as training data on purpose: that is what this study measures. Every "

@@ -49,7 +49,7 @@ def _summary(values: list[float | None]) -> dict:
 
 def collect(out: Path, study: dict) -> list[dict]:
     """Every set-up of the study with its runs: real set-ups first, then per source in order."""
-    from medvol.study.downstream.study import REAL_SETUPS, RUN_DIR, SYNTHETIC_SETUPS, read_json, run_name
+    from medvol.study.downstream.runs import REAL_SETUPS, RUN_DIR, SYNTHETIC_SETUPS, read_json, run_name
 
     classes = study["config"]["classes"]
     rows = [(setup, None) for setup in REAL_SETUPS]
