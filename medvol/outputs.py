@@ -213,13 +213,17 @@ class FolderLock:
             raise MedvolError(f"run folder {self.run_dir}: cannot write {lock_name} "
                               f"({write_failure(error, self.run_dir)})") from None
 
-    def release(self, remove_empty: bool = False) -> None:
-        """Unlock; with ``remove_empty``, delete a folder this lock created that stayed empty."""
+    def release(self, remove_empty: bool = False, remove_lock: bool = False) -> None:
+        """Unlock; with ``remove_empty``, delete a folder this lock created that stayed empty; with
+        ``remove_lock``, delete the lock file (while still held: a waiter that opened it notices the
+        orphan and retries), so that a refused job leaves nothing in a folder that already existed."""
         if self.fd is None:
             return
         if remove_empty and self.created and [p.name for p in self.run_dir.iterdir()] == [self.path.name]:
             self.path.unlink(missing_ok=True)
             self.run_dir.rmdir()
+        elif remove_lock:
+            self.path.unlink(missing_ok=True)
         os.close(self.fd)
         self.fd = None
 

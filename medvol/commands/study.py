@@ -11,7 +11,7 @@ ACTIONS: list[str] = ["reader", "downstream", "recursive"]
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "study", help="studies of synthetic data (reader study, downstream segmentation)",
+        "study", help="studies of synthetic data (reader study, downstream segmentation and classification, recursive training)",
         description="Studies that judge synthetic data beyond metrics (docs/studies.md).")
     actions = parser.add_subparsers(dest="study_command", metavar="ACTION")
     actions.required = True

@@ -74,8 +74,10 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None)
 # ----------------------------------------------------------------------------------------------
 # Writing and reading
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], what: str = "checkpoint") -> Path:
     """Write ``state`` to ``path`` atomically, then its ``.sha256`` sidecar.
+
+    ``what`` names the file in a failure's message (``"checkpoint"``, ``"domain feature file"``).
 
     The checksum is computed on the temporary file and written before the rename, so a reader
     that finds the checkpoint under its final name always finds its checksum too. Both files are
@@ -90,10 +92,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     renamed_side = False
     try:
         # torch.save reports a failed write as a RuntimeError from its C++ writer.
-        with checked_write(path, "checkpoint", library_errors=(RuntimeError,)) as tmp:
+        with checked_write(path, what, library_errors=(RuntimeError,)) as tmp:
             torch.save(state, tmp)
             digest = sha256_file(tmp)
-            with checked_write(side, "checkpoint checksum") as side_tmp:
+            with checked_write(side, f"{what} checksum") as side_tmp:
                 side_tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
             renamed_side = True
     except MedvolError:
@@ -138,6 +140,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def checkpoint_config(state: dict[str, Any]) -> TrainConfig:
+    """The training config of a generative model's checkpoint.
+
+    Raises:
+        MedvolError: a checkpoint of an auxiliary network (:mod:`medvol.train.fit`), which has none.
+    """
+    if state.get("kind") == "auxiliary":
+        raise MedvolError(f"{state.get('path')} is a checkpoint of an auxiliary network ({state.get('task')}), "
+                          "not of a generative model")
     return config_from_dict(state["config"], source=f"config in checkpoint {state.get('path')}")
 
 

@@ -61,6 +61,24 @@ def test_dice_against_numpy_on_a_fixed_pair():
     assert dice_per_class((truth == 1) * 2, (truth == 1) * 1, 2)[0] == 0.0
 
 
+def test_iou_against_numpy_and_dice():
+    """IoU per class against hand counts |P∩T| / |P∪T|, and the identity IoU = Dice / (2 - Dice)."""
+    from medvol.study.downstream.segment import dice_per_class, iou_per_class
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, (5, 6, 7))
+    prediction = np.where(rng.random(truth.shape) < 0.6, truth, rng.integers(0, 3, truth.shape))
+    expected = [((prediction == c) & (truth == c)).sum() / ((prediction == c) | (truth == c)).sum() for c in (1, 2)]
+    iou = iou_per_class(prediction, truth, 2)
+    np.testing.assert_allclose(iou, expected, rtol=1e-6)
+    dice = dice_per_class(prediction, truth, 2)
+    np.testing.assert_allclose(iou, dice / (2 - dice), rtol=1e-6)
+    assert 0 < iou[0] < dice[0] < 1
+    # a class absent from the truth has no score; a perfect prediction scores 1
+    assert np.isnan(iou_per_class(prediction, np.where(truth == 2, 0, truth), 2)[1])
+    np.testing.assert_array_equal(iou_per_class(truth, truth, 2), [1.0, 1.0])
+
+
 def test_augmentation_moves_labels_with_the_image():
     """After flips, 90° turns, rotations and shifts the labels still sit on the image's structure."""
     import torch
@@ -83,6 +101,24 @@ def test_augmentation_moves_labels_with_the_image():
     assert changed >= 4
 
 
+def test_augmentation_rotates_in_the_axial_plane():
+    """The small random rotation turns the axial (y, x) plane: a volume that is constant along z
+    stays constant along z through every transform (flips, 90° turns, rotation, shift)."""
+    import torch
+    from monai.utils import convert_to_tensor
+
+    from medvol.study.downstream.segment import augmentation
+
+    plane = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (16, 16)).astype(np.float32))
+    image = plane.expand(16, 16, 16)[None].clone()
+    label = (image > 0).float()
+    transform = augmentation(3, 16, seed=0)
+    for _ in range(8):
+        out = transform({"image": image.clone(), "label": label.clone()})
+        x = convert_to_tensor(out["image"], track_meta=False)
+        assert torch.allclose(x, x[:, :1].expand_as(x), atol=1e-5)
+
+
 def _run(data, out, synthetic, **options):
     from medvol.study.downstream.study import run_downstream
 
@@ -102,12 +138,17 @@ def test_end_to_end_fast(data, tmp_path):
     for row in results["setups"]:
         value = row["dice"]["lungs"]["mean"]
         assert 0.0 <= value <= 1.0 and row["seeds"]["0"]["train_items"] > 0
+        iou = row["iou"]["lungs"]["mean"]
+        assert iou == pytest.approx(value / (2 - value), rel=1e-6) if value in (0.0, 1.0) else 0.0 <= iou < value
+        per_volume = np.array(row["seeds"]["0"]["per_volume"], float)
+        np.testing.assert_allclose(np.array(row["seeds"]["0"]["per_volume_iou"], float),
+                                   per_volume / (2 - per_volume), rtol=1e-5)
     assert _mean(results, "synthetic", "noise") < _mean(results, "real") - 0.2
     assert results["sources"]["noise"]["fid"]["fid"] > 0
     for name in ("results.json", "results.md", "dice_vs_fid.png", "study.json"):
         assert (out / name).is_file()
     table = (out / "results.md").read_text(encoding="utf-8")
-    assert "| synthetic only | noise |" in table and "Dice lungs" in table
+    assert "| synthetic only | noise |" in table and "Dice lungs" in table and "IoU lungs" in table
 
 
 @pytest.mark.slow
@@ -151,6 +192,7 @@ def test_refuses_another_configuration_and_a_reused_name(data, tmp_path):
     (tmp_path / "used" / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(MedvolError, match="not empty and holds no study.json"):
         _run(data, tmp_path / "used", [f"noise={data['noise']}"], iterations=2)
+    assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["notes.txt"]  # not even a lock file left
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(data, tmp_path):

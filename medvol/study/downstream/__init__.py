@@ -1,8 +1,13 @@
-"""The downstream segmentation study (``medvol study downstream``): U-Nets trained on real, augmented,
-synthetic and mixed data, scored by Dice on held-out real volumes, beside each generator's FID.
+"""The downstream studies (``medvol study downstream``): U-Nets (``--task segment``) or classifiers
+(``--task classify``) trained on real, augmented, synthetic and mixed data, scored on held-out real
+data (Dice and IoU; accuracy, false positives and negatives), beside each generator's FID.
 
 - :mod:`~medvol.study.downstream.data`: the real cache's splits and the checked synthetic sources.
-- :mod:`~medvol.study.downstream.segment`: the MONAI U-Net, its training, augmentation and Dice.
+- :mod:`~medvol.study.downstream.segment`: the MONAI U-Net, its training, augmentation, Dice and IoU.
+- :mod:`~medvol.study.downstream.classdata`: the classes of real items and the per-class synthetic sources.
+- :mod:`~medvol.study.downstream.classify`: the MONAI classifier, its training, augmentation and counts.
+- :mod:`~medvol.study.downstream.classify_study`: :func:`~medvol.study.downstream.classify_study.run_classify`
+  and its report (results.json, results.md, accuracy_vs_fid.png).
 - :mod:`~medvol.study.downstream.fid`: FID of each source through :mod:`medvol.eval`.
 - :mod:`~medvol.study.downstream.study`: :func:`~medvol.study.downstream.study.run_downstream`.
 - :mod:`~medvol.study.downstream.report`: results.json, results.md, dice_vs_fid.png.

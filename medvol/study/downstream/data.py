@@ -220,6 +220,49 @@ def _label_names(record: dict | None, folder: Path) -> list[str] | None:
     return None
 
 
+def checked_synthetic(what: str, path: Path, is_2d: bool) -> dict:
+    """The provenance of one synthetic input (:func:`medvol.data.provenance.provenance_of`), checked.
+
+    Raises:
+        MedvolError: ``path`` is not marked synthetic, or its voxels differ from its sidecar's checksum.
+    """
+    from medvol.data.provenance import provenance_of, voxels_sha256
+
+    found = provenance_of(path, verify=not is_2d)  # medvol's volume reader reads 3D only
+    if is_2d and (found["record"] or {}).get("voxels_sha256"):
+        found["voxels_match"] = voxels_sha256(_read_array(path, 2)[0]) == found["record"]["voxels_sha256"]
+    if not found["synthetic"]:
+        raise MedvolError(f"{what}: {path} is not marked synthetic; the study trains on it as generated data, "
+                          "so it must be what `medvol generate` wrote (a real scan passed as synthetic would "
+                          "make the comparison meaningless)")
+    if found.get("voxels_match") is False:
+        raise MedvolError(f"{what}: {path}: its voxels differ from its sidecar's checksum (changed after "
+                          "generation)")
+    return found
+
+
+def scaled_image(path: Path, image: np.ndarray, *, dims: int, size: int,
+                 window: tuple[float, float] | None) -> np.ndarray:
+    """A synthetic image checked against the real data's grid and scaled to [-1, 1] (HU with ``window``).
+
+    Raises:
+        MedvolError: a volume that is not (size,)*3, a slice that is not square with a side dividing
+            ``size``, or NaN / infinite voxels.
+    """
+    if dims == 3 and image.shape != (size,) * 3:
+        raise MedvolError(f"{path}: shape {image.shape}; the real volumes are {(size,) * 3} "
+                          "(generate from a model trained at the cache's size)")
+    if dims == 2 and (image.shape[0] != image.shape[1] or size % image.shape[0]):
+        raise MedvolError(f"{path}: a {image.shape} slice; slices must be square with a side that "
+                          f"divides the real volumes' {size}")
+    if not np.isfinite(image).all():
+        raise MedvolError(f"{path}: holds NaN or infinite voxels")
+    if window is not None:
+        low, high = window
+        image = (np.clip(image, low, high) - low) / (high - low) * 2.0 - 1.0
+    return np.clip(image, -1.0, 1.0).astype(np.float32)
+
+
 def open_synthetic(name: str, folder: str | Path, *, size: int, window: tuple[float, float] | None,
                    classes: Sequence[str], n: int | None) -> LabelledSet:
     """A folder of generated images with masks, checked, as a :class:`LabelledSet`.
@@ -237,7 +280,6 @@ def open_synthetic(name: str, folder: str | Path, *, size: int, window: tuple[fl
             voxels differ from its sidecar, unknown label names, a wrong shape, mixed dimensions.
     """
     from medvol.data.discover import discover, find_labels
-    from medvol.data.provenance import provenance_of, voxels_sha256
 
     folder = Path(folder)
     what = f"--synthetic {name}={folder}"
@@ -256,16 +298,7 @@ def open_synthetic(name: str, folder: str | Path, *, size: int, window: tuple[fl
                               "segmentation needs image and mask (generate from a model trained with "
                               "--model.mask_channels K)")
         is_2d = _is_2d(path)
-        found = provenance_of(path, verify=not is_2d)  # medvol's volume reader reads 3D only
-        if is_2d and (found["record"] or {}).get("voxels_sha256"):
-            found["voxels_match"] = voxels_sha256(_read_array(path, 2)[0]) == found["record"]["voxels_sha256"]
-        if not found["synthetic"]:
-            raise MedvolError(f"{what}: {path} is not marked synthetic; the study trains on it as generated data, "
-                              "so it must be what `medvol generate` wrote (a real scan passed as synthetic would "
-                              "make the comparison meaningless)")
-        if found.get("voxels_match") is False:
-            raise MedvolError(f"{what}: {path}: its voxels differ from its sidecar's checksum (changed after "
-                              "generation)")
+        found = checked_synthetic(what, path, is_2d)
         these = _label_names(found["record"], folder)
         if these is None:
             raise MedvolError(f"{what}: {path.name}: the names of its mask's labels are not recorded (mask_labels "
@@ -284,20 +317,10 @@ def open_synthetic(name: str, folder: str | Path, *, size: int, window: tuple[fl
         labels, _ = _read_array(masks[index], dims)
         if image.shape != labels.shape:
             raise MedvolError(f"{masks[index]}: shape {labels.shape} differs from its image's {image.shape}")
-        if dims == 3 and image.shape != (size,) * 3:
-            raise MedvolError(f"{files[index]}: shape {image.shape}; the real volumes are {(size,) * 3} "
-                              "(generate from a model trained at the cache's size)")
-        if dims == 2 and (image.shape[0] != image.shape[1] or size % image.shape[0]):
-            raise MedvolError(f"{files[index]}: a {image.shape} slice; slices must be square with a side that "
-                              f"divides the real volumes' {size}")
-        if not np.isfinite(image).all():
-            raise MedvolError(f"{files[index]}: holds NaN or infinite voxels")
+        image = scaled_image(files[index], image, dims=dims, size=size, window=window)
         if labels.min() < 0 or labels.max() > 255 or not np.array_equal(labels, np.round(labels)):
             raise MedvolError(f"{masks[index]}: a mask holds integer labels 0..255")
-        if window is not None:
-            low, high = window
-            image = (np.clip(image, low, high) - low) / (high - low) * 2.0 - 1.0
-        return np.clip(image, -1.0, 1.0).astype(np.float32), table[labels.astype(np.uint8)]
+        return image, table[labels.astype(np.uint8)]
 
     digest = hashlib.sha256()
     for path, record in zip(files, records):

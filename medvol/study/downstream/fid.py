@@ -68,7 +68,7 @@ def fid(real_val: LabelledSet, synthetic: LabelledSet, ext, *, side: int | None,
 
     key = (ext.name, side)
     if key not in memo:
-        real = real_slices(real_val, side) if ext.dims == 2 else real_val
+        real = real_slices(real_val, side) if ext.dims == 2 and real_val.dims == 3 else real_val
         memo[key] = volume_vectors(ext.extract(_stream(real)))
     real_vectors = memo[key]
     fake_vectors = volume_vectors(ext.extract(_stream(synthetic)))

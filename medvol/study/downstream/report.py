@@ -26,9 +26,12 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def seed_dice(run: dict) -> list[float | None]:
-    """Per-class Dice of one run: the mean over the held-out volumes that contain the class."""
-    table = np.array([[np.nan if v is None else v for v in row] for row in run["dice"]], dtype=np.float64)
+def seed_dice(run: dict, key: str = "dice") -> list[float | None]:
+    """Per-class Dice (``key="iou"``: IoU) of one run: the mean over the held-out volumes that
+    contain the class. A run file written before IoU was scored has no IoU: all None."""
+    if key not in run:
+        return [None] * len(run["classes"])
+    table = np.array([[np.nan if v is None else v for v in row] for row in run[key]], dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every volume: no score
         means = np.nanmean(table, axis=0)
@@ -46,7 +49,7 @@ def _summary(values: list[float | None]) -> dict:
 
 def collect(out: Path, study: dict) -> list[dict]:
     """Every set-up of the study with its runs: real set-ups first, then per source in order."""
-    from medvol.study.downstream.study import REAL_SETUPS, RUN_DIR, SYNTHETIC_SETUPS, read_json, run_name
+    from medvol.study.downstream.runs import REAL_SETUPS, RUN_DIR, SYNTHETIC_SETUPS, read_json, run_name
 
     classes = study["config"]["classes"]
     rows = [(setup, None) for setup in REAL_SETUPS]
@@ -59,14 +62,19 @@ def collect(out: Path, study: dict) -> list[dict]:
             if run is not None:
                 runs[seed] = run
         per_seed = {seed: seed_dice(run) for seed, run in runs.items()}
+        iou_seed = {seed: seed_dice(run, "iou") for seed, run in runs.items()}
         means = {seed: _mean_over_classes(d) for seed, d in per_seed.items()}
+        iou_means = {seed: _mean_over_classes(d) for seed, d in iou_seed.items()}
         entry = {"setup": setup, "title": SETUP_TITLES[setup], "source": source,
                  "seeds": {str(seed): {"dice": dict(zip(classes, d)), "mean_dice": means[seed],
-                                       "per_volume": runs[seed]["dice"], "seconds": runs[seed]["seconds"],
-                                       "train_items": runs[seed]["train_items"]}
+                                       "iou": dict(zip(classes, iou_seed[seed])), "mean_iou": iou_means[seed],
+                                       "per_volume": runs[seed]["dice"], "per_volume_iou": runs[seed].get("iou"),
+                                       "seconds": runs[seed]["seconds"], "train_items": runs[seed]["train_items"]}
                            for seed, d in per_seed.items()},
                  "dice": {c: _summary([d[i] for d in per_seed.values()]) for i, c in enumerate(classes)},
                  "mean_dice": _summary(list(means.values())),
+                 "iou": {c: _summary([d[i] for d in iou_seed.values()]) for i, c in enumerate(classes)},
+                 "mean_iou": _summary(list(iou_means.values())),
                  "fid": (study["fid"].get(source) or {}).get("fid") if source else None}
         table.append(entry)
     return table
@@ -93,15 +101,18 @@ def markdown(study: dict, table: list[dict], command: str | None) -> str:
     lines = ["# Downstream segmentation study", "",
              f"U-Net ({config['dims']}D, widths {config['unet_channels']}, {config['iterations']} iterations, "
              f"batch {config['batch']}) trained per set-up with {config['seeds']} seed(s); Dice on the held-out real "
-             f"volumes (val split of `{config['real']}`), mean ± standard deviation over seeds. FID of each synthetic "
-             "source against the same held-out volumes.", "",
-             "| set-up | source | " + " | ".join(f"Dice {c}" for c in classes) + " | mean Dice | FID |",
-             "|---|---|" + "---|" * (len(classes) + 2)]
+             f"volumes (val split of `{config['real']}`) and IoU (Jaccard) beside it, mean ± standard deviation over "
+             "seeds. FID of each synthetic source against the same held-out volumes.", "",
+             "| set-up | source | " + " | ".join(f"Dice {c}" for c in classes) + " | mean Dice | "
+             + " | ".join(f"IoU {c}" for c in classes) + " | mean IoU | FID |",
+             "|---|---|" + "---|" * (2 * len(classes) + 3)]
     for row in table:
         fid = fmt(row["fid"], 4) if row["source"] else "—"
         lines.append(f"| {row['title']} | {row['source'] or '—'} | "
                      + " | ".join(_cell(row["dice"][c], seeds) for c in classes)
-                     + f" | {_cell(row['mean_dice'], seeds)} | {fid} |")
+                     + f" | {_cell(row['mean_dice'], seeds)} | "
+                     + " | ".join(_cell(row["iou"][c], seeds) for c in classes)
+                     + f" | {_cell(row['mean_iou'], seeds)} | {fid} |")
     lines += ["", "Sources:", ""]
     for name, source in study["sources"].items():
         fid = study["fid"].get(name) or {}
@@ -116,8 +127,15 @@ def markdown(study: dict, table: list[dict], command: str | None) -> str:
 
 
 def plot(path: Path, table: list[dict]) -> bool:
-    """Mean Dice of synthetic-only and real + synthetic against FID, one point per source; the
-    real and real + augmentation levels as horizontal lines. False if matplotlib is missing."""
+    """Mean Dice of synthetic-only and real + synthetic against FID (:func:`plot_against_fid`)."""
+    return plot_against_fid(path, table, "mean_dice", "mean Dice on held-out real volumes",
+                            "Downstream segmentation: Dice against FID")
+
+
+def plot_against_fid(path: Path, table: list[dict], key: str, ylabel: str, title: str) -> bool:
+    """A score (``row[key]["mean"]``, std as error bar) of synthetic-only and real + synthetic
+    against FID, one point per source; the real and real + augmentation levels as horizontal lines.
+    False if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -129,26 +147,26 @@ def plot(path: Path, table: list[dict]) -> bool:
     styles = {"synthetic": ("o", "tab:red", -11), "real+synthetic": ("s", "tab:blue", 4)}  # label below / above
     fids = [r["fid"] for r in table if r["fid"] is not None and r["fid"] > 0]
     for setup, (marker, colour, dy) in styles.items():
-        rows = [r for r in table if r["setup"] == setup and r["fid"] is not None and r["mean_dice"]["mean"] is not None]
+        rows = [r for r in table if r["setup"] == setup and r["fid"] is not None and r[key]["mean"] is not None]
         if not rows:
             continue
-        ax.errorbar([r["fid"] for r in rows], [r["mean_dice"]["mean"] for r in rows],
-                    yerr=[r["mean_dice"]["std"] or 0.0 for r in rows], fmt=marker, color=colour, capsize=3,
+        ax.errorbar([r["fid"] for r in rows], [r[key]["mean"] for r in rows],
+                    yerr=[r[key]["std"] or 0.0 for r in rows], fmt=marker, color=colour, capsize=3,
                     label=SETUP_TITLES[setup])
         for r in rows:
-            ax.annotate(r["source"], (r["fid"], r["mean_dice"]["mean"]), textcoords="offset points",
+            ax.annotate(r["source"], (r["fid"], r[key]["mean"]), textcoords="offset points",
                         xytext=(5, dy), fontsize=8, color=colour)
     for setup, style in (("real", "-"), ("real+aug", "--")):
         row = next((r for r in table if r["setup"] == setup), None)
-        if row is not None and row["mean_dice"]["mean"] is not None:
-            ax.axhline(row["mean_dice"]["mean"], color="grey", linestyle=style, label=SETUP_TITLES[setup])
+        if row is not None and row[key]["mean"] is not None:
+            ax.axhline(row[key]["mean"], color="grey", linestyle=style, label=SETUP_TITLES[setup])
     if fids and max(fids) / min(fids) > 10:
         ax.set_xscale("log")
-    ax.set_xlabel("FID of the synthetic source (against the held-out real volumes)")
-    ax.set_ylabel("mean Dice on held-out real volumes")
+    ax.set_xlabel("FID of the synthetic source (against the held-out real data)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title("Downstream segmentation: Dice against FID")
+    ax.set_title(title)
     fig.tight_layout()
     with checked_write(path, "plot") as tmp:
         fig.savefig(tmp, dpi=120, format="png")

@@ -6,8 +6,9 @@ map, Adam, a fixed number of iterations with batches drawn uniformly (seeded) fr
 the training sets. Classical augmentation (the ``real + augmentation`` set-up) is MONAI's ``Rand…``
 dictionary transforms applied to image and labels together: flips along every axis, in-plane 90°
 rotations, and a small random affine (rotation up to ±15°, shift up to ±10 % of the side) with
-nearest-neighbour labels. Dice is MONAI's ``DiceMetric`` per class on the argmax prediction of
-each held-out real volume; a class absent from a volume's truth gives no score for that volume.
+nearest-neighbour labels. Dice is MONAI's ``DiceMetric`` and IoU its ``MeanIoU`` per class on the
+argmax prediction of each held-out real volume; a class absent from a volume's truth gives no score
+for that volume. Training runs through :func:`medvol.train.fit.fit`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def augmentation(dims: int, side: int, seed: int):
     keys = ("image", "label")
     flips = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(dims)]
     in_plane = (dims - 2, dims - 1)  # the last two axes: the axial plane of a (z, y, x) volume
-    rotate = (0.26,) if dims == 2 else (0.0, 0.0, 0.26)  # +-15 degrees; (0, 0, a) turns the y-x plane
+    # +-15 degrees. MONAI's first 3D angle turns the plane of the last two axes: the axial (y, x)
+    # plane of a (z, y, x) volume; (0, 0, a) would turn the (z, y) plane.
+    rotate = (0.26,) if dims == 2 else (0.26, 0.0, 0.0)
     shift = (0.1 * side,) * dims
     transform = Compose([*flips, RandRotate90d(keys, prob=0.5, spatial_axes=in_plane),
                          RandAffined(keys, prob=0.5, rotate_range=rotate, translate_range=shift,
@@ -61,8 +64,10 @@ def augmentation(dims: int, side: int, seed: int):
 
 def train_unet(sets: Sequence[LabelledSet], classes: int, *, dims: int, iterations: int, batch: int, lr: float,
                seed: int, augment: bool, channels: Sequence[int] = DEFAULT_CHANNELS,
-               device: torch.device = torch.device("cpu")) -> tuple[torch.nn.Module, list[float]]:
-    """Train a U-Net on the union of ``sets``; returns the network (eval mode) and the loss curve.
+               device: torch.device = torch.device("cpu"), out=None,
+               resume=None) -> tuple[torch.nn.Module, list[float]]:
+    """Train a U-Net on the union of ``sets`` through :func:`medvol.train.fit.fit`; returns the
+    network (eval mode) and the loss curve.
 
     Args:
         sets: the training sets (items ``(image, labels)`` of the study's classes).
@@ -73,6 +78,7 @@ def train_unet(sets: Sequence[LabelledSet], classes: int, *, dims: int, iteratio
         augment: apply :func:`augmentation` to every training item.
         channels: U-Net widths.
         device: where it trains.
+        out, resume: a checkpoint file to write, and what to resume (:func:`medvol.train.fit.fit`).
 
     Raises:
         MedvolError: no training items, or a loss that is not finite.
@@ -80,43 +86,42 @@ def train_unet(sets: Sequence[LabelledSet], classes: int, *, dims: int, iteratio
     from monai.losses import DiceLoss
     from monai.utils import convert_to_tensor
 
+    from medvol.train.fit import fit
+
     pool = [(s, i) for s, data in enumerate(sets) for i in range(len(data))]
     if not pool:
         raise MedvolError("no training items")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    net = build_unet(dims, classes, channels).to(device)
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    transform = None
-    losses = []
-    net.train()
-    for iteration in range(iterations):
+    side = sets[pool[0][0]].load(pool[0][1])[0].shape[-1]
+    transform = augmentation(dims, side, seed) if augment else None
+
+    def step(net: torch.nn.Module, iteration: int, rng: np.random.Generator) -> torch.Tensor:
         images, labels = [], []
         for pick in rng.integers(0, len(pool), size=batch):
             s, i = pool[int(pick)]
             image, label = sets[s].load(i)
             x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
             y = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None]
-            if augment:
-                if transform is None:
-                    transform = augmentation(dims, x.shape[-1], seed)
+            if transform is not None:
                 out = transform({"image": x, "label": y})
                 x = convert_to_tensor(out["image"], track_meta=False)
                 y = torch.round(convert_to_tensor(out["label"], track_meta=False))
             images.append(torch.as_tensor(x, dtype=torch.float32))
             labels.append(torch.as_tensor(y, dtype=torch.float32))
-        x = torch.stack(images).to(device)
-        y = torch.stack(labels).to(device)
-        loss = loss_fn(net(x), y)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        value = float(loss.detach())
-        if not np.isfinite(value):
-            raise MedvolError(f"U-Net training diverged at iteration {iteration} (loss {value})")
-        losses.append(value)
-    return net.eval(), losses
+        return loss_fn(net(torch.stack(images).to(device)), torch.stack(labels).to(device))
+
+    settings = {"dims": dims, "classes": classes, "channels": list(channels), "batch": batch, "augment": augment,
+                "train_items": items_digest(sets)}
+    result = fit(lambda: build_unet(dims, classes, channels), step, task="downstream-unet", iterations=iterations,
+                 lr=lr, seed=seed, settings=settings, device=device, out=out, resume=resume, transform=transform)
+    return result.net, result.losses
+
+
+def items_digest(sets: Sequence[LabelledSet]) -> str:
+    """SHA-256 of the training sets' item names: what a checkpoint compares on resume."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(f"{s.name}:{item}" for s in sets for item in s.items).encode()).hexdigest()
 
 
 @torch.no_grad()
@@ -136,6 +141,16 @@ def predict(net: torch.nn.Module, image: np.ndarray, dims: int, side: int | None
     return np.concatenate(out)
 
 
+def _overlap_per_class(metric, prediction: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    from monai.networks.utils import one_hot
+
+    if prediction.shape != truth.shape:
+        raise MedvolError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
+    p = one_hot(torch.from_numpy(np.asarray(prediction, np.int64))[None, None], classes + 1)
+    t = one_hot(torch.from_numpy(np.asarray(truth, np.int64))[None, None], classes + 1)
+    return metric(p, t)[0].double().numpy()
+
+
 def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
     """MONAI ``DiceMetric`` of one label map against the truth, per foreground class.
 
@@ -148,41 +163,57 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> n
         (no score, rather than a 0 or 1 that would say nothing about the network).
     """
     from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
 
-    if prediction.shape != truth.shape:
-        raise MedvolError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    p = one_hot(torch.from_numpy(np.asarray(prediction, np.int64))[None, None], classes + 1)
-    t = one_hot(torch.from_numpy(np.asarray(truth, np.int64))[None, None], classes + 1)
-    return metric(p, t)[0].double().numpy()
+    return _overlap_per_class(metric, prediction, truth, classes)
+
+
+def iou_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    """MONAI ``MeanIoU`` (Jaccard) of one label map against the truth, per foreground class: the
+    CT/X-ray thesis's segmentation score, beside Dice.
+
+    Returns:
+        float64 (C,): |P∩T| / |P∪T| per class (= Dice / (2 - Dice)); NaN where the class is absent
+        from the truth, as for Dice.
+    """
+    from monai.metrics import MeanIoU
+
+    metric = MeanIoU(include_background=False, reduction="none", ignore_empty=True)
+    return _overlap_per_class(metric, prediction, truth, classes)
 
 
 def evaluate(net: torch.nn.Module, val: LabelledSet, classes: int, *, dims: int, side: int | None = None,
-             device: torch.device = torch.device("cpu")) -> np.ndarray:
-    """Dice per held-out volume and class: float64 (volumes, C), NaN where a class is absent.
+             device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU per held-out volume and class: two float64 (volumes, C), NaN where a class is absent.
 
     A 2D network is scored on the stack of its slice predictions against the truth pooled
     in-plane to its side (:func:`medvol.study.downstream.data.pool_slice`).
     """
-    scores = []
+    dice, iou = [], []
     for index in range(len(val)):
         image, truth = val.load(index)
         if dims == 2 and side and side != truth.shape[-1]:
             truth = np.stack([pool_slice(np.zeros(t.shape, np.float32), t, side)[1] for t in truth])
-        scores.append(dice_per_class(predict(net, image, dims, side, device), truth, classes))
-    return np.stack(scores)
+        prediction = predict(net, image, dims, side, device)
+        dice.append(dice_per_class(prediction, truth, classes))
+        iou.append(iou_per_class(prediction, truth, classes))
+    return np.stack(dice), np.stack(iou)
+
+
+def _rows(table: np.ndarray) -> list[list[float | None]]:
+    return [[None if np.isnan(v) else float(v) for v in row] for row in table]
 
 
 def run_setup(train_sets: Sequence[LabelledSet], val: LabelledSet, classes: int, *, dims: int, side: int | None,
               iterations: int, batch: int, lr: float, seed: int, augment: bool, channels: Sequence[int],
               device: torch.device, log: Callable[[str], None] | None = None) -> dict:
-    """Train one U-Net and score it: ``{"dice": [[per class] per volume], "loss": [...], "seconds"}``."""
+    """Train one U-Net and score it: ``{"dice", "iou": [[per class] per volume], "loss_first", "loss_last",
+    "parameters", "seconds"}``."""
     start = time.monotonic()
     net, losses = train_unet(train_sets, classes, dims=dims, iterations=iterations, batch=batch, lr=lr, seed=seed,
                              augment=augment, channels=channels, device=device)
-    dice = evaluate(net, val, classes, dims=dims, side=side, device=device)
-    return {"dice": [[None if np.isnan(v) else float(v) for v in row] for row in dice],
+    dice, iou = evaluate(net, val, classes, dims=dims, side=side, device=device)
+    return {"dice": _rows(dice), "iou": _rows(iou),
             "loss_first": losses[0], "loss_last": float(np.mean(losses[-10:])),
             "parameters": int(sum(p.numel() for p in net.parameters())),
             "seconds": round(time.monotonic() - start, 2)}

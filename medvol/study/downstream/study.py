@@ -29,87 +29,21 @@ is refused, as is a NAME already used there for other data.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
-import medvol
 from medvol.errors import MedvolError
 from medvol.study.downstream import data as D
 from medvol.study.downstream import report
+from medvol.study.downstream.runs import (LOCK_NAME, REAL_SETUPS, RUN_DIR, STUDY_FILE, SYNTHETIC_SETUPS,  # noqa: F401
+                                          _check_config, _source_record, read_json, run_name, write_json)
 from medvol.study.downstream.segment import DEFAULT_CHANNELS, run_setup
-from medvol.utils import checked_write
 
-STUDY_FILE = "study.json"
-RUN_DIR = "runs"
-FORMAT = 1
-#: Set-ups without a synthetic source, then those trained with one.
-REAL_SETUPS = ("real", "real+aug")
-SYNTHETIC_SETUPS = ("synthetic", "real+synthetic")
 NOTE = ("Synthetic data are used as training data on purpose: that is what this study measures. Every "
         "synthetic input was checked to be marked synthetic (medvol.data.provenance) with voxels matching "
         "its sidecar; the real cache's train and val splits hold no synthetic entry.")
-
-
-def write_json(path: Path, data: dict) -> None:
-    """``data`` as JSON at ``path``, atomically (a temporary file renamed)."""
-    with checked_write(path, "study file") as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise MedvolError(f"{path}: unreadable ({str(error).splitlines()[0]}); move it away to start over") from None
-    return data if isinstance(data, dict) else None
-
-
-def run_name(setup: str, source: str | None, seed: int) -> str:
-    return f"{setup}__{source}__seed{seed}" if source else f"{setup}__seed{seed}"
-
-
-def _check_config(out: Path, config: dict, keys: Sequence[str] | None = None) -> dict:
-    """The study file of ``out`` (new, or one of this configuration); a MedvolError otherwise.
-
-    ``keys``: compare only these (before the data say what the rest is: nothing is generated
-    into a folder that will be refused).
-    """
-    if out.exists() and not out.is_dir():
-        raise MedvolError(f"--out {out}: exists and is not a folder")
-    study = read_json(out / STUDY_FILE)
-    if study is None:
-        # out/synthetic/ holds what a checkpoint generated before an interruption: reused.
-        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".") and p.name != "synthetic"):
-            raise MedvolError(f"--out {out}: not empty and holds no {STUDY_FILE}; choose an empty or new folder")
-        return {"format": FORMAT, "medvol_version": medvol.__version__, "config": config, "sources": {}, "fid": {}}
-    old = study.get("config", {})
-    keys = sorted(set(old) | set(config)) if keys is None else keys
-    differ = [k for k in keys if old.get(k) != config.get(k)]
-    if differ:
-        what = "; ".join(f"{k} {old.get(k)!r} -> {config.get(k)!r}" for k in differ[:3])
-        raise MedvolError(f"--out {out}: holds a downstream study of another configuration ({what}); use another "
-                          "--out, or the same options to resume it or add sources")
-    return study
-
-
-def _source_record(name: str, spec: str, kind: str, data: D.LabelledSet, study: dict, out: Path) -> dict:
-    record = {"spec": str(Path(spec).resolve()), "kind": kind, **data.info}
-    old = study["sources"].get(name)
-    if old is not None and old.get("fingerprint") != record["fingerprint"]:
-        raise MedvolError(f"--synthetic {name}={spec}: {out} already has a source {name!r} made from other data "
-                          f"({old.get('spec')}); give this one another NAME")
-    return record
-
-
-#: Held while a study runs in its folder, so that two runs never write one study at once.
-LOCK_NAME = ".medvol-study.lock"
 
 
 def run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, **options) -> dict:
@@ -126,7 +60,8 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, 
     try:
         return _run_downstream(real, synthetic, out, **options)
     finally:
-        lock.release(remove_empty=True)  # a refused first run leaves no empty folder behind
+        # A refused first run leaves no empty folder behind, and no lock file in a folder that existed.
+        lock.release(remove_empty=True, remove_lock=not (out / STUDY_FILE).is_file())
 
 
 def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, *, n_synthetic: int | None = None,
