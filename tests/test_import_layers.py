@@ -46,7 +46,6 @@ KNOWN_CIRCLES = {
     frozenset({"medvol.data.cache", "medvol.data.provenance"}): "data/ split (data's area)",
     frozenset({"medvol.data.discover", "medvol.data.io"}): "data/ (data's area)",
     frozenset({"medvol.eval.domain", "medvol.eval.features"}): "the domain extractor registers itself (its fit loop's area)",
-    frozenset({"medvol.study.downstream.report", "medvol.study.downstream.study"}): "study/downstream (its area)",
 }
 
 #: The files that may call a model's ``sample_latent``: the models themselves, the trainer (its

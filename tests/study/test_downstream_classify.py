@@ -152,10 +152,7 @@ def _write_slices(folder: Path, per_class: int = 2) -> Path:
     """2D synthetic images (16², the central axial slice of phantoms pooled 2×2) per class, marked."""
     from medvol.data.phantom import draw_factors, make_phantom
     from medvol.data.preprocess import PreprocessParams, preprocess_with_info, to_intensity
-    try:
-        from medvol.sample.images import write_image2d
-    except ImportError:  # a tree before medvol/sample/
-        from medvol.train.generate2d import write_image2d
+    from medvol.sample.images import write_image2d
 
     params = PreprocessParams(size=SIZE)
     counts = [0, 0]
