@@ -278,7 +278,14 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         raise MedvolError(f"invalid worker count {workers!r} (--workers): expected an integer >= 1")
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise MedvolError(f"invalid validation fraction {val_fraction!r} (--val-fraction): expected 0 < f < 1")
-    sources = [s.resolve() for s in discover(list(src) if isinstance(src, (list, tuple)) else src)]
+    datalist = _datalist(src)
+    if datalist is not None:  # a Decathlon dataset.json names its images and label maps
+        sources = [item.source.resolve() for item in datalist.items]
+        listed = {str(item.source.resolve()): item.labels for item in datalist.items}
+        if mask_labels is None and labels and datalist.mask_labels:
+            mask_labels = datalist.mask_labels
+    else:
+        sources = [s.resolve() for s in discover(list(src) if isinstance(src, (list, tuple)) else src)]
     marks = source_marks(sources)
     if not allow_synthetic:
         refuse_synthetic_sources(marks)
@@ -286,7 +293,7 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         raise MedvolError("--mask-labels names label classes, --no-labels drops the label maps: give one of them")
     label_files: dict[str, Path | None] = {}
     for source in sources:
-        found = find_labels(source) if labels else None
+        found = (listed[str(source)] if datalist is not None else find_labels(source)) if labels else None
         label_files[str(source)] = found.resolve() if found is not None else None
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
@@ -316,12 +323,30 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
     return summary
 
 
+def _datalist(src):
+    """The :class:`medvol.data.layouts.Layout` of a datalist JSON source (a ``dataset.json``, or a
+    folder holding one), else None."""
+    from medvol.data.layouts import read_datalist
+
+    if isinstance(src, (list, tuple)):
+        return None
+    path = Path(src)
+    if path.is_dir() and (path / "dataset.json").is_file():
+        path = path / "dataset.json"
+    if path.is_file() and path.suffix.lower() == ".json":
+        return read_datalist(path, volumes=True)
+    return None
+
+
 def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams, *, workers: int, strict: bool,
                   split_given: dict[str, Any], reader: str, progress: bool, overwrite: bool,
                   marks: dict[str, dict[str, Any]], label_files: dict[str, Path | None],
                   mask_labels: Sequence[str] | None) -> CacheSummary:
     volume_dir = dst / VOLUME_DIR
     old, damaged = _old_cache(dst, overwrite)
+    if old is not None and old.get("dims") == 2 and old["volumes"] and not overwrite:
+        raise MedvolError(f"cache {dst} is a 2D image cache ({len(old['volumes'])} image(s)); volumes cannot grow it: "
+                          "use another --dst, or --overwrite to replace it")
     params_dict = params.to_dict()
     old_entries = {e["name"]: e for e in old["volumes"]} if old is not None else {}
     replaced = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def _split_settings(old: dict[str, Any] | None, given: dict[str, Any], keep_old:
 
 
 def _assign_names(sources: Sequence[Path], known: dict[str, str], occupied: set[str] = frozenset(),
-                  volume_dir: Path = Path(VOLUME_DIR)) -> list[str]:
+                  volume_dir: Path = Path(VOLUME_DIR), stem: Callable[[Path], str] = volume_stem) -> list[str]:
     """Cache names of ``sources``: a source already in the cache keeps its name (``known``: source
     -> name); a new one gets its file stem, or the stem and a short hash of its path where the stem
     is shared (e.g. DICOM folders all named "CT", or two folders of ``phantom_0000.nii.gz``) or its
@@ -77,19 +77,19 @@ def _assign_names(sources: Sequence[Path], known: dict[str, str], occupied: set[
         return f"{name}.npy" not in occupied and f"{name}{LABELS_SUFFIX}.npy" not in occupied
 
     taken = set(known.values())
-    stems = [volume_stem(s) for s in sources]
-    new_stems = [stem for src, stem in zip(sources, stems) if str(src) not in known]
+    stems = [stem(s) for s in sources]
+    new_stems = [base for src, base in zip(sources, stems) if str(src) not in known]
     names = []
-    for src, stem in zip(sources, stems):
+    for src, base in zip(sources, stems):
         if str(src) in known:
             names.append(known[str(src)])
             continue
-        plain_name(volume_dir, stem, f"{src}: its cache name")
-        name = stem
-        if new_stems.count(stem) != 1 or stem in taken or not free(stem):
-            name = f"{stem}-{hashlib.sha1(str(src).encode()).hexdigest()[:8]}"
+        plain_name(volume_dir, base, f"{src}: its cache name")
+        name = base
+        if new_stems.count(base) != 1 or base in taken or not free(base):
+            name = f"{base}-{hashlib.sha1(str(src).encode()).hexdigest()[:8]}"
             if not free(name):
-                raise MedvolError(f"{src}: its cache names {stem!r} and {name!r} are both taken by files in "
+                raise MedvolError(f"{src}: its cache names {base!r} and {name!r} are both taken by files in "
                                   f"{volume_dir} that the cache does not list; move them away")
         names.append(name)
     return names

@@ -25,6 +25,8 @@ LOCK_NAME = ".medvol-cache.lock"
 #: 2: entries carry the array's geometry (``origin``, ``direction``) and keep their fold as the cache grows.
 #: 3: entries may carry a label map (``labels``); a reader of format 2 would delete those arrays as strays.
 MANIFEST_FORMAT = 3
+#: 4: a 2D image cache (``"dims": 2``, :mod:`medvol.data.image_cache`); the newest format read.
+READ_FORMAT = 4
 LABELS_SUFFIX = "_labels"
 #: The end of a worker's pending array ``volumes/.<name>.tmp-pending.npy``: medvol's temporary
 #: naming (:func:`medvol.outputs.is_temp_name`), so a killed run's pending arrays are cleaned.
@@ -52,9 +54,9 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("volumes"), list) \
             or not isinstance(manifest.get("params"), dict):
         raise MedvolError(f"{path}: not a medvol cache manifest")
-    if isinstance(manifest.get("format"), int) and manifest["format"] > MANIFEST_FORMAT:
+    if isinstance(manifest.get("format"), int) and manifest["format"] > READ_FORMAT:
         raise MedvolError(f"{path}: manifest format {manifest['format']} is newer than this medvol reads "
-                          f"({MANIFEST_FORMAT}); upgrade medvol")
+                          f"({READ_FORMAT}); upgrade medvol")
     for number, entry in enumerate(manifest["volumes"]):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("name", "file", "source")):
             raise MedvolError(f"{path}: volume entry {number} is malformed (needs name, file and source)")
