@@ -216,7 +216,11 @@ def _json_path(root: Path, value: Any, where: str) -> Path:
     if not isinstance(value, str):
         raise MedvolError(f"{where}: {value!r} is not a path")
     rel = value[2:] if value.startswith("./") else value
-    return safe_relpath(root, rel, where)
+    try:
+        return safe_relpath(root, rel, where)
+    except MedvolError:
+        raise MedvolError(f"{where} {value!r}: not a path inside {root}; refusing to read outside the "
+                          "datalist's folder") from None
 
 
 def read_datalist(path: str | os.PathLike, *, volumes: bool = False) -> Layout:
