@@ -39,6 +39,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import dataclasses
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -52,8 +53,8 @@ import medvol
 from medvol.data.cache_store import (LABELS_SUFFIX, MANIFEST, PENDING, VOLUME_DIR, CacheLock, _listed_files,
                                      _manifest_identity, _old_cache, _reason, clean_temporaries, entry_file,
                                      load_manifest)
-from medvol.data.cache_split import (SPLIT_DEFAULTS, _assign_names, _assign_split, _changes, _split_settings,
-                                     parse_mask_labels)
+from medvol.data.cache_split import (LITS_LABELS, SPLIT_DEFAULTS, _assign_names, _assign_split, _changes,
+                                     _split_settings)
 from medvol.data.images import COLOURS, SCALES, image_stem
 from medvol.errors import MedvolError
 from medvol.outputs import is_temp_name, safe_name
@@ -192,10 +193,10 @@ def _image_marks(item_source: Path, params: ImageParams) -> dict[str, Any]:
     if params.source == "slices":
         return source_marks([item_source])[str(item_source)]
     evidence, record = [], None
-    for side in (item_source.with_name(f"{image_stem(item_source)}.json"), item_source.with_name(f"{item_source.name}.json")):
+    sides = (item_source.with_name(f"{image_stem(item_source)}.json"),
+             item_source.with_name(f"{item_source.name}.json"))
+    for side in sides:
         try:
-            import json
-
             data = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
@@ -272,7 +273,8 @@ def _oriented(source: Path, labels_path: Path | None):
             raise MedvolError(f"{labels_path}: label map of shape {tuple(label_volume.array.shape)}, its volume "
                               f"{source} is {tuple(volume.array.shape)}")
         values = np.asarray(label_volume.array)
-        if not np.isfinite(values).all() or (values != np.round(values)).any() or values.min() < 0 or values.max() > 255:
+        if not np.isfinite(values).all() or (values != np.round(values)).any() or values.min() < 0 \
+                or values.max() > 255:
             raise MedvolError(f"{labels_path}: a label map holds values other than the integers 0..255")
         label_volume = dataclasses.replace(volume, array=values.astype(np.uint8))
         labels = sitk.GetArrayFromImage(sitk.DICOMOrient(_to_sitk(label_volume), "LPS")).astype(np.int64)
@@ -565,6 +567,13 @@ def _build_locked(src, items, layout, dst: Path, params: ImageParams, *, workers
     def run_jobs():
         if workers > 1 and len(jobs) > 1:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            if method == "fork":
+                # Imported once here and shared by the forked workers instead of imported by each.
+                import torch  # noqa: F401 - resizing
+
+                from medvol.data import images  # noqa: F401
+                if params.source == "slices":
+                    import SimpleITK  # noqa: F401
             pools.append(futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
                                                      mp_context=multiprocessing.get_context(method),
                                                      initializer=_worker_init))
@@ -704,6 +713,10 @@ def _mask_names(given, old, volumes, dst) -> list[str] | None:
         return None
     before = (old or {}).get("mask_labels")
     names = list(given) if given else list(before or [])
+    labelled = [v for v in volumes if "labels" in v]
+    if not names and highest <= len(LITS_LABELS) and all(
+            Path(v["labels_source"]).name.lower().startswith("segmentation") for v in labelled):
+        names = list(LITS_LABELS)[:max(highest, 1)]  # LiTS segmentation-N: 1 liver, 2 tumour
     if given and before and list(before) != names[: len(before)]:
         raise MedvolError(f"cache {dst} names its labels {','.join(before)}; --mask-labels {','.join(names)} "
                           "differs: give the same names (or more, after them), or --overwrite")
@@ -745,5 +758,4 @@ def read_image_labels(cache_dir: str | os.PathLike, split: str = "all") -> dict[
             "splits": [e.get("split") for e in entries], "manifest": cache_dir / MANIFEST}
 
 
-__all__ = ["ImageParams", "ImageCacheSummary", "build_image_cache", "is_image_cache", "read_image_labels",
-           "parse_mask_labels"]
+__all__ = ["ImageParams", "ImageCacheSummary", "build_image_cache", "is_image_cache", "read_image_labels"]

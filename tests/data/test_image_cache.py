@@ -196,6 +196,8 @@ def test_lits_slices_tumour_and_healthy_caches(tmp_path):
     assert sorted(tumour.processed) == ["volume-0_z0002", "volume-1_z0003", "volume-2_z0004"]
     assert len(healthy.processed) == 3 * 8 - 3 and tumour.dropped == 21 and healthy.dropped == 3
     assert all(e["label"] == 1 for e in tumour.manifest["volumes"])
+    assert tumour.manifest["mask_labels"] == ["liver", "tumour"] and healthy.manifest["mask_labels"] == ["liver"]
+    assert tumour.manifest["classes"] == ["without label 2", "with label 2"]
     assert all(e["label"] == 0 for e in healthy.manifest["volumes"])
     # the slice itself: the stored voxels (x, y, z; written in LPS order, so no reorientation)
     # windowed and resized 48 -> 16 (the resize itself: test_bilinear_resize_of_a_ramp_...)

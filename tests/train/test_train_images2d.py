@@ -109,3 +109,17 @@ def test_dcgan_trains_on_rgb_images(tmp_path):
                         "--data.split", "train"))
     system, _, state = ckpt.load_checkpoint(run)
     assert system.channels == 3 and state["iteration"] == 2
+
+
+def test_a_volume_cache_with_label_maps_gives_the_mask_channel(phantom_cache, tmp_path):
+    from medvol.data.cache import load_labels, load_manifest
+
+    cfg = _config(tmp_path / "unused", phantom_cache, "spade", "--model.channels", "2", "--data.masks", "true",
+                  "--data.skip_blank", "false")
+    slices = build_dataset(cfg.data, SIZE, dims=2, channels=2)
+    name = slices.volumes.names[0]
+    labels = load_labels(phantom_cache, name).array
+    assert load_manifest(phantom_cache)["mask_labels"] and labels[SIZE // 2].max() >= 1
+    for z in (SIZE // 2, SIZE // 2 + 3):
+        expected = np.where(labels[z] > 0, 1.0, -1.0).astype(np.float32)
+        torch.testing.assert_close(slices[z]["image"][1], torch.from_numpy(expected))
