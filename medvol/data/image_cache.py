@@ -190,8 +190,11 @@ def _image_marks(item_source: Path, params: ImageParams) -> dict[str, Any]:
     from medvol.data.images import image_stem
     from medvol.data.provenance import LISTING, listed_record, source_marks
 
-    if params.source == "slices":
-        return source_marks([item_source])[str(item_source)]
+    from medvol.data.images import VOLUME_IMAGE_SUFFIXES
+    from medvol.data.io import volume_suffix
+
+    if params.source == "slices" or volume_suffix(item_source) in VOLUME_IMAGE_SUFFIXES:
+        return source_marks([item_source])[str(item_source)]  # headers, sidecar, listing
     evidence, record = [], None
     sides = (item_source.with_name(f"{image_stem(item_source)}.json"),
              item_source.with_name(f"{item_source.name}.json"))

@@ -20,9 +20,12 @@ the intensity range its values stand for (``"range"``, below):
 Scaling (:func:`scale_image`) maps an interval to [-1, 1] and clips: ``"range"`` the file's
 nominal range (8-bit, the DICOM VOI output), ``"minmax"`` each image's own minimum and maximum,
 ``"window"`` a fixed LOW,HIGH in the file's unit (HU for CT DICOM after its Modality LUT).
-``"auto"``: 8-bit files and windowed DICOM by range; 16-bit and float files, and DICOM without a
-window, by min-max (16-bit files often hold 10- to 14-bit data, which the 16-bit range would
-leave nearly black).
+``"auto"``: 8-bit files, windowed DICOM and one-slice volume files already in [-1, 1] by range;
+16-bit and float files, and DICOM without a window, by min-max (16-bit files often hold 10- to
+14-bit data, which the 16-bit range would leave nearly black).
+
+One-slice NIfTI, MetaImage and NRRD files (what ``medvol generate`` writes for a 2D model) are
+read as grey images with their spacing.
 
 Resizing (:func:`resize_image`) is bilinear with antialiasing for images and nearest-neighbour for
 label maps, to S x S; with ``keep_aspect`` the longer side becomes S and the other is padded with
@@ -42,6 +45,8 @@ from medvol.errors import MedvolError
 #: Image files by suffix (lower case). ``.dcm`` and suffix-less DICOM files are read with pydicom.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+#: One-slice volume files read as 2D images (what ``medvol generate`` writes for the 2D models).
+VOLUME_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 SCALES = ("auto", "range", "minmax", "window")
 COLOURS = ("grey", "rgb")
 #: ITU-R BT.601 luma weights (Pillow's RGB -> "L").
@@ -93,10 +98,14 @@ def read_image(path: str | os.PathLike, colour: str = "grey") -> tuple[np.ndarra
     if not path.is_file():
         raise MedvolError(f"{path}: no such image file")
     suffix = image_suffix(path)
-    if suffix in DICOM_SUFFIXES or (suffix == "" and _looks_dicom(path)):
+    from medvol.data.io import volume_suffix
+
+    if suffix in DICOM_SUFFIXES or (suffix == "" and not path.suffix and looks_dicom(path)):
         array, info = _read_dicom(path)
     elif suffix in IMAGE_SUFFIXES:
         array, info = _read_pillow(path)
+    elif volume_suffix(path) in VOLUME_IMAGE_SUFFIXES:
+        array, info = _read_volume_image(path)
     else:
         raise MedvolError(f"{path}: not an image file medvol reads ({', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)})")
     if array.ndim != 3 or array.shape[0] not in (1, 3) or min(array.shape[1:]) < 1:
@@ -110,12 +119,38 @@ def read_image(path: str | os.PathLike, colour: str = "grey") -> tuple[np.ndarra
     return array, info
 
 
-def _looks_dicom(path: Path) -> bool:
+def looks_dicom(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM file (``DICM`` after the 128-byte preamble)."""
     try:
         with open(path, "rb") as handle:
             return handle.read(132)[128:132] == b"DICM"
     except OSError:
         return False
+
+
+def _read_volume_image(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """A one-slice NIfTI, MetaImage or NRRD file (a 2D model's sample): its values, and the range
+    [-1, 1] when they lie in it (medvol's own scale), else none."""
+    from medvol.utils import optional_import
+
+    sitk = optional_import("SimpleITK", "reading one-slice volume files")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise MedvolError(f"{path}: unreadable image ({_one_line(error)})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise MedvolError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per pixel; one expected")
+    array = sitk.GetArrayFromImage(image).astype(np.float64)
+    spacing = [float(s) for s in reversed(image.GetSpacing())]
+    if array.ndim == 3 and array.shape[0] == 1:
+        array, spacing = array[0], spacing[1:]
+    if array.ndim != 2:
+        raise MedvolError(f"{path}: a volume of shape {array.shape}, not one 2D image "
+                          "(use --images slices for the slices of volumes)")
+    unit = bool(np.isfinite(array).all() and array.min() >= -1 and array.max() <= 1)
+    return array[None], {"format": "volume file", "bits": None, "range": [-1.0, 1.0] if unit else None,
+                         "spacing": spacing, "photometric": None, "voi": None, "inverted": False,
+                         "unit_range": unit}
 
 
 def _read_pillow(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -282,7 +317,8 @@ def scale_image(array: np.ndarray, info: dict[str, Any], scale: str = "auto",
     if scale not in SCALES:
         raise MedvolError(f"--scale {scale!r}: choose one of {', '.join(SCALES)}")
     if scale == "auto":
-        scale = "range" if info.get("range") is not None and (info.get("bits") == 8 or info.get("voi")) else "minmax"
+        by_range = info.get("bits") == 8 or info.get("voi") or info.get("unit_range")
+        scale = "range" if info.get("range") is not None and by_range else "minmax"
     if scale == "range":
         if info.get("range") is None:
             raise MedvolError(f"{name}: has no nominal intensity range (a float or 16-bit file outside 0..65535); "

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from medvol.data.discover import LABEL_SUFFIXES
-from medvol.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, image_stem, image_suffix
+from medvol.data.images import (DICOM_SUFFIXES, IMAGE_SUFFIXES, VOLUME_IMAGE_SUFFIXES, image_stem, image_suffix,
+                                 looks_dicom)
 from medvol.errors import MedvolError
 from medvol.outputs import safe_relpath
 
@@ -72,7 +73,9 @@ def _is_image(path: Path, volumes: bool) -> bool:
 
     if volumes:
         return bool(volume_suffix(path)) and volume_suffix(path) != ".dcm"
-    return image_suffix(path) in IMAGE_SUFFIXES + DICOM_SUFFIXES
+    if image_suffix(path) in IMAGE_SUFFIXES + DICOM_SUFFIXES or volume_suffix(path) in VOLUME_IMAGE_SUFFIXES:
+        return True
+    return not path.suffix and looks_dicom(path)  # DICOM files are often named without a suffix
 
 
 def _mask_stem(stem: str) -> bool:
@@ -207,7 +210,8 @@ def find_items(src: str | os.PathLike, *, volumes: bool = False, classes: str = 
         items = _folder_items(src, volumes, classes, None, None, names)
         kind = "folder"
     if not items:
-        what = "volumes" if volumes else f"images ({', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)})"
+        suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES + VOLUME_IMAGE_SUFFIXES
+        what = "volumes" if volumes else f"images ({', '.join(suffixes)})"
         raise MedvolError(f"{src}: holds no {what}")
     return Layout(items=items, kind=kind, classes=names)
 

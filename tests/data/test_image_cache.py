@@ -258,3 +258,20 @@ def test_a_busy_cache_is_refused_at_once_with_no_wait(tmp_path):
         with pytest.raises(MedvolError, match="is in use by"):
             build_image_cache(tmp_path / "src", tmp_path / "c", ImageParams(size=8), wait=0)
     assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_one_slice_volume_files_written_by_medvol(tmp_path):
+    from medvol.data.io import Volume
+    from medvol.data.provenance import write_synthetic
+
+    rng = np.random.default_rng(2)
+    sample = rng.uniform(-1, 1, (1, 16, 16)).astype(np.float32)
+    write_synthetic(Volume(sample, spacing=(1.0, 0.5, 0.25)), tmp_path / "gen" / "sample_0000.nii.gz",
+                    {"model": "dcgan", "seed": 0, "index": 0})
+    with pytest.raises(MedvolError, match=r"sample_0000.nii.gz: marked synthetic \(header descrip"):
+        build_image_cache(tmp_path / "gen", tmp_path / "c", ImageParams(size=16))
+    summary = build_image_cache(tmp_path / "gen", tmp_path / "c", ImageParams(size=16), allow_synthetic=True)
+    cached, entry = _cached(tmp_path / "c", "sample_0000")
+    np.testing.assert_allclose(cached, sample, atol=1e-6)  # already in [-1, 1]: kept as it is
+    assert entry["synthetic"] is True and entry["scaled_from"] == [-1.0, 1.0] and entry["spacing"] == [0.5, 0.25]
+    assert summary.manifest["split"]["val"] == 0

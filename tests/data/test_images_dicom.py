@@ -138,3 +138,9 @@ def test_a_dicom_sidecar_marked_synthetic_is_refused(tmp_path):
     summary = build_image_cache(src, tmp_path / "c", ImageParams(size=32), allow_synthetic=True)
     entry = summary.manifest["volumes"][0]
     assert entry["synthetic"] is True and entry["split"] == "train" and entry["provenance"]["model"] == "dcgan"
+
+
+def test_dicom_files_without_a_suffix_are_found(tmp_path):
+    ds = pydicom.dcmread(_bundled("MR_small.dcm"))
+    cached, entry = _cache_one(tmp_path, ds, 64, name="IM0001")
+    assert entry["name"] == "IM0001" and entry["voi"] == "window" and cached.shape == (1, 64, 64)
