@@ -20,6 +20,16 @@ from medvol.errors import MedvolError
 from medvol.outputs import safe_name
 
 
+def _volume_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """:func:`load_manifest`, refusing a 2D image cache (:mod:`medvol.data.image_cache`): its
+    entries are images, not volumes with a geometry."""
+    manifest = load_manifest(cache_dir)
+    if manifest.get("dims") == 2:
+        raise MedvolError(f"{cache_dir}: a 2D image cache (medvol preprocess --images); it holds images, not "
+                          "volumes (read them with medvol.data.image_cache.read_image_labels)")
+    return manifest
+
+
 def entry_geometry(entry: dict[str, Any], manifest_path: str | os.PathLike = MANIFEST) -> dict[str, tuple[float, ...]]:
     """``{"spacing", "origin", "direction"}`` of a manifest entry, as :class:`Volume` holds them.
 
@@ -98,7 +108,7 @@ def load_labels(cache_dir: str | os.PathLike, name: str) -> Volume:
         MedvolError: as :func:`load_entry`, and an entry without a label map (names the cache).
     """
     cache_dir = Path(cache_dir)
-    manifest = load_manifest(cache_dir)
+    manifest = _volume_manifest(cache_dir)
     entry = {e["name"]: e for e in manifest["volumes"]}.get(name)
     if entry is None:
         raise MedvolError(f"{cache_dir}: no volume {name!r} in this cache")
@@ -129,7 +139,7 @@ def load_entry(cache_dir: str | os.PathLike, name: str, *, physical: bool = Fals
         ((64, 64, 64), (5.9375, 5.9375, 5.9375))
     """
     cache_dir = Path(cache_dir)
-    manifest = load_manifest(cache_dir)
+    manifest = _volume_manifest(cache_dir)
     by_name = {e["name"]: e for e in manifest["volumes"]}
     if name not in by_name:
         some = ", ".join(sorted(by_name)[:3]) + (", ..." if len(by_name) > 3 else "")
@@ -147,7 +157,7 @@ def cache_volumes(source: str | os.PathLike, *, physical: bool = True) -> list[V
     """
     path = Path(source)
     if path.is_dir() and (path / MANIFEST).is_file():
-        manifest = load_manifest(path)
+        manifest = _volume_manifest(path)
         return [_load(path, manifest, entry, physical) for entry in manifest["volumes"]]
     if path.suffix.lower() != ".npy":
         return None
@@ -155,7 +165,7 @@ def cache_volumes(source: str | os.PathLike, *, physical: bool = True) -> list[V
     if path.parent.name != VOLUME_DIR or not (cache_dir / MANIFEST).is_file():
         raise MedvolError(f"{path}: a .npy outside a medvol cache (no {MANIFEST} beside its {VOLUME_DIR}/ "
                           "folder); give CACHE/volumes/NAME.npy or the cache folder")
-    manifest = load_manifest(cache_dir)
+    manifest = _volume_manifest(cache_dir)
     for entry in manifest["volumes"]:
         if entry["file"] == f"{VOLUME_DIR}/{path.name}":
             return [_load(cache_dir, manifest, entry, physical)]
@@ -181,9 +191,9 @@ def export_nifti(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, *, wa
         MedvolError: anything :func:`load_entry` refuses, or a failed write (names the file).
     """
     cache_dir = Path(cache_dir)
-    load_manifest(cache_dir)  # a folder that is no cache fails before a lock file is made in it
+    _volume_manifest(cache_dir)  # a folder that is no (3D) cache fails before a lock file is made in it
     with CacheLock(cache_dir, wait=wait, on_wait=on_wait):
-        return _export(cache_dir, load_manifest(cache_dir), Path(out_dir))
+        return _export(cache_dir, _volume_manifest(cache_dir), Path(out_dir))
 
 
 def _export(cache_dir: Path, manifest: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -155,3 +155,18 @@ def test_2d_options_without_images(tmp_path, good, capsys):
                  "--select-class", "2"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--select-class applies to 2D caches only" in err, err
+
+
+def test_volume_readers_refuse_a_2d_cache(tmp_path, good, capsys):
+    from medvol.data.cache import cache_volumes, load_entry
+    from medvol.errors import MedvolError
+
+    assert main(["preprocess", "--images", "images", "--src", str(good.parent), "--dst", str(tmp_path / "flat"),
+                 "--size", "16"]) == 0
+    capsys.readouterr()
+    for read in (lambda: load_entry(tmp_path / "flat", "good"), lambda: cache_volumes(tmp_path / "flat")):
+        with pytest.raises(MedvolError, match="a 2D image cache"):
+            read()
+    code = main(["preprocess", "--dst", str(tmp_path / "flat"), "--export-nifti", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "a 2D image cache" in err and not (tmp_path / "out").exists()
