@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--src", help="file, folder, glob or .txt list of volumes (required unless only exporting)")
     parser.add_argument("--dst", required=True, help="cache folder (created or grown)")
-    parser.add_argument("--size", type=int, help="output cube edge: 32, 64, 128, 256 or 512 (required with --src)")
+    parser.add_argument("--size", type=int, help="output cube edge: 32, 64, 128, 256 or 512; with --images the "
+                        "image side, 4..2048 (required with --src)")
     parser.add_argument("--modality", default="ct", choices=["ct", "mr"], help="ct (HU window) or mr (percentiles)")
     parser.add_argument("--window", type=str, default="-1024,600",
                         help="CT window MIN,MAX in HU (default -1024,600)")

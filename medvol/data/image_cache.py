@@ -613,6 +613,8 @@ def _build_locked(src, items, layout, dst: Path, params: ImageParams, *, workers
                     entry.update(dataset_split=item.dataset_split, dataset_split_as=item.split)
                 for key in ("file", "labels"):
                     final = entry.get(key)
+                    if isinstance(final, str):  # a link out of volumes/ is refused before anything is renamed
+                        safe_name(volume_dir, final.rpartition("/")[2], f"{dst}: cache array")
                     if isinstance(final, str) and final.rpartition("/")[2] in occupied:
                         raise MedvolError(f"{volume_dir / final.rpartition('/')[2]}: exists and the cache does not "
                                           "list it; refusing to replace a file medvol did not write (move it away)")

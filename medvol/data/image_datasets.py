@@ -111,7 +111,12 @@ class CachedImageDataset(Dataset):
                               f"{', blank images skipped' if content_only else ''})")
         self.names = [e["name"] for e in self.entries]
         self.channels = int(self._array(0).shape[0])
-        spacings = np.asarray([[float(s) for s in e.get("spacing") or (1.0, 1.0)] for e in self.entries])
+        try:
+            spacings = np.asarray([[float(s) for s in e.get("spacing") or (1.0, 1.0)] for e in self.entries])
+        except (TypeError, ValueError):
+            raise MedvolError(f"{self.cache_dir / 'manifest.json'}: an entry's spacing is not two numbers") from None
+        if spacings.ndim != 2 or spacings.shape[1] != 2 or not np.isfinite(spacings).all():
+            raise MedvolError(f"{self.cache_dir / 'manifest.json'}: an entry's spacing is not two numbers")
         factor = self.side // self.size
         self.spacing = tuple(float(s) * factor for s in np.median(spacings, axis=0))
 
