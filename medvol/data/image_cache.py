@@ -221,8 +221,21 @@ def _source_stat(path: Path) -> tuple[int, int]:
 
 
 def _write_array(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` to ``path`` (an open file: ``np.save`` would append ``.npy``)."""
     with open(path, "wb") as handle:
         np.save(handle, array)
+
+
+class _WriteFailed(Exception):
+    """A pending array could not be written (a full disk): it would fail for every file, so the run stops."""
+
+
+def _write_pending(path: Path, array: np.ndarray, final: str) -> None:
+    try:
+        _write_array(path, array)
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise _WriteFailed(f"{final}: cannot write ({_reason(error)})") from None
 
 
 def _pending(volume_dir: Path, name: str, labels: bool = False) -> Path:
@@ -333,13 +346,14 @@ def _process_source(name: str, source: str, labels_source: str | None, params_di
                     entry[key] = info[key]
             pending = _pending(folder, entry_name)
             written.append(pending)
-            _write_array(pending, array)
+            _write_pending(pending, array, str(folder / f"{entry_name}.npy"))
             if labels is not None:
                 entry["labels"] = f"{VOLUME_DIR}/{entry_name}{LABELS_SUFFIX}.npy"
                 entry["label_values"] = [int(v) for v in np.unique(labels)]
                 pending_labels = _pending(folder, entry_name, labels=True)
                 written.append(pending_labels)
-                _write_array(pending_labels, resize_labels(labels, params.size, params.keep_aspect))
+                _write_pending(pending_labels, resize_labels(labels, params.size, params.keep_aspect),
+                               str(folder / f"{entry_name}{LABELS_SUFFIX}.npy"))
             entries.append(entry)
         if labels_path is not None:
             label_size, label_mtime = _source_stat(labels_path)
@@ -351,10 +365,11 @@ def _process_source(name: str, source: str, labels_source: str | None, params_di
     except MedvolError as error:
         _unlink(written)
         return {"error": str(error)}
+    except _WriteFailed as error:
+        _unlink(written)
+        return {"error": str(error), "fatal": True}
     except OSError as error:
         _unlink(written)
-        if error.filename is not None and str(error.filename).startswith(str(folder)):
-            return {"error": f"{folder}: cannot write ({_reason(error)})", "fatal": True}
         return {"error": f"{source}: {_reason(error)}"}
     except Exception as error:  # noqa: BLE001 - a worker reports, never dies: the run names the bad file
         _unlink(written)

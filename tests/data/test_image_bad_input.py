@@ -170,3 +170,43 @@ def test_volume_readers_refuse_a_2d_cache(tmp_path, good, capsys):
     code = main(["preprocess", "--dst", str(tmp_path / "flat"), "--export-nifti", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "a 2D image cache" in err and not (tmp_path / "out").exists()
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["array", "manifest"])
+def test_a_full_disk_is_one_line_and_leaves_the_cache_as_it_was(tmp_path, good, capsys, monkeypatch, where):
+    _save(good.parent / "more.png", np.zeros((16, 16), dtype=np.uint8))
+    assert main(["preprocess", "--images", "images", "--src", str(good), "--dst", str(tmp_path / "cache"),
+                 "--size", "16"]) == 0
+    capsys.readouterr()
+    target = "medvol.data.image_cache._write_array" if where == "array" else "medvol.data.cache._write_text"
+    monkeypatch.setattr(target, _disk_full)
+    err = _refused(capsys, tmp_path, good.parent, match="cannot write (no space left on device)")
+    assert ("more.npy" if where == "array" else "manifest.json") in err
+
+
+def test_ctrl_c_while_caching_images_leaves_the_cache_unchanged(tmp_path, good, capsys, monkeypatch):
+    from medvol.data import image_cache
+
+    _save(good.parent / "more.png", np.zeros((16, 16), dtype=np.uint8))
+    process = image_cache._process_source
+    done = []
+
+    def second_is_interrupted(*args):
+        if done:
+            raise KeyboardInterrupt
+        done.append(process(*args))
+        return done[-1]
+
+    monkeypatch.setattr(image_cache, "_process_source", second_is_interrupted)
+    code = main(["preprocess", "--images", "images", "--src", str(good.parent), "--dst", str(tmp_path / "cache"),
+                 "--size", "16", "--workers", "1"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 130 and err[-1].startswith("medvol preprocess: interrupted (Ctrl-C); the cache") and \
+        "is unchanged" in err[-1], err
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*")) == [".medvol-cache.lock", "volumes"]
