@@ -184,7 +184,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_cache_as_it_was(tmp_path, good, 
     assert main(["preprocess", "--images", "images", "--src", str(good), "--dst", str(tmp_path / "cache"),
                  "--size", "16"]) == 0
     capsys.readouterr()
-    target = "medvol.data.image_cache._write_array" if where == "array" else "medvol.data.cache._write_text"
+    target = "medvol.data.image_prep._write_array" if where == "array" else "medvol.data.cache._write_text"
     monkeypatch.setattr(target, _disk_full)
     err = _refused(capsys, tmp_path, good.parent, match="cannot write (no space left on device)")
     assert ("more.npy" if where == "array" else "manifest.json") in err
