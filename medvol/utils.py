@@ -189,6 +189,7 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "optuna": ("optuna", "sweep"), "sqlalchemy": ("SQLAlchemy", "sweep"), "psycopg": ("psycopg", "sweep"),
     "optuna_dashboard": ("optuna-dashboard", "dashboard"),
     "umap": ("umap-learn", "umap"),
+    "pydicom": ("pydicom", "images"),
     "torchio": ("torchio", "torchio"), "torchvision": ("torchvision", "eval"),
 }
 

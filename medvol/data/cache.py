@@ -42,51 +42,45 @@ The split is seeded: volumes (sorted by name) are shuffled with ``seed`` and dea
 ``round(1 / val_fraction)`` folds (10 for 90/10); fold ``val_fold`` is validation. A cache of a
 single volume is all training. Synthetic entries are training-only whatever their fold: the
 validation split is what generated volumes are scored against, so it stays real.
+
+The code follows the flow: :mod:`medvol.data.cache_store` (layout, manifest, lock, temporaries),
+:mod:`medvol.data.cache_split` (names, split, label classes of a new manifest), this module (the
+workers and the commit: :func:`build_cache`), :mod:`medvol.data.cache_read` (readers, export).
+Every name is importable from here.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
-import errno
-import hashlib
 import json
 import logging
 import multiprocessing
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import medvol
+from medvol.data.cache_read import (_export, _load, _read_cached, cache_volumes, entry_geometry,  # noqa: F401
+                                    entry_labels, export_nifti, load_entry, load_labels)
+from medvol.data.cache_split import (LITS_LABELS, SPLIT_DEFAULTS, SPLIT_OPTIONS, _assign_names,  # noqa: F401
+                                     _assign_split, _changes, _format_value, _new_manifest,
+                                     _resolve_mask_labels, _split_settings, parse_mask_labels)
+from medvol.data.cache_store import (GEOMETRY_KEYS, LABELS_SUFFIX, LOCK_NAME, MANIFEST,  # noqa: F401
+                                     MANIFEST_FORMAT, MANIFEST_TMP, PENDING, VOLUME_DIR, CacheLock,
+                                     _check_entry_names, _committed_arrays, _listed_files,
+                                     _manifest_identity, _old_cache, _reason, clean_temporaries, entry_file,
+                                     load_manifest)
 from medvol.data.discover import discover, find_labels
-from medvol.data.io import Volume, checksum, read_volume, volume_stem
+from medvol.data.io import Volume, checksum, read_volume  # noqa: F401
 from medvol.data.preprocess import PreprocessParams, preprocess_with_info
-from medvol.data.provenance import refuse_synthetic_sources, sidecar_path, source_marks, write_synthetic
+from medvol.data.provenance import refuse_synthetic_sources, source_marks
 from medvol.errors import MedvolError
-from medvol.outputs import is_temp_name, plain_name, safe_name
+from medvol.outputs import is_temp_name, safe_name
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-VOLUME_DIR = "volumes"
-LOCK_NAME = ".medvol-cache.lock"
-#: 2: entries carry the array's geometry (``origin``, ``direction``) and keep their fold as the cache grows.
-#: 3: entries may carry a label map (``labels``); a reader of format 2 would delete those arrays as strays.
-MANIFEST_FORMAT = 3
-LABELS_SUFFIX = "_labels"
-#: Class names of LiTS label maps (``segmentation-N``: 1 liver, 2 tumour).
-LITS_LABELS = ("liver", "tumour")
-#: The end of a worker's pending array ``volumes/.<name>.tmp-pending.npy``: medvol's temporary
-#: naming (:func:`medvol.outputs.is_temp_name`), so a killed run's pending arrays are cleaned.
-PENDING = ".tmp-pending.npy"
-#: The manifest a run is committing (``.manifest.tmp-<pid>.json``, a temporary name too).
-MANIFEST_TMP = ".manifest.tmp-"
-GEOMETRY_KEYS = ("spacing", "origin", "direction")
-SPLIT_DEFAULTS = {"seed": 0, "val_fraction": 0.1, "val_fold": 0}
-SPLIT_OPTIONS = {"seed": "--seed", "val_fraction": "--val-fraction", "val_fold": "--val-fold"}
 
 
 @dataclasses.dataclass
@@ -115,179 +109,6 @@ class CacheSummary:
     cleaned: list[Path] = dataclasses.field(default_factory=list)
     exported: list[Path] = dataclasses.field(default_factory=list)
     not_hu: list[str] = dataclasses.field(default_factory=list)
-
-
-def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``cache_dir/manifest.json``.
-
-    Raises:
-        MedvolError: the folder or manifest is missing, unreadable or malformed (names the path).
-    """
-    path = Path(cache_dir) / MANIFEST
-    if not Path(cache_dir).is_dir():
-        raise MedvolError(f"{cache_dir}: no such cache folder (build one with `medvol preprocess`)")
-    if not path.is_file():
-        raise MedvolError(f"{path}: missing; {cache_dir} is not a medvol cache (run `medvol preprocess`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise MedvolError(f"{path}: unreadable manifest ({str(error).splitlines()[0]})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("volumes"), list) \
-            or not isinstance(manifest.get("params"), dict):
-        raise MedvolError(f"{path}: not a medvol cache manifest")
-    if isinstance(manifest.get("format"), int) and manifest["format"] > MANIFEST_FORMAT:
-        raise MedvolError(f"{path}: manifest format {manifest['format']} is newer than this medvol reads "
-                          f"({MANIFEST_FORMAT}); upgrade medvol")
-    for number, entry in enumerate(manifest["volumes"]):
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("name", "file", "source")):
-            raise MedvolError(f"{path}: volume entry {number} is malformed (needs name, file and source)")
-        _check_entry_names(path, number, entry)
-    return manifest
-
-
-def _check_entry_names(path: Path, number: int, entry: dict[str, Any]) -> None:
-    """Refuse an entry whose name is no plain file name, or whose files are not named after it.
-
-    Writers build paths from the name (``volumes/<name>.npy``, ``DIR/<name>.nii.gz``), readers
-    from ``file``: both must stay inside their folder, and say the same.
-    """
-    name = plain_name(path.parent / VOLUME_DIR, entry["name"], f"{path}: volume entry {number} name")
-    for key, expected in (("file", f"{VOLUME_DIR}/{name}.npy"), ("labels", f"{VOLUME_DIR}/{name}{LABELS_SUFFIX}.npy")):
-        value = entry.get(key)
-        if isinstance(value, str) and value != expected:
-            raise MedvolError(f"{path}: volume entry {number} ({name!r}): {key} {value!r} is not {expected!r}; "
-                              "refusing a file that is not named after its entry")
-
-
-def entry_file(cache_dir: str | os.PathLike, entry: dict[str, Any], key: str = "file") -> Path:
-    """The array ``entry[key]`` (``file`` or ``labels``) of a checked entry (:func:`load_manifest`).
-
-    Raises:
-        MedvolError: the file is a link leading out of the cache's ``volumes/`` folder.
-    """
-    return safe_name(Path(cache_dir) / VOLUME_DIR, entry[key].rpartition("/")[2],
-                     f"{Path(cache_dir) / MANIFEST}: {key} of volume {entry['name']!r}:")
-
-
-class CacheLock:
-    """Exclusive lock of a cache folder: ``fcntl.flock`` on ``.medvol-cache.lock``.
-
-    The lock file stays (it is hidden); only the lock is released. The kernel releases it when the
-    holder dies, so a killed run never leaves the cache locked.
-
-    Args:
-        cache_dir: an existing cache folder.
-        wait: seconds to wait for another holder (None: as long as it takes; 0: refuse at once).
-        on_wait: called once with a one-line message when the lock is busy and we wait.
-
-    Raises:
-        MedvolError: the lock stayed busy for ``wait`` seconds, or cannot be taken (names the file).
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike, *, wait: float | None = None,
-                 on_wait: Callable[[str], None] | None = None):
-        import fcntl
-
-        self.path = Path(cache_dir) / LOCK_NAME
-        deadline = None if wait is None else time.monotonic() + max(0.0, float(wait))
-        told = False
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as error:
-                raise MedvolError(f"{self.path}: cannot create the cache lock ({_reason(error)})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as error:
-                os.close(fd)
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise MedvolError(f"{self.path}: cannot lock the cache ({_reason(error)})") from None
-            holder = self._holder()
-            if deadline is not None and time.monotonic() >= deadline:
-                advice = "wait for it or use another --dst" if not wait else \
-                    f"still locked after {wait:g} s (--lock-wait); try again later"
-                raise MedvolError(f"cache {cache_dir} is in use by {holder}; {advice}")
-            if not told and on_wait is not None:
-                on_wait(f"cache {cache_dir} is in use by {holder}; waiting for it to finish")
-                told = True
-            time.sleep(0.1)
-        self.fd: int | None = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-
-    def _holder(self) -> str:
-        try:
-            pid = self.path.read_text(encoding="utf-8").strip()
-        except OSError:
-            pid = ""
-        return f"another medvol process (pid {pid})" if pid.isdigit() else "another medvol process"
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> "CacheLock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _reason(error: OSError) -> str:
-    return os.strerror(error.errno).lower() if error.errno else str(error)
-
-
-def clean_temporaries(cache_dir: str | os.PathLike) -> list[Path]:
-    """Delete what killed runs left in ``cache_dir``, and nothing else.
-
-    Removed: files of medvol's temporary naming (:func:`medvol.outputs.is_temp_name`: workers'
-    pending arrays, atomic-write temporaries, the manifest being committed) in the cache and its
-    ``volumes/``; and the arrays a run killed while committing had already renamed into place:
-    those its uncommitted manifest (``.manifest.tmp-*.json``) lists and the manifest does not (a
-    run names new volumes so that they never take the name of a file already there). An array the
-    manifest does not list is otherwise kept: it may be the user's.
-
-    Only call this while holding the :class:`CacheLock`: a live run's temporaries look the same.
-    """
-    cache_dir = Path(cache_dir)
-    try:
-        listed = _listed_files(load_manifest(cache_dir)) if (cache_dir / MANIFEST).is_file() else set()
-    except MedvolError:
-        listed = None
-    removed = []
-    for folder in (cache_dir, cache_dir / VOLUME_DIR):
-        if folder.is_dir():  # a listed array is never a temporary, whatever its name (".x.tmp-1" as a source)
-            removed += [p for p in sorted(folder.iterdir()) if is_temp_name(p.name) and (p.is_symlink() or p.is_file())
-                        and (folder != cache_dir / VOLUME_DIR or f"{VOLUME_DIR}/{p.name}" not in (listed or ()))]
-    journals = [p for p in removed if p.parent == cache_dir and p.name.startswith(MANIFEST_TMP)]
-    if journals and (cache_dir / MANIFEST).is_file():
-        for journal in journals if listed is not None else []:
-            removed += [p for p in _committed_arrays(cache_dir, journal)
-                        if f"{VOLUME_DIR}/{p.name}" not in listed and p not in removed]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
-
-
-def _committed_arrays(cache_dir: Path, journal: Path) -> list[Path]:
-    """The arrays an uncommitted manifest lists that exist (checked as :func:`load_manifest` does)."""
-    try:
-        manifest = json.loads(journal.read_text(encoding="utf-8"))
-        entries = manifest["volumes"]
-        for number, entry in enumerate(entries):
-            _check_entry_names(journal, number, entry)
-        return [p for entry in entries for key in ("file", "labels") if isinstance(entry.get(key), str)
-                for p in [entry_file(cache_dir, entry, key)] if p.is_file() or p.is_symlink()]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, MedvolError):
-        return []  # a journal cut short by the kill: nothing was renamed after it was written
-
-
-def _listed_files(manifest: dict[str, Any]) -> set[str]:
-    """Every array file a manifest lists: volumes and label maps."""
-    return {entry[key] for entry in manifest["volumes"] for key in ("file", "labels")
-            if isinstance(entry.get(key), str)}
 
 
 def _write_array(path: Path, array: np.ndarray) -> None:
@@ -393,66 +214,6 @@ def _worker_init() -> None:
         pass
 
 
-def _assign_split(names: list[str], seed: int, val_fraction: float, val_fold: int,
-                  start: int = 0) -> dict[str, tuple[int, str]]:
-    """Deal ``names`` into folds: ``{name: (fold, "train" | "val")}``.
-
-    ``start`` volumes are already dealt (a growing cache): the deal continues after them, with a
-    shuffle seeded by ``(seed, start)``, so the folds stay balanced and earlier volumes keep theirs.
-    """
-    folds = max(2, int(round(1.0 / val_fraction)))
-    order = np.random.default_rng(seed if start == 0 else [seed, start]).permutation(len(names))
-    result = {}
-    for position, index in enumerate(order):
-        fold = (start + position) % folds
-        result[names[index]] = (fold, "val" if fold == val_fold and start + len(names) > 1 else "train")
-    return result
-
-
-def _assign_names(sources: Sequence[Path], known: dict[str, str], occupied: set[str] = frozenset(),
-                  volume_dir: Path = Path(VOLUME_DIR)) -> list[str]:
-    """Cache names of ``sources``: a source already in the cache keeps its name (``known``: source
-    -> name); a new one gets its file stem, or the stem and a short hash of its path where the stem
-    is shared (e.g. DICOM folders all named "CT", or two folders of ``phantom_0000.nii.gz``) or its
-    array's or label map's file name is in ``occupied`` (files in ``volume_dir`` that the cache does
-    not list: never replaced).
-
-    Raises:
-        MedvolError: a stem that is no plain file name, or a file already holding both names.
-    """
-    def free(name: str) -> bool:
-        return f"{name}.npy" not in occupied and f"{name}{LABELS_SUFFIX}.npy" not in occupied
-
-    taken = set(known.values())
-    stems = [volume_stem(s) for s in sources]
-    new_stems = [stem for src, stem in zip(sources, stems) if str(src) not in known]
-    names = []
-    for src, stem in zip(sources, stems):
-        if str(src) in known:
-            names.append(known[str(src)])
-            continue
-        plain_name(volume_dir, stem, f"{src}: its cache name")
-        name = stem
-        if new_stems.count(stem) != 1 or stem in taken or not free(stem):
-            name = f"{stem}-{hashlib.sha1(str(src).encode()).hexdigest()[:8]}"
-            if not free(name):
-                raise MedvolError(f"{src}: its cache names {stem!r} and {name!r} are both taken by files in "
-                                  f"{volume_dir} that the cache does not list; move them away")
-        names.append(name)
-    return names
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(_format_value(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
-    return ", ".join(f"{k} {_format_value(old.get(k))} -> {_format_value(new.get(k))}" for k in keys)
-
-
 def _array_ok(path: Path, size: int, dtype=np.float32) -> bool:
     """True if ``path`` opens as a ``dtype`` (size, size, size) ``.npy`` (a truncated file does not)."""
     try:
@@ -472,65 +233,6 @@ def _labels_unchanged(previous: dict[str, Any], label_source: Path | None, dst: 
     stat = _source_stat(label_source)
     return stat == (previous.get("labels_size"), previous.get("labels_mtime_ns")) \
         or checksum(label_source) == previous.get("labels_checksum")
-
-
-def _resolve_mask_labels(given: Sequence[str] | None, old: dict[str, Any] | None, entries: dict[str, dict],
-                         dst: Path) -> list[str] | None:
-    """The manifest's ``mask_labels``: names for every label id in ``entries`` (None: no labels).
-
-    Given names must agree with the cache's earlier ones and name every id found; without them the
-    cache's names are kept (extended by ``label_<i>``), or LiTS ``segmentation-N`` maps get
-    :data:`LITS_LABELS`, others ``label_1`` ... ``label_K``.
-    """
-    labelled = [e for e in entries.values() if isinstance(e.get("labels"), str)]
-    if not labelled:
-        return list(given) if given else None
-    top = max(labelled, key=lambda e: max(e.get("label_values") or [0]))
-    highest = max(top.get("label_values") or [0])
-    before = old.get("mask_labels") if old is not None else None
-    if given:
-        names = list(given)
-        if before and list(before) != names[: len(before)]:
-            raise MedvolError(f"cache {dst} names its labels {','.join(before)}; --mask-labels {','.join(names)} "
-                              "differs: give the same names (or more, after them), or --overwrite")
-        if highest > len(names):
-            raise MedvolError(f"{top.get('labels_source')}: holds label {highest}, but --mask-labels names only "
-                              f"{len(names)} class(es) ({','.join(names)})")
-        return names
-    names = list(before) if before else []
-    if not names and all(Path(e["labels_source"]).name.lower().startswith("segmentation") for e in labelled) \
-            and highest <= len(LITS_LABELS):
-        names = list(LITS_LABELS)
-    return names + [f"label_{i}" for i in range(len(names) + 1, highest + 1)]
-
-
-def parse_mask_labels(text: str | None) -> list[str] | None:
-    """``"lungs,nodules"`` -> ``["lungs", "nodules"]``; a one-line error naming ``--mask-labels``."""
-    if text is None:
-        return None
-    names = [n.strip() for n in str(text).split(",")]
-    if not names or not all(names) or len(set(names)) != len(names) or any(n == "background" for n in names):
-        raise MedvolError(f"--mask-labels {text!r}: expected distinct comma-separated class names (label 1 first; "
-                          "label 0 is the background)")
-    return names
-
-
-def _old_cache(dst: Path, overwrite: bool) -> tuple[dict[str, Any] | None, str | None]:
-    """The cache's manifest (None for a new cache), or with ``overwrite`` a damaged one's description."""
-    arrays = sorted((dst / VOLUME_DIR).glob("[!.]*.npy"))
-    if not (dst / MANIFEST).exists():
-        if not arrays:
-            return None, None
-        if overwrite:
-            return None, f"{len(arrays)} array(s) without a manifest"
-        raise MedvolError(f"{dst / MANIFEST}: missing, but {dst / VOLUME_DIR} holds {len(arrays)} array(s); "
-                          "not a complete medvol cache: use another --dst, or --overwrite to rebuild it")
-    try:
-        return load_manifest(dst), None
-    except MedvolError as error:
-        if overwrite:
-            return None, f"a damaged cache ({error}) with {len(arrays)} array(s)"
-        raise MedvolError(f"{error}; repair it, use another --dst, or --overwrite to rebuild the cache") from None
 
 
 def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.PathLike,
@@ -576,7 +278,14 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         raise MedvolError(f"invalid worker count {workers!r} (--workers): expected an integer >= 1")
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise MedvolError(f"invalid validation fraction {val_fraction!r} (--val-fraction): expected 0 < f < 1")
-    sources = [s.resolve() for s in discover(list(src) if isinstance(src, (list, tuple)) else src)]
+    datalist = _datalist(src)
+    if datalist is not None:  # a Decathlon dataset.json names its images and label maps
+        sources = [item.source.resolve() for item in datalist.items]
+        listed = {str(item.source.resolve()): item.labels for item in datalist.items}
+        if mask_labels is None and labels and datalist.mask_labels:
+            mask_labels = datalist.mask_labels
+    else:
+        sources = [s.resolve() for s in discover(list(src) if isinstance(src, (list, tuple)) else src)]
     marks = source_marks(sources)
     if not allow_synthetic:
         refuse_synthetic_sources(marks)
@@ -584,7 +293,7 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
         raise MedvolError("--mask-labels names label classes, --no-labels drops the label maps: give one of them")
     label_files: dict[str, Path | None] = {}
     for source in sources:
-        found = find_labels(source) if labels else None
+        found = (listed[str(source)] if datalist is not None else find_labels(source)) if labels else None
         label_files[str(source)] = found.resolve() if found is not None else None
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
@@ -614,34 +323,19 @@ def build_cache(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str |
     return summary
 
 
-def _manifest_identity(dst: Path) -> tuple[int, int] | None:
-    """What tells a replaced manifest from the old one (it is renamed into place: a new inode)."""
-    try:
-        stat = (dst / MANIFEST).stat()
-    except OSError:
+def _datalist(src):
+    """The :class:`medvol.data.layouts.Layout` of a datalist JSON source (a ``dataset.json``, or a
+    folder holding one), else None."""
+    from medvol.data.layouts import read_datalist
+
+    if isinstance(src, (list, tuple)):
         return None
-    return stat.st_ino, stat.st_mtime_ns
-
-
-def _split_settings(old: dict[str, Any] | None, given: dict[str, Any], keep_old: bool,
-                    overwrite: bool, dst: Path) -> tuple[dict[str, Any], bool]:
-    """The split settings of this run, and whether every fold must be dealt anew."""
-    stored = dict(SPLIT_DEFAULTS)
-    if old is not None and isinstance(old.get("split"), dict):
-        stored.update({k: old["split"][k] for k in SPLIT_DEFAULTS if k in old["split"]})
-    settings = {k: stored[k] if given[k] is None else given[k] for k in SPLIT_DEFAULTS}
-    folds = max(2, int(round(1.0 / settings["val_fraction"])))
-    if not (isinstance(settings["val_fold"], int) and 0 <= settings["val_fold"] < folds):
-        raise MedvolError(f"invalid validation fold {settings['val_fold']!r} (--val-fold): expected 0..{folds - 1}")
-    differ = [k for k in SPLIT_DEFAULTS if settings[k] != stored[k]]
-    if not keep_old or not differ:
-        return settings, not keep_old
-    if not overwrite:
-        asked = " ".join(f"{SPLIT_OPTIONS[k]} {_format_value(settings[k])}" for k in differ)
-        has = " ".join(f"{SPLIT_OPTIONS[k]} {_format_value(stored[k])}" for k in differ)
-        raise MedvolError(f"cache {dst} is split with {has}, this run asks for {asked}: leave the option out "
-                          "to keep the cache's split, or give --overwrite to deal all its volumes anew")
-    return settings, True
+    path = Path(src)
+    if path.is_dir() and (path / "dataset.json").is_file():
+        path = path / "dataset.json"
+    if path.is_file() and path.suffix.lower() == ".json":
+        return read_datalist(path, volumes=True)
+    return None
 
 
 def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams, *, workers: int, strict: bool,
@@ -650,6 +344,9 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                   mask_labels: Sequence[str] | None) -> CacheSummary:
     volume_dir = dst / VOLUME_DIR
     old, damaged = _old_cache(dst, overwrite)
+    if old is not None and old.get("dims") == 2 and old["volumes"] and not overwrite:
+        raise MedvolError(f"cache {dst} is a 2D image cache ({len(old['volumes'])} image(s)); volumes cannot grow it: "
+                          "use another --dst, or --overwrite to replace it")
     params_dict = params.to_dict()
     old_entries = {e["name"]: e for e in old["volumes"]} if old is not None else {}
     replaced = None
@@ -790,41 +487,6 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                         replaced=replaced, not_hu=not_hu)
 
 
-def _new_manifest(old, entries, old_entries, src, sources, params_dict, settings, redeal, failed) -> dict[str, Any]:
-    ordered = sorted(entries)
-    folds = max(2, int(round(1.0 / settings["val_fraction"])))
-    # A volume redone from a changed source keeps its fold: it is the same scan.
-    fold_of = {} if redeal else {n: old_entries[n]["fold"] for n in ordered
-                                 if n in old_entries and isinstance(old_entries[n].get("fold"), int)}
-    new = [n for n in ordered if n not in fold_of]
-    dealt = _assign_split(new, settings["seed"], settings["val_fraction"], settings["val_fold"], start=len(fold_of))
-    fold_of.update({n: fold for n, (fold, _) in dealt.items()})
-    volumes = []
-    for name in ordered:
-        real = entries[name].get("synthetic") is not True
-        which = "val" if fold_of[name] == settings["val_fold"] and len(ordered) > 1 and real else "train"
-        volumes.append(dict(entries[name], fold=fold_of[name], split=which, label=int(entries[name].get("label", 0))))
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    given = [str(s) for s in src] if isinstance(src, (list, tuple)) else [str(src)]
-    earlier = old.get("sources", [old["source"]] if "source" in old else []) if old is not None and old_entries else []
-    done = {v["source"] for v in volumes} | {str(s) for s in sources}
-    earlier_failed = [f for f in (old.get("failed", []) if old is not None and old_entries else [])
-                      if isinstance(f, dict) and f.get("source") not in done]
-    return {
-        "format": MANIFEST_FORMAT,
-        "medvol_version": medvol.__version__,
-        "created": old.get("created", now) if old is not None and old_entries else now,
-        "updated": now,
-        "sources": list(dict.fromkeys([*earlier, *given])),
-        "params": params_dict,
-        "split": {**settings, "folds": folds,
-                  "train": sum(v["split"] == "train" for v in volumes),
-                  "val": sum(v["split"] == "val" for v in volumes)},
-        "volumes": volumes,
-        "failed": earlier_failed + [{"source": s, "error": e} for s, e in failed],
-    }
-
-
 def _commit(dst: Path, manifest: dict[str, Any], arrays: list[tuple[str, Path]]) -> None:
     """Manifest to a temporary file, then the arrays into place, then the manifest (all renames)."""
     tmp = dst / f"{MANIFEST_TMP}{os.getpid()}.json"
@@ -846,220 +508,3 @@ def _commit(dst: Path, manifest: dict[str, Any], arrays: list[tuple[str, Path]])
             final.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
         raise
-
-
-def entry_geometry(entry: dict[str, Any], manifest_path: str | os.PathLike = MANIFEST) -> dict[str, tuple[float, ...]]:
-    """``{"spacing", "origin", "direction"}`` of a manifest entry, as :class:`Volume` holds them.
-
-    Raises:
-        MedvolError: the entry has no (or malformed) geometry: a cache built before medvol recorded
-            it; running ``medvol preprocess`` again with its source adds it.
-    """
-    name = entry.get("name", "?")
-    missing = [k for k in GEOMETRY_KEYS if k not in entry]
-    if missing:
-        raise MedvolError(f"{manifest_path}: volume {name!r} has no {', '.join(missing)} (built by an older medvol); "
-                          "run `medvol preprocess` again with its source to add the geometry")
-    try:
-        geometry = {k: tuple(float(v) for v in entry[k]) for k in GEOMETRY_KEYS}
-    except (TypeError, ValueError):
-        geometry = {}
-    if [len(geometry.get(k, ())) for k in GEOMETRY_KEYS] != [3, 3, 9] or not all(
-            np.isfinite(v).all() for v in geometry.values()):
-        raise MedvolError(f"{manifest_path}: volume {name!r} has a malformed geometry")
-    return geometry
-
-
-def _load(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any], physical: bool) -> Volume:
-    from medvol.data.preprocess import to_intensity
-
-    geometry = entry_geometry(entry, cache_dir / MANIFEST)
-    path = entry_file(cache_dir, entry)
-    array = _read_cached(path, "cached volume", (int(manifest["params"].get("size", 0)),) * 3, np.float32)
-    if physical:
-        array = to_intensity(array, PreprocessParams.from_dict(manifest["params"])).astype(np.float32)
-    return Volume(array=array, path=str(path), **geometry)
-
-
-def entry_labels(cache_dir: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> np.ndarray:
-    """The uint8 (S, S, S) label map of a cache entry.
-
-    Raises:
-        MedvolError: the entry has no label map (names the cache and entry), or its file is
-            missing, unreadable or of the wrong shape or type (names the file).
-    """
-    if not isinstance(entry.get("labels"), str):
-        raise MedvolError(f"{cache_dir}: volume {entry.get('name')!r} has no label map (the cache was built "
-                          "without a label file beside its source, or by a medvol without labels); put "
-                          "<name>_mask.nii.gz beside the source and run `medvol preprocess` again")
-    path = entry_file(cache_dir, entry, "labels")
-    return _read_cached(path, "label map", (int(manifest["params"].get("size", 0)),) * 3, np.uint8)
-
-
-def _read_cached(path: Path, what: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """The array of ``path`` (a writable copy: torch refuses read-only memory), checked against the
-    ``shape`` and ``dtype`` the manifest implies.
-
-    Raises:
-        MedvolError: the file is missing, unreadable, or of another shape or type (names it).
-    """
-    try:
-        array = np.load(path, mmap_mode="r")
-    except FileNotFoundError:
-        raise MedvolError(f"{path}: missing; the manifest lists it (rebuild it with `medvol preprocess`)") from None
-    except (OSError, ValueError, EOFError) as error:
-        raise MedvolError(f"{path}: unreadable {what} ({str(error).splitlines()[0]}); "
-                          "rebuild it with `medvol preprocess`") from None
-    if array.shape != shape or array.dtype != dtype:
-        raise MedvolError(f"{path}: {array.dtype} array of shape {array.shape}, expected {np.dtype(dtype).name} "
-                          f"{shape} ({what}) as the manifest says")
-    return np.array(array)
-
-
-def load_labels(cache_dir: str | os.PathLike, name: str) -> Volume:
-    """The label map of one cache entry with its geometry (that of :func:`load_entry`'s array).
-
-    Returns:
-        A Volume whose array is uint8 (S, S, S): 0 background, i the class ``mask_labels[i - 1]``.
-
-    Raises:
-        MedvolError: as :func:`load_entry`, and an entry without a label map (names the cache).
-    """
-    cache_dir = Path(cache_dir)
-    manifest = load_manifest(cache_dir)
-    entry = {e["name"]: e for e in manifest["volumes"]}.get(name)
-    if entry is None:
-        raise MedvolError(f"{cache_dir}: no volume {name!r} in this cache")
-    geometry = entry_geometry(entry, cache_dir / MANIFEST)
-    return Volume(array=np.array(entry_labels(cache_dir, manifest, entry)),
-                  path=str(entry_file(cache_dir, entry, "labels")), **geometry)
-
-
-def load_entry(cache_dir: str | os.PathLike, name: str, *, physical: bool = False) -> Volume:
-    """One cache entry with its geometry, as a :class:`medvol.data.io.Volume`.
-
-    Args:
-        cache_dir: the cache folder.
-        name: the entry's name (``volumes/<name>.npy``).
-        physical: map [-1, 1] back to HU (CT, the cache's window); MR stays in [-1, 1].
-
-    Returns:
-        A Volume with the float32 (S, S, S) array and the spacing, origin and direction of the
-        preprocessed grid (it overlays the source scan); ``path`` is the ``.npy`` file.
-
-    Raises:
-        MedvolError: a missing or damaged manifest, an unknown name, a missing or corrupt array,
-            or an entry without geometry (one line naming the file).
-
-    Example:
-        >>> vol = load_entry("cache64", "phantom_0000", physical=True)  # doctest: +SKIP
-        >>> vol.array.shape, vol.spacing                                  # doctest: +SKIP
-        ((64, 64, 64), (5.9375, 5.9375, 5.9375))
-    """
-    cache_dir = Path(cache_dir)
-    manifest = load_manifest(cache_dir)
-    by_name = {e["name"]: e for e in manifest["volumes"]}
-    if name not in by_name:
-        some = ", ".join(sorted(by_name)[:3]) + (", ..." if len(by_name) > 3 else "")
-        raise MedvolError(f"{cache_dir}: no volume {name!r} in this cache ({len(by_name)} volume(s): {some})")
-    return _load(cache_dir, manifest, by_name[name], physical)
-
-
-def cache_volumes(source: str | os.PathLike, *, physical: bool = True) -> list[Volume] | None:
-    """The cache entries that ``source`` names, or None if it names none (for viewers).
-
-    ``source`` is a cache folder (all its volumes, in manifest order) or ``CACHE/volumes/NAME.npy``.
-
-    Raises:
-        MedvolError: a ``.npy`` outside a cache, or anything :func:`load_entry` refuses.
-    """
-    path = Path(source)
-    if path.is_dir() and (path / MANIFEST).is_file():
-        manifest = load_manifest(path)
-        return [_load(path, manifest, entry, physical) for entry in manifest["volumes"]]
-    if path.suffix.lower() != ".npy":
-        return None
-    cache_dir = path.parent.parent
-    if path.parent.name != VOLUME_DIR or not (cache_dir / MANIFEST).is_file():
-        raise MedvolError(f"{path}: a .npy outside a medvol cache (no {MANIFEST} beside its {VOLUME_DIR}/ "
-                          "folder); give CACHE/volumes/NAME.npy or the cache folder")
-    manifest = load_manifest(cache_dir)
-    for entry in manifest["volumes"]:
-        if entry["file"] == f"{VOLUME_DIR}/{path.name}":
-            return [_load(cache_dir, manifest, entry, physical)]
-    raise MedvolError(f"{path}: not listed in {cache_dir / MANIFEST}")
-
-
-def export_nifti(cache_dir: str | os.PathLike, out_dir: str | os.PathLike, *, wait: float | None = None,
-                 on_wait: Callable[[str], None] | None = None) -> list[Path]:
-    """Write every cache entry as ``out_dir/<name>.nii.gz`` with its geometry.
-
-    CT is written in HU (the cache's window mapped back), MR in [-1, 1], float32; an entry's label
-    map as ``out_dir/<name>_mask.nii.gz`` (uint8, same geometry). Each file is
-    written under a temporary name and renamed; an existing file of the same name is replaced.
-    A synthetic entry is written marked, with a sidecar (:mod:`medvol.data.provenance`): the
-    export of a mixed cache never passes a generated volume off as a scan.
-    The cache is locked meanwhile, so a run writing it is waited for (``wait``, ``on_wait`` as
-    :class:`CacheLock`).
-
-    Returns:
-        The files written, in manifest order (an entry's volume, then its label map if it has one).
-
-    Raises:
-        MedvolError: anything :func:`load_entry` refuses, or a failed write (names the file).
-    """
-    cache_dir = Path(cache_dir)
-    load_manifest(cache_dir)  # a folder that is no cache fails before a lock file is made in it
-    with CacheLock(cache_dir, wait=wait, on_wait=on_wait):
-        return _export(cache_dir, load_manifest(cache_dir), Path(out_dir))
-
-
-def _export(cache_dir: Path, manifest: dict[str, Any], out_dir: Path) -> list[Path]:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MedvolError(f"{out_dir}: exists and is not a folder (--export-nifti)")
-    try:
-        return _export_checked(cache_dir, manifest, out_dir)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted (Ctrl-C) while exporting; the cache {cache_dir} is complete, and "
-                                f"the files already in {out_dir} are whole (each is written under a temporary "
-                                "name and renamed)") from None
-
-
-def _export_checked(cache_dir: Path, manifest: dict[str, Any], out_dir: Path) -> list[Path]:
-    from medvol.data.io import write_volume
-
-    # Every file's name is checked before the first is written: none may be a link out of out_dir.
-    plans = []
-    for entry in manifest["volumes"]:
-        names = [f"{entry['name']}.nii.gz"] + ([f"{entry['name']}_mask.nii.gz"] if isinstance(entry.get("labels"), str)
-                                              else [])
-        targets = [safe_name(out_dir, name, "--export-nifti file") for name in names]
-        if entry.get("synthetic") is True:  # and their sidecars
-            for target in targets:
-                safe_name(out_dir, sidecar_path(target).name, "--export-nifti sidecar")
-        plans.append((entry, targets))
-    written = []
-    for entry, targets in plans:
-        synthetic = entry.get("synthetic") is True
-        volume = _load(cache_dir, manifest, entry, physical=True)
-        pairs = [(volume, targets[0], None)]
-        if len(targets) > 1:
-            labels = dataclasses.replace(volume, array=np.array(entry_labels(cache_dir, manifest, entry)))
-            pairs.append((labels, targets[1], np.uint8))
-        try:
-            for item, target, dtype in pairs:
-                if synthetic:
-                    record = dict(entry.get("provenance") or {}, exported_from={"cache": str(cache_dir),
-                                                                                 "entry": entry["name"]})
-                    if dtype is not None:
-                        record["mask_labels"] = manifest.get("mask_labels")
-                    write_synthetic(item, target, record, dtype=dtype)
-                    written.append(target)
-                else:
-                    written.append(write_volume(item, target, dtype=dtype))
-        except MedvolError:
-            raise
-        except (OSError, RuntimeError) as error:
-            reason = _reason(error) if isinstance(error, OSError) else str(error).strip().splitlines()[-1]
-            raise MedvolError(f"{target}: cannot write ({reason})") from None
-    return written

@@ -200,6 +200,9 @@ class CachedVolumeDataset(Dataset):
             raise MedvolError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
         self.cache_dir = Path(cache_dir)
         self.manifest = load_manifest(self.cache_dir)
+        if self.manifest.get("dims") == 2:
+            raise MedvolError(f"{self.cache_dir}: a 2D image cache (medvol preprocess --images); it trains the "
+                              "2D models, not a volume model")
         self.params = PreprocessParams.from_dict(self.manifest["params"])
         self.entries = [v for v in self.manifest["volumes"] if split == "all" or v["split"] == split]
         if not self.entries:
@@ -246,6 +249,16 @@ class CachedVolumeDataset(Dataset):
         from medvol.data.cache import entry_labels
 
         return self.volume(index), entry_labels(self.cache_dir, self.manifest, self.entries[index])
+
+    def volume_and_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(volume(index), mask)``: uint8 (S, S, S), 1 where the label map is nonzero (any class):
+        the binary mask channel of ``data.masks`` (``spade``, ``pix2pix``).
+
+        Raises:
+            MedvolError: as :meth:`volume_and_labels`.
+        """
+        array, labels = self.volume_and_labels(index)
+        return array, (labels > 0).astype(np.uint8)
 
     def __getitem__(self, index: int) -> dict:
         image = torch.from_numpy(np.array(self.volume(index), dtype=np.float32))[None]
@@ -310,8 +323,8 @@ class SliceDataset(Dataset):
         self.with_masks = bool(masks) or labels == "mask" or self.mask_channels > 0
         if self.with_masks and not self.mask_channels and not hasattr(volumes, "volume_and_mask"):
             key = "masks" if masks else "slice_labels"
-            raise MedvolError(f"{key}: {type(volumes).__name__} has no masks (only the phantom source "
-                              "generates them)")
+            raise MedvolError(f"{key}: {type(volumes).__name__} has no masks (phantoms and caches with "
+                              "label maps have them)")
         self.volumes, self.plane, self.masks, self.labels = volumes, plane, bool(masks), labels
         self.window = volumes.window
         spacing = tuple(volumes.spacing)

@@ -43,6 +43,8 @@ def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1,
             volumes marked synthetic without ``data.allow_synthetic``; with ``mask_channels``, data
             without label maps or with fewer than K classes.
     """
+    if data.source != "phantom" and _is_image_cache(data.source):
+        return _images(data, size, dims, channels, mask_channels)
     if data.source == "phantom":
         from medvol.data.datasets import PhantomVolumeDataset
 
@@ -69,6 +71,38 @@ def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1,
         from medvol.data.paired import PairedVolumeDataset
 
         return PairedVolumeDataset(dataset, mask_channels, f"data.source {data.source}")
+    return dataset
+
+
+def _is_image_cache(source: str) -> bool:
+    """Whether ``source`` is a 2D image cache (:mod:`medvol.data.image_cache`); a folder that is no
+    cache at all is left to the volume path, which says so."""
+    from medvol.data.cache_store import MANIFEST, load_manifest
+    from medvol.data.image_cache import is_image_cache
+
+    folder = Path(source)
+    return (folder / MANIFEST).is_file() and is_image_cache(load_manifest(folder))
+
+
+def _images(data: DataConfig, size: int, dims: int, channels: int, mask_channels: int) -> Dataset:
+    """The images of a 2D cache for a 2D model, with the channels the model expects."""
+    from medvol.data.image_datasets import CachedImageDataset
+
+    if dims != 2:
+        raise MedvolError(f"data.source {data.source}: a 2D image cache; 3D models train on volume caches "
+                          "(medvol preprocess without --images)")
+    try:
+        dataset = CachedImageDataset(data.source, split=data.split, allow_synthetic=data.allow_synthetic,
+                                     size=size, masks=data.masks, mask_channels=mask_channels,
+                                     labels=data.slice_labels, content_only=data.skip_blank,
+                                     keep_class=None if data.slice_class < 0 else data.slice_class)
+    except MedvolError as error:
+        raise MedvolError(f"data.source {data.source}: {error}") from None
+    want = dataset.channels + int(data.masks) + mask_channels
+    if channels != want:
+        extra = f", model.mask_channels {mask_channels}" if mask_channels else ""
+        raise MedvolError(f"model.channels: {channels} does not match the data's {want} ({dataset.channels} image "
+                          f"channel(s) of {data.source}, data.masks {str(data.masks).lower()}{extra})")
     return dataset
 
 
