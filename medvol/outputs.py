@@ -12,6 +12,11 @@ Two rules every writing command follows (README, "Error contract"):
   write for this same job is refused unless ``overwrite``; ``overwrite`` removes only the files
   the marker lists (never a file medvol did not write, never an input), and a file medvol did not
   write is never replaced, with or without the flag.
+
+  A job that hands a whole sub-folder to other jobs (a study: each generation's training run,
+  cache and samples) records it as a *folder entry*, ``"name/"`` (:meth:`OwnedOutput.path` with a
+  trailing slash): medvol created the folder for this job, so everything in it counts as this
+  job's, and ``overwrite`` removes it as a whole (unless it holds one of the job's inputs).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import errno
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -138,6 +144,8 @@ def _foreign(folder: Path, owned: set[str]) -> list[str]:
     found = []
     for root, dirs, files in os.walk(folder):
         rel_root = Path(root).relative_to(folder)
+        # A folder entry's content is the job's (module docstring): not walked.
+        dirs[:] = [d for d in dirs if (rel_root / d).as_posix() + "/" not in owned]
         for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
             rel = (rel_root / name).as_posix()
             if rel in (MARKER, LOCK) or rel in owned or is_temp_name(name):
@@ -149,7 +157,7 @@ def _foreign(folder: Path, owned: set[str]) -> list[str]:
 
 def _present(folder: Path, rel: Any) -> bool:
     try:
-        path = safe_relpath(folder, rel, f"{MARKER} entry")
+        path = safe_relpath(folder, rel.rstrip("/") if isinstance(rel, str) else rel, f"{MARKER} entry")
     except MedvolError:
         return False
     return path.exists() or path.is_symlink()
@@ -253,11 +261,22 @@ class OwnedOutput:
     def path(self, rel: str) -> Path:
         """The path of output ``rel`` (a name or ``a/b`` relative path), recorded as medvol's.
 
+        A ``rel`` ending in ``/`` is a folder entry (module docstring): the folder is created and
+        everything later written in it is this job's.
+
         Raises:
-            MedvolError: ``rel`` leaves the folder, or names a file medvol did not write.
+            MedvolError: ``rel`` leaves the folder, or names a file (or folder) medvol did not write.
         """
-        path = safe_relpath(self.folder, rel, "output")
+        path = safe_relpath(self.folder, rel.rstrip("/") if isinstance(rel, str) else rel, "output")
         if rel not in self.files:
+            if rel.endswith("/"):
+                if path.exists() or path.is_symlink():
+                    raise MedvolError(f"{path}: exists and was not made by medvol for this job; "
+                                      "refusing to write into it (move it away or choose another output)")
+                self.files.append(rel)
+                self._save()  # first: a folder made and not yet recorded would be refused next time
+                path.mkdir(parents=True, exist_ok=True)
+                return path
             if path.exists() or path.is_symlink():
                 raise MedvolError(f"{path}: exists and was not written by medvol for this job; "
                                   "refusing to replace it (move it away or choose another output)")
@@ -298,7 +317,7 @@ class OwnedOutput:
             MedvolError: an output leaves the folder, or names a file medvol did not write.
         """
         for rel in rels:
-            path = safe_relpath(self.folder, rel, "output")
+            path = safe_relpath(self.folder, rel.rstrip("/") if isinstance(rel, str) else rel, "output")
             if rel not in self.files and (path.exists() or path.is_symlink()):
                 raise MedvolError(f"{path}: exists and was not written by medvol for this job; "
                                   "refusing to replace it (move it away or choose another output)")
@@ -376,7 +395,11 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     removed: list[str] = []
     if marker is not None and not same and owned and not _holds_inputs(folder, owned, kept):
         for rel in sorted(owned):
-            path = folder / rel  # present, so safe (_present)
+            path = folder / rel.rstrip("/")  # present, so safe (_present)
+            if rel.endswith("/") and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # a folder entry: this job's as a whole (_holds_inputs checked)
+                removed.append(rel)
+                continue
             if path.resolve() in kept or not (path.is_file() or path.is_symlink()):
                 continue
             path.unlink()
@@ -425,7 +448,11 @@ def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
 def _holds_inputs(folder: Path, owned: set[str], kept: set[Path]) -> bool:
     """Whether another job's outputs include one of this job's inputs: then they are all kept (an
     input's sidecars, factor files and marks belong with it), and ``overwrite`` removes none."""
-    return any((folder / rel).resolve() in kept for rel in owned)
+    for rel in owned:
+        path = (folder / rel.rstrip("/")).resolve()
+        if path in kept or (rel.endswith("/") and any(path in k.parents for k in kept)):
+            return True
+    return False
 
 
 def _assess(folder: Path, job: str, identity: Any, overwrite: bool, inputs, option: str, outputs):
