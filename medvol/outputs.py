@@ -15,8 +15,9 @@ Two rules every writing command follows (README, "Error contract"):
 
   A job that hands a whole sub-folder to other jobs (a study: each generation's training run,
   cache and samples) records it as a *folder entry*, ``"name/"`` (:meth:`OwnedOutput.path` with a
-  trailing slash): medvol created the folder for this job, so everything in it counts as this
-  job's, and ``overwrite`` removes it as a whole (unless it holds one of the job's inputs).
+  trailing slash): medvol created the folder for this job, so the same job continues in it
+  whatever it holds. The files the other jobs wrote there are recorded once each step is done
+  (:meth:`OwnedOutput.record_tree`); ``overwrite`` removes those, then the folders left empty.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import errno
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -306,6 +306,32 @@ class OwnedOutput:
             self._save()
         return paths
 
+    def record_tree(self, rel: str) -> int:
+        """Record every file now under folder entry ``rel`` (``"name/"``) as this job's.
+
+        Other jobs write inside a folder entry (a study's training runs, caches, samples); what
+        they wrote is recorded here once a step is done, so that an ``overwrite`` removes exactly
+        those files, and keeps a file someone else put there (its folder then stays, and a new
+        job refuses to write into it). Returns how many files were added.
+        """
+        if rel not in self.files or not rel.endswith("/"):
+            raise MedvolError(f"{rel!r}: not a folder entry of {self.folder}")
+        base = self.folder / rel.rstrip("/")
+        known = set(self.files)
+        new = []
+        for root, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+            for name in files:
+                if name == LOCK or is_temp_name(name):
+                    continue
+                path = (Path(root) / name).relative_to(self.folder).as_posix()
+                if path not in known:
+                    new.append(path)
+        if new:
+            self.files.extend(new)
+            self._save()
+        return len(new)
+
     def owns(self, rel: str) -> bool:
         """Whether ``rel`` is recorded as written by medvol for this job."""
         return rel in self.files
@@ -396,10 +422,8 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     if marker is not None and not same and owned and not _holds_inputs(folder, owned, kept):
         for rel in sorted(owned):
             path = folder / rel.rstrip("/")  # present, so safe (_present)
-            if rel.endswith("/") and path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)  # a folder entry: this job's as a whole (_holds_inputs checked)
-                removed.append(rel)
-                continue
+            if rel.endswith("/"):
+                continue  # folder entries go below, once the files recorded in them are gone
             if path.resolve() in kept or not (path.is_file() or path.is_symlink()):
                 continue
             path.unlink()
@@ -409,11 +433,30 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
                 while parent != folder and not any(parent.iterdir()):
                     parent.rmdir()
                     parent = parent.parent
+        for rel in sorted((r for r in owned if r.endswith("/")), key=len, reverse=True):
+            if _remove_empty_tree(folder / rel.rstrip("/")):
+                removed.append(rel)
         owned = set()
     files = sorted(owned) if same else []
     out = OwnedOutput(folder, job, identity, files, continued=same, removed=removed)
     out._save()
     return out
+
+
+def _remove_empty_tree(path: Path) -> bool:
+    """Remove the folders under ``path`` (and it) that hold no file: what :meth:`OwnedOutput.record_tree`
+    did not record stays, with the folders that lead to it. Whether ``path`` went."""
+    if path.is_symlink():
+        return False
+    if not path.exists():
+        return True  # its last recorded file took it (an emptied sub-folder goes with its file)
+    for root, dirs, _ in os.walk(path, topdown=False):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                (Path(root) / d).rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+    return not path.exists()
 
 
 def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,

@@ -229,6 +229,7 @@ def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, c
         raise MedvolError(f"--n-synthetic {n_synthetic}: fewer generated slices than --n-score "
                           f"{identity['n_score']} scores")
     floor = _floor(claimed, cfg, real, identity, scoring, n_synthetic, device, dims)
+    claimed.record_tree("real/")  # what the real side's steps wrote: medvol's to remove on --overwrite
     study = {
         "config_path": state["config_path"], "model": f"{cfg.model.name}@{cfg.model.size}", "dims": dims,
         "iterations": cfg.train.iterations, "real_cache": str(real.cache), "n_real_train": n_train,
@@ -256,6 +257,7 @@ def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, c
                 else:
                     log.info("generation %d (seed %d, real fraction %g): finished earlier, not redone", k, s, f)
                 runs[(s, f)].append(run_generation(plan, k))
+                claimed.record_tree(f"seed_{s:03d}/")
                 summary = _write_summary(claimed, study, floor, runs, dims)
     return summary
 
