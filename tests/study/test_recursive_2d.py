@@ -305,3 +305,22 @@ def test_cli_refusals_exit_2_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and match in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # the Inception network loads and runs on 16 images: about 30 s on a shared CPU
+def test_fid_of_the_slices_is_the_frechet_distance_of_their_inception_features():
+    from medvol.eval.features import get_extractor
+    from medvol.eval.metrics import frechet_distance
+    from medvol.study.recursive.slices import score_slices
+
+    try:
+        extractor = get_extractor("inception")
+    except MedvolError as error:
+        pytest.skip(str(error))
+    rng = np.random.default_rng(3)
+    real = np.clip(rng.normal(-0.5, 0.3, (8, 32, 32)), -1, 1).astype(np.float32)
+    fake = np.clip(rng.normal(-0.2, 0.5, (8, 32, 32)), -1, 1).astype(np.float32)
+    got = score_slices(real, fake, spacing=(5.0, 5.0), window=(-1024, 600), seed=0, fid=(extractor, 6))
+    feats = [extractor._features(x[:6]) for x in (real, fake)]
+    assert got["fid_n"] == 6 and got["fid"] == pytest.approx(frechet_distance(*feats), rel=1e-9)
+    assert "fid" not in score_slices(real, fake, spacing=(5.0, 5.0), window=(-1024, 600), seed=0)
