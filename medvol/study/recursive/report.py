@@ -161,7 +161,7 @@ def plot_series(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def scores_plot(path: Path, summary: dict[str, Any]) -> Path:
     """``scores.png``: one panel per score across generations, one line per real fraction (mean
-    over seeds, its t interval shaded, each seed a dot), the real-vs-real floor dashed."""
+    over seeds with its t interval as an error bar, each seed a dot), the real-vs-real floor dashed."""
     plt = _pyplot()
     dims = summary["study"].get("dims", 3)
     series = plot_series(summary)
@@ -176,10 +176,10 @@ def scores_plot(path: Path, summary: dict[str, Any]) -> Path:
             shift = (i - (len(one["fractions"]) - 1) / 2) * 0.06  # fractions side by side
             gens = np.asarray(line["generations"], dtype=float) + shift
             colour = f"C{i}"
-            ax.plot(gens, line["mean"], marker="o", color=colour, label=f"real {fraction:g}")
+            mean = np.asarray(line["mean"], dtype=float)
             low, high = np.asarray(line["low"], dtype=float), np.asarray(line["high"], dtype=float)
-            if np.isfinite(low).any():
-                ax.fill_between(gens, low, high, color=colour, alpha=0.15, lw=0)
+            bars = np.where(np.isfinite(low), [mean - low, high - mean], 0.0)
+            ax.errorbar(gens, mean, yerr=bars, marker="o", color=colour, capsize=3, label=f"real {fraction:g}")
             if line["seeds"]:
                 g, v = zip(*line["seeds"])
                 ax.plot(np.asarray(g, dtype=float) + shift, v, ".", color=colour, alpha=0.5, ms=4)
