@@ -324,3 +324,17 @@ def test_fid_of_the_slices_is_the_frechet_distance_of_their_inception_features()
     feats = [extractor._features(x[:6]) for x in (real, fake)]
     assert got["fid_n"] == 6 and got["fid"] == pytest.approx(frechet_distance(*feats), rel=1e-9)
     assert "fid" not in score_slices(real, fake, spacing=(5.0, 5.0), window=(-1024, 600), seed=0)
+
+
+def test_the_default_study_trains_the_learned_dcgan():
+    """The shipped default is configs/learn/dcgan_64.yaml's model and optimiser, on phantom slices."""
+    from medvol.config import config_to_dict, load_config, resolve_config
+    from medvol.study.recursive.study import DEFAULT_CONFIG
+
+    study, learned = (config_to_dict(load_config(name)) for name in (DEFAULT_CONFIG, "learn/dcgan_64"))
+    assert resolve_config(DEFAULT_CONFIG).resolve() == CONFIG.resolve()
+    assert study["model"] == learned["model"]
+    for key in ("lr", "mode", "amp", "beta1"):
+        assert study["train"].get(key) == learned["train"].get(key), key
+    for key in ("source", "plane", "skip_blank", "batch", "phantom_seed"):
+        assert study["data"][key] == learned["data"][key], key
