@@ -338,3 +338,19 @@ def test_the_default_study_trains_the_learned_dcgan():
         assert study["train"].get(key) == learned["train"].get(key), key
     for key in ("source", "plane", "skip_blank", "batch", "phantom_seed"):
         assert study["data"][key] == learned["data"][key], key
+
+
+def test_paired_changes_subtract_each_seeds_own_generation_0():
+    from medvol.study.recursive.aggregate import paired_changes, t_interval
+
+    def run(seed, fraction, values):
+        return {"seed": seed, "real_fraction": fraction,
+                "generations": [{"generation": k, "scores": {"recall": v}} for k, v in enumerate(values)]}
+
+    runs = [run(0, 0.0, [0.5, 0.4, 0.1]), run(1, 0.0, [0.9, 0.7, 0.6]), run(2, 0.0, [0.1, 0.1, 0.0]),
+            run(0, 0.25, [0.5, 0.5]), run(1, 0.25, [0.9, 1.0])]
+    rows = paired_changes(runs, ["recall"])
+    assert [(r["real_fraction"], r["generation"], r["seeds"]) for r in rows] == [
+        (0.0, 1, [0, 1, 2]), (0.0, 2, [0, 1, 2]), (0.25, 1, [0, 1])]
+    assert rows[1]["recall"] == t_interval([0.1 - 0.5, 0.6 - 0.9, 0.0 - 0.1])
+    assert rows[2]["recall"]["mean"] == pytest.approx(0.05)

@@ -81,3 +81,34 @@ def aggregate(runs: Sequence[dict[str, Any]], keys: Sequence[str], level: float 
                                    for r in records], level)
         rows.append(row)
     return rows
+
+
+def paired_changes(runs: Sequence[dict[str, Any]], keys: Sequence[str], level: float = LEVEL) -> list[dict[str, Any]]:
+    """Per real fraction and generation k >= 1: each score's change from generation 0, paired by seed.
+
+    Each seed's generation k is compared with its own generation 0 (same real data, same seed
+    rule), so the seed-to-seed spread of generation 0 cancels: the interval is the t interval of
+    the n per-seed differences (module docstring), narrower than comparing two means' intervals.
+
+    Returns:
+        Rows ``{"real_fraction", "generation", "seeds", key: t_interval of (score_k - score_0)}``.
+    """
+    cells: dict[tuple[float, int], list[tuple[int, dict, dict]]] = {}
+    for run in runs:
+        by_k = {int(r["generation"]): r for r in run["generations"]}
+        if 0 not in by_k:
+            continue
+        for k, record in by_k.items():
+            if k > 0:
+                cells.setdefault((float(run["real_fraction"]), k), []).append((int(run["seed"]), by_k[0], record))
+    rows = []
+    for (fraction, k), triples in sorted(cells.items()):
+        row: dict[str, Any] = {"real_fraction": fraction, "generation": k, "seeds": [s for s, _, _ in triples]}
+        for key in keys:
+            diffs = []
+            for _, zero, record in triples:
+                a, b = zero["scores"].get(key), record["scores"].get(key)
+                diffs.append(math.nan if a is None or b is None else float(b) - float(a))
+            row[key] = t_interval(diffs, level)
+        rows.append(row)
+    return rows

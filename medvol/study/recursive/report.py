@@ -120,6 +120,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                      + " | ".join(_interval(row[k]) for k in keys) + " |")
     floor = summary.get("floor") or {}
     lines.append("| real vs real (floor) | | | " + " | ".join(_cell(floor.get(k)) for k in keys) + " |")
+    if summary.get("changes"):
+        lines += ["", "Change from generation 0, paired by seed (each seed's generation k minus its own generation "
+                  "0; mean [95 % t interval of the differences]):", "",
+                  "| real fraction | generation | seeds | " + " | ".join(labels[k][0] for k in keys) + " |",
+                  "|---" * (len(keys) + 3) + "|"]
+        for row in summary["changes"]:
+            lines.append(f"| {row['real_fraction']:g} | {row['generation']} | {len(row['seeds'])} | "
+                         + " | ".join(_interval(row[k]) for k in keys) + " |")
     lines += ["", "Better: " + "; ".join(f"{labels[k][0]} {labels[k][1]}" for k in keys) + ".", "",
               "Every seed:", "",
               "| seed | real fraction | generation | " + " | ".join(labels[k][0] for k in keys) + " | wall s |",

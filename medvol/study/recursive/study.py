@@ -319,7 +319,7 @@ def _floor(claimed, cfg, real, identity, scoring, n_synthetic, device, dims) -> 
 
 
 def _write_summary(claimed, study: dict, floor: dict, runs: dict, dims: int) -> dict[str, Any]:
-    from medvol.study.recursive.aggregate import aggregate
+    from medvol.study.recursive.aggregate import aggregate, paired_changes
     from medvol.study.recursive.report import score_keys, scores_plot, summary_markdown
     from medvol.utils import checked_write
 
@@ -327,6 +327,7 @@ def _write_summary(claimed, study: dict, floor: dict, runs: dict, dims: int) -> 
     records = [r for run in listed for r in run["generations"]]
     summary = {"study": study, "floor": floor, "runs": listed,
                "aggregate": aggregate(listed, score_keys(dims, floor)),
+               "changes": paired_changes(listed, score_keys(dims, floor)),
                # generation 0 is listed under every fraction of its seed: counted once
                "wall_seconds": sum(r["seconds"]["total"] for r in
                                    {(r["seed"], r["generation"], r["real_fraction"]): r for r in records}.values()),
