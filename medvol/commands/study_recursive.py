@@ -62,7 +62,8 @@ def _numbers(text: str, option: str, kind):
     try:
         values = [kind(part) for part in str(text).split(",")]
     except ValueError:
-        raise MedvolError(f"{option} {text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}") from None
+        what = "integers" if kind is int else "numbers"
+        raise MedvolError(f"{option} {text!r}: expected comma-separated {what}") from None
     return values
 
 
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                                   n_score=args.n_score, fid_n=args.fid_n, device=args.device,
                                   overrides=args.overrides, overwrite=args.overwrite)
     key = "factor_w1" if summary["study"]["dims"] == 2 else "fid"
-    last = [row for row in summary["aggregate"] if row["generation"] == max(r["generation"] for r in summary["aggregate"])]
+    final = max(r["generation"] for r in summary["aggregate"])
+    last = [row for row in summary["aggregate"] if row["generation"] == final]
     shown = "; ".join(f"real {row['real_fraction']:g}: {row[key]['mean']:.4g}" for row in last
                       if not math.isnan(row[key]["mean"]))
     print(f"{len(summary['runs'])} run(s) in {args.out}: generation {last[0]['generation']} {key} {shown} "

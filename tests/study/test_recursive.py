@@ -269,7 +269,8 @@ def test_the_summary_table_and_plot_show_every_generation_and_the_floor(tmp_path
         assert line["generations"] == [0, 1, 2]
         assert line["mean"] == pytest.approx([0.5 + i / 10, 2.0 + i / 10, 3.0 + i / 10])
         assert series[key]["floor"] == pytest.approx(100 + i / 10)
-        assert sorted(line["seeds"]) == sorted((k, k + s + (0.5 if k else 0) + i / 10) for s in (0, 1) for k in range(3))
+        expected = [(k, k + s + (0.5 if k else 0) + i / 10) for s in (0, 1) for k in range(3)]
+        assert sorted(line["seeds"]) == sorted(expected)
     path = scores_plot(tmp_path / "scores.png", summary)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -158,7 +158,8 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
         composition = {"synthetic": 0, "real": len(plan.real.train_files)}
     else:
         before = gen_dir(plan, k - 1)
-        previous = sorted(p for p in (before / "samples").glob("sample_*.nii.gz") if not p.name.endswith("_mask.nii.gz"))
+        previous = sorted(p for p in (before / "samples").glob("sample_*.nii.gz")
+                          if not p.name.endswith("_mask.nii.gz"))
         if len(previous) != plan.n_files:
             raise MedvolError(f"{before}/samples: {len(previous)} volumes, expected "
                               f"{plan.n_files}; delete that generation's scores.json to redo it")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
