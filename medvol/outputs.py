@@ -12,6 +12,12 @@ Two rules every writing command follows (README, "Error contract"):
   write for this same job is refused unless ``overwrite``; ``overwrite`` removes only the files
   the marker lists (never a file medvol did not write, never an input), and a file medvol did not
   write is never replaced, with or without the flag.
+
+  A job that hands a whole sub-folder to other jobs (a study: each generation's training run,
+  cache and samples) records it as a *folder entry*, ``"name/"`` (:meth:`OwnedOutput.path` with a
+  trailing slash): medvol created the folder for this job, so the same job continues in it
+  whatever it holds. The files the other jobs wrote there are recorded once each step is done
+  (:meth:`OwnedOutput.record_tree`); ``overwrite`` removes those, then the folders left empty.
 """
 
 from __future__ import annotations
@@ -138,6 +144,8 @@ def _foreign(folder: Path, owned: set[str]) -> list[str]:
     found = []
     for root, dirs, files in os.walk(folder):
         rel_root = Path(root).relative_to(folder)
+        # A folder entry's content is the job's (module docstring): not walked.
+        dirs[:] = [d for d in dirs if (rel_root / d).as_posix() + "/" not in owned]
         for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
             rel = (rel_root / name).as_posix()
             if rel in (MARKER, LOCK) or rel in owned or is_temp_name(name):
@@ -149,7 +157,7 @@ def _foreign(folder: Path, owned: set[str]) -> list[str]:
 
 def _present(folder: Path, rel: Any) -> bool:
     try:
-        path = safe_relpath(folder, rel, f"{MARKER} entry")
+        path = safe_relpath(folder, rel.rstrip("/") if isinstance(rel, str) else rel, f"{MARKER} entry")
     except MedvolError:
         return False
     return path.exists() or path.is_symlink()
@@ -257,11 +265,22 @@ class OwnedOutput:
     def path(self, rel: str) -> Path:
         """The path of output ``rel`` (a name or ``a/b`` relative path), recorded as medvol's.
 
+        A ``rel`` ending in ``/`` is a folder entry (module docstring): the folder is created and
+        everything later written in it is this job's.
+
         Raises:
-            MedvolError: ``rel`` leaves the folder, or names a file medvol did not write.
+            MedvolError: ``rel`` leaves the folder, or names a file (or folder) medvol did not write.
         """
-        path = safe_relpath(self.folder, rel, "output")
+        path = safe_relpath(self.folder, rel.rstrip("/") if isinstance(rel, str) else rel, "output")
         if rel not in self.files:
+            if rel.endswith("/"):
+                if path.exists() or path.is_symlink():
+                    raise MedvolError(f"{path}: exists and was not made by medvol for this job; "
+                                      "refusing to write into it (move it away or choose another output)")
+                self.files.append(rel)
+                self._save()  # first: a folder made and not yet recorded would be refused next time
+                path.mkdir(parents=True, exist_ok=True)
+                return path
             if path.exists() or path.is_symlink():
                 raise MedvolError(f"{path}: exists and was not written by medvol for this job; "
                                   "refusing to replace it (move it away or choose another output)")
@@ -291,6 +310,32 @@ class OwnedOutput:
             self._save()
         return paths
 
+    def record_tree(self, rel: str) -> int:
+        """Record every file now under folder entry ``rel`` (``"name/"``) as this job's.
+
+        Other jobs write inside a folder entry (a study's training runs, caches, samples); what
+        they wrote is recorded here once a step is done, so that an ``overwrite`` removes exactly
+        those files, and keeps a file someone else put there (its folder then stays, and a new
+        job refuses to write into it). Returns how many files were added.
+        """
+        if rel not in self.files or not rel.endswith("/"):
+            raise MedvolError(f"{rel!r}: not a folder entry of {self.folder}")
+        base = self.folder / rel.rstrip("/")
+        known = set(self.files)
+        new = []
+        for root, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+            for name in files:
+                if name == LOCK or is_temp_name(name):
+                    continue
+                path = (Path(root) / name).relative_to(self.folder).as_posix()
+                if path not in known:
+                    new.append(path)
+        if new:
+            self.files.extend(new)
+            self._save()
+        return len(new)
+
     def owns(self, rel: str) -> bool:
         """Whether ``rel`` is recorded as written by medvol for this job."""
         return rel in self.files
@@ -302,7 +347,7 @@ class OwnedOutput:
             MedvolError: an output leaves the folder, or names a file medvol did not write.
         """
         for rel in rels:
-            path = safe_relpath(self.folder, rel, "output")
+            path = safe_relpath(self.folder, rel.rstrip("/") if isinstance(rel, str) else rel, "output")
             if rel not in self.files and (path.exists() or path.is_symlink()):
                 raise MedvolError(f"{path}: exists and was not written by medvol for this job; "
                                   "refusing to replace it (move it away or choose another output)")
@@ -380,7 +425,9 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
     removed: list[str] = []
     if marker is not None and not same and owned and not _holds_inputs(folder, owned, kept):
         for rel in sorted(owned):
-            path = folder / rel  # present, so safe (_present)
+            path = folder / rel.rstrip("/")  # present, so safe (_present)
+            if rel.endswith("/"):
+                continue  # folder entries go below, once the files recorded in them are gone
             if path.resolve() in kept or not (path.is_file() or path.is_symlink()):
                 continue
             path.unlink()
@@ -390,11 +437,30 @@ def claim_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
                 while parent != folder and not any(parent.iterdir()):
                     parent.rmdir()
                     parent = parent.parent
+        for rel in sorted((r for r in owned if r.endswith("/")), key=len, reverse=True):
+            if _remove_empty_tree(folder / rel.rstrip("/")):
+                removed.append(rel)
         owned = set()
     files = sorted(owned) if same else []
     out = OwnedOutput(folder, job, identity, files, continued=same, removed=removed)
     out._save()
     return out
+
+
+def _remove_empty_tree(path: Path) -> bool:
+    """Remove the folders under ``path`` (and it) that hold no file: what :meth:`OwnedOutput.record_tree`
+    did not record stays, with the folders that lead to it. Whether ``path`` went."""
+    if path.is_symlink():
+        return False
+    if not path.exists():
+        return True  # its last recorded file took it (an emptied sub-folder goes with its file)
+    for root, dirs, _ in os.walk(path, topdown=False):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                (Path(root) / d).rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+    return not path.exists()
 
 
 def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, overwrite: bool = False,
@@ -429,7 +495,11 @@ def check_output(folder: str | os.PathLike, job: str, identity: Any = None, *, o
 def _holds_inputs(folder: Path, owned: set[str], kept: set[Path]) -> bool:
     """Whether another job's outputs include one of this job's inputs: then they are all kept (an
     input's sidecars, factor files and marks belong with it), and ``overwrite`` removes none."""
-    return any((folder / rel).resolve() in kept for rel in owned)
+    for rel in owned:
+        path = (folder / rel.rstrip("/")).resolve()
+        if path in kept or (rel.endswith("/") and any(path in k.parents for k in kept)):
+            return True
+    return False
 
 
 def _assess(folder: Path, job: str, identity: Any, overwrite: bool, inputs, option: str, outputs):

@@ -1,4 +1,5 @@
-"""``medvol study recursive`` end to end on tiny settings: generations, mixing, resume, refusals."""
+"""``medvol study recursive`` with a 3D model end to end on tiny settings: generations, mixing, resume,
+refusals (the 2D path, seeds x fractions and intervals: test_recursive_2d.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "recursive_demo.yaml"
 # 8 phantoms (6 train / 2 val), 4 iterations per generation, 3 generated volumes per generation.
 TINY = ["train.iterations=4", "data.phantom_n=8", "train.ckpt_every=2", "train.log_every=2"]
 ARGS = dict(real_fraction=0.5, n_synthetic=3, seed=1, feature_iters=3, bootstrap=0, device="cpu", overrides=TINY)
+
+
+G0 = Path("seed_001") / "gen_000"
+G1 = Path("seed_001") / "real_050" / "gen_001"
+
+
+def _gens(summary):
+    return summary["runs"][0]["generations"]
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
@@ -32,12 +41,12 @@ def study(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("recursive") / "study"
     first = run_recursive_study(CONFIG, out, generations=1, **ARGS)
-    gen0 = _mtimes(out / "gen_000")
+    gen0 = _mtimes(out / G0)
     second = run_recursive_study(CONFIG, out, generations=2, **ARGS)
-    snapshot = {"gen1_scores": json.loads((out / "gen_001" / "scores.json").read_text(encoding="utf-8"))}
+    snapshot = {"gen1_scores": json.loads((out / G1 / "scores.json").read_text(encoding="utf-8"))}
     # An interrupted generation: everything but its scores.json is there.
-    (out / "gen_001" / "scores.json").unlink()
-    snapshot.update(checkpoints=_mtimes(out / "gen_001" / "run" / "checkpoints"), gen0=_mtimes(out / "gen_000"))
+    (out / G1 / "scores.json").unlink()
+    snapshot.update(checkpoints=_mtimes(out / G1 / "run" / "checkpoints"), gen0=_mtimes(out / G0))
     third = run_recursive_study(CONFIG, out, generations=2, **ARGS)
     return {"out": out, "first": first, "second": second, "third": third, "gen0_before": gen0,
             "before_third": snapshot}
@@ -46,13 +55,13 @@ def study(tmp_path_factory):
 @slow_study
 def test_every_generation_is_scored_and_plotted(study):
     out, summary = study["out"], study["second"]
-    assert [g["generation"] for g in summary["generations"]] == [0, 1]
-    for g in summary["generations"]:
+    assert [g["generation"] for g in _gens(summary)] == [0, 1]
+    for g in _gens(summary):
         scores = g["scores"]
         for key in ("fid", "precision", "recall", "coverage", "msssim", "authenticity", "copy_fraction", "hu_w1"):
             assert isinstance(scores[key], float), key
         assert scores["n_generated"] == 3 and scores["n_real_val"] == 2
-        here = out / f"gen_{g['generation']:03d}"
+        here = out / (G0 if g["generation"] == 0 else G1)
         assert json.loads((here / "scores.json").read_text(encoding="utf-8"))["scores"] == scores
         assert (here / "montage.png").stat().st_size > 1000
         assert len(list((here / "samples").glob("sample_*.nii.gz"))) == 3
@@ -61,47 +70,47 @@ def test_every_generation_is_scored_and_plotted(study):
     assert floor["fid"] >= 0 and 0 <= floor["authenticity"] <= 1 and floor["hu_w1"] >= 0
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "summary.md").read_text(encoding="utf-8")
-    assert "| 0 |" in md and "| 1 |" in md and "real vs real (floor)" in md
-    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["generations"] == study["third"]["generations"]
+    assert "| 0.5 | 0 | 1 |" in md and "| 0.5 | 1 | 1 |" in md and "real vs real (floor)" in md
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["runs"] == study["third"]["runs"]
 
 
 @slow_study
 def test_resume_continues_at_the_second_generation_without_redoing_the_first(study):
-    assert [g["generation"] for g in study["first"]["generations"]] == [0]
-    assert _mtimes(study["out"] / "gen_000") == study["gen0_before"]
-    assert study["second"]["generations"][0] == study["first"]["generations"][0]
+    assert [g["generation"] for g in _gens(study["first"])] == [0]
+    assert _mtimes(study["out"] / G0) == study["gen0_before"]
+    assert _gens(study["second"])[0] == _gens(study["first"])[0]
 
 
 @slow_study
 def test_generation_one_trains_on_marked_synthetic_and_the_kept_real_volumes(study):
     out, summary = study["out"], study["second"]
-    manifest = json.loads((out / "gen_001" / "cache" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((out / G1 / "cache" / "manifest.json").read_text(encoding="utf-8"))
     synthetic = [v for v in manifest["volumes"] if v["synthetic"] is True]
     real = [v for v in manifest["volumes"] if v["synthetic"] is False]
     # --real-fraction 0.5 of 6 real training volumes: 3 real beside the 3 generated ones, all in train.
     assert len(synthetic) == 3 and len(real) == 3
     assert all(v["split"] == "train" for v in manifest["volumes"])
-    g0_samples = summary["generations"][0]["seeds"]["samples"]
+    g0_samples = _gens(summary)[0]["seeds"]["samples"]
     assert all(v["provenance"]["seed"] == g0_samples and v["provenance"]["synthetic"] is True for v in synthetic)
     assert all("provenance" not in v or not v["provenance"] for v in real)
     assert sorted(v["name"] for v in real) == sorted(Path(p).name.split(".")[0]
-                                                   for p in summary["study"]["real_kept"])
-    gen_dir = out / "gen_000" / "samples"
+                                                   for p in _gens(summary)[1]["training_data"]["real_kept"])
+    gen_dir = out / G0 / "samples"
     assert {Path(v["source"]).parent for v in synthetic} == {gen_dir.resolve()}
-    g1 = summary["generations"][1]["training_data"]
+    g1 = _gens(summary)[1]["training_data"]
     assert (g1["allow_synthetic"], g1["synthetic"], g1["real"]) == (True, 3, 3)
-    g0 = summary["generations"][0]["training_data"]
+    g0 = _gens(summary)[0]["training_data"]
     assert (g0["allow_synthetic"], g0["synthetic"], g0["real"]) == (False, 0, 6)
-    run_cfg = (out / "gen_001" / "run" / "config.yaml").read_text(encoding="utf-8")
+    run_cfg = (out / G1 / "run" / "config.yaml").read_text(encoding="utf-8")
     assert "allow_synthetic: true" in run_cfg
-    assert "allow_synthetic: false" in (out / "gen_000" / "run" / "config.yaml").read_text(encoding="utf-8")
+    assert "allow_synthetic: false" in (out / G0 / "run" / "config.yaml").read_text(encoding="utf-8")
 
 
 @slow_study
 def test_generations_differ_in_seed_by_one_rule(study):
     from medvol.study.recursive.generation import generation_seeds
 
-    g = study["second"]["generations"]
+    g = _gens(study["second"])
     assert g[0]["seeds"] == generation_seeds(1, 0) and g[1]["seeds"] == generation_seeds(1, 1)
     assert g[0]["seeds"] != g[1]["seeds"] and generation_seeds(1, 1) == generation_seeds(1, 1)
     assert g[0]["iterations"] == g[1]["iterations"] == 4
@@ -110,10 +119,10 @@ def test_generations_differ_in_seed_by_one_rule(study):
 @slow_study
 def test_an_interrupted_generation_is_scored_again_without_retraining(study):
     out, before = study["out"], study["before_third"]
-    assert (out / "gen_001" / "scores.json").is_file()
-    assert _mtimes(out / "gen_001" / "run" / "checkpoints") == before["checkpoints"]
-    assert _mtimes(out / "gen_000") == before["gen0"]
-    again, first = study["third"]["generations"][1]["scores"], before["gen1_scores"]["scores"]
+    assert (out / G1 / "scores.json").is_file()
+    assert _mtimes(out / G1 / "run" / "checkpoints") == before["checkpoints"]
+    assert _mtimes(out / G0) == before["gen0"]
+    again, first = _gens(study["third"])[1]["scores"], before["gen1_scores"]["scores"]
     assert again["fid"] == pytest.approx(first["fid"], rel=1e-6)
     assert again["hu_w1"] == pytest.approx(first["hu_w1"], rel=1e-9)
 
@@ -122,29 +131,26 @@ def test_an_interrupted_generation_is_scored_again_without_retraining(study):
 def test_a_folder_of_another_study_is_refused(study):
     from medvol.study.recursive import run_recursive_study
 
-    with pytest.raises(MedvolError, match="other settings.*seed"):
+    with pytest.raises(MedvolError, match="other settings.*seeds"):
         run_recursive_study(CONFIG, study["out"], generations=2, **dict(ARGS, seed=2))
     with pytest.raises(MedvolError, match="train.iterations"):
         run_recursive_study(CONFIG, study["out"], generations=2, **dict(ARGS, overrides=[*TINY, "train.iterations=5"]))
 
 
 def test_a_study_in_use_is_refused(tmp_path):
+    from medvol.outputs import owned_output
     from medvol.study.recursive import run_recursive_study
-    from medvol.train.runfolder import RunFolderLock
 
-    held = RunFolderLock(tmp_path / "busy", lock_name=".medvol-study.lock", holder="medvol study recursive")
-    try:
+    with owned_output(tmp_path / "busy", "study recursive", {"another": "study"}):
         with pytest.raises(MedvolError, match="in use by another medvol study recursive"):
             run_recursive_study(CONFIG, tmp_path / "busy", generations=1, **ARGS)
-    finally:
-        held.release()
 
 
 def test_a_folder_with_other_files_is_refused(tmp_path):
     from medvol.study.recursive import run_recursive_study
 
     (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
-    with pytest.raises(MedvolError, match="no study.json"):
+    with pytest.raises(MedvolError, match="holds files medvol did not write"):
         run_recursive_study(CONFIG, tmp_path, generations=1, **ARGS)
 
 
@@ -177,11 +183,11 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
         assert code == 2 and match in err and len(err.splitlines()) == 1, err
 
 
-def test_a_2d_model_is_refused(tmp_path):
+def test_a_mask_conditional_2d_model_is_refused(tmp_path):
     from medvol.study.recursive import run_recursive_study
 
-    cfg = Path(__file__).resolve().parents[2] / "configs" / "dcgan_tiny.yaml"
-    with pytest.raises(MedvolError, match="2D model"):
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "spade_tiny.yaml"
+    with pytest.raises(MedvolError, match="draws images from masks"):
         run_recursive_study(cfg, tmp_path / "o", generations=1, **dict(ARGS, overrides=[]))
 
 
@@ -214,12 +220,13 @@ def test_a_finished_generation_is_read_back_not_redone(tmp_path):
     from medvol.study.recursive.generation import Plan, run_generation
 
     record = {"generation": 1, "scores": {"fid": 1.0}, "seconds": {"total": 2.0}}
-    (tmp_path / "gen_001").mkdir()
-    (tmp_path / "gen_001" / "scores.json").write_text(json.dumps(record))
+    here = tmp_path / "seed_000" / "real_000" / "gen_001"
+    here.mkdir(parents=True)
+    (here / "scores.json").write_text(json.dumps(record))
     # Nothing else exists: any step it tried (cache, training, scoring) would fail.
     plan = Plan(root=tmp_path, cfg=None, real=None, n_synthetic=2, real_kept=[], seed=0, bootstrap=0, device="cpu")
     assert run_generation(plan, 1) == record
-    (tmp_path / "gen_001" / "scores.json").write_text(json.dumps(dict(record, generation=2)))
+    (here / "scores.json").write_text(json.dumps(dict(record, generation=2)))
     # A scores.json of another generation does not count as done: the generation starts, and
     # stops at once, generation 0 having left no samples here.
     with pytest.raises(MedvolError, match="gen_000/samples: 0 volumes, expected 2"):
@@ -227,29 +234,43 @@ def test_a_finished_generation_is_read_back_not_redone(tmp_path):
 
 
 def test_the_summary_table_and_plot_show_every_generation_and_the_floor(tmp_path):
+    from medvol.study.recursive.aggregate import aggregate, t_interval
     from medvol.study.recursive.report import plot_series, scores_plot, summary_markdown
     from medvol.study.recursive.scoring import SCORES
 
     def scores(base):
         return {key: base + i / 10 for i, key in enumerate(SCORES)}
 
-    summary = {"study": {"config_path": "c.yaml", "model": "crfgan@32", "iterations": 4, "real_cache": "r",
-                         "n_real_train": 6, "n_real_val": 2, "n_synthetic": 3, "n_real_kept": 3,
-                         "real_fraction": 0.5, "seed": 0, "bootstrap": 0, "domain_features": "d.pt"},
-               "floor": scores(100.0), "wall_seconds": 9.0,
-               "generations": [{"generation": k, "scores": dict(scores(float(k)), fid_ci=[k - 0.5, k + 0.5]),
-                                "seconds": {"total": 3.0}} for k in range(3)]}
+    def run(seed, fraction):
+        return {"seed": seed, "real_fraction": fraction,
+                "generations": [{"generation": k, "seed": seed, "real_fraction": 0.0 if k == 0 else fraction,
+                                 "scores": scores(float(k) + seed + (fraction if k else 0)),
+                                 "seconds": {"total": 3.0}} for k in range(3)]}
+
+    runs = [run(s, f) for s in (0, 1) for f in (0.0, 0.5)]
+    summary = {"study": {"config_path": "c.yaml", "model": "crfgan@32", "dims": 3, "iterations": 4,
+                         "real_cache": "r", "n_real_train": 6, "n_real_val": 2, "n_synthetic": 3,
+                         "real_fractions": [0.0, 0.5], "seeds": [0, 1], "bootstrap": 0, "domain_features": "d.pt",
+                         "interval": "95 % Student t interval of the mean over the seeds"},
+               "floor": scores(100.0), "wall_seconds": 9.0, "runs": runs,
+               "aggregate": aggregate(runs, list(SCORES))}
     md = summary_markdown(summary)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| 0", "| 1", "| 2", "| real vs real (floor)"]
-    assert rows[2].split(" | ")[1:3] == ["1", "1.1"] and rows[4].split(" | ")[1] == "100"
+    assert [r.split(" | ")[:2] for r in rows[1:7]] == [["| 0", "0"], ["| 0", "1"], ["| 0", "2"], ["| 0.5", "0"],
+                                                     ["| 0.5", "1"], ["| 0.5", "2"]]
+    # generation 1, fraction 0.5, FID: seeds give 1.5 and 2.5 -> mean 2 and its t interval.
+    fid = t_interval([1.5, 2.5])
+    assert rows[5].split(" | ")[3] == f"{fid['mean']:.3g} [{fid['low']:.3g}, {fid['high']:.3g}]"
+    assert rows[7].startswith("| real vs real (floor) |") and " 100 |" in rows[7]
     series = plot_series(summary)
     assert list(series) == list(SCORES)
     for i, key in enumerate(SCORES):
-        assert series[key]["generations"] == [0, 1, 2]
-        assert series[key]["values"] == pytest.approx([k + i / 10 for k in range(3)])
+        line = series[key]["fractions"][0.5]
+        assert line["generations"] == [0, 1, 2]
+        assert line["mean"] == pytest.approx([0.5 + i / 10, 2.0 + i / 10, 3.0 + i / 10])
         assert series[key]["floor"] == pytest.approx(100 + i / 10)
-    assert series["fid"]["ci"] == [[-0.5, 0.5], [0.5, 1.5], [1.5, 2.5]] and series["recall"]["ci"] is None
+        expected = [(k, k + s + (0.5 if k else 0) + i / 10) for s in (0, 1) for k in range(3)]
+        assert sorted(line["seeds"]) == sorted(expected)
     path = scores_plot(tmp_path / "scores.png", summary)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

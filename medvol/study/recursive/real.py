@@ -8,7 +8,7 @@ Layout under ``DIR/real/``::
                   config that names a cache uses that cache as it is)
     train/ val/   the real cache's train and val volumes as NIfTI in HU: real volumes mixed into
                   later generations come from train/, and the floor scores train/ against val
-    domain.pt     the domain feature network (``medvol features train``) fitted on the train split
+    domain.pt     3D: the domain feature network (``medvol features train``) fitted on the train split
     floor/        the floor's evaluation reports; floor.json its scores
 
 Every step is skipped when its output exists: each is written atomically (files renamed into
@@ -44,7 +44,8 @@ class RealData:
         modality: ``"ct"`` or ``"mr"``.
         window: the CT window (HU) the cache scales with; None for MR.
         train_files, val_files: the split's volumes as NIfTI (HU for CT), in manifest order.
-        domain: the domain feature network's file.
+        domain: the domain feature network's file (None for a 2D study, which scores on
+            weight-free features, :mod:`.slices`).
     """
 
     cache: Path
@@ -54,7 +55,7 @@ class RealData:
     window: tuple[float, float] | None
     train_files: list[Path]
     val_files: list[Path]
-    domain: Path
+    domain: Path | None
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -137,7 +138,7 @@ def export_split(cache: Path, split: str, folder: Path) -> list[Path]:
     return files
 
 
-def prepare_real(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int, feature_iters: int,
+def prepare_real(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int, feature_iters: int | None,
                  expected_sha256: str | None = None) -> RealData:
     """Build (or find) everything real the study needs under ``root`` (module docstring).
 
@@ -145,7 +146,8 @@ def prepare_real(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int
         cfg: the study's config (its ``data`` section names the real data).
         root: ``DIR/real``.
         val_fraction, seed: the split of a phantom cache.
-        feature_iters: iterations of the domain feature network's training.
+        feature_iters: iterations of the domain feature network's training; None: no network
+            (a 2D study).
         expected_sha256: the real cache's manifest digest recorded when the study began (None
             for a new study): a cache that changed since is refused, since the generations
             already done were trained and scored on the old one.
@@ -166,7 +168,7 @@ def prepare_real(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int
     for split in ("train", "val"):
         # Refuses synthetic entries: generation 0 must learn from real volumes only.
         data = CachedVolumeDataset(cache, split=split)
-        if data.size != cfg.model.size:
+        if data.size != cfg.model.size:  # 2D too: generated stacks of S slices join real volumes
             raise MedvolError(f"real cache {cache}: volumes are {data.size}^3, model.size is {cfg.model.size}")
         counts[split] = len(data)
         if len(data) < 2:
@@ -175,8 +177,8 @@ def prepare_real(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int
     params = data.params
     train_files = export_split(cache, "train", root / "train")
     val_files = export_split(cache, "val", root / "val")
-    domain = root / "domain.pt"
-    if not domain.is_file():  # written atomically by train_domain_features
+    domain = root / "domain.pt" if feature_iters is not None else None
+    if domain is not None and not domain.is_file():  # written atomically by train_domain_features
         log.info("training the domain feature network on %d real volumes (%d iterations)",
                  counts["train"], feature_iters)
         train_domain_features(cache, domain, iters=feature_iters, seed=seed, log_every=0)

@@ -1,24 +1,31 @@
 """``medvol study recursive``: train a model on its predecessor's output, generation after generation.
 
-Generation 0 trains on the real training volumes; generation k >= 1 trains on the N volumes that
-generation k-1's final checkpoint generated, plus, with ``real_fraction`` f > 0, the same
-``round(f * n_train)`` real training volumes every generation (n_train: the real train split;
-f = 0.5 keeps half of it, f = 1 all of it, added to the N generated ones). Every generation
-trains with the same config and iterations; its seeds follow one rule from ``(seed, k)``
-(:func:`.generation.generation_seeds`), so generations differ in their data and in nothing
-else that the study chooses. Each is scored against the real validation split (:mod:`.scoring`).
+Generation 0 trains on the real training data; generation k >= 1 trains on the N samples that
+generation k-1's final checkpoint generated, plus, with a real fraction f > 0, the same
+``round(f * n_train)`` real training volumes every generation (n_train: the real train split's
+volumes; a 2D model trains on their slices; f = 0.25 keeps a quarter of them, added to the N
+generated samples). Every generation trains with the same config and iterations; its seeds follow
+one rule from ``(seed, k)`` (:func:`.generation.generation_seeds`), so generations differ in their
+data and in nothing else that the study chooses.
 
-The study folder ``DIR``::
+A study runs every seed S of ``seed`` and every fraction f of ``real_fraction``: generation 0 of a
+seed is shared by its fractions (it trains on real data only). 3D models are scored with
+``medvol evaluate`` against the real val volumes (:mod:`.scoring`); 2D models (unconditional, one
+channel) against real val slices on slice factors, modes, pooled-pixel precision / recall and,
+when asked, FID (:mod:`.slices`). The summary gives each score's mean over the seeds with a 95 %
+Student t interval (:mod:`.aggregate`).
 
-    study.json        the study's identity (resolved config and arguments): a folder made with
-                      others is refused
-    real/             the real data, domain features and the real-vs-real floor (:mod:`.real`)
-    gen_000/ ...      one folder per generation (:mod:`.generation`)
-    summary.json, summary.md, scores.png   rewritten after every generation
+The study folder ``DIR`` (claimed with :func:`medvol.outputs.owned_output`)::
+
+    study.json        the study's identity (resolved config and arguments)
+    real/             the real data, (3D) domain features and the real-vs-real floor (:mod:`.real`)
+    seed_S/gen_000/, seed_S/real_P/gen_00k/   one folder per generation (:mod:`.generation`)
+    summary.json, summary.md, scores.png      rewritten after every generation
 
 Running the same command again continues: finished generations are read back, an interrupted one
-resumes. ``generations`` is not part of the identity, so a larger K extends a finished study.
-A lock (``.medvol-study.lock``) keeps a second run out of ``DIR`` while one runs.
+resumes. ``generations`` is not part of the identity, so a larger K extends a finished study. A
+folder holding another study (or anything else) is refused unless ``overwrite``, which removes
+what medvol wrote there and nothing else.
 """
 
 from __future__ import annotations
@@ -26,187 +33,308 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 import medvol
 from medvol.errors import MedvolError
-from medvol.study.recursive.generation import Plan, finished, run_generation
+from medvol.study.recursive.generation import Plan, run_generation
 from medvol.study.recursive.real import prepare_real, read_json, write_json
 from medvol.utils import torch_threads
 
 log = logging.getLogger("medvol.study")
 
 STUDY_FILE = "study.json"
-LOCK_NAME = ".medvol-study.lock"
+JOB = "study recursive"
 MODELS_3D = ("crfgan", "hagan")
+#: The shipped default: the learned 64^2 DCGAN on axial phantom slices (docs/studies.md).
+DEFAULT_CONFIG = "studies/recursive_dcgan64"
+TOP_FILES = (STUDY_FILE, "summary.json", "summary.md", "scores.png")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def check_arguments(generations: Any, real_fraction: Any, n_synthetic: Any, seed: Any, val_fraction: Any,
-                    feature_iters: Any, bootstrap: Any) -> None:
-    """One-line errors for impossible arguments, before anything is read or written."""
-    def integer(value: Any) -> bool:
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                    feature_iters: Any, bootstrap: Any, n_score: Any = 512, fid_n: Any = 0) -> tuple[list, list]:
+    """One-line errors for impossible arguments, before anything is read or written.
 
-    if not integer(generations) or generations < 1:
+    Returns:
+        ``(seeds, fractions)`` as lists (a single value is a list of one).
+    """
+    if not _integer(generations) or generations < 1:
         raise MedvolError(f"--generations {generations!r}: expected an integer >= 1")
-    if isinstance(real_fraction, bool) or not isinstance(real_fraction, (int, float)) \
-            or not 0.0 <= float(real_fraction) <= 1.0:
-        raise MedvolError(f"--real-fraction {real_fraction!r}: expected a number in [0, 1]")
-    if n_synthetic is not None and (not integer(n_synthetic) or n_synthetic < 2):
-        raise MedvolError(f"--n-synthetic {n_synthetic!r}: expected an integer >= 2 (scores need two volumes)")
-    if not integer(seed) or seed < 0:
-        raise MedvolError(f"--seed {seed!r}: expected an integer >= 0")
+    fractions = _as_list(real_fraction)
+    if not fractions:
+        raise MedvolError("--real-fraction: expected at least one number in [0, 1]")
+    for f in fractions:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= float(f) <= 1.0:
+            raise MedvolError(f"--real-fraction {f!r}: expected numbers in [0, 1]")
+    from medvol.study.recursive.generation import fraction_name
+
+    names = [fraction_name(f) for f in fractions]
+    if len(set(names)) != len(names):
+        raise MedvolError(f"--real-fraction {','.join(f'{f:g}' for f in fractions)}: two fractions share a "
+                          "percentage (each is stored as real_P, P = 100 f rounded); give distinct ones")
+    seeds = _as_list(seed)
+    if not seeds or not all(_integer(s) and s >= 0 for s in seeds):
+        raise MedvolError(f"--seed {seed!r}: expected integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise MedvolError(f"--seed {seed!r}: a seed is given twice")
+    if n_synthetic is not None and (not _integer(n_synthetic) or n_synthetic < 2):
+        raise MedvolError(f"--n-synthetic {n_synthetic!r}: expected an integer >= 2 (scores need two samples)")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise MedvolError(f"--val-fraction {val_fraction!r}: expected a number in (0, 1)")
-    if not integer(feature_iters) or feature_iters < 1:
+    if not _integer(feature_iters) or feature_iters < 1:
         raise MedvolError(f"--feature-iters {feature_iters!r}: expected an integer >= 1")
-    if not integer(bootstrap) or bootstrap < 0 or bootstrap == 1:
+    if not _integer(bootstrap) or bootstrap < 0 or bootstrap == 1:
         raise MedvolError(f"--bootstrap {bootstrap!r}: expected 0 (none) or an integer >= 2")
+    if not _integer(n_score) or n_score < 6:
+        raise MedvolError(f"--n-score {n_score!r}: expected an integer >= 6")
+    if not _integer(fid_n) or fid_n < 0 or fid_n == 1 or fid_n > n_score:
+        raise MedvolError(f"--fid-n {fid_n!r}: expected 0 (no FID) or an integer in [2, --n-score {n_score}]")
+    return [int(s) for s in seeds], [float(f) for f in fractions]
 
 
-def _identity(config_dict: dict, arguments: dict) -> dict:
-    return {"config": config_dict, **arguments}
+def _check_identity(root: Path, identity: dict, overwrite: bool) -> dict | None:
+    """The existing study.json when it describes the same study; None for a new study.
 
-
-def _check_identity(root: Path, identity: dict) -> dict | None:
-    """The existing study.json, after checking it describes the same study (None: a new study)."""
-    path = root / STUDY_FILE
-    if not path.exists():
-        others = [p.name for p in root.iterdir() if p.name != LOCK_NAME] if root.is_dir() else []
-        if others:
-            raise MedvolError(f"--out {root}: holds {', '.join(sorted(others)[:3])} but no {STUDY_FILE}; "
-                              "choose an empty or new folder")
-        return None
-    old = read_json(path)
+    A folder of another study is refused here with the settings that differ (without
+    ``overwrite``); anything else in the folder is :func:`medvol.outputs.owned_output`'s to judge.
+    """
+    old = read_json(root / STUDY_FILE) if root.is_dir() else None
     if old is None or not isinstance(old.get("identity"), dict):
-        raise MedvolError(f"{path}: unreadable; this folder cannot be continued (choose another --out)")
-    if old["identity"] != identity:
-        differ = sorted(k for k in set(old["identity"]) | set(identity)
-                        if old["identity"].get(k) != identity.get(k))
-        detail = differ
-        if "config" in differ:
-            c_old, c_new = old["identity"].get("config", {}), identity["config"]
-            keys = [f"{s}.{k}" for s in c_new for k in c_new[s] if c_old.get(s, {}).get(k) != c_new[s][k]]
-            detail = [d for d in differ if d != "config"] + keys
-        raise MedvolError(f"--out {root}: holds a study made with other settings ({', '.join(detail[:4])}); "
-                          "run it with its own, or choose another --out")
-    return old
+        return None
+    if old["identity"] == identity:
+        return old
+    if overwrite:
+        return None
+    differ = sorted(k for k in set(old["identity"]) | set(identity) if old["identity"].get(k) != identity.get(k))
+    detail = differ
+    if "config" in differ:
+        c_old, c_new = old["identity"].get("config", {}), identity["config"]
+        keys = [f"{s}.{k}" for s in c_new for k in c_new[s] if c_old.get(s, {}).get(k) != c_new[s][k]]
+        detail = [d for d in differ if d != "config"] + keys
+    raise MedvolError(f"--out {root}: holds a study made with other settings ({', '.join(detail[:4])}); "
+                      "run it with its own, choose another --out, or --overwrite to replace it")
 
 
-def run_recursive_study(config: str | os.PathLike, out: str | os.PathLike, *, generations: int,
-                        real_fraction: float = 0.0, n_synthetic: int | None = None, seed: int = 0,
+def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | os.PathLike = "recursive_study", *,
+                        generations: int = 3, real_fraction: float | Sequence[float] = (0.0, 0.25),
+                        n_synthetic: int | None = None, seed: int | Sequence[int] = (0, 1, 2),
                         val_fraction: float = 0.25, feature_iters: int = 200, bootstrap: int = 20,
-                        device: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+                        n_score: int = 512, fid_n: int = 0, device: str | None = None,
+                        overrides: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or continue) a recursive-training study (module docstring).
 
     Args:
-        config: a training config (YAML) of a 3D model; its ``data`` section names the real data
-            (``phantom``, or a preprocessing cache with train and val splits).
+        config: a training config (YAML or shipped name) of a 3D model or an unconditional 2D
+            model; its ``data`` section names the real data (``phantom``, or a preprocessing
+            cache with train and val splits). Default: the learned 64^2 DCGAN.
         out: the study folder DIR.
         generations: K, the number of generations (generation 0 included).
-        real_fraction: f in [0, 1]; generations k >= 1 also train on ``round(f * n_train)`` real
-            training volumes (the same ones every generation).
-        n_synthetic: N, volumes each generation generates; default: n_train, so every
-            generation learns from as many generated volumes as generation 0 had real ones.
-        seed: S, from which every generation's seeds follow.
+        real_fraction: f in [0, 1], or several; generations k >= 1 also train on
+            ``round(f * n_train)`` real training volumes (the same ones every generation).
+        n_synthetic: N, samples each generation generates (2D: slices, written S to a volume,
+            so rounded up to a multiple of S); default: as many as generation 0 trained on
+            (volumes, or non-blank slices).
+        seed: S, or several; each seed runs every fraction, its seeds following from (S, k).
+            The first seed also splits a phantom source into train / val.
         val_fraction: the validation share of a phantom source's cache (a given cache keeps its split).
-        feature_iters: training iterations of the domain feature network.
-        bootstrap: bootstrap rounds of the score intervals (0: none).
+        feature_iters: 3D: training iterations of the domain feature network.
+        bootstrap: 3D: bootstrap rounds of the per-generation score intervals (0: none).
+        n_score: 2D: real val slices and generated slices each score compares.
+        fid_n: 2D: slices per set for FID with the offline Inception weights (0: no FID).
         device: generation and evaluation device (default: the config's ``train.device``).
-        overrides: config overrides ``--section.key VALUE`` (part of the study's identity).
+        overrides: config overrides ``section.key=VALUE`` (part of the study's identity).
+        overwrite: accept a folder holding another study: what medvol wrote there is removed.
 
     Returns:
         The summary (also ``DIR/summary.json``).
 
     Raises:
-        MedvolError: bad arguments, a missing or bad config, a 2D model, a folder holding another
-            study or other files, a study running in ``DIR``, or any failure of the steps (named).
+        MedvolError: bad arguments, a missing or bad config, a mask-conditional model, a folder
+            holding another study or other files (without ``overwrite``), a study running in
+            ``DIR``, or any failure of the steps (named).
     """
     from medvol.config import config_to_dict, load_config
+    from medvol.models.registry import MODELS
+    from medvol.outputs import owned_output
     from medvol.train.distributed import pick_device
-    from medvol.train.runfolder import RunFolderLock
 
-    check_arguments(generations, real_fraction, n_synthetic, seed, val_fraction, feature_iters, bootstrap)
+    seeds, fractions = check_arguments(generations, real_fraction, n_synthetic, seed, val_fraction, feature_iters,
+                                       bootstrap, n_score, fid_n)
     cfg = load_config(config, overrides)
-    if cfg.model.name not in MODELS_3D:
-        raise MedvolError(f"config {config}: model.name {cfg.model.name} is a 2D model; the recursive study "
-                          f"trains 3D models ({', '.join(MODELS_3D)})")
+    dims = MODELS[cfg.model.name].dims
+    if dims == 2 and (getattr(MODELS[cfg.model.name], "conditional", False) or cfg.data.masks
+                      or cfg.model.mask_channels):
+        raise MedvolError(f"config {config}: {cfg.model.name} with masks draws images from masks; the recursive "
+                          "study trains unconditional models (crfgan, hagan, dcgan, mlpgan, stylegan2, fastgan)")
+    if dims == 3 and fid_n:
+        raise MedvolError("--fid-n: 3D studies score FID with the domain features already; it is for 2D models")
+    if fid_n:
+        from medvol.eval.features import default_inception_file
+
+        default_inception_file()  # no weights: refused now, not after the first training
     device = str(pick_device(device or cfg.train.device))
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise MedvolError(f"--out {root}: exists and is not a folder")
-    arguments = {"real_fraction": float(real_fraction), "n_synthetic": n_synthetic, "seed": int(seed),
+    arguments = {"real_fractions": fractions, "seeds": seeds, "n_synthetic": n_synthetic,
                  "val_fraction": float(val_fraction), "feature_iters": int(feature_iters),
-                 "bootstrap": int(bootstrap)}
-    identity = _identity(config_to_dict(cfg), arguments)
-    lock = RunFolderLock(root, lock_name=LOCK_NAME, holder="medvol study recursive")
-    try:
-        return _run_locked(root, cfg, identity, config=str(config), generations=generations, device=device)
-    finally:
-        lock.release()
+                 "bootstrap": int(bootstrap), "n_score": int(n_score), "fid_n": int(fid_n)}
+    identity = {"config": config_to_dict(cfg), **arguments}
+    old = _check_identity(root, identity, overwrite)
+    with owned_output(root, JOB, identity, overwrite=overwrite, outputs=TOP_FILES) as claimed:
+        return _run_claimed(claimed, cfg, identity, old, dims=dims, config=str(config), generations=generations,
+                            device=device)
 
 
-def _run_locked(root: Path, cfg, identity: dict, *, config: str, generations: int, device: str) -> dict[str, Any]:
-    from medvol.study.recursive.report import scores_plot, summary_markdown
-    from medvol.study.recursive.scoring import floor_scores
+def _folder(claimed, rel: str) -> Path:
+    """``DIR/rel`` as a folder entry of the study (:mod:`medvol.outputs`), made once."""
+    return claimed.path(rel if rel.endswith("/") else rel + "/")
 
-    old = _check_identity(root, identity)
+
+def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, config: str, generations: int,
+                 device: str) -> dict[str, Any]:
+    root = claimed.folder
     state = old or {"identity": identity, "created": _now(), "medvol_version": medvol.__version__,
                     "config_path": config}
     state["generations_asked"] = max(int(state.get("generations_asked", 0)), generations)
-    write_json(root / STUDY_FILE, state, "study identity")  # first: a folder being filled is this study's
-    real = prepare_real(cfg, root / "real", val_fraction=identity["val_fraction"], seed=identity["seed"],
-                        feature_iters=identity["feature_iters"],
+    write_json(claimed.path(STUDY_FILE), state, "study identity")  # first: a folder being filled is this study's
+    seeds, fractions = identity["seeds"], identity["real_fractions"]
+    real = prepare_real(cfg, _folder(claimed, "real"), val_fraction=identity["val_fraction"], seed=seeds[0],
+                        feature_iters=identity["feature_iters"] if dims == 3 else None,
                         expected_sha256=state.get("real_cache_manifest_sha256"))
     state["real_cache_manifest_sha256"] = real.manifest_sha256
-    write_json(root / STUDY_FILE, state, "study identity")
+    write_json(claimed.path(STUDY_FILE), state, "study identity")
 
     n_train = len(real.train_files)
-    n_synthetic = identity["n_synthetic"] or n_train
-    n_kept = int(round(identity["real_fraction"] * n_train))
-    # Which real volumes are kept: drawn once from the study seed, the same in every generation.
-    order = np.random.default_rng(identity["seed"]).permutation(n_train)
-    real_kept = [real.train_files[i] for i in sorted(order[:n_kept])]
-    plan = Plan(root=root, cfg=cfg, real=real, n_synthetic=n_synthetic, real_kept=real_kept,
-                seed=identity["seed"], bootstrap=identity["bootstrap"], device=device)
+    scoring = None
+    if dims == 2:
+        scoring = _scoring_2d(cfg, real, identity, seeds[0])
+        n_default = scoring.pop("n_train_slices")
+    else:
+        n_default = n_train
+    n_synthetic = identity["n_synthetic"] or n_default
+    if dims == 2 and n_synthetic < identity["n_score"]:
+        raise MedvolError(f"--n-synthetic {n_synthetic}: fewer generated slices than --n-score "
+                          f"{identity['n_score']} scores")
+    floor = _floor(claimed, cfg, real, identity, scoring, n_synthetic, device, dims)
+    claimed.record_tree("real/")  # what the real side's steps wrote: medvol's to remove on --overwrite
+    study = {
+        "config_path": state["config_path"], "model": f"{cfg.model.name}@{cfg.model.size}", "dims": dims,
+        "iterations": cfg.train.iterations, "real_cache": str(real.cache), "n_real_train": n_train,
+        "n_real_val": len(real.val_files), "n_synthetic": n_synthetic, "seeds": seeds,
+        "real_fractions": fractions, "n_real_kept": {f"{f:g}": int(round(f * n_train)) for f in fractions},
+        "bootstrap": identity["bootstrap"], "domain_features": str(real.domain) if real.domain else None,
+        "n_score": identity["n_score"] if dims == 2 else None, "fid_n": identity["fid_n"],
+        "allow_synthetic": "passed by the study itself: False for generation 0, True for k >= 1",
+        "interval": "95 % Student t interval of the mean over the seeds",
+    }
+    runs = {(s, f): [] for s in seeds for f in fractions}
+    summary: dict[str, Any] = {}
+    for k in range(state["generations_asked"]):
+        for s in seeds:
+            for f in fractions:
+                plan = _plan(root, cfg, real, identity, s, f, n_synthetic, device, dims, scoring)
+                from medvol.study.recursive.generation import finished
 
-    floor_path = root / "real" / "floor.json"
+                if k >= generations and finished(plan, k) is None:
+                    continue  # a shorter command still reports every generation already done
+                if k > 0 and len(runs[(s, f)]) < k:
+                    continue  # its previous generation was not run by this command
+                if finished(plan, k) is None:
+                    _folder(claimed, f"seed_{s:03d}")  # everything a seed's generations write is the study's
+                else:
+                    log.info("generation %d (seed %d, real fraction %g): finished earlier, not redone", k, s, f)
+                runs[(s, f)].append(run_generation(plan, k))
+                claimed.record_tree(f"seed_{s:03d}/")
+                summary = _write_summary(claimed, study, floor, runs, dims)
+    return summary
+
+
+def _plan(root, cfg, real, identity, seed, fraction, n_synthetic, device, dims, scoring) -> Plan:
+    n_train = len(real.train_files)
+    n_kept = int(round(fraction * n_train))
+    # Which real volumes are kept: drawn once from the seed, the same in every generation.
+    order = np.random.default_rng(seed).permutation(n_train)
+    real_kept = [real.train_files[i] for i in sorted(order[:n_kept])]
+    return Plan(root=root, cfg=cfg, real=real, n_synthetic=n_synthetic, real_kept=real_kept, seed=seed,
+                bootstrap=identity["bootstrap"], device=device, real_fraction=fraction, dims=dims, scoring=scoring)
+
+
+def _scoring_2d(cfg, real, identity: dict, seed: int) -> dict[str, Any]:
+    """What every 2D generation is scored against (:mod:`.slices`), drawn once."""
+    from medvol.data.datasets import CachedVolumeDataset, SliceDataset
+    from medvol.study.recursive.slices import real_slices
+
+    plane, size = cfg.data.plane, cfg.model.size
+    val = real_slices(real.cache, "val", plane=plane, size=size, n=identity["n_score"], seed=seed)
+    train_slices = SliceDataset(CachedVolumeDataset(real.cache, split="train"), content_only=True, plane=plane,
+                                size=size)
+    fid = None
+    if identity["fid_n"]:
+        from medvol.eval.features import get_extractor
+
+        fid = (get_extractor("inception"), identity["fid_n"])
+    # Every slice is cut from a cube of side S, so its pixels have the volumes' in-plane spacing.
+    return {"real": val, "spacing": train_slices.spacing, "window": real.window, "fid": fid,
+            "n_train_slices": -(-len(train_slices) // size) * size}
+
+
+def _floor(claimed, cfg, real, identity, scoring, n_synthetic, device, dims) -> dict[str, Any]:
+    """The real-vs-real floor, computed once (``real/floor.json``)."""
+    from medvol.study.recursive.scoring import floor_scores
+
+    floor_path = claimed.folder / "real" / "floor.json"
     floor = read_json(floor_path)
-    if floor is None:
+    if floor is not None:
+        return floor
+    seed = identity["seeds"][0]
+    if dims == 2:
+        from medvol.study.recursive.slices import real_slices, score_slices
+
+        train = real_slices(real.cache, "train", plane=cfg.data.plane, size=cfg.model.size, n=len(scoring["real"]),
+                            seed=seed)
+        log.info("real-vs-real floor: %d train slices against %d val slices", len(train), len(scoring["real"]))
+        floor = score_slices(scoring["real"], train, spacing=scoring["spacing"], window=scoring["window"], seed=seed,
+                             fid=scoring["fid"])
+    else:
+        n_train = len(real.train_files)
         log.info("real-vs-real floor: %d train volumes against %d val volumes", min(n_synthetic, n_train),
                  len(real.val_files))
-        floor = floor_scores(real, root / "real" / "floor", n=n_synthetic, seed=identity["seed"],
+        floor = floor_scores(real, claimed.folder / "real" / "floor", n=n_synthetic, seed=seed,
                              bootstrap=identity["bootstrap"], device=device)
-        write_json(floor_path, floor, "floor scores")
+    write_json(floor_path, floor, "floor scores")
+    return floor
 
-    study = {
-        "config_path": state["config_path"], "model": f"{cfg.model.name}@{cfg.model.size}",
-        "iterations": cfg.train.iterations, "real_cache": str(real.cache), "n_real_train": n_train,
-        "n_real_val": len(real.val_files), "n_synthetic": n_synthetic, "n_real_kept": n_kept,
-        "real_kept": [p.name for p in real_kept], "real_fraction": identity["real_fraction"],
-        "seed": identity["seed"], "bootstrap": identity["bootstrap"], "domain_features": str(real.domain),
-        "allow_synthetic": "passed by the study itself: False for generation 0, True for k >= 1",
-    }
-    rows = []
-    for k in range(state["generations_asked"]):
-        if k >= generations and finished(root, k) is None:
-            break  # a shorter command still reports every generation already done
-        if finished(root, k) is not None:
-            log.info("generation %d: finished earlier (%s), not redone", k, root / f"gen_{k:03d}" / "scores.json")
-        rows.append(run_generation(plan, k))
-        summary = {"study": study, "floor": floor, "generations": rows,
-                   "wall_seconds": sum(r["seconds"]["total"] for r in rows), "updated": _now(),
-                   "threads": torch_threads()}
-        write_json(root / "summary.json", summary, "study summary")
-        from medvol.utils import checked_write
 
-        with checked_write(root / "summary.md", "study summary") as tmp:
-            tmp.write_text(summary_markdown(summary), encoding="utf-8")
-        scores_plot(root / "scores.png", summary)
+def _write_summary(claimed, study: dict, floor: dict, runs: dict, dims: int) -> dict[str, Any]:
+    from medvol.study.recursive.aggregate import aggregate, paired_changes
+    from medvol.study.recursive.report import score_keys, scores_plot, summary_markdown
+    from medvol.utils import checked_write
+
+    listed = [{"seed": s, "real_fraction": f, "generations": rows} for (s, f), rows in runs.items() if rows]
+    records = [r for run in listed for r in run["generations"]]
+    summary = {"study": study, "floor": floor, "runs": listed,
+               "aggregate": aggregate(listed, score_keys(dims, floor)),
+               "changes": paired_changes(listed, score_keys(dims, floor)),
+               # generation 0 is listed under every fraction of its seed: counted once
+               "wall_seconds": sum(r["seconds"]["total"] for r in
+                                   {(r["seed"], r["generation"], r["real_fraction"]): r for r in records}.values()),
+               "updated": _now(), "threads": torch_threads()}
+    write_json(claimed.path("summary.json"), summary, "study summary")
+    with checked_write(claimed.path("summary.md"), "study summary") as tmp:
+        tmp.write_text(summary_markdown(summary), encoding="utf-8")
+    scores_plot(claimed.path("scores.png"), summary)
     return summary
 
 
