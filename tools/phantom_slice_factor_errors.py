@@ -7,8 +7,7 @@ every non-blank axial slice and compares with the slice's ground truth:
 - body width / depth: the rendered ellipse, ``2 body_a`` / ``2 body_b`` times the shoulder
   widening ``1 + taper z / 170`` at the slice's z (medvol.data.phantom);
 - lung fraction: the label map's lung and nodule pixels over the ellipse's area;
-- lung ratio: the label map's lung pixels left / right of the recorded body centre (slices with
-  lungs on both sides);
+- lung left share: the label map's lung pixels left of the recorded body centre over all;
 - habitus: the volume's class; lungs: "no_lungs" where the label map's lung fraction is below
   ``SLICE_LUNG_MIN``, else the volume's asymmetry class (a slice need not show it: near the domes
   and the apices a normal chest shows one lung).
@@ -52,8 +51,8 @@ def errors(n: int, size: int, seed: int) -> dict[str, list]:
                     "lung_fraction": abs(m["lung_fraction"] - fraction),
                     "habitus": m["habitus"] == f["habitus"],
                     "lungs": m["lungs"] == ("no_lungs" if fraction < SLICE_LUNG_MIN else f["asymmetry"])}
-            if left > 0 and right > 0 and math.isfinite(m["lung_ratio"]):
-                rows["lung_ratio"] = abs(m["lung_ratio"] - left / right)
+            if left + right > 0 and math.isfinite(m["lung_left_share"]):
+                rows["lung_left_share"] = abs(m["lung_left_share"] - left / (left + right))
             for key, value in rows.items():
                 table.setdefault(key, []).append(value)
     return table

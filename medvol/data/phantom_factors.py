@@ -250,14 +250,15 @@ def _lag1(kernel: np.ndarray) -> float:
 #: Factors measured on one axial slice (:func:`measure_slice_factors`), for 2D models: what a
 #: slice alone shows of the population (the volume's lung volume, nodules, noise and slice
 #: thickness need the third axis).
-SLICE_FACTORS = ("body_width_mm", "body_depth_mm", "lung_fraction", "lung_ratio")
+SLICE_FACTORS = ("body_width_mm", "body_depth_mm", "lung_fraction", "lung_left_share")
 #: A slice whose lungs cover less than this fraction of the body's cross-section shows no lungs.
 SLICE_LUNG_MIN = 0.02
-#: Slice asymmetry boundaries on the left/right lung area ratio, chosen on the 64^2 slices of 24
-#: phantoms of seed 2000 (outside the error table's seeds): the middle 80 % of a normal slice's
-#: ratio lies in 0.58-1.52 (the heart takes room from the left lung), of a small left lung's in
-#: 0.11-0.53, of a small right lung's in 1.44-16.
-SLICE_ASYMMETRY_RATIO = ((0.55, "left_small"), (1.45, "none"), (math.inf, "right_small"))
+#: Slice asymmetry boundaries on the left lung's share of the lung area, chosen on the 64^2 slices
+#: of 24 phantoms of seed 2000 (outside the error table's seeds): the middle 80 % of a normal
+#: slice's share lies in 0.37-0.60 (the heart takes room from the left lung), of a small left
+#: lung's in 0.10-0.35, of a small right lung's in 0.59-0.94 (left / right area ratios 0.55 and
+#: 1.45 at the boundaries).
+SLICE_ASYMMETRY_SHARE = ((0.355, "left_small"), (0.592, "none"), (math.inf, "right_small"))
 
 
 def measure_slice_factors(image: np.ndarray, spacing: Sequence[float], *,
@@ -276,11 +277,11 @@ def measure_slice_factors(image: np.ndarray, spacing: Sequence[float], *,
 
     Returns:
         ``{factor: value}`` for :data:`SLICE_FACTORS` (``lung_fraction``: lung area over the body's
-        cross-section; ``lung_ratio``: left over right lung area, NaN without lungs, 0 or inf
-        with one), ``habitus`` (from the width, the boundaries of :func:`measure_factors`; the
+        cross-section; ``lung_left_share``: the left lung's share of the lung area, NaN without
+        lungs; a share rather than a ratio, so that a slice through one lung stays finite), ``habitus`` (from the width, the boundaries of :func:`measure_factors`; the
         body widens by up to 8 % towards the shoulders, so upper slices of a broad slim body
         can read "average"), ``lungs`` (``"no_lungs"`` below :data:`SLICE_LUNG_MIN`, else the
-        asymmetry class of the area ratio, :data:`SLICE_ASYMMETRY_RATIO`: ``none``, ``left_small``,
+        asymmetry class of the left share, :data:`SLICE_ASYMMETRY_SHARE`: ``none``, ``left_small``,
         ``right_small``) and ``mode``
         (``"habitus/lungs"``). No body: NaN and ``"unknown"``.
 
@@ -321,13 +322,12 @@ def measure_slice_factors(image: np.ndarray, spacing: Sequence[float], *,
     left_side = (np.arange(hu.shape[1]) > (lo + hi) / 2.0)[None, :]
     left, right = float((lung & left_side).sum()), float((lung & ~left_side).sum())
     out["lung_fraction"] = (left + right) / float(interior.sum())
-    out["lung_ratio"] = left / right if right > 0 else (math.inf if left > 0 else math.nan)
+    out["lung_left_share"] = left / (left + right) if left + right > 0 else math.nan
     width = out["body_width_mm"]
     out["habitus"] = next(name for bound, name in HABITUS_WIDTH_MM if width < bound)
     if out["lung_fraction"] < SLICE_LUNG_MIN:
         out["lungs"] = "no_lungs"
     else:
-        out["lungs"] = next((name for bound, name in SLICE_ASYMMETRY_RATIO if out["lung_ratio"] < bound),
-                            SLICE_ASYMMETRY_RATIO[-1][1])  # inf: no right lung
+        out["lungs"] = next(name for bound, name in SLICE_ASYMMETRY_SHARE if out["lung_left_share"] < bound)
     out["mode"] = f"{out['habitus']}/{out['lungs']}"
     return out

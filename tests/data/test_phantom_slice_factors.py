@@ -32,19 +32,19 @@ def test_closed_form_slice():
     assert m["body_depth_mm"] == pytest.approx(220.0, abs=s)
     body_px = math.pi * 150.0 * 110.0 / s ** 2
     assert m["lung_fraction"] == pytest.approx((800 + 1200) / body_px, rel=0.02)
-    assert m["lung_ratio"] == pytest.approx(800 / 1200)
-    assert m["mode"] == "average/none"  # 0.67 lies between the boundaries 0.55 and 1.45
+    assert m["lung_left_share"] == pytest.approx(800 / 2000)
+    assert m["mode"] == "average/none"  # 0.4 lies between the boundaries 0.355 and 0.592
     # One lung: a small left lung (ratio 0) and no lungs at all; a slim and a broad body.
     m = measure_slice_factors(drawn_slice(a=120.0, left=(0, 0), right=(40, 30))[0], (s, s))
-    assert m["lung_ratio"] == 0.0 and m["mode"] == "slim/left_small"
+    assert m["lung_left_share"] == 0.0 and m["mode"] == "slim/left_small"
     m = measure_slice_factors(drawn_slice(a=170.0, left=(40, 30), right=(0, 0))[0], (s, s))
-    assert math.isinf(m["lung_ratio"]) and m["mode"] == "broad/right_small"
+    assert m["lung_left_share"] == 1.0 and m["mode"] == "broad/right_small"
     m = measure_slice_factors(drawn_slice(left=(0, 0), right=(0, 0))[0], (s, s))
-    assert m["lung_fraction"] == 0.0 and math.isnan(m["lung_ratio"]) and m["lungs"] == "no_lungs"
+    assert m["lung_fraction"] == 0.0 and math.isnan(m["lung_left_share"]) and m["lungs"] == "no_lungs"
     # In [-1, 1] over a window the same slice measures the same.
     window = (-1024.0, 600.0)
     scaled = (np.clip(hu, *window) - window[0]) / (window[1] - window[0]) * 2 - 1
-    assert measure_slice_factors(scaled, (s, s), window=window)["lung_ratio"] == pytest.approx(800 / 1200)
+    assert measure_slice_factors(scaled, (s, s), window=window)["lung_left_share"] == pytest.approx(0.4)
     # Nothing but air.
     empty = measure_slice_factors(np.full((32, 32), -1000.0), (s, s))
     assert all(math.isnan(empty[k]) for k in SLICE_FACTORS) and empty["mode"] == "unknown/unknown"
