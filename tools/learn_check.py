@@ -333,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: numbers[k] for k in keys}))
     if "slice_factors" in numbers:
         f = numbers["slice_factors"]
+        modes = f["modes"]
         print(json.dumps({"w1_norm (real-vs-real)": {k: f"{v['w1_norm']} ({v['real_vs_real']})"
                                                      for k, v in f["continuous"].items()},
-                          "mode coverage (real-vs-real)": f"{f['modes']['coverage']} ({f['modes']['coverage_real_vs_real']})"}))
+                          "mode coverage (real-vs-real)": f"{modes['coverage']} ({modes['coverage_real_vs_real']})"}))
     if numbers.get("training"):
         print(json.dumps(numbers["training"][-1]))
     print(f"montage: {out / 'montage.png'}")

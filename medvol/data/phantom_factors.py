@@ -278,9 +278,10 @@ def measure_slice_factors(image: np.ndarray, spacing: Sequence[float], *,
     Returns:
         ``{factor: value}`` for :data:`SLICE_FACTORS` (``lung_fraction``: lung area over the body's
         cross-section; ``lung_left_share``: the left lung's share of the lung area, NaN without
-        lungs; a share rather than a ratio, so that a slice through one lung stays finite), ``habitus`` (from the width, the boundaries of :func:`measure_factors`; the
-        body widens by up to 8 % towards the shoulders, so upper slices of a broad slim body
-        can read "average"), ``lungs`` (``"no_lungs"`` below :data:`SLICE_LUNG_MIN`, else the
+        lungs; a share rather than a ratio, so that a slice through one lung stays finite),
+        ``habitus`` (from the width, the boundaries of :func:`measure_factors`; the body widens
+        by up to 8 % towards the shoulders, so upper slices of a wide slim body can read
+        "average"), ``lungs`` (``"no_lungs"`` below :data:`SLICE_LUNG_MIN`, else the
         asymmetry class of the left share, :data:`SLICE_ASYMMETRY_SHARE`: ``none``, ``left_small``,
         ``right_small``) and ``mode``
         (``"habitus/lungs"``). No body: NaN and ``"unknown"``.
