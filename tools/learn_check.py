@@ -26,8 +26,8 @@ Steps (docs/learning.md):
    samples (right), or a grid of real and generated images; ``OUT/losses.png``: the logged losses.
 
 2D runs on axial phantom slices also get the slice factor metric (``numbers.json``
-``slice_factors``; ``medvol.eval.factors.score_slices``): ``--factor-n`` samples (default 256; the
-first ``--n`` are those scored above) against as many held-out slices of 64 phantoms of
+``slice_factors``; ``medvol.eval.factors.score_slices``): ``--factor-n`` samples (default 256,
+latent seed ``--seed``) against as many held-out slices of 64 phantoms of
 ``--eval-seed``, per factor W1 / real std beside ``real_vs_real``, the same for slices of 64
 phantoms of ``--eval-seed + 1`` (what a generator of the population scores at this N), and the
 coverage of the slice modes (habitus x lungs) beside its real-vs-real value.
@@ -305,14 +305,15 @@ def main(argv: list[str] | None = None) -> int:
         numbers.update(config=args.config, overrides=overrides)
         numbers.setdefault("training", []).append(train(args.config, run, overrides, log_path))
     t0 = time.perf_counter()
-    fake, cfg, iteration = generate(run, max(args.n, args.factor_n), args.seed)
-    many, fake = fake, fake[:args.n]  # the first n latents are those of a draw of n
+    fake, cfg, iteration = generate(run, args.n, args.seed)
     real = real_items(cfg, args.n, args.eval_seed)
     train_set = real_items(cfg, args.n, None)
     numbers.update(iteration=iteration, model=f"{cfg.model.name}@{cfg.model.size}", n=args.n,
                    eval_seed=args.eval_seed, sample_seed=args.seed, **scores(fake, real, train_set))
     if fake.ndim == 4 and args.factor_n and cfg.data.plane == "axial":
-        numbers["slice_factors"] = slice_factors(cfg, many[:args.factor_n], args.factor_n, args.eval_seed)
+        # Drawn with the same latent seed as the n samples above.
+        many = generate(run, args.factor_n, args.seed)[0] if args.factor_n > args.n else fake[:args.factor_n]
+        numbers["slice_factors"] = slice_factors(cfg, many, args.factor_n, args.eval_seed)
     title = f"{cfg.model.name} {cfg.model.size}, iteration {iteration}: {Path(args.config).name} {' '.join(overrides)}"
     montage(real, fake, out / "montage.png", title)
     if log_path.exists():
