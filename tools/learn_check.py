@@ -25,6 +25,13 @@ Steps (docs/learning.md):
 5. ``OUT/montage.png``: central axial / coronal / sagittal slices of real volumes (left) beside
    samples (right), or a grid of real and generated images; ``OUT/losses.png``: the logged losses.
 
+2D runs on axial phantom slices also get the slice factor metric (``numbers.json``
+``slice_factors``; ``medvol.eval.factors.score_slices``): ``--factor-n`` samples (default 256,
+latent seed ``--seed``) against as many held-out slices of 64 phantoms of
+``--eval-seed``, per factor W1 / real std beside ``real_vs_real``, the same for slices of 64
+phantoms of ``--eval-seed + 1`` (what a generator of the population scores at this N), and the
+coverage of the slice modes (habitus x lungs) beside its real-vs-real value.
+
 ``--evaluate DOMAIN.pt`` (3D) adds ``medvol evaluate`` with domain features (docs/evaluation.md)
 in ``OUT/evaluate``. Any further ``--section.key value`` is a config override.
 """
@@ -128,9 +135,11 @@ def generate(run: Path, n: int, seed: int):
     return torch.cat(out).numpy(), cfg, int(state["iteration"])
 
 
-def real_items(cfg, n: int, seed: int | None) -> np.ndarray:
+def real_items(cfg, n: int, seed: int | None, volumes: int = 16, geometry: bool = False):
     """``n`` items of the config's data (held-out phantoms of ``seed``, or the training set when
-    ``seed`` is None), spread evenly over the dataset (slice datasets are ordered by volume)."""
+    ``seed`` is None), spread evenly over the dataset (slice datasets are ordered by volume).
+    2D: the slices of ``volumes`` held-out phantoms; with ``geometry`` also the slices'
+    ``(spacing, window)``."""
     from medvol.train.data import build_dataset
 
     data = cfg.data
@@ -138,13 +147,36 @@ def real_items(cfg, n: int, seed: int | None) -> np.ndarray:
         # Phantoms rendered on the fly equal the preprocessed files of `medvol data phantom` at the
         # model size, so a run trained on such a cache is scored against on-the-fly phantoms too.
         data = dataclasses.replace(data, source="phantom", phantom_seed=seed,
-                                   phantom_n=max(n, 16) if cfg.model.name in ("crfgan", "hagan") else 16)
+                                   phantom_n=max(n, 16) if cfg.model.name in ("crfgan", "hagan") else volumes)
     dims = 3 if cfg.model.name in ("crfgan", "hagan") else 2
     channels = cfg.model.channels + (cfg.model.mask_channels if dims == 2 else 0)
     dataset = build_dataset(data, cfg.model.size, dims=dims, channels=channels,
                             mask_channels=cfg.model.mask_channels)
     index = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)
-    return np.stack([np.asarray(dataset[int(i)]["image"], dtype=np.float32) for i in index])
+    items = np.stack([np.asarray(dataset[int(i)]["image"], dtype=np.float32) for i in index])
+    return (items, tuple(dataset.spacing), tuple(dataset.window)) if geometry else items
+
+
+def slice_factors(cfg, fake: np.ndarray, n: int, seed: int) -> dict:
+    """2D phantom runs: the slice factor metric (medvol.eval.factors.score_slices) of ``fake``
+    against ``n`` held-out slices of 64 phantoms of ``seed``, beside the same of ``n`` slices of 64
+    phantoms of ``seed + 1`` (the real-vs-real value at this N: a generator of the population
+    scores about that)."""
+    from medvol.eval.factors import score_slices
+
+    real, spacing, window = real_items(cfg, n, seed, volumes=64, geometry=True)
+    other = real_items(cfg, n, seed + 1, volumes=64)
+    fake_scores, floor = score_slices(real, fake, spacing, window), score_slices(real, other, spacing, window)
+    out = {"n": [len(real), len(fake)], "spacing_mm": list(spacing), "continuous": {}}
+    for key, value in fake_scores["continuous"].items():
+        out["continuous"][key] = {"w1_norm": round(value["w1_norm"], 4),
+                                  "real_vs_real": round(floor["continuous"][key]["w1_norm"], 4),
+                                  "real_mean": round(value["real_mean"], 4), "fake_mean": round(value["fake_mean"], 4)}
+    out["modes"] = {"coverage": round(fake_scores["modes"]["coverage"], 4),
+                    "coverage_real_vs_real": round(floor["modes"]["coverage"], 4),
+                    "real": fake_scores["modes"]["real"], "fake": fake_scores["modes"]["fake"],
+                    "missing": fake_scores["modes"]["missing"]}
+    return out
 
 
 def pairwise_ssim(items: np.ndarray) -> float:
@@ -254,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=32, help="samples and real items scored (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="latent seed of the samples")
     parser.add_argument("--eval-seed", type=int, default=1000, help="phantom seed of the held-out real set")
+    parser.add_argument("--factor-n", type=int, default=256, help="2D phantom runs: samples and held-out slices "
+                        "of the slice factor metric (default 256; 0: none)")
     parser.add_argument("--no-train", action="store_true", help="score OUT/run as it is")
     parser.add_argument("--cache", metavar="DIR", help="train on a preprocessing cache of the config's phantoms "
                         "in DIR (built on first use; reused after)")
@@ -276,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     train_set = real_items(cfg, args.n, None)
     numbers.update(iteration=iteration, model=f"{cfg.model.name}@{cfg.model.size}", n=args.n,
                    eval_seed=args.eval_seed, sample_seed=args.seed, **scores(fake, real, train_set))
+    if fake.ndim == 4 and args.factor_n and cfg.data.plane == "axial":
+        # Drawn with the same latent seed as the n samples above.
+        many = generate(run, args.factor_n, args.seed)[0] if args.factor_n > args.n else fake[:args.factor_n]
+        numbers["slice_factors"] = slice_factors(cfg, many, args.factor_n, args.eval_seed)
     title = f"{cfg.model.name} {cfg.model.size}, iteration {iteration}: {Path(args.config).name} {' '.join(overrides)}"
     montage(real, fake, out / "montage.png", title)
     if log_path.exists():
@@ -294,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("iteration", "ssim_pairwise_fake", "ssim_pairwise_real", "prdc_pooled", "prdc_pooled_train_items",
             "nn_train_fake", "nn_train_heldout")
     print(json.dumps({k: numbers[k] for k in keys}))
+    if "slice_factors" in numbers:
+        f = numbers["slice_factors"]
+        modes = f["modes"]
+        print(json.dumps({"w1_norm (real-vs-real)": {k: f"{v['w1_norm']} ({v['real_vs_real']})"
+                                                     for k, v in f["continuous"].items()},
+                          "mode coverage (real-vs-real)": f"{modes['coverage']} ({modes['coverage_real_vs_real']})"}))
     if numbers.get("training"):
         print(json.dumps(numbers["training"][-1]))
     print(f"montage: {out / 'montage.png'}")

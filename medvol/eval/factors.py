@@ -47,14 +47,18 @@ def wasserstein1(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.sum(np.abs(cdf_a - cdf_b) * gaps))
 
 
-def factor_scores(real: list[dict[str, Any]], fake: list[dict[str, Any]]) -> dict[str, Any]:
+def factor_scores(real: list[dict[str, Any]], fake: list[dict[str, Any]],
+                  factors: Sequence[str] = SCORED_FACTORS) -> dict[str, Any]:
     """Per-factor distances and mode coverage of measured factor records.
 
     Args:
-        real, fake: records of :func:`measure_factors` (at least 2 real, 1 fake).
+        real, fake: records of :func:`measure_factors` (at least 2 real, 1 fake), or of
+            :func:`~medvol.data.phantom_factors.measure_slice_factors` with ``factors``
+            :data:`~medvol.data.phantom_factors.SLICE_FACTORS`.
+        factors: the continuous factors scored.
 
     Returns:
-        ``{"continuous": {factor (:data:`SCORED_FACTORS`): {"w1", "w1_norm", "floor_norm", "real_mean", "fake_mean",
+        ``{"continuous": {factor: {"w1", "w1_norm", "floor_norm", "real_mean", "fake_mean",
         "real_std"}}, "modes": {"real": histogram, "fake": histogram, "coverage",
         "missing"}, "n": [n_real, n_fake]}``. ``w1_norm`` is W1 divided by the real std (NaN where
         that std is 0); ``floor_norm`` is the W1 between the real set's even and odd items, over
@@ -63,7 +67,7 @@ def factor_scores(real: list[dict[str, Any]], fake: list[dict[str, Any]]) -> dic
     if len(real) < 2 or len(fake) < 1:
         raise MedvolError(f"factors: need at least 2 real and 1 generated volume, got {len(real)} and {len(fake)}")
     out: dict[str, Any] = {"continuous": {}, "n": [len(real), len(fake)]}
-    for k in SCORED_FACTORS:
+    for k in factors:
         r = np.array([m[k] for m in real], dtype=np.float64)
         f = np.array([m[k] for m in fake], dtype=np.float64)
         r, f = r[np.isfinite(r)], f[np.isfinite(f)]
@@ -144,6 +148,31 @@ def score_sources(real, fake) -> dict[str, Any]:
     for role, source in (("real", real), ("fake", fake)):
         measured[role] = [measure_factors(array, spacing, window=window) for _, array in source]
     scores = factor_scores(measured["real"], measured["fake"])
+    scores["spacing_mm"], scores["window"] = list(spacing), list(window)
+    return scores
+
+
+def score_slices(real: np.ndarray, fake: np.ndarray, spacing: Sequence[float],
+                 window: Sequence[float]) -> dict[str, Any]:
+    """:func:`factor_scores` of two sets of axial phantom slices (2D models).
+
+    Args:
+        real, fake: ``[N, C, H, W]`` or ``[N, H, W]`` slices in [-1, 1] (channel 0 is the image).
+        spacing: (y, x) mm of the pixels; window: the HU window [-1, 1] stands for.
+
+    Returns:
+        :func:`factor_scores` over :data:`~medvol.data.phantom_factors.SLICE_FACTORS`, the modes
+        being ``"habitus/lungs"`` (docs/learning.md). The floor compares the real set's even and
+        odd items, so it is only a floor when those are independent draws.
+    """
+    from medvol.data.phantom_factors import SLICE_FACTORS, measure_slice_factors
+
+    def measure(images):
+        images = np.asarray(images)
+        images = images[:, 0] if images.ndim == 4 else images
+        return [measure_slice_factors(im, spacing, window=window) for im in images]
+
+    scores = factor_scores(measure(real), measure(fake), SLICE_FACTORS)
     scores["spacing_mm"], scores["window"] = list(spacing), list(window)
     return scores
 
