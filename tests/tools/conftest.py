@@ -41,3 +41,9 @@ def cpu_budget():
 def eval_table():
     """tools/eval_table.py as a module."""
     return _load_tool("eval_table")
+
+
+@pytest.fixture(scope="session")
+def compare_seeds():
+    """tools/compare_seeds.py as a module."""
+    return _load_tool("compare_seeds")
