@@ -47,3 +47,9 @@ def eval_table():
 def compare_seeds():
     """tools/compare_seeds.py as a module."""
     return _load_tool("compare_seeds")
+
+
+@pytest.fixture(scope="session")
+def gpu_learn_check():
+    """tools/gpu_learn_check.py as a module."""
+    return _load_tool("gpu_learn_check")
