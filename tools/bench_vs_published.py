@@ -654,6 +654,7 @@ LEARN_COLUMNS = (("iteration", "iterations", 0), ("cpu_s", "training CPU s", 0),
                  ("ssim_pairwise_fake", "SSIM pairs", 3), ("fake_std_over_samples", "std over samples", 3),
                  ("precision", "precision", 2), ("recall", "recall", 2), ("coverage", "coverage", 2),
                  ("nn_train_fake", "nearest training", 2), ("factor_w1_mean", "factor W1/std (mean)", 2),
+                 ("factor_w1_anatomy", "factor W1/std (anatomy)", 2),
                  ("mode_coverage", "mode coverage", 2))
 
 
@@ -683,7 +684,7 @@ def learn_markdown(rows: list[dict], meta: dict) -> str:
     if real:
         lines += ["", f"Real (held-out phantoms): SSIM pairs {real['ssim_pairwise_real']:.3f}, std over samples "
                   f"{real['real_std_over_samples']:.3f}, nearest training {real['nn_train_heldout']:.2f}; factor W1/std "
-                  f"floor {real['factor_floor_mean']:.2f}; training phantoms scored as samples: precision "
+                  f"floor {real['factor_floor_mean']:.2f} (anatomy {real['factor_floor_anatomy']:.2f}); training phantoms scored as samples: precision "
                   f"{real['prdc_pooled_train_items']['precision']:.2f}, recall {real['prdc_pooled_train_items']['recall']:.2f}, "
                   f"coverage {real['prdc_pooled_train_items']['coverage']:.2f}."]
     return "\n".join(lines) + "\n"
@@ -748,7 +749,8 @@ def learn_compare(repos: list[Path], *, cache: Path, sizes: list[int], batch: in
             if scored["scores"]:
                 first = next(iter(scored["scores"].values()))
                 row["real"] = {k: first[k] for k in ("ssim_pairwise_real", "real_std_over_samples", "nn_train_heldout",
-                                                      "prdc_pooled_train_items", "factor_floor_mean")}
+                                                      "prdc_pooled_train_items", "factor_floor_mean",
+                                                      "factor_floor_anatomy")}
             curves = {}
             if "published" in ok:
                 curves["published"] = {LOSS_NAMES.get(k, k): window_means(v, log_every)

@@ -95,6 +95,8 @@ def markdown(numbers: dict) -> str:
              f"{ceiling['precision']:.2f} / {ceiling['recall']:.2f} / {ceiling['coverage']:.2f} (training phantoms)"),
             ("nearest training phantom", f"{numbers['nn_train_fake']:.2f}", f"{numbers['nn_train_heldout']:.2f} (held-out)"),
             ("factor W1 / real std, mean", f"{numbers['factor_w1_mean']:.2f}", f"{numbers['factor_floor_mean']:.2f} (floor)"),
+            ("the same over body width, depth, lung volume, lung ratio", f"{numbers['factor_w1_anatomy']:.2f}",
+             f"{numbers['factor_floor_anatomy']:.2f} (floor)"),
             ("mode coverage", f"{numbers['mode_coverage']:.2f}", "1.00")]
     lines = [f"{numbers['model']}, `{numbers['config']}` {' '.join(numbers['overrides'])}; {numbers['n']} samples "
              f"against {numbers['n']} held-out phantoms (seed {numbers['eval_seed']}); device {numbers['device']}", "",

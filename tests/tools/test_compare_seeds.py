@@ -36,7 +36,7 @@ def _phantoms(n, seed, size=32):
 def test_factor_numbers_are_zero_for_the_real_set_and_grow_when_a_mode_is_gone(compare_seeds):
     real = _phantoms(12, 1000)
     same = compare_seeds.factor_numbers(real, real, 32)
-    assert same["factor_w1_mean"] == 0 and same["mode_coverage"] == 1
+    assert same["factor_w1_mean"] == 0 and same["factor_w1_anatomy"] == 0 and same["mode_coverage"] == 1
     assert same["factor_floor_mean"] > 0  # two halves of 12 phantoms differ
     # Only the volumes of the most common mode, repeated: its other modes are missing.
     modes = same["factors"]["modes"]["real"]
@@ -59,7 +59,8 @@ def test_markdown_table(compare_seeds):
                 "mode_coverage": 0.5, "factor_floor_mean": 0.4, "ssim_pairwise_real": 0.45,
                 "real_std_over_samples": 0.19, "nn_train_heldout": 2.0,
                 "prdc_pooled_train_items": {"precision": 1.0, "recall": 0.9, "coverage": 0.8},
-                "factors": {"continuous": {"lung_ml": {"w1_norm": w1, "floor_norm": 0.4}},
+                "factors": {"continuous": {"lung_ml": {"w1_norm": w1, "floor_norm": 0.4},
+                                           "noise_hu": {"w1_norm": 10 * w1, "floor_norm": 0.5}},
                             "modes": {"missing": ["slim/none"]}}}
     numbers = {("A", 0): run(1.0, 0.0), ("A", 1): run(2.0, 0.5), ("A", 2): run(3.0, 1.0)}
     table = compare_seeds.summarise(["A"], [0, 1, 2], numbers)
@@ -69,6 +70,9 @@ def test_markdown_table(compare_seeds):
     half = 4.302652729911275 / math.sqrt(3)
     assert f"| 2.00 ({2 - half:.2f}..{2 + half:.2f}; 1.00 / 2.00 / 3.00) |" in text
     assert "| lung_ml | 0.40 | 2.00 (" in text and "A: slim/none / slim/none / slim/none" in text
+    # Scored before the anatomy means existed: derived from the stored factors (lung_ml only here).
+    assert table["A"]["factor_w1_anatomy"]["seeds"] == [1.0, 2.0, 3.0]
+    assert "anatomy 0.40." in text
 
 
 def test_cpu_budget_sends_the_commands_output_to_a_file(cpu_budget, tmp_path):
