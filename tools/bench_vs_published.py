@@ -361,6 +361,29 @@ class _ScalarLog:
         return _Inert(f"SummaryWriter.{attr}")
 
 
+class _WatchedNets(list):
+    """The networks the published code wraps, each watched by a forward hook that records the first
+    iteration (the number of ``D`` scalars logged so far) at which its output was not finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_nonfinite: dict[str, int] = {}
+
+    def append(self, net) -> None:
+        import torch
+
+        name = type(net).__name__
+
+        def hook(module, args, output):
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            if name not in self.first_nonfinite and any(
+                    torch.is_tensor(o) and not bool(torch.isfinite(o).all()) for o in outputs):
+                self.first_nonfinite[name] = len(_ScalarLog.scalars.get("D", []))
+
+        net.register_forward_hook(hook)
+        super().append(net)
+
+
 def published_widths(model: str, width: int) -> dict[str, dict[str, int]]:
     """Constructor defaults that give the published networks medvol's widths at base width ``width``.
 
@@ -476,7 +499,7 @@ def learn_published(config: dict) -> dict:
                     "--num-iter", str(config["iterations"]), "--workers", "0", "--data-dir", workdir + "/",
                     "--exp-name", exp, "--latent-dim", str(config["latent"]), "--log-iter", "1",
                     "--lr-g", str(config["lr_g"]), "--lr-d", str(config["lr_d"]), "--lr-e", str(config["lr_e"])]
-        nets: list = []
+        nets = _WatchedNets()
         with device_patches(device, nets) as patched, \
                 width_patches(config["model"], config["size"], config["width"]):
             result["patched"] = patched
@@ -500,6 +523,10 @@ def learn_published(config: dict) -> dict:
         if tuple(samples.shape) != expected:
             raise RuntimeError(f"the published generator gave samples of shape {tuple(samples.shape)}, "
                                f"expected {expected}")
+        result["first_nonfinite"] = nets.first_nonfinite
+        # The curves first: they hold the training even when the samples are not finite.
+        with open(Path(config["out"]) / "curves.json", "w", encoding="utf-8") as f:
+            json.dump(_ScalarLog.scalars, f)
         path = Path(config["out"]) / "samples.npy"
         np.save(path, samples.float().numpy())
         parameters = {type(net).__name__: sum(p.numel() for p in net.parameters()) for net in nets}
@@ -669,7 +696,8 @@ def learn_markdown(rows: list[dict], meta: dict) -> str:
         for side in ("published", "medvol"):
             s = row[side]
             if s.get("status") != "ok":
-                lines.append(f"| {NAMES[row['model']]} {row['size']}³ | {side} | {row['seed']} | {s.get('status')}: "
+                lines.append(f"| {NAMES[row['model']]} {row['size']}³ | {side} | {row['seed']} | {s.get('iteration') or '—'} "
+                             f"| {s.get('cpu_s') if s.get('cpu_s') is not None else '—'} | {s.get('status')}: "
                              f"{s.get('error', '')} |")
                 continue
             cells = ["—" if s.get(k) is None else f"{s[k]:,.{d}f}" for k, _, d in LEARN_COLUMNS]
@@ -737,13 +765,23 @@ def learn_compare(repos: list[Path], *, cache: Path, sizes: list[int], batch: in
                     log(result["traceback"])
                 sides[side] = result
             row = {"model": model, "size": size, "seed": seed, "tag": tag}
-            ok = {side: r for side, r in sides.items() if r["status"] == "ok"}
-            samples = {side: np.load(r["samples"]) for side, r in ok.items()}
+            samples = {}
+            for side, r in sides.items():
+                if r["status"] == "ok":
+                    values = np.load(r["samples"])
+                    if np.isfinite(values).all():
+                        samples[side] = values
+                    else:  # a diverged training: reported with its curves, never scored
+                        r.update(status="not finite", error=f"{int((~np.isfinite(values)).sum()):,} of "
+                                 f"{values.size:,} sample voxels are NaN or inf; first non-finite output by "
+                                 f"network (iteration): {r.get('first_nonfinite') or 'none seen'}")
+                        log(f"{tag} {side}: {r['error']}")
+            ok = {side: r for side, r in sides.items() if r["status"] in ("ok", "not finite")}
             scored = learn_scores(samples, config) if samples else {"scores": {}, "real": None}
             for side, r in sides.items():
                 entry = {"status": r["status"], "error": r.get("error"), "cpu_s": r.get("cpu_s"),
                          "parameters": r.get("parameters"),
-                         "wall_s": r.get("wall_s"), "iteration": r.get("iteration", iterations if r["status"] == "ok" else None)}
+                         "wall_s": r.get("wall_s"), "iteration": r.get("iteration", iterations if r["status"] in ("ok", "not finite") else None)}
                 entry.update({k: v for k, v in scored["scores"].get(side, {}).items()})
                 row[side] = entry
             if scored["scores"]:

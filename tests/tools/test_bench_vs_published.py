@@ -142,6 +142,10 @@ def test_published_learning_run_trains_narrowed_networks_on_the_cache(tmp_path, 
     samples = np.load(result["samples"])
     assert samples.shape == (6, 1, 32, 32, 32) and np.abs(samples).max() <= 1
     assert float(samples.std(axis=0).mean()) > 0  # six latents, six volumes
+    assert result["first_nonfinite"] == {}  # no network gave NaN
+    import json as _json
+
+    assert _json.loads((tmp_path / "curves.json").read_text())["E"][-1] == [4, 4.0]
 
 
 def test_window_means_are_medvols_log_windows(vs_published):
@@ -202,3 +206,32 @@ def test_learn_refusals(tmp_path, vs_published, tiny_cache):
                                    latent=4, lr=(1, 1, 1), seeds=[0], n=6, eval_seed=1, log_every=1,
                                    timeout=None, out=tmp_path / "o2", command="t")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
+
+
+def test_a_diverged_side_is_reported_with_its_curves_not_scored(tmp_path, vs_published, tiny_cache):
+    """Samples with NaN (the published 64^3 CRF has no epsilon in its cosine) end that side's row,
+    not the comparison: the other side is scored, both curves drawn."""
+    from published_standin import write_learning_standin
+
+    repo = write_learning_standin(tmp_path / "clone", size=32)
+
+    def side(name, config):
+        path = Path(config["out"]) / "samples.npy"
+        values = np.random.default_rng(0).uniform(-1, 1, (config["n"], 1, 32, 32, 32)).astype(np.float32)
+        if name == "published":
+            values[:] = np.nan
+        np.save(path, values)
+        return {"status": "ok", "cpu_s": 1.0, "samples": str(path), "first_nonfinite": {"CRF": 7},
+                "curves": {"D": [(i, 1.0) for i in range(10)]} if name == "published" else {"D": [(10, 1.0)]}}
+
+    report = vs_published.learn_compare(
+        [repo], cache=tiny_cache, sizes=[32], batch=2, iterations=10, width=8, latent=16, lr=(1e-4, 4e-4, 1e-4),
+        seeds=[0], n=6, eval_seed=1000, log_every=10, timeout=None, out=tmp_path / "out", command="test",
+        log=lambda line: None, run_pub=lambda c: side("published", c), run_mv=lambda c: side("medvol", c))
+    row = report["rows"][0]
+    assert row["published"]["status"] == "not finite" and "{'CRF': 7}" in row["published"]["error"]
+    assert row["medvol"]["status"] == "ok" and row["medvol"]["recall"] == 0
+    assert set(row["curves"]) == {"published", "medvol reference"}
+    text = (tmp_path / "out" / "learn_vs_published.md").read_text(encoding="utf-8")
+    assert "| CRF-GAN 32³ | published | 0 | 10 | 1.0 | not finite: " in text
+    assert (tmp_path / "out" / "curves_crfgan32_s0.png").exists() and (tmp_path / "out" / "montage_crfgan32_s0.png").exists()
