@@ -86,12 +86,16 @@ def complete_checkpoints(folder: Path) -> dict[int, Path]:
     return found
 
 
-def run(command: list[str], *, budget: float | None, watch: Path | None, poll: float = 0.5) -> dict:
-    """Run ``command``; stop it with SIGTERM at ``budget`` CPU seconds; return the measurements."""
+def run(command: list[str], *, budget: float | None, watch: Path | None, poll: float = 0.5,
+        stdout=None) -> dict:
+    """Run ``command``; stop it with SIGTERM at ``budget`` CPU seconds; return the measurements.
+
+    ``stdout``: where the command's output and errors go (a file object), or None to inherit ours.
+    """
     seen = complete_checkpoints(watch) if watch is not None else {}
     log = []
     started = time.perf_counter()
-    proc = subprocess.Popen(command)
+    proc = subprocess.Popen(command, stdout=stdout, stderr=None if stdout is None else subprocess.STDOUT)
     stopped_at = None
     status = rusage = None
     while status is None:

@@ -11,7 +11,7 @@
 # Runs against the source tree (PYTHONPATH), needs only torch, triton, numpy and pyyaml.
 #
 # Every part runs under `timeout`, limited so that the whole run stays inside --budget-s
-# (default 460 s, 1800 s for a dry run); a failing or timed-out part is recorded and the next one runs. Results go
+# (default 600 s, 1800 s for a dry run); a failing or timed-out part is recorded and the next one runs. Results go
 # under DIR (a new timestamped subfolder if DIR already has files): status.tsv, summary.md,
 # logs/, and one folder per part. summary.md is rewritten from status.tsv (by bash, no Python)
 # after every part, so a run cut short still leaves one; the full report replaces it at the end.
@@ -40,7 +40,7 @@ done
 [ -n "$OUT" ] || { echo "gpu_check: error: --out DIR is required" >&2; exit 2; }
 # A dry run checks the wiring, not the timings: on a loaded CPU its parts get 4x their GPU limits.
 SCALE=$(( DRY == 1 ? 4 : 1 ))
-[ -n "$BUDGET" ] || BUDGET=$(( DRY == 1 ? 1800 : 460 ))
+[ -n "$BUDGET" ] || BUDGET=$(( DRY == 1 ? 1800 : 600 ))
 case "$BUDGET" in ''|*[!0-9]*) echo "gpu_check: error: --budget-s must be whole seconds" >&2; exit 2 ;; esac
 for path in "${PUBLISHED[@]+"${PUBLISHED[@]}"}"; do
     [ -f "$path/train.py" ] || { echo "gpu_check: error: --published $path: no train.py there" >&2; exit 2; }
@@ -71,6 +71,8 @@ if [ $DRY -eq 1 ]; then
     B_MODES=optimized; LANES=2
     VS="--size 32 --batch 1 --reps 1 --iters 1 --warmup 0 --mode reference"
     PY_TESTS="tests/ops"
+    # The learning check: the same steps at 32^3 on 8 phantoms for 3 iterations (wiring only).
+    L_SIZE=32; L_PHANTOMS=8; L_TRAIN="--iterations 3"; L_N=6
 else
     DEV=cuda; W=""; IT="--iters 2 --warmup 1"
     P_MODELS="hagan crfgan"; P_SIZES=128,256; P_BATCHES=2,4,6; BIG=512; B_SIZE=256; B_BATCH=6
@@ -79,6 +81,8 @@ else
     UP_BENCH="--reps 5"
     VS="--size 256 --batch 2 --reps 1 --iters 2 --warmup 1"
     PY_TESTS="tests"
+    # The learning check: configs/learn/crfgan_32.yaml's settings at 128^3, 75 s of training.
+    L_SIZE=128; L_PHANTOMS=48; L_TRAIN="--train-seconds 75"; L_N=10
 fi
 
 START=$(date +%s)
@@ -152,6 +156,10 @@ EST_LIMIT=$(( BUDGET - RESERVE - 20 - ($(date +%s) - START) ))
       --size "$P_SIZES" --batch "$P_BATCHES" --mode reference,optimized --device "$DEV" $W \
       --out "$OUT/estimate" ) &
 EST_PID=$!
+# The learning check's phantom cache is rendered on the host CPU meanwhile, too.
+( part learn_data 150 "$PY" tools/gpu_learn_check.py --data-only --size "$L_SIZE" --phantoms "$L_PHANTOMS" \
+      --out "$OUT/learn" ) &
+LDATA_PID=$!
 
 # Kernel-level parts and model-level parts. On the GPU they run one after the other (timings);
 # in a dry run the two lanes run side by side (its numbers mean nothing, its minutes count).
@@ -189,6 +197,11 @@ else
     model_lane
     kernel_lane
 fi
+
+# Last: train a learned-style config at L_SIZE on the cache, sample it, score it (tools/gpu_learn_check.py).
+wait "$LDATA_PID"
+part "learn$L_SIZE" 150 "$PY" tools/gpu_learn_check.py --size "$L_SIZE" --phantoms "$L_PHANTOMS" $L_TRAIN \
+    --n "$L_N" --device "$DEV" --out "$OUT/learn"
 
 wait "$EST_PID"
 quick_summary  # every part has ended: a lane's slower rewrite cannot leave an older table behind

@@ -50,6 +50,9 @@ PARTS = {
     "budget_12gib": "12 GiB budget at 256³ batch 6",
     "profile_512": "512³ batch 1, optimized",
     "vs_published": "published code beside medvol",
+    "learn_data": "phantom cache for the learning check (on the host CPU, in parallel)",
+    "learn128": "learning check: a learned-style config trained, sampled and scored at 128³",
+    "learn32": "learning check (dry run: 32³, 3 iterations)",
 }
 
 
@@ -343,6 +346,12 @@ def summary(out: Path) -> int:
     vs = out / "vs_published" / "vs_published.md"
     if vs.exists():
         lines += ["", "## Published code beside medvol", "", vs.read_text(encoding="utf-8").strip()]
+    learn = out / "learn" / "learn.md"
+    if learn.exists():
+        lines += ["", "## Does it learn? (`learn/`)", "", learn.read_text(encoding="utf-8").strip()]
+        for name, what in (("montage.png", "real phantoms beside samples"), ("losses.png", "the logged losses")):
+            if (out / "learn" / name).exists():
+                lines += ["", f"![{what}](learn/{name})"]
     benches = [p for p in sorted((out / "bench").glob("*.md"))] if (out / "bench").exists() else []
     if benches:
         lines += ["", "## Kernel benchmarks", ""] + [f"- `bench/{p.name}`" for p in benches]

@@ -41,3 +41,15 @@ def cpu_budget():
 def eval_table():
     """tools/eval_table.py as a module."""
     return _load_tool("eval_table")
+
+
+@pytest.fixture(scope="session")
+def compare_seeds():
+    """tools/compare_seeds.py as a module."""
+    return _load_tool("compare_seeds")
+
+
+@pytest.fixture(scope="session")
+def gpu_learn_check():
+    """tools/gpu_learn_check.py as a module."""
+    return _load_tool("gpu_learn_check")

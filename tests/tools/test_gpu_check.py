@@ -14,7 +14,7 @@ from published_standin import write_standin
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "gpu_check.sh"
 PARTS = ["build", "pytest", "bench_meanfield_crf", "bench_upsample_conv", "estimate", "profile_crfgan",
-         "budget_12gib", "profile_512", "vs_published"]
+         "budget_12gib", "profile_512", "vs_published", "learn_data", "learn32"]
 
 
 def run(*args, timeout=1000, python=sys.executable):
@@ -41,7 +41,8 @@ def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
     for table in ["build/build.md", "bench/meanfield_crf.md", "bench/meanfield_crf.csv", "bench/upsample_conv.md",
                   "bench/upsample_conv.csv", "profile_crfgan/profile.md", "profile_crfgan/profile.csv",
                   "estimate/profile.md", "budget_12gib/profile.md", "profile_512/profile.md",
-                  "estimate_vs_measured/profile.md", "vs_published/vs_published.md", "pytest/junit.xml"]:
+                  "estimate_vs_measured/profile.md", "vs_published/vs_published.md", "pytest/junit.xml",
+                  "learn/cache/manifest.json", "learn/montage.png", "learn/losses.png", "learn/learn.md"]:
         assert (out / table).stat().st_size > 0, table
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "dry run" in summary
@@ -50,6 +51,13 @@ def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
     assert summary.count("| ok | 0 |") == len(PARTS)
     assert "| CRF-GAN 32³ b1 reference |" in summary  # the estimate beside the measured peak
     assert "| CRF-GAN | 32³ | 1 |" in summary  # the published comparison
+    # The learning check: trained at the dry run's size on its own cache, sampled, scored, shown.
+    learned = json.loads((out / "learn" / "numbers.json").read_text(encoding="utf-8"))
+    assert learned["model"] == "crfgan@32" and learned["iteration"] == 3 and learned["n"] == 6
+    assert 0 <= learned["mode_coverage"] <= 1 and learned["factor_w1_mean"] > 0
+    assert set(learned["factors"]["continuous"]) >= {"body_width_mm", "lung_ml"}
+    assert "## Does it learn? (`learn/`)" in summary and "![real phantoms beside samples](learn/montage.png)" in summary
+    assert "| SSIM pairs (lower: more varied) |" in summary
     measured = json.loads((out / "profile_crfgan" / "profile.json").read_text(encoding="utf-8"))
     assert {r["case"]["mode"] for r in measured["results"]} == {"reference", "optimized"}
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
