@@ -15,6 +15,7 @@ from typing import Any
 from medvol.errors import MedvolError
 from medvol.models.contract import GenerativeSystem
 from medvol.models.crfgan import CRFGAN
+from medvol.models.diffusion import LDM_SIZES_2D, LDM_SIZES_3D, LatentDiffusion, LatentDiffusion2D, LDMOptions
 from medvol.models.gan2d import DCGAN, DCGAN_OPTIONS, MLPGAN, MLPGAN_OPTIONS, SIZES_2D
 from medvol.models.gan2d import FASTGAN_OPTIONS, PIX2PIX_OPTIONS, SPADE_OPTIONS, STYLEGAN2_OPTIONS
 from medvol.models.gan2d import FastGAN, Pix2Pix, SPADEModel, StyleGAN2
@@ -26,6 +27,8 @@ from medvol.models.networks import SIZES
 PAIRED = ("native", "channels", "none")
 #: In a stage's options: the run folder of the stage before it (tests and docs put the path there).
 PREVIOUS_STAGE = "<previous stage's run>"
+#: The latent diffusion model's two stages: the autoencoder, then the denoiser on its latents.
+STAGES = ({"stage": "autoencoder"}, {"stage": "diffusion", "autoencoder": PREVIOUS_STAGE})
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("fastgan", FastGAN, 2, SIZES_2D, 64, 256, FASTGAN_OPTIONS, "FastGAN", False, "channels"),
     ModelSpec("spade", SPADEModel, 2, SIZES_2D, 64, 256, SPADE_OPTIONS, "SPADE", False, "none"),
     ModelSpec("pix2pix", Pix2Pix, 2, SIZES_2D, 64, 4, PIX2PIX_OPTIONS, "Pix2Pix", False, "none"),
+    ModelSpec("ldm", LatentDiffusion, 3, LDM_SIZES_3D, 32, 4, LDMOptions, "LDM", False, "native", STAGES),
+    ModelSpec("ldm2d", LatentDiffusion2D, 2, LDM_SIZES_2D, 32, 4, LDMOptions, "LDM 2D", False, "native", STAGES),
 )}
 
 # Views of the table, kept for the callers that read them by these names.
