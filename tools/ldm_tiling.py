@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--ckpt", required=True, help="an ldm / ldm2d checkpoint or run folder (either stage)")
     parser.add_argument("--n", type=int, default=8, help="phantoms")
     parser.add_argument("--tiles", default="8:0,8:2,8:4", help="comma list of TILE:OVERLAP in latent voxels")
+    parser.add_argument("--size", type=int, default=None,
+                        help="phantom side (default: the model's; larger: the fully convolutional autoencoder "
+                             "on images larger than it was trained on, as tiling is for)")
     parser.add_argument("--seed", type=int, default=1000, help="phantom seed (not the training phantoms' 0)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -53,10 +56,12 @@ def main() -> None:
 
     system, cfg, state = load_checkpoint(args.ckpt)
     system.eval()
-    data = PhantomVolumeDataset(system.size, length=args.n, seed=args.seed)
+    size = args.size or system.size
+    data = PhantomVolumeDataset(size, length=args.n, seed=args.seed)
     if system.dims == 2:
         data = SliceDataset(data)
-        picks = np.linspace(0, len(data) - 1, args.n).round().astype(int)
+        # n slices from the middle half of the stack (the chest, not the blank ends)
+        picks = np.linspace(len(data) * 3 // 8, len(data) * 5 // 8, args.n).round().astype(int)
         images = torch.stack([data[int(i)]["image"] for i in picks])
     else:
         images = torch.stack([data[i]["image"] for i in range(args.n)])
@@ -65,7 +70,7 @@ def main() -> None:
         whole = system.autoencoder.decode(mu).float()
     sides = tuple(mu.shape[2:])
     factor = whole.shape[2] // sides[0]
-    print(f"{cfg.model.name} {system.size}^{system.dims}, latent {system.latent_dim} x {sides[0]}^{system.dims}, "
+    print(f"{cfg.model.name} trained at {system.size}^{system.dims}, phantoms at {size}^{system.dims}, latent {system.latent_dim} x {sides[0]}^{system.dims}, "
           f"checkpoint iteration {state['iteration']}, {args.n} phantoms (seed {args.seed}); "
           f"reconstruction mean |x - decode(encode(x))| {float((whole - images).abs().mean()):.4f}")
     print()

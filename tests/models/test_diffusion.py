@@ -136,6 +136,11 @@ def test_tiled_decode_of_the_autoencoder():
         tiled = decode_tiled(system.autoencoder.decode, z, 8, 4)
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
     assert not torch.equal(tiled, whole)  # per-tile GroupNorm and zero padding: close, not equal
+    with torch.no_grad():  # the GroupNorms' statistics shared over the tiles: one tile is the whole decode
+        norms = [m for m in system.autoencoder.decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+        torch.testing.assert_close(decode_tiled(system.autoencoder.decode, z, 16, 4, norms=norms), whole,
+                                   rtol=1e-4, atol=1e-5)
+        assert not any("forward" in m.__dict__ for m in norms)  # the decoder is left as it was
     assert system.generate(z, tile_depth=8).shape == whole.shape
     for bad in ({"tile_depth": 1}, {"tile_depth": 8, "overlap": 8}):
         with pytest.raises(MedvolError):
