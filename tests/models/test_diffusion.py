@@ -256,3 +256,31 @@ def test_options_round_trip_through_the_saved_config(tmp_path):
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg and again.model.options == {"levels": 2}
     assert "options" not in config_to_dict(load_config(None, []))["model"]  # a GAN's config as before
+
+
+@pytest.mark.slow
+def test_stage_two_trains_in_lockstep_under_ddp(tmp_path):
+    """Two gloo ranks: the latent scale (set from each rank's first batch, then averaged) and the
+    U-Net end identical; the per-rank noise differs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from medvol.config import save_config
+    from medvol.train import checkpoint as ckpt
+
+    stage_one = _stage_one(tmp_path)
+    cfg = _cfg(tmp_path / "dm", "diffusion", "--model.options.autoencoder", str(stage_one),
+               "--train.iterations", "2", "--data.phantom_n", "4")
+    worker = Path(__file__).parents[1] / "train" / "ddp_worker.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+         str(save_config(cfg, tmp_path / "ddp.yaml"))],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / "dm" / f"weights_rank{r}.pt") for r in (0, 1))
+    assert torch.equal(rank0, rank1)
+    state = ckpt.read_checkpoint(tmp_path / "dm")
+    assert state["world_size"] == 2 and float(state["system"]["latent_scale"]) > 0
+    assert not torch.equal(state["rng"][0]["generator"], state["rng"][1]["generator"])
