@@ -10,6 +10,7 @@ loop, G_ema) are listed in :data:`VARIANTS`; every model runs at least its defau
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -266,3 +267,13 @@ def test_shipped_configs(config, name, tail):
     with torch.device("meta"):
         published = build(name, int(tail), **({"channels": 2} if system.conditional else {}))
     assert system.param_counts() == published.param_counts()
+
+
+@pytest.mark.parametrize("command", ["info", "profile", "train"])
+def test_cli_help_names_every_model(command, capsys):
+    """The help texts are static (the CLI starts without importing torch): they must name every entry."""
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    missing = [name for name in REGISTRY if not re.search(rf"\b{name}\b", text)]
+    assert not missing, f"medvol {command} --help does not name {missing}"
