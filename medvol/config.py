@@ -31,9 +31,15 @@ from medvol.utils import checked_write
 
 @dataclass
 class ModelConfig:
-    """Which network to build: ``medvol.models.build(name, size, **options)``."""
+    """Which network to build: ``medvol.models.build(name, size, **options)``.
 
-    name: Literal["crfgan", "hagan", "dcgan", "mlpgan", "stylegan2", "fastgan", "spade", "pix2pix"] = "crfgan"
+    ``name`` is a name of the model registry (``medvol.models.REGISTRY``). The GANs' options are
+    the flat keys below (as their configs and checkpoints spell them); a model registered with an
+    options dataclass (ldm) takes its options under ``options`` (``model.options.stage``), checked
+    against that dataclass on load.
+    """
+
+    name: str = "crfgan"
     size: int = 256
     base_width: int = 32
     latent_dim: int = 1024
@@ -107,6 +113,8 @@ class ModelConfig:
     #: crfgan, hagan, dcgan, mlpgan: weight of the mode-seeking term in G's loss (Mao et al. 2019); 0: none, as
     #: published (docs/learning.md).
     mode_seeking: float = 0.0
+    #: The options of a model registered with an options dataclass (docs/diffusion.md); empty for the GANs.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -205,6 +213,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise MedvolError(f"config key {key}: expected a mapping, got {value!r}")
         _, value_type = typing.get_args(tp)
+        if value_type is Any:  # checked later against its owner's types (model.options)
+            return {str(k): v for k, v in value.items()}
         return {str(k): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
@@ -267,8 +277,12 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _validate(cfg: TrainConfig) -> None:
-    from medvol.models.registry import MODEL_SIZES
+    from medvol.models.registry import MODEL_SIZES, REGISTRY
 
+    if cfg.model.name not in REGISTRY:
+        raise MedvolError(f"config key model.name: {cfg.model.name!r} is not one of {', '.join(REGISTRY)}"
+                          f"{_did_you_mean(cfg.model.name, REGISTRY, '')}")
+    _validate_model_options(cfg, REGISTRY[cfg.model.name])
     sizes = MODEL_SIZES[cfg.model.name]
     if cfg.model.size not in sizes:
         raise MedvolError(f"config key model.size: {cfg.model.name} supports sizes "
@@ -297,6 +311,29 @@ def _validate(cfg: TrainConfig) -> None:
             raise MedvolError(f"config key train.beta1.{name}: must be in [0, 1), got {beta}")
     if cfg.train.device not in ("auto", "cpu") and not cfg.train.device.startswith("cuda"):
         raise MedvolError(f"config key train.device: {cfg.train.device!r} is not auto, cpu or cuda[:N]")
+
+
+def _validate_model_options(cfg: TrainConfig, spec) -> None:
+    """``model.options`` against the model's options dataclass: known keys, values of its types
+    (converted in place, so the saved config holds them typed)."""
+    options = cfg.model.options
+    if spec.flat_options:
+        if options:
+            raise MedvolError(f"config key model.options: {spec.name} takes its options as model.<key>, "
+                              f"not under model.options (got {', '.join(sorted(options))})")
+        return
+    fields = {f.name: f for f in dataclasses.fields(spec.options)}
+    hints = _hints(spec.options)
+    for name in list(options):
+        if name not in fields:
+            raise MedvolError(f"unknown config key 'model.options.{name}'"
+                              f"{_did_you_mean(name, fields, 'model.options')} "
+                              f"({spec.name}'s options: {', '.join(fields)})")
+        options[name] = _coerce(options[name], hints[name], f"model.options.{name}")
+    try:
+        spec.options(**options)  # the dataclass's own checks (ranges, combinations)
+    except (TypeError, ValueError, MedvolError) as error:
+        raise MedvolError(f"config key model.options: {error}") from None
 
 
 def _validate_mask_channels(cfg: TrainConfig) -> None:
@@ -502,8 +539,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
-    """The config as plain nested dicts (YAML/checkpoint friendly)."""
-    return dataclasses.asdict(cfg)
+    """The config as plain nested dicts (YAML/checkpoint friendly); ``model.options`` only where
+    set, so a GAN's config reads as it always has."""
+    data = dataclasses.asdict(cfg)
+    if not data["model"]["options"]:
+        del data["model"]["options"]
+    return data
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:

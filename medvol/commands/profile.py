@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                     "configuration in a fresh process. Out of memory is reported as OOM. Writes "
                     "profile.md, profile.csv, profile.json and profile.png into --out.")
     parser.add_argument("--model", default="hagan,crfgan",
-                        help="comma list of hagan, crfgan (3D), dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix (2D)")
+                        help="comma list of hagan, crfgan, ldm (3D), dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix, ldm2d (2D)")
     parser.add_argument("--size", default="64",
                         help="comma list of sizes: volume side (3D, e.g. 64,128,256,512) or image side "
                              "(2D: 32, 64, 128, 256)")
@@ -136,12 +136,12 @@ def _sizes(text: str, models: list[str], custom: bool) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medvol.profile.cases import (DEFAULT_BATCHES, DEFAULT_FACTORY, MODELS, MODES, grid, model_dims,
+    from medvol.profile.cases import (DEFAULT_BATCHES, DEFAULT_FACTORY, MODES, grid, model_dims, model_names,
                                       parse_list, parse_model_options)
     from medvol.profile.runner import run_profile
     from medvol.utils import parse_size_bytes
 
-    models = parse_list(args.model, "--model", allowed=None if args.factory else MODELS)
+    models = parse_list(args.model, "--model", allowed=None if args.factory else model_names())
     sizes = _sizes(args.size, models, bool(args.factory))
     given = parse_list(args.batch, "--batch", kind=int) if args.batch is not None else None
     batches = {m: given or list(DEFAULT_BATCHES[model_dims(m)]) for m in models}

@@ -1,68 +1,31 @@
-"""GANSystem: the part of the HA-GAN / CRF-GAN API that both models share.
+"""GANSystem: the part of the HA-GAN / CRF-GAN API that both 3D models share.
 
 A system owns its sub-networks (``G``, ``D``, ``E`` and ``sub_E`` or ``crf``) and knows its
 published training step (:meth:`train_step`, written in :mod:`medvol.models.hagan` and
-:mod:`medvol.models.crfgan`), generation with depth tiling and the encoder path.
+:mod:`medvol.models.crfgan`), generation with depth tiling and the encoder path. What every GAN
+shares (the sub-step template, G_ema, the losses) is :class:`medvol.models.gan.GANBase`.
 """
 
 from __future__ import annotations
-
-import contextlib
-import copy
-from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medvol.errors import MedvolError
+from medvol.models.contract import MODES, Substep
+from medvol.models.gan import GANBase, StepState
 from medvol.models.networks import Encoder, Geometry
 
-MODES = ("reference", "optimized")
+__all__ = ["BETAS", "LEARNING_RATES", "MODES", "GANSystem", "StepState", "Substep"]
 
 #: Adam learning rates per sub-network group, as published (betas (0, 0.999) for all).
 LEARNING_RATES = {"G": 1e-4, "D": 4e-4, "E": 1e-4, "sub_E": 1e-4, "crf": 4e-4}
 BETAS = (0.0, 0.999)
 
-Substep = Callable[[str], ContextManager]
 
-
-@dataclass
-class StepState:
-    """What the sub-steps of one training iteration share.
-
-    ``start`` is the crop start in voxels; ``out`` collects the detached losses; ``keep`` holds
-    tensors one sub-step hands to a later one (cleared when the step ends).
-    """
-
-    real: torch.Tensor
-    labels: torch.Tensor | None
-    start: int
-    real_crop: torch.Tensor
-    position: torch.Tensor
-    optimizers: dict[str, torch.optim.Optimizer]
-    iteration: int
-    amp_dtype: torch.dtype | None
-    scaler: "torch.amp.GradScaler | None"
-    generator: torch.Generator | None
-    out: dict[str, torch.Tensor] = field(default_factory=dict)
-    keep: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def batch(self) -> int:
-        return self.real.shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.real.device
-
-    def autocast(self) -> ContextManager:
-        return GANSystem._autocast(self.device, self.amp_dtype)
-
-
-class GANSystem(nn.Module):
-    """Base class of the two models; build one with :func:`medvol.models.build`.
+class GANSystem(GANBase):
+    """Base class of the two 3D models; build one with :func:`medvol.models.build`.
 
     Attributes:
         name, size, latent_dim, num_classes, base_width, mask_channels: the build options.
@@ -72,33 +35,15 @@ class GANSystem(nn.Module):
             before its optimiser step (the trainer all-reduces gradients there under DDP).
     """
 
-    name: str = ""
     extra: str = ""  # "sub_E" or "crf"
-    #: What the trainer feeds: volumes ``[B, channels, S, S, S]`` (3) or slices ``[B, channels, S, S]`` (2).
     dims: int = 3
-    channels: int = 1
-    #: Paired image + mask generation: K label-map channels after the image (channels = 1 + K).
-    mask_channels: int = 0
 
     def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, mask_channels: int = 0):
-        super().__init__()
-        self.size = size
-        self.base_width = base_width
-        self.latent_dim = latent_dim
-        self.num_classes = num_classes
-        self.mask_channels = mask_channels
-        self.channels = 1 + mask_channels
+        super().__init__(size, base_width, latent_dim, num_classes, mask_channels)
         self.geometry = Geometry(size)
-        self.mode = "reference"
-        self.channels_last = False
-        self.grad_sync: Callable[[str, list[nn.Parameter]], None] | None = None
         self.E = Encoder(base_width, self.channels)
 
     # ------------------------------------------------------------------ structure
-    def options(self) -> dict[str, object]:
-        """Model-specific build options (``build(name, size, **options)``); none by default."""
-        return {}
-
     def groups(self) -> dict[str, nn.Module]:
         """Sub-network groups in update order, keyed like the optimisers."""
         return {"D": self.D, "G": self.G, "E": self.E, self.extra: getattr(self, self.extra)}
@@ -165,17 +110,6 @@ class GANSystem(nn.Module):
         return self
 
     # ------------------------------------------------------------------ sampling
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def sample_latent(
-        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        """Standard normal ``z[B, latent_dim]``, drawn on the generator's device, moved to ``device``."""
-        device = self._device() if device is None else torch.device(device)
-        gen_device = generator.device if generator is not None else device
-        return torch.randn(batch, self.latent_dim, generator=generator, device=gen_device).to(device)
-
     def _sample_crop(self, generator: torch.Generator | None) -> int:
         """Random crop start in voxels, any of 0 .. S - S/8 (as published, for both models).
 
@@ -196,73 +130,12 @@ class GANSystem(nn.Module):
         g = self.geometry
         return torch.full((batch, 1), start / (g.size - g.crop), device=device)
 
-    def _check_labels(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        if self.num_classes == 0:
-            return None
-        if labels is None:
-            raise MedvolError(
-                f"labels: the model is class-conditional ({self.num_classes} classes); pass labels"
-            )
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        if labels.numel() == 1 and batch > 1:
-            labels = labels.expand(batch)
-        if labels.numel() != batch or int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
-            raise MedvolError(f"labels: expected {batch} class ids in [0, {self.num_classes})")
-        return labels
 
     def _check_volume(self, x: torch.Tensor) -> None:
         s, c = self.size, self.channels
         if x.dim() != 5 or tuple(x.shape[1:]) != (c, s, s, s):
             raise MedvolError(f"volume: expected shape [B, {c}, {s}, {s}, {s}], got {list(x.shape)}")
 
-    # ------------------------------------------------------------------ G's moving average
-    #: Half-life in iterations of ``G_ema``, the exponential moving average of G's weights that
-    #: :meth:`generate` samples from; 0: no ``G_ema`` (the published procedure).
-    g_ema_half_life: float = 0.0
-
-    def enable_g_ema(self, half_life: float) -> "GANSystem":
-        """Keep ``G_ema``, a moving average of G's weights with the given half-life in iterations,
-        and sample from it (:meth:`generate`); G itself still trains as before.
-
-        Averaging the last few hundred generators smooths the oscillation of a short adversarial
-        run, where the last G is one point of a cycle (docs/learning.md). ``G_ema`` is a submodule
-        (checkpoints carry it) but no optimiser group. Call before the system is trained.
-        """
-        if half_life <= 0:
-            raise MedvolError(f"g_ema_half_life: must be positive, got {half_life}")
-        if "G_ema" in self._modules:
-            raise MedvolError(f"g_ema_half_life: {self.name} keeps its own G_ema (stylegan2: model.ema_kimg)")
-        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
-        self.g_ema_half_life = float(half_life)
-        return self
-
-    @torch.no_grad()
-    def update_g_ema(self) -> None:
-        """``G_ema <- G + beta (G_ema - G)``, beta = 0.5 ** (1 / half-life); buffers (GroupNorm has
-        none; BatchNorm statistics, spectral-norm vectors) are copied from G."""
-        beta = 0.5 ** (1.0 / self.g_ema_half_life)
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)
-
-    # ------------------------------------------------------------------ inference
-    @contextlib.contextmanager
-    def _eval(self, sample: bool = False) -> Iterator[None]:
-        """Eval mode without grad; with ``sample`` and a ``G_ema`` (:meth:`enable_g_ema`), G_ema's
-        weights stand in G's place (generation, never the encoder paths)."""
-        was_training = self.training
-        self.eval()
-        swap = sample and self.g_ema_half_life > 0
-        if swap:
-            self._modules["G"], self._modules["G_ema"] = self._modules["G_ema"], self._modules["G"]
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            if swap:
-                self._modules["G"], self._modules["G_ema"] = self._modules["G_ema"], self._modules["G"]
-            self.train(was_training)
 
     def generate(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, tile_depth: int | None = None
@@ -312,48 +185,6 @@ class GANSystem(nn.Module):
             return self._render(emb, tile_depth)
 
     # ------------------------------------------------------------------ training helpers
-    def _train_only(self, group: str) -> None:
-        """Only ``group``'s parameters record gradients during a sub-step (frozen nets cost nothing)."""
-        for name, module in self.groups().items():
-            module.requires_grad_(name == group)
-
-    @staticmethod
-    def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
-
-    def _update(
-        self,
-        group: str,
-        loss: torch.Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        scaler: "torch.amp.GradScaler | None",
-    ) -> None:
-        optimizer = optimizers[group]
-        optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        if self.grad_sync is not None:
-            self.grad_sync(group, list(self.groups()[group].parameters()))
-        if scaler is not None:
-            scaler.step(optimizer)
-        else:
-            optimizer.step()
-        if self.mode == "optimized":
-            # The published code keeps each group's gradients alive until its next update; freeing
-            # them now keeps only one sub-network's gradients live at a time.
-            optimizer.zero_grad(set_to_none=True)
-
-    def _amp_cast(self, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-        """``x`` in the autocast dtype in optimized mode under autocast; otherwise unchanged.
-
-        For activations kept across sub-steps without grad: the next layer would cast them anyway,
-        so a float32 copy alive beside the cast one is memory for nothing.
-        """
-        if self.mode == "optimized" and amp_dtype is not None:
-            return x.to(amp_dtype)
-        return x
-
     def _encoder_step(
         self,
         real_crop: torch.Tensor,
@@ -392,55 +223,6 @@ class GANSystem(nn.Module):
         return StepState(real, labels, start, crop, position, optimizers, iteration, amp_dtype, scaler,
                          generator)
 
-    # ------------------------------------------------------------------ the training step
-    #: Sub-steps in update order; each ``name`` is run by ``self._step_<name>(state)``.
-    SUBSTEPS: tuple[str, ...] = ()
-
-    def train_step(
-        self,
-        real: torch.Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        iteration: int,
-        *,
-        labels: torch.Tensor | None = None,
-        amp_dtype: torch.dtype | None = None,
-        scaler: "torch.amp.GradScaler | None" = None,
-        substep: Substep | None = None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """One published training iteration: the sub-steps :attr:`SUBSTEPS` in order.
-
-        Every sub-step trains only its own group (the others are frozen) and updates it once.
-        The crop start is drawn first, then one latent batch per sub-step that generates.
-
-        Args:
-            real: ``[B, C, S, S, S]`` in [-1, 1] (C = :attr:`channels`: the image, then a paired
-                model's one-hot mask channels as -1 / +1).
-            optimizers: from :meth:`make_optimizers`.
-            iteration: 0-based global iteration (CRF-GAN's CRF weight schedule).
-            labels: ``[B]`` class ids (class-conditional only); fakes are generated with them too.
-            amp_dtype: autocast dtype on ``real.device.type`` or None for float32.
-            scaler: GradScaler for float16, or None; ``update()`` is called once at the end.
-            substep: ``substep(name)`` context manager around each sub-step.
-            generator: RNG for the crop position and the latents.
-
-        Returns:
-            Detached scalar losses (see the model's :attr:`SUBSTEPS` docs).
-        """
-        state = self._prepare_step(real, labels, optimizers, iteration, amp_dtype, scaler, generator)
-        substep = substep or (lambda name: contextlib.nullcontext())
-        try:
-            for name in self.SUBSTEPS:
-                with substep(name):
-                    self._train_only(name)
-                    getattr(self, f"_step_{name}")(state)
-        finally:
-            self._unfreeze()
-            state.keep.clear()
-        if scaler is not None:
-            scaler.update()
-        return state.out
-
     def _real_inputs(self, state: "StepState") -> tuple[torch.Tensor, ...]:
         """D's inputs for the real batch, before the position (D^H: the crop)."""
         return (state.real_crop,)
@@ -475,26 +257,6 @@ class GANSystem(nn.Module):
             state.keep["g_fake"] = fake[0]
         return self.D(*fake, state.position)
 
-    #: Weight of the mode-seeking term in G's loss (:meth:`mode_seeking_loss`); 0: none, as published.
-    mode_seeking: float = 0.0
-
-    @staticmethod
-    def mode_seeking_loss(z: torch.Tensor, fake: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-        """Mode seeking (Mao et al., CVPR 2019): ``1 / (ratio + eps)``, the ratio the mean absolute
-        difference of two samples over that of their latents, each sample paired with the next
-        (the batch rolled by one). G minimises it, so two latents may not give one image; without
-        it short runs of these models turn every latent into one chest (docs/learning.md).
-
-        Args:
-            z: ``[B, L]`` latents, B >= 2.
-            fake: ``[B, ...]`` what G made of them.
-        """
-        if z.shape[0] < 2:
-            raise MedvolError("mode_seeking: needs a batch of at least 2 (samples are compared in pairs)")
-        dx = (fake.float() - fake.float().roll(1, 0)).abs().flatten(1).mean(1)
-        dz = (z.float() - z.float().roll(1, 0)).abs().mean(1)
-        return 1.0 / ((dx / dz).mean() + eps)
-
     def _step_G(self, state: "StepState") -> None:
         """G: BCE(logit, 1) on fresh fakes through the frozen D (+ the conditioning labels' CE)
         (+ :attr:`mode_seeking` times :meth:`mode_seeking_loss` of those fakes' crops)."""
@@ -516,33 +278,3 @@ class GANSystem(nn.Module):
         """The embedding slices G^H renders into the crop at voxel ``start``: from ``start // 4``."""
         first = start // 4
         return emb[:, :, first : first + self.geometry.crop_emb]
-
-    @staticmethod
-    def _bce(logit: torch.Tensor, target: float) -> torch.Tensor:
-        logit = logit.float()
-        return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
-
-    def _class_loss(self, cls: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor | None:
-        if cls is None:
-            return None
-        return F.cross_entropy(cls.float(), labels)
-
-    def _add_class_loss(
-        self,
-        loss: torch.Tensor,
-        cls: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        out: dict[str, torch.Tensor],
-        key: str,
-    ) -> torch.Tensor:
-        """``loss`` plus the auxiliary classifier's loss (recorded as ``out[key]``) when conditional."""
-        cls_loss = self._class_loss(cls, labels)
-        if cls_loss is None:
-            return loss
-        out[key] = cls_loss.detach()
-        return loss + cls_loss
-
-    def _unfreeze(self) -> None:
-        """Undo :meth:`_train_only` after a step (also after a failed one)."""
-        for module in self.groups().values():
-            module.requires_grad_(True)

@@ -13,9 +13,6 @@ from typing import Iterable
 
 from medvol.errors import MedvolError
 
-#: The registry's models (tests/profile/test_profile_2d.py keeps the two lists equal; the registry
-#: itself is imported lazily, it builds every network module).
-MODELS = ("hagan", "crfgan", "dcgan", "mlpgan", "stylegan2", "fastgan", "spade", "pix2pix")
 MODES = ("reference", "optimized")
 DATA = ("synthetic", "phantom")
 KINDS = ("measure", "estimate")
@@ -30,9 +27,16 @@ DEFAULT_BATCHES = {3: (1, 2), 2: (16, 64)}
 DEFAULT_MAX_BATCH_LIMIT = {3: 64, 2: 1024}
 
 
+def model_names() -> tuple[str, ...]:
+    """The registry's models (imported here, lazily: the registry imports every network module)."""
+    from medvol.models.registry import REGISTRY
+
+    return tuple(REGISTRY)
+
+
 def model_dims(model: str) -> int:
     """2 for the registry's 2D models, else 3 (also for names only a custom factory knows)."""
-    from medvol.models.registry import MODELS as REGISTRY
+    from medvol.models.registry import REGISTRY
 
     return int(getattr(REGISTRY.get(model), "dims", 3))
 

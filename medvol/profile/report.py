@@ -19,10 +19,17 @@ from pathlib import Path
 from medvol.utils import checked_write
 
 MIB = 2**20
-NAMES = {"hagan": "HA-GAN", "crfgan": "CRF-GAN", "dcgan": "DCGAN", "mlpgan": "MLP-GAN", "stylegan2": "StyleGAN2",
-         "fastgan": "FastGAN", "spade": "SPADE", "pix2pix": "Pix2Pix"}
 _POWER = {2: "²", 3: "³"}
 FILES = ("profile.md", "profile.csv", "profile.json", "profile.png")
+
+
+def model_title(model: str) -> str:
+    """The name a report prints for ``model``: its registry title ("CRF-GAN"), else the name itself
+    (a custom factory's model)."""
+    from medvol.models.registry import REGISTRY
+
+    entry = REGISTRY.get(model)
+    return entry.title if entry is not None and entry.title else model
 
 
 def environment(command: str | None = None) -> dict:
@@ -161,7 +168,7 @@ def _grid_table(report: dict, kind: str, field: str, fmt, extra: str | None = No
                 reference = (index.get((model, size, batch, "reference", kind))
                              if mode != "reference" else None)
                 cells.append(_cell(result, field, fmt, reference, extra))
-            lines.append(f"| {NAMES.get(model, model)} | {mode} | " + " | ".join(cells) + " |")
+            lines.append(f"| {model_title(model)} | {mode} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -234,7 +241,7 @@ def markdown(report: dict) -> str:
 
 def _label(result: dict) -> str:
     c = result["case"]
-    return f"{NAMES.get(c['model'], c['model'])} {c['size']}{_POWER[_dims(result)]} b{c['batch']} {c['mode']} ({c['kind']})"
+    return f"{model_title(c['model'])} {c['size']}{_POWER[_dims(result)]} b{c['batch']} {c['mode']} ({c['kind']})"
 
 
 def _estimate_breakdown(report: dict) -> list[str]:
@@ -306,7 +313,7 @@ def _max_batch_table(report: dict) -> list[str]:
                 cells.append("error")
             else:
                 cells.append(f"{match[0]['max_batch']}{'+' if match[0]['at_limit'] else ''}")
-        lines.append(f"| {NAMES.get(model, model)} | {mode} | {kind} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model_title(model)} | {mode} | {kind} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -350,7 +357,7 @@ def _params_table(report: dict) -> list[str]:
     for (model, size, width), params in seen.items():
         cells = [f"{params[n] / 1e6:.2f}" if n in params else "" for n in names]
         power = _power([{"case": {"model": model}}])
-        lines.append(f"| {NAMES.get(model, model)} | {size}{power} | {width} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model_title(model)} | {size}{power} | {width} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -440,7 +447,7 @@ def plot(report: dict, path: Path) -> bool:
                     ys.append(r[field] / scale)
                 elif r is not None and r["status"] == "OOM":
                     oom.append(x)
-            bars = ax.bar(xs, ys, width, label=f"{NAMES.get(model, model)} {mode}")
+            bars = ax.bar(xs, ys, width, label=f"{model_title(model)} {mode}")
             for x in oom:
                 ax.text(x, 0.02, "OOM", rotation=90, ha="center", va="bottom", fontsize=7,
                         transform=ax.get_xaxis_transform(),

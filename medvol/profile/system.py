@@ -63,6 +63,8 @@ def batch_shape(system: torch.nn.Module, batch: int) -> tuple[int, ...]:
     3D: ``[B, C, S, S, S]`` (C = 1, or 1 + K for a paired image + mask model); 2D (``system.dims == 2``): ``[k B, C, S, S]``, k = ``real_batches``
     (a WGAN critic trained n_critic times per step takes n_critic real batches).
     """
+    if hasattr(system, "batch_shape"):  # the model contract says it
+        return tuple(system.batch_shape(batch))
     s = system.size
     count = batch * int(getattr(system, "real_batches", 1))
     if getattr(system, "dims", 3) == 2:

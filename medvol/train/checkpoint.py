@@ -171,6 +171,31 @@ def load_system_state(system: torch.nn.Module, state: dict[str, Any]) -> None:
         raise MedvolError(f"checkpoint {state.get('path')} does not fit the model: {first}") from None
 
 
+def load_submodule(system: torch.nn.Module, name: str, source: str | os.PathLike, what: str) -> None:
+    """Initialise ``system.<name>`` from the same submodule of another run's checkpoint (a
+    latent diffusion model's stage-1 autoencoder), strictly: every tensor present and of its shape.
+
+    Raises:
+        MedvolError: naming ``what`` (the option that gave ``source``) for a missing or damaged
+            checkpoint, or one without that submodule or with other shapes.
+    """
+    try:
+        state = read_checkpoint(source)
+    except MedvolError as error:
+        raise MedvolError(f"{what}: {error}") from None
+    prefix = name + "."
+    weights = {k[len(prefix):]: v for k, v in state["system"].items() if k.startswith(prefix)}
+    if not weights:
+        raise MedvolError(f"{what}: checkpoint {state['path']} has no {name} (a "
+                          f"{state.get('config', {}).get('model', {}).get('name', '?')} checkpoint)")
+    try:
+        getattr(system, name).load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise MedvolError(f"{what}: the {name} of checkpoint {state['path']} does not fit this model "
+                          f"(same base_width, latent_dim, size and levels?): {first}") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild the trained system from a checkpoint.
 

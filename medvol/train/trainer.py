@@ -1,4 +1,4 @@
-"""The training loop: one ``GANSystem.train_step`` per iteration, plus everything around it.
+"""The training loop: one ``train_step`` of the model contract per iteration, plus everything around it.
 
 Around the model's published step the trainer adds: the data stream (``data.py``), the precision
 and memory mode (``reference``: fp32 plain ops; ``optimized``: autocast, activation checkpointing,
@@ -66,6 +66,8 @@ def build_system(cfg: TrainConfig):
 
     system = build_from_config(cfg.model)
     system.prepare_training()  # a loss's weights file is checked before the run folder exists
+    for name, source in system.pretrained().items():
+        ckpt.load_submodule(system, name, source, f"pretrained {name} ({source})")
     return system
 
 
@@ -242,10 +244,8 @@ class Trainer:
                        fixed_labels: torch.Tensor | None) -> None:
         was_training = self.system.training
         real = real[: fixed_z.shape[0]]
-        # A mask-conditional 2D model draws the images of the real batch's masks (last channel).
-        masks = {"masks": real[:, -1:]} if getattr(self.system, "conditional", False) else {}
         with torch.no_grad(), self._autocast():
-            fake = self.system.generate(fixed_z, labels=fixed_labels, **masks)
+            fake = self.system.preview(fixed_z, real, fixed_labels)
         self.system.train(was_training)
         kind = "volumes" if self.system.dims == 3 else "images"
         monitor.images(self.iteration, f"{kind}/real", real)

@@ -345,22 +345,6 @@ def test_two_trainer_steps_on_phantom_slices(tiny2d, overrides):
     assert system.generate(system.sample_latent(2)).shape == (2, cfg.model.channels, 32, 32)
 
 
-def test_resume_is_bit_exact(tiny2d):
-    straight = tiny2d(name="fastgan", iterations=4, out="straight")
-    train(straight)
-    train(tiny2d(name="fastgan", iterations=2, out="split"))
-    split = tiny2d(name="fastgan", iterations=4, out="split")
-    train(split, resume="auto")
-    a, b = ckpt.read_checkpoint(straight.train.out), ckpt.read_checkpoint(split.train.out)
-    assert a["iteration"] == b["iteration"] == 4
-    for key in a["system"]:
-        assert torch.equal(a["system"][key], b["system"][key]), key
-    for name in a["optimizers"]:
-        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
-        for idx in sa:
-            assert torch.equal(sa[idx]["exp_avg"], sb[idx]["exp_avg"])
-
-
 @pytest.mark.parametrize("overrides, key", [
     (["--model.recon_loss", "lpips"], "model.recon_loss"),
     (["--model.recon_weight", "-1"], "model.recon_weight"),
@@ -373,16 +357,15 @@ def test_bad_config_is_one_line_exit_2(tmp_path, capsys, overrides, key):
     assert_config_error(tmp_path, capsys, "{name: fastgan, size: 32, base_width: 4, latent_dim: 8}", overrides, key)
 
 
-def test_shipped_configs():
+def test_shipped_configs_train_as_published():
+    """What tests/models/test_contract.py::test_shipped_configs does not check: the rates, batch and
+    DiffAugment policy of the paper."""
     root = Path(__file__).resolve().parents[2] / "configs"
     for size in (128, 256):
         cfg = load_config(root / f"fastgan_{size}.yaml")
-        assert (cfg.model.name, cfg.model.size, cfg.model.base_width, cfg.model.latent_dim) == ("fastgan", size, 64, 256)
         assert cfg.train.lr == {"G": 2e-4, "D": 2e-4} and cfg.data.batch == 8
         with torch.device("meta"):
-            system = build_from_config(cfg.model)
-            assert system.param_counts() == build("fastgan", size).param_counts()
-        assert system.policy == ("color", "translation", "cutout")
+            assert build_from_config(cfg.model).policy == ("color", "translation", "cutout")
     tiny = load_config(root / "fastgan_tiny.yaml")
-    assert tiny.model.name == "fastgan" and tiny.train.device == "cpu" and tiny.model.size == 32
+    assert tiny.model.size == 32
     assert build_from_config(tiny.model).policy == ("color", "translation", "cutout")  # null: the paper's

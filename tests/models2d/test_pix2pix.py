@@ -269,23 +269,6 @@ def test_two_trainer_steps_on_phantom_slices_with_masks(tiny2d):
     assert x.shape == (2, 2, 64, 64) and torch.isfinite(x).all()
 
 
-def test_resume_is_bit_exact(tiny2d):
-    straight = tiny2d(*MASKED, name="pix2pix", iterations=4, out="straight")
-    train(straight)
-    train(tiny2d(*MASKED, name="pix2pix", iterations=2, out="split"))
-    split = tiny2d(*MASKED, name="pix2pix", iterations=4, out="split")
-    train(split, resume="auto")
-    a, b = ckpt.read_checkpoint(straight.train.out), ckpt.read_checkpoint(split.train.out)
-    assert a["iteration"] == b["iteration"] == 4
-    for key in a["system"]:
-        assert torch.equal(a["system"][key], b["system"][key]), key
-    for group in a["optimizers"]:
-        sa, sb = a["optimizers"][group]["state"], b["optimizers"][group]["state"]
-        assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
-    mid = ckpt.read_checkpoint(f"{split.train.out}/checkpoints/{ckpt.checkpoint_name(2)}")
-    assert any(not torch.equal(mid["system"][k], b["system"][k]) for k in b["system"])
-
-
 def test_config_errors_name_the_key(tmp_path, capsys):
     from tests.models2d.conftest import assert_config_error  # here: a bare machine has no tests package
     for overrides, key in ((["--model.patch", "70"], "patch"), (["--model.loss", "wgan"], "loss"),
@@ -311,7 +294,6 @@ def test_shipped_configs(name):
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
     assert cfg.model.name == "pix2pix" and cfg.model.channels == 2 and cfg.data.masks and cfg.data.phantom_nodules
     with torch.device("meta"):
-        system = build_from_config(cfg.model)
-    if name != "pix2pix_tiny":
-        assert system.param_counts() == build("pix2pix", cfg.model.size).param_counts()
+        build_from_config(cfg.model)
+    if name != "pix2pix_tiny":  # counts and widths: tests/models/test_contract.py
         assert (cfg.model.l1_weight, cfg.model.patch, cfg.model.loss) == (100.0, 46, "bce")

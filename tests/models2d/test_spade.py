@@ -309,7 +309,6 @@ def test_shipped_configs(name):
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
     assert cfg.model.name == "spade" and cfg.model.channels == 2 and cfg.data.masks and cfg.data.phantom_nodules
     with torch.device("meta"):
-        system = build_from_config(cfg.model)
-    if name != "spade_tiny":
-        assert system.param_counts() == build("spade", cfg.model.size).param_counts()
+        build_from_config(cfg.model)
+    if name != "spade_tiny":  # counts and widths: tests/models/test_contract.py
         assert cfg.train.lr in ({}, {"G": 1e-4, "D": 4e-4})

@@ -96,27 +96,6 @@ def test_two_trainer_steps_on_phantom_slices(tiny2d, name, overrides):
     assert len(state["data"]["spacing"]) == 2
 
 
-@pytest.mark.parametrize("name, overrides", [("dcgan", ["--model.loss", "wgan-gp", "--model.diffaugment",
-                                                         "translation,cutout"]),
-                                             ("mlpgan", [])])
-def test_resume_is_bit_exact(tiny2d, name, overrides):
-    straight = tiny2d(*overrides, name=name, iterations=4, out="straight")
-    train(straight)
-    train(tiny2d(*overrides, name=name, iterations=2, out="split"))
-    split = tiny2d(*overrides, name=name, iterations=4, out="split")
-    train(split, resume="auto")
-    a, b = ckpt.read_checkpoint(straight.train.out), ckpt.read_checkpoint(split.train.out)
-    assert a["iteration"] == b["iteration"] == 4
-    for key in a["system"]:
-        assert torch.equal(a["system"][key], b["system"][key]), key
-    for name_ in a["optimizers"]:
-        sa, sb = a["optimizers"][name_]["state"], b["optimizers"][name_]["state"]
-        for idx in sa:
-            assert torch.equal(sa[idx]["exp_avg"], sb[idx]["exp_avg"])
-    mid = ckpt.read_checkpoint(f"{split.train.out}/checkpoints/{ckpt.checkpoint_name(2)}")
-    assert any(not torch.equal(mid["system"][k], b["system"][k]) for k in b["system"])
-
-
 @pytest.mark.parametrize("overrides, key", [
     (["--model.loss", "mse"], "model.loss"),
     (["--model.size", "512"], "model.size"),
@@ -142,18 +121,11 @@ def test_3d_model_refuses_2d_options():
 
 
 @pytest.mark.parametrize("name", ["dcgan", "mlpgan"])
-def test_shipped_configs(name):
+def test_shipped_configs_train_as_published(name):
+    """What tests/models/test_contract.py::test_shipped_configs does not check: DCGAN's Adam rates and batch."""
     from pathlib import Path
 
     from medvol.config import load_config
-    from medvol.models import MODEL_DEFAULTS, build_from_config
 
-    root = Path(__file__).resolve().parents[2] / "configs"
-    cfg = load_config(root / f"{name}_64.yaml")
-    assert (cfg.model.name, cfg.model.size) == (name, 64)
-    assert (cfg.model.base_width, cfg.model.latent_dim) == MODEL_DEFAULTS[name]
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}_64.yaml")
     assert cfg.train.lr == {"G": 2e-4, "D": 2e-4} and cfg.data.batch == 64
-    tiny = load_config(root / f"{name}_tiny.yaml")
-    assert tiny.model.name == name and tiny.train.device == "cpu" and tiny.model.base_width <= 32
-    with torch.device("meta"):
-        assert build_from_config(cfg.model).param_counts() == build(name, 64).param_counts()

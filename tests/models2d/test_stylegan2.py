@@ -408,28 +408,18 @@ def test_two_trainer_steps_on_phantom_slices(tiny2d, overrides):
     assert torch.isfinite(x).all()
 
 
-def test_resume_is_bit_exact_with_g_ema(tiny2d):
+def test_g_ema_trains_and_is_checkpointed(tiny2d):
+    """G_ema lags G, moves with it and is saved (bit-exact resume with it: tests/models/test_contract.py)."""
     options = ["--model.r1_interval", "2", "--model.pl_interval", "3", "--model.ema_kimg", "0.02"]
-    straight = tiny2d(*options, name="stylegan2", iterations=4, out="straight")
-    train(straight)
-    train(tiny2d(*options, name="stylegan2", iterations=2, out="split"))
-    split = tiny2d(*options, name="stylegan2", iterations=4, out="split")
-    train(split, resume="auto")
-    a, b = ckpt.read_checkpoint(straight.train.out), ckpt.read_checkpoint(split.train.out)
-    assert a["iteration"] == b["iteration"] == 4
-    assert set(a["system"]) == set(b["system"])
-    for key in a["system"]:
-        assert torch.equal(a["system"][key], b["system"][key]), key
-    for name in a["optimizers"]:
-        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
-        for idx in sa:
-            assert torch.equal(sa[idx]["exp_avg"], sb[idx]["exp_avg"])
+    run = tiny2d(*options, name="stylegan2", iterations=4, out="run")
+    train(run)
+    b = ckpt.read_checkpoint(run.train.out)
     ema = {k[len("G_ema."):]: v for k, v in b["system"].items() if k.startswith("G_ema.")}
     live = {k[len("G."):]: v for k, v in b["system"].items() if k.startswith("G.")}
     assert set(ema) == set(live)
     assert any(not torch.equal(ema[k], live[k]) for k in ema)  # the EMA lags G
     assert float(b["system"]["pl_mean"]) > 0
-    mid = ckpt.read_checkpoint(f"{split.train.out}/checkpoints/{ckpt.checkpoint_name(2)}")
+    mid = ckpt.read_checkpoint(f"{run.train.out}/checkpoints/{ckpt.checkpoint_name(2)}")
     assert any(not torch.equal(mid["system"][k], b["system"][k]) for k in b["system"] if k.startswith("G_ema."))
 
 
@@ -454,16 +444,8 @@ def test_other_models_refuse_stylegan2_options():
         build_from_config(load_config(None, ["--model.name", "dcgan", "--model.r1_gamma", "1"]).model)
 
 
-def test_shipped_configs():
+def test_shipped_tiny_config_is_32():
     from medvol.config import load_config
-    from medvol.models import MODEL_DEFAULTS, build_from_config
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    for size in (64, 128, 256):
-        cfg = load_config(root / f"stylegan2_{size}.yaml")
-        assert (cfg.model.name, cfg.model.size) == ("stylegan2", size)
-        assert (cfg.model.base_width, cfg.model.latent_dim) == MODEL_DEFAULTS["stylegan2"]
-        with torch.device("meta"):
-            assert build_from_config(cfg.model).param_counts() == build("stylegan2", size).param_counts()
-    tiny_cfg = load_config(root / "stylegan2_tiny.yaml")
-    assert tiny_cfg.model.name == "stylegan2" and tiny_cfg.train.device == "cpu" and tiny_cfg.model.size == 32
+    assert load_config(root / "stylegan2_tiny.yaml").model.size == 32  # the rest: tests/models/test_contract.py

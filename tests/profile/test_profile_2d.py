@@ -133,10 +133,3 @@ def test_mixed_report_labels_sizes_per_model():
     assert "| model | mode | 64 b1 | 64 b16 |" in table  # mixed 2D and 3D: no ³ or ² in the header
     assert "DCGAN 64² b16 reference" in table and "CRF-GAN 64³ b1 reference" in table
     assert "| DCGAN | 64² | 64 |" in table  # the parameter table: dcgan's published width 64
-
-
-def test_profile_knows_every_registry_model():
-    from medvol.models.registry import MODELS as REGISTRY
-    from medvol.profile.cases import MODELS
-
-    assert set(MODELS) == set(REGISTRY)

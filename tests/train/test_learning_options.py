@@ -167,5 +167,5 @@ def test_mode_seeking_refused_where_the_g_step_is_the_model_own():
     from medvol.config import ModelConfig
     from medvol.models import build_from_config
 
-    with pytest.raises(MedvolError, match=r"model\.mode_seeking: only for crfgan, hagan, dcgan, mlpgan, not fastgan"):
+    with pytest.raises(MedvolError, match=r"model\.mode_seeking: only for hagan, crfgan, dcgan, mlpgan, not fastgan"):
         build_from_config(ModelConfig(name="fastgan", size=32, base_width=4, latent_dim=8, mode_seeking=1.0))

@@ -15,7 +15,7 @@ import torch
 
 from medvol.errors import MedvolError
 from medvol.models.gan2d.system import GANSystem2D
-from medvol.models.system import StepState
+from medvol.models.gan import StepState
 
 
 class ConditionalGANSystem2D(GANSystem2D, metaclass=abc.ABCMeta):

@@ -16,7 +16,7 @@ from medvol.models.gan2d.fastgan_nets import FastGANDiscriminator, FastGANGenera
 from medvol.models.gan2d.losses import discriminator_loss
 from medvol.models.gan2d.nets import apply_spectral_norm, init_weights
 from medvol.models.gan2d.system import GANSystem2D
-from medvol.models.system import StepState
+from medvol.models.gan import StepState
 
 #: DiffAugment policy of the paper (``diffaugment: null`` means this one).
 PAPER_POLICY = "color,translation,cutout"

@@ -23,7 +23,7 @@ from medvol.errors import MedvolError
 from medvol.models.gan2d.conditional import ConditionalGANSystem2D
 from medvol.models.gan2d.losses import discriminator_loss, generator_loss
 from medvol.models.gan2d.nets import init_weights
-from medvol.models.system import StepState
+from medvol.models.gan import StepState
 
 #: Build options and their defaults (the thesis / pix2pix paper).
 PIX2PIX_OPTIONS: dict[str, object] = {"channels": 2, "loss": "bce", "l1_weight": 100.0, "patch": 46}

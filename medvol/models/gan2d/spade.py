@@ -21,7 +21,7 @@ from medvol.errors import MedvolError
 from medvol.models.gan2d.conditional import ConditionalGANSystem2D
 from medvol.models.gan2d.losses import discriminator_loss, generator_loss
 from medvol.models.gan2d.nets import apply_spectral_norm
-from medvol.models.system import StepState
+from medvol.models.gan import StepState
 
 #: Build options and their defaults (the paper's): G's parameter-free normalisation, the number
 #: of discriminator scales, the weight of D feature matching in G's loss, the image channels.

@@ -32,7 +32,7 @@ from medvol.errors import MedvolError
 from medvol.models.gan2d.stylegan2_layers import randn, wide
 from medvol.models.gan2d.stylegan2_nets import ResidualDiscriminator, StyleGenerator
 from medvol.models.gan2d.system import GANSystem2D
-from medvol.models.system import StepState
+from medvol.models.gan import StepState
 
 #: Build options and defaults: the paper's values. ``r1_gamma`` None: 10 (the paper's FFHQ 1024^2
 #: value) scaled by the pixel count, ``10 * (S / 1024)^2``, see :func:`default_r1_gamma`.

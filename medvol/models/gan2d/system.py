@@ -1,6 +1,7 @@
-"""GANSystem2D: the GANSystem API for image models trained on slices ``[B, C, S, S]``.
+"""GANSystem2D: the GAN base for image models trained on slices ``[B, C, S, S]``.
 
-The 2D systems keep the 3D systems' contract with the trainer, checkpoints and generation:
+The 2D systems keep the model contract (:mod:`medvol.models.contract`) with the trainer,
+checkpoints and generation:
 ``groups``, ``param_counts``, ``make_optimizers``, ``set_mode``, ``sample_latent``, ``generate``
 and the ``train_step`` template (the sub-steps :attr:`SUBSTEPS` run as ``_step_<name>``).
 What differs: no depth crop, no encoder, and :attr:`dims` = 2 tells the trainer to feed slices.
@@ -17,7 +18,8 @@ from medvol.errors import MedvolError
 from medvol.models.gan2d.augment import rand_flip_shift
 from medvol.models.gan2d.diffaugment import diff_augment
 from medvol.models.gan2d.losses import discriminator_loss, feature_matching, generator_loss, gradient_penalty
-from medvol.models.system import MODES, GANSystem, StepState
+from medvol.models.contract import MODES
+from medvol.models.gan import GANBase, StepState
 
 #: Image sides the 2D models support (32: a tiny size for tests and demos).
 SIZES_2D = (32, 64, 128, 256)
@@ -35,7 +37,7 @@ class CriticState(StepState):
     reals: tuple[torch.Tensor, ...] = ()
 
 
-class GANSystem2D(GANSystem):
+class GANSystem2D(GANBase):
     """Base of the 2D models: sub-networks ``G`` and ``D``, updated D first, then G.
 
     Attributes:
@@ -73,8 +75,6 @@ class GANSystem2D(GANSystem):
     vgg_sha256: str | None = None
 
     def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, channels: int):
-        # nn.Module's init, not GANSystem's: that one builds the 3D encoder and the crop geometry.
-        nn.Module.__init__(self)
         if size not in SIZES_2D:
             raise MedvolError(f"size: {self.name} supports sizes {', '.join(map(str, SIZES_2D))}, not {size!r}")
         if num_classes:
@@ -82,19 +82,15 @@ class GANSystem2D(GANSystem):
                               "with data.slice_class instead)")
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise MedvolError(f"channels: expected a positive integer, got {channels!r}")
-        self.size, self.base_width, self.latent_dim, self.num_classes = size, base_width, latent_dim, 0
-        self.channels = channels
-        self.mode = "reference"
-        self.channels_last = False
-        self.grad_sync = None
+        super().__init__(size, base_width, latent_dim, 0, channels=channels)
 
     # ------------------------------------------------------------------ structure
     def groups(self) -> dict[str, nn.Module]:
         return {"D": self.D, "G": self.G}
 
     def param_counts(self) -> dict[str, int]:
-        counts = {k: sum(p.numel() for p in m.parameters()) for k, m in self.groups().items()}
-        return {"G": counts["G"], "D": counts["D"], "total": counts["G"] + counts["D"]}
+        counts = super().param_counts()
+        return {"G": counts["G"], "D": counts["D"], "total": counts["total"]}
 
     @property
     def real_batches(self) -> int:
@@ -146,12 +142,6 @@ class GANSystem2D(GANSystem):
                               "from noise alone)")
         with self._eval(sample=True):
             return self.G(z.to(self._device()))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        raise MedvolError(f"{self.name} has no encoder")
-
-    def reconstruct(self, x: torch.Tensor, tile_depth: int | None = None) -> torch.Tensor:
-        raise MedvolError(f"{self.name} has no encoder")
 
     # ------------------------------------------------------------------ training
     def _prepare_step(self, real, labels, optimizers, iteration, amp_dtype, scaler, generator) -> CriticState:
