@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -51,7 +52,7 @@ def _pngs(folder: Path, per_class: int, colour: str = "L") -> Path:
 
 def _preprocess(src: Path, dst: Path, *extra: str) -> Path:
     assert main(["preprocess", "--src", str(src), "--dst", str(dst), "--images", "images", "--size", "16",
-                 "--classes", "folders", "--val-fraction", "0.34", *extra]) == 0
+                 "--classes", "folders", "--val-fraction", "0.34", *extra]) == 0  # a later --size wins
     return dst
 
 
@@ -73,6 +74,14 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("classify2d")
     return {"cache": _preprocess(_pngs(root / "pngs", 6), root / "cache"), "synthetic": _synthetic(root / "syn"),
             "root": root}
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location(
+        "classify_demo", Path(__file__).resolve().parents[2] / "tools" / "classify_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _study(capsys, *args):
@@ -122,6 +131,12 @@ def test_refusals_on_a_2d_cache(data, tmp_path, capsys):
     """A phantom factor, an RGB cache, an unknown class: exit 2, one line, no output folder."""
     rgb = _preprocess(_pngs(tmp_path / "rgbpngs", 3, "RGB"), tmp_path / "rgbcache", "--colour", "rgb")
     synthetic = f"disks={data['synthetic']}"
+    big = _preprocess(data["root"] / "pngs", tmp_path / "cache32", "--size", "32")
+    volumes = _demo().write_class_source(tmp_path / "volumes", 1, 32, seed=3)
+    code, err = _study(capsys, "--real", big, "--classify-by", "label", "--synthetic", f"v={volumes}", *STUDY,
+                       "--out", tmp_path / "out3d")
+    assert code == 2 and len(err) == 1 and "a 2D image cache; the synthetic sources are volumes" in err[0], err
+    assert not (tmp_path / "out3d").exists()
     cases = [(data["cache"], ["--classify-by", "asymmetry"], "--classify-by asymmetry: .* is a 2D image cache"),
              (rgb, ["--classify-by", "label"], "3-channel \\(RGB\\) images; the classifier reads grey"),
              (data["cache"], ["--classify-by", "label", "--positive", "cough"], "--positive cough: no volume")]
