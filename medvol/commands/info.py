@@ -9,6 +9,8 @@ import json
 
 #: What a Ctrl-C leaves (``medvol.cli``).
 INTERRUPTED = "nothing was written"
+#: What a 2D cache's images were made from (its ``params.source``), in words.
+FROM = {"images": "of image files", "slices": "axial slices of volumes"}
 
 
 def register(subparsers) -> None:
@@ -107,9 +109,18 @@ def provenance_lines(found: dict) -> list[str]:
                 more = f" and {len(names) - 5} more" if len(names) > 5 else ""
                 lines.append(f"  {what}: {', '.join(names[:5])}{more}")
         return lines
-    if found["kind"] == "cache":
+    if found["kind"] == "cache" and found.get("dims") == 2:
+        split = found["split"]
+        classes = ", ".join(f"{name} {n}" for name, n in found["classes"].items()) if found["classes"] else "none"
+        lines = [f"{found['path']}: medvol 2D image cache (dims 2) of {found['volumes']} image(s), "
+                 f"{len(found['synthetic_names'])} marked synthetic",
+                 f"  {found['size']}x{found['size']} {found['colour']}, {FROM.get(found['source'], found['source'])}; "
+                 f"classes: {classes}; "
+                 f"split {split['mode']}: train {split['train']}, val {split['val']}"]
+    elif found["kind"] == "cache":
         lines = [f"{found['path']}: medvol cache of {found['volumes']} volume(s), "
                  f"{len(found['synthetic_names'])} marked synthetic"]
+    if found["kind"] == "cache":
         if found["synthetic_names"]:
             lines.append(f"  synthetic: {', '.join(found['synthetic_names'])}")
         if found["unchecked"]:

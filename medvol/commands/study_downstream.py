@@ -63,7 +63,8 @@ def register(actions) -> None:
     classify = parser.add_argument_group("classify")
     classify.add_argument("--classify-by", metavar="FACTOR|label",
                           help="where an item's class comes from: a discrete phantom factor of the cache's entries "
-                               "(asymmetry (default), habitus, mode) or `label` (the entry's class label)")
+                               "(asymmetry (default), habitus, mode) or `label` (the entry's class label; the only one of a "
+                               "2D image cache, whose --positive may name classes)")
     classify.add_argument("--positive", metavar="VALUE,VALUE",
                           help="values that are the positive class, every other is negative (default: every value but "
                                "`none` for asymmetry, every label but 0 for label)")

@@ -319,8 +319,19 @@ def _cache_provenance(cache: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     names = [e["name"] for e in entries if e.get("synthetic") is True]
     unchecked = [e["name"] for e in entries if not isinstance(e.get("synthetic"), bool)]
     evidence = [f"manifest: {len(names)} of {len(entries)} entries synthetic"] if names else []
-    return {"path": str(cache), "kind": "cache", "synthetic": bool(names), "evidence": evidence, "record": None,
-            "volumes": len(entries), "synthetic_names": names, "unchecked": unchecked}
+    found = {"path": str(cache), "kind": "cache", "synthetic": bool(names), "evidence": evidence, "record": None,
+             "volumes": len(entries), "synthetic_names": names, "unchecked": unchecked,
+             "dims": 2 if manifest.get("dims") == 2 else 3}
+    if found["dims"] == 2:  # a 2D image cache: what it holds, as a classifier or a 2D model would read it
+        params = manifest.get("params") or {}
+        classes = manifest.get("classes")
+        counts = [sum(int(e.get("label", 0)) == k for e in entries) for k in range(len(classes or []))]
+        found.update(size=params.get("size"), source=params.get("source"),
+                     colour="rgb" if params.get("colour") == "rgb" else "grey",
+                     classes=dict(zip(classes, counts)) if classes else None,
+                     split={"mode": (manifest.get("split") or {}).get("mode"),
+                            **{k: sum(e.get("split") == k for e in entries) for k in ("train", "val")}})
+    return found
 
 
 def source_marks(sources: Iterable[str | os.PathLike]) -> dict[str, dict[str, Any]]:

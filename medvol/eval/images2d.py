@@ -20,7 +20,8 @@ Sources (:mod:`medvol.eval.sources`):
   is exactly what the model saw (plane, size, blank slices, mask channel, slice class).
 - ``--real phantom[:SEED]`` / ``--real CACHE``: the same slice settings (the checkpoint's, or
   ``--plane`` and the images' size for an image folder) over phantoms of that seed (default
-  ``--seed``) or over a cache's ``--split``.
+  ``--seed``) or over a cache's ``--split``; a 2D image cache (``medvol preprocess --images``) gives
+  its images, with the cache's channels (1 grey, 3 RGB; channel 0 is fed, as on the fake side).
 
 Of a real set larger than N, N slices are drawn without replacement with ``--seed``.
 """

@@ -545,13 +545,20 @@ def real_slices(spec: str, cfg, *, size: int, plane: str, split: str, n: int | N
     else:
         raise MedvolError(f"--real {spec}: for 2D images give data (the run's training slices), "
                           "phantom[:SEED] or a preprocessing cache folder")
+    channels = 1
     if data.source != "phantom" and (Path(data.source) / "manifest.json").is_file():
         from medvol.data.datasets import CachedVolumeDataset
+        from medvol.data.image_datasets import CachedImageDataset
+        from medvol.train.data import _is_image_cache
 
-        volumes = CachedVolumeDataset(data.source, split=data.split, allow_synthetic=True)
+        if _is_image_cache(data.source):  # a 2D cache: its images' channels (1 grey, 3 RGB) from the cache
+            volumes = CachedImageDataset(data.source, split=data.split, allow_synthetic=True)
+            channels = volumes.channels
+        else:
+            volumes = CachedVolumeDataset(data.source, split=data.split, allow_synthetic=True)
         synthetic_real(info, list(volumes.synthetic), len(volumes), allow_synthetic_real, spec)
         if volumes.synthetic:  # allowed and recorded just above
             data = dataclasses.replace(data, allow_synthetic=True)
-    dataset = build_dataset(data, size, dims=2, channels=1 + int(data.masks))
+    dataset = build_dataset(data, size, dims=2, channels=channels + int(data.masks))
     info["data"] = dataclasses.asdict(data)
     return RealSlices(dataset, n, seed, info)

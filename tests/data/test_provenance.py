@@ -257,3 +257,25 @@ def test_info_path_prints_provenance(tmp_path, real_and_generated, capsys):
     for argv in (["info"], ["info", str(real[0]), "--model", "crfgan"], ["info", str(tmp_path / "none.nii")]):
         assert cli.main(argv) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_info_on_a_2d_image_cache_says_what_it_holds(tmp_path, capsys):
+    """``medvol info CACHE`` of ``medvol preprocess --images``: dims, count, size, colour, classes, split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, n in (("normal", 3), ("tb", 2)):
+        (tmp_path / "pngs" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "pngs" / cls / f"{i}.png")
+    assert cli.main(["preprocess", "--src", str(tmp_path / "pngs"), "--dst", str(tmp_path / "cache"), "--images",
+                     "images", "--size", "8", "--colour", "rgb", "--classes", "folders", "--val-fraction", "0.4"]) == 0
+    capsys.readouterr()
+    val = sum(e["split"] == "val" for e in load_manifest(tmp_path / "cache")["volumes"])
+    assert cli.main(["info", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "medvol 2D image cache (dims 2) of 5 image(s), 0 marked synthetic" in out
+    assert f"8x8 rgb, of image files; classes: normal 3, tb 2; split seeded: train {5 - val}, val {val}" in out
+    assert cli.main(["info", str(tmp_path / "cache"), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["dims"], found["size"], found["colour"], found["classes"]) == (2, 8, "rgb", {"normal": 3, "tb": 2})

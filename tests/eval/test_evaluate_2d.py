@@ -288,3 +288,26 @@ def test_a_cache_of_generated_volumes_as_the_real_slices_needs_allow_synthetic_r
     assert code == 0, err
     report, _ = scores_of(tmp_path / "a")
     assert report["real"]["synthetic"]["count"] == 2 and report["allow_synthetic_real"] is True
+
+
+@pytest.mark.parametrize("colour", ["grey", "rgb"])
+def test_a_2d_image_cache_is_a_real_set(tmp_path, weights, png_sets, capsys, colour):
+    """``--real CACHE`` of ``medvol preprocess --images`` (grey or RGB): its images are the real set,
+    channel 0 fed as on the fake side; a cache of 8 images scores 8."""
+    from PIL import Image
+
+    from medvol.data.image_cache import ImageParams, build_image_cache
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(folder / f"c{i}.png")
+    build_image_cache(folder, tmp_path / "cache", ImageParams(size=SIZE, colour=colour), val_fraction=0.25)
+    code, _, err = run_eval(capsys, "--real", tmp_path / "cache", "--split", "all", "--fake", png_sets["noise"],
+                            "--out", tmp_path / "ev", "--features", f"inception:{weights}", "--n", 8,
+                            "--bootstrap", 2)
+    assert code == 0, err
+    report, scores = scores_of(tmp_path / "ev")
+    assert report["real"]["n_images"] == 8 and report["real"]["source"] == str(tmp_path / "cache")
+    assert np.isfinite(scores["image/fid"]["value"])

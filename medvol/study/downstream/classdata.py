@@ -17,6 +17,10 @@ thesis's accuracy with false positives and false negatives is.
   matching the sidecar), masks are not needed.
 - Dimension: volumes (S³) train a 3D network. 2D synthetic images (s², s dividing S) make the
   study 2D: the real items are then the central axial slice of each volume, area-pooled to s.
+- A 2D image cache (``medvol preprocess --images``, manifest ``"dims": 2``) as the real data: its
+  grey images (S²) are the real items, area-pooled to s, each with its class ``label``
+  (``--classes folders`` or ``--select-class``; :func:`medvol.data.image_cache.read_image_labels`);
+  ``--classify-by label`` only, and ``--positive`` takes class names or label numbers.
 """
 
 from __future__ import annotations
@@ -65,7 +69,14 @@ def class_rule(cache: str, by: str, positive: Sequence[str] | None) -> tuple[str
     """
     from medvol.data.cache import load_manifest
 
-    entries = load_manifest(cache)["volumes"]
+    manifest = load_manifest(cache)
+    entries = manifest["volumes"]
+    if manifest.get("dims") == 2:
+        if by != "label":
+            raise MedvolError(f"--classify-by {by}: {cache} is a 2D image cache; its images carry a class label "
+                              "only (--classify-by label)")
+        classes = manifest.get("classes") or []
+        positive = None if positive is None else [str(classes.index(v)) if v in classes else v for v in positive]
     values = sorted({_value(e, by, cache) for e in entries})
     if positive is None:
         if by not in DEFAULT_NEGATIVE:
@@ -90,8 +101,11 @@ def open_real_classes(cache: str, split: str, rule: tuple[str, list[str], list[s
         MedvolError: no such cache or split, synthetic entries (refused as real), or a training
             split without both classes.
     """
+    from medvol.data.cache import load_manifest
     from medvol.data.datasets import CachedVolumeDataset
 
+    if load_manifest(cache).get("dims") == 2:
+        return _real_images(cache, split, rule)
     by, positive, _ = rule
     dataset = CachedVolumeDataset(cache, split=split)
     labels = [int(_value(e, by, cache) in positive) for e in dataset.entries]
@@ -106,6 +120,45 @@ def open_real_classes(cache: str, split: str, rule: tuple[str, list[str], list[s
             "manifest_sha256": hashlib.sha256((Path(cache) / "manifest.json").read_bytes()).hexdigest(),
             "size": dataset.size, "positive": int(sum(labels)), "negative": int(len(labels) - sum(labels))}
     return LabelledSet(f"real-{split}", 3, [f"cache:{n}" for n in dataset.names], load, info)
+
+
+def _real_images(cache: str, split: str, rule: tuple[str, list[str], list[str]]) -> LabelledSet:
+    """The ``split`` of a 2D image cache as grey images ``(S, S)`` with their class (0/1) by ``rule``."""
+    from medvol.data.image_cache import read_image_labels
+    from medvol.data.image_datasets import CachedImageDataset
+
+    images = CachedImageDataset(cache, split=split)  # refuses an empty split and synthetic entries
+    if images.channels != 1:
+        raise MedvolError(f"--real {cache}: a 2D cache of {images.channels}-channel (RGB) images; the classifier "
+                          "reads grey images (rebuild it with medvol preprocess --images images --colour grey)")
+    found = read_image_labels(cache, split=split)
+    labels = [int(str(label) in rule[1]) for label in found["labels"]]
+    if split == "train" and len(set(labels)) < 2:
+        raise MedvolError(f"--real {cache}: its train split holds only {'positive' if labels[0] else 'negative'} "
+                          f"images under --classify-by label; a classifier needs both classes")
+
+    def load(index: int) -> tuple[np.ndarray, int]:
+        return np.load(found["files"][index]).astype(np.float32)[0], labels[index]
+
+    info = {"cache": str(Path(cache).resolve()), "split": split, "n": len(labels), "names": found["names"],
+            "manifest_sha256": hashlib.sha256(found["manifest"].read_bytes()).hexdigest(), "dims": 2,
+            "size": images.side, "classes": found["classes"], "positive": int(sum(labels)),
+            "negative": int(len(labels) - sum(labels))}
+    return LabelledSet(f"real-{split}", 2, [f"cache:{n}" for n in found["names"]], load, info)
+
+
+def pooled_images(images: LabelledSet, side: int) -> LabelledSet:
+    """Real 2D images area-pooled to ``side`` (the synthetic images' side), with their class."""
+    size = images.info["size"]
+    if size % side:
+        raise MedvolError(f"2D images of side {side} cannot be pooled from the cache's images of side {size} "
+                          "(need a divisor)")
+
+    def load(index: int) -> tuple[np.ndarray, int]:
+        image, label = images.load(index)
+        return pool_slice(image, np.zeros(image.shape, np.uint8), side)[0], label
+
+    return LabelledSet(images.name, 2, list(images.items), load, dict(images.info, side=side))
 
 
 def central_slices(volumes: LabelledSet, side: int) -> LabelledSet:

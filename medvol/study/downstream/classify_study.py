@@ -126,8 +126,12 @@ def _run_classify(real: str, synthetic: Sequence[str], out: Path, *, classify_by
     dims, side = dims.pop(), sides.pop()
     config.update(dims=dims, side=side)
     study = _check_config(out, config)
-    real_train = C.central_slices(train, side) if dims == 2 else train
-    real_val = C.central_slices(val, side) if dims == 2 else val
+    if train.dims == 2 and dims == 3:
+        raise MedvolError(f"--real {real}: a 2D image cache; the synthetic sources are volumes (give 2D images, "
+                          "or a volume cache)")
+    slices = C.pooled_images if train.dims == 2 else C.central_slices
+    real_train = slices(train, side) if dims == 2 else train
+    real_val = slices(val, side) if dims == 2 else val
     if len(real_val) < 2:
         raise MedvolError(f"--real {real}: its val split gives {len(real_val)} held-out volume(s); the FID of the "
                           "sources needs at least 2 (rebuild the cache with a larger --val-fraction)")

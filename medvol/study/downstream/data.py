@@ -144,11 +144,18 @@ def open_real(cache: str, split: str, wanted: Sequence[str] | None) -> tuple[Lab
 
 
 def volume_window(cache: str) -> tuple[float, float] | None:
-    """The HU window of a cache's CT scaling (None: MR, already in [-1, 1])."""
+    """The HU window of a cache's CT scaling (None: MR, already in [-1, 1]); of a 2D image cache, the
+    window of its CT slices (None: image files and MR slices, already in [-1, 1])."""
     from medvol.data.cache import load_manifest
     from medvol.data.preprocess import PreprocessParams
 
-    return PreprocessParams.from_dict(load_manifest(cache)["params"]).intensity_window
+    manifest = load_manifest(cache)
+    if manifest.get("dims") == 2:
+        from medvol.data.image_cache import ImageParams
+
+        params = ImageParams.from_dict(manifest["params"])
+        return tuple(params.window) if params.source == "slices" and params.modality == "ct" else None
+    return PreprocessParams.from_dict(manifest["params"]).intensity_window
 
 
 def real_slices(volumes: LabelledSet, side: int, min_fraction: float = 0.01) -> LabelledSet:
