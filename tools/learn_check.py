@@ -191,6 +191,32 @@ def scores(fake: np.ndarray, real: np.ndarray, train_set: np.ndarray) -> dict:
     }
 
 
+def factor_numbers(fake: np.ndarray, real: np.ndarray) -> dict:
+    """Volumes only: the factor metric (``medvol evaluate --metrics factors``,
+    :func:`medvol.eval.factors.factor_scores`) of the samples against the held-out phantoms, both
+    measured on the phantoms' grid and window at the model size."""
+    from types import SimpleNamespace
+
+    from medvol.data.phantom_factors import measure_factors
+    from medvol.eval.factors import factor_scores, source_geometry
+
+    spacing, window = source_geometry(SimpleNamespace(kind="phantom", size=real.shape[-1]))
+    measured = [[measure_factors(v[0], spacing, window=window) for v in items] for items in (real, fake)]
+    return factor_scores(*measured)
+
+
+def factor_summary(factors: dict) -> dict:
+    """The factor metric in a few numbers: mean W1/std over the scored factors beside its floor
+    (two real halves), the mode coverage and the generated volumes' modes."""
+    cont = factors["continuous"].values()
+    w1 = [v["w1_norm"] for v in cont if np.isfinite(v["w1_norm"])]
+    floor = [v["floor_norm"] for v in cont if np.isfinite(v["floor_norm"])]
+    return {"w1_norm_mean": round(float(np.mean(w1)), 3) if w1 else None,
+            "floor_norm_mean": round(float(np.mean(floor)), 3) if floor else None,
+            "w1_norm": {k: round(v["w1_norm"], 3) for k, v in factors["continuous"].items()},
+            "coverage": round(factors["modes"]["coverage"], 3), "fake_modes": factors["modes"]["fake"]}
+
+
 def montage(real: np.ndarray, fake: np.ndarray, path: Path, title: str, rows: int = 6) -> None:
     import matplotlib
 
@@ -276,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     train_set = real_items(cfg, args.n, None)
     numbers.update(iteration=iteration, model=f"{cfg.model.name}@{cfg.model.size}", n=args.n,
                    eval_seed=args.eval_seed, sample_seed=args.seed, **scores(fake, real, train_set))
+    if fake.ndim == 5:
+        numbers["factors"] = factor_numbers(fake, real)
+        numbers["factors_summary"] = factor_summary(numbers["factors"])
+        # The ceiling, as prdc_pooled_train_items: training phantoms scored the same way.
+        numbers["factors_summary_train_items"] = factor_summary(factor_numbers(train_set, real))
     title = f"{cfg.model.name} {cfg.model.size}, iteration {iteration}: {Path(args.config).name} {' '.join(overrides)}"
     montage(real, fake, out / "montage.png", title)
     if log_path.exists():
@@ -292,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         numbers["evaluate"] = str(ev / "scores.json")
     numbers_path.write_text(json.dumps(numbers, indent=1))
     keys = ("iteration", "ssim_pairwise_fake", "ssim_pairwise_real", "prdc_pooled", "prdc_pooled_train_items",
-            "nn_train_fake", "nn_train_heldout")
-    print(json.dumps({k: numbers[k] for k in keys}))
+            "nn_train_fake", "nn_train_heldout", "factors_summary")
+    print(json.dumps({k: numbers[k] for k in keys if k in numbers}))
     if numbers.get("training"):
         print(json.dumps(numbers["training"][-1]))
     print(f"montage: {out / 'montage.png'}")

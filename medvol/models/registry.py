@@ -51,10 +51,11 @@ def build(
             then one per label-map class (docs/models.md "Paired image + mask generation"); 2D
             models then take no ``channels`` option. 0: the published networks.
         **options: model-specific options, all defaulting to the published procedure
-            (CRF-GAN: ``crf_forwards``, ``crf_layout``, ``crf_self_pairs``; see
-            :class:`medvol.models.crfgan.CRFGAN`; dcgan: ``loss`` and the search-grid options, see
+            (CRF-GAN: ``crf_forwards``, ``crf_layout``, ``crf_self_pairs``, ``crop_depth``,
+            ``d_minibatch_std``; see :class:`medvol.models.crfgan.CRFGAN`; HA-GAN: ``crop_depth``,
+            ``d_minibatch_std``; dcgan: ``loss`` and the search-grid options, see
             :class:`medvol.models.gan2d.DCGAN`; mlpgan: ``channels``; the other 2D models: their
-            ``*_OPTIONS`` tables in :mod:`medvol.models.gan2d`). HA-GAN takes none.
+            ``*_OPTIONS`` tables in :mod:`medvol.models.gan2d`).
 
     Raises:
         MedvolError: unknown name, unsupported size, or an invalid option.
@@ -105,8 +106,9 @@ def build(
 
 #: Model-specific build options and their published defaults.
 MODEL_OPTIONS: dict[str, dict[str, object]] = {
-    "hagan": {},
-    "crfgan": {"crf_forwards": "fresh", "crf_layout": "channels", "crf_self_pairs": True},
+    "hagan": {"crop_depth": 0, "d_minibatch_std": False},
+    "crfgan": {"crf_forwards": "fresh", "crf_layout": "channels", "crf_self_pairs": True, "crop_depth": 0,
+               "d_minibatch_std": False},
     "dcgan": DCGAN_OPTIONS,
     "mlpgan": MLPGAN_OPTIONS,
     "stylegan2": STYLEGAN2_OPTIONS,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvol.errors import MedvolError
-from medvol.models.networks import Encoder, Geometry
+from medvol.models.networks import Encoder, Geometry, check_crop_depth
 
 MODES = ("reference", "optimized")
 
@@ -80,7 +80,8 @@ class GANSystem(nn.Module):
     #: Paired image + mask generation: K label-map channels after the image (channels = 1 + K).
     mask_channels: int = 0
 
-    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, mask_channels: int = 0):
+    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, mask_channels: int = 0,
+                 crop_depth: int = 0):
         super().__init__()
         self.size = size
         self.base_width = base_width
@@ -88,7 +89,7 @@ class GANSystem(nn.Module):
         self.num_classes = num_classes
         self.mask_channels = mask_channels
         self.channels = 1 + mask_channels
-        self.geometry = Geometry(size)
+        self.geometry = Geometry(size, check_crop_depth(size, crop_depth))
         self.mode = "reference"
         self.channels_last = False
         self.grad_sync: Callable[[str, list[nn.Parameter]], None] | None = None
@@ -192,9 +193,10 @@ class GANSystem(nn.Module):
             return int(torch.randint(g.size - g.crop + 1, (1,), generator=generator, device=device))
 
     def _position(self, start: int, batch: int, device: torch.device) -> torch.Tensor:
-        """Crop position fed to D^H: voxel start / (S - S/8), shape [B, 1]."""
+        """Crop position fed to D^H: voxel start / (S - crop), shape [B, 1]; 0 when the crop is the
+        whole depth (``crop_depth`` S)."""
         g = self.geometry
-        return torch.full((batch, 1), start / (g.size - g.crop), device=device)
+        return torch.full((batch, 1), start / (g.size - g.crop) if g.crop < g.size else 0.0, device=device)
 
     def _check_labels(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if self.num_classes == 0:
