@@ -65,7 +65,7 @@ def main() -> int:
     bce = nn.BCEWithLogitsLoss()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = []
+    log = open(out / "train.log", "w", encoding="utf-8")
     t0, c0 = time.perf_counter(), time.process_time()
     for it in range(args.iterations):
         real = real_all[torch.randint(len(real_all), (args.batch,))]
@@ -77,9 +77,9 @@ def main() -> int:
         loss_g = bce(d_gen, torch.ones_like(d_gen))
         opt_g.zero_grad(), loss_g.backward(), opt_g.step()
         if it % 25 == 0:
-            log.append(f"it {it}/{args.iterations} D={loss_d.item():.4f} G={loss_g.item():.4f} 0 it/s")
+            print(f"it {it}/{args.iterations} D={loss_d.item():.4f} G={loss_g.item():.4f} 0 it/s", file=log, flush=True)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    (out / "train.log").write_text("\n".join(log) + "\n")
+    log.close()
     G.eval()
     with torch.no_grad():
         fake = G(torch.randn(args.n, args.latent, generator=torch.Generator().manual_seed(0))).numpy()
