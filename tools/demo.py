@@ -1,11 +1,11 @@
 """The README demo: phantom CTs -> preprocessing cache -> a short CPU training -> NIfTI samples.
 
-    python tools/demo.py --out demo_out            # what `make demo` runs (a few minutes, 2 cores)
+    python tools/demo.py --out demo_out            # what `make demo` runs (minutes, 2 cores)
     python tools/demo.py --out /tmp/d --train.iterations 3    # any config override is accepted
 
-Steps: write procedural phantom CTs as NIfTI (``medvol.data.phantom.write_phantoms``), preprocess
-them into a cache (``medvol.data.cache.build_cache``: window [-1024, 600] HU, resize to the model
-size, 32^3 as shipped), train the narrow CRF-GAN of ``configs/demo.yaml`` on that cache, then
+Steps: write procedural phantom CTs as NIfTI (``medvol.data.phantom.write_phantoms``, 256 at the
+model size), preprocess them into a cache (``medvol.data.cache.build_cache``: window [-1024, 600]
+HU, 32^3 as shipped), train the CRF-GAN of ``configs/learn/crfgan_32.yaml`` on that cache, then
 generate volumes from the final checkpoint, written as NIfTI in HU with the training spacing, and
 draw ``chests.png``: central axial / coronal / sagittal slices of held-out phantoms beside samples.
 Every output path is printed.
@@ -26,10 +26,16 @@ import time
 from pathlib import Path
 
 
+#: The config `make demo` trains: the 32^3 CRF-GAN that learns the phantom population on a CPU
+#: (docs/learning.md). Reference mode in fp32, so it never runs bf16 on a CPU that only emulates it.
+DEFAULT_CONFIG = "learn/crfgan_32"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--config", default="demo", help="a shipped config name or a YAML file (default demo)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"a shipped config name or a YAML file (default {DEFAULT_CONFIG})")
     parser.add_argument("--phantoms", type=int, default=256, help="phantom CTs to write (default 256)")
     parser.add_argument("--phantom-size", type=int, default=None,
                         help="voxels per side of the written phantoms, resized to the model size by the cache "
