@@ -65,17 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             args.phantom_size = cfg.model.size
         t0 = time.perf_counter()
         phantoms = write_phantoms(args.phantoms, args.phantom_size, out / "phantoms", seed=0)
-        print(f"[1/4] {len(phantoms)} phantom CTs ({args.phantom_size}^3, HU) in {out / 'phantoms'} "
+        print(f"[1/5] {len(phantoms)} phantom CTs ({args.phantom_size}^3, HU) in {out / 'phantoms'} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
         t0 = time.perf_counter()
         summary = build_cache(out / "phantoms", cache_dir, PreprocessParams(size=cfg.model.size),
                               workers=max(1, min(2, cfg.data.workers)))
-        print(f"[2/4] preprocessing cache ({cfg.model.size}^3, [-1024, 600] HU -> [-1, 1]) in {cache_dir} "
+        print(f"[2/5] preprocessing cache ({cfg.model.size}^3, [-1024, 600] HU -> [-1, 1]) in {cache_dir} "
               f"({time.perf_counter() - t0:.0f} s) {summary_line(summary)}", flush=True)
 
         t0 = time.perf_counter()
-        print(f"[3/4] training {cfg.model.name} {cfg.model.size}^3 (base width {cfg.model.base_width}, "
+        print(f"[3/5] training {cfg.model.name} {cfg.model.size}^3 (base width {cfg.model.base_width}, "
               f"{cfg.train.iterations} iterations, {cfg.train.mode} mode) ...", flush=True)
         run_dir = train(cfg, resume="auto")
         from medvol.train.checkpoint import resolve_checkpoint
