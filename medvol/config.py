@@ -49,6 +49,11 @@ class ModelConfig:
     crf_forwards: Literal["fresh", "reuse"] = "fresh"
     crf_layout: Literal["channels", "depth"] = "channels"
     crf_self_pairs: bool = True
+    #: hagan, crfgan: training crop depth in voxels; 0: S/8 as published; a multiple of S/8 up
+    #: to S (the whole volume) otherwise (docs/learning.md).
+    crop_depth: int = 0
+    #: hagan, crfgan: a minibatch standard-deviation feature in D (off as published; docs/learning.md).
+    d_minibatch_std: bool = False
     #: 2D models only (docs/models2d.md): image channels (2 with data.masks), and dcgan's loss and
     #: search-grid options (defaults: DCGAN as published; gp_weight / clip null: the loss's own).
     channels: int = 1

@@ -131,6 +131,10 @@ class CRFGAN(GANSystem):
         crf_self_pairs: keep the CRF's self-pairs (published) or drop them.
         mask_channels: K > 0: paired image + mask generation; G^H draws and D, E read 1 + K
             channels. The CRF is unchanged: it reads G's and E's 2c-channel embeddings.
+        crop_depth: training crop depth in voxels; 0: S/8, as published (an option for small
+            sizes, docs/learning.md: :func:`medvol.models.networks.check_crop_depth`).
+        d_minibatch_std: D^H also reads :func:`medvol.models.networks.minibatch_std` (off as
+            published).
     """
 
     name = "crfgan"
@@ -139,15 +143,16 @@ class CRFGAN(GANSystem):
 
     def __init__(self, size: int, base_width: int = 32, latent_dim: int = 1024, num_classes: int = 0, *,
                  crf_forwards: str = "fresh", crf_layout: str = "channels", crf_self_pairs: bool = True,
-                 mask_channels: int = 0):
-        super().__init__(size, base_width, latent_dim, num_classes, mask_channels)
+                 mask_channels: int = 0, crop_depth: int = 0, d_minibatch_std: bool = False):
+        super().__init__(size, base_width, latent_dim, num_classes, mask_channels, crop_depth)
+        self.d_minibatch_std = bool(d_minibatch_std)
         if crf_forwards not in CRF_FORWARDS:
             raise MedvolError(f"crf_forwards: expected one of {', '.join(CRF_FORWARDS)}, got {crf_forwards!r}")
         if not isinstance(crf_self_pairs, bool):
             raise MedvolError(f"crf_self_pairs: expected true or false, got {crf_self_pairs!r}")
         self.crf_forwards = crf_forwards
         self.G = Generator(size, base_width, latent_dim, num_classes, low_branch=False, out_channels=self.channels)
-        self.D = HighResDiscriminator(size, base_width, num_classes, self.channels)
+        self.D = HighResDiscriminator(size, base_width, num_classes, self.channels, crop_depth, self.d_minibatch_std)
         # The published 64^3 model has no epsilon in its cosine (128^3 and 256^3 add 1e-6): a node
         # whose features are all zero (a dead ReLU block, likely in narrow models) then gives NaN.
         # medvol adds 1e-6 at every size; elsewhere the two agree to float32 rounding.
@@ -156,7 +161,8 @@ class CRFGAN(GANSystem):
     def options(self) -> dict[str, object]:
         """The build options beyond size and widths (what a checkpoint must rebuild)."""
         return {"crf_forwards": self.crf_forwards, "crf_layout": self.crf.layout,
-                "crf_self_pairs": self.crf.self_pairs}
+                "crf_self_pairs": self.crf.self_pairs, "crop_depth": self.geometry.crop_depth,
+                "d_minibatch_std": self.d_minibatch_std}
 
     def _generator_logit(self, z: torch.Tensor, state: StepState) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = crf_weight(state.iteration)

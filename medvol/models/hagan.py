@@ -19,10 +19,11 @@ class HADiscriminator(nn.Module):
     ``(logit[B, 1], class_logits[B, K] or None)``; C = 1, or 1 + K mask channels.
     """
 
-    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1):
+    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1, crop_depth: int = 0,
+                 minibatch_std: bool = False):
         super().__init__()
-        self.high = HighResDiscriminator(size, base_width, num_classes, in_channels)
-        self.low = LowResDiscriminator(size, base_width, num_classes, in_channels)
+        self.high = HighResDiscriminator(size, base_width, num_classes, in_channels, crop_depth, minibatch_std)
+        self.low = LowResDiscriminator(size, base_width, num_classes, in_channels, minibatch_std)
 
     def forward(
         self, crop: torch.Tensor, low: torch.Tensor, position: torch.Tensor
@@ -47,18 +48,26 @@ class HAGAN(GANSystem):
     Build with ``build("hagan", S)``. :meth:`encode_latent` gives the sub-encoder's latent, so
     ``generate(encode_latent(x))`` is the global reconstruction path. With ``mask_channels`` K > 0
     (paired image + mask generation) G^H and G^L draw, and E, D^H and D^L read, 1 + K channels;
-    the crop and the low-resolution volume cut every channel alike.
+    the crop and the low-resolution volume cut every channel alike. ``crop_depth``: the training
+    crop depth in voxels, 0 for S/8 as published (:func:`medvol.models.networks.check_crop_depth`);
+    ``d_minibatch_std``: D^H and D^L also read :func:`medvol.models.networks.minibatch_std` (off
+    as published).
     """
 
     name = "hagan"
     extra = "sub_E"
 
     def __init__(self, size: int, base_width: int = 32, latent_dim: int = 1024, num_classes: int = 0,
-                 mask_channels: int = 0):
-        super().__init__(size, base_width, latent_dim, num_classes, mask_channels)
+                 mask_channels: int = 0, crop_depth: int = 0, d_minibatch_std: bool = False):
+        super().__init__(size, base_width, latent_dim, num_classes, mask_channels, crop_depth)
         self.G = Generator(size, base_width, latent_dim, num_classes, low_branch=True, out_channels=self.channels)
-        self.D = HADiscriminator(size, base_width, num_classes, self.channels)
+        self.D = HADiscriminator(size, base_width, num_classes, self.channels, crop_depth, bool(d_minibatch_std))
+        self.d_minibatch_std = bool(d_minibatch_std)
         self.sub_E = SubEncoder(size, base_width, latent_dim)
+
+    def options(self) -> dict[str, object]:
+        """The build options beyond size and widths (what a checkpoint must rebuild)."""
+        return {"crop_depth": self.geometry.crop_depth, "d_minibatch_std": self.d_minibatch_std}
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
         """Real volume ``[B, C, S, S, S]`` -> latent ``[B, latent_dim]`` (E crop by crop, then sub_E)."""

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvol.errors import MedvolError
 from medvol.models.blocks import (ConvStage, GroupNorm, ReLU, SNConv3d, SNLinear, full_precision, norm_groups,
                                   sn_conv_stack, to_layout)
 
@@ -33,9 +34,14 @@ SIZES = tuple(TRUNK_UPSAMPLE)
 
 @dataclass(frozen=True)
 class Geometry:
-    """Sizes derived from the volume size S (voxels per side)."""
+    """Sizes derived from the volume size S (voxels per side) and the training crop depth.
+
+    ``crop_depth`` 0 is the published crop, S/8 voxels; otherwise a multiple of S/8 up to S
+    (:func:`check_crop_depth`).
+    """
 
     size: int
+    crop_depth: int = 0
 
     @property
     def emb(self) -> int:
@@ -44,18 +50,50 @@ class Geometry:
 
     @property
     def crop(self) -> int:
-        """Training crop depth in voxels: S/8."""
-        return self.size // 8
+        """Training crop depth in voxels: S/8 (published) or ``crop_depth``."""
+        return self.crop_depth or self.size // 8
 
     @property
     def crop_emb(self) -> int:
-        """Training crop depth in embedding slices: S/32."""
-        return self.size // 32
+        """Training crop depth in embedding slices: crop / 4 (S/32 published)."""
+        return self.crop // 4
 
     @property
     def n_down(self) -> int:
         """Stride-2 stages from the embedding side S/4 down to 4 (D^L, sub-encoder)."""
         return int(math.log2(self.size // 16))
+
+
+def check_crop_depth(size: int, crop_depth: int) -> int:
+    """``crop_depth`` if it is 0 (published: S/8) or a multiple of S/8 in [S/8, S], else MedvolError.
+
+    D^H's convolutions reduce a crop's depth by S/8 exactly (to 1 at the published crop), so a
+    deeper crop leaves crop / (S/8) depth positions, all kept as features of its first linear.
+    """
+    step = size // 8
+    if isinstance(crop_depth, bool) or not isinstance(crop_depth, int) or crop_depth < 0 or (
+            crop_depth and (crop_depth % step or crop_depth > size)):
+        raise MedvolError(f"crop_depth: expected 0 (S/8 = {step}) or a multiple of {step} up to {size} "
+                          f"at size {size}, got {crop_depth!r}")
+    return crop_depth
+
+
+def minibatch_std(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """One feature map of the batch's spread (Karras et al., ICLR 2018): ``h[B, F, ...]`` ->
+    ``[B, 1, ...]`` filled with the standard deviation over the batch of each feature, averaged
+    over the features and positions.
+
+    Appended to a discriminator's features it lets D see how alike the samples of one batch are,
+    which no per-sample score can: a generator that gives one chest for every latent is then
+    told apart from real batches (docs/learning.md). Computed in float32.
+
+    Example:
+        >>> minibatch_std(torch.tensor([[0.0], [2.0]])).flatten().tolist()
+        [1.0, 1.0]
+    """
+    x = h.float()
+    std = (x.var(dim=0, unbiased=False) + eps).sqrt().mean()
+    return std.expand(h.shape[0], 1, *h.shape[2:]).to(h.dtype)
 
 
 class Generator(nn.Module):
@@ -193,13 +231,19 @@ class HighResDiscriminator(nn.Module):
     stride 2), w/4, w/2 ((2,4,4) kernels), w ((1,4,4), stride (1,2,2)), w/4 ((1,4,4), valid).
     Smaller sizes drop leading 4^3 layers (128^3 drops one, as published; 64^3 two; 32^3 three);
     512^3 adds one of width w/64. ``in_channels`` C: 1 (published), 1 + K for paired image + mask
-    generation (only the first conv changes).
+    generation (only the first conv changes). A ``crop_depth`` d deeper than S/8 (an option, see
+    :func:`check_crop_depth`) leaves d / (S/8) depth positions after the convs: the first linear
+    reads all of them (only its input width changes). ``minibatch_std`` (an option) appends
+    :func:`minibatch_std` of the conv features to the first linear's input.
 
     Returns ``(logit[B, 1], class_logits[B, K] or None)``.
     """
 
-    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1):
+    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1, crop_depth: int = 0,
+                 minibatch_std: bool = False):
         super().__init__()
+        self.minibatch_std = minibatch_std
+        depth_out = check_crop_depth(size, crop_depth) // (size // 8) if crop_depth else 1
         w = 16 * base_width
         lead = {32: 0, 64: 1, 128: 2, 256: 3, 512: 4}[size]
         lead_widths = [max(1, (w // 8) >> (lead - 1 - i)) for i in range(lead)]
@@ -215,17 +259,18 @@ class HighResDiscriminator(nn.Module):
             SNConv3d(w, w // 4, kernel_size=(1, 4, 4), stride=1, padding=0),
         ]
         self.convs = nn.ModuleList(layers)
-        self.fc1 = SNLinear(w // 4 + 1, w // 8)
+        self.fc1 = SNLinear(w // 4 * depth_out + 1 + int(minibatch_std), w // 8)
         self.fc2 = SNLinear(w // 8, 1)
         self.fc_class = SNLinear(w // 8, num_classes) if num_classes > 0 else None
         self.optimized = False
         self.channels_last = False
 
     def forward(self, x: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x[B, C, S/8, S, S]``, ``position[B, 1]`` (crop start / (S - S/8), in [0, 1])."""
+        """``x[B, C, S/8, S, S]`` (or the ``crop_depth``), ``position[B, 1]`` (crop start /
+        (S - crop), in [0, 1]; 0 for a crop of the whole depth)."""
         x = to_layout(x, self.channels_last)
         h = sn_conv_stack(self.convs, x, self.optimized).flatten(1)
-        h = torch.cat([h, position.to(h.dtype)], dim=1)
+        h = torch.cat([h, position.to(h.dtype)] + ([minibatch_std(h)] if self.minibatch_std else []), dim=1)
         h = F.leaky_relu(self.fc1(h), 0.2)
         cls = self.fc_class(h) if self.fc_class is not None else None
         return self.fc2(h), cls
@@ -235,11 +280,14 @@ class LowResDiscriminator(nn.Module):
     """D^L (HA-GAN): SN convs on the (S/4)^3 volume down to 4^3, then a 4^3 valid conv to 1 + K.
 
     Widths end at 8c and halve backwards (published 256^3: c, 2c, 4c, 8c; 128^3: 2c, 4c, 8c).
-    ``in_channels`` as :class:`HighResDiscriminator`'s.
+    ``in_channels`` as :class:`HighResDiscriminator`'s. ``minibatch_std`` (an option) adds the
+    channel of :func:`minibatch_std` to the last conv's input.
     """
 
-    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1):
+    def __init__(self, size: int, base_width: int, num_classes: int, in_channels: int = 1,
+                 minibatch_std: bool = False):
         super().__init__()
+        self.minibatch_std = minibatch_std
         n = Geometry(size).n_down
         widths = [max(1, (8 * base_width) >> (n - 1 - i)) for i in range(n)]
         layers = []
@@ -247,7 +295,7 @@ class LowResDiscriminator(nn.Module):
         for width in widths:
             layers.append(SNConv3d(cin, width, kernel_size=4, stride=2, padding=1))
             cin = width
-        layers.append(SNConv3d(cin, 1 + num_classes, kernel_size=4, stride=1, padding=0))
+        layers.append(SNConv3d(cin + int(minibatch_std), 1 + num_classes, kernel_size=4, stride=1, padding=0))
         self.convs = nn.ModuleList(layers)
         self.num_classes = num_classes
         self.optimized = False
@@ -256,7 +304,12 @@ class LowResDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x[B, C, S/4, S/4, S/4]`` -> ``(logit[B, 1], class_logits[B, K] or None)``."""
         x = to_layout(x, self.channels_last)
-        h = sn_conv_stack(self.convs, x, self.optimized, last_plain=True).flatten(1)
+        if self.minibatch_std:
+            h = sn_conv_stack(self.convs[:-1], x, self.optimized)
+            h = sn_conv_stack(self.convs[-1:], torch.cat([h, minibatch_std(h)], dim=1), self.optimized,
+                              last_plain=True).flatten(1)
+        else:
+            h = sn_conv_stack(self.convs, x, self.optimized, last_plain=True).flatten(1)
         return h[:, :1], (h[:, 1:] if self.num_classes > 0 else None)
 
 

@@ -80,9 +80,11 @@ class ModelSpec:
 #: docs/models2d.md), z and w of 512 as the paper; pix2pix has no latent: its z (4 numbers per
 #: image) only seeds generation's dropout; ldm: latent_dim is the autoencoder's latent channels.
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    ModelSpec("hagan", HAGAN, 3, SIZES, 32, 1024, {}, "HA-GAN", True, "native"),
+    ModelSpec("hagan", HAGAN, 3, SIZES, 32, 1024, {"crop_depth": 0, "d_minibatch_std": False}, "HA-GAN", True,
+              "native"),
     ModelSpec("crfgan", CRFGAN, 3, SIZES, 32, 1024,
-              {"crf_forwards": "fresh", "crf_layout": "channels", "crf_self_pairs": True}, "CRF-GAN", True, "native"),
+              {"crf_forwards": "fresh", "crf_layout": "channels", "crf_self_pairs": True, "crop_depth": 0,
+               "d_minibatch_std": False}, "CRF-GAN", True, "native"),
     ModelSpec("dcgan", DCGAN, 2, SIZES_2D, 64, 100, DCGAN_OPTIONS, "DCGAN", True, "channels"),
     ModelSpec("mlpgan", MLPGAN, 2, SIZES_2D, 256, 100, MLPGAN_OPTIONS, "MLP-GAN", True, "channels"),
     ModelSpec("stylegan2", StyleGAN2, 2, SIZES_2D, 64, 512, STYLEGAN2_OPTIONS, "StyleGAN2", False, "channels"),
@@ -136,8 +138,9 @@ def build(
             take no ``channels`` option. 0: the published networks.
         **options: model-specific options, all defaulting to the published procedure
             (:data:`MODEL_OPTIONS`; CRF-GAN: ``crf_forwards``, ``crf_layout``, ``crf_self_pairs``,
-            see :class:`medvol.models.crfgan.CRFGAN`; dcgan: ``loss`` and the search-grid options,
-            see :class:`medvol.models.gan2d.DCGAN`; ldm: :class:`medvol.models.diffusion.LDMOptions`).
+            ``crop_depth``, ``d_minibatch_std``, see :class:`medvol.models.crfgan.CRFGAN`; HA-GAN:
+            ``crop_depth``, ``d_minibatch_std``; dcgan: ``loss`` and the search-grid options, see
+            :class:`medvol.models.gan2d.DCGAN`; ldm: :class:`medvol.models.diffusion.LDMOptions`).
 
     Raises:
         MedvolError: unknown name, unsupported size, or an invalid option.

@@ -15,7 +15,7 @@ from torch import nn
 from medvol.errors import MedvolError
 from medvol.models.contract import MODES, Substep
 from medvol.models.gan import GANBase, StepState
-from medvol.models.networks import Encoder, Geometry
+from medvol.models.networks import Encoder, Geometry, check_crop_depth
 
 __all__ = ["BETAS", "LEARNING_RATES", "MODES", "GANSystem", "StepState", "Substep"]
 
@@ -38,9 +38,10 @@ class GANSystem(GANBase):
     extra: str = ""  # "sub_E" or "crf"
     dims: int = 3
 
-    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, mask_channels: int = 0):
+    def __init__(self, size: int, base_width: int, latent_dim: int, num_classes: int, mask_channels: int = 0,
+                 crop_depth: int = 0):
         super().__init__(size, base_width, latent_dim, num_classes, mask_channels)
-        self.geometry = Geometry(size)
+        self.geometry = Geometry(size, check_crop_depth(size, crop_depth))
         self.E = Encoder(base_width, self.channels)
 
     # ------------------------------------------------------------------ structure
@@ -126,9 +127,10 @@ class GANSystem(GANBase):
             return int(torch.randint(g.size - g.crop + 1, (1,), generator=generator, device=device))
 
     def _position(self, start: int, batch: int, device: torch.device) -> torch.Tensor:
-        """Crop position fed to D^H: voxel start / (S - S/8), shape [B, 1]."""
+        """Crop position fed to D^H: voxel start / (S - crop), shape [B, 1]; 0 when the crop is the
+        whole depth (``crop_depth`` S)."""
         g = self.geometry
-        return torch.full((batch, 1), start / (g.size - g.crop), device=device)
+        return torch.full((batch, 1), start / (g.size - g.crop) if g.crop < g.size else 0.0, device=device)
 
 
     def _check_volume(self, x: torch.Tensor) -> None:

@@ -49,6 +49,22 @@ def test_auto_is_the_default_and_the_demo_uses_it(monkeypatch):
     assert utils.resolve_amp(demo.train.amp, "cpu")[0] == "none"
 
 
+def test_make_demo_never_picks_bf16_on_a_cpu_without_it(monkeypatch):
+    # make demo trains tools/demo.py's DEFAULT_CONFIG (the learned 32^3 CRF-GAN).
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("medvol_demo", Path(__file__).parents[2] / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = load_config(module.DEFAULT_CONFIG)
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
+    assert utils.resolve_amp(cfg.train.amp, "cpu")[0] == "none"
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
+    # Nor where bf16 is native: the learned config trains in reference fp32, as it was measured.
+    assert cfg.train.mode == "reference" and utils.resolve_amp(cfg.train.amp, "cpu")[0] == "none"
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_trainer_resolves_logs_and_records_auto(tiny, monkeypatch, caplog, native, restore_threads):
     monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native)

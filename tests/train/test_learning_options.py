@@ -169,3 +169,98 @@ def test_mode_seeking_refused_where_the_g_step_is_the_model_own():
 
     with pytest.raises(MedvolError, match=r"model\.mode_seeking: only for hagan, crfgan, dcgan, mlpgan, not fastgan"):
         build_from_config(ModelConfig(name="fastgan", size=32, base_width=4, latent_dim=8, mode_seeking=1.0))
+
+
+# ------------------------------------------------------------------ model.crop_depth
+
+@pytest.mark.parametrize("size,crop,w,depth_out", [(32, 0, 64, 1), (32, 8, 64, 2), (32, 32, 64, 8), (64, 32, 64, 4)])
+def test_crop_depth_sets_the_crop_and_d_first_linear(size, crop, w, depth_out):
+    from medvol.models.networks import HighResDiscriminator
+
+    d = HighResDiscriminator(size, w // 16, 0, crop_depth=crop)
+    # The convs leave crop / (S/8) depth positions of w/4 channels; the position is one more input.
+    assert d.fc1.in_features == w // 4 * depth_out + 1
+    x = torch.zeros(2, 1, crop or size // 8, size, size)
+    logit, _ = d(x, torch.zeros(2, 1))
+    assert logit.shape == (2, 1)
+
+
+@pytest.mark.parametrize("name", ["crfgan", "hagan"])
+def test_crop_depth_whole_volume_crops_everything_at_position_0(name):
+    from medvol.config import ModelConfig
+    from medvol.models import build_from_config
+
+    torch.manual_seed(0)
+    system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8, crop_depth=32))
+    assert system.options()["crop_depth"] == 32 and system.geometry.crop_emb == 8
+    real = torch.rand(2, 1, 32, 32, 32) * 2 - 1
+    state = system._prepare_step(real, None, {}, 0, None, None, torch.Generator().manual_seed(1))
+    assert state.start == 0 and torch.equal(state.real_crop, real)
+    assert torch.equal(state.position, torch.zeros(2, 1))
+    emb = system.G.embed(torch.randn(2, 8))
+    # G^H renders the whole embedding in training, as in generation.
+    torch.testing.assert_close(system.G.render(system._crop_emb(emb, state.start)), system.G.render(emb))
+    out = system.train_step(real, system.make_optimizers(), 0, generator=torch.Generator().manual_seed(5))
+    assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_crop_depth_between_keeps_the_published_position_rule():
+    from medvol.models import build
+
+    system = build("crfgan", 32, base_width=2, latent_dim=8, crop_depth=16)
+    starts = {system._sample_crop(torch.Generator().manual_seed(i)) for i in range(200)}
+    assert starts == set(range(17))  # 0 .. S - crop
+    assert system._position(8, 1, torch.device("cpu")).item() == 0.5
+
+
+def test_crop_depth_refused_and_round_trips_a_checkpoint(tiny):
+    from medvol.models import build
+    from medvol.train.checkpoint import load_checkpoint
+
+    for bad in (6, 40, -8, True):
+        with pytest.raises(MedvolError, match=r"crop_depth: expected 0 \(S/8 = 4\) or a multiple of 4 up to 32"):
+            build("hagan", 32, base_width=2, latent_dim=8, crop_depth=bad)
+    with pytest.raises(MedvolError, match=r"model\.crop_depth: only for hagan and crfgan, not dcgan"):
+        train(tiny("--model.crop_depth", "8", name="dcgan", iterations=1))
+    system, cfg, _ = load_checkpoint(train(tiny("--model.crop_depth", "16", name="hagan", iterations=1)))
+    assert cfg.model.crop_depth == 16 and system.geometry.crop == 16
+
+
+# ------------------------------------------------------------------ model.d_minibatch_std
+
+def test_minibatch_std_closed_form():
+    from medvol.models.networks import minibatch_std
+
+    h = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]])
+    # Feature 0 spreads with std sqrt(8/3), feature 1 not at all: the mean is sqrt(8/3) / 2.
+    out = minibatch_std(h, eps=0.0)
+    assert out.shape == (3, 1)
+    torch.testing.assert_close(out, torch.full((3, 1), (8 / 3) ** 0.5 / 2))
+    maps = minibatch_std(torch.stack([torch.zeros(2, 4, 4, 4), torch.ones(2, 4, 4, 4)]), eps=0.0)
+    assert maps.shape == (2, 1, 4, 4, 4) and torch.allclose(maps, torch.full_like(maps, 0.5))
+
+
+@pytest.mark.parametrize("name", ["crfgan", "hagan"])
+def test_minibatch_std_lets_d_see_the_rest_of_the_batch(name):
+    from medvol.config import ModelConfig
+    from medvol.models import build_from_config
+
+    def logits(flag: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8, d_minibatch_std=flag))
+        assert system.options()["d_minibatch_std"] is flag
+        x = torch.rand(3, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        crop, pos = x[:, :, :4], torch.zeros(3, 1)
+        args = (crop, x[:, :, ::4, ::4, ::4], pos) if name == "hagan" else (crop, pos)
+        other = [a.clone() for a in args]
+        other[0][2] = -other[0][2]  # change only the third volume of the batch
+        if name == "hagan":
+            other[1][2] = -other[1][2]
+        system.D.eval()
+        with torch.no_grad():
+            return system.D(*args)[0][:2], system.D(*other)[0][:2]
+
+    plain, changed = logits(False)
+    torch.testing.assert_close(plain, changed)  # per-sample scores, as published
+    with_std, changed_std = logits(True)
+    assert not torch.allclose(with_std, changed_std)  # the first two logits depend on the third volume

@@ -36,13 +36,25 @@ def _check_outputs(out: Path, iterations: int, size: int, samples: int, stdout: 
         assert str(path) in stdout
 
 
+def _check_picture(path: Path, rows: int, stdout: str) -> None:
+    """The closing picture: a PNG with a row per chest (real axial/coronal/sagittal, then a sample's)."""
+    import matplotlib.image
+
+    assert str(path) in stdout
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 * rows and image.shape[1] > 500
+    assert image[..., :3].std() > 0.05  # drawn, not a blank canvas
+
+
 def test_demo_fast_variant(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["--out", str(out), "--phantoms", "3", "--phantom-size", "48", "--samples", "1",
-            "--model.size", "32", "--train.iterations", "3", "--train.ckpt_every", "2",
+    argv = ["--out", str(out), "--phantoms", "3", "--phantom-size", "48", "--samples", "1", "--picture", "2",
+            "--model.size", "32", "--data.batch", "2", "--train.iterations", "3", "--train.ckpt_every", "2",
             "--train.sample_every", "2", "--train.progress", "false"]
     assert _demo().main(argv) == 0
-    _check_outputs(out, 3, 32, 1, capsys.readouterr().out)
+    stdout = capsys.readouterr().out
+    _check_outputs(out, 3, 32, 1, stdout)
+    _check_picture(out / "chests.png", rows=2, stdout=stdout)
     assert _demo().main(["--out", str(out), "--train.bogus", "1"]) == 2
     assert "train.bogus" in capsys.readouterr().err
 
@@ -53,5 +65,7 @@ def test_demo_as_shipped(tmp_path, capsys):
     assert _demo().main(["--out", str(out)]) == 0
     from medvol.config import load_config
 
-    cfg = load_config(ROOT / "configs" / "demo.yaml")
-    _check_outputs(out, cfg.train.iterations, cfg.model.size, 2, capsys.readouterr().out)
+    cfg = load_config(_demo().DEFAULT_CONFIG)
+    stdout = capsys.readouterr().out
+    _check_outputs(out, cfg.train.iterations, cfg.model.size, 2, stdout)
+    _check_picture(out / "chests.png", rows=6, stdout=stdout)
