@@ -399,3 +399,20 @@ def add_threads_option(parser) -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: the free physical cores, at most "
                              f"{MAX_DEFAULT_THREADS}; on a busy machine 1 is often fastest)")
+
+
+def file_hash(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_sha256(path: Path, expected: str | None, what: str) -> str:
+    """The file's sha256; a mismatch with ``expected`` is a one-line error naming the path."""
+    digest = file_hash(path)
+    if expected is not None and digest.lower() != expected.strip().lower():
+        raise MedvolError(f"{what} weights {path}: sha256 {digest} does not match the expected "
+                          f"{expected.strip().lower()}")
+    return digest

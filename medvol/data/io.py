@@ -463,11 +463,3 @@ def checksum(path: str | os.PathLike) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-
-def discover(source) -> list[Path]:
-    """The volumes named by ``source``; see :func:`medvol.data.discover.discover` (re-exported here)."""
-    from medvol.data.discover import discover as _discover
-
-    return _discover(source)

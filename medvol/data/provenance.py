@@ -254,7 +254,7 @@ def provenance_of(path: str | os.PathLike, *, verify: bool = False) -> dict[str,
         MedvolError: a missing path, a file that is not regular (a FIFO), an unreadable header, a
             malformed cache manifest, or a folder holding no volume.
     """
-    from medvol.data.cache import MANIFEST, VOLUME_DIR, load_manifest
+    from medvol.data.cache_store import MANIFEST, VOLUME_DIR, load_manifest
     from medvol.data.io import is_dicom_file, regular_file
 
     path = Path(path)

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from medvol.errors import MedvolError
-from medvol.eval.features import Extractor, check_sha256, register_extractor
 
 FORMAT = "medvol-domain-features"
 FORMAT_VERSION = 1
@@ -203,58 +202,3 @@ def save_untrained(path: str | os.PathLike, size: int, seed: int = 0, channels=D
                                                 "channels": list(channels), "size": size, "data": None,
                                                 "train": None, "losses": [], "settings": {}}},
                            what="domain feature file")
-
-
-class DomainFeatures(Extractor):
-    """Pooled encoder features of medvol's own autoencoder (see the module docstring)."""
-
-    name = "domain"
-    views = ("volume",)
-
-    def __init__(self, weights: str | os.PathLike, sha256: str | None = None, device: str = "cpu"):
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise MedvolError(f"domain feature weights not found: {path} (train them with "
-                              "`medvol features train --data CACHE --out FILE`)")
-        self.weights = path
-        self.weights_sha256 = check_sha256(path, sha256, "domain feature")
-        blob = read_feature_file(path)
-        net = build_autoencoder(blob["channels"])
-        try:
-            net.load_state_dict(blob["state_dict"])
-        except RuntimeError:
-            raise MedvolError(f"{path}: weights do not fit the recorded architecture") from None
-        self.net = net.to(device).eval()
-        self.device = torch.device(device)
-        self.size = int(blob["size"])
-        self.dim = int(blob["channels"][-1]) * 8
-        self.trained_on = blob.get("data")
-        where = (f"trained on {self.trained_on['cache']} (manifest sha256 "
-                 f"{self.trained_on['manifest_sha256'][:12]}...)" if self.trained_on else "untrained")
-        self.preprocessing = (f"whole {self.size}^3 volume in [-1, 1]; autoencoder encoder output "
-                              f"average-pooled to 2x2x2 cells; {where}")
-
-    def info(self) -> dict:
-        return dict(super().info(), trained_on=self.trained_on)
-
-    @torch.no_grad()
-    def volume_features(self, volume: np.ndarray) -> dict[str, np.ndarray]:
-        if volume.shape != (self.size,) * 3:
-            raise MedvolError(f"domain features were trained on {self.size}^3 volumes, got "
-                              f"{tuple(volume.shape)}; evaluate at --size {self.size}")
-        # A cache volume is a read-only memmap: copied (only then) so torch gets a writable array.
-        x = torch.from_numpy(np.require(volume, np.float32, ["W"]))[None, None].to(self.device)
-        return {"volume": pooled_features(self.net, x).double().cpu().numpy()}
-
-
-def _domain(arg: str | None, **options) -> Extractor:
-    from medvol.eval.features import _split_hash
-
-    if not arg:
-        raise MedvolError("domain needs its weights file: --features domain:FILE (train one with "
-                          "`medvol features train --data CACHE --out FILE`)")
-    path, sha = _split_hash(arg)
-    return DomainFeatures(path, sha, device=options.get("device", "cpu"))
-
-
-register_extractor("domain", _domain)

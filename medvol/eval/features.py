@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from medvol.errors import MedvolError
+from medvol.utils import check_sha256, file_hash  # noqa: F401  (re-exported: callers import them from here)
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -64,28 +65,11 @@ class FeatureSet:
         return self.features[name], self.groups[name]
 
 
-def file_hash(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _weights_file(path: str | os.PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         raise MedvolError(f"{what} weights not found: {p}")
     return p
-
-
-def check_sha256(path: Path, expected: str | None, what: str) -> str:
-    """The file's sha256; a mismatch with ``expected`` is a one-line error naming the path."""
-    digest = file_hash(path)
-    if expected is not None and digest.lower() != expected.strip().lower():
-        raise MedvolError(f"{what} weights {path}: sha256 {digest} does not match the expected "
-                          f"{expected.strip().lower()}")
-    return digest
 
 
 class Extractor(abc.ABC):
@@ -558,14 +542,69 @@ register_extractor("inception-logits2.5d", _logits)
 register_extractor("inception-logits", _logits2d)
 
 
+class DomainFeatures(Extractor):
+    """Pooled encoder features of medvol's own autoencoder (:mod:`medvol.eval.domain`)."""
+
+    name = "domain"
+    views = ("volume",)
+
+    def __init__(self, weights: str | os.PathLike, sha256: str | None = None, device: str = "cpu"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise MedvolError(f"domain feature weights not found: {path} (train them with "
+                              "`medvol features train --data CACHE --out FILE`)")
+        self.weights = path
+        self.weights_sha256 = check_sha256(path, sha256, "domain feature")
+        from medvol.eval.domain import build_autoencoder, read_feature_file
+
+        blob = read_feature_file(path)
+        net = build_autoencoder(blob["channels"])
+        try:
+            net.load_state_dict(blob["state_dict"])
+        except RuntimeError:
+            raise MedvolError(f"{path}: weights do not fit the recorded architecture") from None
+        self.net = net.to(device).eval()
+        self.device = torch.device(device)
+        self.size = int(blob["size"])
+        self.dim = int(blob["channels"][-1]) * 8
+        self.trained_on = blob.get("data")
+        where = (f"trained on {self.trained_on['cache']} (manifest sha256 "
+                 f"{self.trained_on['manifest_sha256'][:12]}...)" if self.trained_on else "untrained")
+        self.preprocessing = (f"whole {self.size}^3 volume in [-1, 1]; autoencoder encoder output "
+                              f"average-pooled to 2x2x2 cells; {where}")
+
+    def info(self) -> dict:
+        return dict(super().info(), trained_on=self.trained_on)
+
+    @torch.no_grad()
+    def volume_features(self, volume: np.ndarray) -> dict[str, np.ndarray]:
+        if volume.shape != (self.size,) * 3:
+            raise MedvolError(f"domain features were trained on {self.size}^3 volumes, got "
+                              f"{tuple(volume.shape)}; evaluate at --size {self.size}")
+        # A cache volume is a read-only memmap: copied (only then) so torch gets a writable array.
+        x = torch.from_numpy(np.require(volume, np.float32, ["W"]))[None, None].to(self.device)
+        from medvol.eval.domain import pooled_features
+
+        return {"volume": pooled_features(self.net, x).double().cpu().numpy()}
+
+
+def _domain(arg: str | None, **options) -> Extractor:
+    if not arg:
+        raise MedvolError("domain needs its weights file: --features domain:FILE (train one with "
+                          "`medvol features train --data CACHE --out FILE`)")
+    path, sha = _split_hash(arg)
+    return DomainFeatures(path, sha, device=options.get("device", "cpu"))
+
+
+register_extractor("domain", _domain)
+
+
 def extractor_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
 def get_extractor(spec: str, **options) -> Extractor:
     """``NAME`` or ``NAME:ARG`` (ARG: a weights path, optionally ``PATH:SHA256``)."""
-    import medvol.eval.domain  # noqa: F401  (registers "domain")
-
     name, _, arg = spec.partition(":")
     if name not in _REGISTRY:
         raise MedvolError(f"unknown feature extractor {name!r} (--features): choose from "

@@ -41,7 +41,7 @@ def volume_name(path: str | os.PathLike | None, fallback: str = "volume") -> str
 def load_volumes(sources: Sequence[str | os.PathLike]) -> list:
     """Read every volume named by ``sources`` (files, DICOM series, sample folders, globs).
 
-    Each source is expanded with :func:`medvol.data.io.discover`, so a folder written by
+    Each source is expanded with :func:`medvol.data.discover.discover`, so a folder written by
     ``medvol generate`` gives one volume per file and a DICOM series folder gives one volume.
     A preprocessed cache (its folder, or ``CACHE/volumes/NAME.npy``) gives its entries with their
     geometry, CT in HU (:func:`medvol.data.cache.cache_volumes`).

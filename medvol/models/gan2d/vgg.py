@@ -90,7 +90,7 @@ def load_vgg(path: str | os.PathLike | None, sha256: str | None) -> VGGFeatures:
         MedvolError: no path or no sha256 given, a missing file, a sha256 mismatch, or a file that
             is not a VGG state_dict.
     """
-    from medvol.eval.features import check_sha256
+    from medvol.utils import check_sha256
 
     if not path or not sha256:
         raise MedvolError("vgg_weight > 0 needs model.vgg_weights (a local torchvision VGG16/19 state_dict "
