@@ -117,6 +117,33 @@ def check_phantom_source(source) -> None:
                       "factor sidecars (medvol data phantom)")
 
 
+def check_phantom_slices(source) -> None:
+    """Refuse (one line) a real 2D source that is not axial slices of phantoms.
+
+    The slice factors (:func:`medvol.data.phantom_factors.measure_slice_factors`) read axial
+    slices: a body outline and two lungs, as 2D models trained on phantom slices draw them.
+    """
+    data = source.info.get("data") or {}
+    spec = source.info.get("source")
+    if getattr(source, "kind", None) == "slices" or source.info.get("kind") == "slices":
+        phantoms = data.get("source") == "phantom"
+        if not phantoms and data.get("source"):
+            from medvol.data.cache_store import load_manifest
+
+            try:
+                entries = load_manifest(data["source"]).get("volumes", [])
+            except MedvolError:
+                entries = []
+            phantoms = bool(entries) and all(isinstance(e.get("phantom_factors"), dict) for e in entries)
+        if phantoms:
+            if data.get("plane", "axial") != "axial":
+                raise MedvolError(f"--metrics factors: scores axial slices; the real slices are {data['plane']} "
+                                  "(train and evaluate with --plane axial)")
+            return
+    raise MedvolError(f"--metrics factors: only applies to phantom data; for 2D images --real {spec} must be "
+                      "phantom[:SEED], the run's data (phantoms) or a cache of phantoms (medvol data phantom)")
+
+
 def source_geometry(source) -> tuple[tuple[float, float, float], tuple[float, float]]:
     """(spacing (z, y, x) mm, HU window) of the [-1, 1] volumes a real source yields."""
     from medvol.data.preprocess import PreprocessParams

@@ -24,6 +24,9 @@ Sources (:mod:`medvol.eval.sources`):
   its images, with the cache's channels (1 grey, 3 RGB; channel 0 is fed, as on the fake side).
 
 Of a real set larger than N, N slices are drawn without replacement with ``--seed``.
+
+``--metrics factors`` scores the phantom slice factors (:func:`medvol.eval.factors.score_slices`);
+it needs axial slices of phantoms as the real side and no extractor.
 """
 
 from __future__ import annotations
@@ -90,8 +93,14 @@ def image_pairs(report: dict, real: str, fake: str, *, sampler, files, features,
     if src_real.size != src_fake.size:
         raise MedvolError(f"--real images are {src_real.size}^2 but --fake images are {src_fake.size}^2")
     check_counts(report, n, len(src_real.names), len(src_fake.names), "images", strict)
-    extractors = [get_extractor(spec, device=device, seed=seed, batch=batch) for spec in features]
-    if not extractors:
+    only_factors = set(metrics) == {"factors"}
+    if "factors" in metrics:  # phantom ground truth on axial slices (medvol.eval.factors.score_slices)
+        from medvol.eval.factors import check_phantom_slices, score_slices
+
+        check_phantom_slices(src_real)
+    extractors = [] if only_factors else [get_extractor(spec, device=device, seed=seed, batch=batch)
+                                          for spec in features]
+    if not extractors and not only_factors:
         raise MedvolError("--features: give at least one extractor")
     for spec, ext in zip(features, extractors):
         if ext.dims != 2:
@@ -103,7 +112,16 @@ def image_pairs(report: dict, real: str, fake: str, *, sampler, files, features,
             lambda it: progress(it, len(src.names), f"features {ext.name} {role}", "image"))
         return ext.extract(src, progress=wrap)
 
+    if "factors" in metrics:
+        report["factors"] = score_slices([a for _, a in src_real], [a for _, a in src_fake],
+                                         src_real.dataset.spacing, src_real.dataset.window)
     pairs = []
+    set_sha256 = None
+    if only_factors:  # no extractor reads the real set: checksum it here
+        sums = Checksums(src_real)
+        for _ in sums:
+            pass
+        set_sha256 = sums.set_sha256()
     for spec, ext in zip(features, extractors):
         key = ("real2d", memo_key(real_def, spec, ext.weights_sha256, size, seed))
         if key not in memo:
@@ -114,6 +132,7 @@ def image_pairs(report: dict, real: str, fake: str, *, sampler, files, features,
         pairs.append((ext.info(), memo[key], run(ext, src_fake, "fake")))
     report["real"] = dict(src_real.info, n_images=len(src_real.names), names=src_real.names, set_sha256=set_sha256)
     report["fake"] = dict(src_fake.info, n_images=len(src_fake.names), names=src_fake.names)
-    report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
-                          volume_vectors(pairs[0][2]), "image")
+    if pairs:
+        report["_scatter"] = (pairs[0][0]["extractor"], volume_vectors(pairs[0][1]),
+                              volume_vectors(pairs[0][2]), "image")
     return pairs

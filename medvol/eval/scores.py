@@ -107,7 +107,7 @@ for _metric in (
     Metric("prdc", "features", score=_prdc),
     Metric("msssim", "volumes", dims=(3,)),
     Metric("memorization", "volumes", dims=(3,)),
-    Metric("factors", "volumes", dims=(3,)),
+    Metric("factors", "volumes", dims=(3, 2)),
     Metric("is", "logits"),
     Metric("umap", "figure"),
 ):

@@ -47,7 +47,7 @@ def test_names_are_checked_against_the_registry(registered, tmp_path):
     with pytest.raises(MedvolError, match=r"unknown metric 'nope' \(--metrics\): choose from fid, .*meangap"):
         evaluate("a.npy", "b.npy", tmp_path / "o", metrics=["nope"])
     assert scores.metric_names("features") == ("fid", "mmd", "prdc", "meangap")
-    assert scores.metric_names(dims=2) == ("fid", "kid", "mmd", "prdc", "is", "umap", "meangap")
+    assert scores.metric_names(dims=2) == ("fid", "kid", "mmd", "prdc", "factors", "is", "umap", "meangap")
     with pytest.raises(ValueError, match="needs its score function"):
         scores.register_metric(scores.Metric("bare", "features"))
     with pytest.raises(ValueError, match="kind 'pixels'"):

@@ -1,6 +1,8 @@
 """The slice factor metric (``score_slices``): near its floor within one population, growing with
 a controlled shift, mode coverage dropping when a mode is removed."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,38 @@ def test_coverage_drops_when_a_mode_is_removed(two_sets):
     kept = score_slices(a, b[[m != drop for m in modes]], spacing, window)["modes"]
     assert drop in full["real"] and drop in full["fake"]
     assert drop in kept["missing"] and kept["coverage"] < full["coverage"]
+
+
+def _write_pngs(images, folder):
+    from PIL import Image
+
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(np.round((image + 1) * 127.5).astype(np.uint8)).save(folder / f"slice_{i:03d}.png")
+
+
+def test_evaluate_cli_scores_2d_images_on_phantom_slices(tmp_path, capsys):
+    """``medvol evaluate --metrics factors`` on 2D images: a set of phantom slices scores near the
+    real-vs-real floor against other phantoms; the same slices with their lungs filled score far
+    from it; an image folder as the real side is refused in one line."""
+    from medvol.cli import main
+
+    b, _, _ = slices(3002)
+    _write_pngs(b[:96], tmp_path / "same")
+    filled = b[:96].copy()
+    filled[(filled > -0.9) & (filled < -0.3)] = 0.05  # lung pixels become soft tissue
+    _write_pngs(filled, tmp_path / "filled")
+    base = ["evaluate", "--real", "phantom:3001", "--plane", "axial", "--n", "96", "--metrics", "factors"]
+    assert main(base + ["--fake", str(tmp_path / "same"), "--out", str(tmp_path / "ev_same")]) == 0
+    assert main(base + ["--fake", str(tmp_path / "filled"), "--out", str(tmp_path / "ev_filled")]) == 0
+    same, filled_scores = (json.loads((tmp_path / d / "scores.json").read_text(encoding="utf-8"))["factors"]
+                           for d in ("ev_same", "ev_filled"))
+    assert same["n"] == [96, 96] and "Phantom factors" in (tmp_path / "ev_same" / "scores.md").read_text()
+    assert same["continuous"]["lung_fraction"]["w1_norm"] < 0.6
+    assert filled_scores["continuous"]["lung_fraction"]["w1_norm"] > 3 * same["continuous"]["lung_fraction"]["w1_norm"]
+    capsys.readouterr()
+    assert main(["evaluate", "--real", str(tmp_path / "same"), "--fake", str(tmp_path / "filled"),
+                 "--metrics", "factors", "--out", str(tmp_path / "ev_bad")]) == 2
+    err = capsys.readouterr().err
+    assert "only applies to phantom data" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ev_bad" / "scores.json").exists()
