@@ -24,9 +24,13 @@ Format (``configs/studies/*.yaml``, ``recipe: 1``)::
 
 Arguments are the command's own options without ``--`` (``real_fraction`` or ``real-fraction``;
 ``data.source`` for a config override of ``train``); ``true`` is a flag, a list repeats the
-option, ``positional`` lists positional arguments. Strings may hold ``{data}`` (the data folder),
-``{step.NAME}`` (the folder of an earlier step) and ``{here}`` (this step's folder). The output
-option (``--dst`` of preprocess, ``--out`` of the others) is the runner's: OUT/<name>.
+option, ``positional`` lists positional arguments, and ``config_set: {section.key: value}``
+gives a command without config overrides of its own (``sweep``) a copy of its ``config`` with
+those values, written to ``OUT/steps/<step>.config.yaml``. Strings may hold ``{data}`` (the data folder),
+``{step.NAME}`` (the folder of an earlier step), ``{here}`` (this step's folder) and ``{out}``
+(OUT itself). The output option (``--dst`` of preprocess, ``--out`` of the others) is the
+runner's: OUT/<name>, or OUT/<folder> where a step names its ``folder`` (``synthetic/positive``:
+two generate steps filling the class folders one classifier study reads).
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class Step:
     command: str
     args: dict[str, Any]
     note: str = ""
+    folder: str = ""
+
+    def __post_init__(self):
+        self.folder = self.folder or self.name
 
 
 @dataclasses.dataclass
@@ -141,9 +149,10 @@ def load_recipe(recipe: str | os.PathLike, *, phantom: bool = False) -> Recipe:
         key = f"steps[{i}]"
         if not isinstance(item, dict):
             raise MedvolError(f"{_where(where, key)}: expected a mapping with name, command, args")
-        bad = sorted(set(item) - {"name", "command", "args", "note"})
+        bad = sorted(set(item) - {"name", "command", "args", "note", "folder"})
         if bad:
-            raise MedvolError(f"{_where(where, key + '.' + bad[0])}: unknown key (expected name, command, args, note)")
+            raise MedvolError(f"{_where(where, key + '.' + bad[0])}: unknown key (expected name, command, args, note, "
+                              "folder)")
         step_name = item.get("name")
         if not isinstance(step_name, str) or not NAME.match(step_name) or step_name in RESERVED:
             raise MedvolError(f"{_where(where, key + '.name')}: {step_name!r} is not a step name (lower-case letters, "
@@ -157,15 +166,32 @@ def load_recipe(recipe: str | os.PathLike, *, phantom: bool = False) -> Recipe:
         args = item.get("args") or {}
         if not isinstance(args, dict):
             raise MedvolError(f"{_where(where, key + '.args')}: expected a mapping of option: value")
-        steps.append(Step(step_name, command, dict(args), str(item.get("note") or "")))
+        folder = item.get("folder") or step_name
+        parts = folder.split("/") if isinstance(folder, str) else []
+        if not parts or not all(NAME.match(part) for part in parts) or parts[0] in RESERVED:
+            raise MedvolError(f"{_where(where, key + '.folder')}: {folder!r} is not a folder name inside OUT "
+                              "(lower-case names joined by /)")
+        for other in steps:
+            a, b = other.folder + "/", folder + "/"
+            if a.startswith(b) or b.startswith(a):
+                raise MedvolError(f"{_where(where, key + '.folder')}: {folder!r} overlaps step {other.name}'s "
+                                  f"folder {other.folder!r}")
+        steps.append(Step(step_name, command, dict(args), str(item.get("note") or ""), folder))
     phantom_raw = raw.get("phantom") or {}
     if not isinstance(phantom_raw, dict) or not isinstance(phantom_raw.get("data"), dict):
         raise MedvolError(f"{_where(where, 'phantom')}: expected data (the phantom data's kind, n, size) and steps")
     from medvol.study.recipe.phantom_data import KINDS
 
     pdata = phantom_raw["data"]
-    if pdata.get("kind") not in KINDS:
-        raise MedvolError(f"{_where(where, 'phantom.data.kind')}: {pdata.get('kind')!r} is not one of {', '.join(KINDS)}")
+    kinds = pdata.get("kind") if isinstance(pdata.get("kind"), list) else [pdata.get("kind")]
+    for kind in kinds:
+        if kind not in KINDS:
+            raise MedvolError(f"{_where(where, 'phantom.data.kind')}: {kind!r} is not one of {', '.join(KINDS)}")
+    if isinstance(pdata.get("kind"), list):  # several layouts side by side: one sub-folder each
+        subs = pdata.get("folders")
+        if not isinstance(subs, list) or len(subs) != len(kinds) or not all(
+                isinstance(f, str) and NAME.match(f) for f in subs):
+            raise MedvolError(f"{_where(where, 'phantom.data.folders')}: expected one folder name per kind")
     changes = phantom_raw.get("steps") or {}
     if not isinstance(changes, dict):
         raise MedvolError(f"{_where(where, 'phantom.steps')}: expected step name: {{option: value}}")
@@ -186,17 +212,29 @@ def load_recipe(recipe: str | os.PathLike, *, phantom: bool = False) -> Recipe:
         for key, value in step.args.items():
             if not isinstance(key, str) or not key:
                 raise MedvolError(f"{_where(where, f'steps.{step.name}.args')}: {key!r} is not an option name")
+            if key == "config_set":
+                if not isinstance(value, dict) or "config" not in step.args:
+                    raise MedvolError(f"{_where(where, f'steps.{step.name}.args.config_set')}: expected "
+                                      "{section.key: value} beside a config")
+                for text in [v for v in value.values() if isinstance(v, str)]:
+                    for field in PLACEHOLDER.findall(text):
+                        ref = field[len("step."):] if field.startswith("step.") else None
+                        if field not in ("data", "here", "out") and (ref is None or not any(
+                                s.name == ref for s in steps[:i])):
+                            raise MedvolError(f"{_where(where, f'steps.{step.name}.args.config_set')}: {{{field}}} "
+                                              "names no earlier step")
+                continue
             if key.replace("-", "_") in (output, "overwrite"):
                 raise MedvolError(f"{_where(where, f'steps.{step.name}.args.{key}')}: the runner sets --{key} "
                                   f"(the step writes OUT/{step.name}; --overwrite is the recipe command's)")
             for text in _strings(value):
                 for field in PLACEHOLDER.findall(text):
-                    if field in ("data", "here"):
+                    if field in ("data", "here", "out"):
                         continue
                     ref = field[len("step."):] if field.startswith("step.") else None
                     if ref is None or not any(s.name == ref for s in steps[:i]):
                         raise MedvolError(f"{_where(where, f'steps.{step.name}.args.{key}')}: {{{field}}} names no "
-                                          "earlier step (use {data}, {here} or {step.NAME})")
+                                          "earlier step (use {data}, {here}, {out} or {step.NAME})")
     content = {"name": name, "steps": [dataclasses.asdict(s) for s in steps], "expects": expects,
                "phantom": phantom_raw if phantom else None}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
@@ -213,12 +251,14 @@ def _strings(value: Any) -> list[str]:
 
 
 def fill(text: str, *, data: Path, here: Path, folders: dict[str, Path]) -> str:
-    """``text`` with ``{data}``, ``{here}`` and ``{step.NAME}`` replaced by their folders."""
+    """``text`` with ``{data}``, ``{here}``, ``{out}`` and ``{step.NAME}`` replaced by their folders."""
 
     def one(match: re.Match) -> str:
         field = match.group(1)
         if field == "data":
             return str(data)
+        if field == "out":
+            return str(folders[""])
         if field == "here":
             return str(here)
         return str(folders[field[len("step."):]])
@@ -231,6 +271,10 @@ def step_argv(step: Step, *, data: Path, here: Path, folders: dict[str, Path]) -
     argv = step.command.split()
     positional: list[str] = []
     for key, value in step.args.items():
+        if key == "config_set":
+            continue
+        if key == "config" and "config_set" in step.args:
+            value = str(derived_config(step, folders))
         if key == "positional":
             positional = [fill(str(v), data=data, here=here, folders=folders) for v in
                           (value if isinstance(value, list) else [value])]
@@ -247,3 +291,15 @@ def step_argv(step: Step, *, data: Path, here: Path, folders: dict[str, Path]) -
                 argv.append(f"{option}={fill(str(v), data=data, here=here, folders=folders)}")
     argv.append(f"--{COMMANDS[step.command]}={here}")
     return argv + positional
+
+
+def derived_config(step: Step, folders: dict[str, Path]) -> Path:
+    """Where the runner writes a step's config with its ``config_set`` applied (``OUT/steps/``):
+    for a command without config overrides of its own (``medvol sweep``'s base config)."""
+    return folders[""] / "steps" / f"{step.name}.config.yaml"
+
+
+def config_overrides(step: Step, *, data: Path, here: Path, folders: dict[str, Path]) -> list[str]:
+    """``config_set`` as ``--section.key=VALUE`` overrides (placeholders filled)."""
+    return [f"--{key}={fill(v, data=data, here=here, folders=folders) if isinstance(v, str) else v}"
+            for key, v in (step.args.get("config_set") or {}).items()]

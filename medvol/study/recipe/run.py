@@ -58,13 +58,15 @@ def check_step(parser, recipe: Recipe, argv: list[str], step) -> Any:
         args = parser.parse_args(argv)
     except MedvolError as error:
         raise MedvolError(f"recipe {recipe.path}: step {step.name}: {error}") from None
-    config = getattr(args, "config", None)
+    config = step.args.get("config") if "config_set" in step.args else getattr(args, "config", None)
     if step.command in ("train", "sweep", "study recursive") and config:
         from medvol.config import load_config
         from medvol.models.registry import MODELS
 
         overrides = list(getattr(args, "overrides", []) or [])
-        if step.command == "train":
+        if "config_set" in step.args:
+            overrides = [f"--{k}={v}" for k, v in step.args["config_set"].items()]
+        if step.command == "train" or "config_set" in step.args:
             overrides = [o for o in overrides if not o.startswith("--data.source")]
         else:
             overrides = [o for o in overrides if not o.startswith("data.source")]
@@ -114,7 +116,8 @@ def run_recipe(recipe: str | os.PathLike, out: str | os.PathLike, *, data: str |
         if missing:
             raise MedvolError(f"--step {missing[0]}: the recipe {loaded.name} has no such step")
     root_abs = root.resolve()
-    folders = {s.name: root_abs / s.name for s in loaded.steps}
+    folders = {s.name: root_abs / s.folder for s in loaded.steps}
+    folders[""] = root_abs
     parser = _parser()
     plans = []
     for step in loaded.steps:
@@ -135,6 +138,8 @@ def run_recipe(recipe: str | os.PathLike, out: str | os.PathLike, *, data: str |
         for step, argv, _ in plans:
             record = _finished(claimed.folder, step.name, argv)
             if record is None and (only is None or step.name in only):
+                if "config_set" in step.args:
+                    _derive_config(claimed, step, data_dir, folders)
                 record = _run_step(claimed, parser, loaded, step, argv)
             elif record is not None:
                 log.info("step %s: finished earlier, not run again", step.name)
@@ -174,6 +179,32 @@ def _phantom_data(claimed, recipe: Recipe) -> None:
     claimed.record_tree("data/")
 
 
+def _derive_config(claimed, step, data: Path, folders: dict) -> None:
+    """Write the step's config with its ``config_set`` applied (:func:`.recipe.derived_config`)."""
+    import yaml
+
+    from medvol.config import load_config, resolve_config
+    from medvol.study.recipe.recipe import config_overrides, derived_config
+    from medvol.utils import checked_write
+
+    here = folders[step.name]
+    load_config(step.args["config"], config_overrides(step, data=data, here=here, folders=folders))  # checks keys
+    raw = yaml.safe_load(resolve_config(step.args["config"]).read_text(encoding="utf-8")) or {}
+    for key, value in (step.args.get("config_set") or {}).items():
+        from medvol.study.recipe.recipe import fill
+
+        *sections, name = key.split(".")
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = fill(value, data=data, here=here, folders=folders) if isinstance(value, str) else value
+    claimed.path("steps/")
+    path = derived_config(step, folders)
+    with checked_write(path, "step config") as tmp:
+        tmp.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    claimed.record_tree("steps/")
+
+
 def _finished(root: Path, name: str, argv: list[str]) -> dict[str, Any] | None:
     try:
         record = json.loads((root / "steps" / f"{name}.json").read_text(encoding="utf-8"))
@@ -185,7 +216,7 @@ def _finished(root: Path, name: str, argv: list[str]) -> dict[str, Any] | None:
 def _run_step(claimed, parser, recipe: Recipe, step, argv: list[str]) -> dict[str, Any]:
     from medvol.utils import torch_threads
 
-    here = claimed.path(f"{step.name}/")
+    here = claimed.path(f"{step.folder}/")
     if any(here.iterdir()) and not (claimed.folder / "steps" / f"{step.name}.json").exists():
         log.info("step %s: continuing in %s", step.name, here)
     log.info("step %s: medvol %s", step.name, " ".join(argv))
@@ -200,7 +231,7 @@ def _run_step(claimed, parser, recipe: Recipe, step, argv: list[str]) -> dict[st
         import torch
 
         torch.set_num_threads(threads)  # a step that sets its own count does not change the next one's
-        claimed.record_tree(f"{step.name}/")
+        claimed.record_tree(f"{step.folder}/")
     record = {"name": step.name, "command": step.command, "argv": argv, "seconds": time.perf_counter() - t0}
     claimed.path("steps/")
     _write_json(claimed.folder / "steps" / f"{step.name}.json", record)  # last: marks the step finished
@@ -216,7 +247,7 @@ def _summary(claimed, recipe: Recipe, identity: dict, records: dict, folders: di
     for step in recipe.steps:
         record = records.get(step.name)
         entry = {"name": step.name, "command": step.command, "note": step.note,
-                 "finished": record is not None, "folder": step.name}
+                 "finished": record is not None, "folder": step.folder}
         if record is not None:
             entry.update(argv=record["argv"], seconds=record["seconds"],
                          **step_outputs(step.command, folders[step.name]))
