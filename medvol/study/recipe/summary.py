@@ -68,10 +68,20 @@ def step_outputs(command: str, folder: Path) -> dict[str, Any]:
                         if isinstance(cell, dict) and _number(cell.get("mean")) is not None:
                             scores[f"gen {row['generation']} real {row['real_fraction']:g} {key}"] = cell["mean"]
     elif command == "study downstream" and isinstance(data, dict):
-        scores = {"setups": data.get("setups")}
+        for row in data.get("setups") or []:
+            label = row.get("setup", "?") + (f" [{row['source']}]" if row.get("source") else "")
+            for key in ("mean_dice", "mean_iou", "accuracy"):
+                value = _number((row.get(key) or {}).get("mean")) if isinstance(row.get(key), dict) else None
+                if value is not None:
+                    scores[f"{label} {key}"] = value
     elif command == "sweep" and isinstance(data, dict):
-        trials = data.get("trials") or data.get("runs") or []
-        scores = {"trials": len(trials) if isinstance(trials, (list, dict)) else None}
+        runs = [r for r in data.get("runs") or [] if isinstance(r, dict)]
+        scored = [(v, r.get("id")) for r in runs for k, v in (r.get("scores") or {}).items()
+                  if k.endswith("/fid") and _number(v) is not None]
+        scores = {"runs": len(runs), "evaluated": sum(r.get("status") == "evaluated" for r in runs)}
+        if scored:
+            best = min(scored)
+            scores.update({"best run by FID": best[1], "best FID": best[0]})
     return {"files": files, "result": result if data is not None else None, "scores": scores}
 
 
