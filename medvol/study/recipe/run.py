@@ -216,6 +216,9 @@ def _finished(root: Path, name: str, argv: list[str]) -> dict[str, Any] | None:
 def _run_step(claimed, parser, recipe: Recipe, step, argv: list[str]) -> dict[str, Any]:
     from medvol.utils import torch_threads
 
+    folder = claimed.folder / step.folder
+    if not claimed.owns(f"{step.folder}/") and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()  # an empty folder an --overwrite left (it held a user's file, since removed): nothing to lose
     here = claimed.path(f"{step.folder}/")
     if any(here.iterdir()) and not (claimed.folder / "steps" / f"{step.name}.json").exists():
         log.info("step %s: continuing in %s", step.name, here)
