@@ -137,7 +137,9 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
     Args:
         config: a training config (YAML or shipped name) of a 3D model or an unconditional 2D
             model; its ``data`` section names the real data (``phantom``, or a preprocessing
-            cache with train and val splits). Default: the learned 64^2 DCGAN.
+            cache with train and val splits; for a 2D model also a 2D image cache, ``medvol
+            preprocess --images``, whose generations then write and train on one image per file).
+            Default: the learned 64^2 DCGAN.
         out: the study folder DIR.
         generations: K, the number of generations (generation 0 included).
         real_fraction: f in [0, 1], or several; generations k >= 1 also train on
