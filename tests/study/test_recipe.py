@@ -180,6 +180,11 @@ def test_missing_data_is_refused_naming_the_layout(tmp_path, capsys):
     assert main(["study", "recipe", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "--data DIR is required" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "mydata" / "images").mkdir()
+    assert main(["study", "recipe", str(path), "--data", str(tmp_path / "mydata"), "--out",
+                 str(tmp_path / "mydata" / "out")]) == 2
+    assert "overlaps --data" in capsys.readouterr().err
+    assert not (tmp_path / "mydata" / "out").exists()
 
 
 def test_a_user_folder_and_another_recipe_are_refused_and_overwrite_removes_only_medvols_files(tmp_path, capsys):
@@ -223,3 +228,22 @@ def test_every_shipped_recipe_loads_and_names_existing_configs():
             for step in recipe.steps:
                 check_step(parser, recipe, step_argv(step, data=Path("/d"), here=folders[step.name],
                                                      folders=folders), step)
+
+
+def test_a_users_data_folder_is_read_in_place_and_recorded(tmp_path):
+    from medvol.study.recipe import run_recipe
+    from medvol.study.recipe.phantom_data import write_phantom_data
+
+    data = tmp_path / "acdc"
+    write_phantom_data("slices_png", data, n=3, size=16, slices=2)
+    before = _mtimes(data)
+    summary = run_recipe(_recipe(tmp_path, MINI), tmp_path / "out", data=data)
+    assert summary["identity"] == {"recipe": "mini", "sha256": summary["identity"]["sha256"], "phantom": False,
+                                   "data": str(data.resolve())}
+    manifest = json.loads((tmp_path / "out" / "cache" / "manifest.json").read_text())
+    assert len(manifest["volumes"]) == 6 and all(Path(e["source"]).parent.parent == data.resolve()
+                                                  for e in manifest["volumes"])
+    assert not (tmp_path / "out" / "data").exists() and _mtimes(data) == before
+    record = json.loads((tmp_path / "out" / "steps" / "cache.json").read_text())
+    assert record["argv"][:3] == ["preprocess", "--images=images", f"--src={data.resolve()}"]
+    assert record["argv"][-1] == f"--dst={(tmp_path / 'out' / 'cache').resolve()}"

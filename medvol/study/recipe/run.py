@@ -105,12 +105,16 @@ def run_recipe(recipe: str | os.PathLike, out: str | os.PathLike, *, data: str |
     if phantom and data is not None:
         raise MedvolError("--data and --phantom exclude each other (--phantom writes its data to OUT/data)")
     if not phantom and data is None:
-        raise MedvolError(f"--data DIR is required (the recipe's layout: {loaded.layout.strip().splitlines()[0]}); "
+        raise MedvolError(f"--data DIR is required (the recipe's layout: {' '.join(loaded.layout.split())}); "
                           "or --phantom to run it on phantom data")
     root = Path(out)
     data_dir = (root / "data").resolve() if phantom else Path(data).resolve()
     if not phantom:
         _check_data(loaded, data_dir)
+        where = root.resolve()
+        if where == data_dir or data_dir in where.parents or where in data_dir.parents:
+            raise MedvolError(f"--out {root}: overlaps --data {data}; the steps read DATA recursively and write OUT, "
+                              "so neither may hold the other")
     if only:
         missing = [s for s in only if not any(step.name == s for step in loaded.steps)]
         if missing:
@@ -150,8 +154,8 @@ def run_recipe(recipe: str | os.PathLike, out: str | os.PathLike, *, data: str |
 
 def _check_data(recipe: Recipe, data: Path) -> None:
     if not data.is_dir():
-        raise MedvolError(f"--data {data}: no such folder (the recipe {recipe.name} expects: "
-                          f"{recipe.layout.strip().splitlines()[0]})")
+        raise MedvolError(f"--data {data}: {'not a folder' if data.exists() else 'no such folder'} (the recipe "
+                          f"{recipe.name} expects: {' '.join(recipe.layout.split())})")
     for rel in recipe.expects:
         if not (data / rel).exists():
             raise MedvolError(f"--data {data}: {rel} is missing; the recipe {recipe.name} expects: "
