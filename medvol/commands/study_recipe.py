@@ -51,12 +51,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.recipe or not args.out:
         raise MedvolError("give a RECIPE and --out OUT (or --list)")
+    from medvol.commands import build_parser
     from medvol.study.recipe import run_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     set_threads(args.threads)
-    summary = run_recipe(args.recipe, args.out, data=args.data, phantom=args.phantom, overwrite=args.overwrite,
-                         only=args.step)
+    summary = run_recipe(args.recipe, args.out, parser=build_parser(), data=args.data, phantom=args.phantom,
+                         overwrite=args.overwrite, only=args.step)
     done = sum(s["finished"] for s in summary["steps"])
     print(f"recipe {summary['recipe']}: {done} of {len(summary['steps'])} step(s) finished in {args.out}; "
           f"see {args.out}/summary.md")

@@ -15,6 +15,14 @@ STUDIES = Path(__file__).resolve().parents[2] / "configs" / "studies"
 RECIPES = ["recursive_note", "liver_tumour_thesis", "ct_xray_thesis", "empirical_study", "crfgan_clinical"]
 
 
+def run_recipe(*args, **kwargs):
+    """:func:`medvol.study.recipe.run_recipe` with medvol's parser, as ``medvol study recipe`` calls it."""
+    from medvol.commands import build_parser
+    from medvol.study.recipe import run_recipe as run
+
+    return run(*args, parser=build_parser(), **kwargs)
+
+
 def _mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -23,7 +31,6 @@ def _mtimes(folder: Path) -> dict[str, int]:
 def note(tmp_path_factory):
     """The recursive note's recipe in phantom mode: first its cache step alone, then all of it, then
     the same command again."""
-    from medvol.study.recipe import run_recipe
 
     out = tmp_path_factory.mktemp("recipe") / "note"
     first = run_recipe("recursive_note", out, phantom=True, only=["cache"])
@@ -97,7 +104,6 @@ def test_a_generation_on_an_image_cache_trains_on_the_generated_and_the_kept_rea
 @pytest.mark.slow  # each runs training, Inception scoring and studies: 30-110 s on a shared CPU
 @pytest.mark.parametrize("name", RECIPES[1:])
 def test_every_other_recipe_runs_end_to_end_on_phantom_data(tmp_path, name):
-    from medvol.study.recipe import run_recipe
 
     summary = run_recipe(name, tmp_path / "out", phantom=True)
     assert all(s["finished"] for s in summary["steps"]), [s["name"] for s in summary["steps"] if not s["finished"]]
@@ -189,7 +195,6 @@ def test_missing_data_is_refused_naming_the_layout(tmp_path, capsys):
 
 def test_a_user_folder_and_another_recipe_are_refused_and_overwrite_removes_only_medvols_files(tmp_path, capsys):
     from medvol.cli import main
-    from medvol.study.recipe import run_recipe
 
     out = tmp_path / "out"
     out.mkdir()
@@ -216,10 +221,11 @@ def test_a_user_folder_and_another_recipe_are_refused_and_overwrite_removes_only
 
 def test_every_shipped_recipe_loads_and_names_existing_configs():
     from medvol.study.recipe.recipe import load_recipe
-    from medvol.study.recipe.run import _parser, check_step
+    from medvol.commands import build_parser
     from medvol.study.recipe.recipe import step_argv
+    from medvol.study.recipe.run import _parser, check_step
 
-    parser = _parser()
+    parser = _parser(build_parser())
     for name in RECIPES:
         for phantom in (False, True):
             recipe = load_recipe(name, phantom=phantom)
@@ -231,7 +237,6 @@ def test_every_shipped_recipe_loads_and_names_existing_configs():
 
 
 def test_a_users_data_folder_is_read_in_place_and_recorded(tmp_path):
-    from medvol.study.recipe import run_recipe
     from medvol.study.recipe.phantom_data import write_phantom_data
 
     data = tmp_path / "acdc"
@@ -247,3 +252,24 @@ def test_a_users_data_folder_is_read_in_place_and_recorded(tmp_path):
     record = json.loads((tmp_path / "out" / "steps" / "cache.json").read_text())
     assert record["argv"][:3] == ["preprocess", "--images=images", f"--src={data.resolve()}"]
     assert record["argv"][-1] == f"--dst={(tmp_path / 'out' / 'cache').resolve()}"
+
+
+def test_ctrl_c_in_a_step_says_the_recipe_continues_and_keeps_finished_steps(tmp_path, monkeypatch, capsys):
+    import medvol.commands.train as train_command
+    from medvol.cli import main
+
+    text = MINI.replace("phantom:", """  - name: gan
+    command: train
+    args: {config: dcgan_tiny, data.source: "{step.cache}"}
+phantom:""")
+    path = _recipe(tmp_path, text)
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "run", stopped)
+    assert main(["study", "recipe", str(path), "--phantom", "--out", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("medvol study: step gan: interrupted (Ctrl-C); run the same medvol study recipe"), err
+    assert (tmp_path / "out" / "steps" / "cache.json").is_file()
+    assert not (tmp_path / "out" / "steps" / "gan.json").exists()

@@ -1,7 +1,7 @@
 """Run a study recipe (:mod:`.recipe`): check it, claim OUT, run each step's medvol command, summarise.
 
 Every step runs the command's own entry point (``medvol.commands.<verb>.run`` with the
-arguments its parser reads), in this process, so a recipe does nothing the commands do not do.
+arguments the ``medvol`` parser reads, the parser handed in by the caller), in this process, so a recipe does nothing the commands do not do.
 ``OUT`` is claimed with :func:`medvol.outputs.owned_output` (job ``study recipe``, identity: the
 recipe's digest, the data folder, phantom or not): the same recipe again continues there, another
 recipe (or the same with other settings) is refused unless ``overwrite``, which removes what
@@ -29,13 +29,11 @@ JOB = "study recipe"
 RECIPE_FILE = "recipe.json"
 
 
-def _parser():
-    """medvol's argument parser, its errors turned into one-line :class:`MedvolError`."""
+def _parser(parser):
+    """``parser`` (``medvol.commands.build_parser()``) with its errors turned into one-line
+    :class:`MedvolError`."""
     import argparse
 
-    from medvol.cli import build_parser
-
-    parser = build_parser()
 
     def patch(p: argparse.ArgumentParser) -> None:
         def error(message: str, prog=p.prog):
@@ -79,13 +77,16 @@ def check_step(parser, recipe: Recipe, argv: list[str], step) -> Any:
     return args
 
 
-def run_recipe(recipe: str | os.PathLike, out: str | os.PathLike, *, data: str | os.PathLike | None = None,
+def run_recipe(recipe: str | os.PathLike, out: str | os.PathLike, *, parser, data: str | os.PathLike | None = None,
                phantom: bool = False, overwrite: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     """Run (or continue) a study recipe (module docstring).
 
     Args:
         recipe: a recipe file or a shipped recipe's name (``configs/studies/<name>.yaml``).
         out: the output folder OUT.
+        parser: the ``medvol`` argument parser, ``medvol.commands.build_parser()`` (passed in: the
+            commands sit above the studies, which never import them); it parses each step's
+            command line and gives the command's entry point.
         data: the user's data folder in the recipe's layout; with ``phantom`` None (phantom data
             is written to ``OUT/data/``).
         phantom: write phantom data in the recipe's layout and use the phantom section's sizes.
@@ -122,7 +123,7 @@ def run_recipe(recipe: str | os.PathLike, out: str | os.PathLike, *, data: str |
     root_abs = root.resolve()
     folders = {s.name: root_abs / s.folder for s in loaded.steps}
     folders[""] = root_abs
-    parser = _parser()
+    parser = _parser(parser)
     plans = []
     for step in loaded.steps:
         argv = step_argv(step, data=data_dir, here=folders[step.name], folders=folders)
@@ -234,6 +235,12 @@ def _run_step(claimed, parser, recipe: Recipe, step, argv: list[str]) -> dict[st
         args.func(args)
     except MedvolError as error:
         raise MedvolError(f"step {step.name} (medvol {step.command}): {error}") from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or a training stopped by a signal (its exit status kept)
+        said = (str(stop).strip().splitlines() or ["interrupted (Ctrl-C)"])[0]
+        again = KeyboardInterrupt(f"step {step.name}: {said}; run the same medvol study recipe command again to "
+                                  "continue (finished steps are kept)")
+        again.exit_code = getattr(stop, "exit_code", 130)
+        raise again from None
     finally:
         import torch
 
