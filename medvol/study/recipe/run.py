@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medvol.errors import MedvolError
-from medvol.study.recipe.recipe import COMMANDS, Recipe, load_recipe, step_argv
+from medvol.study.recipe.recipe import Recipe, load_recipe, step_argv
 
 log = logging.getLogger("medvol.study")
 
@@ -281,4 +281,4 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
-__all__ = ["run_recipe", "COMMANDS"]
+__all__ = ["run_recipe"]
