@@ -12,32 +12,15 @@ says whether the cache changed), else the command module's ``INTERRUPTED`` text,
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-import medvol
+from medvol.commands import COMMANDS, build_parser
 from medvol.errors import MedvolError
 from medvol.utils import console_safe, missing_extra, missing_package
 
-#: Verbs in the order ``medvol --help`` lists them; each names a module in ``medvol.commands``.
-COMMANDS: list[str] = ["data", "preprocess", "train", "generate", "evaluate", "compare", "features", "sweep",
-                       "study", "profile", "info", "view", "configs", "doctor"]
 #: What a Ctrl-C leaves, for a command that says nothing more precise: every medvol write goes to a
 #: temporary name that is renamed when complete.
 INTERRUPTED = "files finished before it are complete, and nothing half-written is left"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medvol",
-        description="Memory-efficient 3D generative models of medical volumes.",
-    )
-    parser.add_argument("--version", action="version", version=f"medvol {medvol.__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
-    for name in COMMANDS:
-        importlib.import_module(f"medvol.commands.{name}").register(subparsers)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

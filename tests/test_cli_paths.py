@@ -353,6 +353,7 @@ CTRL_C = {
                          "study_downstream", "run"),
     "study recursive": (["study", "recursive", "--config", "c", "--generations", "1", "--out", "o"],
                         "study_recursive", "run"),
+    "study recipe": (["study", "recipe", "r", "--phantom", "--out", "o"], "study_recipe", "run"),
     "profile": (["profile", "--out", "o"], "profile", "run"),
     "info": (["info"], "info", "run"),
     "view": (["view", "p"], "view", "run"),

@@ -94,6 +94,8 @@ def test_medvol_configs_lists_name_model_size_description(capsys):
         data = yaml.safe_load((ROOT / "configs" / f"{row['name']}.yaml").read_text(encoding="utf-8"))
         if row["name"].startswith("sweeps/"):
             assert row["model"] is None and "grid" in data
+        elif "recipe" in data:  # a study recipe (configs/studies/, medvol study recipe)
+            assert row["model"] is None and row["name"].startswith("studies/") and data["steps"]
         else:
             assert (row["model"], row["size"]) == (data["model"]["name"], data["model"]["size"])
         assert row["description"], row["name"]

@@ -6,12 +6,12 @@ from __future__ import annotations
 import importlib
 
 #: Study actions, each a module ``medvol.commands.study_<action>`` with ``register(actions)``.
-ACTIONS: list[str] = ["reader", "downstream", "recursive"]
+ACTIONS: list[str] = ["reader", "downstream", "recursive", "recipe"]
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "study", help="studies of synthetic data (reader study, downstream segmentation and classification, recursive training)",
+        "study", help="studies of synthetic data (reader study, downstream segmentation and classification, recursive training, study recipes)",
         description="Studies that judge synthetic data beyond metrics (docs/studies.md).")
     actions = parser.add_subparsers(dest="study_command", metavar="ACTION")
     actions.required = True

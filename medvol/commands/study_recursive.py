@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
                                   feature_iters=args.feature_iters, bootstrap=args.bootstrap,
                                   n_score=args.n_score, fid_n=args.fid_n, device=args.device,
                                   overrides=args.overrides, overwrite=args.overwrite)
-    key = "factor_w1" if summary["study"]["dims"] == 2 else "fid"
+    key = "fid"
+    if summary["study"]["dims"] == 2:  # a 2D image cache has no slice factors: FID, else recall
+        key = next(k for k in ("factor_w1", "fid", "recall") if k in summary["floor"])
     final = max(r["generation"] for r in summary["aggregate"])
     last = [row for row in summary["aggregate"] if row["generation"] == final]
     shown = "; ".join(f"real {row['real_fraction']:g}: {row[key]['mean']:.4g}" for row in last

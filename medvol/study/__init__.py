@@ -6,4 +6,6 @@
   per generation against the real validation split.
 - :mod:`medvol.study.downstream`: U-Nets trained on real, augmented, synthetic and mixed data,
   Dice on held-out real volumes beside each generator's FID.
+- :mod:`medvol.study.recipe`: one recipe per source study (``configs/studies/``): its data layout
+  and the medvol commands that reproduce it, run step by step into one output folder.
 """

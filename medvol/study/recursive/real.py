@@ -46,6 +46,9 @@ class RealData:
         train_files, val_files: the split's volumes as NIfTI (HU for CT), in manifest order.
         domain: the domain feature network's file (None for a 2D study, which scores on
             weight-free features, :mod:`.slices`).
+        images: the real data is a 2D image cache (``medvol preprocess --images``): its train
+            images are written to ``train/`` as one-slice NIfTI (in HU for CT slices, else in
+            [-1, 1]) and ``val_files`` are the cache's val arrays.
     """
 
     cache: Path
@@ -56,6 +59,7 @@ class RealData:
     train_files: list[Path]
     val_files: list[Path]
     domain: Path | None
+    images: bool = False
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -164,6 +168,11 @@ def prepare_real(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int
     if expected_sha256 is not None and digest != expected_sha256:
         raise MedvolError(f"real cache {cache} changed since this study began (content sha256 "
                           f"{digest[:12]}... vs {expected_sha256[:12]}...); start a new study with another --out")
+    if is_image_source(cache):
+        if feature_iters is not None:
+            raise MedvolError(f"real cache {cache}: a 2D image cache; the 3D models need a volume cache "
+                              "(medvol preprocess without --images)")
+        return _prepare_images(cfg, root, cache, digest)
     counts = {}
     for split in ("train", "val"):
         # Refuses synthetic entries: generation 0 must learn from real volumes only.
@@ -185,6 +194,60 @@ def prepare_real(cfg: TrainConfig, root: Path, *, val_fraction: float, seed: int
     return RealData(cache=cache, manifest_sha256=digest, size=params.size, modality=params.modality,
                     window=params.intensity_window, train_files=train_files, val_files=val_files,
                     domain=domain)
+
+
+def is_image_source(cache: Path) -> bool:
+    """Whether the study's real cache is a 2D image cache (``medvol preprocess --images``)."""
+    from medvol.data.cache_store import load_manifest
+    from medvol.data.image_cache import is_image_cache
+
+    return is_image_cache(load_manifest(cache))
+
+
+def image_dataset(cfg: TrainConfig, cache: Path, split: str):
+    """The non-blank (with ``data.skip_blank``) images of a 2D cache's ``split`` at ``model.size``,
+    as training reads them; one grey channel."""
+    from medvol.data.image_datasets import CachedImageDataset
+
+    try:
+        data = CachedImageDataset(cache, split=split, size=cfg.model.size, content_only=cfg.data.skip_blank)
+    except MedvolError as error:
+        raise MedvolError(f"real cache {cache}: {error}") from None
+    if data.channels != 1:
+        raise MedvolError(f"real cache {cache}: {data.channels}-channel images; the recursive study scores grey "
+                          "images (build the cache with --colour grey)")
+    return data
+
+
+def image_unit(images: np.ndarray, window) -> np.ndarray:
+    """Images in [-1, 1] in the unit a 2D model's samples are written in: HU for CT slices (the
+    cache's window), [-1, 1] otherwise."""
+    from medvol.data.preprocess import to_intensity
+
+    return np.asarray(to_intensity(images, window), dtype=np.float32) if window is not None else images
+
+
+def _prepare_images(cfg: TrainConfig, root: Path, cache: Path, digest: str) -> RealData:
+    """:func:`prepare_real` for a 2D image cache: its train images written once to ``root/train``
+    as one-slice NIfTI (what a generation's training folder takes beside the generated images)."""
+    from medvol.data.io import Volume, write_volume
+    from medvol.utils import atomic_dir
+
+    sets = {split: image_dataset(cfg, cache, split) for split in ("train", "val")}
+    for split, data in sets.items():
+        if len(data) < 2:
+            raise MedvolError(f"real cache {cache}: {len(data)} {split} image(s); the study needs at least 2")
+    train, window = sets["train"], sets["train"].window
+    folder = root / "train"
+    files = [folder / f"{name}.nii.gz" for name in train.names]
+    if not (folder.is_dir() and sorted(p.name for p in folder.glob("*.nii.gz")) == sorted(p.name for p in files)):
+        with atomic_dir(folder) as tmp:
+            os.chmod(tmp, 0o777 & ~_umask())
+            for i, name in enumerate(train.names):
+                image = image_unit(train[i]["image"][0].numpy(), window)
+                write_volume(Volume(image[None], spacing=(1.0, *train.spacing)), tmp / f"{name}.nii.gz")
+    return RealData(cache=cache, manifest_sha256=digest, size=cfg.model.size, modality=train.params.modality,
+                    window=window, train_files=files, val_files=list(sets["val"].files), domain=None, images=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -74,8 +74,20 @@ def real_slices(cache: Path, split: str, *, plane: str, size: int, n: int, seed:
     return np.stack([slices[int(i)]["image"][0].numpy() for i in pick]).astype(np.float32)
 
 
-def sample_slices(files: Sequence[Path], plane: str, n: int, window: Sequence[float] | None) -> np.ndarray:
-    """The first ``n`` generated slices (in [-1, 1]) of the stacked volumes ``files`` (in order).
+def image_real_slices(cfg, cache: Path, split: str, *, n: int, seed: int) -> np.ndarray:
+    """:func:`real_slices` of a 2D image cache: ``n`` images of ``split`` (non-blank with
+    ``data.skip_blank``) at ``model.size``, drawn as there, ``[n, S, S]`` in [-1, 1]."""
+    from medvol.study.recursive.real import image_dataset
+
+    images = image_dataset(cfg, cache, split)
+    pick = np.sort(np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False))
+    return np.stack([images[int(i)]["image"][0].numpy() for i in pick]).astype(np.float32)
+
+
+def sample_slices(files: Sequence[Path], plane: str, n: int, window: Sequence[float] | None,
+                  images: bool = False) -> np.ndarray:
+    """The first ``n`` generated slices (in [-1, 1]) of the stacked volumes ``files`` (in order),
+    or with ``images`` of the one-image files ``files``.
 
     Slice ``k`` of volume ``v`` in ``plane`` is sample ``v * S + k`` of the generation call
     (:func:`medvol.sample.images.stack_slices` inverted by ``take_slice``).
@@ -83,8 +95,15 @@ def sample_slices(files: Sequence[Path], plane: str, n: int, window: Sequence[fl
     from medvol.data.datasets import take_slice
     from medvol.data.io import read_volume
 
+    from medvol.data.images import read_image
+
     out: list[np.ndarray] = []
     for f in files:
+        if images:  # one generated image per file (a study on a 2D image cache)
+            out.append(np.asarray(read_image(f)[0][0], dtype=np.float32))
+            if len(out) >= n:
+                break
+            continue
         volume = np.asarray(read_volume(f).array, dtype=np.float32)
         out.extend(take_slice(volume, plane, k) for k in range(volume.shape[0]))
         if len(out) >= n:
@@ -148,7 +167,7 @@ def factor_distances(real: list[dict[str, Any]], fake: list[dict[str, Any]]) -> 
 
 
 def score_slices(real: np.ndarray, fake: np.ndarray, *, spacing: Sequence[float], window: Sequence[float] | None,
-                 seed: int, fid=None) -> dict[str, Any]:
+                 seed: int, fid=None, factors: bool = True) -> dict[str, Any]:
     """Every 2D score (module docstring) of ``fake`` against ``real``, both ``[n, S, S]`` in [-1, 1].
 
     Args:
@@ -157,6 +176,8 @@ def score_slices(real: np.ndarray, fake: np.ndarray, *, spacing: Sequence[float]
         window: the CT window [-1, 1] stands for (None: MR, measured as given).
         seed: the SSIM pairs' draw.
         fid: None, or ``(extractor, n)``: FID on the first ``n`` slices of each set.
+        factors: measure the slice factors and modes (phantom-chest HU thresholds); False for a
+            2D image cache, whose images are not slices of such chests.
     """
     from medvol.eval.metrics import frechet_distance, prdc
 
@@ -164,10 +185,12 @@ def score_slices(real: np.ndarray, fake: np.ndarray, *, spacing: Sequence[float]
         raise MedvolError(f"2D scores need at least 6 real and 6 generated slices, got {len(real)} and {len(fake)}")
     if not np.isfinite(fake).all():
         raise MedvolError("generated slices hold NaN or inf")
-    measured_real = [measure_slice(x, spacing, window=window) for x in real]
-    measured_fake = [measure_slice(x, spacing, window=window) for x in fake]
-    scores: dict[str, Any] = factor_distances(measured_real, measured_fake)
-    scores.update(mode_scores([m["mode"] for m in measured_real], [m["mode"] for m in measured_fake]))
+    scores: dict[str, Any] = {}
+    if factors:
+        measured_real = [measure_slice(x, spacing, window=window) for x in real]
+        measured_fake = [measure_slice(x, spacing, window=window) for x in fake]
+        scores.update(factor_distances(measured_real, measured_fake))
+        scores.update(mode_scores([m["mode"] for m in measured_real], [m["mode"] for m in measured_fake]))
     quality = prdc(pooled(real), pooled(fake), k=5)
     scores.update({k: float(quality[k]) for k in ("precision", "recall", "density", "coverage")})
     scores["ssim_pairs"] = pairwise_ssim(fake, seed=seed)

@@ -137,7 +137,9 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
     Args:
         config: a training config (YAML or shipped name) of a 3D model or an unconditional 2D
             model; its ``data`` section names the real data (``phantom``, or a preprocessing
-            cache with train and val splits). Default: the learned 64^2 DCGAN.
+            cache with train and val splits; for a 2D model also a 2D image cache, ``medvol
+            preprocess --images``, whose generations then write and train on one image per file).
+            Default: the learned 64^2 DCGAN.
         out: the study folder DIR.
         generations: K, the number of generations (generation 0 included).
         real_fraction: f in [0, 1], or several; generations k >= 1 also train on
@@ -232,7 +234,7 @@ def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, c
     study = {
         "config_path": state["config_path"], "model": f"{cfg.model.name}@{cfg.model.size}", "dims": dims,
         "iterations": cfg.train.iterations, "real_cache": str(real.cache), "n_real_train": n_train,
-        "n_real_val": len(real.val_files), "n_synthetic": n_synthetic, "seeds": seeds,
+        "n_real_val": len(real.val_files), "real_images": real.images, "n_synthetic": n_synthetic, "seeds": seeds,
         "real_fractions": fractions, "n_real_kept": {f"{f:g}": int(round(f * n_train)) for f in fractions},
         "bootstrap": identity["bootstrap"], "domain_features": str(real.domain) if real.domain else None,
         "n_score": identity["n_score"] if dims == 2 else None, "fid_n": identity["fid_n"],
@@ -276,11 +278,23 @@ def _scoring_2d(cfg, real, identity: dict, seed: int) -> dict[str, Any]:
     from medvol.data.datasets import CachedVolumeDataset, SliceDataset
     from medvol.study.recursive.slices import real_slices
 
+    fid = None
+    if identity["fid_n"]:
+        from medvol.eval.features import get_extractor
+
+        fid = (get_extractor("inception"), identity["fid_n"])
+    if real.images:  # a 2D image cache: its images, no phantom slice factors
+        from medvol.study.recursive.real import image_dataset
+        from medvol.study.recursive.slices import image_real_slices
+
+        train = image_dataset(cfg, real.cache, "train")
+        return {"real": image_real_slices(cfg, real.cache, "val", n=identity["n_score"], seed=seed),
+                "spacing": train.spacing, "window": real.window, "fid": fid, "factors": False,
+                "n_train_slices": len(train)}
     plane, size = cfg.data.plane, cfg.model.size
     val = real_slices(real.cache, "val", plane=plane, size=size, n=identity["n_score"], seed=seed)
     train_slices = SliceDataset(CachedVolumeDataset(real.cache, split="train"), content_only=True, plane=plane,
                                 size=size)
-    fid = None
     if identity["fid_n"]:
         from medvol.eval.features import get_extractor
 
@@ -302,11 +316,16 @@ def _floor(claimed, cfg, real, identity, scoring, n_synthetic, device, dims) -> 
     if dims == 2:
         from medvol.study.recursive.slices import real_slices, score_slices
 
-        train = real_slices(real.cache, "train", plane=cfg.data.plane, size=cfg.model.size, n=len(scoring["real"]),
-                            seed=seed)
+        if real.images:
+            from medvol.study.recursive.slices import image_real_slices
+
+            train = image_real_slices(cfg, real.cache, "train", n=len(scoring["real"]), seed=seed)
+        else:
+            train = real_slices(real.cache, "train", plane=cfg.data.plane, size=cfg.model.size,
+                                n=len(scoring["real"]), seed=seed)
         log.info("real-vs-real floor: %d train slices against %d val slices", len(train), len(scoring["real"]))
         floor = score_slices(scoring["real"], train, spacing=scoring["spacing"], window=scoring["window"], seed=seed,
-                             fid=scoring["fid"])
+                             fid=scoring["fid"], factors=scoring.get("factors", True))
     else:
         n_train = len(real.train_files)
         log.info("real-vs-real floor: %d train volumes against %d val volumes", min(n_synthetic, n_train),
