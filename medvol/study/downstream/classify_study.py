@@ -29,7 +29,8 @@ from medvol.study.downstream.classify import DEFAULT_CHANNELS, NETS, read_weight
 from medvol.study.downstream.report import (SETUP_TITLES, _cell, _summary, fmt, plot_against_fid, setup_runs,
                                             sources_and_command, write_report)
 from medvol.study.downstream.runs import RUN_DIR, STUDY_FILE, _check_config, _source_record, write_json
-from medvol.study.downstream.study import check_counts, parse_sources, run_locked, score_fid, train_plan
+from medvol.study.downstream.study import (check_counts, one_shape, parse_sources, run_locked, score_fid,
+                                           train_plan)
 
 NOTE = ("Synthetic data are used as training data on purpose: that is what this study measures. Every "
         "synthetic input was checked to be marked synthetic (medvol.data.provenance) with voxels matching its "
@@ -94,12 +95,7 @@ def _run_classify(real: str, synthetic: Sequence[str], out: Path, *, classify_by
     sources: dict[str, tuple[D.LabelledSet, str]] = {}
     for name, spec in specs:
         sources[name] = (C.open_synthetic_classes(name, spec, size=size, window=window, n=n_synthetic), spec)
-    dims = {data.dims for data, _ in sources.values()}
-    sides = {data.load(0)[0].shape[-1] for data, _ in sources.values()}
-    if len(dims) > 1 or len(sides) > 1:
-        raise MedvolError("--synthetic: the sources mix 2D images and 3D volumes (or image sizes); one study trains "
-                          "one kind of classifier: run them into separate --out folders")
-    dims, side = dims.pop(), sides.pop()
+    dims, side = one_shape([data for data, _ in sources.values()], "image", "classifier")
     config.update(dims=dims, side=side)
     study = _check_config(out, config)
     if train.dims == 2 and dims == 3:

@@ -108,6 +108,20 @@ def parse_sources(synthetic: Sequence[str], form: str) -> list[tuple[str, str]]:
     return specs
 
 
+def one_shape(sources: Sequence[D.LabelledSet], unit: str, network: str) -> tuple[int, int]:
+    """The dimensions and side shared by every synthetic source (one study trains one kind of ``network``).
+
+    Raises:
+        MedvolError: the sources mix 2D and 3D or sizes.
+    """
+    dims = {data.dims for data in sources}
+    sides = {data.load(0)[0].shape[-1] for data in sources}
+    if len(dims) > 1 or len(sides) > 1:
+        raise MedvolError(f"--synthetic: the sources mix 2D {unit}s and 3D volumes (or {unit} sizes); one study "
+                          f"trains one kind of {network}: run them into separate --out folders")
+    return dims.pop(), sides.pop()
+
+
 def train_plan(out: Path, real_train: D.LabelledSet, sources: dict[str, D.LabelledSet], seeds: int,
                train: Callable[[str, str | None, int, list, bool], dict], summary: Callable[[dict], str],
                log: Callable[[str], None]) -> None:
@@ -221,12 +235,7 @@ def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike,
             folder, kind = path, "folder"
         data = D.open_synthetic(name, folder, size=size, window=window, classes=classes, n=n_synthetic)
         sources[name] = (data, spec, kind)
-    dims = {data.dims for data, _, _ in sources.values()}
-    sides = {data.load(0)[0].shape[-1] for data, _, _ in sources.values()}
-    if len(dims) > 1 or len(sides) > 1:
-        raise MedvolError("--synthetic: the sources mix 2D slices and 3D volumes (or slice sizes); one study "
-                          "trains one kind of U-Net: run them into separate --out folders")
-    dims, side = dims.pop(), sides.pop()
+    dims, side = one_shape([data for data, _, _ in sources.values()], "slice", "U-Net")
     config.update(dims=dims, side=side)
     study = _check_config(out, config)
     for name, (data, spec, kind) in sources.items():
