@@ -64,6 +64,20 @@ def _crossing(profile: np.ndarray, inside: int, step: int, level: float) -> floa
     return i + step * float((a - level) / (a - b)) if a != b else i + 0.5 * step
 
 
+def _edges(hu: np.ndarray, interior: np.ndarray) -> tuple[float, float, float]:
+    """The body's extent on one axial slice (``hu`` and its ``interior``, (y, x)), in pixels:
+    the sub-pixel columns of its two edges on its widest row (low, high), and its depth on its
+    deepest column (for :func:`measure_factors` per slice and :func:`measure_slice_factors`)."""
+    row = int(np.argmax(interior.sum(axis=1)))
+    cols = np.nonzero(interior[row])[0]
+    lo = _crossing(hu[row], int(cols[0]), -1, BODY_HU)
+    hi = _crossing(hu[row], int(cols[-1]), 1, BODY_HU)
+    col = int(np.argmax(interior.sum(axis=0)))
+    rows = np.nonzero(interior[:, col])[0]
+    depth = _crossing(hu[:, col], int(rows[-1]), 1, BODY_HU) - _crossing(hu[:, col], int(rows[0]), -1, BODY_HU)
+    return lo, hi, depth
+
+
 #: What the checks of :func:`_checked_hu` call an array of each dimension: its axes, itself, its
 #: cells, how many spacings.
 _ARRAY_WORDS = {3: ("(z, y, x)", "volume", "voxels", "three"), 2: ("(y, x)", "slice", "pixels", "two")}
@@ -145,16 +159,10 @@ def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
         b = interior[k]
         if not b.any():
             continue
-        row = int(np.argmax(b.sum(axis=1)))
-        cols = np.nonzero(b[row])[0]
-        lo = _crossing(hu[k, row], int(cols[0]), -1, BODY_HU)
-        hi = _crossing(hu[k, row], int(cols[-1]), 1, BODY_HU)
+        lo, hi, depth = _edges(hu[k], b)
         widths.append((hi - lo) * sx)
         centres.append(np.interp((lo + hi) / 2.0, np.arange(x.size), x))
-        col = int(np.argmax(b.sum(axis=0)))
-        rows = np.nonzero(b[:, col])[0]
-        depths.append((_crossing(hu[k, :, col], int(rows[-1]), 1, BODY_HU)
-                       - _crossing(hu[k, :, col], int(rows[0]), -1, BODY_HU)) * sy)
+        depths.append(depth * sy)
     out["body_width_mm"] = float(np.mean(widths)) if widths else math.nan
     out["body_depth_mm"] = float(np.mean(depths)) if depths else math.nan
     mid_x = float(np.mean(centres)) if centres else 0.0
@@ -318,13 +326,7 @@ def measure_slice_factors(image: np.ndarray, spacing: Sequence[float], *,
         return {**{k: math.nan for k in SLICE_FACTORS}, "habitus": "unknown", "lungs": "unknown",
                 "mode": "unknown/unknown"}
     interior = ndimage.binary_fill_holes(body)
-    row = int(np.argmax(interior.sum(axis=1)))
-    cols = np.nonzero(interior[row])[0]
-    lo = _crossing(hu[row], int(cols[0]), -1, BODY_HU)
-    hi = _crossing(hu[row], int(cols[-1]), 1, BODY_HU)
-    col = int(np.argmax(interior.sum(axis=0)))
-    rows = np.nonzero(interior[:, col])[0]
-    depth = _crossing(hu[:, col], int(rows[-1]), 1, BODY_HU) - _crossing(hu[:, col], int(rows[0]), -1, BODY_HU)
+    lo, hi, depth = _edges(hu, interior)
     out: dict[str, Any] = {"body_width_mm": float((hi - lo) * sx), "body_depth_mm": float(depth * sy)}
 
     inner = ndimage.binary_erosion(interior, iterations=1)
