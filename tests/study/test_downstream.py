@@ -17,17 +17,7 @@ SIZE = 32
 #: Tiny and fast: 4-8-16 widths, a high learning rate, few iterations.
 FAST = dict(channels=(4, 8, 16), iterations=20, batch=2, lr=1e-2, feature_iters=3, log=lambda message: None)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared two-core machine a second one makes a step of these tiny
-    networks many times slower (threads spinning on a busy core), not faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/study/conftest.py
 
 
 @pytest.fixture(scope="module")
