@@ -25,10 +25,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_standins  # noqa: E402
 
 KINDS = ("ideal", "blurred", "swapped", "noise")
 CLASSES = ("negative", "positive")
@@ -52,17 +55,12 @@ def write_class_source(folder: Path, n: int, size: int, *, seed: int, kind: str 
 
     ``mark`` False leaves out the synthetic marks (a bad input for tests).
     """
-    from scipy.ndimage import gaussian_filter
-
-    from medvol.data.io import Volume, write_volume
     from medvol.data.phantom import draw_factors, make_phantom
-    from medvol.data.preprocess import PreprocessParams, preprocess_with_info, to_intensity
-    from medvol.data.provenance import write_synthetic
+    from medvol.data.preprocess import PreprocessParams, preprocess_with_info
 
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: choose one of {', '.join(KINDS)}")
     params = PreprocessParams(size=size)
-    spacing = (380.0 / size,) * 3  # the phantom cache's isotropic output spacing
     rng = np.random.default_rng(seed)
     counts = [0, 0]
     i = 0
@@ -75,35 +73,22 @@ def write_class_source(folder: Path, n: int, size: int, *, seed: int, kind: str 
                 volume, _ = make_phantom(size, (seed, i))
                 array, _ = preprocess_with_info(volume, params)
                 if kind == "blurred":
-                    array = gaussian_filter(array, 1.5, mode="nearest").astype(np.float32)
+                    array = demo_standins.blurred(array)
             filed = 1 - label if kind == "swapped" else label
             target = folder / CLASSES[filed]
             target.mkdir(parents=True, exist_ok=True)
-            image = Volume(array=to_intensity(array, params).astype(np.float32), spacing=spacing)
             path = target / f"sample_{counts[label]:04d}_{'ab'[label]}.nii.gz"
-            record = {"model": f"stand-in {kind}", "seed": seed, "index": i}
-            if mark:
-                write_synthetic(image, path, record)
-            else:
-                write_volume(image, path)
+            demo_standins.write_standin(array, params, path, {"model": f"stand-in {kind}", "seed": seed, "index": i},
+                                        mark=mark)
             counts[label] += 1
         i += 1
     return folder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--n-real", type=int, default=24)
-    parser.add_argument("--n-synthetic", type=int, default=12, help="images per class and source")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--kinds", default=",".join(KINDS))
-    args = parser.parse_args(argv)
-    write_scans(args.out / "scans", args.n_real, args.size, seed=0)
-    for offset, kind in enumerate(args.kinds.split(",")):
-        write_class_source(args.out / kind, args.n_synthetic, args.size, seed=100 + offset, kind=kind)
-    print(f"wrote {args.n_real} scans with factors and {args.kinds} into {args.out}")
-    return 0
+    return demo_standins.main(argv, doc=__doc__, kinds=KINDS, write_scans=write_scans, write_source=write_class_source,
+                              n_synthetic=12, n_synthetic_help="images per class and source",
+                              what="scans with factors")
 
 
 if __name__ == "__main__":

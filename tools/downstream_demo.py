@@ -24,11 +24,14 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_standins  # noqa: E402
 
 LABELS = ["lungs", "nodules"]
 KINDS = ("ideal", "blurred", "misaligned", "noise")
@@ -72,10 +75,7 @@ def write_generated(folder: Path, n: int, size: int, *, seed: int, kind: str = "
                     mark: bool = True, names=LABELS) -> Path:
     """A stand-in generator's output (module docstring); ``masks``/``mark`` False leave out the
     masks or the synthetic marks (bad inputs for tests); ``names`` are the recorded mask_labels."""
-    from scipy.ndimage import gaussian_filter
-
-    from medvol.data.io import Volume, write_volume
-    from medvol.data.preprocess import PreprocessParams, preprocess_with_info, to_intensity
+    from medvol.data.preprocess import PreprocessParams, preprocess_with_info
     from medvol.data.provenance import write_synthetic
 
     if kind not in KINDS:
@@ -83,7 +83,6 @@ def write_generated(folder: Path, n: int, size: int, *, seed: int, kind: str = "
     params = PreprocessParams(size=size)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    spacing = (380.0 / size,) * 3  # the phantom cache's isotropic output spacing
     for i in range(n):
         if kind == "noise":
             array, labels = _noise_item(rng, size)
@@ -92,34 +91,20 @@ def write_generated(folder: Path, n: int, size: int, *, seed: int, kind: str = "
             array, info = preprocess_with_info(volume, params, labels=dataclasses.replace(volume, array=raw))
             labels = info["labels"]
             if kind == "blurred":
-                array = gaussian_filter(array, 1.5, mode="nearest").astype(np.float32)
+                array = demo_standins.blurred(array)
             elif kind == "misaligned":
                 labels = np.roll(labels, (3, 3, 3), axis=(0, 1, 2))
-        image = Volume(array=to_intensity(array, params).astype(np.float32), spacing=spacing)
         record = {"model": f"stand-in {kind}", "seed": seed, "index": i, "mask_labels": list(names)}
-        image_path, mask_path = folder / f"sample_{i:04d}.nii.gz", folder / f"sample_{i:04d}_mask.nii.gz"
-        if mark:
-            write_synthetic(image, image_path, record)
-        else:
-            write_volume(image, image_path)
+        image = demo_standins.write_standin(array, params, folder / f"sample_{i:04d}.nii.gz", record, mark=mark)
         if masks:
-            write_synthetic(dataclasses.replace(image, array=labels), mask_path, record, dtype=np.uint8)
+            write_synthetic(dataclasses.replace(image, array=labels), folder / f"sample_{i:04d}_mask.nii.gz", record,
+                            dtype=np.uint8)
     return folder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--n-real", type=int, default=24)
-    parser.add_argument("--n-synthetic", type=int, default=24)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--kinds", default=",".join(KINDS))
-    args = parser.parse_args(argv)
-    write_scans(args.out / "scans", args.n_real, args.size, seed=0)
-    for offset, kind in enumerate(args.kinds.split(",")):
-        write_generated(args.out / kind, args.n_synthetic, args.size, seed=100 + offset, kind=kind)
-    print(f"wrote {args.n_real} labelled scans and {args.kinds} into {args.out}")
-    return 0
+    return demo_standins.main(argv, doc=__doc__, kinds=KINDS, write_scans=write_scans, write_source=write_generated,
+                              n_synthetic=24, what="labelled scans")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ from medvol.data.cache_store import (GEOMETRY_KEYS, LABELS_SUFFIX, LOCK_NAME, MA
                                      MANIFEST_FORMAT, MANIFEST_TMP, PENDING, VOLUME_DIR, CacheLock,
                                      _check_entry_names, _committed_arrays, _listed_files,
                                      _manifest_identity, _old_cache, _reason, clean_temporaries, entry_file,
-                                     load_manifest)
+                                     load_manifest, worker_init)
 from medvol.data.discover import discover, find_labels
 from medvol.data.io import Volume, checksum, read_volume  # noqa: F401
 from medvol.data.preprocess import PreprocessParams, preprocess_with_info
@@ -197,21 +197,6 @@ def _process_one(source: str, out_file: str, final: str, params_dict: dict, read
         "medvol_version": medvol.__version__,
         "looks_like_hu": info.get("looks_like_hu", True),
     }
-
-
-def _worker_init() -> None:
-    # Ctrl-C reaches the whole process group: only the main process answers it (it cancels the
-    # pool and cleans up), so a worker never prints a traceback of its own.
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # One thread per worker: the processes already use every core.
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
 def _array_ok(path: Path, size: int, dtype=np.float32) -> bool:
@@ -416,7 +401,7 @@ def _build_locked(src, sources: list[Path], dst: Path, params: PreprocessParams,
                 import SimpleITK  # noqa: F401
             pools.append(futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
                                                      mp_context=multiprocessing.get_context(method),
-                                                     initializer=_worker_init))
+                                                     initializer=worker_init))
             pending = {pools[0].submit(_process_one, source, out, str(volume_dir / f"{name}.npy"), params_dict,
                                        reader, _str_or_none(label_files[source])): (name, source, out)
                        for name, source, out in jobs}

@@ -2,7 +2,8 @@
 
 What every step of a cache's flow shares: the names of its files, :func:`load_manifest` with the
 checks that keep every name read from it inside the cache, the :class:`CacheLock` a writer holds,
-and :func:`clean_temporaries`, which undoes what a killed run left. The writer is
+:func:`clean_temporaries`, which undoes what a killed run left, and :func:`worker_init`, the set-up
+of the worker processes of both builds (volumes, 2D images). The writer is
 :mod:`medvol.data.cache`, the split and names of a new manifest :mod:`medvol.data.cache_split`, the
 readers and the export :mod:`medvol.data.cache_read`.
 """
@@ -234,3 +235,19 @@ def _manifest_identity(dst: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_ino, stat.st_mtime_ns
+
+
+def worker_init() -> None:
+    """Set up a worker process of a cache build (:mod:`medvol.data.cache`, :mod:`medvol.data.image_cache`)."""
+    # Ctrl-C reaches the whole process group: only the main process answers it (it cancels the
+    # pool and cleans up), so a worker never prints a traceback of its own.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One thread per worker: the processes already use every core.
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass

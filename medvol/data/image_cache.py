@@ -52,10 +52,10 @@ import numpy as np
 import medvol
 from medvol.data.cache_store import (LABELS_SUFFIX, MANIFEST, PENDING, VOLUME_DIR, CacheLock, _listed_files,
                                      _manifest_identity, _old_cache, _reason, clean_temporaries, entry_file,
-                                     load_manifest)
+                                     load_manifest, worker_init)
 from medvol.data.cache_split import (LITS_LABELS, SPLIT_DEFAULTS, _assign_names, _assign_split, _changes,
                                      _split_settings)
-from medvol.data.image_prep import ImageParams, _pending, _process_source, _source_stat, _worker_init
+from medvol.data.image_prep import ImageParams, _pending, _process_source, _source_stat
 from medvol.data.images import image_stem
 from medvol.errors import MedvolError
 from medvol.outputs import is_temp_name, safe_name
@@ -319,7 +319,7 @@ def _build_locked(src, items, layout, dst: Path, params: ImageParams, *, workers
                     import SimpleITK  # noqa: F401
             pools.append(futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
                                                      mp_context=multiprocessing.get_context(method),
-                                                     initializer=_worker_init))
+                                                     initializer=worker_init))
             running = {pools[0].submit(_process_source, *job): job for job in jobs}
             for done in futures.as_completed(running):
                 yield running[done], done.result()

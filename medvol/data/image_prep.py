@@ -150,6 +150,7 @@ def _pending(volume_dir: Path, name: str, labels: bool = False) -> Path:
 def _images_of(source: Path, labels_path: Path | None, params: ImageParams):
     """Yield ``(slice index or None, image (C, H, W) in [-1, 1], labels (H, W) or None, info)``."""
     from medvol.data.images import read_image, read_label_image, scale_image
+    from medvol.data.preprocess import window_to_unit
 
     if params.source == "images":
         array, info = read_image(source, params.colour)
@@ -171,8 +172,7 @@ def _images_of(source: Path, labels_path: Path | None, params: ImageParams):
             "volume_spacing": [float(s) for s in volume.spacing], "scaled_from": [low, high]}
     for k in range(array.shape[0]):
         plane = array[k][None]
-        scaled = np.clip((plane - low) / (high - low) * 2 - 1, -1, 1) if high > low else np.full(plane.shape, -1.0)
-        yield k, scaled.astype(np.float32), None if labels is None else labels[k], info
+        yield k, window_to_unit(plane, low, high).astype(np.float32), None if labels is None else labels[k], info
 
 
 def _oriented(source: Path, labels_path: Path | None):
@@ -284,15 +284,3 @@ def _process_source(name: str, source: str, labels_source: str | None, params_di
 def _unlink(paths: Sequence[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
-
-
-def _worker_init() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass

@@ -330,11 +330,9 @@ def scale_image(array: np.ndarray, info: dict[str, Any], scale: str = "auto",
         low, high = (float(v) for v in window)
     else:
         low, high = float(array.min()), float(array.max())
-    if high > low:
-        scaled = (np.asarray(array, dtype=np.float64) - low) / (high - low) * 2.0 - 1.0
-    else:
-        scaled = np.full(array.shape, -1.0)  # a constant image: blank
-    scaled = np.clip(scaled, -1.0, 1.0)
+    from medvol.data.preprocess import window_to_unit
+
+    scaled = window_to_unit(np.asarray(array, dtype=np.float64), low, high)  # a constant image: blank (-1)
     if info.get("inverted"):
         scaled = -scaled
     return scaled.astype(np.float32), [low, high]

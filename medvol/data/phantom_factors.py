@@ -64,6 +64,46 @@ def _crossing(profile: np.ndarray, inside: int, step: int, level: float) -> floa
     return i + step * float((a - level) / (a - b)) if a != b else i + 0.5 * step
 
 
+def _edges(hu: np.ndarray, interior: np.ndarray) -> tuple[float, float, float]:
+    """The body's extent on one axial slice (``hu`` and its ``interior``, (y, x)), in pixels:
+    the sub-pixel columns of its two edges on its widest row (low, high), and its depth on its
+    deepest column (for :func:`measure_factors` per slice and :func:`measure_slice_factors`)."""
+    row = int(np.argmax(interior.sum(axis=1)))
+    cols = np.nonzero(interior[row])[0]
+    lo = _crossing(hu[row], int(cols[0]), -1, BODY_HU)
+    hi = _crossing(hu[row], int(cols[-1]), 1, BODY_HU)
+    col = int(np.argmax(interior.sum(axis=0)))
+    rows = np.nonzero(interior[:, col])[0]
+    depth = _crossing(hu[:, col], int(rows[-1]), 1, BODY_HU) - _crossing(hu[:, col], int(rows[0]), -1, BODY_HU)
+    return lo, hi, depth
+
+
+#: What the checks of :func:`_checked_hu` call an array of each dimension: its axes, itself, its
+#: cells, how many spacings.
+_ARRAY_WORDS = {3: ("(z, y, x)", "volume", "voxels", "three"), 2: ("(y, x)", "slice", "pixels", "two")}
+
+
+def _checked_hu(caller: str, ndim: int, array: np.ndarray, spacing: Sequence[float],
+                window: Sequence[float] | None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The HU of a volume (``ndim`` 3) or slice (2) and its spacing as floats, both checked first
+    (for :func:`measure_factors` and :func:`measure_slice_factors`).
+
+    Raises:
+        MedvolError: not ``ndim`` axes or below 8 a side, a spacing not of ``ndim`` positive values,
+            non-finite values (the message starts with ``caller``).
+    """
+    axes, thing, cells, count = _ARRAY_WORDS[ndim]
+    array = np.asarray(array)
+    if array.ndim != ndim or min(array.shape) < 8:
+        raise MedvolError(f"{caller}: expected a {axes} {thing} of at least 8^{ndim}, got shape {array.shape}")
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise MedvolError(f"{caller}: bad spacing {spacing!r}: expected {count} positive mm values")
+    if not np.isfinite(array).all():
+        raise MedvolError(f"{caller}: the {thing} holds NaN or infinite {cells}")
+    return to_hu(array, window), spacing
+
+
 def _body(hu: np.ndarray) -> np.ndarray | None:
     """The body: the largest connected component above :data:`BODY_HU` (the couch lies apart)."""
     from medvol.utils import optional_import
@@ -100,15 +140,7 @@ def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
 
     ndimage = optional_import("scipy.ndimage", "measuring phantom factors")
 
-    array = np.asarray(array)
-    if array.ndim != 3 or min(array.shape) < 8:
-        raise MedvolError(f"measure_factors: expected a (z, y, x) volume of at least 8^3, got shape {array.shape}")
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise MedvolError(f"measure_factors: bad spacing {spacing!r}: expected three positive mm values")
-    if not np.isfinite(array).all():
-        raise MedvolError("measure_factors: the volume holds NaN or infinite voxels")
-    hu = to_hu(array, window)
+    hu, spacing = _checked_hu("measure_factors", 3, array, spacing, window)
     z, y, x = _coords(hu.shape, spacing)
     sz, sy, sx = spacing
     out: dict[str, Any] = {}
@@ -127,16 +159,10 @@ def measure_factors(array: np.ndarray, spacing: Sequence[float], *,
         b = interior[k]
         if not b.any():
             continue
-        row = int(np.argmax(b.sum(axis=1)))
-        cols = np.nonzero(b[row])[0]
-        lo = _crossing(hu[k, row], int(cols[0]), -1, BODY_HU)
-        hi = _crossing(hu[k, row], int(cols[-1]), 1, BODY_HU)
+        lo, hi, depth = _edges(hu[k], b)
         widths.append((hi - lo) * sx)
         centres.append(np.interp((lo + hi) / 2.0, np.arange(x.size), x))
-        col = int(np.argmax(b.sum(axis=0)))
-        rows = np.nonzero(b[:, col])[0]
-        depths.append((_crossing(hu[k, :, col], int(rows[-1]), 1, BODY_HU)
-                       - _crossing(hu[k, :, col], int(rows[0]), -1, BODY_HU)) * sy)
+        depths.append(depth * sy)
     out["body_width_mm"] = float(np.mean(widths)) if widths else math.nan
     out["body_depth_mm"] = float(np.mean(depths)) if depths else math.nan
     mid_x = float(np.mean(centres)) if centres else 0.0
@@ -293,28 +319,14 @@ def measure_slice_factors(image: np.ndarray, spacing: Sequence[float], *,
 
     ndimage = optional_import("scipy.ndimage", "measuring phantom factors")
 
-    image = np.asarray(image)
-    if image.ndim != 2 or min(image.shape) < 8:
-        raise MedvolError(f"measure_slice_factors: expected a (y, x) slice of at least 8^2, got shape {image.shape}")
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise MedvolError(f"measure_slice_factors: bad spacing {spacing!r}: expected two positive mm values")
-    if not np.isfinite(image).all():
-        raise MedvolError("measure_slice_factors: the slice holds NaN or infinite pixels")
-    hu = to_hu(image, window)
+    hu, spacing = _checked_hu("measure_slice_factors", 2, image, spacing, window)
     sy, sx = spacing
     body = _body(hu)
     if body is None:
         return {**{k: math.nan for k in SLICE_FACTORS}, "habitus": "unknown", "lungs": "unknown",
                 "mode": "unknown/unknown"}
     interior = ndimage.binary_fill_holes(body)
-    row = int(np.argmax(interior.sum(axis=1)))
-    cols = np.nonzero(interior[row])[0]
-    lo = _crossing(hu[row], int(cols[0]), -1, BODY_HU)
-    hi = _crossing(hu[row], int(cols[-1]), 1, BODY_HU)
-    col = int(np.argmax(interior.sum(axis=0)))
-    rows = np.nonzero(interior[:, col])[0]
-    depth = _crossing(hu[:, col], int(rows[-1]), 1, BODY_HU) - _crossing(hu[:, col], int(rows[0]), -1, BODY_HU)
+    lo, hi, depth = _edges(hu, interior)
     out: dict[str, Any] = {"body_width_mm": float((hi - lo) * sx), "body_depth_mm": float(depth * sy)}
 
     inner = ndimage.binary_erosion(interior, iterations=1)

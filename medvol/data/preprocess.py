@@ -423,8 +423,7 @@ def preprocess_aligned(volume: Volume, params: PreprocessParams) -> np.ndarray:
     if blank.all():
         raise MedvolError(f"{volume.name}: every axial slice is blank (all voxels <= {params.blank_threshold:g})")
     array = handle_blank_slices(array, blank, params.blank_slices)
-    low, high = params.window
-    array = np.clip((array - low) / (high - low) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+    array = window_to_unit(array, *params.window).astype(np.float32)
 
     spacing = np.asarray(volume.spacing, dtype=np.float64)  # (z, y, x), the array's axis order
     extent = spacing * np.asarray(array.shape)
@@ -492,6 +491,17 @@ def _resample_axis(array: np.ndarray, axis: int, spacing: float, iso: float, n_o
     above = np.take(array, np.clip(base + 1, 0, n - 1).astype(int), axis=axis)
     outside = ((source < -0.5) | (source > n - 0.5)).reshape(shape)
     return ((1 - frac) * below + frac * above).astype(np.float32), outside
+
+
+def window_to_unit(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``array`` clipped to the window [``low``, ``high``] and scaled linearly to [-1, 1], in its
+    own float precision; all -1 where the window is empty (a constant image has nothing to show).
+    The one intensity scaling of aligned CT (:func:`preprocess_aligned`; :func:`preprocess_volume`
+    does the same through MONAI), slices of volumes and 2D images (:mod:`medvol.data.image_prep`,
+    :func:`medvol.data.images.scale_image`); :func:`to_intensity` inverts it."""
+    if not high > low:
+        return np.full(np.shape(array), -1.0)
+    return np.clip((array - low) / (high - low) * 2.0 - 1.0, -1.0, 1.0)
 
 
 def to_intensity(x, params_or_window: PreprocessParams | Sequence[float] | None):

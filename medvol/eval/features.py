@@ -35,7 +35,7 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -497,26 +497,20 @@ def register_extractor(name: str, factory: Callable[..., Extractor]) -> None:
     _REGISTRY[name] = factory
 
 
-def _inception(arg: str | None, **options) -> Extractor:
-    path, sha = _split_hash(arg)
-    keep = ("slices_per_volume", "batch", "device")
-    return Inception25D(path, sha, **{k: v for k, v in options.items() if k in keep})
+#: The options the Inception extractors of volumes (2.5D) and of 2D images take; the other options
+#: of ``get_extractor`` are meant for other extractors and left out.
+_OPTIONS_25D = ("slices_per_volume", "batch", "device")
+_OPTIONS_2D = ("batch", "device")
 
 
-def _inception2d(arg: str | None, **options) -> Extractor:
-    path, sha = _split_hash(arg)
-    return Inception2D(path, sha, **{k: v for k, v in options.items() if k in ("batch", "device")})
+def _from_weights(cls: type, keep: Sequence[str]) -> Callable[..., Extractor]:
+    """The factory of an Inception extractor: ``cls(path, sha256, **options)`` from ``PATH[:SHA256]``
+    (or no argument: the default file), given only the options in ``keep``."""
+    def factory(arg: str | None, **options) -> Extractor:
+        path, sha = _split_hash(arg)
+        return cls(path, sha, **{k: v for k, v in options.items() if k in keep})
 
-
-def _logits(arg: str | None, **options) -> Extractor:
-    path, sha = _split_hash(arg)
-    keep = ("slices_per_volume", "batch", "device")
-    return InceptionLogits25D(path, sha, **{k: v for k, v in options.items() if k in keep})
-
-
-def _logits2d(arg: str | None, **options) -> Extractor:
-    path, sha = _split_hash(arg)
-    return InceptionLogits2D(path, sha, **{k: v for k, v in options.items() if k in ("batch", "device")})
+    return factory
 
 
 def _medicalnet(arg: str | None, **options) -> Extractor:
@@ -535,11 +529,11 @@ def _split_hash(arg: str | None) -> tuple[str | None, str | None]:
     return arg, None
 
 
-register_extractor("inception2.5d", _inception)
-register_extractor("inception", _inception2d)
+register_extractor("inception2.5d", _from_weights(Inception25D, _OPTIONS_25D))
+register_extractor("inception", _from_weights(Inception2D, _OPTIONS_2D))
 register_extractor("medicalnet", _medicalnet)
-register_extractor("inception-logits2.5d", _logits)
-register_extractor("inception-logits", _logits2d)
+register_extractor("inception-logits2.5d", _from_weights(InceptionLogits25D, _OPTIONS_25D))
+register_extractor("inception-logits", _from_weights(InceptionLogits2D, _OPTIONS_2D))
 
 
 class DomainFeatures(Extractor):

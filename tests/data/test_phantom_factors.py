@@ -1,6 +1,7 @@
 """The phantom population's factors: determinism, recorded factors, measuring them back."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -75,6 +76,32 @@ def test_measurement_follows_a_changed_volume():
         measure_factors(np.where(p.hu > 0, np.nan, p.hu), p.spacing)
     with pytest.raises(MedvolError, match="shape"):
         measure_factors(p.hu[0], p.spacing)
+
+
+@pytest.mark.parametrize("array, spacing, message", [
+    (np.zeros((16, 16)), (1.0,) * 3,
+     "measure_factors: expected a (z, y, x) volume of at least 8^3, got shape (16, 16)"),
+    (np.zeros((4, 16, 16)), (1.0,) * 3,
+     "measure_factors: expected a (z, y, x) volume of at least 8^3, got shape (4, 16, 16)"),
+    (np.zeros((8, 8, 8)), (1.0, 0.0, 1.0),
+     "measure_factors: bad spacing (1.0, 0.0, 1.0): expected three positive mm values"),
+    (np.zeros((8, 8, 8)), (1.0, 1.0), "measure_factors: bad spacing (1.0, 1.0): expected three positive mm values"),
+    (np.full((8, 8, 8), np.inf), (1.0,) * 3, "measure_factors: the volume holds NaN or infinite voxels"),
+    (np.zeros((16, 16, 16)), (1.0,) * 2,
+     "measure_slice_factors: expected a (y, x) slice of at least 8^2, got shape (16, 16, 16)"),
+    (np.zeros((8, 4)), (1.0,) * 2, "measure_slice_factors: expected a (y, x) slice of at least 8^2, got shape (8, 4)"),
+    (np.zeros((8, 8)), (1.0, math.nan),
+     "measure_slice_factors: bad spacing (1.0, nan): expected two positive mm values"),
+    (np.full((8, 8), np.nan), (1.0,) * 2, "measure_slice_factors: the slice holds NaN or infinite pixels"),
+])
+def test_volume_and_slice_measurements_name_their_bad_input(array, spacing, message):
+    """Both measurements share one check; each error still names its function and its kind of array."""
+    from medvol.data.phantom_factors import measure_slice_factors
+
+    measure = measure_slice_factors if message.startswith("measure_slice_factors") else measure_factors
+    with pytest.raises(MedvolError) as error:
+        measure(array, spacing)
+    assert str(error.value) == message
 
 
 def test_sidecars_and_cache_manifest_record_the_factors(tmp_path):

@@ -167,3 +167,18 @@ def test_output_geometry_puts_the_anatomy_where_it_was(case):
     assert len(info["origin"]) == 3 and len(info["direction"]) == 9 and len(info["spacing"]) == 3
     error = np.linalg.norm(_physical_centroid(out, info) - centre)
     assert error < 0.3 * min(info["spacing"]), (error, info)
+
+
+def test_window_to_unit_is_the_closed_form_and_blank_for_an_empty_window():
+    """The one scaling of volumes, slices and images: (x - low) / (high - low) * 2 - 1, clipped."""
+    from medvol.data.preprocess import to_intensity, window_to_unit
+
+    x = np.array([-2000.0, -1024.0, -212.0, 0.0, 600.0, 3000.0, np.nan])
+    expected = np.array([-1.0, -1.0, 0.0, 1024.0 / 812.0 - 1.0, 1.0, 1.0, np.nan])
+    np.testing.assert_allclose(window_to_unit(x, -1024.0, 600.0), expected, rtol=0, atol=1e-12)
+    inside = np.array([-1000.0, -5.5, 599.0], dtype=np.float32)
+    back = to_intensity(window_to_unit(inside, -1024.0, 600.0), (-1024.0, 600.0))
+    assert window_to_unit(inside, -1024.0, 600.0).dtype == np.float32
+    np.testing.assert_allclose(back, inside, rtol=0, atol=1e-3)
+    for low, high in ((5.0, 5.0), (6.0, 5.0), (np.nan, 5.0)):  # nothing to show: blank, not NaN or inf
+        np.testing.assert_array_equal(window_to_unit(np.full((2, 3), 5.0), low, high), np.full((2, 3), -1.0))

@@ -17,7 +17,7 @@ from medvol.errors import MedvolError
 from medvol.eval.features import get_extractor
 from medvol.eval.images2d import read_image
 from medvol.train.trainer import train
-from test_features import TinyInception
+from test_features import save_tiny_inception
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    torch.manual_seed(11)
-    path = tmp_path_factory.mktemp("w") / "inception_standin_2d.pt"
-    with pytest.warns(FutureWarning):
-        torch.jit.save(torch.jit.script(TinyInception(dim=16)), str(path))
-    return path
+    return save_tiny_inception(tmp_path_factory.mktemp("w") / "inception_standin_2d.pt", 11, dim=16)
 
 
 def phantom_slices(seed: int, count: int) -> list[np.ndarray]:

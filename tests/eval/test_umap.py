@@ -8,20 +8,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from medvol.cli import main
 from medvol.eval import evaluate as ev
-from test_features import TinyInception
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("w") / "inception_standin.pt"
-    with pytest.warns(FutureWarning):
-        torch.jit.save(torch.jit.script(TinyInception(dim=16)), str(path))
-    return path
 
 
 def _same_set_neighbours(er: np.ndarray, ef: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Phantom reader studies for the study tests: tiny (32³) volumes, a few pairs."""
+"""Phantom reader studies for the study tests: tiny (32³) volumes, a few pairs; one torch thread
+for the downstream tests."""
 
 from __future__ import annotations
 
@@ -49,3 +50,15 @@ def phantom_cache(tmp_path_factory, phantom_sources) -> Path:
     cache = tmp_path_factory.mktemp("reader_cache") / "cache"
     build_cache(phantom_sources["real"], cache, PreprocessParams(size=32), val_fraction=0.34)
     return cache
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (the downstream tests ask for it): on a shared two-core machine a second one
+    makes a step of their tiny networks many times slower (threads spinning on a busy core), not faster."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

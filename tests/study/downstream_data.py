@@ -1,5 +1,6 @@
 """Phantom data for the downstream-study tests, from ``tools/downstream_demo.py`` (loaded by path:
-tools/ is no package), plus a labelled cache builder.
+tools/ is no package), plus a labelled cache builder, the loader of the demo tools and the
+classification command of the classify tests.
 
 Label maps are written by the tool (lungs 1, nodules 2, from the phantom's own tissue map and
 nodule mask), so the tests do not depend on what ``write_phantoms`` puts beside its volumes.
@@ -10,10 +11,27 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "downstream_demo", Path(__file__).resolve().parents[2] / "tools" / "downstream_demo.py")
-demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo)
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def load_tool(name: str):
+    """``tools/NAME.py`` as a module of its own (a fresh one per call)."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def classify_cli(capsys, *args) -> tuple[int, list[str]]:
+    """``medvol study downstream --task classify ARGS``: the exit code and medvol's lines on stderr."""
+    from medvol.cli import main
+
+    code = main(["study", "downstream", "--task", "classify", *map(str, args)])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, [line for line in err if line.startswith("medvol")]
+
+
+demo = load_tool("downstream_demo")
 
 LABELS = demo.LABELS
 write_scans = demo.write_scans

@@ -17,17 +17,7 @@ SIZE = 32
 #: Tiny and fast: 4-8-16 widths, a high learning rate, few iterations.
 FAST = dict(channels=(4, 8, 16), iterations=20, batch=2, lr=1e-2, feature_iters=3, log=lambda message: None)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared two-core machine a second one makes a step of these tiny
-    networks many times slower (threads spinning on a busy core), not faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/study/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +346,21 @@ def test_a_cache_with_one_held_out_volume_is_refused_before_training(data, tmp_p
     with pytest.raises(MedvolError, match="val split gives 1 held-out volumes; the FID of --synthetic good"):
         _run({"cache": tmp_path / "cache"}, tmp_path / "study", [f"good={data['good']}"])
     assert not list((tmp_path / "study").rglob("*__seed*.json"))
+
+
+def test_sources_of_two_shapes_are_refused_by_both_tasks():
+    """One study trains one kind of network: sources that mix 2D and 3D, or sizes, are refused."""
+    from medvol.study.downstream.data import LabelledSet
+    from medvol.study.downstream.study import one_shape
+
+    def source(dims, side):
+        return LabelledSet("s", dims, ["a"], lambda i: (np.zeros((side,) * dims, np.float32), np.zeros(1)))
+
+    assert one_shape([source(2, 16), source(2, 16)], "slice", "U-Net") == (2, 16)
+    for mixed in ([source(2, 16), source(3, 16)], [source(2, 16), source(2, 8)]):
+        with pytest.raises(MedvolError, match=r"mix 2D slices and 3D volumes \(or slice sizes\); one study trains "
+                                              r"one kind of U-Net"):
+            one_shape(mixed, "slice", "U-Net")
+        with pytest.raises(MedvolError, match=r"mix 2D images and 3D volumes \(or image sizes\); one study trains "
+                                              r"one kind of classifier"):
+            one_shape(mixed, "image", "classifier")

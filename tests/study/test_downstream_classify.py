@@ -3,7 +3,6 @@ against scikit-learn, its refusals and output rules."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from medvol.errors import MedvolError
+from downstream_data import classify_cli, load_tool
 
 pytest.importorskip("monai")
 pytest.importorskip("SimpleITK")
@@ -20,20 +20,9 @@ pytest.importorskip("SimpleITK")
 SIZE = 32
 FAST = dict(channels=(4, 8), iterations=4, batch=2, lr=1e-2, feature_iters=2, log=lambda message: None)
 
-_spec = importlib.util.spec_from_file_location(
-    "classify_demo", Path(__file__).resolve().parents[2] / "tools" / "classify_demo.py")
-demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo)
+demo = load_tool("classify_demo")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/study/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -239,14 +228,6 @@ def test_weights_from_a_file(data, tmp_path):
 # -------------------------------------------------------------------------- refusals and outputs
 
 
-def _cli(capsys, *args):
-    from medvol.cli import main
-
-    code = main(["study", "downstream", "--task", "classify", *map(str, args)])
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, [line for line in err if line.startswith("medvol")]
-
-
 def test_bad_input_is_one_line_and_exit_2(data, tmp_path, capsys):
     """Every refusal: exit 2, one line naming the culprit, and no output folder left behind."""
     root = data["root"]
@@ -270,7 +251,7 @@ def test_bad_input_is_one_line_and_exit_2(data, tmp_path, capsys):
         out = tmp_path / f"out{number}"
         options = {"--seeds": "1", "--iterations": "1", "--channels": "4,8", "--feature-iters": "1",
                    **dict(zip(extra[::2], extra[1::2]))}
-        code, err = _cli(capsys, "--real", data["cache"], "--synthetic", synthetic,
+        code, err = classify_cli(capsys, "--real", data["cache"], "--synthetic", synthetic,
                          *[a for pair in options.items() for a in pair], "--out", out)
         assert code == 2 and len(err) == 1, (extra, err)
         assert re.search(message, err[0]), (message, err[0])
@@ -283,7 +264,7 @@ def test_output_rules(data, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine", encoding="utf-8")
-    code, err = _cli(capsys, "--real", data["cache"], "--synthetic", f"ideal={data['ideal']}", "--seeds", "1",
+    code, err = classify_cli(capsys, "--real", data["cache"], "--synthetic", f"ideal={data['ideal']}", "--seeds", "1",
                      "--iterations", "1", "--channels", "4,8", "--out", mine)
     assert code == 2 and "not empty and holds no study.json" in err[0]
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
@@ -292,7 +273,7 @@ def test_output_rules(data, tmp_path, capsys):
     (segment / "study.json").write_text(json.dumps({"config": {"classes": ["lungs"], "seeds": 1}, "sources": {},
                                                     "fid": {}}), encoding="utf-8")
     before = (segment / "study.json").read_bytes()
-    code, err = _cli(capsys, "--real", data["cache"], "--synthetic", f"ideal={data['ideal']}", "--seeds", "1",
+    code, err = classify_cli(capsys, "--real", data["cache"], "--synthetic", f"ideal={data['ideal']}", "--seeds", "1",
                      "--iterations", "1", "--channels", "4,8", "--out", segment)
     assert code == 2 and "another configuration (task None -> 'classify'" in err[0]
     assert (segment / "study.json").read_bytes() == before

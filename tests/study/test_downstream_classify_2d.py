@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -12,21 +11,14 @@ import numpy as np
 import pytest
 
 from medvol.cli import main
+from downstream_data import classify_cli, load_tool
 
 pytest.importorskip("monai")
 pytest.importorskip("SimpleITK")
 
 STUDY = ["--seeds", "1", "--iterations", "2", "--batch", "2", "--channels", "4,8"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/study/conftest.py
 
 
 def _disk(rng, bright: bool, side: int) -> np.ndarray:
@@ -76,20 +68,6 @@ def data(tmp_path_factory):
             "root": root}
 
 
-def _demo():
-    spec = importlib.util.spec_from_file_location(
-        "classify_demo", Path(__file__).resolve().parents[2] / "tools" / "classify_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _study(capsys, *args):
-    code = main(["study", "downstream", "--task", "classify", *map(str, args)])
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, [line for line in err if line.startswith("medvol")]
-
-
 def test_a_2d_image_cache_runs_a_classification_study(data, tmp_path, capsys):
     """The real items are the cache's images pooled to the synthetic side, classed by their folder."""
     manifest = json.loads((data["cache"] / "manifest.json").read_text(encoding="utf-8"))
@@ -98,7 +76,7 @@ def test_a_2d_image_cache_runs_a_classification_study(data, tmp_path, capsys):
     train = [e for e in manifest["volumes"] if e["split"] == "train"]
     assert len(val) >= 2 and {e["label"] for e in train} == {0, 1}
     out = tmp_path / "study"
-    code, err = _study(capsys, "--real", data["cache"], "--classify-by", "label", "--positive", "tb",
+    code, err = classify_cli(capsys, "--real", data["cache"], "--classify-by", "label", "--positive", "tb",
                        "--synthetic", f"disks={data['synthetic']}", *STUDY, "--out", out)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -132,8 +110,8 @@ def test_refusals_on_a_2d_cache(data, tmp_path, capsys):
     rgb = _preprocess(_pngs(tmp_path / "rgbpngs", 3, "RGB"), tmp_path / "rgbcache", "--colour", "rgb")
     synthetic = f"disks={data['synthetic']}"
     big = _preprocess(data["root"] / "pngs", tmp_path / "cache32", "--size", "32")
-    volumes = _demo().write_class_source(tmp_path / "volumes", 1, 32, seed=3)
-    code, err = _study(capsys, "--real", big, "--classify-by", "label", "--synthetic", f"v={volumes}", *STUDY,
+    volumes = load_tool("classify_demo").write_class_source(tmp_path / "volumes", 1, 32, seed=3)
+    code, err = classify_cli(capsys, "--real", big, "--classify-by", "label", "--synthetic", f"v={volumes}", *STUDY,
                        "--out", tmp_path / "out3d")
     assert code == 2 and len(err) == 1 and "a 2D image cache; the synthetic sources are volumes" in err[0], err
     assert not (tmp_path / "out3d").exists()
@@ -142,7 +120,7 @@ def test_refusals_on_a_2d_cache(data, tmp_path, capsys):
              (data["cache"], ["--classify-by", "label", "--positive", "cough"], "--positive cough: no volume")]
     for number, (cache, extra, message) in enumerate(cases):
         out = tmp_path / f"out{number}"
-        code, err = _study(capsys, "--real", cache, *extra, "--synthetic", synthetic, *STUDY, "--out", out)
+        code, err = classify_cli(capsys, "--real", cache, *extra, "--synthetic", synthetic, *STUDY, "--out", out)
         assert code == 2 and len(err) == 1, (extra, err)
         assert re.search(message, err[0]), (message, err[0])
         assert not out.exists()

@@ -9,8 +9,10 @@ data (Dice and IoU; accuracy, false positives and negatives), beside each genera
 - :mod:`~medvol.study.downstream.classify_study`: :func:`~medvol.study.downstream.classify_study.run_classify`
   and its report (results.json, results.md, accuracy_vs_fid.png).
 - :mod:`~medvol.study.downstream.fid`: FID of each source through :mod:`medvol.eval`.
-- :mod:`~medvol.study.downstream.study`: :func:`~medvol.study.downstream.study.run_downstream`.
-- :mod:`~medvol.study.downstream.report`: results.json, results.md, dice_vs_fid.png.
+- :mod:`~medvol.study.downstream.study`: :func:`~medvol.study.downstream.study.run_downstream`, and the
+  set-up both tasks share (the lock, option checks, the training plan, FID).
+- :mod:`~medvol.study.downstream.report`: results.json, results.md, dice_vs_fid.png, and the report
+  helpers both tasks share.
 
 docs/studies.md describes the protocol.
 """

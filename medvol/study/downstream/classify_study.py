@@ -18,21 +18,19 @@ folder of the other task or another configuration is refused.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import medvol
 from medvol.errors import MedvolError
 from medvol.study.downstream import classdata as C
 from medvol.study.downstream import data as D
 from medvol.study.downstream.classify import DEFAULT_CHANNELS, NETS, read_weights, run_setup
-from medvol.study.downstream.report import SETUP_TITLES, _summary, plot_against_fid
-from medvol.study.downstream.runs import (LOCK_NAME, REAL_SETUPS, RUN_DIR, STUDY_FILE, SYNTHETIC_SETUPS,
-                                          _check_config, _source_record, read_json, run_name, write_json)
-from medvol.utils import checked_write, torch_threads
+from medvol.study.downstream.report import (SETUP_TITLES, _cell, _summary, fmt, plot_against_fid, setup_runs,
+                                            sources_and_command, write_report)
+from medvol.study.downstream.runs import RUN_DIR, STUDY_FILE, _check_config, _source_record, write_json
+from medvol.study.downstream.study import (check_counts, one_shape, parse_sources, run_locked, score_fid,
+                                           train_plan)
 
 NOTE = ("Synthetic data are used as training data on purpose: that is what this study measures. Every "
         "synthetic input was checked to be marked synthetic (medvol.data.provenance) with voxels matching its "
@@ -46,17 +44,7 @@ def run_classify(real: str, synthetic: Sequence[str], out: str | os.PathLike, **
 
     Arguments as :func:`_run_classify`; a ``MedvolError`` also when another run holds ``out``.
     """
-    from medvol.train.runfolder import RunFolderLock
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MedvolError(f"--out {out}: exists and is not a folder")
-    lock = RunFolderLock(out, lock_name=LOCK_NAME, holder="medvol study downstream")
-    try:
-        return _run_classify(real, synthetic, out, **options)
-    finally:
-        # A refused first run leaves no empty folder behind, and no lock file in a folder that existed.
-        lock.release(remove_empty=True, remove_lock=not (out / STUDY_FILE).is_file())
+    return run_locked(_run_classify, real, synthetic, out, **options)
 
 
 def _run_classify(real: str, synthetic: Sequence[str], out: Path, *, classify_by: str = "asymmetry",
@@ -84,25 +72,14 @@ def _run_classify(real: str, synthetic: Sequence[str], out: Path, *, classify_by
     Raises:
         MedvolError: bad options or inputs, or ``out`` of another task or configuration.
     """
-    from medvol.study.downstream import fid as F
     from medvol.train.distributed import pick_device
 
     dev = pick_device(device)
-    for flag, value, low in (("--seeds", seeds, 1), ("--iterations", iterations, 1), ("--batch", batch, 1),
-                             ("--n-synthetic", 2 if n_synthetic is None else n_synthetic, 1),
-                             ("--feature-iters", feature_iters, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MedvolError(f"{flag} {value!r}: expected an integer >= {low}")
-    if not lr > 0:
-        raise MedvolError(f"--lr {lr}: expected a positive number")
+    check_counts(seeds=seeds, iterations=iterations, batch=batch, n_synthetic=n_synthetic, min_synthetic=1,
+                 feature_iters=feature_iters, lr=lr)
     if net not in NETS:
         raise MedvolError(f"--net {net!r}: expected one of {', '.join(NETS)}")
-    if not synthetic:
-        raise MedvolError("--synthetic: give at least one synthetic source ([NAME=]DIR with negative/ and positive/)")
-    specs = [D.parse_synthetic(s) for s in synthetic]
-    names = [n for n, _ in specs]
-    if len(set(names)) != len(names):
-        raise MedvolError(f"--synthetic: the name {next(n for n in names if names.count(n) > 1)!r} is given twice")
+    specs = parse_sources(synthetic, "[NAME=]DIR with negative/ and positive/")
     init = read_weights(weights) if weights else None
     rule = C.class_rule(real, classify_by, positive)
     train = C.open_real_classes(real, "train", rule)
@@ -118,12 +95,7 @@ def _run_classify(real: str, synthetic: Sequence[str], out: Path, *, classify_by
     sources: dict[str, tuple[D.LabelledSet, str]] = {}
     for name, spec in specs:
         sources[name] = (C.open_synthetic_classes(name, spec, size=size, window=window, n=n_synthetic), spec)
-    dims = {data.dims for data, _ in sources.values()}
-    sides = {data.load(0)[0].shape[-1] for data, _ in sources.values()}
-    if len(dims) > 1 or len(sides) > 1:
-        raise MedvolError("--synthetic: the sources mix 2D images and 3D volumes (or image sizes); one study trains "
-                          "one kind of classifier: run them into separate --out folders")
-    dims, side = dims.pop(), sides.pop()
+    dims, side = one_shape([data for data, _ in sources.values()], "image", "classifier")
     config.update(dims=dims, side=side)
     study = _check_config(out, config)
     if train.dims == 2 and dims == 3:
@@ -145,37 +117,20 @@ def _run_classify(real: str, synthetic: Sequence[str], out: Path, *, classify_by
         f"and {len(val)} held-out volumes ({val.info['positive']} positive), {dims}D {net}; positive: {rule[0]} in "
         f"{', '.join(rule[1])}; training on synthetic data deliberately (the study's purpose)")
 
-    plan = [(setup, None, [real_train], setup == "real+aug") for setup in REAL_SETUPS]
-    for name, (data, _) in sources.items():
-        plan += [("synthetic", name, [data], False), ("real+synthetic", name, [real_train, data], False)]
-    for setup, source, sets, augment in plan:
-        for seed in range(seeds):
-            path = out / RUN_DIR / f"{run_name(setup, source, seed)}.json"
-            if read_json(path) is not None:
-                continue
-            result = run_setup(sets, real_val, net=net, dims=dims, side=side, iterations=iterations, batch=batch,
-                               lr=lr, seed=seed, augment=augment, channels=channels, weights=init, device=dev)
-            record = {"setup": setup, "source": source, "seed": seed, "train_items": sum(len(s) for s in sets),
-                      "val_items": real_val.items, "truth": [real_val.load(i)[1] for i in range(len(real_val))],
-                      "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **result}
-            write_json(path, record)
-            log(f"{setup}{' ' + source if source else ''} seed {seed}: accuracy {result['accuracy']:.3f}, "
-                f"FP {result['fp']}, FN {result['fn']} ({result['seconds']:.0f} s)")
+    def train_one(setup: str, source: str | None, seed: int, sets: list, augment: bool) -> dict:
+        result = run_setup(sets, real_val, net=net, dims=dims, side=side, iterations=iterations, batch=batch,
+                           lr=lr, seed=seed, augment=augment, channels=channels, weights=init, device=dev)
+        return {"setup": setup, "source": source, "seed": seed, "train_items": sum(len(s) for s in sets),
+                "val_items": real_val.items, "truth": [real_val.load(i)[1] for i in range(len(real_val))],
+                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **result}
 
-    memo: dict = {}
-    ext = None
-    for name, (data, _) in sources.items():
-        known = study["fid"].get(name)
-        if known is not None and known.get("fingerprint") == data.info["fingerprint"]:
-            continue
-        if ext is None:
-            weights_file = F.domain_weights(real, out, features, feature_iters, log) if dims == 3 else None
-            ext = F.extractor(dims, weights_file, str(dev))
-        start = time.monotonic()
-        study["fid"][name] = dict(F.fid(real_val, data, ext, side=side, memo=memo),
-                                  fingerprint=data.info["fingerprint"])
-        log(f"FID {name}: {study['fid'][name]['fid']:.4g} ({time.monotonic() - start:.0f} s)")
-        write_json(out / STUDY_FILE, study)
+    def summary(record: dict) -> str:
+        return f"accuracy {record['accuracy']:.3f}, FP {record['fp']}, FN {record['fn']}"
+
+    synthetic_sets = {name: data for name, (data, _) in sources.items()}
+    train_plan(out, real_train, synthetic_sets, seeds, train_one, summary, log)
+    score_fid(real, out, study, real_val, synthetic_sets, dims=dims, side=side, features=features,
+              feature_iters=feature_iters, device=dev, log=log)
     return write_results(out, study, real_val, command=command)
 
 
@@ -184,15 +139,8 @@ def _run_classify(real: str, synthetic: Sequence[str], out: Path, *, classify_by
 
 def collect(out: Path, study: dict) -> list[dict]:
     """Every set-up with its runs and the mean ± std over seeds of :data:`SCORES`."""
-    rows = [(setup, None) for setup in REAL_SETUPS]
-    rows += [(setup, name) for name in study["sources"] for setup in SYNTHETIC_SETUPS]
     table = []
-    for setup, source in rows:
-        runs = {}
-        for seed in range(study["config"]["seeds"]):
-            run = read_json(out / RUN_DIR / f"{run_name(setup, source, seed)}.json")
-            if run is not None:
-                runs[seed] = run
+    for setup, source, runs in setup_runs(out, study):
         keys = ("n", "tp", "fp", "tn", "fn", "accuracy", "sensitivity", "specificity", "seconds", "train_items")
         table.append({"setup": setup, "title": SETUP_TITLES[setup], "source": source,
                       "seeds": {str(seed): {k: run[k] for k in keys} for seed, run in runs.items()},
@@ -201,21 +149,11 @@ def collect(out: Path, study: dict) -> list[dict]:
     return table
 
 
-def _cell(summary: dict, seeds: int, digits: int = 3) -> str:
-    if summary["mean"] is None:
-        return "n/a"
-    spread = f" ± {summary['std']:.{digits}f}" if summary["std"] is not None else ""
-    short = f" ({summary['n']} of {seeds} seeds)" if summary["n"] < seeds else ""
-    return f"{summary['mean']:.{digits}f}{spread}{short}"
-
-
 def _rate(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
 def markdown(study: dict, table: list[dict], val_n: int, command: str | None) -> str:
-    from medvol.study.downstream.report import fmt
-
     config = study["config"]
     seeds = config["seeds"]
     net = config["net"] + (f" (widths {config['channels']})" if config.get("channels") else "")
@@ -243,34 +181,17 @@ def markdown(study: dict, table: list[dict], val_n: int, command: str | None) ->
                          f"{run['tp']} | "
                          f"{run['fp']} | {run['tn']} | {run['fn']} | {_rate(run['sensitivity'])} | "
                          f"{_rate(run['specificity'])} |")
-    lines += ["", "Sources:", ""]
-    for name, source in study["sources"].items():
-        fid = study["fid"].get(name) or {}
-        extractor = (fid.get("extractor") or {}).get("extractor", "?")
-        lines.append(f"- `{name}`: `{source['spec']}`, {source['negative']} negative and {source['positive']} positive "
-                     f"{config['dims']}D item(s); FID with `{extractor}` features, {fid.get('n_real', '?')} real vs "
-                     f"{fid.get('n_synthetic', '?')} synthetic"
-                     + (f" ({fid['warning']})" if fid.get("warning") else ""))
-    if command:
-        lines += ["", f"Command: `{command}`"]
+    lines += sources_and_command(study, command, lambda source: (
+        f"`{source['spec']}`, {source['negative']} negative and {source['positive']} positive "
+        f"{config['dims']}D item(s)"))
     return "\n".join(lines) + "\n"
 
 
 def write_results(out: Path, study: dict, val: D.LabelledSet, *, command: str | None) -> dict:
     """Write ``results.json``, ``results.md`` and ``accuracy_vs_fid.png`` from what ``out`` holds."""
     table = collect(out, study)
-    results = {"medvol_version": medvol.__version__, "task": "classify",
-               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "command": command, "threads": torch_threads(), "note": NOTE, "config": study["config"],
-               "held_out": {"split": "val", "items": val.items, "positive": int(sum(val.load(i)[1]
-                                                                                  for i in range(len(val))))},
-               "sources": {name: dict(source, fid=study["fid"].get(name)) for name, source in study["sources"].items()},
-               "setups": table}
-    with checked_write(out / "results.md", "results") as tmp:
-        tmp.write_text(markdown(study, table, len(val), command), encoding="utf-8")
-    drawn = plot_against_fid(out / "accuracy_vs_fid.png", table, "accuracy", "accuracy on held-out real items",
-                             "Downstream classification: accuracy against FID")
-    results["figures"] = ["accuracy_vs_fid.png"] if drawn else []
-    with checked_write(out / "results.json", "results") as tmp:
-        tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    return results
+    held_out = {"split": "val", "items": val.items, "positive": int(sum(val.load(i)[1] for i in range(len(val))))}
+    return write_report(out, study, table, command=command, note=NOTE, held_out=held_out, task="classify",
+                        text=markdown(study, table, len(val), command), figure="accuracy_vs_fid.png",
+                        draw=lambda path: plot_against_fid(path, table, "accuracy", "accuracy on held-out real items",
+                                                           "Downstream classification: accuracy against FID"))

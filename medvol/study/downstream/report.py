@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -47,11 +48,11 @@ def _summary(values: list[float | None]) -> dict:
             "n": int(len(kept))}
 
 
-def collect(out: Path, study: dict) -> list[dict]:
-    """Every set-up of the study with its runs: real set-ups first, then per source in order."""
+def setup_runs(out: Path, study: dict) -> list[tuple[str, str | None, dict[int, dict]]]:
+    """``(setup, source, runs by seed)`` of every set-up of the study, real set-ups first, then per
+    source in order; ``runs`` holds the seeds whose run file exists (both tasks)."""
     from medvol.study.downstream.runs import REAL_SETUPS, RUN_DIR, SYNTHETIC_SETUPS, read_json, run_name
 
-    classes = study["config"]["classes"]
     rows = [(setup, None) for setup in REAL_SETUPS]
     rows += [(setup, name) for name in study["sources"] for setup in SYNTHETIC_SETUPS]
     table = []
@@ -61,6 +62,15 @@ def collect(out: Path, study: dict) -> list[dict]:
             run = read_json(out / RUN_DIR / f"{run_name(setup, source, seed)}.json")
             if run is not None:
                 runs[seed] = run
+        table.append((setup, source, runs))
+    return table
+
+
+def collect(out: Path, study: dict) -> list[dict]:
+    """Every set-up of the study with its runs (:func:`setup_runs`) and their Dice and IoU."""
+    classes = study["config"]["classes"]
+    table = []
+    for setup, source, runs in setup_runs(out, study):
         per_seed = {seed: seed_dice(run) for seed, run in runs.items()}
         iou_seed = {seed: seed_dice(run, "iou") for seed, run in runs.items()}
         means = {seed: _mean_over_classes(d) for seed, d in per_seed.items()}
@@ -85,13 +95,13 @@ def _mean_over_classes(values: list[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-def _cell(summary: dict, seeds: int) -> str:
+def _cell(summary: dict, seeds: int, digits: int = 3) -> str:
     """``mean ± std``, and how many seeds where fewer than asked have finished (or scored)."""
     if summary["mean"] is None:
         return "n/a"
-    spread = f" ± {summary['std']:.3f}" if summary["std"] is not None else ""
+    spread = f" ± {summary['std']:.{digits}f}" if summary["std"] is not None else ""
     short = f" ({summary['n']} of {seeds} seeds)" if summary["n"] < seeds else ""
-    return f"{summary['mean']:.3f}{spread}{short}"
+    return f"{summary['mean']:.{digits}f}{spread}{short}"
 
 
 def markdown(study: dict, table: list[dict], command: str | None) -> str:
@@ -113,17 +123,25 @@ def markdown(study: dict, table: list[dict], command: str | None) -> str:
                      + f" | {_cell(row['mean_dice'], seeds)} | "
                      + " | ".join(_cell(row["iou"][c], seeds) for c in classes)
                      + f" | {_cell(row['mean_iou'], seeds)} | {fid} |")
-    lines += ["", "Sources:", ""]
+    lines += sources_and_command(study, command, lambda source: (
+        f"{source['kind']} `{source['spec']}`, {source['n']} {config['dims']}D item(s) "
+        f"with masks ({', '.join(source['mask_labels'])})"))
+    return "\n".join(lines) + "\n"
+
+
+def sources_and_command(study: dict, command: str | None, describe: Callable[[dict], str]) -> list[str]:
+    """The end of results.md (both tasks): per source what ``describe(source record)`` says and
+    how its FID was measured, then the command line."""
+    lines = ["", "Sources:", ""]
     for name, source in study["sources"].items():
         fid = study["fid"].get(name) or {}
         extractor = (fid.get("extractor") or {}).get("extractor", "?")
-        lines.append(f"- `{name}`: {source['kind']} `{source['spec']}`, {source['n']} {config['dims']}D item(s) "
-                     f"with masks ({', '.join(source['mask_labels'])}); FID with `{extractor}` features, "
+        lines.append(f"- `{name}`: {describe(source)}; FID with `{extractor}` features, "
                      f"{fid.get('n_real', '?')} real vs {fid.get('n_synthetic', '?')} synthetic"
                      + (f" ({fid['warning']})" if fid.get("warning") else ""))
     if command:
         lines += ["", f"Command: `{command}`"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(path: Path, table: list[dict]) -> bool:
@@ -177,15 +195,24 @@ def plot_against_fid(path: Path, table: list[dict], key: str, ylabel: str, title
 def write_results(out: Path, study: dict, val, *, command: str | None, note: str) -> dict:
     """Write ``results.json``, ``results.md`` and ``dice_vs_fid.png`` from what ``out`` holds."""
     table = collect(out, study)
-    results = {"medvol_version": medvol.__version__,
+    return write_report(out, study, table, command=command, note=note,
+                        held_out={"split": "val", "volumes": val.items}, text=markdown(study, table, command),
+                        figure="dice_vs_fid.png", draw=lambda path: plot(path, table))
+
+
+def write_report(out: Path, study: dict, table: list[dict], *, command: str | None, note: str, held_out: dict,
+                 text: str, figure: str, draw: Callable[[Path], bool], task: str | None = None) -> dict:
+    """Write ``results.md`` (``text``), the figure (``draw(path)``: False when it could not) and
+    ``results.json`` into ``out`` (both tasks); ``task`` is recorded where given."""
+    results = {"medvol_version": medvol.__version__, **({"task": task} if task else {}),
                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "command": command, "threads": torch_threads(), "note": note, "config": study["config"],
-               "held_out": {"split": "val", "volumes": val.items},
+               "held_out": held_out,
                "sources": {name: dict(source, fid=study["fid"].get(name)) for name, source in study["sources"].items()},
                "setups": table}
     with checked_write(out / "results.md", "results") as tmp:
-        tmp.write_text(markdown(study, table, command), encoding="utf-8")
-    results["figures"] = ["dice_vs_fid.png"] if plot(out / "dice_vs_fid.png", table) else []
+        tmp.write_text(text, encoding="utf-8")
+    results["figures"] = [figure] if draw(out / figure) else []
     with checked_write(out / "results.json", "results") as tmp:
         tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return results

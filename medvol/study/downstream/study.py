@@ -51,6 +51,19 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, 
 
     Arguments as :func:`_run_downstream`; a ``MedvolError`` also when another run holds ``out``.
     """
+    return run_locked(_run_downstream, real, synthetic, out, **options)
+
+
+# ------------------------------------------------- set-up shared by both tasks (and .classify_study)
+
+
+def run_locked(run: Callable[..., dict], real: str, synthetic: Sequence[str], out: str | os.PathLike,
+               **options) -> dict:
+    """``run(real, synthetic, out, **options)`` holding the study lock of ``out``.
+
+    Raises:
+        MedvolError: ``out`` is a file, or another run holds it.
+    """
     from medvol.train.runfolder import RunFolderLock
 
     out = Path(out)
@@ -58,10 +71,107 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, 
         raise MedvolError(f"--out {out}: exists and is not a folder")
     lock = RunFolderLock(out, lock_name=LOCK_NAME, holder="medvol study downstream")
     try:
-        return _run_downstream(real, synthetic, out, **options)
+        return run(real, synthetic, out, **options)
     finally:
         # A refused first run leaves no empty folder behind, and no lock file in a folder that existed.
         lock.release(remove_empty=True, remove_lock=not (out / STUDY_FILE).is_file())
+
+
+def check_counts(*, seeds: int, iterations: int, batch: int, n_synthetic: int | None, min_synthetic: int,
+                 feature_iters: int, lr: float) -> None:
+    """Refuse a count that is not a whole number at least its minimum, and a learning rate that is not positive.
+
+    Raises:
+        MedvolError: one line naming the first bad option.
+    """
+    for flag, value, low in (("--seeds", seeds, 1), ("--iterations", iterations, 1), ("--batch", batch, 1),
+                             ("--n-synthetic", 2 if n_synthetic is None else n_synthetic, min_synthetic),
+                             ("--feature-iters", feature_iters, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MedvolError(f"{flag} {value!r}: expected an integer >= {low}")
+    if not lr > 0:
+        raise MedvolError(f"--lr {lr}: expected a positive number")
+
+
+def parse_sources(synthetic: Sequence[str], form: str) -> list[tuple[str, str]]:
+    """``(name, spec)`` of each ``--synthetic`` (:func:`.data.parse_synthetic`), names unique.
+
+    Raises:
+        MedvolError: none given (``form`` says what to give), or a name given twice.
+    """
+    if not synthetic:
+        raise MedvolError(f"--synthetic: give at least one synthetic source ({form})")
+    specs = [D.parse_synthetic(s) for s in synthetic]
+    names = [n for n, _ in specs]
+    if len(set(names)) != len(names):
+        raise MedvolError(f"--synthetic: the name {next(n for n in names if names.count(n) > 1)!r} is given twice")
+    return specs
+
+
+def one_shape(sources: Sequence[D.LabelledSet], unit: str, network: str) -> tuple[int, int]:
+    """The dimensions and side shared by every synthetic source (one study trains one kind of ``network``).
+
+    Raises:
+        MedvolError: the sources mix 2D and 3D or sizes.
+    """
+    dims = {data.dims for data in sources}
+    sides = {data.load(0)[0].shape[-1] for data in sources}
+    if len(dims) > 1 or len(sides) > 1:
+        raise MedvolError(f"--synthetic: the sources mix 2D {unit}s and 3D volumes (or {unit} sizes); one study "
+                          f"trains one kind of {network}: run them into separate --out folders")
+    return dims.pop(), sides.pop()
+
+
+def train_plan(out: Path, real_train: D.LabelledSet, sources: dict[str, D.LabelledSet], seeds: int,
+               train: Callable[[str, str | None, int, list, bool], dict], summary: Callable[[dict], str],
+               log: Callable[[str], None]) -> None:
+    """Train every set-up with every seed that ``out`` has no run file of yet, one run file each.
+
+    Args:
+        out: the study folder.
+        real_train: the real training items.
+        sources: the synthetic items by source name.
+        seeds: networks per set-up.
+        train: ``(setup, source, seed, sets, augment)`` -> the run record (trains one network).
+        summary: the scores of a run record, for the progress line.
+        log: one-line progress messages.
+    """
+    plan = [(setup, None, [real_train], setup == "real+aug") for setup in REAL_SETUPS]
+    for name, data in sources.items():
+        plan += [("synthetic", name, [data], False), ("real+synthetic", name, [real_train, data], False)]
+    for setup, source, sets, augment in plan:
+        for seed in range(seeds):
+            path = out / RUN_DIR / f"{run_name(setup, source, seed)}.json"
+            if read_json(path) is not None:
+                continue
+            record = train(setup, source, seed, sets, augment)
+            write_json(path, record)
+            log(f"{setup}{' ' + source if source else ''} seed {seed}: {summary(record)} ({record['seconds']:.0f} s)")
+
+
+def score_fid(real: str, out: Path, study: dict, val: D.LabelledSet, sources: dict[str, D.LabelledSet], *,
+              dims: int, side: int, features: str | None, feature_iters: int, device,
+              log: Callable[[str], None]) -> None:
+    """The FID of each source against ``val`` into ``study`` (saved after each), unless known for its data.
+
+    The extractor (for volumes, the domain feature network: ``features``, or trained into ``out``
+    with ``feature_iters`` iterations) is made only when a source needs it.
+    """
+    from medvol.study.downstream import fid as F
+
+    memo: dict = {}
+    ext = None
+    for name, data in sources.items():
+        known = study["fid"].get(name)
+        if known is not None and known.get("fingerprint") == data.info["fingerprint"]:
+            continue
+        if ext is None:
+            weights = F.domain_weights(real, out, features, feature_iters, log) if dims == 3 else None
+            ext = F.extractor(dims, weights, str(device))
+        start = time.monotonic()
+        study["fid"][name] = dict(F.fid(val, data, ext, side=side, memo=memo), fingerprint=data.info["fingerprint"])
+        log(f"FID {name}: {study['fid'][name]['fid']:.4g} ({time.monotonic() - start:.0f} s)")
+        write_json(out / STUDY_FILE, study)
 
 
 def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike, *, n_synthetic: int | None = None,
@@ -97,19 +207,9 @@ def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike,
     from medvol.train.distributed import pick_device
 
     dev = pick_device(device)
-    for flag, value, low in (("--seeds", seeds, 1), ("--iterations", iterations, 1), ("--batch", batch, 1),
-                             ("--n-synthetic", 2 if n_synthetic is None else n_synthetic, 2),
-                             ("--feature-iters", feature_iters, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MedvolError(f"{flag} {value!r}: expected an integer >= {low}")
-    if not lr > 0:
-        raise MedvolError(f"--lr {lr}: expected a positive number")
-    if not synthetic:
-        raise MedvolError("--synthetic: give at least one synthetic source ([NAME=]DIR_OR_CKPT)")
-    specs = [D.parse_synthetic(s) for s in synthetic]
-    names = [n for n, _ in specs]
-    if len(set(names)) != len(names):
-        raise MedvolError(f"--synthetic: the name {next(n for n in names if names.count(n) > 1)!r} is given twice")
+    check_counts(seeds=seeds, iterations=iterations, batch=batch, n_synthetic=n_synthetic, min_synthetic=2,
+                 feature_iters=feature_iters, lr=lr)
+    specs = parse_sources(synthetic, "[NAME=]DIR_OR_CKPT")
     out = Path(out)
     train, classes = D.open_real(real, "train", labels)
     val, _ = D.open_real(real, "val", classes)
@@ -135,12 +235,7 @@ def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike,
             folder, kind = path, "folder"
         data = D.open_synthetic(name, folder, size=size, window=window, classes=classes, n=n_synthetic)
         sources[name] = (data, spec, kind)
-    dims = {data.dims for data, _, _ in sources.values()}
-    sides = {data.load(0)[0].shape[-1] for data, _, _ in sources.values()}
-    if len(dims) > 1 or len(sides) > 1:
-        raise MedvolError("--synthetic: the sources mix 2D slices and 3D volumes (or slice sizes); one study "
-                          "trains one kind of U-Net: run them into separate --out folders")
-    dims, side = dims.pop(), sides.pop()
+    dims, side = one_shape([data for data, _, _ in sources.values()], "slice", "U-Net")
     config.update(dims=dims, side=side)
     study = _check_config(out, config)
     for name, (data, spec, kind) in sources.items():
@@ -154,37 +249,20 @@ def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike,
         f"{dims}D U-Net, classes {', '.join(classes)}; training on synthetic data deliberately (the study's purpose)")
 
     real_train = D.real_slices(train, side) if dims == 2 else train
-    plan = [(setup, None, [real_train], setup == "real+aug") for setup in REAL_SETUPS]
-    for name, (data, _, _) in sources.items():
-        plan += [("synthetic", name, [data], False), ("real+synthetic", name, [real_train, data], False)]
-    for setup, source, sets, augment in plan:
-        for seed in range(seeds):
-            path = out / RUN_DIR / f"{run_name(setup, source, seed)}.json"
-            if read_json(path) is not None:
-                continue
-            result = run_setup(sets, val, len(classes), dims=dims, side=side if dims == 2 else None,
-                               iterations=iterations, batch=batch, lr=lr, seed=seed, augment=augment,
-                               channels=channels, device=dev)
-            record = {"setup": setup, "source": source, "seed": seed, "classes": list(classes),
-                      "train_items": sum(len(s) for s in sets), "val_volumes": val.items,
-                      "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **result}
-            write_json(path, record)
-            scores = report.seed_dice(record)
-            log(f"{setup}{' ' + source if source else ''} seed {seed}: Dice "
-                + ", ".join(f"{c} {report.fmt(v)}" for c, v in zip(classes, scores))
-                + f" ({result['seconds']:.0f} s)")
 
-    memo: dict = {}
-    ext = None
-    for name, (data, _, _) in sources.items():
-        known = study["fid"].get(name)
-        if known is not None and known.get("fingerprint") == data.info["fingerprint"]:
-            continue
-        if ext is None:
-            weights = F.domain_weights(real, out, features, feature_iters, log) if dims == 3 else None
-            ext = F.extractor(dims, weights, str(dev))
-        start = time.monotonic()
-        study["fid"][name] = dict(F.fid(val, data, ext, side=side, memo=memo), fingerprint=data.info["fingerprint"])
-        log(f"FID {name}: {study['fid'][name]['fid']:.4g} ({time.monotonic() - start:.0f} s)")
-        write_json(out / STUDY_FILE, study)
+    def train_one(setup: str, source: str | None, seed: int, sets: list, augment: bool) -> dict:
+        result = run_setup(sets, val, len(classes), dims=dims, side=side if dims == 2 else None,
+                           iterations=iterations, batch=batch, lr=lr, seed=seed, augment=augment,
+                           channels=channels, device=dev)
+        return {"setup": setup, "source": source, "seed": seed, "classes": list(classes),
+                "train_items": sum(len(s) for s in sets), "val_volumes": val.items,
+                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **result}
+
+    def summary(record: dict) -> str:
+        return "Dice " + ", ".join(f"{c} {report.fmt(v)}" for c, v in zip(classes, report.seed_dice(record)))
+
+    synthetic_sets = {name: data for name, (data, _, _) in sources.items()}
+    train_plan(out, real_train, synthetic_sets, seeds, train_one, summary, log)
+    score_fid(real, out, study, val, synthetic_sets, dims=dims, side=side, features=features,
+              feature_iters=feature_iters, device=dev, log=log)
     return report.write_results(out, study, val, command=command, note=NOTE)
