@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from medvol.commands import RegistryHelp
 from medvol.errors import MedvolError
 
 
@@ -21,9 +22,10 @@ def register(subparsers) -> None:
         "profile", help="measure (or estimate) peak memory and iterations/s per configuration",
         description="Profile the full training step of each model x size x batch x mode, each "
                     "configuration in a fresh process. Out of memory is reported as OOM. Writes "
-                    "profile.md, profile.csv, profile.json and profile.png into --out.")
+                    "profile.md, profile.csv, profile.json and profile.png into --out.",
+        formatter_class=RegistryHelp)
     parser.add_argument("--model", default="hagan,crfgan",
-                        help="comma list of hagan, crfgan, ldm (3D), dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix, ldm2d (2D)")
+                        help="comma list of {models_3d} (3D), {models_2d} (2D)")
     parser.add_argument("--size", default="64",
                         help="comma list of sizes: volume side (3D, e.g. 64,128,256,512) or image side "
                              "(2D: 32, 64, 128, 256)")
@@ -51,8 +53,7 @@ def register(subparsers) -> None:
     parser.add_argument("--measure", action="store_true",
                         help="with --estimate on a machine without CUDA: measure on the CPU too")
     parser.add_argument("--base-width", type=int, default=None,
-                        help="generator base width c (default: each model's published width: 32 for "
-                             "the 3D models, 64 dcgan, 256 mlpgan)")
+                        help="generator base width c (default: each model's published width: {widths})")
     parser.add_argument("--data", default="synthetic", choices=["synthetic", "phantom"],
                         help="batches of device noise (default) or procedural phantoms from the host")
     parser.add_argument("--factory", default=None,
