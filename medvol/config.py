@@ -250,13 +250,13 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
 def _validate(cfg: TrainConfig, flat: frozenset[str] = frozenset()) -> None:
     """Ranges and combinations; ``flat``: the options the config spelled ``model.<key>`` (errors
     name them so)."""
-    from medvol.models.registry import MODEL_SIZES, REGISTRY
+    from medvol.models.registry import REGISTRY
 
     if cfg.model.name not in REGISTRY:
         raise MedvolError(f"config key model.name: {cfg.model.name!r} is not one of {', '.join(REGISTRY)}"
                           f"{_did_you_mean(cfg.model.name, REGISTRY, '')}")
     _validate_model_options(cfg, REGISTRY[cfg.model.name], flat)
-    sizes = MODEL_SIZES[cfg.model.name]
+    sizes = REGISTRY[cfg.model.name].sizes
     if cfg.model.size not in sizes:
         raise MedvolError(f"config key model.size: {cfg.model.name} supports sizes "
                           f"{', '.join(map(str, sizes))}, not {cfg.model.size}")
@@ -319,9 +319,9 @@ def _same(value: Any, default: Any) -> bool:
 
 def _option_names() -> set[str]:
     """Every registered model's option names and the legacy flat keys."""
-    from medvol.models.registry import MODEL_OPTIONS
+    from medvol.models.registry import REGISTRY
 
-    return {key for table in MODEL_OPTIONS.values() for key in table} | set(LEGACY_FLAT_DEFAULTS)
+    return {f.name for s in REGISTRY.values() for f in dataclasses.fields(s.options)} | set(LEGACY_FLAT_DEFAULTS)
 
 
 def _fold_flat_options(raw: dict) -> frozenset[str]:
@@ -334,7 +334,7 @@ def _fold_flat_options(raw: dict) -> frozenset[str]:
     Returns:
         The keys that moved (errors about their values then name ``model.<key>``).
     """
-    from medvol.models.registry import MODEL_OPTIONS, option_owners
+    from medvol.models.registry import REGISTRY, option_owners
 
     model = raw.get("model")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -344,7 +344,7 @@ def _fold_flat_options(raw: dict) -> frozenset[str]:
         return frozenset()  # nothing to move, or a bad options section that _from_dict names
     options = {} if options is None else options
     name = model.get("name", ModelConfig.name)
-    known = MODEL_OPTIONS.get(name) if isinstance(name, str) else None
+    known = REGISTRY[name].option_defaults() if isinstance(name, str) and name in REGISTRY else None
     moved = set()
     for key in extra:
         owners = option_owners(str(key))
@@ -375,8 +375,11 @@ def _validate_mask_channels(cfg: TrainConfig) -> None:
     if cfg.data.masks:
         raise MedvolError(f"config key model.mask_channels: {k} adds the label map's one-hot channels, "
                           "data.masks the binary nodule channel; use one of them (data.masks false)")
+    from medvol.models.registry import REGISTRY
+
     channels = cfg.model.options.get("channels", 1)
-    if channels != 1:
+    # A mask-conditional model (paired "none") needs its channels 2 and refuses K when built.
+    if REGISTRY[cfg.model.name].paired == "channels" and channels != 1:
         raise MedvolError(f"config key model.channels: {channels} with model.mask_channels {k}; "
                           "model.channels counts the image and data.masks' channel, leave it at 1 "
                           f"(the model gets 1 + {k} channels)")

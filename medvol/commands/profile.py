@@ -100,13 +100,14 @@ def _command(args: argparse.Namespace) -> str:
 
 def _check_model_options(models: list[str], options: dict[str, object]) -> None:
     """Refuse up front an option a model does not have (not late, in every worker)."""
-    from medvol.models import MODEL_OPTIONS
+    from medvol.models.registry import REGISTRY
 
     for model in models:
-        unknown = sorted(set(options) - set(MODEL_OPTIONS[model]))
+        known = REGISTRY[model].option_defaults()
+        unknown = sorted(set(options) - set(known))
         if unknown:
             raise MedvolError(f"--model-option {unknown[0]}: {model} has no such option "
-                              f"(it has: {', '.join(MODEL_OPTIONS[model]) or 'none'})")
+                              f"(it has: {', '.join(known) or 'none'})")
         import torch
 
         from medvol.models import build
@@ -121,17 +122,17 @@ def _check_model_options(models: list[str], options: dict[str, object]) -> None:
 def _sizes(text: str, models: list[str], custom: bool) -> list[int]:
     """``--size`` checked against every model's sizes up front (not late, in every worker); a
     custom factory decides its own sizes."""
-    from medvol.models.registry import MODEL_SIZES
+    from medvol.models.registry import REGISTRY
     from medvol.profile.cases import parse_list
 
     if custom:
         return parse_list(text, "--size", kind=int)
-    allowed = sorted({s for m in models for s in MODEL_SIZES[m]})
+    allowed = sorted({s for m in models for s in REGISTRY[m].sizes})
     sizes = parse_list(text, "--size", kind=int, allowed=allowed)
     for model in models:
         for size in sizes:
-            if size not in MODEL_SIZES[model]:
-                raise MedvolError(f"--size: {model} supports {', '.join(map(str, MODEL_SIZES[model]))}, "
+            if size not in REGISTRY[model].sizes:
+                raise MedvolError(f"--size: {model} supports {', '.join(map(str, REGISTRY[model].sizes))}, "
                                   f"not {size}")
     return sizes
 

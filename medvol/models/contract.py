@@ -41,7 +41,7 @@ class GenerativeSystem(nn.Module, metaclass=abc.ABCMeta):
     """Base of every model; build one with :func:`medvol.models.build`.
 
     Attributes:
-        name: the registry name ("crfgan", "dcgan", "ldm", ...).
+        name: the registry name ("crfgan", "ldm", ...).
         dims: 3 (the trainer feeds volumes ``[B, C, S, S, S]``) or 2 (slices ``[B, C, S, S]``).
         size, base_width, latent_dim, num_classes, mask_channels: the build options.
         channels: C, the channels of what the model draws and its training batches hold.

@@ -98,6 +98,7 @@ MODEL_SIZES: dict[str, tuple[int, ...]] = {name: spec.sizes for name, spec in RE
 #: ``(base_width, latent_dim)`` when not given: the published values of each model.
 MODEL_DEFAULTS: dict[str, tuple[int, int]] = {name: (s.base_width, s.latent_dim) for name, s in REGISTRY.items()}
 #: Model-specific build options and their published defaults (from each options dataclass).
+#: These views are taken when the module loads; the code reads :data:`REGISTRY` itself.
 MODEL_OPTIONS: dict[str, dict[str, object]] = {name: spec.option_defaults() for name, spec in REGISTRY.items()}
 #: The models whose G step adds the mode-seeking term (GANBase's own G steps).
 MODE_SEEKING = tuple(name for name, spec in REGISTRY.items() if spec.mode_seeking)
@@ -105,11 +106,11 @@ MODE_SEEKING = tuple(name for name, spec in REGISTRY.items() if spec.mode_seekin
 
 def option_owners(key: str) -> list[str]:
     """The models that have the option ``key``, in registry order."""
-    return [name for name, table in MODEL_OPTIONS.items() if key in table]
+    return [name for name, s in REGISTRY.items() if key in {f.name for f in dataclasses.fields(s.options)}]
 
 
 def model_list(dims: int | None = None) -> str:
-    """``"hagan, crfgan, ldm"``: the registry's names (of one dimension), for help texts and errors."""
+    """The registry's names (of one dimension, 3 or 2), comma-separated, for help texts and errors."""
     return ", ".join(name for name, s in REGISTRY.items() if dims is None or s.dims == dims)
 
 
@@ -137,8 +138,8 @@ def build(
             None: the published.
         num_classes: K > 0 builds the class-conditional variant (one-hot label into G,
             auxiliary classifier on D).
-        mask_channels: K > 0 builds the paired image + mask variant (hagan, crfgan, ldm and the
-            unconditional 2D GANs): the model draws and reads 1 + K channels, the image then one
+        mask_channels: K > 0 builds the paired image + mask variant (the models whose entry's
+            ``paired`` is not "none"): the model draws and reads 1 + K channels, the image then one
             per label-map class (docs/models.md "Paired image + mask generation"); 2D GANs then
             take no ``channels`` option. 0: the published networks.
         **options: model-specific options: the fields of the entry's options dataclass
@@ -164,7 +165,7 @@ def build(
         raise MedvolError(f"latent_dim: expected a positive integer, got {latent_dim!r}")
     if not isinstance(num_classes, int) or num_classes < 0:
         raise MedvolError(f"num_classes: expected an integer >= 0, got {num_classes!r}")
-    allowed = MODEL_OPTIONS[name]
+    allowed = entry.option_defaults()
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         known = ", ".join(allowed) or "none"
@@ -199,8 +200,9 @@ def build_from_config(model) -> GenerativeSystem:
     system = build(model.name, model.size, base_width=model.base_width, latent_dim=model.latent_dim,
                    num_classes=model.num_classes, mask_channels=model.mask_channels, **dict(model.options or {}))
     if model.mode_seeking > 0:
-        if model.name not in MODE_SEEKING:
-            raise MedvolError(f"model.mode_seeking: only for {', '.join(MODE_SEEKING)}, not {model.name}")
+        if not spec(model.name).mode_seeking:
+            seeking = ", ".join(name for name, s in REGISTRY.items() if s.mode_seeking)
+            raise MedvolError(f"model.mode_seeking: only for {seeking}, not {model.name}")
         system.mode_seeking = float(model.mode_seeking)
     if model.g_ema_half_life > 0:
         if not hasattr(system, "enable_g_ema"):

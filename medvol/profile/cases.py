@@ -43,9 +43,9 @@ def model_dims(model: str) -> int:
 
 def published_width(model: str) -> int:
     """The base width a model is built with when none is given (dcgan 64, mlpgan 256, 3D 32)."""
-    from medvol.models.registry import MODEL_DEFAULTS
+    from medvol.models.registry import REGISTRY
 
-    return MODEL_DEFAULTS.get(model, (PUBLISHED_WIDTH,))[0]
+    return getattr(REGISTRY.get(model), "base_width", PUBLISHED_WIDTH)
 
 
 @dataclasses.dataclass(frozen=True)
