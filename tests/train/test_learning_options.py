@@ -247,7 +247,8 @@ def test_minibatch_std_lets_d_see_the_rest_of_the_batch(name):
 
     def logits(flag: bool) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
-        system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8, options={"d_minibatch_std": flag}))
+        system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8,
+                                               options={"d_minibatch_std": flag}))
         assert system.options()["d_minibatch_std"] is flag
         x = torch.rand(3, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
         crop, pos = x[:, :, :4], torch.zeros(3, 1)
