@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from medvol.commands import RegistryHelp
+from medvol.commands.helptext import RegistryHelp
 
 #: What a Ctrl-C leaves (``medvol.cli``).
 INTERRUPTED = "nothing was written"

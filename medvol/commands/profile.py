@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from medvol.commands import RegistryHelp
+from medvol.commands.helptext import RegistryHelp
 from medvol.errors import MedvolError
 
 

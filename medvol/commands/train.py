@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from medvol.commands import RawRegistryHelp
+from medvol.commands.helptext import RawRegistryHelp
 from medvol.utils import add_threads_option, set_threads
 
 _EPILOG = """config overrides: any config key as --section.key VALUE (or --section.key=VALUE), e.g.
