@@ -241,3 +241,23 @@ def test_no_hand_written_model_list_in_the_package():
              for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              for match in listed.finditer(line)]
     assert not found, found
+
+
+@pytest.mark.parametrize("name", ["crfgan", "dcgan"])
+def test_a_run_written_with_flat_keys_resumes_without_changes(tmp_path, name):
+    """Resume compares through the loader: an older run's flat config equals the same settings
+    written under model.options, and a changed option is still named."""
+    from medvol.train.checkpoint import read_checkpoint
+    from medvol.train.history import check_resume
+
+    state = read_checkpoint(LEGACY / name / "ckpt_0000001.pt")
+    saved = state["config"]
+    own = REGISTRY[name].option_defaults()
+    rewritten = {**saved, "model": {k: v for k, v in saved["model"].items() if k not in LEGACY_FLAT_DEFAULTS}}
+    rewritten["model"]["options"] = {k: v for k, v in saved["model"].items() if k in own}
+    cfg = config_from_dict(rewritten)
+    assert check_resume(state, cfg, tmp_path, auto=True, allow_changes=False) == {}
+    key, value = ("crf_layout", "depth") if name == "crfgan" else ("loss", "hinge")
+    changed = config_from_dict(rewritten, [f"--model.{key}", value])
+    with pytest.raises(MedvolError, match=rf"\(options\.{key} \S+ vs {value}\)$"):
+        check_resume(state, changed, tmp_path, auto=True, allow_changes=False)
