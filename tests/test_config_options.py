@@ -261,3 +261,21 @@ def test_a_run_written_with_flat_keys_resumes_without_changes(tmp_path, name):
     changed = config_from_dict(rewritten, [f"--model.{key}", value])
     with pytest.raises(MedvolError, match=rf"\(options\.{key} \S+ vs {value}\)$"):
         check_resume(state, changed, tmp_path, auto=True, allow_changes=False)
+
+
+def test_sweep_report_reads_either_spelling():
+    """A grid or base config may name an option model.loss or model.options.loss: the report
+    groups by the loss and finds D's filters (the study's Fig. 4) the same way."""
+    from medvol.sweep.report import d_filters_series, group_of
+
+    def run(i, score, **values):
+        return {"id": f"run_{i:03d}", "status": "evaluated", "values": values,
+                "score": {"name": "image/fid", "value": score, "direction": "lower"}}
+
+    flat = [run(0, 5.0, **{"model.loss": "bce", "model.d_base_width": 16}), run(1, 4.0, **{"model.loss": "hinge"})]
+    nested = [run(0, 5.0, **{"model.options.loss": "bce", "model.options.d_base_width": 16}),
+              run(1, 4.0, **{"model.options.loss": "hinge"})]
+    assert [group_of(r, "all") for r in nested] == [group_of(r, "all") for r in flat] == ["bce", "hinge"]
+    expected = {"bce": [(16, 5.0)], "hinge": [(32, 4.0)]}
+    assert d_filters_series({"runs": flat}, {"base_width": 8, "d_base_width": 32}, "all") == expected
+    assert d_filters_series({"runs": nested}, {"base_width": 8, "options": {"d_base_width": 32}}, "all") == expected
