@@ -20,7 +20,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -33,10 +33,12 @@ from medvol.utils import checked_write
 class ModelConfig:
     """Which network to build: ``medvol.models.build(name, size, **options)``.
 
-    ``name`` is a name of the model registry (``medvol.models.REGISTRY``). The GANs' options are
-    the flat keys below (as their configs and checkpoints spell them); a model registered with an
-    options dataclass (ldm) takes its options under ``options`` (``model.options.stage``), checked
-    against that dataclass on load.
+    ``name`` is a name of the model registry (``medvol.models.REGISTRY``); the fields here are
+    common to every model, and ``options`` holds the model's own options, checked on load against
+    the options dataclass of its registry entry (names, types, ranges) and completed with its
+    defaults (``model.options.loss``). ``model.<key>`` (the flat spelling of configs and
+    checkpoints written before ``options``) still works for an option of the named model; an
+    option of another model is refused (:func:`_fold_flat_options`).
     """
 
     name: str = "crfgan"
@@ -44,82 +46,49 @@ class ModelConfig:
     base_width: int = 32
     latent_dim: int = 1024
     num_classes: int = 0
-    #: CRF-GAN only (docs/models.md "CRF-GAN options"): the CRF step's inputs, fresh forwards as
-    #: published or the G/D step's reused; the CRF's node layout; its self-pairs.
-    crf_forwards: Literal["fresh", "reuse"] = "fresh"
-    crf_layout: Literal["channels", "depth"] = "channels"
-    crf_self_pairs: bool = True
-    #: hagan, crfgan: training crop depth in voxels; 0: S/8 as published; a multiple of S/8 up
-    #: to S (the whole volume) otherwise (docs/learning.md).
-    crop_depth: int = 0
-    #: hagan, crfgan: a minibatch standard-deviation feature in D (off as published; docs/learning.md).
-    d_minibatch_std: bool = False
-    #: 2D models only (docs/models2d.md): image channels (2 with data.masks), and dcgan's loss and
-    #: search-grid options (defaults: DCGAN as published; gp_weight / clip null: the loss's own).
-    channels: int = 1
-    loss: Literal["bce", "lsgan", "wgan", "wgan-gp", "hinge"] = "bce"
-    g_activation: Literal["relu", "leakyrelu", "elu", "selu"] = "relu"
-    d_activation: Literal["relu", "leakyrelu", "elu", "selu"] = "leakyrelu"
-    norm: Literal["batch", "instance", "none"] = "batch"
-    spectral_norm_d: bool = False
-    spectral_norm_g: bool = False
-    init: Literal["normal", "xavier", "xavier_uniform", "kaiming", "default"] = "normal"
-    init_gain: float = 0.02
-    gp_weight: Optional[float] = None
-    clip: Optional[float] = None
-    fm_weight: float = 0.0
-    label_smoothing: float = 0.0
-    #: dcgan: G's and D's own normalisation and filters (null: norm / base_width), classical
-    #: augmentation of the real images, and the VGG perceptual term of G's loss (weights from a
-    #: local torchvision VGG state_dict whose sha256 is checked).
-    g_norm: Optional[Literal["batch", "instance", "none"]] = None
-    d_norm: Optional[Literal["batch", "instance", "none"]] = None
-    g_base_width: Optional[int] = None
-    d_base_width: Optional[int] = None
-    augment: bool = False
-    vgg_weight: float = 0.0
-    vgg_weights: Optional[str] = None
-    vgg_sha256: Optional[str] = None
-    #: dcgan: D updates per G update (each on its own real batch) and the optimiser.
-    n_critic: int = 1
-    optimizer: Literal["adam", "rmsprop"] = "adam"
-    #: stylegan2 only (docs/models2d.md "stylegan2"): lazy R1 (r1_gamma null: 10 (S/1024)^2) and
-    #: path-length regularisation, style mixing, G_ema half-life, truncation psi of generation.
-    r1_gamma: Optional[float] = None
-    r1_interval: int = 16
-    pl_weight: float = 2.0
-    pl_interval: int = 4
-    pl_batch_shrink: int = 2
-    pl_decay: float = 0.01
-    mixing_prob: float = 0.9
-    ema_kimg: float = 10.0
-    ema_rampup: float = 0.0
-    truncation: float = 1.0
-    mapping_layers: int = 8
-    #: DiffAugment policy (dcgan, fastgan); null: the model's own default (dcgan: none; fastgan:
-    #: color,translation,cutout as the paper); "" turns it off.
-    diffaugment: Optional[str] = None
-    #: fastgan only: weight and distance (l1 or mse; the paper's LPIPS needs weights we lack) of
-    #: the self-supervised discriminator's reconstruction term.
-    recon_weight: float = 1.0
-    recon_loss: Literal["l1", "mse"] = "l1"
-    #: spade only: discriminator scales and the weight of its D feature matching (L1) in G's loss.
-    d_scales: int = 2
-    fm_l1_weight: float = 10.0
-    #: pix2pix only: L1 weight in G's loss and the PatchGAN receptive field (10, 22 or 46).
-    l1_weight: float = 100.0
-    patch: int = 46
     #: Paired image + mask generation (docs/models.md, docs/models2d.md): K > 0 adds one output
     #: (and discriminator input) channel per label-map class 1..K; 0 keeps the published networks.
     mask_channels: int = 0
-    #: Any model but stylegan2 (which has ema_kimg): half-life in iterations of G_ema, a moving
-    #: average of G's weights that generation samples from; 0: none, as published (docs/learning.md).
+    #: Any model with a generator but stylegan2 (which has ema_kimg): half-life in iterations of
+    #: G_ema, a moving average of G's weights that generation samples from; 0: none, as published
+    #: (docs/learning.md).
     g_ema_half_life: float = 0.0
-    #: crfgan, hagan, dcgan, mlpgan: weight of the mode-seeking term in G's loss (Mao et al. 2019); 0: none, as
-    #: published (docs/learning.md).
+    #: The models whose registry entry says ``mode_seeking``: weight of the mode-seeking term in
+    #: G's loss (Mao et al. 2019); 0: none, as published (docs/learning.md).
     mode_seeking: float = 0.0
-    #: The options of a model registered with an options dataclass (docs/diffusion.md); empty for the GANs.
+    #: The model's options (its registry entry's options dataclass; every one of them once loaded).
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        """``cfg.model.loss``: an option read as before options had their own section (read-only;
+        only called for a name that is not a field)."""
+        options = self.__dict__.get("options") or {}
+        if name in options:
+            return options[name]
+        raise AttributeError(f"ModelConfig has no field or option {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dataclass_fields__ and name in (self.__dict__.get("options") or {}):
+            raise AttributeError(f"model.{name} is an option: set model.options[{name!r}]")
+        super().__setattr__(name, value)
+
+
+#: The model options that were flat keys of :class:`ModelConfig` before ``model.options``, with
+#: the defaults that older configs and checkpoints hold for them (every config saved then holds
+#: all of them): such a key of another model at this value is dropped on load; any other value
+#: is refused, as then. Frozen: options added since exist only under ``model.options`` (and as
+#: ``model.<key>`` of their own model).
+LEGACY_FLAT_DEFAULTS: dict[str, Any] = {
+    "crf_forwards": "fresh", "crf_layout": "channels", "crf_self_pairs": True, "crop_depth": 0,
+    "d_minibatch_std": False, "channels": 1, "loss": "bce", "g_activation": "relu", "d_activation": "leakyrelu",
+    "norm": "batch", "spectral_norm_d": False, "spectral_norm_g": False, "init": "normal", "init_gain": 0.02,
+    "gp_weight": None, "clip": None, "fm_weight": 0.0, "label_smoothing": 0.0, "g_norm": None, "d_norm": None,
+    "g_base_width": None, "d_base_width": None, "augment": False, "vgg_weight": 0.0, "vgg_weights": None,
+    "vgg_sha256": None, "n_critic": 1, "optimizer": "adam", "r1_gamma": None, "r1_interval": 16,
+    "pl_weight": 2.0, "pl_interval": 4, "pl_batch_shrink": 2, "pl_decay": 0.01, "mixing_prob": 0.9,
+    "ema_kimg": 10.0, "ema_rampup": 0.0, "truncation": 1.0, "mapping_layers": 8, "diffaugment": None,
+    "recon_weight": 1.0, "recon_loss": "l1", "d_scales": 2, "fm_l1_weight": 10.0, "l1_weight": 100.0, "patch": 46,
+}
 
 
 @dataclass
@@ -192,12 +161,9 @@ class TrainConfig:
     train: TrainOptions = field(default_factory=TrainOptions)
 
 
-_POSITIVE = {"model.base_width", "model.latent_dim", "model.channels", "data.phantom_n", "data.batch", "data.prefetch",
+_POSITIVE = {"model.base_width", "model.latent_dim", "data.phantom_n", "data.batch", "data.prefetch",
              "train.ckpt_every", "train.log_every", "train.sample_every"}
-_POSITIVE |= {"model.n_critic"}
-_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints", "train.threads",
-                 "model.init_gain", "model.fm_weight", "model.vgg_weight", "model.label_smoothing", "model.recon_weight"}
-_NON_NEGATIVE |= {"model.fm_l1_weight", "model.l1_weight"}
+_NON_NEGATIVE = {"model.num_classes", "data.workers", "train.iterations", "train.keep_checkpoints", "train.threads"}
 _NON_NEGATIVE |= {"model.mask_channels", "model.g_ema_half_life", "model.mode_seeking"}
 
 
@@ -281,14 +247,16 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _validate(cfg: TrainConfig) -> None:
-    from medvol.models.registry import MODEL_SIZES, REGISTRY
+def _validate(cfg: TrainConfig, flat: frozenset[str] = frozenset()) -> None:
+    """Ranges and combinations; ``flat``: the options the config spelled ``model.<key>`` (errors
+    name them so)."""
+    from medvol.models.registry import REGISTRY
 
     if cfg.model.name not in REGISTRY:
         raise MedvolError(f"config key model.name: {cfg.model.name!r} is not one of {', '.join(REGISTRY)}"
                           f"{_did_you_mean(cfg.model.name, REGISTRY, '')}")
-    _validate_model_options(cfg, REGISTRY[cfg.model.name])
-    sizes = MODEL_SIZES[cfg.model.name]
+    _validate_model_options(cfg, REGISTRY[cfg.model.name], flat)
+    sizes = REGISTRY[cfg.model.name].sizes
     if cfg.model.size not in sizes:
         raise MedvolError(f"config key model.size: {cfg.model.name} supports sizes "
                           f"{', '.join(map(str, sizes))}, not {cfg.model.size}")
@@ -298,13 +266,6 @@ def _validate(cfg: TrainConfig) -> None:
         if value < 0 or (key in _POSITIVE and value == 0):
             need = "positive" if key in _POSITIVE else "non-negative"
             raise MedvolError(f"config key {key}: must be {need}, got {value}")
-    for key in ("gp_weight", "clip", "g_base_width", "d_base_width"):
-        value = getattr(cfg.model, key)
-        need = "positive" if key.endswith("width") else "non-negative"
-        if value is not None and (value < 0 or (value == 0 and need == "positive")):
-            raise MedvolError(f"config key model.{key}: must be {need}, got {value}")
-    if cfg.model.label_smoothing >= 1:
-        raise MedvolError(f"config key model.label_smoothing: must be below 1, got {cfg.model.label_smoothing}")
     _validate_mask_channels(cfg)
     if cfg.data.slice_class < -1:
         raise MedvolError(f"config key data.slice_class: -1 (all) or a class id, got {cfg.data.slice_class}")
@@ -318,27 +279,91 @@ def _validate(cfg: TrainConfig) -> None:
         raise MedvolError(f"config key train.device: {cfg.train.device!r} is not auto, cpu or cuda[:N]")
 
 
-def _validate_model_options(cfg: TrainConfig, spec) -> None:
-    """``model.options`` against the model's options dataclass: known keys, values of its types
-    (converted in place, so the saved config holds them typed)."""
+def _validate_model_options(cfg: TrainConfig, spec, flat: frozenset[str] = frozenset()) -> None:
+    """``model.options`` against the model's options dataclass: known keys, values of its types,
+    the dataclass's own checks; then every option, its default where not set, so that the saved
+    config says what was built and two configs that build the same model compare equal."""
+    from medvol.models.registry import option_owners
+
     options = cfg.model.options
-    if spec.flat_options:
-        if options:
-            raise MedvolError(f"config key model.options: {spec.name} takes its options as model.<key>, "
-                              f"not under model.options (got {', '.join(sorted(options))})")
-        return
-    fields = {f.name: f for f in dataclasses.fields(spec.options)}
+    fields = {f.name for f in dataclasses.fields(spec.options)}
     hints = _hints(spec.options)
     for name in list(options):
+        where = f"model.{name}" if name in flat else f"model.options.{name}"
         if name not in fields:
-            raise MedvolError(f"unknown config key 'model.options.{name}'"
-                              f"{_did_you_mean(name, fields, 'model.options')} "
-                              f"({spec.name}'s options: {', '.join(fields)})")
-        options[name] = _coerce(options[name], hints[name], f"model.options.{name}")
+            owners = option_owners(name)
+            if owners:
+                raise MedvolError(f"{where}: only for {' and '.join(owners)}, not {spec.name}")
+            raise MedvolError(f"unknown config key {where!r}{_did_you_mean(name, fields, 'model.options')} "
+                              f"({spec.name}'s options: {', '.join(fields) or 'none'})")
+        options[name] = _coerce(options[name], hints[name], where)
     try:
-        spec.options(**options)  # the dataclass's own checks (ranges, combinations)
+        instance = spec.options(**options)  # the dataclass's own checks (ranges, combinations)
     except (TypeError, ValueError, MedvolError) as error:
+        key, _, rest = str(error).partition(": ")
+        if key in fields and rest:
+            where = f"model.{key}" if key in flat else f"model.options.{key}"
+            raise MedvolError(f"config key {where}: {rest}") from None
         raise MedvolError(f"config key model.options: {error}") from None
+    cfg.model.options = {f.name: getattr(instance, f.name) for f in dataclasses.fields(spec.options)}
+
+
+def _same(value: Any, default: Any) -> bool:
+    """``value == default`` without Python's ``True == 1`` (a number matches a number, 0 matches 0.0)."""
+    if isinstance(value, bool) or isinstance(default, bool) or value is None or default is None:
+        return value is default
+    if isinstance(value, (int, float)) and isinstance(default, (int, float)):
+        return value == default
+    return type(value) is type(default) and value == default
+
+
+def _option_names() -> set[str]:
+    """Every registered model's option names and the legacy flat keys."""
+    from medvol.models.registry import REGISTRY
+
+    return {f.name for s in REGISTRY.values() for f in dataclasses.fields(s.options)} | set(LEGACY_FLAT_DEFAULTS)
+
+
+def _fold_flat_options(raw: dict) -> frozenset[str]:
+    """Move the flat ``model.<key>`` options of a raw config under ``model.options``.
+
+    An option of the named model moves (a key given both ways is refused); another model's
+    option is dropped when it holds its :data:`LEGACY_FLAT_DEFAULTS` value (older configs and
+    checkpoints hold every one of them) and refused otherwise, naming the models that have it.
+
+    Returns:
+        The keys that moved (errors about their values then name ``model.<key>``).
+    """
+    from medvol.models.registry import REGISTRY, option_owners
+
+    model = raw.get("model")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    extra = [key for key in model if key not in fields] if isinstance(model, dict) else []
+    options = model.get("options") if extra else None
+    if not extra or not isinstance(options, (dict, type(None))):
+        return frozenset()  # nothing to move, or a bad options section that _from_dict names
+    options = {} if options is None else options
+    name = model.get("name", ModelConfig.name)
+    known = REGISTRY[name].option_defaults() if isinstance(name, str) and name in REGISTRY else None
+    moved = set()
+    for key in extra:
+        owners = option_owners(str(key))
+        if known is None or key in known:  # an unknown model.name is named by _validate
+            if key in options:
+                raise MedvolError(f"config key model.{key}: given twice, as model.{key} and model.options.{key}")
+            options[key] = model.pop(key)
+            moved.add(key)
+        elif key in LEGACY_FLAT_DEFAULTS and _same(model[key], LEGACY_FLAT_DEFAULTS[key]):
+            del model[key]
+        elif owners:
+            raise MedvolError(f"model.{key}: only for {' and '.join(owners)}, not {name}")
+        else:
+            names = fields | set(known)
+            raise MedvolError(f"unknown config key 'model.{key}'{_did_you_mean(str(key), names, 'model')} "
+                              f"(known in model: {', '.join(sorted(fields))}, and {name}'s options: "
+                              f"{', '.join(known) or 'none'})")
+    model["options"] = options
+    return frozenset(moved)
 
 
 def _validate_mask_channels(cfg: TrainConfig) -> None:
@@ -350,8 +375,12 @@ def _validate_mask_channels(cfg: TrainConfig) -> None:
     if cfg.data.masks:
         raise MedvolError(f"config key model.mask_channels: {k} adds the label map's one-hot channels, "
                           "data.masks the binary nodule channel; use one of them (data.masks false)")
-    if cfg.model.channels != 1:
-        raise MedvolError(f"config key model.channels: {cfg.model.channels} with model.mask_channels {k}; "
+    from medvol.models.registry import REGISTRY
+
+    channels = cfg.model.options.get("channels", 1)
+    # A mask-conditional model (paired "none") needs its channels 2 and refuses K when built.
+    if REGISTRY[cfg.model.name].paired == "channels" and channels != 1:
+        raise MedvolError(f"config key model.channels: {channels} with model.mask_channels {k}; "
                           "model.channels counts the image and data.masks' channel, leave it at 1 "
                           f"(the model gets 1 + {k} channels)")
 
@@ -392,6 +421,18 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
 def _apply_override(raw: dict, key: str, value: Any) -> None:
     """Set ``raw[a][b]... = value`` after checking each part of ``key`` is a known field."""
     parts = key.split(".")
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else None
+    if parts[0] == "model" and len(parts) == 2 and parts[1] not in _hints(ModelConfig) and \
+            parts[1] in _option_names():
+        # The flat spelling of an option (--model.loss): folded under model.options on load; the
+        # later of the two spellings wins, as for any repeated key.
+        model = raw["model"] = model if model is not None else {}
+        model[parts[1]] = value
+        if isinstance(model.get("options"), dict):
+            model["options"].pop(parts[1], None)
+        return
+    if parts[:2] == ["model", "options"] and len(parts) == 3 and model is not None:
+        model.pop(parts[2], None)
     cls: Any = TrainConfig
     node = raw
     for depth, part in enumerate(parts):
@@ -406,7 +447,8 @@ def _apply_override(raw: dict, key: str, value: Any) -> None:
         hints = _hints(cls)
         if part not in hints:
             section = ".".join(parts[:depth])
-            raise MedvolError(f"unknown config key {here!r}{_did_you_mean(part, hints, section)}")
+            known = set(hints) | (_option_names() if cls is ModelConfig else set())
+            raise MedvolError(f"unknown config key {here!r}{_did_you_mean(part, known, section)}")
         tp = hints[part]
         if last:
             node[part] = value
@@ -429,8 +471,9 @@ def config_from_dict(data: dict | None, overrides: list[str] | None = None, sour
         raise MedvolError(f"{source}: expected a mapping with model/data/train sections")
     for key, value in parse_overrides(overrides):
         _apply_override(raw, key, value)
+    flat = _fold_flat_options(raw)
     cfg = _from_dict(TrainConfig, raw, "")
-    _validate(cfg)
+    _validate(cfg, flat)
     return cfg
 
 
@@ -544,8 +587,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
-    """The config as plain nested dicts (YAML/checkpoint friendly); ``model.options`` only where
-    set, so a GAN's config reads as it always has."""
+    """The config as plain nested dicts (YAML/checkpoint friendly); ``model.options`` only for a
+    model that has options."""
     data = dataclasses.asdict(cfg)
     if not data["model"]["options"]:
         del data["model"]["options"]

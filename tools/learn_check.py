@@ -140,6 +140,7 @@ def real_items(cfg, n: int, seed: int | None, volumes: int = 16, geometry: bool 
     ``seed`` is None), spread evenly over the dataset (slice datasets are ordered by volume).
     2D: the slices of ``volumes`` held-out phantoms; with ``geometry`` also the slices'
     ``(spacing, window)``."""
+    from medvol.models.registry import spec
     from medvol.train.data import build_dataset
 
     data = cfg.data
@@ -147,9 +148,9 @@ def real_items(cfg, n: int, seed: int | None, volumes: int = 16, geometry: bool 
         # Phantoms rendered on the fly equal the preprocessed files of `medvol data phantom` at the
         # model size, so a run trained on such a cache is scored against on-the-fly phantoms too.
         data = dataclasses.replace(data, source="phantom", phantom_seed=seed,
-                                   phantom_n=max(n, 16) if cfg.model.name in ("crfgan", "hagan") else volumes)
-    dims = 3 if cfg.model.name in ("crfgan", "hagan") else 2
-    channels = cfg.model.channels + (cfg.model.mask_channels if dims == 2 else 0)
+                                   phantom_n=max(n, 16) if spec(cfg.model.name).dims == 3 else volumes)
+    dims = spec(cfg.model.name).dims
+    channels = cfg.model.options.get("channels", 1) + (cfg.model.mask_channels if dims == 2 else 0)
     dataset = build_dataset(data, cfg.model.size, dims=dims, channels=channels,
                             mask_channels=cfg.model.mask_channels)
     index = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from medvol.commands.helptext import RegistryHelp
 
 #: What a Ctrl-C leaves (``medvol.cli``).
 INTERRUPTED = "nothing was written"
@@ -15,7 +16,7 @@ FROM = {"images": "of image files", "slices": "axial slices of volumes"}
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "info",
+        "info", formatter_class=RegistryHelp,
         help="parameter counts of a model, or the provenance of a volume",
         description="Print the trainable parameter counts of a model per sub-network "
         "(3D: G, D, E, sub_E or crf, total; 2D: G, D, total). Nothing is allocated: the model is built "
@@ -26,13 +27,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument("path", nargs="?",
                         help="a volume file, cache entry, cache folder or folder of volumes: print its provenance")
-    parser.add_argument("--model", help="hagan, crfgan, ldm (3D) or dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix, ldm2d (2D)")
+    parser.add_argument("--model", help="{models_3d} (3D) or {models_2d} (2D)")
     parser.add_argument("--size", type=int,
                         help="volume side: 64, 128, 256, 512; 2D image side: 64, 128, 256 (or 32)")
     parser.add_argument("--base-width", type=int, default=None,
-                        help="base width c (default: the model's own: 32 for the 3D models, dcgan 64, mlpgan 256, the others 64)")
+                        help="base width c (default: the model's own: {widths})")
     parser.add_argument("--latent-dim", type=int, default=None,
-                        help="latent length (default: the published one: 1024, dcgan and mlpgan 100)")
+                        help="latent length (default: the published one: {latents})")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a model build option, e.g. channels=2 or spectral_norm_d=true (repeatable)")
     parser.add_argument("--num-classes", type=int, default=0, help="classes of the conditional variant")

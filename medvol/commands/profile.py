@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from medvol.commands.helptext import RegistryHelp
 from medvol.errors import MedvolError
 
 
@@ -21,9 +22,10 @@ def register(subparsers) -> None:
         "profile", help="measure (or estimate) peak memory and iterations/s per configuration",
         description="Profile the full training step of each model x size x batch x mode, each "
                     "configuration in a fresh process. Out of memory is reported as OOM. Writes "
-                    "profile.md, profile.csv, profile.json and profile.png into --out.")
+                    "profile.md, profile.csv, profile.json and profile.png into --out.",
+        formatter_class=RegistryHelp)
     parser.add_argument("--model", default="hagan,crfgan",
-                        help="comma list of hagan, crfgan, ldm (3D), dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix, ldm2d (2D)")
+                        help="comma list of {models_3d} (3D), {models_2d} (2D)")
     parser.add_argument("--size", default="64",
                         help="comma list of sizes: volume side (3D, e.g. 64,128,256,512) or image side "
                              "(2D: 32, 64, 128, 256)")
@@ -51,8 +53,7 @@ def register(subparsers) -> None:
     parser.add_argument("--measure", action="store_true",
                         help="with --estimate on a machine without CUDA: measure on the CPU too")
     parser.add_argument("--base-width", type=int, default=None,
-                        help="generator base width c (default: each model's published width: 32 for "
-                             "the 3D models, 64 dcgan, 256 mlpgan)")
+                        help="generator base width c (default: each model's published width: {widths})")
     parser.add_argument("--data", default="synthetic", choices=["synthetic", "phantom"],
                         help="batches of device noise (default) or procedural phantoms from the host")
     parser.add_argument("--factory", default=None,
@@ -99,13 +100,14 @@ def _command(args: argparse.Namespace) -> str:
 
 def _check_model_options(models: list[str], options: dict[str, object]) -> None:
     """Refuse up front an option a model does not have (not late, in every worker)."""
-    from medvol.models import MODEL_OPTIONS
+    from medvol.models.registry import REGISTRY
 
     for model in models:
-        unknown = sorted(set(options) - set(MODEL_OPTIONS[model]))
+        known = REGISTRY[model].option_defaults()
+        unknown = sorted(set(options) - set(known))
         if unknown:
             raise MedvolError(f"--model-option {unknown[0]}: {model} has no such option "
-                              f"(it has: {', '.join(MODEL_OPTIONS[model]) or 'none'})")
+                              f"(it has: {', '.join(known) or 'none'})")
         import torch
 
         from medvol.models import build
@@ -120,17 +122,17 @@ def _check_model_options(models: list[str], options: dict[str, object]) -> None:
 def _sizes(text: str, models: list[str], custom: bool) -> list[int]:
     """``--size`` checked against every model's sizes up front (not late, in every worker); a
     custom factory decides its own sizes."""
-    from medvol.models.registry import MODEL_SIZES
+    from medvol.models.registry import REGISTRY
     from medvol.profile.cases import parse_list
 
     if custom:
         return parse_list(text, "--size", kind=int)
-    allowed = sorted({s for m in models for s in MODEL_SIZES[m]})
+    allowed = sorted({s for m in models for s in REGISTRY[m].sizes})
     sizes = parse_list(text, "--size", kind=int, allowed=allowed)
     for model in models:
         for size in sizes:
-            if size not in MODEL_SIZES[model]:
-                raise MedvolError(f"--size: {model} supports {', '.join(map(str, MODEL_SIZES[model]))}, "
+            if size not in REGISTRY[model].sizes:
+                raise MedvolError(f"--size: {model} supports {', '.join(map(str, REGISTRY[model].sizes))}, "
                                   f"not {size}")
     return sizes
 

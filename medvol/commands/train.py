@@ -9,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+from medvol.commands.helptext import RawRegistryHelp
 from medvol.utils import add_threads_option, set_threads
 
 _EPILOG = """config overrides: any config key as --section.key VALUE (or --section.key=VALUE), e.g.
@@ -38,10 +39,10 @@ class _OverrideParser(argparse.ArgumentParser):
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a 3D or 2D generative model from a YAML config",
-        description="Train a 3D or 2D generative model from a config (3D: crfgan, hagan, ldm; 2D: ldm2d, dcgan, "
-                    "mlpgan, stylegan2, fastgan, spade, pix2pix; `medvol configs` lists the shipped ones); writes a run "
-                    "folder with config.yaml, checkpoints/, samples/ and tb/ (TensorBoard).",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description="Train a 3D or 2D generative model from a config (3D: {models_3d}; 2D: {models_2d}; "
+                    "`medvol configs` lists the shipped ones); writes a run folder with config.yaml, checkpoints/, "
+                    "samples/ and tb/ (TensorBoard).",
+        epilog=_EPILOG, formatter_class=RawRegistryHelp)
     # The subparser is created by argparse; switching its class only changes parse_known_args.
     parser.__class__ = _OverrideParser
     parser.add_argument("--config", help="a shipped config by name (crfgan_256, demo, ...) or a YAML file "

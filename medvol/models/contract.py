@@ -13,10 +13,16 @@ autoencoder in one stage and its denoiser in the next, and both keep the same co
   makes), built on :meth:`sample_latent` and :meth:`generate` (a latent in, a sample out);
 - state: ``state_dict`` / ``load_state_dict`` of ``nn.Module``: every tensor a sample depends on is
   a parameter or buffer of the module tree, so a checkpoint is the state dict.
+
+:meth:`groups`, :meth:`make_optimizers`, :meth:`train_step` and :meth:`generate` are abstract: a
+class that lacks one cannot be instantiated (the error names it), so a model is incomplete at
+build time, not in the middle of a run. Its options are a dataclass registered with it
+(:mod:`medvol.models.options`).
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Callable, ContextManager
 
@@ -31,11 +37,11 @@ MODES = ("reference", "optimized")
 Substep = Callable[[str], ContextManager]
 
 
-class GenerativeSystem(nn.Module):
+class GenerativeSystem(nn.Module, metaclass=abc.ABCMeta):
     """Base of every model; build one with :func:`medvol.models.build`.
 
     Attributes:
-        name: the registry name ("crfgan", "dcgan", "ldm", ...).
+        name: the registry name ("crfgan", "ldm", ...).
         dims: 3 (the trainer feeds volumes ``[B, C, S, S, S]``) or 2 (slices ``[B, C, S, S]``).
         size, base_width, latent_dim, num_classes, mask_channels: the build options.
         channels: C, the channels of what the model draws and its training batches hold.
@@ -73,18 +79,18 @@ class GenerativeSystem(nn.Module):
         """Model-specific build options (``build(name, size, **options)``); none by default."""
         return {}
 
+    @abc.abstractmethod
     def groups(self) -> dict[str, nn.Module]:
         """Trainable sub-networks in update order, keyed like the optimisers."""
-        raise NotImplementedError
 
     def param_counts(self) -> dict[str, int]:
         """Trainable parameters per group and their ``total``."""
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in self.groups().items()}
         return {**counts, "total": sum(counts.values())}
 
+    @abc.abstractmethod
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """One optimiser per group of :meth:`groups` (the trainer checkpoints them by key)."""
-        raise NotImplementedError
 
     def prepare_training(self) -> None:
         """Load and check what only training reads (a loss's weights file, a first stage's
@@ -121,6 +127,7 @@ class GenerativeSystem(nn.Module):
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ training
+    @abc.abstractmethod
     def train_step(
         self,
         real: torch.Tensor,
@@ -147,7 +154,6 @@ class GenerativeSystem(nn.Module):
         Returns:
             Detached scalar losses by name.
         """
-        raise NotImplementedError
 
     def update_g_ema(self) -> None:
         """Advance the generator's moving average (only called when :attr:`g_ema_half_life` > 0)."""
@@ -166,11 +172,11 @@ class GenerativeSystem(nn.Module):
         gen_device = generator.device if generator is not None else device
         return torch.randn(batch, self.latent_dim, generator=generator, device=gen_device).to(device)
 
+    @abc.abstractmethod
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, **options) -> torch.Tensor:
         """Samples ``[B, C, S, ...]`` in [-1, 1] from latents of :meth:`sample_latent` (no grad,
         eval mode). ``options`` are the model's sampling options (3D GANs: ``tile_depth``;
         mask-conditional models: ``masks``; diffusion: ``steps``, ``tile``)."""
-        raise NotImplementedError
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, seed: int | None = None,
                device: torch.device | str | None = None, labels: torch.Tensor | None = None,

@@ -9,10 +9,14 @@ adversarial target, with a CRF weight decaying linearly 0.5 -> 0 over the first 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
 from medvol.errors import MedvolError
+from medvol.models.hagan import HAGANOptions
 from medvol.models.networks import Generator, HighResDiscriminator
 from medvol.models.system import GANSystem, StepState
 
@@ -101,6 +105,23 @@ class PatchCRF(nn.Module):
 
 #: How the CRF sub-step gets its inputs (:class:`CRFGAN` ``crf_forwards``).
 CRF_FORWARDS = ("fresh", "reuse")
+
+
+@dataclass
+class CRFGANOptions(HAGANOptions):
+    """Options of ``crfgan`` (``model.options``): HA-GAN's, and the CRF's (docs/models.md "CRF-GAN
+    options"); defaults: the published procedure.
+
+    Attributes:
+        crf_forwards: the CRF step's inputs: "fresh" forwards as published, or "reuse" the G and
+            D steps' (cheaper; :class:`CRFGAN`).
+        crf_layout: the CRF's node layout, "channels" (published) or "depth" (:class:`PatchCRF`).
+        crf_self_pairs: keep the CRF's self-pairs (published) or drop them.
+    """
+
+    crf_forwards: Literal["fresh", "reuse"] = "fresh"
+    crf_layout: Literal["channels", "depth"] = "channels"
+    crf_self_pairs: bool = True
 
 
 class CRFGAN(GANSystem):

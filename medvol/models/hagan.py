@@ -4,12 +4,30 @@ full-volume branch, an encoder and a sub-encoder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medvol.models.networks import Generator, HighResDiscriminator, LowResDiscriminator, SubEncoder
 from medvol.models.system import GANSystem, StepState
+
+
+@dataclass
+class HAGANOptions:
+    """Options of ``hagan`` (``model.options``); defaults: the published procedure.
+
+    Attributes:
+        crop_depth: training crop depth in voxels; 0: S/8 as published, else a multiple of S/8
+            up to S, the whole volume (:func:`medvol.models.networks.check_crop_depth`;
+            docs/learning.md).
+        d_minibatch_std: a minibatch standard-deviation feature in D (off as published;
+            docs/learning.md).
+    """
+
+    crop_depth: int = 0
+    d_minibatch_std: bool = False
 
 
 class HADiscriminator(nn.Module):

@@ -43,9 +43,9 @@ def model_dims(model: str) -> int:
 
 def published_width(model: str) -> int:
     """The base width a model is built with when none is given (dcgan 64, mlpgan 256, 3D 32)."""
-    from medvol.models.registry import MODEL_DEFAULTS
+    from medvol.models.registry import REGISTRY
 
-    return MODEL_DEFAULTS.get(model, (PUBLISHED_WIDTH,))[0]
+    return getattr(REGISTRY.get(model), "base_width", PUBLISHED_WIDTH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Case:
     """One configuration: a model at a size and batch, in a mode, measured or estimated.
 
     Attributes:
-        model: ``"hagan"`` or ``"crfgan"`` (any name the factory accepts).
+        model: a registry name (``medvol.models.REGISTRY``), or any name the factory accepts.
         size: volume edge S of the ``[B, 1, S, S, S]`` training batch (2D models: image side S of
             ``[B, C, S, S]``).
         batch: batch size B.
@@ -71,8 +71,8 @@ class Case:
         factory: ``module:function`` building the system, called as ``f(model, size, base_width=c)``.
         seed: seed of the torch RNG in the worker.
         model_options: the model's build options as ``"key=value,..."`` (e.g.
-            ``"crf_forwards=reuse"``; see ``medvol.models.MODEL_OPTIONS``), passed to the factory;
-            "" for the published defaults.
+            ``"crf_forwards=reuse"``: fields of its options dataclass, ``ModelSpec.options``),
+            passed to the factory; "" for the published defaults.
     """
 
     model: str

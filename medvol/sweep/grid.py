@@ -145,14 +145,15 @@ class Grid:
         every run that draws it (the file's sha256 is checked once, here)."""
         from medvol.eval.features import check_sha256
 
-        if not (model.vgg_weights and model.vgg_sha256):
+        weights, sha256 = model.options.get("vgg_weights"), model.options.get("vgg_sha256")
+        if not (weights and sha256):
             raise MedvolError(f"{where} needs model.vgg_weights (a local torchvision VGG16/19 state_dict "
                               "file) and model.vgg_sha256 in the config or in 'fixed'")
-        weights = Path(model.vgg_weights).expanduser()
+        weights = Path(weights).expanduser()
         if not weights.is_file():
             raise MedvolError(f"{where}: model.vgg_weights {weights} does not exist")
         try:
-            check_sha256(weights, model.vgg_sha256, "VGG")
+            check_sha256(weights, sha256, "VGG")
         except MedvolError as error:
             raise MedvolError(f"{where}: {error}") from None
         self._vgg_checked = True

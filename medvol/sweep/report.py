@@ -27,6 +27,8 @@ import medvol
 from medvol.sweep.grid import read_yaml
 
 GROUP_KEY = "model.loss"
+#: The same option in the spelling of ``model.options`` (a grid or base config may use either).
+OPTION_KEYS = {GROUP_KEY: "model.options.loss", "model.d_base_width": "model.options.d_base_width"}
 FAILED = ("failed", "eval_failed", "lost")
 NOT_FINISHED = ("failed", "eval_failed", "lost", "interrupted", "pruned")
 #: Run results kept in a trial's user attributes (medvol.sweep.trial), copied into the record.
@@ -73,13 +75,25 @@ def study_state(study, grid, out: Path, *, config: str, grid_path: str, storage:
             "identity": study.user_attrs.get("medvol_identity"), "runs": records}
 
 
+def _drawn(values: dict, key: str):
+    """A run's drawn value of ``key`` in either spelling (``model.loss``, ``model.options.loss``)."""
+    return values.get(key, values.get(OPTION_KEYS.get(key, key)))
+
+
+def _base_option(model: dict, key: str):
+    """An option of the base config's model section, flat or under ``options``."""
+    options = model.get("options") if isinstance(model.get("options"), dict) else {}
+    return model[key] if key in model else options.get(key)
+
+
 def group_of(record: dict, default: str) -> str:
-    return str(record["values"].get(GROUP_KEY, default))
+    value = _drawn(record["values"], GROUP_KEY)
+    return str(default if value is None else value)
 
 
 def _default_group(out: Path) -> str:
     base = read_yaml(out / "base.yaml", "config file")
-    loss = (base.get("model") or {}).get("loss")
+    loss = _base_option(base.get("model") or {}, "loss")
     return str(loss) if loss is not None else "all"
 
 
@@ -163,7 +177,8 @@ def markdown(state: dict, groups: dict, keys: list[str], select: str, figure: bo
             r = by_id[info["best"]]
             s = r["score"]
             ci = f"{s['ci_low']:.4g} .. {s['ci_high']:.4g}" if s.get("ci_low") is not None else ""
-            config = ", ".join(f"{k}={v}" for k, v in r["values"].items() if k != GROUP_KEY)
+            config = ", ".join(f"{k}={v}" for k, v in r["values"].items()
+                               if k not in (GROUP_KEY, OPTION_KEYS[GROUP_KEY]))
             lines.append(f"| {g} | {info['runs']} | {info['failed']} | {info['pruned']} | {r['id']} | "
                          f"{s['value']:.5g} | {ci} | {config} |")
         else:
@@ -229,12 +244,12 @@ D_FILTER_KEYS = ("model.d_base_width", "model.base_width")
 def d_filters_series(state: dict, base_model: dict, default_group: str) -> dict[str, list[tuple[int, float]]]:
     """The points of the study's Fig. 4: per loss, ``(D's filters, score)`` of every evaluated run,
     sorted by filters. Empty when fewer than two filter counts occur (no figure to draw)."""
-    fixed = base_model.get("d_base_width") or base_model.get("base_width")
+    fixed = _base_option(base_model, "d_base_width") or base_model.get("base_width")
     series: dict[str, list[tuple[int, float]]] = {}
     for r in state["runs"]:
         if r.get("status") != "evaluated":
             continue
-        filters = next((r["values"][k] for k in D_FILTER_KEYS if r["values"].get(k) is not None), fixed)
+        filters = next((_drawn(r["values"], k) for k in D_FILTER_KEYS if _drawn(r["values"], k) is not None), fixed)
         if filters is None:
             continue
         series.setdefault(group_of(r, default_group), []).append((int(filters), float(r["score"]["value"])))

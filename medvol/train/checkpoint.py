@@ -151,13 +151,20 @@ def checkpoint_config(state: dict[str, Any]) -> TrainConfig:
     return config_from_dict(state["config"], source=f"config in checkpoint {state.get('path')}")
 
 
+def _model_settings(model: dict[str, Any]) -> dict[str, Any]:
+    """A config's model section with its options as ``options.<key>``, so a refusal names the one
+    that differs."""
+    options = model.get("options") or {}
+    return {**{k: v for k, v in model.items() if k != "options"}, **{f"options.{k}": v for k, v in options.items()}}
+
+
 def check_compatible(state: dict[str, Any], cfg: TrainConfig) -> None:
     """Refuse to resume ``cfg`` from a checkpoint of another model, size or width."""
     # Through the config loader: keys added since the checkpoint was written take their defaults.
-    have = config_to_dict(checkpoint_config(state))["model"]
-    want = config_to_dict(cfg)["model"]
+    have = _model_settings(config_to_dict(checkpoint_config(state))["model"])
+    want = _model_settings(config_to_dict(cfg)["model"])
     if have != want:
-        diff = ", ".join(f"{k} {have.get(k)} vs {want.get(k)}" for k in want if have.get(k) != want.get(k))
+        diff = ", ".join(f"{k} {have.get(k)} vs {want.get(k)}" for k in {**have, **want} if have.get(k) != want.get(k))
         raise MedvolError(f"checkpoint {state.get('path')} is {have['name']}@{have['size']} and does not "
                           f"match the config's model {want['name']}@{want['size']} ({diff})")
 

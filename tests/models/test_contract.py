@@ -271,7 +271,7 @@ def test_shipped_configs(config, name, tail):
 
 @pytest.mark.parametrize("command", ["info", "profile", "train"])
 def test_cli_help_names_every_model(command, capsys):
-    """The help texts are static (the CLI starts without importing torch): they must name every entry."""
+    """The help texts name every entry (filled in from the registry when help is printed)."""
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from medvol.config import load_config
 from medvol.errors import MedvolError
-from medvol.models import build
+from medvol.models import REGISTRY, build
 from medvol.models.diffusion.tiling import decode_tiled, tile_starts
 
 TINY = dict(base_width=4, latent_dim=2, train_timesteps=100, sample_steps=4)
@@ -243,8 +243,8 @@ def test_bad_ldm_config_is_one_line(overrides, message):
         build_from_config(load_config(None, ["--model.name", "ldm", "--model.size", "32", *overrides]).model)
 
 
-def test_gan_refuses_model_options():
-    with pytest.raises(MedvolError, match="model.options: crfgan takes its options as model.<key>"):
+def test_gan_refuses_the_diffusion_options():
+    with pytest.raises(MedvolError, match=r"model\.options\.stage: only for ldm and ldm2d, not crfgan"):
         load_config(None, ["--model.name", "crfgan", "--model.options.stage", "diffusion"])
 
 
@@ -254,8 +254,9 @@ def test_options_round_trip_through_the_saved_config(tmp_path):
     cfg = load_config(None, ["--model.name", "ldm", "--model.size", "32", "--model.options.levels", "2"])
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
-    assert again == cfg and again.model.options == {"levels": 2}
-    assert "options" not in config_to_dict(load_config(None, []))["model"]  # a GAN's config as before
+    # Saved with every option (its default where not set), so that the file says what was built.
+    assert again == cfg and again.model.options == {**REGISTRY["ldm"].option_defaults(), "levels": 2}
+    assert config_to_dict(again)["model"]["options"]["levels"] == 2
 
 
 @pytest.mark.slow

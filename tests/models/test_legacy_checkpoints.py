@@ -50,7 +50,11 @@ def test_legacy_checkpoint_resumes(tmp_path, name):
     import yaml
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(saved))
-    assert set(config["model"]) >= set(saved["model"])  # every key of the old config is still known
+    # The old spelling: every option a flat model.<key>, each still known (folded into model.options).
+    from medvol.config import LEGACY_FLAT_DEFAULTS
+
+    old_flat = set(saved["model"]) - set(config["model"])
+    assert old_flat and old_flat <= set(LEGACY_FLAT_DEFAULTS)
     train(load_config(tmp_path / "c.yaml"), resume=str(run / "checkpoints" / "ckpt_0000001.pt"),
           allow_changes=True)
     assert read_checkpoint(run / "checkpoints" / "ckpt_0000002.pt")["iteration"] == 2

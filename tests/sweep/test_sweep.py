@@ -157,7 +157,7 @@ def test_sweep_end_to_end_with_one_failing_run(swept):
     assert scores["extractors"][0]["scores"]["image/fid"]["value"] == score["value"]
     # the run trained with base + fixed + drawn values
     run_cfg = yaml.safe_load((swept / "runs" / "run_000" / "config.yaml").read_text(encoding="utf-8"))
-    assert run_cfg["model"]["label_smoothing"] == 0.1 and run_cfg["train"]["iterations"] == 4
+    assert run_cfg["model"]["options"]["label_smoothing"] == 0.1 and run_cfg["train"]["iterations"] == 4
     # the study is the record: one trial per run, its state, value, parameters and results
     study = load_study(swept)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE

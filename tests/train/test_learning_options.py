@@ -191,7 +191,7 @@ def test_crop_depth_whole_volume_crops_everything_at_position_0(name):
     from medvol.models import build_from_config
 
     torch.manual_seed(0)
-    system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8, crop_depth=32))
+    system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8, options={"crop_depth": 32}))
     assert system.options()["crop_depth"] == 32 and system.geometry.crop_emb == 8
     real = torch.rand(2, 1, 32, 32, 32) * 2 - 1
     state = system._prepare_step(real, None, {}, 0, None, None, torch.Generator().manual_seed(1))
@@ -247,7 +247,8 @@ def test_minibatch_std_lets_d_see_the_rest_of_the_batch(name):
 
     def logits(flag: bool) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
-        system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8, d_minibatch_std=flag))
+        system = build_from_config(ModelConfig(name=name, size=32, base_width=2, latent_dim=8,
+                                               options={"d_minibatch_std": flag}))
         assert system.options()["d_minibatch_std"] is flag
         x = torch.rand(3, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
         crop, pos = x[:, :, :4], torch.zeros(3, 1)

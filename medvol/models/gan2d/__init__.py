@@ -7,13 +7,13 @@ mask-conditioned ``spade`` and ``pix2pix`` (:mod:`medvol.models.gan2d.conditiona
 See docs/models2d.md.
 """
 
-from medvol.models.gan2d.dcgan import DCGAN, DCGAN_OPTIONS
-from medvol.models.gan2d.fastgan import FASTGAN_OPTIONS, FastGAN
-from medvol.models.gan2d.mlpgan import MLPGAN, MLPGAN_OPTIONS
-from medvol.models.gan2d.pix2pix import PIX2PIX_OPTIONS, Pix2Pix
-from medvol.models.gan2d.spade import SPADE_OPTIONS, SPADEModel
-from medvol.models.gan2d.stylegan2 import STYLEGAN2_OPTIONS, StyleGAN2
+from medvol.models.gan2d.dcgan import DCGAN, DCGANOptions
+from medvol.models.gan2d.fastgan import FastGAN, FastGANOptions
+from medvol.models.gan2d.mlpgan import MLPGAN, MLPGANOptions
+from medvol.models.gan2d.pix2pix import Pix2Pix, Pix2PixOptions
+from medvol.models.gan2d.spade import SPADEModel, SPADEOptions
+from medvol.models.gan2d.stylegan2 import StyleGAN2, StyleGAN2Options
 from medvol.models.gan2d.system import SIZES_2D, GANSystem2D
 
-__all__ = ["DCGAN", "DCGAN_OPTIONS", "FASTGAN_OPTIONS", "FastGAN", "MLPGAN", "MLPGAN_OPTIONS", "PIX2PIX_OPTIONS",
-           "Pix2Pix", "SIZES_2D", "SPADE_OPTIONS", "SPADEModel", "STYLEGAN2_OPTIONS", "GANSystem2D", "StyleGAN2"]
+__all__ = ["DCGAN", "DCGANOptions", "FastGAN", "FastGANOptions", "GANSystem2D", "MLPGAN", "MLPGANOptions", "Pix2Pix",
+           "Pix2PixOptions", "SIZES_2D", "SPADEModel", "SPADEOptions", "StyleGAN2", "StyleGAN2Options"]

@@ -18,7 +18,7 @@ from medvol.models.gan2d.system import GANSystem2D
 from medvol.models.gan import StepState
 
 
-class ConditionalGANSystem2D(GANSystem2D, metaclass=abc.ABCMeta):
+class ConditionalGANSystem2D(GANSystem2D):
     """Base of the mask-conditioned systems; subclasses define :meth:`_render` and the sub-steps."""
 
     conditional = True

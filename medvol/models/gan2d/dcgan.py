@@ -3,22 +3,64 @@ study's search-grid options as build options (docs/models2d.md)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal, Optional
+
 from medvol.errors import MedvolError
 from medvol.models.gan2d.diffaugment import parse_policy
 from medvol.models.gan2d.losses import LOSSES, SMOOTHABLE
 from medvol.models.gan2d.nets import (ACTIVATIONS, INITS, NORMS, DCGANDiscriminator, DCGANGenerator,
                                       apply_spectral_norm, init_weights)
 from medvol.models.gan2d.system import OPTIMIZERS, GANSystem2D
+from medvol.models.options import check_ranges
 
-#: Build options and their defaults: DCGAN as published (BCE, BatchNorm, ReLU in G, LeakyReLU 0.2
-#: in D, N(0, 0.02) weights). ``gp_weight`` / ``clip`` None mean the loss's own default.
-DCGAN_OPTIONS: dict[str, object] = {
-    "loss": "bce", "channels": 1, "g_activation": "relu", "d_activation": "leakyrelu", "norm": "batch",
-    "spectral_norm_d": False, "spectral_norm_g": False, "init": "normal", "init_gain": 0.02,
-    "gp_weight": None, "clip": None, "fm_weight": 0.0, "label_smoothing": 0.0, "diffaugment": None,
-    "n_critic": 1, "optimizer": "adam", "g_norm": None, "d_norm": None, "g_base_width": None,
-    "d_base_width": None, "augment": False, "vgg_weight": 0.0, "vgg_weights": None, "vgg_sha256": None,
-}
+Norm = Literal["batch", "instance", "none"]
+Activation = Literal["relu", "leakyrelu", "elu", "selu"]
+
+
+@dataclass
+class DCGANOptions:
+    """Options of ``dcgan`` (``model.options``): the loss and the empirical study's search-grid
+    options; defaults: DCGAN as published (BCE, BatchNorm, ReLU in G, LeakyReLU 0.2 in D, N(0, 0.02)
+    weights). Each is described at :class:`DCGAN` (docs/models2d.md).
+
+    Attributes:
+        loss, channels, g_activation, d_activation, norm, spectral_norm_d, spectral_norm_g, init,
+        init_gain, fm_weight, label_smoothing, diffaugment, n_critic, optimizer, g_norm, d_norm,
+        g_base_width, d_base_width, augment, vgg_weight, vgg_weights, vgg_sha256: as :class:`DCGAN`.
+        gp_weight, clip: None: the loss's own (WGAN-GP: 10; WGAN: 0.01; else 0).
+    """
+
+    loss: Literal["bce", "lsgan", "wgan", "wgan-gp", "hinge"] = "bce"
+    channels: int = 1
+    g_activation: Activation = "relu"
+    d_activation: Activation = "leakyrelu"
+    norm: Norm = "batch"
+    spectral_norm_d: bool = False
+    spectral_norm_g: bool = False
+    init: Literal["normal", "xavier", "xavier_uniform", "kaiming", "default"] = "normal"
+    init_gain: float = 0.02
+    gp_weight: Optional[float] = None
+    clip: Optional[float] = None
+    fm_weight: float = 0.0
+    label_smoothing: float = 0.0
+    diffaugment: Optional[str] = None
+    n_critic: int = 1
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    g_norm: Optional[Norm] = None
+    d_norm: Optional[Norm] = None
+    g_base_width: Optional[int] = None
+    d_base_width: Optional[int] = None
+    augment: bool = False
+    vgg_weight: float = 0.0
+    vgg_weights: Optional[str] = None
+    vgg_sha256: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("channels", "n_critic", "g_base_width", "d_base_width"),
+                     non_negative=("init_gain", "gp_weight", "clip", "fm_weight", "label_smoothing", "vgg_weight"),
+                     below_one=("label_smoothing",))
+
 #: The loss's own GP weight and clipping value (WGAN-GP: 10; WGAN: 0.01).
 DEFAULT_GP = {"wgan-gp": 10.0}
 DEFAULT_CLIP = {"wgan": 0.01}

@@ -7,6 +7,9 @@ Deviation from the paper: the reconstruction distance is a pixel loss (``recon_l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal, Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -17,12 +20,32 @@ from medvol.models.gan2d.losses import discriminator_loss
 from medvol.models.gan2d.nets import apply_spectral_norm, init_weights
 from medvol.models.gan2d.system import GANSystem2D
 from medvol.models.gan import StepState
+from medvol.models.options import check_ranges
 
 #: DiffAugment policy of the paper (``diffaugment: null`` means this one).
 PAPER_POLICY = "color,translation,cutout"
 RECON_LOSSES = ("l1", "mse")
 #: Build options and their defaults (the paper's, but for the pixel reconstruction loss).
-FASTGAN_OPTIONS: dict[str, object] = {"channels": 1, "diffaugment": None, "recon_weight": 1.0, "recon_loss": "l1"}
+
+
+@dataclass
+class FastGANOptions:
+    """Options of ``fastgan`` (``model.options``); defaults: the paper's.
+
+    Attributes:
+        channels: image channels.
+        diffaugment: DiffAugment policy; None: "color,translation,cutout" as the paper; "": off.
+        recon_weight, recon_loss: weight and distance (l1 or mse; the paper's LPIPS needs weights
+            medvol lacks) of the self-supervised discriminator's reconstruction term.
+    """
+
+    channels: int = 1
+    diffaugment: Optional[str] = None
+    recon_weight: float = 1.0
+    recon_loss: Literal["l1", "mse"] = "l1"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("channels",), non_negative=("recon_weight",))
 
 
 def reconstruction_loss(kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

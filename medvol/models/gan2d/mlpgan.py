@@ -7,10 +7,26 @@ does not state); batch 64 (configs/mlpgan_64.yaml); no normalisation, PyTorch's 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from medvol.models.gan2d.nets import MLPDiscriminator, MLPGenerator
 from medvol.models.gan2d.system import GANSystem2D
+from medvol.models.options import check_ranges
 
-MLPGAN_OPTIONS: dict[str, object] = {"channels": 1}
+
+
+@dataclass
+class MLPGANOptions:
+    """Options of ``mlpgan`` (``model.options``).
+
+    Attributes:
+        channels: image channels (2 with data.masks' channel).
+    """
+
+    channels: int = 1
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("channels",))
 
 
 class MLPGAN(GANSystem2D):

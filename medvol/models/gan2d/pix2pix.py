@@ -12,6 +12,9 @@ The choices the papers leave open are listed in docs/models2d.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import hashlib
 import math
 
@@ -24,9 +27,28 @@ from medvol.models.gan2d.conditional import ConditionalGANSystem2D
 from medvol.models.gan2d.losses import discriminator_loss, generator_loss
 from medvol.models.gan2d.nets import init_weights
 from medvol.models.gan import StepState
+from medvol.models.options import check_ranges
 
-#: Build options and their defaults (the thesis / pix2pix paper).
-PIX2PIX_OPTIONS: dict[str, object] = {"channels": 2, "loss": "bce", "l1_weight": 100.0, "patch": 46}
+
+
+@dataclass
+class Pix2PixOptions:
+    """Options of ``pix2pix`` (``model.options``); defaults: the thesis's and the pix2pix paper's.
+
+    Attributes:
+        channels: the image and its mask (2: pix2pix draws images from given masks).
+        loss: D's adversarial loss, "bce" or "lsgan".
+        l1_weight: weight of the L1 term in G's loss.
+        patch: the PatchGAN discriminator's receptive field: 10, 22 or 46.
+    """
+
+    channels: int = 2
+    loss: Literal["bce", "lsgan"] = "bce"
+    l1_weight: float = 100.0
+    patch: Literal[10, 22, 46] = 46
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("channels",), non_negative=("l1_weight",))
 #: PatchGAN receptive field -> number of stride-2 convs before the 1-channel output conv.
 PATCHES = {10: 1, 22: 2, 46: 3}
 #: Widths are c * 2^k capped at this multiple (pix2pix: 64 ... 512).

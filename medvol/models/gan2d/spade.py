@@ -11,6 +11,9 @@ choices the paper leaves open are listed in docs/models2d.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import math
 
 import torch
@@ -22,10 +25,28 @@ from medvol.models.gan2d.conditional import ConditionalGANSystem2D
 from medvol.models.gan2d.losses import discriminator_loss, generator_loss
 from medvol.models.gan2d.nets import apply_spectral_norm
 from medvol.models.gan import StepState
+from medvol.models.options import check_ranges
 
-#: Build options and their defaults (the paper's): G's parameter-free normalisation, the number
-#: of discriminator scales, the weight of D feature matching in G's loss, the image channels.
-SPADE_OPTIONS: dict[str, object] = {"channels": 2, "norm": "batch", "d_scales": 2, "fm_l1_weight": 10.0}
+
+
+@dataclass
+class SPADEOptions:
+    """Options of ``spade`` (``model.options``); defaults: the paper's.
+
+    Attributes:
+        channels: the image and its mask (2: spade draws images from given masks).
+        norm: G's parameter-free normalisation, "batch" or "instance".
+        d_scales: discriminator scales (1 to 3).
+        fm_l1_weight: weight of D feature matching (L1) in G's loss.
+    """
+
+    channels: int = 2
+    norm: Literal["batch", "instance"] = "batch"
+    d_scales: int = 2
+    fm_l1_weight: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("channels",), non_negative=("fm_l1_weight",))
 #: G's block widths at 256^2 in units of the base width c (the paper: 1024 ... 64 with c = 64);
 #: smaller images drop the first (4x4-side) blocks, so the last blocks keep their widths.
 G_MULTIPLES = (16, 16, 16, 8, 4, 2, 1)

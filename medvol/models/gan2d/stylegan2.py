@@ -21,6 +21,9 @@ the other weights, restored on resume, and is what :meth:`StyleGAN2.generate` us
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import copy
 import math
 from typing import Callable
@@ -33,14 +36,41 @@ from medvol.models.gan2d.stylegan2_layers import randn, wide
 from medvol.models.gan2d.stylegan2_nets import ResidualDiscriminator, StyleGenerator
 from medvol.models.gan2d.system import GANSystem2D
 from medvol.models.gan import StepState
+from medvol.models.options import check_ranges
 
-#: Build options and defaults: the paper's values. ``r1_gamma`` None: 10 (the paper's FFHQ 1024^2
-#: value) scaled by the pixel count, ``10 * (S / 1024)^2``, see :func:`default_r1_gamma`.
-STYLEGAN2_OPTIONS: dict[str, object] = {
-    "channels": 1, "r1_gamma": None, "r1_interval": 16, "pl_weight": 2.0, "pl_interval": 4,
-    "pl_batch_shrink": 2, "pl_decay": 0.01, "mixing_prob": 0.9, "ema_kimg": 10.0, "ema_rampup": 0.0,
-    "truncation": 1.0, "mapping_layers": 8,
-}
+
+
+@dataclass
+class StyleGAN2Options:
+    """Options of ``stylegan2`` (``model.options``; docs/models2d.md "stylegan2"); defaults: the
+    paper's values. Each is described at :class:`StyleGAN2`.
+
+    Attributes:
+        channels: image channels.
+        r1_gamma, r1_interval: lazy R1; ``r1_gamma`` None: 10 (the paper's FFHQ 1024^2 value)
+            scaled by the pixel count, ``10 * (S / 1024)^2`` (:func:`default_r1_gamma`).
+        pl_weight, pl_interval, pl_batch_shrink, pl_decay: path-length regularisation.
+        mixing_prob: style mixing probability.
+        ema_kimg, ema_rampup: G_ema half-life (in thousands of images) and its ramp-up.
+        truncation: truncation psi of generation.
+        mapping_layers: depth of the mapping network.
+    """
+
+    channels: int = 1
+    r1_gamma: Optional[float] = None
+    r1_interval: int = 16
+    pl_weight: float = 2.0
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    mixing_prob: float = 0.9
+    ema_kimg: float = 10.0
+    ema_rampup: float = 0.0
+    truncation: float = 1.0
+    mapping_layers: int = 8
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("channels",))
 
 
 def default_r1_gamma(size: int) -> float:

@@ -48,7 +48,6 @@ log = logging.getLogger("medvol.study")
 
 STUDY_FILE = "study.json"
 JOB = "study recursive"
-MODELS_3D = ("crfgan", "hagan")
 #: The shipped default: the learned 64^2 DCGAN on axial phantom slices (docs/studies.md).
 DEFAULT_CONFIG = "studies/recursive_dcgan64"
 TOP_FILES = (STUDY_FILE, "summary.json", "summary.md", "scores.png")
@@ -167,7 +166,7 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
             ``DIR``, or any failure of the steps (named).
     """
     from medvol.config import config_to_dict, load_config
-    from medvol.models.registry import MODELS
+    from medvol.models.registry import MODELS, REGISTRY
     from medvol.outputs import owned_output
     from medvol.train.distributed import pick_device
 
@@ -178,7 +177,8 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
     if dims == 2 and (getattr(MODELS[cfg.model.name], "conditional", False) or cfg.data.masks
                       or cfg.model.mask_channels):
         raise MedvolError(f"config {config}: {cfg.model.name} with masks draws images from masks; the recursive "
-                          "study trains unconditional models (crfgan, hagan, dcgan, mlpgan, stylegan2, fastgan)")
+                          "study trains unconditional models ("
+                          + ", ".join(n for n, s in REGISTRY.items() if not s.system.conditional) + ")")
     if dims == 3 and fid_n:
         raise MedvolError("--fid-n: 3D studies score FID with the domain features already; it is for 2D models")
     if fid_n:
