@@ -488,7 +488,7 @@ def _write_single_images(folder: Path, plans: list[ItemPlan], sources: dict[str,
         array, own_spacing = sources[name].load(index)
         array = fit_to_shape(array, own_spacing, shape, spacing, what)
         image, k = _view(array, plan.plane, plan.position, shape)
-        limits = resolve_window(window, image, image)
+        limits = resolve_window(window, image)
         try:
             pixels = to_uint8(image, limits)
         except MedvolError as error:
