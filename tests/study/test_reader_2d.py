@@ -122,6 +122,8 @@ def test_single_2d_study_of_a_slice_cache_and_png_fakes(cache_study, slice_cache
     for item in key["pairs"]:
         shown = _pixels(cache_study / "page" / "images" / item["image"])
         assert shown.shape == (16, 16) and item["plane"] == "2d" and item["slice"] is None
+        assert item["truth"] == ("real" if item["volume"].startswith("cache:") else "synthetic") == \
+            ("real" if item["source"] == "real" else "synthetic")
         if item["source"] == "real":
             name = item["volume"].removeprefix("cache:")
             cached = np.load(slice_cache / "volumes" / f"{name}.npy")[0].astype(np.float64)
@@ -138,11 +140,14 @@ def test_score_a_filled_answer_sheet_of_the_2d_study(cache_study, tmp_path, caps
     """Two readers' CSV sheets scored end to end; accuracy and the rates counted here from the key."""
     key = _key(cache_study)
     rng = np.random.default_rng(4)
-    sheets, truth, given = [], {p["pair"]: p["truth"] for p in key["pairs"]}, {}
+    # The truth from what each image shows (a cache entry is real, a PNG of the fake folder is not).
+    truth = {p["pair"]: "real" if p["volume"].startswith("cache:") else "synthetic" for p in key["pairs"]}
+    sheets, given = [], {}
     for reader in ("R1", "R2"):
         rows = ["reader,pair,choice,difficulty,seconds"]
         for p in key["pairs"]:
-            choice = p["truth"] if rng.random() < 0.7 else ("real" if p["truth"] == "synthetic" else "synthetic")
+            right = truth[p["pair"]]
+            choice = right if rng.random() < 0.7 else ("real" if right == "synthetic" else "synthetic")
             given[(reader, p["pair"])] = choice
             rows.append(f"{reader},{p['pair']},{choice},3,2.0")
         sheets.append(tmp_path / f"{reader}.csv")
