@@ -273,3 +273,52 @@ def test_planes_and_positions_are_refused_for_2d_images(tmp_path, slice_cache, p
 def test_a_cache_image_is_used_once(tmp_path, slice_cache, png_fakes):
     with pytest.raises(MedvolError, match=r"12 image\(s\) for 13 images"):
         make_study(tmp_path / "s", [f"g={png_fakes}"], str(slice_cache), mode="single", images=26, window="auto")
+
+
+def test_a_3d_model_in_a_2d_study_is_refused_and_two_2d_fakes_pair_up(tmp_path, slice_cache, png_fakes, run_2d,
+                                                                      phantom_cache, capsys):
+    from medvol.train.trainer import train
+    from tests.train.conftest import tiny_config
+
+    run_3d = train(tiny_config(tmp_path / "run3d", source=str(phantom_cache), iterations=2))
+    code = main(["study", "reader", "make", "--mode", "single", "--real", str(slice_cache), "--fake",
+                 f"crf={run_3d}", "--images", "4", "--device", "cpu", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a 3D model" in err and "never both" in err and len(err.strip().splitlines()) == 1
+    # model-vs-model of a 2D model and a folder of PNGs: 2D pairs at the larger shape.
+    study = make_study(tmp_path / "m", [f"dcgan={run_2d}", f"png={png_fakes}"], mode="model-vs-model", pairs=4,
+                       window="auto", device="cpu")
+    key = _key(study)
+    assert key["dims"] == 2 and {p["plane"] for p in key["pairs"]} == {"2d"}
+    assert {_pixels(f).shape for f in (study / "page" / "images").iterdir()} == {(SIDE, SIDE)}
+
+
+def test_rgb_cache_images_are_shown_by_their_luminance(tmp_path):
+    """An RGB 2D cache (fundus-like) is shown grey by PIL's weights, as an RGB PNG is read."""
+    from PIL import Image
+
+    from medvol.data.image_cache import ImageParams, build_image_cache
+    from medvol.study.reader.sources import real_source
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"c{i}.png")
+    build_image_cache(folder, tmp_path / "cache", ImageParams(size=16, colour="rgb"), val_fraction=0.34)
+    source = real_source(str(tmp_path / "cache"))
+    assert source.dims == 2 and len(source) == 3
+    for i, item in enumerate(source.items):
+        rgb = np.load(tmp_path / "cache" / "volumes" / f"{item.removeprefix('cache:')}.npy").astype(np.float64)
+        image, _ = source.load(i)
+        assert image.shape == (16, 16)
+        np.testing.assert_allclose(image, 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2], atol=1e-6)
+
+
+def test_real_images_of_another_aspect_are_refused(tmp_path, png_fakes):
+    for i in range(2):
+        _png(np.zeros((32, 20)), tmp_path / "wide" / f"w{i}.png")
+    with pytest.raises(MedvolError, match=r"w\d\.png: image of shape \(32, 20\) has another aspect"):
+        make_study(tmp_path / "s", [f"g={png_fakes}"], str(tmp_path / "wide"), mode="single", images=4,
+                   window="auto")
+    assert not (tmp_path / "s" / "key.json").exists()
