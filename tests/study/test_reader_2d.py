@@ -322,3 +322,18 @@ def test_real_images_of_another_aspect_are_refused(tmp_path, png_fakes):
         make_study(tmp_path / "s", [f"g={png_fakes}"], str(tmp_path / "wide"), mode="single", images=4,
                    window="auto")
     assert not (tmp_path / "s" / "key.json").exists()
+
+
+def test_sources_are_checked_before_a_checkpoint_generates(tmp_path, slice_cache, run_2d, monkeypatch):
+    """Too few real images, or --planes for 2D images, are refused before any image is generated."""
+    from medvol.study.reader import sources
+
+    def no_generation(*args, **kwargs):
+        pytest.fail("generated before the sources were checked")
+
+    monkeypatch.setattr(sources, "_generated_images", no_generation)
+    with pytest.raises(MedvolError, match=r"--real .*32 image\(s\) for 50 images"):
+        make_study(tmp_path / "s", [f"g={run_2d}"], str(slice_cache), real_split="train", mode="single", images=100,
+                   device="cpu")
+    with pytest.raises(MedvolError, match="--planes: the study's sources are 2D images"):
+        make_study(tmp_path / "s", [f"g={run_2d}"], str(slice_cache), pairs=2, planes="axial", device="cpu")

@@ -368,15 +368,21 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
                             given_layout=given_layout)
     needed = volumes_needed(mode, names, pairs)
     with scratch_folder(out) as scratch:
-        # A fake that no pair uses (fewer pairs than comparisons) still gets one volume: it is checked.
-        sources, dims = open_sources(real, real_split, parsed, needed, seed, scratch, device=device)
-        plane_list, low_high = _layout_of(dims, plane_list, low_high, given_layout)
         synthetic_real: list[str] = []
-        if real is not None:
-            _refuse_repeats(sources["real"], pairs, f"--real {real}")
-            synthetic_real = _refuse_synthetic_real(sources["real"], real, allow_synthetic_real)
-        for name, spec in parsed:
-            _refuse_repeats(sources[name], needed[name], f"--fake {name}={spec}")
+        specs = dict(parsed)
+
+        def check(opened: dict[str, Source], dims: int) -> None:
+            _layout_of(dims, plane_list, low_high, given_layout)
+            for name, source in opened.items():
+                if name == "real":
+                    _refuse_repeats(source, pairs, f"--real {real}")
+                    synthetic_real.extend(_refuse_synthetic_real(source, real, allow_synthetic_real))
+                else:
+                    _refuse_repeats(source, needed[name], f"--fake {name}={specs[name]}")
+
+        # A fake that no pair uses (fewer pairs than comparisons) still gets one volume: it is checked.
+        sources, dims = open_sources(real, real_split, parsed, needed, seed, scratch, device=device, check=check)
+        plane_list, low_high = _layout_of(dims, plane_list, low_high, given_layout)
         design = plan_pairs(mode, names, {n: len(s) for n, s in sources.items()}, pairs, plane_list, low_high, rng)
         plans = present(design)
         page = scratch / PAGE_DIR
@@ -387,7 +393,8 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
             "presentation": "sides, pair ids, image names and page order drawn from secrets, not from the seed",
             "pairs": key_pairs,
             "sources": {name: source.origin for name, source in sources.items()},
-            "window": window, "planes": plane_list, "positions": list(low_high) if dims == 3 else None, "real_split": real_split,
+            "window": window, "planes": plane_list, "positions": list(low_high) if dims == 3 else None,
+            "real_split": real_split,
             "dims": dims,
             "allow_synthetic_real": bool(allow_synthetic_real), "synthetic_real": synthetic_real,
             "medvol_version": medvol.__version__, "threads": torch_threads(),
@@ -405,12 +412,18 @@ def _make_single(out: Path, sid: str, identity: dict, names: list[str], parsed: 
     """The single-image mode of :func:`make_study` (``out`` already checked)."""
     counts = single_counts(images, real_share, names)
     with scratch_folder(out) as scratch:
-        sources, dims = open_sources(real, real_split, parsed, counts, seed, scratch, device=device)
+        synthetic_real: list[str] = []
+        specs = {"real": f"--real {real}", **{name: f"--fake {name}={spec}" for name, spec in parsed}}
+
+        def check(opened: dict[str, Source], dims: int) -> None:
+            _layout_of(dims, plane_list, low_high, given_layout)
+            for name, source in opened.items():
+                _refuse_repeats(source, counts[name], specs[name], "images")
+                if name == "real":
+                    synthetic_real.extend(_refuse_synthetic_real(source, real, allow_synthetic_real))
+
+        sources, dims = open_sources(real, real_split, parsed, counts, seed, scratch, device=device, check=check)
         plane_list, low_high = _layout_of(dims, plane_list, low_high, given_layout)
-        _refuse_repeats(sources["real"], counts["real"], f"--real {real}", "images")
-        synthetic_real = _refuse_synthetic_real(sources["real"], real, allow_synthetic_real)
-        for name, spec in parsed:
-            _refuse_repeats(sources[name], counts[name], f"--fake {name}={spec}", "images")
         design = plan_single(counts, {n: len(src) for n, src in sources.items()}, plane_list, low_high, rng)
         plans = present_single(design)
         page = scratch / PAGE_DIR
@@ -430,7 +443,8 @@ def _make_single(out: Path, sid: str, identity: dict, names: list[str], parsed: 
             "counts": {"real": counts["real"], "synthetic": images - counts["real"]},
             "pairs": key_items,
             "sources": {name: source.origin for name, source in sources.items()},
-            "window": window, "planes": plane_list, "positions": list(low_high) if dims == 3 else None, "real_split": real_split,
+            "window": window, "planes": plane_list, "positions": list(low_high) if dims == 3 else None,
+            "real_split": real_split,
             "dims": dims,
             "allow_synthetic_real": bool(allow_synthetic_real), "synthetic_real": synthetic_real,
             "medvol_version": medvol.__version__, "threads": torch_threads(),

@@ -216,14 +216,16 @@ def _describe(source_dims: int) -> str:
 
 
 def open_sources(real: str | None, real_split: str, parsed: list[tuple[str, str]], counts: dict[str, int],
-                 seed: int, workdir: Path, device: str = "auto") -> tuple[dict[str, Source], int]:
+                 seed: int, workdir: Path, device: str = "auto",
+                 check: Callable[[dict[str, Source], int], None] | None = None) -> tuple[dict[str, Source], int]:
     """Open the real source and every ``--fake``; return them and the study's dims (2 or 3).
 
     The folders and the real source decide: all 2D images, or all volumes; a mix is refused in one
     line. A checkpoint follows them: a 2D model gives images in a 2D study and volumes of stacked
     slices in a 3D one; a 3D model in a 2D study is refused. Only checkpoints (model-vs-model):
     a 2D study when every model is 2D. ``counts[name]`` images or volumes are generated per
-    checkpoint, after every source has been checked.
+    checkpoint, after every source has been checked: ``check(sources, dims)`` is called with
+    the sources read from files (the real one first) before any generation, then with the generated ones.
     """
     from medvol.sample.sampler import Sampler
 
@@ -251,14 +253,20 @@ def open_sources(real: str | None, real_split: str, parsed: list[tuple[str, str]
         if dims == 2 and sampler.dims == 3:
             raise MedvolError(f"{specs[name]} is a 3D model but the study's other sources are 2D images: a "
                               "study shows either 2D images or slices of volumes, never both")
+    if check is not None:
+        check({key: sources[key] for key in specs if key in sources}, dims)
+    generated = {}
     for name, spec in parsed:
         if name not in samplers:
             continue
         n = max(1, counts[name])
         if dims == 2:
-            sources[name] = _generated_images(name, spec, samplers[name], n, seed)
+            generated[name] = _generated_images(name, spec, samplers[name], n, seed)
         else:
-            sources[name] = _generated_volumes(name, spec, samplers[name], n, seed, workdir)
+            generated[name] = _generated_volumes(name, spec, samplers[name], n, seed, workdir)
+    if check is not None and generated:
+        check(generated, dims)
+    sources.update(generated)
     return {key: sources[key] for key in specs if key in sources}, dims
 
 
