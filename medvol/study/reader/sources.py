@@ -4,8 +4,9 @@ A source is a list of volumes read one at a time (a study of 30 pairs at 256³ n
 than the two volumes of the pair being drawn). Real volumes come from a medvol cache (CT mapped
 back to HU, as ``medvol view`` shows it) or any folder/file/glob that ``medvol.data`` reads; a
 fake source is such a folder (e.g. the output of ``medvol generate``) or a checkpoint, from which
-volumes are generated on the fly by :func:`medvol.sample.generate.generate_volumes` with the
-study's seed.
+volumes are generated on the fly with the study's seed, as
+:func:`medvol.sample.generate.generate_volumes` writes them (the checkpoint is read once, by
+:class:`medvol.sample.sampler.Sampler`).
 
 A study of 2D images (``dims`` 2) reads, instead, a 2D image cache (``medvol preprocess
 --images``; CT slices mapped back to HU by the cache's window), a folder of PNG / 2D NIfTI images
