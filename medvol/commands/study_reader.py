@@ -22,21 +22,24 @@ def register(actions) -> None:
                     "self-contained page STUDY/page/index.html with its images; sides, pair ids, image names "
                     "and order are drawn from a cryptographic source, not the seed. The answer key goes to "
                     "STUDY/key.json, outside the page folder: give readers STUDY/page/ only.")
-    make.add_argument("--real", help="real volumes: a medvol cache or a folder/file/glob (real-vs-fake)")
+    make.add_argument("--real", help="real volumes (a medvol cache or a folder/file/glob) or 2D images (a 2D image "
+                                     "cache of `medvol preprocess --images`, a folder of PNG / 2D NIfTI)")
     make.add_argument("--fake", action="append", default=[], metavar="NAME=DIR_OR_CKPT",
-                      help="a generated source: a folder of volumes or a checkpoint (file or run folder); repeat")
+                      help="a generated source: a folder of volumes or 2D images, or a checkpoint (file or run "
+                           "folder; a 2D model gives images in a study of 2D images); repeat")
     make.add_argument("--pairs", type=int, help="number of pairs (default 30; not with --mode single)")
     make.add_argument("--images", type=int, help="--mode single: number of images (default 100)")
     make.add_argument("--real-share", type=float, default=0.5, dest="real_share",
                       help="--mode single: fraction of real images (default 0.5)")
-    make.add_argument("--planes", default="axial,coronal,sagittal", help="planes to take turns over")
+    make.add_argument("--planes", help="planes to take turns over (default axial,coronal,sagittal; volumes only)")
     make.add_argument("--mode", default="real-vs-fake", choices=["real-vs-fake", "model-vs-model", "single"],
                       help="real-vs-fake and model-vs-model show pairs; single shows one image at a time, "
                            "real or synthetic (the visual Turing test)")
     make.add_argument("--seed", type=int, default=0, help="seeds generation, pairing, sides and order")
     make.add_argument("--window", default="lung",
                       help="lung, mediastinum, bone, LOW,HIGH in HU, or auto (pair percentiles, MR)")
-    make.add_argument("--positions", default="0.3,0.7", help="slice positions, fractions of the axis (LOW,HIGH)")
+    make.add_argument("--positions", help="slice positions, fractions of the axis (LOW,HIGH; default 0.3,0.7; "
+                                          "volumes only)")
     make.add_argument("--real-split", default="all", choices=["all", "train", "val"], dest="real_split",
                       help="volumes of a --real cache (default all)")
     make.add_argument("--title", help="page title")

@@ -385,11 +385,13 @@ def _nifti_is_2d(path: Path) -> bool:
     return len(size) == 2
 
 
-def read_image(path: Path, window: tuple[float, float] | None) -> np.ndarray:
+def read_image(path: Path, window: tuple[float, float] | None, *, stored: bool = False) -> np.ndarray:
     """One 2D image file as float32 ``(rows, columns)`` in [-1, 1].
 
     PNG: grey levels (RGB is converted to luminance) over the full 8- or 16-bit range.
     NIfTI: HU mapped with ``window`` (clipped), or taken as [-1, 1] when ``window`` is None.
+    ``stored``: NIfTI values as stored instead (HU for CT, unclipped: the reader study windows
+    them for display); PNG as above.
     """
     if _suffix(path) == ".png":
         from PIL import Image
@@ -410,13 +412,15 @@ def read_image(path: Path, window: tuple[float, float] | None) -> np.ndarray:
         except RuntimeError as error:
             raise MedvolError(f"{path}: unreadable NIfTI ({str(error).strip().splitlines()[-1]})") from None
         array = np.squeeze(array)
-        if window is not None:
+        if window is not None and not stored:
             low, high = window
             array = (np.clip(array, low, high) - low) / (high - low) * 2.0 - 1.0
     if array.ndim != 2:
         raise MedvolError(f"{path}: expected a 2D image, got shape {tuple(array.shape)}")
     if not np.isfinite(array).all():
         raise MedvolError(f"{path}: the image contains NaN or inf")
+    if stored and _suffix(path) != ".png":
+        return array.astype(np.float32)
     return np.clip(array, -1.0, 1.0).astype(np.float32)
 
 

@@ -217,3 +217,32 @@ def test_single_image_study_in_chromium(browser, phantom_sources, tmp_path):
     result = score_study(study, [csv_file], tmp_path / "score", plot=False)
     truth = {p["pair"]: p["truth"] for p in key["pairs"]}
     assert result["pooled"]["accuracy"]["k"] == sum(truth[item] == c for item, c in planned.items())
+
+
+def test_a_2d_single_image_page_asks_without_a_plane(browser, tmp_path):
+    """A study of 2D images: the question names no plane (its images have none); the answer is kept."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from medvol.study.reader.make import make_study
+
+    rng = np.random.default_rng(0)
+    for folder in ("real", "fake"):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / folder / f"{i}.png")
+    study = make_study(tmp_path / "s", [f"g={tmp_path / 'fake'}"], str(tmp_path / "real"), mode="single", images=4,
+                       window="auto")
+    browser.get((study / "page" / "index.html").as_uri())
+    browser.find_element(By.ID, "reader-id").send_keys("V2")
+    browser.find_element(By.ID, "reader-role").send_keys("resident")
+    browser.find_element(By.ID, "start").click()
+    _wait(lambda: _image_loaded(browser), what="the image")
+    assert browser.find_element(By.ID, "question").text == "Is this image real or synthetic?"
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ARROW_LEFT)
+    body.send_keys("2")
+    body.send_keys(Keys.ENTER)
+    _wait(lambda: browser.find_element(By.ID, "progress-text").text == "Image 2 of 4", what="the second image")

@@ -68,7 +68,11 @@ def attacked(tmp_path_factory, twins):
 
 
 def test_single_page_holds_images_only_and_no_key(attacked):
-    study, _ = attacked
+    assert_single_page_holds_images_only(attacked[0])
+
+
+def assert_single_page_holds_images_only(study: Path) -> None:
+    """The page: ids, planes and image paths only; no key, no hidden file; one time; bare PNGs."""
     page, data = _page(study)
     assert set(data) == {"study", "mode", "question", "title", "pairs"} and data["mode"] == "single"
     assert not list(page.rglob("key.json")) and (study / "key.json").is_file()
@@ -87,7 +91,12 @@ def test_single_page_holds_images_only_and_no_key(attacked):
 
 
 def test_no_attack_on_the_single_page_beats_a_coin(attacked):
-    study, replay = attacked
+    assert_no_single_attack_beats_a_coin(*attacked)
+
+
+def assert_no_single_attack_beats_a_coin(study: Path, replay: Path) -> None:
+    """Every attack on a single-image study of IMAGES images, half real, all of the same pixels
+    (``replay``: the attacker's copy with the same code, inputs and seed), stays within LIMIT of a coin."""
     page, data = _page(study)
     truth = _truth(study, data)
     assert Counter(truth) == {"real": IMAGES // 2, "synthetic": IMAGES // 2}

@@ -112,6 +112,10 @@ def test_every_other_recipe_runs_end_to_end_on_phantom_data(tmp_path, name):
         if step["command"] != "train":
             assert step["result"] is not None, step["name"]
     assert (tmp_path / "out" / "summary.md").is_file()
+    if name == "empirical_study":  # the visual Turing test: 2D ACDC-like slices against StyleGAN2's images
+        folder = next(s["folder"] for s in summary["steps"] if s["name"] == "turing")
+        key = json.loads((tmp_path / "out" / folder / "key.json").read_text(encoding="utf-8"))
+        assert key["dims"] == 2 and set(key["sources"]) == {"real", "stylegan2"}
 
 
 # ------------------------------------------------------------------------------ refusals

@@ -14,13 +14,14 @@ from medvol.utils import checked_write, optional_import
 AUTO_PERCENTILES = (0.5, 99.5)
 
 
-def resolve_window(text: str, left: np.ndarray, right: np.ndarray) -> tuple[float, float]:
-    """(low, high) for a pair: a viewer preset or ``LOW,HIGH`` (HU), or ``auto``."""
+def resolve_window(text: str, *images: np.ndarray) -> tuple[float, float]:
+    """(low, high) for the images shown together (a pair, or one single image): a viewer preset or
+    ``LOW,HIGH`` (HU), or ``auto`` (percentiles of their pixels, each image counted once)."""
     from medvol.viewer.presets import parse_window
 
     if text.strip().lower() != "auto":
         return parse_window(text)
-    low, high = np.percentile(np.concatenate([left.ravel(), right.ravel()]), AUTO_PERCENTILES)
+    low, high = np.percentile(np.concatenate([image.ravel() for image in images]), AUTO_PERCENTILES)
     if not high > low:
         high = low + 1.0  # a constant pair: grey, not a division by zero
     return float(low), float(high)

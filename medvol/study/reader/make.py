@@ -2,7 +2,9 @@
 
 A pair shows two slices at the same position in the same plane: in ``real-vs-fake`` mode a real
 volume beside a generated one (the question: which is real?), in ``model-vs-model`` mode two
-generated volumes from different models (which is more realistic?).
+generated volumes from different models (which is more realistic?). A study of 2D images (a 2D
+image cache, folders of PNG / 2D NIfTI, 2D models: :func:`medvol.study.reader.sources.open_sources`)
+shows the images themselves, every one resized to the first fake's shape; its plane is ``"2d"``.
 
 Blinding. The seed makes the *design* reproducible (generation, which volumes, planes, slice
 positions); the *presentation* (which source goes left, the pair ids, the image file names, the
@@ -33,8 +35,7 @@ import numpy as np
 import medvol
 from medvol.errors import MedvolError
 from medvol.study.reader.images import resolve_window, to_uint8, write_png
-from medvol.study.reader.sources import (Source, fake_source, fit_to_shape, parse_fake, real_source,
-                                         scratch_folder)
+from medvol.study.reader.sources import Source, fit_to_shape, open_sources, parse_fake, scratch_folder
 from medvol.utils import checked_write, torch_threads
 
 log = logging.getLogger("medvol.study")
@@ -59,6 +60,8 @@ QUESTIONS = {
     "model-vs-model": "Which image looks more realistic?",
     "single": "Is this image real or synthetic?",
 }
+#: The "plane" of every image of a 2D study (the page shows no plane for it).
+PLANE_2D = "2d"
 #: The two answers of the single-image mode (the visual Turing test), and what each source is.
 SINGLE_CHOICES = ("real", "synthetic")
 DEFAULT_IMAGES = 100
@@ -232,8 +235,9 @@ def _refuse_repeats(source: Source, count: int, spec: str, unit: str = "pairs") 
     one side repeats, which one. So every image of a side comes from a volume of its own.
     """
     if len(source) < count:
+        what = "image" if source.dims == 2 else "volume"
         raise MedvolError(
-            f"{spec}: {len(source)} volume(s) for {count} {unit} would show a volume "
+            f"{spec}: {len(source)} {what}(s) for {count} {unit} would show a{'n' * (what == 'image')} {what} "
             f"{'in more than one pair' if unit == 'pairs' else 'more than once'} "
             f"(a reader who recognises the repeat learns its source); give at least {count} volumes "
             f"or fewer --{unit}")
@@ -271,8 +275,8 @@ def _publish(out: Path, scratch: Path, page: Path, key: dict, identity: dict, ov
 
 
 def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = None, *, pairs: int = 30,
-               planes: str | Sequence[str] = "axial,coronal,sagittal", mode: str = "real-vs-fake", seed: int = 0,
-               window: str = "lung", positions: str | Sequence[float] = DEFAULT_POSITIONS, real_split: str = "all",
+               planes: str | Sequence[str] | None = None, mode: str = "real-vs-fake", seed: int = 0,
+               window: str = "lung", positions: str | Sequence[float] | None = None, real_split: str = "all",
                title: str | None = None, device: str = "auto", overwrite: bool = False,
                allow_synthetic_real: bool = False, images: int | None = None, real_share: float = 0.5) -> Path:
     """Make a reader study folder (module docstring) and return its path.
@@ -285,7 +289,8 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
             run folder) from which volumes are generated with ``seed``.
         real: real volumes (a medvol cache or files/folders/globs); required for ``real-vs-fake``.
         pairs: number of pairs.
-        planes: planes to take turns over (subset of axial, coronal, sagittal).
+        planes: planes to take turns over (subset of axial, coronal, sagittal; default all three).
+            Not for a study of 2D images (refused there, as ``positions``).
         mode: ``"real-vs-fake"``, ``"model-vs-model"`` (two or more fakes) or ``"single"`` (the
             visual Turing test: one image at a time, real or synthetic; ``images`` and
             ``real_share`` instead of ``pairs``).
@@ -293,7 +298,7 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
             names or order, which come from ``secrets``: :func:`present`).
         window: display window: a viewer preset (``lung``, ``mediastinum``, ``bone``), ``LOW,HIGH``
             in HU, or ``auto`` (the pair's 0.5–99.5 percentiles, for MR).
-        positions: range of slice positions as fractions of the axis.
+        positions: range of slice positions as fractions of the axis (default 0.3, 0.7).
         real_split: ``train``, ``val`` or ``all`` volumes of a cache.
         title: page title.
         device: where checkpoints generate (``auto``, ``cpu``, ``cuda[:N]``).
@@ -307,7 +312,8 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
 
     Raises:
         MedvolError: a bad option or ``out``, an unreadable source, volumes that cannot be paired, a
-            source with fewer volumes than its pairs, real volumes marked synthetic.
+            source with fewer volumes than its pairs, real volumes marked synthetic, 2D images and
+            volumes in one study.
     """
     from medvol.outputs import check_output
 
@@ -327,8 +333,10 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
         raise MedvolError(f"--images is for --mode single; --mode {mode} takes --pairs")
     if pairs < 1:
         raise MedvolError(f"--pairs {pairs}: expected at least 1")
+    given_layout = {"--planes": planes, "--positions": positions}
+    planes = ",".join(PLANES) if planes is None else planes
     plane_list = parse_planes(planes) if isinstance(planes, str) else parse_planes(",".join(planes))
-    low_high = parse_positions(positions)
+    low_high = parse_positions(DEFAULT_POSITIONS if positions is None else positions)
     parsed = [parse_fake(text) for text in fakes]
     names = [name for name, _ in parsed]
     if len(set(names)) != len(names):
@@ -356,19 +364,25 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
     if mode == "single":
         return _make_single(out, sid, identity, names, parsed, real, images, real_share, plane_list, low_high, rng,
                             seed=seed, window=window, real_split=real_split, title=title, device=device,
-                            overwrite=overwrite, allow_synthetic_real=allow_synthetic_real)
+                            overwrite=overwrite, allow_synthetic_real=allow_synthetic_real,
+                            given_layout=given_layout)
     needed = volumes_needed(mode, names, pairs)
     with scratch_folder(out) as scratch:
-        sources: dict[str, Source] = {}
         synthetic_real: list[str] = []
-        if real is not None:
-            sources["real"] = real_source(real, real_split)
-            _refuse_repeats(sources["real"], pairs, f"--real {real}")
-            synthetic_real = _refuse_synthetic_real(sources["real"], real, allow_synthetic_real)
-        for name, spec in parsed:
-            # A fake that no pair uses (fewer pairs than comparisons) still gets one volume: it is checked.
-            sources[name] = fake_source(name, spec, max(1, needed[name]), seed, scratch, device=device)
-            _refuse_repeats(sources[name], needed[name], f"--fake {name}={spec}")
+        specs = dict(parsed)
+
+        def check(opened: dict[str, Source], dims: int) -> None:
+            _layout_of(dims, plane_list, low_high, given_layout)
+            for name, source in opened.items():
+                if name == "real":
+                    _refuse_repeats(source, pairs, f"--real {real}")
+                    synthetic_real.extend(_refuse_synthetic_real(source, real, allow_synthetic_real))
+                else:
+                    _refuse_repeats(source, needed[name], f"--fake {name}={specs[name]}")
+
+        # A fake that no pair uses (fewer pairs than comparisons) still gets one volume: it is checked.
+        sources, dims = open_sources(real, real_split, parsed, needed, seed, scratch, device=device, check=check)
+        plane_list, low_high = _layout_of(dims, plane_list, low_high, given_layout)
         design = plan_pairs(mode, names, {n: len(s) for n, s in sources.items()}, pairs, plane_list, low_high, rng)
         plans = present(design)
         page = scratch / PAGE_DIR
@@ -379,7 +393,9 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
             "presentation": "sides, pair ids, image names and page order drawn from secrets, not from the seed",
             "pairs": key_pairs,
             "sources": {name: source.origin for name, source in sources.items()},
-            "window": window, "planes": plane_list, "positions": list(low_high), "real_split": real_split,
+            "window": window, "planes": plane_list, "positions": list(low_high) if dims == 3 else None,
+            "real_split": real_split,
+            "dims": dims,
             "allow_synthetic_real": bool(allow_synthetic_real), "synthetic_real": synthetic_real,
             "medvol_version": medvol.__version__, "threads": torch_threads(),
         }
@@ -392,16 +408,22 @@ def make_study(out: str | os.PathLike, fakes: Sequence[str], real: str | None = 
 def _make_single(out: Path, sid: str, identity: dict, names: list[str], parsed: list, real: str, images: int,
                  real_share: float, plane_list: list[str], low_high: tuple[float, float], rng: np.random.Generator, *,
                  seed: int, window: str, real_split: str, title: str | None, device: str, overwrite: bool,
-                 allow_synthetic_real: bool) -> Path:
+                 allow_synthetic_real: bool, given_layout: dict) -> Path:
     """The single-image mode of :func:`make_study` (``out`` already checked)."""
     counts = single_counts(images, real_share, names)
     with scratch_folder(out) as scratch:
-        sources: dict[str, Source] = {"real": real_source(real, real_split)}
-        _refuse_repeats(sources["real"], counts["real"], f"--real {real}", "images")
-        synthetic_real = _refuse_synthetic_real(sources["real"], real, allow_synthetic_real)
-        for name, spec in parsed:
-            sources[name] = fake_source(name, spec, max(1, counts[name]), seed, scratch, device=device)
-            _refuse_repeats(sources[name], counts[name], f"--fake {name}={spec}", "images")
+        synthetic_real: list[str] = []
+        specs = {"real": f"--real {real}", **{name: f"--fake {name}={spec}" for name, spec in parsed}}
+
+        def check(opened: dict[str, Source], dims: int) -> None:
+            _layout_of(dims, plane_list, low_high, given_layout)
+            for name, source in opened.items():
+                _refuse_repeats(source, counts[name], specs[name], "images")
+                if name == "real":
+                    synthetic_real.extend(_refuse_synthetic_real(source, real, allow_synthetic_real))
+
+        sources, dims = open_sources(real, real_split, parsed, counts, seed, scratch, device=device, check=check)
+        plane_list, low_high = _layout_of(dims, plane_list, low_high, given_layout)
         design = plan_single(counts, {n: len(src) for n, src in sources.items()}, plane_list, low_high, rng)
         plans = present_single(design)
         page = scratch / PAGE_DIR
@@ -421,7 +443,9 @@ def _make_single(out: Path, sid: str, identity: dict, names: list[str], parsed: 
             "counts": {"real": counts["real"], "synthetic": images - counts["real"]},
             "pairs": key_items,
             "sources": {name: source.origin for name, source in sources.items()},
-            "window": window, "planes": plane_list, "positions": list(low_high), "real_split": real_split,
+            "window": window, "planes": plane_list, "positions": list(low_high) if dims == 3 else None,
+            "real_split": real_split,
+            "dims": dims,
             "allow_synthetic_real": bool(allow_synthetic_real), "synthetic_real": synthetic_real,
             "medvol_version": medvol.__version__, "threads": torch_threads(),
         }
@@ -430,30 +454,55 @@ def _make_single(out: Path, sid: str, identity: dict, names: list[str], parsed: 
     return out
 
 
+def _layout_of(dims: int, plane_list: list[str], low_high: tuple[float, float], given: dict):
+    """The planes and slice positions of a study: as given for volumes; for 2D images there are
+    none (one "plane", :data:`PLANE_2D`), and giving them is refused."""
+    if dims == 3:
+        return plane_list, low_high
+    named = [option for option, value in given.items() if value is not None]
+    if named:
+        raise MedvolError(f"{named[0]}: the study's sources are 2D images, which have no planes or slice positions")
+    return [PLANE_2D], low_high  # positions drawn by the design, never used
+
+
+def _view(array: np.ndarray, plane: str, position: float, shape) -> tuple[np.ndarray, int | None]:
+    """What a reader sees of an array of ``shape``: a 2D image itself (slice None), or the slice
+    of a volume at ``position`` in ``plane``."""
+    from medvol.data.datasets import take_slice
+
+    if plane == PLANE_2D:
+        return np.array(array), None
+    axis = PLANES.index(plane)
+    k = int(round(position * (shape[axis] - 1)))
+    return np.array(take_slice(array, plane, k)), k
+
+
+def _check_shape(shape, dims: int, what: str) -> None:
+    if len(shape) != dims or min(shape) < 2:
+        raise MedvolError(f"{what}: shape {tuple(shape)} is not a {'3D volume' if dims == 3 else '2D image'}")
+
+
 def _write_single_images(folder: Path, plans: list[ItemPlan], sources: dict[str, Source], window: str,
                          first_fake: str) -> list[dict]:
     """One PNG per item, every one at the shape of the first fake's volumes (real volumes are
     resized to it, as in the pairs), so that the image size never tells a real image apart."""
-    from medvol.data.datasets import take_slice
-
     (folder / IMAGE_DIR).mkdir(parents=True)
     shape, spacing = None, None
     reference = next((p.source for p in plans if p.source[0] == first_fake), None)
     if reference is not None:
         array, spacing = sources[first_fake].load(reference[1])
         shape = array.shape
-    if shape is None or len(shape) != 3 or min(shape) < 2:
-        raise MedvolError(f"{sources[first_fake].items[0]}: shape {shape} is not a 3D volume")
+    if shape is None:
+        raise MedvolError(f"{sources[first_fake].items[0]}: no image of it is shown")
+    _check_shape(shape, sources[first_fake].dims, sources[first_fake].items[0])
     items = []
     for number, plan in enumerate(plans, start=1):
         name, index = plan.source
         what = sources[name].items[index]
         array, own_spacing = sources[name].load(index)
         array = fit_to_shape(array, own_spacing, shape, spacing, what)
-        axis = PLANES.index(plan.plane)
-        k = int(round(plan.position * (shape[axis] - 1)))
-        image = np.array(take_slice(array, plan.plane, k))
-        limits = resolve_window(window, image, image)
+        image, k = _view(array, plan.plane, plan.position, shape)
+        limits = resolve_window(window, image)
         try:
             pixels = to_uint8(image, limits)
         except MedvolError as error:
@@ -461,7 +510,8 @@ def _write_single_images(folder: Path, plans: list[ItemPlan], sources: dict[str,
         write_png(pixels, folder / IMAGE_DIR / plan.image)
         items.append({"pair": plan.item, "number": number, "source": name,
                       "truth": "real" if name == "real" else "synthetic", "image": plan.image, "volume": what,
-                      "plane": plan.plane, "slice": k, "position": round(plan.position, 4), "shape": list(shape),
+                      "plane": plan.plane, "slice": k, "position": None if k is None else round(plan.position, 4),
+                      "shape": list(shape),
                       "window": [round(v, 3) for v in limits]})
         log.info("image %d/%d: %s", number, len(plans), plan.item)
     return items
@@ -476,24 +526,20 @@ def _same_times(paths: list[Path]) -> None:
 
 
 def _write_images(folder: Path, plans: list[PairPlan], sources: dict[str, Source], window: str, mode: str) -> list[dict]:
-    from medvol.data.datasets import take_slice
-
     (folder / IMAGE_DIR).mkdir(parents=True)
     key_pairs = []
     for number, plan in enumerate(plans, start=1):
         loaded = {side: sources[name].load(index) for side, (name, index) in zip(("left", "right"), plan.sides)}
         target_side = _target_side(plan, loaded, mode)
         shape, spacing = loaded[target_side][0].shape, loaded[target_side][1]
-        if len(shape) != 3 or min(shape) < 2:
-            name, index = plan.sides[0 if target_side == "left" else 1]
-            raise MedvolError(f"{sources[name].items[index]}: shape {shape} is not a 3D volume")
+        name, index = plan.sides[0 if target_side == "left" else 1]
+        _check_shape(shape, sources[name].dims, sources[name].items[index])
         arrays = {}
         for side, (name, index) in zip(("left", "right"), plan.sides):
             array, own_spacing = loaded[side]
             arrays[side] = fit_to_shape(array, own_spacing, shape, spacing, sources[name].items[index])
-        axis = PLANES.index(plan.plane)
-        k = int(round(plan.position * (shape[axis] - 1)))
-        slices = {side: np.array(take_slice(arrays[side], plan.plane, k)) for side in arrays}
+        views = {side: _view(arrays[side], plan.plane, plan.position, shape) for side in arrays}
+        slices, k = {side: image for side, (image, _) in views.items()}, views["left"][1]
         limits = resolve_window(window, slices["left"], slices["right"])
         for side in ("left", "right"):
             name, index = plan.sides[0 if side == "left" else 1]
@@ -508,7 +554,7 @@ def _write_images(folder: Path, plans: list[PairPlan], sources: dict[str, Source
             "left_image": plan.images[0], "right_image": plan.images[1],
             "left_volume": sources[plan.sides[0][0]].items[plan.sides[0][1]],
             "right_volume": sources[plan.sides[1][0]].items[plan.sides[1][1]],
-            "plane": plan.plane, "slice": k, "position": round(plan.position, 4),
+            "plane": plan.plane, "slice": k, "position": None if k is None else round(plan.position, 4),
             "shape": list(shape), "window": [round(v, 3) for v in limits],
         })
         log.info("pair %d/%d: %s", number, len(plans), plan.pair)

@@ -69,7 +69,8 @@
       state.pending = {pair: pair.pair, choice: null, difficulty: null, startedAt: null};
       save();
     }
-    $("question").textContent = study.question + " (" + pair.plane + ")";
+    // A 2D study's images have no plane ("2d"): the question alone.
+    $("question").textContent = study.question + (pair.plane === "2d" ? "" : " (" + pair.plane + ")");
     var loaded = 0;
     function onLoad() {
       loaded += 1;
