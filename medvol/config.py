@@ -131,6 +131,8 @@ class DataConfig:
     """
 
     source: str = "phantom"
+    #: cyclegan only: the 2D image cache of domain B (data.source is domain A's); unpaired with it.
+    cache_b: Optional[str] = None
     split: Literal["train", "val"] = "train"
     phantom_n: int = 64
     phantom_seed: int = 0
@@ -306,6 +308,7 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.model.label_smoothing >= 1:
         raise MedvolError(f"config key model.label_smoothing: must be below 1, got {cfg.model.label_smoothing}")
     _validate_mask_channels(cfg)
+    _validate_unpaired(cfg, REGISTRY[cfg.model.name])
     if cfg.data.slice_class < -1:
         raise MedvolError(f"config key data.slice_class: -1 (all) or a class id, got {cfg.data.slice_class}")
     for name, lr in cfg.train.lr.items():
@@ -339,6 +342,20 @@ def _validate_model_options(cfg: TrainConfig, spec) -> None:
         spec.options(**options)  # the dataclass's own checks (ranges, combinations)
     except (TypeError, ValueError, MedvolError) as error:
         raise MedvolError(f"config key model.options: {error}") from None
+
+
+def _validate_unpaired(cfg: TrainConfig, spec) -> None:
+    """data.cache_b belongs to the unpaired models (cyclegan), which need it."""
+    unpaired = bool(getattr(spec.system, "unpaired", False))
+    if cfg.data.cache_b is not None and not unpaired:
+        raise MedvolError(f"config key data.cache_b: a second domain is only for cyclegan, not {spec.name}")
+    if not unpaired:
+        return
+    if cfg.data.cache_b is None:
+        raise MedvolError(f"config key data.cache_b: {spec.name} translates between two image caches; give domain "
+                          "B's cache as data.cache_b (data.source is domain A's)")
+    if cfg.data.masks:
+        raise MedvolError(f"config key data.masks: {spec.name} translates images without masks (data.masks false)")
 
 
 def _validate_mask_channels(cfg: TrainConfig) -> None:

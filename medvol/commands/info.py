@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("path", nargs="?",
                         help="a volume file, cache entry, cache folder or folder of volumes: print its provenance")
-    parser.add_argument("--model", help="hagan, crfgan, ldm (3D) or dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix, ldm2d (2D)")
+    parser.add_argument("--model", help="hagan, crfgan, ldm (3D) or dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix, cyclegan, ldm2d (2D)")
     parser.add_argument("--size", type=int,
                         help="volume side: 64, 128, 256, 512; 2D image side: 64, 128, 256 (or 32)")
     parser.add_argument("--base-width", type=int, default=None,

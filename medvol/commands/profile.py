@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                     "configuration in a fresh process. Out of memory is reported as OOM. Writes "
                     "profile.md, profile.csv, profile.json and profile.png into --out.")
     parser.add_argument("--model", default="hagan,crfgan",
-                        help="comma list of hagan, crfgan, ldm (3D), dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix, ldm2d (2D)")
+                        help="comma list of hagan, crfgan, ldm (3D), dcgan, mlpgan, stylegan2, fastgan, spade, pix2pix, cyclegan, ldm2d (2D)")
     parser.add_argument("--size", default="64",
                         help="comma list of sizes: volume side (3D, e.g. 64,128,256,512) or image side "
                              "(2D: 32, 64, 128, 256)")

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a 3D or 2D generative model from a YAML config",
         description="Train a 3D or 2D generative model from a config (3D: crfgan, hagan, ldm; 2D: ldm2d, dcgan, "
-                    "mlpgan, stylegan2, fastgan, spade, pix2pix; `medvol configs` lists the shipped ones); writes a run "
+                    "mlpgan, stylegan2, fastgan, spade, pix2pix, cyclegan; `medvol configs` lists the shipped ones); writes a run "
                     "folder with config.yaml, checkpoints/, samples/ and tb/ (TensorBoard).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The subparser is created by argparse; switching its class only changes parse_known_args.

@@ -18,7 +18,7 @@ from medvol.models.crfgan import CRFGAN
 from medvol.models.diffusion import LDM_SIZES_2D, LDM_SIZES_3D, LatentDiffusion, LatentDiffusion2D, LDMOptions
 from medvol.models.gan2d import DCGAN, DCGAN_OPTIONS, MLPGAN, MLPGAN_OPTIONS, SIZES_2D
 from medvol.models.gan2d import FASTGAN_OPTIONS, PIX2PIX_OPTIONS, SPADE_OPTIONS, STYLEGAN2_OPTIONS
-from medvol.models.gan2d import FastGAN, Pix2Pix, SPADEModel, StyleGAN2
+from medvol.models.gan2d import CycleGAN, CycleGANOptions, FastGAN, Pix2Pix, SPADEModel, StyleGAN2
 from medvol.models.hagan import HAGAN
 from medvol.models.networks import SIZES
 
@@ -91,6 +91,7 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("fastgan", FastGAN, 2, SIZES_2D, 64, 256, FASTGAN_OPTIONS, "FastGAN", False, "channels"),
     ModelSpec("spade", SPADEModel, 2, SIZES_2D, 64, 256, SPADE_OPTIONS, "SPADE", False, "none"),
     ModelSpec("pix2pix", Pix2Pix, 2, SIZES_2D, 64, 4, PIX2PIX_OPTIONS, "Pix2Pix", False, "none"),
+    ModelSpec("cyclegan", CycleGAN, 2, SIZES_2D, 64, 1, CycleGANOptions, "CycleGAN", False, "none"),
     ModelSpec("ldm", LatentDiffusion, 3, LDM_SIZES_3D, 32, 4, LDMOptions, "LDM", False, "native", STAGES),
     ModelSpec("ldm2d", LatentDiffusion2D, 2, LDM_SIZES_2D, 32, 4, LDMOptions, "LDM 2D", False, "native", STAGES),
 )}

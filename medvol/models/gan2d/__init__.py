@@ -3,10 +3,12 @@
 ``dcgan`` (the DCGAN family: BCE, LSGAN, WGAN, WGAN-GP, hinge, with the empirical study's options)
 and ``mlpgan`` (the liver-tumour thesis's fully connected GAN); ``stylegan2`` (Karras et al. 2020)
 with lazy R1 / path-length regularisation and G_ema; ``fastgan`` (Liu et al., 2021); the
-mask-conditioned ``spade`` and ``pix2pix`` (:mod:`medvol.models.gan2d.conditional`).
+mask-conditioned ``spade`` and ``pix2pix`` (:mod:`medvol.models.gan2d.conditional`); ``cyclegan``,
+unpaired translation between two image sets (:mod:`medvol.models.gan2d.cyclegan`).
 See docs/models2d.md.
 """
 
+from medvol.models.gan2d.cyclegan import CycleGAN, CycleGANOptions
 from medvol.models.gan2d.dcgan import DCGAN, DCGAN_OPTIONS
 from medvol.models.gan2d.fastgan import FASTGAN_OPTIONS, FastGAN
 from medvol.models.gan2d.mlpgan import MLPGAN, MLPGAN_OPTIONS
@@ -15,5 +17,6 @@ from medvol.models.gan2d.spade import SPADE_OPTIONS, SPADEModel
 from medvol.models.gan2d.stylegan2 import STYLEGAN2_OPTIONS, StyleGAN2
 from medvol.models.gan2d.system import SIZES_2D, GANSystem2D
 
-__all__ = ["DCGAN", "DCGAN_OPTIONS", "FASTGAN_OPTIONS", "FastGAN", "MLPGAN", "MLPGAN_OPTIONS", "PIX2PIX_OPTIONS",
+__all__ = ["CycleGAN", "CycleGANOptions", "DCGAN", "DCGAN_OPTIONS", "FASTGAN_OPTIONS", "FastGAN", "MLPGAN",
+           "MLPGAN_OPTIONS", "PIX2PIX_OPTIONS",
            "Pix2Pix", "SIZES_2D", "SPADE_OPTIONS", "SPADEModel", "STYLEGAN2_OPTIONS", "GANSystem2D", "StyleGAN2"]
