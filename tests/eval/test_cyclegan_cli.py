@@ -107,3 +107,10 @@ def test_generate_refuses_bad_translation_input(tmp_path, run, unpaired_caches, 
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and len(err.splitlines()) == 1, (extra, err)
         assert not out.exists()
+    # A translation model samples nothing from noise: evaluate scores its generate folder instead.
+    for fake in (["--fake", str(run)], ["--run", str(run)]):
+        code = main(["evaluate", "--real", str(unpaired_caches["B"]), *fake, "--out", str(tmp_path / "ev"),
+                     "--n", "4"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "cyclegan translates given images; write its translations with medvol generate" in err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "ev").exists()
