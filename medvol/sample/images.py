@@ -386,11 +386,11 @@ def _write_translations(sampler: Sampler, n, out, inputs, direction, volume, mas
         writer = _Writer(owned, 0, common, shown, source_key="translated_from")
         images = input_images(dataset, n)
         return _write_images(writer, sampler, meta, cfg.data.plane, cfg.model.size, n, 1, False, batch, window,
-                             None, images=images, direction=direction)
+                             None, images=images, translation=direction)
 
 
 def _write_images(writer: "_Writer", sampler: Sampler, meta, plane, size, n, per, volume, batch, window,
-                  mask_stream, images=None, direction=None) -> list[Path]:
+                  mask_stream, images=None, translation=None) -> list[Path]:
     """Generate and write the samples of :func:`write_images` through ``writer``."""
     from medvol.data.preprocess import to_intensity
 
@@ -404,7 +404,7 @@ def _write_images(writer: "_Writer", sampler: Sampler, meta, plane, size, n, per
     pending: list[tuple[np.ndarray, np.ndarray | None, str | None]] = []
     try:
         for sample in sampler.stream(n * per, writer.seed, batch=batch, masks=mask_stream, images=images,
-                                     direction=direction):
+                                     direction=translation):
             x = sample.array
             image = to_intensity(x[0], tuple(window)) if window is not None else x[0]
             # One mask channel (data.masks, conditional models): 1 where it is above 0. A
