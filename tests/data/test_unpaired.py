@@ -89,8 +89,8 @@ def _small_cache(folder, side: int):
     from medvol.data.phantom import write_phantoms
 
     write_phantoms(1, 32, folder / "volumes", seed=5)
-    build_image_cache(folder / "volumes", folder / "cache", ImageParams(size=side, source="slices", window=(-1024.0, 600.0)),
-                      labels=False)
+    params = ImageParams(size=side, source="slices", window=(-1024.0, 600.0))
+    build_image_cache(folder / "volumes", folder / "cache", params, labels=False)
     return folder / "cache"
 
 
@@ -115,7 +115,8 @@ def test_bad_second_cache_is_one_line_exit_2(tmp_path, unpaired_caches, capsys):
             build_dataset(_cfg(source, cache_b).data, 32, dims=2, channels=2)
     # Through the CLI: one line on stderr, exit 2, no run folder.
     out = tmp_path / "run"
-    code = main(["train", "--config", "cyclegan_tiny", "--data.source", str(a), "--data.cache_b", str(a), "--data.workers", "0", "--train.iterations", "1",
+    code = main(["train", "--config", "cyclegan_tiny", "--data.source", str(a), "--data.cache_b", str(a),
+                 "--data.workers", "0", "--train.iterations", "1",
                  "--train.device", "cpu", "--train.out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "the same cache as data.source" in err and len(err.splitlines()) == 1
