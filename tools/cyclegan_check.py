@@ -46,7 +46,8 @@ def main() -> None:
     from medvol.sample.sampler import Sampler
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=False)
+    if out.exists():
+        parser.error(f"--out {out}: exists; give a new folder")
     torch.set_num_threads(1)
     sampler = Sampler.load(args.run, device="cpu")
     a, _, window = _images(args.a)
@@ -60,6 +61,7 @@ def main() -> None:
     ab = translate(a, "AB")
     aba = translate(ab, "BA")
     hu = {name: to_intensity(x, window) for name, x in (("A", a), ("B", b), ("A->B", ab), ("A->B->A", aba))}
+    out.mkdir(parents=True)
     record = {
         "run": str(Path(args.run).resolve()), "iteration": int(sampler.state["iteration"]),
         "images_a": int(len(a)), "images_b": int(len(b)), "window": list(window),
