@@ -20,7 +20,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -100,6 +100,8 @@ class DataConfig:
     """
 
     source: str = "phantom"
+    #: cyclegan only: the 2D image cache of domain B (data.source is domain A's); unpaired with it.
+    cache_b: Optional[str] = None
     split: Literal["train", "val"] = "train"
     phantom_n: int = 64
     phantom_seed: int = 0
@@ -267,6 +269,7 @@ def _validate(cfg: TrainConfig, flat: frozenset[str] = frozenset()) -> None:
             need = "positive" if key in _POSITIVE else "non-negative"
             raise MedvolError(f"config key {key}: must be {need}, got {value}")
     _validate_mask_channels(cfg)
+    _validate_unpaired(cfg, REGISTRY[cfg.model.name])
     if cfg.data.slice_class < -1:
         raise MedvolError(f"config key data.slice_class: -1 (all) or a class id, got {cfg.data.slice_class}")
     for name, lr in cfg.train.lr.items():
@@ -364,6 +367,20 @@ def _fold_flat_options(raw: dict) -> frozenset[str]:
                               f"{', '.join(known) or 'none'})")
     model["options"] = options
     return frozenset(moved)
+
+
+def _validate_unpaired(cfg: TrainConfig, spec) -> None:
+    """data.cache_b belongs to the unpaired models (cyclegan), which need it."""
+    unpaired = bool(getattr(spec.system, "unpaired", False))
+    if cfg.data.cache_b is not None and not unpaired:
+        raise MedvolError(f"config key data.cache_b: a second domain is only for cyclegan, not {spec.name}")
+    if not unpaired:
+        return
+    if cfg.data.cache_b is None:
+        raise MedvolError(f"config key data.cache_b: {spec.name} translates between two image caches; give domain "
+                          "B's cache as data.cache_b (data.source is domain A's)")
+    if cfg.data.masks:
+        raise MedvolError(f"config key data.masks: {spec.name} translates images without masks (data.masks false)")
 
 
 def _validate_mask_channels(cfg: TrainConfig) -> None:

@@ -48,3 +48,21 @@ def medvol_with_file_limit():
                               timeout=600)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def unpaired_caches(tmp_path_factory):
+    """Two tiny 2D image caches, domains A and B of ``cyclegan``: the 32 axial 32x32 slices of one
+    32^3 phantom each, from different seeds (unpaired). ``{"A": folder, "B": folder}``."""
+    from medvol.data.image_cache import build_image_cache
+    from medvol.data.image_prep import ImageParams
+    from medvol.data.phantom import write_phantoms
+
+    root = tmp_path_factory.mktemp("unpaired")
+    caches = {}
+    for domain, seed in (("A", 1), ("B", 2)):
+        write_phantoms(1, 32, root / f"volumes_{domain}", seed=seed)
+        build_image_cache(root / f"volumes_{domain}", root / f"cache_{domain}",
+                          ImageParams(size=32, source="slices", window=(-1024.0, 600.0)), labels=False)
+        caches[domain] = root / f"cache_{domain}"
+    return caches

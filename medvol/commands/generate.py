@@ -1,5 +1,5 @@
 """``medvol generate --ckpt PATH --n K --out DIR [--seed S] [--label C] [--tile-depth T]
-[--volume] [--masks DIR] [--display-window LOW,HIGH] [--overwrite]``."""
+[--volume] [--masks DIR] [--input CACHE [--direction AB|BA]] [--display-window LOW,HIGH] [--overwrite]``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def register(subparsers) -> None:
     parser.add_argument("--masks", metavar="DIR",
                         help="2D mask-conditional models: a folder of 2D masks (NIfTI or PNG, nonzero = "
                              "foreground), one image per mask; default: masks of the training phantoms")
+    parser.add_argument("--input", metavar="CACHE",
+                        help="cyclegan: the 2D image cache (medvol preprocess --images) whose images are "
+                             "translated, all of them or the first --n")
+    parser.add_argument("--direction", choices=["AB", "BA"], default="AB",
+                        help="cyclegan: translate domain A's images to B (default) or B's to A")
     parser.add_argument("--display-window", dest="display_window", metavar="LOW,HIGH",
                         help="2D: intensities shown black .. white in the PNGs (CT: HU, e.g. -160,240); "
                              "default the training window")
@@ -68,7 +73,7 @@ def run(args) -> int:
     paths = generate(args.ckpt, args.n, args.out, seed=args.seed, label=args.label,
                      tile_depth=args.tile_depth, device=args.device, mode=args.mode, volume=args.volume,
                      masks=args.masks, display_window=_window(args.display_window), batch=args.batch,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, inputs=args.input, direction=args.direction)
     for path in paths:
         print(path)
     device = pick_device(args.device)

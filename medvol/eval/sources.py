@@ -59,12 +59,21 @@ class Source(Protocol):
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]: ...
 
 
+def _refuse_translation(sampler: Sampler, spec) -> None:
+    """A translation model (cyclegan) draws nothing from noise: its outputs are scored as a folder."""
+    if sampler.unpaired:
+        raise MedvolError(f"--fake {spec}: {sampler.cfg.model.name} translates given images; write its "
+                          f"translations with medvol generate --ckpt {spec} --input CACHE --out DIR, then score DIR "
+                          "against the target domain's cache")
+
+
 def probe(fake: str, device: str) -> tuple[int, Sampler | None, list[Path] | None]:
     """``(dims, sampler, image files)`` of ``--fake``: whether the evaluation is of volumes (3)
     or of 2D images (2), the checkpoint's sampler when it is one (read once, here), and the
     image files when it is a folder of 2D images."""
     if is_checkpoint(fake):
         sampler = Sampler.load(fake, device)
+        _refuse_translation(sampler, fake)
         return sampler.dims, sampler, None
     files = image_files(fake)
     return (2 if files is not None else 3), None, files
@@ -160,6 +169,7 @@ class VolumeSource:
             raise MedvolError(f"--{self.role} {path}: a checkpoint can only be --fake")
         if self._sampler is None:
             self._sampler = Sampler.load(path, self.device)
+        _refuse_translation(self._sampler, path)
         state = self._sampler.state
         ckpt = self._sampler.path
         size = self._sampler.size

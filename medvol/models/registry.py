@@ -18,7 +18,7 @@ from medvol.models.crfgan import CRFGAN, CRFGANOptions
 from medvol.models.diffusion import LDM_SIZES_2D, LDM_SIZES_3D, LatentDiffusion, LatentDiffusion2D, LDMOptions
 from medvol.models.gan2d import DCGAN, MLPGAN, SIZES_2D, DCGANOptions, MLPGANOptions
 from medvol.models.gan2d import FastGAN, FastGANOptions, Pix2Pix, Pix2PixOptions, SPADEModel, SPADEOptions
-from medvol.models.gan2d import StyleGAN2, StyleGAN2Options
+from medvol.models.gan2d import CycleGAN, CycleGANOptions, StyleGAN2, StyleGAN2Options
 from medvol.models.hagan import HAGAN, HAGANOptions
 from medvol.models.networks import SIZES
 from medvol.models.options import NoOptions, option_defaults
@@ -87,6 +87,7 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("fastgan", FastGAN, 2, SIZES_2D, 64, 256, FastGANOptions, "FastGAN", False, "channels"),
     ModelSpec("spade", SPADEModel, 2, SIZES_2D, 64, 256, SPADEOptions, "SPADE", False, "none"),
     ModelSpec("pix2pix", Pix2Pix, 2, SIZES_2D, 64, 4, Pix2PixOptions, "Pix2Pix", False, "none"),
+    ModelSpec("cyclegan", CycleGAN, 2, SIZES_2D, 64, 1, CycleGANOptions, "CycleGAN", False, "none"),
     ModelSpec("ldm", LatentDiffusion, 3, LDM_SIZES_3D, 32, 4, LDMOptions, "LDM", False, "native", STAGES),
     ModelSpec("ldm2d", LatentDiffusion2D, 2, LDM_SIZES_2D, 32, 4, LDMOptions, "LDM 2D", False, "native", STAGES),
 )}

@@ -20,7 +20,7 @@ def generate(ckpt: str | os.PathLike, n: int | None, out: str | os.PathLike, see
              label: int | None = None, tile_depth: int | None = None, device: str = "auto",
              mode: str | None = None, *, volume: bool = False, masks: str | os.PathLike | None = None,
              display_window: tuple[float, float] | None = None, batch: int = 16,
-             overwrite: bool = False) -> list[Path]:
+             overwrite: bool = False, inputs: str | os.PathLike | None = None, direction: str = "AB") -> list[Path]:
     """``medvol generate``: volumes of a 3D model, images (or stacked volumes) of a 2D model.
 
     Args:
@@ -29,6 +29,8 @@ def generate(ckpt: str | os.PathLike, n: int | None, out: str | os.PathLike, see
             gives.
         volume, masks, display_window, batch: 2D models only, see
             :func:`medvol.sample.images.write_images`.
+        inputs, direction: translation models (cyclegan): the 2D image cache to translate and
+            "AB" or "BA" (:func:`medvol.sample.images.write_images`).
 
     Returns:
         The written image/volume paths, in order (masks and PNGs not included).
@@ -38,9 +40,11 @@ def generate(ckpt: str | os.PathLike, n: int | None, out: str | os.PathLike, see
     sampler = Sampler.load(ckpt, device, mode)
     if sampler.dims == 2:
         return write_images(sampler, n, out, seed=seed, label=label, tile_depth=tile_depth, volume=volume,
-                            masks=masks, display_window=display_window, batch=batch, overwrite=overwrite)
+                            masks=masks, display_window=display_window, batch=batch, overwrite=overwrite,
+                            inputs=inputs, direction=direction)
     for flag, given in (("--volume", volume), ("--masks", masks is not None),
-                        ("--display-window", display_window is not None)):
+                        ("--display-window", display_window is not None), ("--input", inputs is not None),
+                        ("--direction", direction != "AB")):
         if given:
             raise MedvolError(f"{flag}: only for 2D models; {sampler.cfg.model.name} generates volumes")
     return write_volumes(sampler, 1 if n is None else n, out, seed, label, tile_depth, overwrite)

@@ -263,7 +263,8 @@ def phantom_masks(cfg, volume: bool) -> Iterator[tuple[np.ndarray, str]]:
 def write_images(sampler: Sampler, n: int | None, out: str | os.PathLike, *, seed: int = 0,
                  label: int | None = None, tile_depth: int | None = None, volume: bool = False,
                  masks: str | os.PathLike | None = None, display_window: tuple[float, float] | None = None,
-                 batch: int = 16, overwrite: bool = False) -> list[Path]:
+                 batch: int = 16, overwrite: bool = False, inputs: str | os.PathLike | None = None,
+                 direction: str = "AB") -> list[Path]:
     """Generate from a 2D ``sampler`` and write slices (or stacked volumes) into ``out``.
 
     Args:
@@ -278,6 +279,9 @@ def write_images(sampler: Sampler, n: int | None, out: str | os.PathLike, *, see
         display_window: PNG black .. white in the output unit (CT: HU); default the training window.
         batch: samples per forward pass of G.
         overwrite: as :func:`medvol.sample.generate.generate_volumes` (one rule for ``out``).
+        inputs, direction: translation models (cyclegan): the 2D image cache whose images are
+            translated (:mod:`medvol.sample.translate`), "AB" or "BA"; the images are written in the
+            target domain's intensity, each recording the input it was translated from.
 
     Returns:
         The image (or volume) paths written, in order.
@@ -295,6 +299,13 @@ def write_images(sampler: Sampler, n: int | None, out: str | os.PathLike, *, see
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise MedvolError(f"--batch: expected a positive integer, got {batch!r}")
     conditional = sampler.conditional
+    if inputs is not None and not sampler.unpaired:
+        raise MedvolError(f"--input: {name} does not translate images (only cyclegan does)")
+    if direction != "AB" and not sampler.unpaired:
+        raise MedvolError(f"--direction: {name} does not translate images (only cyclegan does)")
+    if sampler.unpaired:
+        return _write_translations(sampler, n, out, inputs, direction, volume, masks, display_window, batch,
+                                   overwrite)
     if masks is not None and not conditional:
         raise MedvolError(f"--masks: {name} is not mask-conditional (it draws its images from noise alone)")
     per = size if volume else 1
@@ -341,8 +352,45 @@ def write_images(sampler: Sampler, n: int | None, out: str | os.PathLike, *, see
         return _write_images(writer, sampler, meta, plane, size, n, per, volume, batch, window, mask_stream)
 
 
+def _write_translations(sampler: Sampler, n, out, inputs, direction, volume, masks, display_window, batch,
+                        overwrite) -> list[Path]:
+    """:func:`write_images` for a translation model: the images of ``inputs`` translated."""
+    from medvol.outputs import owned_output
+    from medvol.sample.translate import DIRECTIONS, domain_windows, input_images, open_inputs
+
+    cfg, state, name = sampler.cfg, sampler.state, sampler.cfg.model.name
+    if direction not in DIRECTIONS:
+        raise MedvolError(f"--direction {direction}: choose AB or BA")
+    for flag, given in (("--volume", volume), ("--masks", masks is not None)):
+        if given:
+            raise MedvolError(f"{flag}: {name} translates the images of --input; it takes no {flag}")
+    if inputs is None:
+        raise MedvolError(f"--input: {name} translates images; give the 2D image cache of domain {direction[0]}")
+    if n is not None and n < 1:
+        raise MedvolError(f"--n: expected at least 1, got {n}")
+    meta = sampler.meta
+    windows = domain_windows(meta)
+    dataset, n = open_inputs(inputs, cfg.model.size, windows[direction[0]], direction, n)
+    window = windows[direction[1]]
+    shown = display_range(display_window, window)
+    # A translation keeps its input's geometry: the input cache's pixel spacing.
+    meta = dict(meta, window=window, spacing=list(dataset.spacing))
+    common = {**checkpoint_facts(state, cfg, seed=0, mode=sampler.mode), **intensity_facts(window),
+              "plane": cfg.data.plane, "translation": direction, "input": str(Path(inputs).resolve())}
+    identity = generate_identity(state, n, 0, sampler.mode, dims=2, volume=False, display_window=list(shown),
+                                 input=str(Path(inputs).resolve()), direction=direction)
+    grids = [f"grid_{g:04d}.png" for g in range(math.ceil(n / GRID_SAMPLES))]
+    planned = sample_names(n, False) + grids
+    with owned_output(out, "generate", identity, overwrite=overwrite, inputs=[sampler.path, Path(inputs)],
+                      outputs=planned) as owned:
+        writer = _Writer(owned, 0, common, shown, source_key="translated_from")
+        images = input_images(dataset, n)
+        return _write_images(writer, sampler, meta, cfg.data.plane, cfg.model.size, n, 1, False, batch, window,
+                             None, images=images, translation=direction)
+
+
 def _write_images(writer: "_Writer", sampler: Sampler, meta, plane, size, n, per, volume, batch, window,
-                  mask_stream) -> list[Path]:
+                  mask_stream, images=None, translation=None) -> list[Path]:
     """Generate and write the samples of :func:`write_images` through ``writer``."""
     from medvol.data.preprocess import to_intensity
 
@@ -355,11 +403,13 @@ def _write_images(writer: "_Writer", sampler: Sampler, meta, plane, size, n, per
 
     pending: list[tuple[np.ndarray, np.ndarray | None, str | None]] = []
     try:
-        for sample in sampler.stream(n * per, writer.seed, batch=batch, masks=mask_stream):
+        for sample in sampler.stream(n * per, writer.seed, batch=batch, masks=mask_stream, images=images,
+                                     direction=translation):
             x = sample.array
             image = to_intensity(x[0], tuple(window)) if window is not None else x[0]
-            # One mask channel (data.masks, conditional models): 1 where it is above 0.
-            mask = labels_from_channels(x[1:]) if x.shape[0] > 1 else None
+            # One mask channel (data.masks, conditional models): 1 where it is above 0. A
+            # translation's second channel is its input, not written again.
+            mask = labels_from_channels(x[1:]) if x.shape[0] > 1 and images is None else None
             pending.append((image.astype(np.float32), mask, sample.mask_source))
             while len(pending) >= per:
                 group, pending = pending[:per], pending[per:]
@@ -378,8 +428,10 @@ class _Writer:
     """Writes samples as they come, keeps generated.json and the PNG grids in step."""
 
     def __init__(self, owned, seed: int, common: dict[str, Any], shown: tuple[float, float],
-                 mask_labels: list[str] | None = None):
+                 mask_labels: list[str] | None = None, source_key: str = "mask_source"):
         self.owned, self.out = owned, owned.folder
+        #: The record key of where a sample came from (a mask's source; a translation's input).
+        self.source_key = source_key
         self.seed, self.common, self.shown = seed, common, shown
         self.provenance = read_provenance(self.out)
         if mask_labels is not None:
@@ -421,7 +473,7 @@ class _Writer:
         path = self._claim(f"sample_{i:04d}.nii.gz")
         origin = centred_origin_2d(image.shape, self.pixel_spacing)
         geometry = {"spacing": list(self.pixel_spacing), "origin": list(origin), "direction": [1.0, 0.0, 0.0, 1.0]}
-        facts = dict(self.common, index=i, kind="image", mask_source=source, **geometry)
+        facts = dict(self.common, index=i, kind="image", **{self.source_key: source}, **geometry)
         self.provenance["files"][path.name] = write_image2d(image, self.pixel_spacing, path, facts)
         if mask is not None:
             mask_path = self._claim(f"sample_{i:04d}_mask.nii.gz")

@@ -105,6 +105,11 @@ class Sampler:
         return bool(getattr(self.system, "conditional", False))
 
     @property
+    def unpaired(self) -> bool:
+        """Whether the model translates given images between two domains (cyclegan)."""
+        return bool(getattr(self.system, "unpaired", False))
+
+    @property
     def meta(self) -> dict[str, Any]:
         """The training data's facts the checkpoint records (spacing, window, plane, ...)."""
         return self.state.get("data") or {}
@@ -155,20 +160,24 @@ class Sampler:
         return z.to(self.device)
 
     def draw(self, z: torch.Tensor, *, labels: torch.Tensor | None = None, masks: torch.Tensor | None = None,
-             tile_depth: int | None = None) -> np.ndarray:
+             tile_depth: int | None = None, images: torch.Tensor | None = None,
+             direction: str | None = None) -> np.ndarray:
         """The model's samples of latents ``z``: float32 ``[B, C, ...]`` in [-1, 1] on the CPU.
 
         The one call of the model's sampling method in medvol; ``labels``, ``masks`` (``[B, 1, S, S]``
-        of -1 / 1) and ``tile_depth`` are passed on only when given.
+        of -1 / 1), ``tile_depth`` and a translation model's ``images`` (``[B, 1, S, S]`` in [-1, 1])
+        and ``direction`` are passed on only when given.
         """
-        given = {"labels": labels, "masks": masks, "tile_depth": tile_depth}
+        given = {"labels": labels, "masks": masks, "tile_depth": tile_depth, "images": images,
+                 "direction": direction}
         with torch.no_grad():
             x = self.system.generate(z, **{key: value for key, value in given.items() if value is not None})
         return x.float().cpu().numpy()
 
     def stream(self, n: int, seed: int, *, batch: int = 1, label: int | None = None,
                masks: Iterable[tuple[np.ndarray, str]] | None = None,
-               tile_depth: int | None = None) -> Iterator[Sample]:
+               tile_depth: int | None = None, images: Iterable[tuple[np.ndarray, str]] | None = None,
+               direction: str | None = None) -> Iterator[Sample]:
         """Samples ``0 .. n-1`` of ``seed``, drawn ``batch`` per forward pass, in order.
 
         Args:
@@ -178,6 +187,9 @@ class Sampler:
             label: class of every sample (class-conditional models; None: ``i % K``).
             masks: mask-conditional models: ``(uint8 (S, S) mask, where it came from)`` per sample.
             tile_depth: embedding slices per high-resolution tile (3D models; bounded memory).
+            images, direction: translation models (cyclegan): ``(float32 (S, S) image in [-1, 1],
+                where it came from)`` per sample, and "AB" or "BA"; the sample's ``mask_source``
+                then names its input.
         """
         self.check_label(label)
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -185,6 +197,7 @@ class Sampler:
         generator = torch.Generator().manual_seed(int(seed))
         k = self.num_classes
         mask_iter = iter(masks) if masks is not None else None
+        image_iter = iter(images) if images is not None else None
         for start in range(0, n, batch):
             count = min(batch, n - start)
             z = self.latents(count, generator)
@@ -199,7 +212,12 @@ class Sampler:
                 sources = [source for _, source in drawn]
                 given = torch.from_numpy(np.stack([m for m, _ in drawn]).astype(np.float32))[:, None]
                 given = (given * 2 - 1).to(self.device)
-            x = self.draw(z, labels=labels, masks=given, tile_depth=tile_depth)
+            inputs = None
+            if image_iter is not None:
+                drawn = [next(image_iter) for _ in range(count)]
+                sources = [source for _, source in drawn]
+                inputs = torch.from_numpy(np.stack([x for x, _ in drawn]).astype(np.float32))[:, None].to(self.device)
+            x = self.draw(z, labels=labels, masks=given, tile_depth=tile_depth, images=inputs, direction=direction)
             for j in range(count):
                 yield Sample(start + j, x[j], classes[j], sources[j])
 

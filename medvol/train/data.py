@@ -25,7 +25,7 @@ from medvol.errors import MedvolError
 
 
 def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1,
-                  mask_channels: int = 0) -> Dataset:
+                  mask_channels: int = 0, seed: int = 0) -> Dataset:
     """The training dataset of ``data.source``: ``"phantom"`` or a preprocessing cache folder.
 
     Args:
@@ -37,12 +37,16 @@ def build_dataset(data: DataConfig, size: int, dims: int = 3, channels: int = 1,
             ``mask_channels``).
         mask_channels: K > 0 (paired image + mask models): the image is followed by the label
             map's classes 1..K one-hot as -1 / +1 (:mod:`medvol.data.paired`).
+        seed: with ``data.cache_b`` (cyclegan): the seed of domain B's shuffle
+            (:class:`medvol.data.unpaired.UnpairedImageDataset`).
 
     Raises:
         MedvolError: the folder is missing, holds no volumes, or volumes of another size, or
             volumes marked synthetic without ``data.allow_synthetic``; with ``mask_channels``, data
             without label maps or with fewer than K classes.
     """
+    if data.cache_b is not None:
+        return _unpaired(data, size, dims, channels, seed)
     if data.source != "phantom" and _is_image_cache(data.source):
         return _images(data, size, dims, channels, mask_channels)
     if data.source == "phantom":
@@ -104,6 +108,44 @@ def _images(data: DataConfig, size: int, dims: int, channels: int, mask_channels
         raise MedvolError(f"model.channels: {channels} does not match the data's {want} ({dataset.channels} image "
                           f"channel(s) of {data.source}, data.masks {str(data.masks).lower()}{extra})")
     return dataset
+
+
+def _unpaired(data: DataConfig, size: int, dims: int, channels: int, seed: int) -> Dataset:
+    """Domain A (``data.source``) and domain B (``data.cache_b``), two grey 2D image caches of one
+    side, unpaired (:class:`medvol.data.unpaired.UnpairedImageDataset`)."""
+    from medvol.data.image_datasets import CachedImageDataset
+    from medvol.data.unpaired import UnpairedImageDataset
+
+    keys = (("data.source", data.source), ("data.cache_b", data.cache_b))
+    for key, source in keys:
+        folder = Path(source)
+        if source == "phantom" or not folder.is_dir():
+            raise MedvolError(f"{key} {source}: no such folder (each domain is a 2D image cache: medvol preprocess "
+                              "--images)")
+        if not _is_image_cache(source):
+            raise MedvolError(f"{key} {source}: not a 2D image cache (medvol preprocess --images makes one)")
+    if Path(data.source).resolve() == Path(data.cache_b).resolve():
+        raise MedvolError(f"data.cache_b {data.cache_b}: the same cache as data.source; the two domains need two "
+                          "caches")
+    if dims != 2 or channels != 2:
+        raise MedvolError(f"data.cache_b {data.cache_b}: two domains are for cyclegan (2D, model channels 2)")
+    sets = []
+    for key, source in keys:
+        try:
+            sets.append(CachedImageDataset(source, split=data.split, allow_synthetic=data.allow_synthetic, size=size,
+                                           content_only=data.skip_blank,
+                                           keep_class=None if data.slice_class < 0 else data.slice_class))
+        except MedvolError as error:
+            raise MedvolError(f"{key} {source}: {error}") from None
+    a, b = sets
+    if a.side != b.side:
+        raise MedvolError(f"data.cache_b {data.cache_b}: images of side {b.side}, data.source's are {a.side}; "
+                          "preprocess both domains at one --size")
+    for key, source, dataset in ((*keys[0], a), (*keys[1], b)):
+        if dataset.channels != 1:
+            raise MedvolError(f"{key} {source}: images with {dataset.channels} channels; cyclegan translates grey "
+                              "images (preprocess with --colour grey)")
+    return UnpairedImageDataset(a, b, seed, names=(f"data.source {data.source}", f"data.cache_b {data.cache_b}"))
 
 
 def _check_mask_source(dataset: Dataset, data: DataConfig, k: int) -> None:
@@ -237,6 +279,13 @@ def data_meta(dataset: Dataset, data: DataConfig) -> dict:
     }
     if getattr(dataset, "mask_channels", 0):
         meta["mask_labels"] = list(dataset.mask_labels)
+    domain_b = getattr(dataset, "domain_b", None)
+    if domain_b is not None:  # cyclegan: translations into B are written in B's intensity
+        b_window = getattr(domain_b, "window", None)
+        meta["volumes"] = len(dataset.domain_a)
+        meta["domain_b"] = {"source": data.cache_b, "images": len(domain_b),
+                            "spacing": [float(s) for s in domain_b.spacing],
+                            "window": [float(w) for w in b_window] if b_window is not None else None}
     if volumes is not dataset:
         factor = dataset.depth // dataset.size
         meta["plane"] = dataset.plane

@@ -371,7 +371,8 @@ class Trainer:
         del state  # the loaded tensors now live in the model and optimisers
         # After the checkpoint check: a wrong --resume is named before any data is read.
         self.dataset = build_dataset(cfg.data, cfg.model.size, dims=self.system.dims,
-                                     channels=self.system.channels, mask_channels=cfg.model.mask_channels)
+                                     channels=self.system.channels, mask_channels=cfg.model.mask_channels,
+                                     seed=cfg.train.seed)
         self.meta = data_meta(self.dataset, cfg.data)
         if info.enabled and path is None:
             broadcast_module(self.system)

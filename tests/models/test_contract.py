@@ -63,10 +63,18 @@ def _stage_options(name: str, index: int, previous: str | None = None) -> dict[s
     return {k: (previous if v == PREVIOUS_STAGE else v) for k, v in options.items()}
 
 
-def _conditional_overrides(name: str) -> list[str]:
+def _conditional_overrides(name: str, caches: dict | None = None) -> list[str]:
     if REGISTRY[name].system.conditional:  # drawn from masks: the phantom's nodule mask channel
         return ["--model.channels", "2", "--data.masks", "true", "--data.phantom_nodules", "true"]
+    if _unpaired(name):  # two image caches, domains A and B (the unpaired_caches fixture)
+        return ["--data.source", str(caches["A"]), "--data.cache_b", str(caches["B"])]
     return []
+
+
+def _unpaired(name: str) -> bool:
+    """Whether the model translates between two image sets (cyclegan): it trains on two caches and
+    samples from given images."""
+    return bool(getattr(REGISTRY[name].system, "unpaired", False))
 
 
 def _build(name: str, index: int = 0, **extra) -> torch.nn.Module:
@@ -77,7 +85,8 @@ def _build(name: str, index: int = 0, **extra) -> torch.nn.Module:
     return build(name, _size(name), **TINY, **options, **extra)
 
 
-def _config(tmp_path, name: str, index: int, out: str, iterations: int, previous: str | None, *overrides):
+def _config(tmp_path, name: str, index: int, out: str, iterations: int, previous: str | None, *overrides,
+            caches: dict | None = None):
     options = []
     for key, value in _stage_options(name, index, previous).items():
         options += [f"--model.options.{key}", str(value)]
@@ -87,7 +96,7 @@ def _config(tmp_path, name: str, index: int, out: str, iterations: int, previous
         "--train.iterations", str(iterations), "--train.mode", "reference", "--train.device", "cpu",
         "--train.ckpt_every", "2", "--train.log_every", "1", "--train.sample_every", "1000",
         "--train.progress", "false", "--train.out", str(tmp_path / out), *options,
-        *_conditional_overrides(name), *overrides,
+        *_conditional_overrides(name, caches), *overrides,
     ])
 
 
@@ -173,12 +182,13 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("name, index, overrides", _cases(with_variants=True))
-def test_resume_is_bit_exact(tmp_path, name, index, overrides):
+def test_resume_is_bit_exact(tmp_path, request, name, index, overrides):
     previous = _previous_stage(tmp_path, name, index)
-    straight = _config(tmp_path, name, index, "straight", 4, previous, *overrides)
+    caches = request.getfixturevalue("unpaired_caches") if _unpaired(name) else None
+    straight = _config(tmp_path, name, index, "straight", 4, previous, *overrides, caches=caches)
     train(straight)
-    train(_config(tmp_path, name, index, "split", 2, previous, *overrides))
-    split = _config(tmp_path, name, index, "split", 4, previous, *overrides)
+    train(_config(tmp_path, name, index, "split", 2, previous, *overrides, caches=caches))
+    split = _config(tmp_path, name, index, "split", 4, previous, *overrides, caches=caches)
     train(split, resume="auto")
     a, b = ckpt.read_checkpoint(straight.train.out), ckpt.read_checkpoint(split.train.out)
     assert a["iteration"] == b["iteration"] == 4
@@ -201,6 +211,10 @@ def test_sample_is_seeded_and_shaped(name, index):
     if system.conditional:
         kwargs["masks"] = torch.where(torch.rand(2, 1, *(_size(name),) * 2, generator=torch.Generator().manual_seed(4))
                                       > 0.5, 1.0, -1.0)
+    if _unpaired(name):  # translated from given images of domain A
+        kwargs["images"] = torch.rand(2, 1, *(_size(name),) * 2, generator=torch.Generator().manual_seed(4)) * 2 - 1
+        with pytest.raises(MedvolError, match="images"):
+            system.sample(2, seed=0)
     if not last:  # an earlier stage (an autoencoder) has nothing to sample from
         with pytest.raises(MedvolError, match="stage"):
             system.sample(2, seed=0, **kwargs)
@@ -210,7 +224,12 @@ def test_sample_is_seeded_and_shaped(name, index):
     assert torch.isfinite(first).all() and first.abs().max() <= 1
     assert torch.equal(system.sample(2, seed=0, **kwargs), first)
     assert torch.equal(system.sample(2, generator=torch.Generator().manual_seed(0), **kwargs), first)
-    assert not torch.equal(system.sample(2, seed=1, **kwargs), first)
+    if _unpaired(name):  # a translation has no noise: every seed gives the same image of an input
+        assert torch.equal(system.sample(2, seed=1, **kwargs), first)
+        other = system.sample(2, seed=0, images=kwargs["images"].flip(-1))
+        assert not torch.equal(other, first)
+    else:
+        assert not torch.equal(system.sample(2, seed=1, **kwargs), first)
     assert system.training  # sampling leaves the training mode as it was
     with pytest.raises(MedvolError):
         system.sample(0)

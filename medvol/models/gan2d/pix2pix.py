@@ -139,24 +139,26 @@ class UNetGenerator(nn.Module):
 
 
 class PatchGANDiscriminator(nn.Module):
-    """PatchGAN on ``[B, 2, S, S]`` (image, mask): k convs 4x4 stride 2 (c, 2c, 4c; BatchNorm but on
-    the first, LeakyReLU 0.2), then a conv 4x4 stride 1 to one logit per patch; padding 1.
+    """PatchGAN on ``[B, C, S, S]`` (pix2pix: image and mask): k convs 4x4 stride 2 (c, 2c, 4c; a
+    norm but on the first, LeakyReLU 0.2), then a conv 4x4 stride 1 to one logit per patch; padding 1.
 
     The receptive field of k stride-2 4x4 convs and the closing 4x4 conv is ``2^(k+1) * 3 - 2``:
-    10, 22, 46 for k = 1, 2, 3 (:func:`receptive_field`).
+    10, 22, 46 for k = 1, 2, 3 (:func:`receptive_field`). ``norm``: "batch" (pix2pix) or
+    "instance" (CycleGAN; no affine parameters, as its published D).
     """
 
-    def __init__(self, channels: int, base_width: int, patch: int):
+    def __init__(self, channels: int, base_width: int, patch: int, norm: str = "batch"):
         super().__init__()
         w = [base_width * min(2 ** i, MAX_MULTIPLE) for i in range(PATCHES[patch])]
         layers: list[nn.Module] = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2)]
         for a, b in zip(w, w[1:]):
-            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2)]
+            norm_layer = nn.BatchNorm2d(b) if norm == "batch" else nn.InstanceNorm2d(b)
+            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), norm_layer, nn.LeakyReLU(0.2)]
         layers.append(nn.Conv2d(w[-1], 1, 4, 1, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x[B, 2, S, S]`` -> patch logits ``[B, 1, h, w]``."""
+        """``x[B, C, S, S]`` -> patch logits ``[B, 1, h, w]``."""
         return self.net(x)
 
 
