@@ -38,6 +38,26 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _finished_png(plt, fig) -> bytes:
+    """``fig`` laid out, as PNG bytes (:func:`_png`), and closed."""
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return png
+
+
+def _scatter_png(plt, real: np.ndarray, fake: np.ndarray, xlabel: str, ylabel: str, title: str) -> bytes:
+    """Real (dots) and fake (crosses) points ``(N, 2)`` of one 2D embedding (PCA, UMAP) as PNG bytes."""
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    ax.scatter(real[:, 0], real[:, 1], s=14, label=f"real ({len(real)})", alpha=0.8)
+    ax.scatter(fake[:, 0], fake[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _finished_png(plt, fig)
+
+
 def pca_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both sets projected on the two leading principal axes of the pooled, centred features;
     also the explained variance ratios."""
@@ -53,17 +73,9 @@ def _plot_scatter(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str 
     if plt is None or len(real) + len(fake) < 3:
         return None
     pr, pf, ratio = pca_2d(real, fake)
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
-    ax.scatter(pr[:, 0], pr[:, 1], s=14, label=f"real ({len(real)})", alpha=0.8)
-    ax.scatter(pf[:, 0], pf[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
-    ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
-    ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}%)" if len(ratio) > 1 else "PC2")
-    ax.set_title(f"{extractor} features, one point per {unit}")
-    ax.legend()
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return png
+    return _scatter_png(plt, pr, pf, f"PC1 ({100 * ratio[0]:.0f}% of variance)",
+                        f"PC2 ({100 * ratio[1]:.0f}%)" if len(ratio) > 1 else "PC2",
+                        f"{extractor} features, one point per {unit}")
 
 
 def umap_2d(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -91,17 +103,8 @@ def _plot_umap(extractor: str, real: np.ndarray, fake: np.ndarray, unit: str = "
     if plt is None:
         return None, "features_umap.png skipped: matplotlib is not installed (pip install 'medvol[eval]')"
     er, ef = umap_2d(real, fake, seed)
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
-    ax.scatter(er[:, 0], er[:, 1], s=14, label=f"real ({len(real)})", alpha=0.8)
-    ax.scatter(ef[:, 0], ef[:, 1], s=14, marker="x", label=f"fake ({len(fake)})", alpha=0.8)
-    ax.set_xlabel("UMAP 1")
-    ax.set_ylabel("UMAP 2")
-    ax.set_title(f"{extractor} features (UMAP, seed {seed}), one point per {unit}")
-    ax.legend()
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return png, ""
+    return _scatter_png(plt, er, ef, "UMAP 1", "UMAP 2",
+                        f"{extractor} features (UMAP, seed {seed}), one point per {unit}"), ""
 
 
 def _plot_montage(pairs, fake_vols: dict, train_vols: dict, fake_idx, train_idx) -> bytes | None:
@@ -132,7 +135,4 @@ def _plot_curve(rows, best: str, best_it: int) -> bytes | None:
     ax.set_xlabel("iteration")
     ax.set_ylabel(best)
     ax.legend()
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return png
+    return _finished_png(plt, fig)
