@@ -142,13 +142,15 @@ def real_items(cfg, n: int, seed: int | None, volumes: int = 16, geometry: bool 
     ``(spacing, window)``."""
     from medvol.train.data import build_dataset
 
+    from medvol.models import spec
+
     data = cfg.data
+    dims = spec(cfg.model.name).dims  # the registry's: ldm is 3D too
     if seed is not None:
         # Phantoms rendered on the fly equal the preprocessed files of `medvol data phantom` at the
         # model size, so a run trained on such a cache is scored against on-the-fly phantoms too.
         data = dataclasses.replace(data, source="phantom", phantom_seed=seed,
-                                   phantom_n=max(n, 16) if cfg.model.name in ("crfgan", "hagan") else volumes)
-    dims = 3 if cfg.model.name in ("crfgan", "hagan") else 2
+                                   phantom_n=max(n, 16) if dims == 3 else volumes)
     channels = cfg.model.channels + (cfg.model.mask_channels if dims == 2 else 0)
     dataset = build_dataset(data, cfg.model.size, dims=dims, channels=channels,
                             mask_channels=cfg.model.mask_channels)
