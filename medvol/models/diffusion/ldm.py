@@ -123,9 +123,9 @@ class LatentDiffusion(GenerativeSystem):
         return {**counts, "total": sum(counts.values())}
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One Adam per group of this stage, PyTorch's default implementation in both modes: fused
-        Adam on the checkpointed U-Net gave NaN from the third bf16 step on the CPU (torch 2.14;
-        either alone trains), and the autoencoder's resume was not bit-exact with it."""
+        """One Adam per group of this stage, PyTorch's default implementation in both modes (fused
+        Adam once looked like the cause of NaN bf16 steps on the CPU; the cause was a torch conv
+        bug, cpu_bf16.py)."""
         return {k: torch.optim.Adam(m.parameters(), lr=LEARNING_RATES[k]) for k, m in self.groups().items()}
 
     def pretrained(self) -> dict[str, str]:
