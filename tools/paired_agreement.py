@@ -113,7 +113,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="latent seed of the samples")
     parser.add_argument("--eval-seed", type=int, default=1000, help="phantom seed of the real items")
     parser.add_argument("--steps", type=int, help="denoising steps (diffusion models; default: the model's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT's agreement.json and samples.png")
     args = parser.parse_args()
+    out = Path(args.out)
+    taken = [out / name for name in ("agreement.json", "samples.png") if (out / name).exists()]
+    if taken and not args.overwrite:
+        raise SystemExit(f"paired_agreement: {taken[0]} exists; give another --out or --overwrite")
+    if args.n < 2:
+        raise SystemExit(f"paired_agreement: --n must be at least 2 (the shuffled pairs), got {args.n}")
 
     torch.set_num_threads(1)
     system, cfg, state = load_checkpoint(args.run)
@@ -138,7 +145,6 @@ def main() -> None:
         labels = np.stack([labels_from_channels(x[1:]) for x in items])
         results[name] = agreement(hu, labels)
         shown += [(f"{name} {i}", hu[i], labels[i]) for i in range(min(8, len(hu)))]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": str(state.get("path", args.run)), "iteration": int(state["iteration"]),
                "n": [len(real), len(fake)], "threshold_hu": THRESHOLD_HU, "seed": args.seed,
