@@ -144,12 +144,12 @@ def real_items(cfg, n: int, seed: int | None, volumes: int = 16, geometry: bool 
     from medvol.train.data import build_dataset
 
     data = cfg.data
+    dims = spec(cfg.model.name).dims  # the registry's: ldm is 3D too
     if seed is not None:
         # Phantoms rendered on the fly equal the preprocessed files of `medvol data phantom` at the
         # model size, so a run trained on such a cache is scored against on-the-fly phantoms too.
         data = dataclasses.replace(data, source="phantom", phantom_seed=seed,
-                                   phantom_n=max(n, 16) if spec(cfg.model.name).dims == 3 else volumes)
-    dims = spec(cfg.model.name).dims
+                                   phantom_n=max(n, 16) if dims == 3 else volumes)
     channels = cfg.model.options.get("channels", 1) + (cfg.model.mask_channels if dims == 2 else 0)
     dataset = build_dataset(data, cfg.model.size, dims=dims, channels=channels,
                             mask_channels=cfg.model.mask_channels)

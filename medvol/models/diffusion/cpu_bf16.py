@@ -1,0 +1,60 @@
+"""A PyTorch CPU bug worked around: bf16 ``Conv3d`` weight gradients at output depth 2.
+
+Measured with torch 2.14.1 on an AVX-512-BF16 CPU (oneDNN's native bf16; docs/diffusion.md):
+under CPU bf16 autocast, a ``Conv3d`` whose output has depth 2 and that pads along depth gets a
+wrong weight gradient on every call (relative error up to 1e37, often NaN or inf; the input
+gradient stays right) when either side has 16 or more channels: kernel 3 / padding 1 on depth 2,
+kernel 4 / padding 1 on depth 3, kernel 2 / padding 1 on depth 1 alike. Output depth 1 or 3 and
+more, no depth padding, or 8 channels in and out are right; so is the same convolution with
+oneDNN switched off. The 3D latent diffusion model meets it twice at 32^3: in the U-Net's lowest
+level (latent 8^3, side 2) and in the patch discriminator's last convolution (3^3 -> 2^3). Those
+were the NaN losses a few bf16 steps into a CPU run, and, as the garbage changed from call to
+call, the stage-1 resume that was not bit-exact.
+
+Such a convolution is tiny (depth 2), so running it in fp32 costs next to nothing; every other
+convolution keeps bf16. :func:`guard_depth_two_convs` makes a module's ``Conv3d`` layers do that,
+and only under CPU bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+
+def output_depth(conv: nn.Conv3d, depth: int) -> int:
+    """The depth of ``conv``'s output for an input of ``depth``."""
+    pad = conv.padding[0] if isinstance(conv.padding, tuple) else None
+    if pad is None:  # "same" / "valid"
+        return depth if conv.padding == "same" else depth - conv.dilation[0] * (conv.kernel_size[0] - 1)
+    return (depth + 2 * pad - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
+
+
+def needs_fp32(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether ``conv`` on ``x`` ``[B, C, D, H, W]`` could meet the bug: CPU, bf16 autocast, an
+    output of depth 2 (any padding and width: the guard is wider than the measured failures)."""
+    return (x.device.type == "cpu" and x.dim() == 5
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and output_depth(conv, x.shape[2]) == 2)
+
+
+def _forward(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    if needs_fp32(conv, x):
+        with torch.autocast("cpu", enabled=False):
+            return type(conv).forward(conv, x.float())
+    return type(conv).forward(conv, x)
+
+
+def guard_depth_two_convs(module: nn.Module) -> int:
+    """Make every ``Conv3d`` of ``module`` run in fp32 where :func:`needs_fp32`; returns how many.
+
+    The wrapper replaces the instance's ``forward`` (parameters, state dict and module tree are
+    unchanged), so it composes with activation checkpointing, which recomputes under the same
+    autocast state.
+    """
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv3d)]
+    for conv in convs:
+        conv.forward = functools.partial(_forward, conv)
+    return len(convs)
