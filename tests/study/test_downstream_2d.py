@@ -158,3 +158,32 @@ def test_dice_and_iou_of_2d_images_against_a_closed_form():
     assert dice.shape == iou.shape == (2, 1)
     assert dice[0, 0] == pytest.approx(0.75) and iou[0, 0] == pytest.approx(0.6)
     assert np.isnan(dice[1, 0]) and np.isnan(iou[1, 0])
+
+
+@pytest.mark.slow
+def test_a_2d_checkpoint_with_masks_is_sampled_as_a_source(data, tmp_path, capsys):
+    """A dcgan trained with model.mask_channels 2 on a 32² slice cache: the study generates its
+    images with their label maps through medvol generate (the Sampler) and trains on them."""
+    from medvol.config import load_config
+    from medvol.train.trainer import train
+
+    cache = tmp_path / "cache32"
+    assert main(["preprocess", "--src", str(data["cache"].parent / "scans"), "--images", "slices", "--size", "32",
+                 "--val-fraction", "0.34", "--mask-labels", ",".join(LABELS), "--dst", str(cache)]) == 0
+    train(load_config(None, [
+        "--model.name", "dcgan", "--model.size", "32", "--model.base_width", "4", "--model.latent_dim", "8",
+        "--model.mask_channels", "2", "--data.source", str(cache), "--data.workers", "0", "--data.batch", "4",
+        "--train.iterations", "2", "--train.mode", "reference", "--train.device", "cpu", "--train.ckpt_every", "2",
+        "--train.sample_every", "1000", "--train.progress", "false", "--train.out", str(tmp_path / "run")]))
+    out = tmp_path / "study"
+    code, err = _cli(capsys, "--real", cache, "--synthetic", f"dc={tmp_path / 'run'}", "--n-synthetic", "4",
+                     "--labels", "lungs", "--seeds", "1", "--iterations", "2", "--unet-channels", "4,8", "--out", out)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    source = results["sources"]["dc"]
+    assert source["kind"] == "checkpoint" and source["n"] == 4 and source["dims"] == 2
+    assert source["mask_labels"] == LABELS and source["models"] == ["dcgan@32"]
+    assert results["config"]["dims"] == 2 and results["config"]["side"] == 32
+    assert sorted(p.name for p in (out / "synthetic" / "dc").glob("*_mask.nii.gz")) == \
+        [f"sample_{i:04d}_mask.nii.gz" for i in range(4)]
+    assert results["setups"][2]["seeds"]["0"]["train_items"] == 4
