@@ -114,10 +114,26 @@ def test_a_2d_image_cache_runs_a_segmentation_study(data, tmp_path, capsys):
     assert "held-out real images" in (out / "results.md").read_text(encoding="utf-8")
 
 
+def _rgb_cache(folder: Path) -> Path:
+    """A 2D cache of RGB PNG images (16²) with their masks (``X_mask.png``)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "png").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / "png" / f"x{i}.png")
+        Image.fromarray((rng.random((16, 16)) < 0.3).astype(np.uint8)).save(folder / "png" / f"x{i}_mask.png")
+    assert main(["preprocess", "--src", str(folder / "png"), "--dst", str(folder / "cache"), "--images", "images",
+                 "--colour", "rgb", "--size", "16", "--val-fraction", "0.5", "--mask-labels", "lungs"]) == 0
+    return folder / "cache"
+
+
 def test_refusals_of_2d_caches(data, tmp_path, capsys):
-    """A 2D cache without masks, a 2D cache with volumes as sources, sources mixing 2D and 3D: exit 2,
-    one line, no output folder."""
+    """A 2D cache without masks, an RGB cache, a 2D cache with volumes as sources, sources mixing 2D
+    and 3D: exit 2, one line, no output folder."""
     cases = [([data["bare"], "--synthetic", f"s={data['slices']}"], "image '.*' has no mask"),
+             ([_rgb_cache(tmp_path / "rgb"), "--synthetic", f"s={data['slices']}"],
+              "3-channel \\(RGB\\) images; the U-Net reads grey"),
              ([data["cache"], "--synthetic", f"v={data['volumes']}"],
               "a 2D image cache; the synthetic sources are volumes"),
              ([data["cache"], "--synthetic", f"s={data['slices']}", "--synthetic", f"v={data['volumes']}"],
