@@ -42,8 +42,8 @@ def register(actions) -> None:
                         help="segment (default): U-Nets on image + label map; classify: a classifier of a binary "
                              "class per item")
     parser.add_argument("--real", required=True, metavar="CACHE",
-                        help="a medvol cache: with label maps (segment), or whose items carry a class (classify: "
-                             "phantom factors or a label per item)")
+                        help="a medvol cache: with label maps, or a 2D image cache with masks (segment), or whose "
+                             "items carry a class (classify: phantom factors or a label per item)")
     parser.add_argument("--synthetic", action="append", default=[], metavar="[NAME=]DIR_OR_CKPT", required=True,
                         help="segment: generated images with X_mask files beside them (`medvol generate --out DIR` "
                         "of a model with mask channels), or a checkpoint / run folder to generate them from; "

@@ -92,11 +92,12 @@ def test_a_2d_image_cache_runs_a_classification_study(data, tmp_path, capsys):
 
 def test_real_images_are_the_cache_arrays_pooled(data):
     from medvol.study.downstream import classdata as C
+    from medvol.study.downstream.data import pooled_images
 
     rule = C.class_rule(str(data["cache"]), "label", None)
     assert rule == ("label", ["1"], ["0"])
     images = C.open_real_classes(str(data["cache"]), "val", rule)
-    pooled = C.pooled_images(images, 8)
+    pooled = pooled_images(images, 8)
     manifest = json.loads((data["cache"] / "manifest.json").read_text(encoding="utf-8"))
     first = next(e for e in manifest["volumes"] if e["split"] == "val")
     array = np.load(data["cache"] / first["file"])

@@ -147,20 +147,6 @@ def _real_images(cache: str, split: str, rule: tuple[str, list[str], list[str]])
     return LabelledSet(f"real-{split}", 2, [f"cache:{n}" for n in found["names"]], load, info)
 
 
-def pooled_images(images: LabelledSet, side: int) -> LabelledSet:
-    """Real 2D images area-pooled to ``side`` (the synthetic images' side), with their class."""
-    size = images.info["size"]
-    if size % side:
-        raise MedvolError(f"2D images of side {side} cannot be pooled from the cache's images of side {size} "
-                          "(need a divisor)")
-
-    def load(index: int) -> tuple[np.ndarray, int]:
-        image, label = images.load(index)
-        return pool_slice(image, np.zeros(image.shape, np.uint8), side)[0], label
-
-    return LabelledSet(images.name, 2, list(images.items), load, dict(images.info, side=side))
-
-
 def central_slices(volumes: LabelledSet, side: int) -> LabelledSet:
     """The central axial slice of each volume, area-pooled to ``side``, with the volume's class."""
     size = volumes.info["size"]

@@ -101,7 +101,7 @@ def _run_classify(real: str, synthetic: Sequence[str], out: Path, *, classify_by
     if train.dims == 2 and dims == 3:
         raise MedvolError(f"--real {real}: a 2D image cache; the synthetic sources are volumes (give 2D images, "
                           "or a volume cache)")
-    slices = C.pooled_images if train.dims == 2 else C.central_slices
+    slices = D.pooled_images if train.dims == 2 else C.central_slices
     real_train = slices(train, side) if dims == 2 else train
     real_val = slices(val, side) if dims == 2 else val
     if len(real_val) < 2:

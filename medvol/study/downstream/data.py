@@ -6,7 +6,9 @@ labels uint8)``, the labels already mapped onto the study's classes (0 backgroun
 
 - Real data: a medvol cache with label maps (:mod:`medvol.data.cache`); its ``train`` split trains,
   its ``val`` split (held-out real volumes) is scored. Synthetic cache entries are refused as real
-  (:class:`medvol.data.datasets.CachedVolumeDataset`'s own check).
+  (:class:`medvol.data.datasets.CachedVolumeDataset`'s own check). A 2D image cache with masks
+  (``medvol preprocess --images images|slices``, manifest ``"dims": 2``) gives grey images (S, S)
+  with their masks instead (:class:`medvol.data.image_datasets.CachedImageDataset`).
 - Synthetic data: a folder of generated images ``X.nii.gz`` with ``X_mask.nii.gz`` beside each, as
   ``medvol generate`` writes them, or a checkpoint from which such a folder is generated. Training
   on synthetic data is what this study is for, so it is allowed here, but every image must be
@@ -121,8 +123,11 @@ def open_real(cache: str, split: str, wanted: Sequence[str] | None) -> tuple[Lab
         MedvolError: no such cache, a split without volumes or holding synthetic entries, volumes
             without label maps, or an unknown class name.
     """
+    from medvol.data.cache import load_manifest
     from medvol.data.datasets import CachedVolumeDataset
 
+    if load_manifest(cache).get("dims") == 2:
+        return _real_images(cache, split, wanted)
     dataset = CachedVolumeDataset(cache, split=split)
     if not dataset.has_labels:
         missing = next(e["name"] for e in dataset.entries if not isinstance(e.get("labels"), str))
@@ -141,6 +146,55 @@ def open_real(cache: str, split: str, wanted: Sequence[str] | None) -> tuple[Lab
             "manifest_sha256": hashlib.sha256((Path(cache) / "manifest.json").read_bytes()).hexdigest(),
             "size": dataset.size, "mask_labels": list(dataset.mask_labels)}
     return LabelledSet(f"real-{split}", 3, [f"cache:{n}" for n in dataset.names], load, info), classes
+
+
+def _real_images(cache: str, split: str, wanted: Sequence[str] | None) -> tuple[LabelledSet, tuple[str, ...]]:
+    """The ``split`` of a 2D image cache as grey images (S, S) with their masks (:func:`open_real`)."""
+    from medvol.data.image_datasets import CachedImageDataset
+
+    images = CachedImageDataset(cache, split=split)  # refuses an empty split and synthetic entries
+    if not images.has_labels:
+        missing = next(e["name"] for e in images.entries if not isinstance(e.get("labels"), str))
+        raise MedvolError(f"--real {cache}: {split} image {missing!r} has no mask; the downstream segmentation study "
+                          "needs a mask for every image (build the 2D cache from images or volumes with their "
+                          "masks beside them: X_mask or masks/X)")
+    if images.channels != 1:
+        raise MedvolError(f"--real {cache}: a 2D cache of {images.channels}-channel (RGB) images; the U-Net reads "
+                          "grey images (rebuild it with medvol preprocess --images images --colour grey)")
+    classes = tuple(wanted) if wanted else images.mask_labels
+    if not classes:
+        raise MedvolError(f"--real {cache}: the cache names no label classes (mask_labels)")
+    table = class_table(images.mask_labels, classes, f"--real {cache}")
+
+    def load(index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, labels = images.image_and_labels(index)
+        return image[0].astype(np.float32), table[labels]
+
+    info = {"cache": str(Path(cache).resolve()), "split": split, "n": len(images), "names": list(images.names),
+            "manifest_sha256": hashlib.sha256((Path(cache) / "manifest.json").read_bytes()).hexdigest(),
+            "size": images.side, "mask_labels": list(images.mask_labels), "dims": 2}
+    return LabelledSet(f"real-{split}", 2, [f"cache:{n}" for n in images.names], load, info), classes
+
+
+def pooled_images(images: LabelledSet, side: int) -> LabelledSet:
+    """Real 2D images (S, S) area-pooled to ``side``, each with its label: a class number (kept) or a
+    label map (pooled by maximum, :func:`pool_slice`).
+
+    Raises:
+        MedvolError: ``side`` does not divide S.
+    """
+    size = images.info["size"]
+    if size % side:
+        raise MedvolError(f"2D images of side {side} cannot be pooled from the cache's images of side {size} "
+                          "(need a divisor)")
+
+    def load(index: int) -> tuple[np.ndarray, np.ndarray | int]:
+        image, label = images.load(index)
+        if isinstance(label, np.ndarray):
+            return pool_slice(image, label, side)
+        return pool_slice(image, np.zeros(image.shape, np.uint8), side)[0], label
+
+    return LabelledSet(images.name, 2, list(images.items), load, dict(images.info, side=side))
 
 
 def volume_window(cache: str) -> tuple[float, float] | None:

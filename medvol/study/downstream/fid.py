@@ -3,7 +3,7 @@
 Volumes: the ``domain`` extractor (:mod:`medvol.eval.domain`: medvol's own autoencoder trained on
 the real training volumes; the study trains one into its folder unless given a file). 2D slices:
 the FID Inception network on single images (``inception``). The real side is the cache's ``val``
-split (for 2D its axial slices that show anatomy, pooled to the synthetic side), the fake side
+split (for 2D its axial slices that show anatomy, or a 2D cache's images, pooled to the synthetic side), the fake side
 exactly the synthetic items the U-Nets train on. The Fréchet distance is
 :func:`medvol.eval.metrics.frechet_distance` of the per-volume (per-image) feature vectors.
 """
@@ -49,8 +49,9 @@ def check_sizes(name: str, real_val: LabelledSet, synthetic: LabelledSet, *, dim
     Raises:
         MedvolError: one line naming the side that is too small.
     """
-    real = len(real_slices(real_val, side)) if dims == 2 else len(real_val)
-    unit = "slices" if dims == 2 else "volumes"
+    from_volumes = dims == 2 and real_val.dims == 3
+    real = len(real_slices(real_val, side)) if from_volumes else len(real_val)
+    unit = "slices" if from_volumes else ("images" if dims == 2 else "volumes")
     if real < 2:
         raise MedvolError(f"--real {real_val.info.get('cache')}: its val split gives {real} held-out {unit}; the FID "
                           f"of --synthetic {name} needs at least 2 (rebuild the cache with a larger --val-fraction)")
@@ -78,5 +79,5 @@ def fid(real_val: LabelledSet, synthetic: LabelledSet, ext, *, side: int | None,
     notes = sorted({str(w.message) for w in caught})
     return {"fid": float(value), "n_real": int(len(real_vectors)), "n_synthetic": int(len(fake_vectors)),
             "extractor": ext.info(), "warning": "; ".join(notes) or None,
-            "real": "val split" + (" axial slices" if ext.dims == 2 else " volumes")}
+            "real": "val split " + ("volumes" if ext.dims == 3 else "axial slices" if real_val.dims == 3 else "images")}
 

@@ -104,15 +104,16 @@ def _cell(summary: dict, seeds: int, digits: int = 3) -> str:
     return f"{summary['mean']:.{digits}f}{spread}{short}"
 
 
-def markdown(study: dict, table: list[dict], command: str | None) -> str:
+def markdown(study: dict, table: list[dict], command: str | None, unit: str = "volumes") -> str:
+    """results.md; ``unit`` names the held-out items (``volumes``, or ``images`` of a 2D cache)."""
     config = study["config"]
     classes = config["classes"]
     seeds = config["seeds"]
     lines = ["# Downstream segmentation study", "",
              f"U-Net ({config['dims']}D, widths {config['unet_channels']}, {config['iterations']} iterations, "
              f"batch {config['batch']}) trained per set-up with {config['seeds']} seed(s); Dice on the held-out real "
-             f"volumes (val split of `{config['real']}`) and IoU (Jaccard) beside it, mean ± standard deviation over "
-             "seeds. FID of each synthetic source against the same held-out volumes.", "",
+             f"{unit} (val split of `{config['real']}`) and IoU (Jaccard) beside it, mean ± standard deviation over "
+             f"seeds. FID of each synthetic source against the same held-out {unit}.", "",
              "| set-up | source | " + " | ".join(f"Dice {c}" for c in classes) + " | mean Dice | "
              + " | ".join(f"IoU {c}" for c in classes) + " | mean IoU | FID |",
              "|---|---|" + "---|" * (2 * len(classes) + 3)]
@@ -196,7 +197,8 @@ def write_results(out: Path, study: dict, val, *, command: str | None, note: str
     """Write ``results.json``, ``results.md`` and ``dice_vs_fid.png`` from what ``out`` holds."""
     table = collect(out, study)
     return write_report(out, study, table, command=command, note=note,
-                        held_out={"split": "val", "volumes": val.items}, text=markdown(study, table, command),
+                        held_out={"split": "val", "volumes": val.items},
+                        text=markdown(study, table, command, "images" if val.dims == 2 else "volumes"),
                         figure="dice_vs_fid.png", draw=lambda path: plot(path, table))
 
 

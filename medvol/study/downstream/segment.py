@@ -184,14 +184,17 @@ def iou_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> np
 
 def evaluate(net: torch.nn.Module, val: LabelledSet, classes: int, *, dims: int, side: int | None = None,
              device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and IoU per held-out volume and class: two float64 (volumes, C), NaN where a class is absent.
+    """Dice and IoU per held-out item and class: two float64 (items, C), NaN where a class is absent.
 
-    A 2D network is scored on the stack of its slice predictions against the truth pooled
-    in-plane to its side (:func:`medvol.study.downstream.data.pool_slice`).
+    A 2D network is scored on the stack of its slice predictions of a held-out volume against the
+    truth pooled in-plane to its side (:func:`medvol.study.downstream.data.pool_slice`), or on
+    each held-out image of a 2D set (``val.dims == 2``: a stack of one slice).
     """
     dice, iou = [], []
     for index in range(len(val)):
         image, truth = val.load(index)
+        if val.dims == 2:
+            image, truth = image[None], truth[None]
         if dims == 2 and side and side != truth.shape[-1]:
             truth = np.stack([pool_slice(np.zeros(t.shape, np.float32), t, side)[1] for t in truth])
         prediction = predict(net, image, dims, side, device)

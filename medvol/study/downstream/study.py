@@ -8,6 +8,9 @@ on the held-out real volumes (the cache's ``val`` split):
 - ``synthetic`` (per source): the generated images and masks alone;
 - ``real+synthetic`` (per source): the union of both.
 
+A 2D image cache with masks as the real data makes the study 2D: its images train a 2D U-Net and
+each held-out image is scored (:func:`.data.open_real`).
+
 Training on generated data is refused everywhere else in medvol (model collapse); here it is the
 point of the study, so it is allowed, and checked instead: every synthetic input must be marked
 synthetic with voxels matching its sidecar, and the real cache may hold no synthetic entry in the
@@ -182,7 +185,9 @@ def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike,
     """Run (or resume, or extend) a downstream study; write ``out`` (module docstring).
 
     Args:
-        real: a medvol cache with label maps: ``train`` trains, ``val`` is scored.
+        real: a medvol cache with label maps, or a 2D image cache with masks (then the study is 2D:
+            its images, pooled to the synthetic side, train and are scored one by one): ``train``
+            trains, ``val`` is scored.
         synthetic: ``[NAME=]DIR_OR_CKPT`` sources: a folder of images with ``_mask`` files written
             by ``medvol generate``, or a checkpoint (``n_synthetic`` images generated into
             ``out/synthetic/NAME/`` with ``generate_seed``).
@@ -236,8 +241,15 @@ def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike,
         data = D.open_synthetic(name, folder, size=size, window=window, classes=classes, n=n_synthetic)
         sources[name] = (data, spec, kind)
     dims, side = one_shape([data for data, _, _ in sources.values()], "slice", "U-Net")
+    if train.dims == 2 and dims == 3:
+        raise MedvolError(f"--real {real}: a 2D image cache; the synthetic sources are volumes (give 2D images "
+                          "with masks, or a volume cache): one study is one dimension")
     config.update(dims=dims, side=side)
     study = _check_config(out, config)
+    if train.dims == 2:  # a 2D image cache: its images, pooled to the synthetic side, train and are scored
+        real_train, val = D.pooled_images(train, side), D.pooled_images(val, side)
+    else:
+        real_train = D.real_slices(train, side) if dims == 2 else train
     for name, (data, spec, kind) in sources.items():
         study["sources"][name] = _source_record(name, spec, kind, data, study, out)
         known = study["fid"].get(name)
@@ -245,10 +257,9 @@ def _run_downstream(real: str, synthetic: Sequence[str], out: str | os.PathLike,
             F.check_sizes(name, val, data, dims=dims, side=side)  # before training: FID comes last
     (out / RUN_DIR).mkdir(parents=True, exist_ok=True)
     write_json(out / STUDY_FILE, study)
-    log(f"downstream study in {out}: {len(train)} real training and {len(val)} held-out volumes, "
+    unit = "images" if val.dims == 2 else "volumes"
+    log(f"downstream study in {out}: {len(train)} real training and {len(val)} held-out {unit}, "
         f"{dims}D U-Net, classes {', '.join(classes)}; training on synthetic data deliberately (the study's purpose)")
-
-    real_train = D.real_slices(train, side) if dims == 2 else train
 
     def train_one(setup: str, source: str | None, seed: int, sets: list, augment: bool) -> dict:
         result = run_setup(sets, val, len(classes), dims=dims, side=side if dims == 2 else None,
