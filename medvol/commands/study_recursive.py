@@ -52,6 +52,9 @@ def register(actions) -> None:
                         help="config override, e.g. --set train.iterations=50 (repeatable)")
     parser.add_argument("--overwrite", action="store_true",
                         help="accept a folder holding another study: what medvol wrote there is removed first")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="generations trained at the same time, each in its own process with one torch "
+                             "thread (independent ones: other seeds or fractions; default 1)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the study folder")
     add_threads_option(parser)
     parser.set_defaults(func=run)
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                   seed=seeds, val_fraction=args.val_fraction,
                                   feature_iters=args.feature_iters, bootstrap=args.bootstrap,
                                   n_score=args.n_score, fid_n=args.fid_n, device=args.device,
-                                  overrides=args.overrides, overwrite=args.overwrite)
+                                  overrides=args.overrides, overwrite=args.overwrite, jobs=args.jobs)
     key = "factor_w1" if summary["study"]["dims"] == 2 else "fid"
     final = max(r["generation"] for r in summary["aggregate"])
     last = [row for row in summary["aggregate"] if row["generation"] == final]

@@ -49,8 +49,8 @@ log = logging.getLogger("medvol.study")
 STUDY_FILE = "study.json"
 JOB = "study recursive"
 MODELS_3D = ("crfgan", "hagan")
-#: The shipped default: the learned 64^2 DCGAN on axial phantom slices (docs/studies.md).
-DEFAULT_CONFIG = "studies/recursive_dcgan64"
+#: The shipped default: the learned 32^3 CRF-GAN on phantom volumes (docs/studies.md).
+DEFAULT_CONFIG = "studies/recursive_crfgan32"
 TOP_FILES = (STUDY_FILE, "summary.json", "summary.md", "scores.png")
 
 
@@ -131,13 +131,13 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
                         n_synthetic: int | None = None, seed: int | Sequence[int] = (0, 1, 2),
                         val_fraction: float = 0.25, feature_iters: int = 200, bootstrap: int = 20,
                         n_score: int = 512, fid_n: int = 0, device: str | None = None,
-                        overrides: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                        overrides: list[str] | None = None, overwrite: bool = False, jobs: int = 1) -> dict[str, Any]:
     """Run (or continue) a recursive-training study (module docstring).
 
     Args:
         config: a training config (YAML or shipped name) of a 3D model or an unconditional 2D
             model; its ``data`` section names the real data (``phantom``, or a preprocessing
-            cache with train and val splits). Default: the learned 64^2 DCGAN.
+            cache with train and val splits). Default: the learned 32^3 CRF-GAN.
         out: the study folder DIR.
         generations: K, the number of generations (generation 0 included).
         real_fraction: f in [0, 1], or several; generations k >= 1 also train on
@@ -155,6 +155,9 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
         device: generation and evaluation device (default: the config's ``train.device``).
         overrides: config overrides ``section.key=VALUE`` (part of the study's identity).
         overwrite: accept a folder holding another study: what medvol wrote there is removed.
+        jobs: generations trained at the same time, each in its own process (independent ones:
+            other seeds, other fractions; one torch thread each unless the config sets
+            ``train.threads``). Not part of the identity: a study may continue with another.
 
     Returns:
         The summary (also ``DIR/summary.json``).
@@ -171,6 +174,8 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
 
     seeds, fractions = check_arguments(generations, real_fraction, n_synthetic, seed, val_fraction, feature_iters,
                                        bootstrap, n_score, fid_n)
+    if not _integer(jobs) or jobs < 1:
+        raise MedvolError(f"--jobs {jobs!r}: expected an integer >= 1")
     cfg = load_config(config, overrides)
     dims = MODELS[cfg.model.name].dims
     if dims == 2 and (getattr(MODELS[cfg.model.name], "conditional", False) or cfg.data.masks
@@ -194,7 +199,7 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
     old = _check_identity(root, identity, overwrite)
     with owned_output(root, JOB, identity, overwrite=overwrite, outputs=TOP_FILES) as claimed:
         return _run_claimed(claimed, cfg, identity, old, dims=dims, config=str(config), generations=generations,
-                            device=device)
+                            device=device, jobs=int(jobs))
 
 
 def _folder(claimed, rel: str) -> Path:
@@ -203,7 +208,7 @@ def _folder(claimed, rel: str) -> Path:
 
 
 def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, config: str, generations: int,
-                 device: str) -> dict[str, Any]:
+                 device: str, jobs: int = 1) -> dict[str, Any]:
     root = claimed.folder
     state = old or {"identity": identity, "created": _now(), "medvol_version": medvol.__version__,
                     "config_path": config}
@@ -241,24 +246,124 @@ def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, c
     }
     runs = {(s, f): [] for s in seeds for f in fractions}
     summary: dict[str, Any] = {}
-    for k in range(state["generations_asked"]):
-        for s in seeds:
-            for f in fractions:
-                plan = _plan(root, cfg, real, identity, s, f, n_synthetic, device, dims, scoring)
-                from medvol.study.recursive.generation import finished
-
-                if k >= generations and finished(plan, k) is None:
-                    continue  # a shorter command still reports every generation already done
-                if k > 0 and len(runs[(s, f)]) < k:
-                    continue  # its previous generation was not run by this command
-                if finished(plan, k) is None:
-                    _folder(claimed, f"seed_{s:03d}")  # everything a seed's generations write is the study's
-                else:
-                    log.info("generation %d (seed %d, real fraction %g): finished earlier, not redone", k, s, f)
-                runs[(s, f)].append(run_generation(plan, k))
-                claimed.record_tree(f"seed_{s:03d}/")
-                summary = _write_summary(claimed, study, floor, runs, dims)
+    plans = {(s, f): _plan(root, cfg, real, identity, s, f, n_synthetic, device, dims, scoring)
+             for s in seeds for f in fractions}
+    for done in _generations(claimed, plans, state["generations_asked"], generations, jobs):
+        for (s, f, k), record in done:
+            runs[(s, f)].append(record)
+        summary = _write_summary(claimed, study, floor, runs, dims)
     return summary
+
+
+def _schedule(plans: dict, asked: int, generations: int, done: set) -> list[tuple[int, int, float]]:
+    """The generations to run, ``(k, seed, fraction)`` in order (generation 0 once per seed, under its
+    first fraction): every k < ``generations``, and beyond that only those finished earlier
+    (``done``), so that a shorter command still reports them."""
+    order = []
+    for k in range(asked):
+        for (s, f) in plans:
+            if k == 0 and f != next(g for t, g in plans if t == s):
+                continue  # generation 0 is shared by the seed's fractions
+            if k < generations or (s, f, k) in done:
+                order.append((k, s, f))
+    return order
+
+
+def _generations(claimed, plans: dict, asked: int, generations: int, jobs: int):
+    """Run the generations, ``jobs`` at a time; yield ``[((seed, fraction, k), record), ...]`` as each
+    finishes, in an order where a run's generations arrive k = 0, 1, ... (generation 0 for every
+    fraction of its seed).
+
+    A generation waits for its predecessor; with ``jobs`` > 1 independent ones (other seeds, other
+    fractions) train in worker processes at the same time, lowest k first. Everything the study
+    folder records (summary, marker) is written here, by this process, only.
+    """
+    from medvol.study.recursive.generation import finished
+
+    fractions_of = {}
+    for s, f in plans:
+        fractions_of.setdefault(s, []).append(f)
+    done = {(s, f, k) for (s, f), plan in plans.items() for k in range(asked) if finished(plan, k) is not None}
+    order = _schedule(plans, asked, generations, done)
+
+    def emit(k, s, f, record):
+        return [((s, g, k), record) for g in (fractions_of[s] if k == 0 else [f])]
+
+    results: dict[tuple[int, float, int], dict] = {}  # (seed, fraction, k) -> record; k = 0 under the first fraction
+    if jobs <= 1:
+        for k, s, f in order:
+            if k > 0 and not _has_previous(results, fractions_of, s, f, k):
+                continue  # its previous generation was not run by this command
+            plan = plans[(s, f)]
+            _start_log(claimed, plan, k, (s, f, k) in done or (k == 0 and (s, f, 0) in done))
+            results[(s, f, k)] = run_generation(plan, k)
+            claimed.record_tree(f"seed_{s:03d}/")
+            yield emit(k, s, f, results[(s, f, k)])
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    waiting = list(order)
+    running: dict = {}
+    held: list = []  # finished generations whose earlier ones (in yield order) have not finished yet
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs,
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        while waiting or running:
+            for item in list(waiting):
+                if len(running) >= jobs:
+                    break
+                k, s, f = item
+                if k > 0 and not _has_previous(results, fractions_of, s, f, k):
+                    if not any(_is_before(other, item) for other in list(waiting) + list(running.values())
+                               if other != item):
+                        waiting.remove(item)  # its predecessor will never come in this command
+                    continue
+                waiting.remove(item)
+                plan = plans[(s, f)]
+                _start_log(claimed, plan, k, (s, f, k) in done)
+                running[pool.submit(_run_in_worker, plan, k, _log_level())] = item
+            if not running:
+                break
+            finished_now, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished_now:
+                k, s, f = running.pop(future)
+                results[(s, f, k)] = future.result()  # a failed generation stops the study (its error)
+                claimed.record_tree(f"seed_{s:03d}/")
+                yield emit(k, s, f, results[(s, f, k)])
+
+
+def _is_before(other, item) -> bool:
+    """Whether ``other`` (k, seed, fraction) is a predecessor of ``item`` in its chain."""
+    k, s, f = item
+    ko, so, fo = other
+    return so == s and ko < k and (ko == 0 or fo == f)
+
+
+def _has_previous(results: dict, fractions_of: dict, s: int, f: float, k: int) -> bool:
+    return (s, fractions_of[s][0], 0) in results if k == 1 else (s, f, k - 1) in results
+
+
+def _start_log(claimed, plan, k: int, was_done: bool) -> None:
+    if was_done:
+        log.info("generation %d (seed %d, real fraction %g): finished earlier, not redone", k, plan.seed,
+                 plan.real_fraction)
+    else:
+        _folder(claimed, f"seed_{plan.seed:03d}")  # everything a seed's generations write is the study's
+
+
+def _log_level() -> int:
+    return logging.getLogger().getEffectiveLevel()
+
+
+def _run_in_worker(plan: Plan, k: int, level: int) -> dict[str, Any]:
+    """One generation in a worker process (``jobs`` > 1): one torch thread unless the config says."""
+    import torch
+
+    tag = f"seed {plan.seed} gen {k}" + ("" if k == 0 else f" real {plan.real_fraction:g}")
+    logging.basicConfig(level=level, format=f"[{tag}] %(message)s", force=True)  # a worker runs several
+    if not plan.cfg.train.threads:
+        torch.set_num_threads(1)
+    return run_generation(plan, k)
 
 
 def _plan(root, cfg, real, identity, seed, fraction, n_synthetic, device, dims, scoring) -> Plan:
