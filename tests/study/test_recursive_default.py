@@ -140,3 +140,17 @@ def test_jobs_must_be_a_positive_integer(tmp_path):
         with pytest.raises(MedvolError, match="--jobs"):
             run_recursive_study(out=tmp_path / "o", jobs=bad, **ARGS)
     assert not (tmp_path / "o").exists()
+
+
+def test_generation_0_of_every_seed_comes_first_then_each_fraction_whole():
+    from medvol.study.recursive.study import _schedule
+
+    plans = {(s, f): None for s in (0, 1, 2) for f in (0.0, 0.25)}
+    order = _schedule(plans, 3, 3, set())
+    assert order == [(0, 0, 0.0), (0, 1, 0.0), (0, 2, 0.0),
+                     (1, 0, 0.0), (1, 1, 0.0), (1, 2, 0.0), (2, 0, 0.0), (2, 1, 0.0), (2, 2, 0.0),
+                     (1, 0, 0.25), (1, 1, 0.25), (1, 2, 0.25), (2, 0, 0.25), (2, 1, 0.25), (2, 2, 0.25)]
+    # A shorter command than the study asked before lists only what is done beyond it.
+    assert _schedule(plans, 3, 2, {(1, 0.25, 2)}) == [
+        (0, 0, 0.0), (0, 1, 0.0), (0, 2, 0.0), (1, 0, 0.0), (1, 1, 0.0), (1, 2, 0.0),
+        (1, 0, 0.25), (1, 1, 0.25), (1, 2, 0.25), (2, 1, 0.25)]

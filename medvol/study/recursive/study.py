@@ -256,16 +256,18 @@ def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, c
 
 
 def _schedule(plans: dict, asked: int, generations: int, done: set) -> list[tuple[int, int, float]]:
-    """The generations to run, ``(k, seed, fraction)`` in order (generation 0 once per seed, under its
-    first fraction): every k < ``generations``, and beyond that only those finished earlier
-    (``done``), so that a shorter command still reports them."""
-    order = []
-    for k in range(asked):
-        for (s, f) in plans:
-            if k == 0 and f != next(g for t, g in plans if t == s):
-                continue  # generation 0 is shared by the seed's fractions
-            if k < generations or (s, f, k) in done:
-                order.append((k, s, f))
+    """The generations to run, ``(k, seed, fraction)`` in order: generation 0 of every seed (once,
+    under the seed's first fraction: it is shared), then the first real fraction's generations
+    (k ascending, seeds ascending), then the next fraction's. A study stopped early thus holds
+    whole recursions of its first fractions, every seed alike, rather than a little of each.
+    Every k < ``generations`` is listed, and beyond that only those finished earlier (``done``),
+    so that a shorter command still reports them."""
+    seeds = list(dict.fromkeys(s for s, _ in plans))
+    fractions = list(dict.fromkeys(f for _, f in plans))
+    order = [(0, s, fractions[0]) for s in seeds]
+    for f in fractions:
+        for k in range(1, asked):
+            order += [(k, s, f) for s in seeds if k < generations or (s, f, k) in done]
     return order
 
 
@@ -321,15 +323,34 @@ def _generations(claimed, plans: dict, asked: int, generations: int, jobs: int):
                 waiting.remove(item)
                 plan = plans[(s, f)]
                 _start_log(claimed, plan, k, (s, f, k) in done)
-                running[pool.submit(_run_in_worker, plan, k, _log_level())] = item
+                running[pool.submit(_run_in_worker, plan, k, _log_level(), os.getpid())] = item
             if not running:
                 break
-            finished_now, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
+            try:
+                finished_now, _ = concurrent.futures.wait(list(running),
+                                                          return_when=concurrent.futures.FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                # Ctrl-C reached the workers too: each stops at its next step with a checkpoint.
+                concurrent.futures.wait(list(running))
+                finished_now = set(running)
+            stops = []
             for future in finished_now:
                 k, s, f = running.pop(future)
-                results[(s, f, k)] = future.result()  # a failed generation stops the study (its error)
+                record = future.result()  # a failed generation stops the study (its error)
+                if "interrupted" in record:
+                    stops.append(record["interrupted"])
+                    continue
+                results[(s, f, k)] = record
                 claimed.record_tree(f"seed_{s:03d}/")
                 yield emit(k, s, f, results[(s, f, k)])
+            if stops:
+                from medvol.train.interrupt import TrainingInterrupted
+
+                for future in running:  # the other generations stop as well (same signal)
+                    future.cancel()
+                signum, iteration, checkpoint, advice = stops[0]
+                raise TrainingInterrupted(signum, iteration, None if checkpoint is None else Path(checkpoint),
+                                          advice=advice)
 
 
 def _is_before(other, item) -> bool:
@@ -355,15 +376,56 @@ def _log_level() -> int:
     return logging.getLogger().getEffectiveLevel()
 
 
-def _run_in_worker(plan: Plan, k: int, level: int) -> dict[str, Any]:
-    """One generation in a worker process (``jobs`` > 1): one torch thread unless the config says."""
+def _run_in_worker(plan: Plan, k: int, level: int, parent: int) -> dict[str, Any]:
+    """One generation in a worker process (``jobs`` > 1): one torch thread unless the config says.
+
+    A stop by signal comes back as ``{"interrupted": (signum, iteration, checkpoint, advice)}``
+    (the exception itself does not cross processes); a worker whose study process died stops its
+    training with a checkpoint, as on SIGTERM, and exits (:func:`_exit_with_parent`).
+    """
     import torch
 
+    from medvol.train.interrupt import TrainingInterrupted
+
+    _exit_with_parent(parent)
     tag = f"seed {plan.seed} gen {k}" + ("" if k == 0 else f" real {plan.real_fraction:g}")
     logging.basicConfig(level=level, format=f"[{tag}] %(message)s", force=True)  # a worker runs several
     if not plan.cfg.train.threads:
         torch.set_num_threads(1)
-    return run_generation(plan, k)
+    try:
+        return run_generation(plan, k)
+    except TrainingInterrupted as stop:
+        if os.getppid() != parent:
+            os._exit(143)  # nobody to tell: the study process is gone, the checkpoint is written
+        advice = str(stop).split("; ", 2)[-1]
+        return {"interrupted": (stop.signum, stop.iteration, None if stop.checkpoint is None else str(stop.checkpoint),
+                                advice)}
+
+
+_WATCHING: list[int] = []
+
+
+def _exit_with_parent(parent: int, every: float = 2.0) -> None:
+    """Watch (once per worker) that the study process ``parent`` lives; when it is gone, stop the
+    training here as SIGTERM does (checkpoint, then stop) and leave the process.
+
+    Without it a worker whose study was killed would wait for work forever.
+    """
+    if _WATCHING:
+        return
+    _WATCHING.append(parent)
+    import signal
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer checkpoints and stops; idle: the default ends it
+        time.sleep(120.0)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="medvol-study-parent", daemon=True).start()
 
 
 def _plan(root, cfg, real, identity, seed, fraction, n_synthetic, device, dims, scoring) -> Plan:
