@@ -129,6 +129,12 @@ def test_generation_0_is_shared_and_later_ones_train_on_their_own_mix(study):
         # 12 real training volumes: 0 and 6 of them kept beside the 6 generated ones.
         assert [(d["synthetic"], d["real"]) for d in data] == [(6, 0), (6, 6)]
         assert all((out / f"seed_{s:03d}" / f"real_{p:03d}" / "gen_001" / "montage.png").is_file() for p in (0, 50))
+    for record in records.values():
+        cpu = record["cpu_seconds"]
+        assert 0 < cpu["train"] <= cpu["total"] and cpu["total"] == pytest.approx(sum(
+            cpu[k] for k in ("data", "train", "generate", "score")))
+    assert study["summary"]["cpu_seconds"] == pytest.approx(sum(
+        records[(s, f, k)]["cpu_seconds"]["total"] for s in (0, 1) for f, k in ((0.0, 0), (0.0, 1), (0.5, 1))))
     # The two seeds' runs differ: each is its own draw of the study.
     assert records[(0, 0.0, 0)]["seeds"] != records[(1, 0.0, 0)]["seeds"]
 

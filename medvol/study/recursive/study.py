@@ -490,13 +490,15 @@ def _write_summary(claimed, study: dict, floor: dict, runs: dict, dims: int) -> 
     from medvol.utils import checked_write
 
     listed = [{"seed": s, "real_fraction": f, "generations": rows} for (s, f), rows in runs.items() if rows]
-    records = [r for run in listed for r in run["generations"]]
+    # generation 0 is listed under every fraction of its seed: counted once
+    records = list({(r["seed"], r["generation"], r["real_fraction"]): r
+                    for run in listed for r in run["generations"]}.values())
     summary = {"study": study, "floor": floor, "runs": listed,
                "aggregate": aggregate(listed, score_keys(dims, floor)),
                "changes": paired_changes(listed, score_keys(dims, floor)),
-               # generation 0 is listed under every fraction of its seed: counted once
-               "wall_seconds": sum(r["seconds"]["total"] for r in
-                                   {(r["seed"], r["generation"], r["real_fraction"]): r for r in records}.values()),
+               "wall_seconds": sum(r["seconds"]["total"] for r in records),
+               # each generation's own process CPU (records of an older medvol have none)
+               "cpu_seconds": sum(r.get("cpu_seconds", {}).get("total", 0.0) for r in records),
                "updated": _now(), "threads": torch_threads()}
     write_json(claimed.path("summary.json"), summary, "study summary")
     with checked_write(claimed.path("summary.md"), "study summary") as tmp:
