@@ -306,3 +306,31 @@ def test_paired_changes_subtract_each_seeds_own_generation_0():
         (0.0, 1, [0, 1, 2]), (0.0, 2, [0, 1, 2]), (0.25, 1, [0, 1])]
     assert rows[1]["recall"] == t_interval([0.1 - 0.5, 0.6 - 0.9, 0.0 - 0.1])
     assert rows[2]["recall"]["mean"] == pytest.approx(0.05)
+
+
+@pytest.mark.slow  # loads the Inception network twice: about 10 s
+def test_a_worker_receives_the_fid_extractor_by_name_and_loads_it_again():
+    """--jobs N sends each generation's plan to a worker process; the TorchScript extractor does not
+    pickle, so it travels as its name and the worker's copy gives the same features."""
+    import pickle
+
+    from medvol.eval.features import get_extractor
+    from medvol.study.recursive.generation import Plan
+    from medvol.study.recursive.study import _portable, _restored
+
+    try:
+        extractor = get_extractor("inception")
+    except MedvolError as error:
+        pytest.skip(str(error))
+    plan = Plan(root=Path("x"), cfg=None, real=None, n_synthetic=8, real_kept=[], seed=0, bootstrap=0, device="cpu",
+                dims=2, scoring={"real": np.zeros((2, 8, 8), np.float32), "fid": (extractor, 6)})
+    with pytest.raises(Exception):
+        pickle.dumps(plan)
+    sent = pickle.loads(pickle.dumps(_portable(plan)))
+    assert sent.scoring["fid"] == ("inception", 6)
+    here = _restored(sent)
+    images = np.clip(np.random.default_rng(0).normal(0, 0.5, (3, 32, 32)), -1, 1).astype(np.float32)
+    assert here.scoring["fid"][1] == 6
+    np.testing.assert_allclose(here.scoring["fid"][0]._features(images), extractor._features(images), rtol=1e-5)
+    assert _portable(Plan(root=Path("x"), cfg=None, real=None, n_synthetic=8, real_kept=[], seed=0, bootstrap=0,
+                          device="cpu", dims=3)).scoring is None

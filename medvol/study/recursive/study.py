@@ -30,6 +30,7 @@ what medvol wrote there and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -323,7 +324,7 @@ def _generations(claimed, plans: dict, asked: int, generations: int, jobs: int):
                 waiting.remove(item)
                 plan = plans[(s, f)]
                 _start_log(claimed, plan, k, (s, f, k) in done)
-                running[pool.submit(_run_in_worker, plan, k, _log_level(), os.getpid())] = item
+                running[pool.submit(_run_in_worker, _portable(plan), k, _log_level(), os.getpid())] = item
             if not running:
                 break
             try:
@@ -376,6 +377,30 @@ def _log_level() -> int:
     return logging.getLogger().getEffectiveLevel()
 
 
+def _portable(plan: Plan) -> Plan:
+    """``plan`` as a worker process can receive it: a 2D study's FID extractor (a TorchScript
+    network, which does not pickle) travels as its name and is loaded again there."""
+    fid = (plan.scoring or {}).get("fid")
+    if fid is None or isinstance(fid[0], str):
+        return plan
+    return dataclasses.replace(plan, scoring={**plan.scoring, "fid": ("inception", fid[1])})
+
+
+_EXTRACTORS: dict[str, Any] = {}
+
+
+def _restored(plan: Plan) -> Plan:
+    """:func:`_portable` undone in the worker (each extractor loaded once per worker)."""
+    fid = (plan.scoring or {}).get("fid")
+    if fid is None or not isinstance(fid[0], str):
+        return plan
+    if fid[0] not in _EXTRACTORS:
+        from medvol.eval.features import get_extractor
+
+        _EXTRACTORS[fid[0]] = get_extractor(fid[0])
+    return dataclasses.replace(plan, scoring={**plan.scoring, "fid": (_EXTRACTORS[fid[0]], fid[1])})
+
+
 def _run_in_worker(plan: Plan, k: int, level: int, parent: int) -> dict[str, Any]:
     """One generation in a worker process (``jobs`` > 1): one torch thread unless the config says.
 
@@ -393,7 +418,7 @@ def _run_in_worker(plan: Plan, k: int, level: int, parent: int) -> dict[str, Any
     if not plan.cfg.train.threads:
         torch.set_num_threads(1)
     try:
-        return run_generation(plan, k)
+        return run_generation(_restored(plan), k)
     except TrainingInterrupted as stop:
         if os.getppid() != parent:
             os._exit(143)  # nobody to tell: the study process is gone, the checkpoint is written
