@@ -12,8 +12,9 @@ generation k-1 (plus round(f * n_train) real training volumes for each --real-fr
 ones every generation). Every seed runs every fraction; generation 0 of a seed is shared. Each
 generation is scored against the real val split; summary.md gives the mean over the seeds with a
 95 % Student t interval. Run the same command again to continue an interrupted study; a larger
---generations extends a finished one. Default: the learned 64^2 DCGAN on axial phantom slices,
-3 generations x seeds 0,1,2 x real fractions 0 and 0.25 (docs/studies.md)."""
+--generations extends a finished one. Default: the learned 32^3 CRF-GAN on 256 phantoms,
+3 generations x seeds 0,1,2 x real fractions 0 and 0.25, scored on the phantom factors too;
+--jobs 2 trains two independent generations at once (docs/studies.md)."""
 
 
 def register(actions) -> None:
@@ -52,6 +53,9 @@ def register(actions) -> None:
                         help="config override, e.g. --set train.iterations=50 (repeatable)")
     parser.add_argument("--overwrite", action="store_true",
                         help="accept a folder holding another study: what medvol wrote there is removed first")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="generations trained at the same time, each in its own process with one torch "
+                             "thread (independent ones: other seeds or fractions; default 1)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the study folder")
     add_threads_option(parser)
     parser.set_defaults(func=run)
@@ -82,10 +86,9 @@ def run(args: argparse.Namespace) -> int:
                                   seed=seeds, val_fraction=args.val_fraction,
                                   feature_iters=args.feature_iters, bootstrap=args.bootstrap,
                                   n_score=args.n_score, fid_n=args.fid_n, device=args.device,
-                                  overrides=args.overrides, overwrite=args.overwrite)
-    key = "fid"
-    if summary["study"]["dims"] == 2:  # a 2D image cache has no slice factors: FID, else recall
-        key = next(k for k in ("factor_w1", "fid", "recall") if k in summary["floor"])
+                                  overrides=args.overrides, overwrite=args.overwrite, jobs=args.jobs)
+    # 3D on phantoms: the factor metric; a 2D image cache has no factors: FID, else recall
+    key = next((k for k in ("factor_w1", "fid", "recall") if k in summary["floor"]), "fid")
     final = max(r["generation"] for r in summary["aggregate"])
     last = [row for row in summary["aggregate"] if row["generation"] == final]
     shown = "; ".join(f"real {row['real_fraction']:g}: {row[key]['mean']:.4g}" for row in last

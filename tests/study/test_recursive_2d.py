@@ -69,55 +69,8 @@ def test_aggregate_takes_each_cell_over_its_seeds():
     assert rows[0]["recall"] == rows[2]["recall"] == t_interval([0.0, 1.0, 2.0])
 
 
-# ------------------------------------------------------------------------------ slice factors
-
-def _chest(width_mm=300.0, depth_mm=200.0, lung=(40.0, 60.0), lung_right=None, size=128, pixel=3.0):
-    """An axial slice in HU with a closed form: an elliptic body (40 HU) in air, two elliptic lungs
-    (-850 HU) with semi-axes ``lung`` (x, y) mm at +-70 mm, a 30 x 30 mm bone square (700 HU)."""
-    c = (np.arange(size) + 0.5 - size / 2) * pixel
-    y, x = np.meshgrid(c, c, indexing="ij")
-    hu = np.full((size, size), -1000.0)
-    hu[(x / (width_mm / 2)) ** 2 + (y / (depth_mm / 2)) ** 2 <= 1] = 40.0
-    for sign, axes in ((1, lung), (-1, lung_right or lung)):
-        if axes[0] > 0:
-            hu[((x - sign * 70.0) / axes[0]) ** 2 + (y / axes[1]) ** 2 <= 1] = -850.0
-    hu[(np.abs(x) <= 15) & (np.abs(y - 60) <= 15)] = 700.0
-    return hu
-
-
-def test_slice_factors_match_the_closed_form_of_a_drawn_chest():
-    from medvol.study.recursive.slice_factors import measure_slice
-
-    m = measure_slice(_chest(), (3.0, 3.0))
-    assert m["body_width_mm"] == pytest.approx(300.0, abs=3.0) and m["body_depth_mm"] == pytest.approx(200.0, abs=3.0)
-    assert m["lung_cm2"] == pytest.approx(2 * math.pi * 4.0 * 6.0, rel=0.05)
-    assert m["lung_balance"] == pytest.approx(0.0, abs=0.02)
-    assert m["bone_cm2"] == pytest.approx(9.0, rel=0.15)
-    assert (m["habitus"], m["region"], m["mode"]) == ("average", "lungs", "average/lungs")
-    # The patient's left is towards higher columns (x left+): a small left lung gives a negative balance.
-    small_left = measure_slice(_chest(lung=(20.0, 60.0), lung_right=(40.0, 60.0)), (3.0, 3.0))
-    assert small_left["lung_balance"] == pytest.approx((0.5 - 1.0) / 1.5, abs=0.03)
-    slim_belly = measure_slice(_chest(width_mm=250.0, lung=(0.0, 0.0)), (3.0, 3.0))
-    assert slim_belly["mode"] == "slim/no_lungs" and math.isnan(slim_belly["lung_balance"])
-    # [-1, 1] input over the CT window reads the same.
-    unit = (np.clip(_chest(), -1024, 600) + 1024) / 1624 * 2 - 1
-    assert measure_slice(unit, (3.0, 3.0), window=(-1024, 600))["body_width_mm"] == pytest.approx(m["body_width_mm"],
-                                                                                                  abs=0.5)
-    assert measure_slice(np.full((16, 16), -1000.0), (1.0, 1.0))["mode"] == "unknown/none"
-
-
-@pytest.mark.parametrize("image, spacing, match", [
-    (np.zeros((4, 4)), (1.0, 1.0), "shape"),
-    (np.zeros((16, 16, 16)), (1.0, 1.0), "shape"),
-    (np.zeros((16, 16)), (0.0, 1.0), "spacing"),
-    (np.full((16, 16), np.nan), (1.0, 1.0), "NaN"),
-])
-def test_slice_factors_refuse_what_is_not_a_slice(image, spacing, match):
-    from medvol.study.recursive.slice_factors import measure_slice
-
-    with pytest.raises(MedvolError, match=match):
-        measure_slice(image, spacing)
-
+# ------------------------------------------------------------------------------ slice scores
+# (the slice factors themselves: tests/data/test_phantom_slice_factors.py)
 
 def test_mode_scores_and_factor_distances_have_their_closed_forms():
     from medvol.study.recursive.slices import factor_distances, mode_scores
@@ -125,13 +78,13 @@ def test_mode_scores_and_factor_distances_have_their_closed_forms():
     got = mode_scores(["a"] * 6 + ["b"] * 2, ["a"] * 3 + ["c"] * 1)
     # real a .75 b .25; fake a .75 c .25: TV = (0 + .25 + .25) / 2; coverage: a of {a, b}.
     assert got["mode_tv"] == pytest.approx(0.25) and got["mode_coverage"] == 0.5
-    real = [{"body_width_mm": float(v), "body_depth_mm": 1.0, "lung_cm2": float(v), "lung_balance": float("nan"),
-             "bone_cm2": float(v)} for v in range(10)]
+    real = [{"body_width_mm": float(v), "body_depth_mm": 1.0, "lung_fraction": float(v),
+             "lung_left_share": float("nan")} for v in range(10)]
     fake = [dict(r, body_width_mm=r["body_width_mm"] + 3.0) for r in real]
     d = factor_distances(real, fake)
     assert d["w1_body_width_mm"] == pytest.approx(3.0 / np.std(np.arange(10.0)))
-    assert d["w1_lung_cm2"] == 0.0 and math.isnan(d["w1_body_depth_mm"]) and math.isnan(d["w1_lung_balance"])
-    assert d["factors_missing"] == 2 and d["factor_w1"] == pytest.approx(d["w1_body_width_mm"] / 3)
+    assert d["w1_lung_fraction"] == 0.0 and math.isnan(d["w1_body_depth_mm"]) and math.isnan(d["w1_lung_left_share"])
+    assert d["factors_missing"] == 2 and d["factor_w1"] == pytest.approx(d["w1_body_width_mm"] / 2)
 
 
 # ------------------------------------------------------------------------------ the study, end to end
@@ -326,13 +279,12 @@ def test_fid_of_the_slices_is_the_frechet_distance_of_their_inception_features()
     assert "fid" not in score_slices(real, fake, spacing=(5.0, 5.0), window=(-1024, 600), seed=0)
 
 
-def test_the_default_study_trains_the_learned_dcgan():
-    """The shipped default is configs/learn/dcgan_64.yaml's model and optimiser, on phantom slices."""
-    from medvol.config import config_to_dict, load_config, resolve_config
-    from medvol.study.recursive.study import DEFAULT_CONFIG
+def test_the_2d_study_config_trains_the_learned_dcgan():
+    """configs/studies/recursive_dcgan64.yaml (the default before the 3D CRF-GAN) is
+    configs/learn/dcgan_64.yaml's model and optimiser, on phantom slices."""
+    from medvol.config import config_to_dict, load_config
 
-    study, learned = (config_to_dict(load_config(name)) for name in (DEFAULT_CONFIG, "learn/dcgan_64"))
-    assert resolve_config(DEFAULT_CONFIG).resolve() == CONFIG.resolve()
+    study, learned = (config_to_dict(load_config(name)) for name in (CONFIG, "learn/dcgan_64"))
     assert study["model"] == learned["model"]
     for key in ("lr", "mode", "amp", "beta1"):
         assert study["train"].get(key) == learned["train"].get(key), key
@@ -354,3 +306,31 @@ def test_paired_changes_subtract_each_seeds_own_generation_0():
         (0.0, 1, [0, 1, 2]), (0.0, 2, [0, 1, 2]), (0.25, 1, [0, 1])]
     assert rows[1]["recall"] == t_interval([0.1 - 0.5, 0.6 - 0.9, 0.0 - 0.1])
     assert rows[2]["recall"]["mean"] == pytest.approx(0.05)
+
+
+@pytest.mark.slow  # loads the Inception network twice: about 10 s
+def test_a_worker_receives_the_fid_extractor_by_name_and_loads_it_again():
+    """--jobs N sends each generation's plan to a worker process; the TorchScript extractor does not
+    pickle, so it travels as its name and the worker's copy gives the same features."""
+    import pickle
+
+    from medvol.eval.features import get_extractor
+    from medvol.study.recursive.generation import Plan
+    from medvol.study.recursive.study import _portable, _restored
+
+    try:
+        extractor = get_extractor("inception")
+    except MedvolError as error:
+        pytest.skip(str(error))
+    plan = Plan(root=Path("x"), cfg=None, real=None, n_synthetic=8, real_kept=[], seed=0, bootstrap=0, device="cpu",
+                dims=2, scoring={"real": np.zeros((2, 8, 8), np.float32), "fid": (extractor, 6)})
+    with pytest.raises(Exception):
+        pickle.dumps(plan)
+    sent = pickle.loads(pickle.dumps(_portable(plan)))
+    assert sent.scoring["fid"] == ("inception", 6)
+    here = _restored(sent)
+    images = np.clip(np.random.default_rng(0).normal(0, 0.5, (3, 32, 32)), -1, 1).astype(np.float32)
+    assert here.scoring["fid"][1] == 6
+    np.testing.assert_allclose(here.scoring["fid"][0]._features(images), extractor._features(images), rtol=1e-5)
+    assert _portable(Plan(root=Path("x"), cfg=None, real=None, n_synthetic=8, real_kept=[], seed=0, bootstrap=0,
+                          device="cpu", dims=3)).scoring is None

@@ -197,7 +197,7 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
         return done
     here = gen_dir(plan, k)
     seeds = generation_seeds(plan.seed, k)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if k == 0:
         source, allow_synthetic = plan.real.cache, False  # generation 0 learns from real volumes only
         composition = {"synthetic": 0, "real": len(plan.real.train_files)}
@@ -220,7 +220,7 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
     if plan.dims == 2:
         per = 1 if plan.real.images else plan.cfg.model.size
         composition["synthetic_slices"] = 0 if k == 0 else plan.n_files * per
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     log.info("generation %d (seed %d): training (seed %d)", k, plan.seed, seeds["train"])
     cfg = generation_config(plan, k, source, allow_synthetic)
     try:
@@ -229,7 +229,7 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
         raise TrainingInterrupted(stop.signum, stop.iteration, stop.checkpoint,
                                   advice="run the same medvol study recursive command again to continue "
                                          f"(generation {k} resumes its training there)") from None
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     # overwrite: a generation without scores.json is redone from its checkpoint, deterministically.
     if plan.real.images:  # a 2D image cache: one image per file, as `medvol generate` writes them
         from medvol.sample.generate import generate
@@ -239,7 +239,7 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
     else:
         samples = generate_volumes(run_dir, plan.n_files, here / "samples", seed=seeds["samples"],
                                    device=plan.device, overwrite=True)
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     if plan.dims == 2:
         scores, fake = _score_2d(plan, samples, seeds["samples"])
         montage(here / "montage.png", plan.scoring["real"][:8], fake[:16], (-1.0, 1.0),
@@ -253,7 +253,7 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
                                   bootstrap=plan.bootstrap, device=plan.device)
         montage(here / "montage.png", plan.real.split_arrays("val"), read_samples(samples)[:8], plan.real.value_range,
                 f"generation {k}: central axial slices")
-    t4 = time.perf_counter()
+    t4, c4 = time.perf_counter(), time.process_time()
     from medvol.train.checkpoint import list_checkpoints
 
     final = list_checkpoints(run_dir / "checkpoints")[-1][1]
@@ -268,6 +268,8 @@ def run_generation(plan: Plan, k: int) -> dict[str, Any]:
         "samples": [str(p) for p in samples],
         "scores": scores,
         "seconds": {"data": t1 - t0, "train": t2 - t1, "generate": t3 - t2, "score": t4 - t3, "total": t4 - t0},
+        # CPU of this process (all its threads) in each step: this run's part of a resumed training
+        "cpu_seconds": {"data": c1 - c0, "train": c2 - c1, "generate": c3 - c2, "score": c4 - c3, "total": c4 - c0},
     }
     write_json(here / SCORES_FILE, record, "generation scores")  # last: marks the generation finished
     return record

@@ -143,7 +143,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             fraction = "–" if row["generation"] == 0 else f"{run['real_fraction']:g}"
             lines.append(f"| {run['seed']} | {fraction} | {row['generation']} | "
                          + " | ".join(_cell(sc.get(k)) for k in keys) + f" | {row['seconds']['total']:.0f} |")
-    lines += ["", f"Wall time {summary['wall_seconds']:.0f} s in all (this run's and earlier runs' generations).", ""]
+    lines += ["", f"Wall time {summary['wall_seconds']:.0f} s in all (this run's and earlier runs' generations), "
+              f"{summary.get('cpu_seconds', 0.0):.0f} CPU s in the generations' own processes (the real side, "
+              "the floor and a training's part before a resume not counted).", ""]
     return "\n".join(lines)
 
 

@@ -5,10 +5,12 @@ checkpoint), so that the next generation's cache and the 3D machinery take them 
 module takes the slices back out and scores ``n`` of them against ``n`` non-blank real slices of
 the real cache's val split (drawn once per study seed):
 
-- **slice factors** (:mod:`.slice_factors`): per factor the Wasserstein-1 distance between real
-  and generated values over the real values' std (``w1_<factor>``), their mean over the factors
-  (``factor_w1``; a factor no generated slice shows is left out and counted in
-  ``factors_missing``); the modes (habitus class x lungs present): ``mode_coverage``, the
+- **slice factors** (:func:`medvol.data.phantom_factors.measure_slice_factors`: body width and
+  depth, lung fraction of the cross-section, the left lung's share): per factor the Wasserstein-1
+  distance between real and generated values over the real values' std (``w1_<factor>``), their
+  mean over the factors (``factor_w1``; a factor no generated slice shows is left out and counted
+  in ``factors_missing``); the modes (habitus class x lungs: none / left_small / right_small /
+  no_lungs): ``mode_coverage``, the
   fraction of the real slices' modes present among the generated ones, and ``mode_tv``, the total variation
   distance between the two mode histograms (0: same frequencies, 1: disjoint);
 - **precision / recall / density / coverage** (``medvol.eval.metrics.prdc``, k = 5) on pooled
@@ -30,8 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medvol.data.phantom_factors import SLICE_FACTORS, measure_slice_factors
 from medvol.errors import MedvolError
-from medvol.study.recursive.slice_factors import SLICE_FACTORS, measure_slice
 
 #: Score key -> (label, which way is better): the 2D study's table, plot panels and aggregate.
 SCORES_2D: dict[str, tuple[str, str]] = {
@@ -187,8 +189,8 @@ def score_slices(real: np.ndarray, fake: np.ndarray, *, spacing: Sequence[float]
         raise MedvolError("generated slices hold NaN or inf")
     scores: dict[str, Any] = {}
     if factors:
-        measured_real = [measure_slice(x, spacing, window=window) for x in real]
-        measured_fake = [measure_slice(x, spacing, window=window) for x in fake]
+        measured_real = [measure_slice_factors(x, spacing, window=window) for x in real]
+        measured_fake = [measure_slice_factors(x, spacing, window=window) for x in fake]
         scores.update(factor_distances(measured_real, measured_fake))
         scores.update(mode_scores([m["mode"] for m in measured_real], [m["mode"] for m in measured_fake]))
     quality = prdc(pooled(real), pooled(fake), k=5)

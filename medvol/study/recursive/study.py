@@ -30,6 +30,7 @@ what medvol wrote there and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -48,8 +49,8 @@ log = logging.getLogger("medvol.study")
 
 STUDY_FILE = "study.json"
 JOB = "study recursive"
-#: The shipped default: the learned 64^2 DCGAN on axial phantom slices (docs/studies.md).
-DEFAULT_CONFIG = "studies/recursive_dcgan64"
+#: The shipped default: the learned 32^3 CRF-GAN on phantom volumes (docs/studies.md).
+DEFAULT_CONFIG = "studies/recursive_crfgan32"
 TOP_FILES = (STUDY_FILE, "summary.json", "summary.md", "scores.png")
 
 
@@ -130,7 +131,7 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
                         n_synthetic: int | None = None, seed: int | Sequence[int] = (0, 1, 2),
                         val_fraction: float = 0.25, feature_iters: int = 200, bootstrap: int = 20,
                         n_score: int = 512, fid_n: int = 0, device: str | None = None,
-                        overrides: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                        overrides: list[str] | None = None, overwrite: bool = False, jobs: int = 1) -> dict[str, Any]:
     """Run (or continue) a recursive-training study (module docstring).
 
     Args:
@@ -138,7 +139,7 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
             model; its ``data`` section names the real data (``phantom``, or a preprocessing
             cache with train and val splits; for a 2D model also a 2D image cache, ``medvol
             preprocess --images``, whose generations then write and train on one image per file).
-            Default: the learned 64^2 DCGAN.
+            Default: the learned 32^3 CRF-GAN.
         out: the study folder DIR.
         generations: K, the number of generations (generation 0 included).
         real_fraction: f in [0, 1], or several; generations k >= 1 also train on
@@ -156,6 +157,9 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
         device: generation and evaluation device (default: the config's ``train.device``).
         overrides: config overrides ``section.key=VALUE`` (part of the study's identity).
         overwrite: accept a folder holding another study: what medvol wrote there is removed.
+        jobs: generations trained at the same time, each in its own process (independent ones:
+            other seeds, other fractions; one torch thread each unless the config sets
+            ``train.threads``). Not part of the identity: a study may continue with another.
 
     Returns:
         The summary (also ``DIR/summary.json``).
@@ -172,6 +176,8 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
 
     seeds, fractions = check_arguments(generations, real_fraction, n_synthetic, seed, val_fraction, feature_iters,
                                        bootstrap, n_score, fid_n)
+    if not _integer(jobs) or jobs < 1:
+        raise MedvolError(f"--jobs {jobs!r}: expected an integer >= 1")
     cfg = load_config(config, overrides)
     dims = MODELS[cfg.model.name].dims
     if dims == 2 and (getattr(MODELS[cfg.model.name], "conditional", False) or cfg.data.masks
@@ -196,7 +202,7 @@ def run_recursive_study(config: str | os.PathLike = DEFAULT_CONFIG, out: str | o
     old = _check_identity(root, identity, overwrite)
     with owned_output(root, JOB, identity, overwrite=overwrite, outputs=TOP_FILES) as claimed:
         return _run_claimed(claimed, cfg, identity, old, dims=dims, config=str(config), generations=generations,
-                            device=device)
+                            device=device, jobs=int(jobs))
 
 
 def _folder(claimed, rel: str) -> Path:
@@ -205,7 +211,7 @@ def _folder(claimed, rel: str) -> Path:
 
 
 def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, config: str, generations: int,
-                 device: str) -> dict[str, Any]:
+                 device: str, jobs: int = 1) -> dict[str, Any]:
     root = claimed.folder
     state = old or {"identity": identity, "created": _now(), "medvol_version": medvol.__version__,
                     "config_path": config}
@@ -243,24 +249,210 @@ def _run_claimed(claimed, cfg, identity: dict, old: dict | None, *, dims: int, c
     }
     runs = {(s, f): [] for s in seeds for f in fractions}
     summary: dict[str, Any] = {}
-    for k in range(state["generations_asked"]):
-        for s in seeds:
-            for f in fractions:
-                plan = _plan(root, cfg, real, identity, s, f, n_synthetic, device, dims, scoring)
-                from medvol.study.recursive.generation import finished
-
-                if k >= generations and finished(plan, k) is None:
-                    continue  # a shorter command still reports every generation already done
-                if k > 0 and len(runs[(s, f)]) < k:
-                    continue  # its previous generation was not run by this command
-                if finished(plan, k) is None:
-                    _folder(claimed, f"seed_{s:03d}")  # everything a seed's generations write is the study's
-                else:
-                    log.info("generation %d (seed %d, real fraction %g): finished earlier, not redone", k, s, f)
-                runs[(s, f)].append(run_generation(plan, k))
-                claimed.record_tree(f"seed_{s:03d}/")
-                summary = _write_summary(claimed, study, floor, runs, dims)
+    plans = {(s, f): _plan(root, cfg, real, identity, s, f, n_synthetic, device, dims, scoring)
+             for s in seeds for f in fractions}
+    for done in _generations(claimed, plans, state["generations_asked"], generations, jobs):
+        for (s, f, k), record in done:
+            runs[(s, f)].append(record)
+        summary = _write_summary(claimed, study, floor, runs, dims)
     return summary
+
+
+def _schedule(plans: dict, asked: int, generations: int, done: set) -> list[tuple[int, int, float]]:
+    """The generations to run, ``(k, seed, fraction)`` in order: generation 0 of every seed (once,
+    under the seed's first fraction: it is shared), then the first real fraction's generations
+    (k ascending, seeds ascending), then the next fraction's. A study stopped early thus holds
+    whole recursions of its first fractions, every seed alike, rather than a little of each.
+    Every k < ``generations`` is listed, and beyond that only those finished earlier (``done``),
+    so that a shorter command still reports them."""
+    seeds = list(dict.fromkeys(s for s, _ in plans))
+    fractions = list(dict.fromkeys(f for _, f in plans))
+    order = [(0, s, fractions[0]) for s in seeds]
+    for f in fractions:
+        for k in range(1, asked):
+            order += [(k, s, f) for s in seeds if k < generations or (s, f, k) in done]
+    return order
+
+
+def _generations(claimed, plans: dict, asked: int, generations: int, jobs: int):
+    """Run the generations, ``jobs`` at a time; yield ``[((seed, fraction, k), record), ...]`` as each
+    finishes, in an order where a run's generations arrive k = 0, 1, ... (generation 0 for every
+    fraction of its seed).
+
+    A generation waits for its predecessor; with ``jobs`` > 1 independent ones (other seeds, other
+    fractions) train in worker processes at the same time, lowest k first. Everything the study
+    folder records (summary, marker) is written here, by this process, only.
+    """
+    from medvol.study.recursive.generation import finished
+
+    fractions_of = {}
+    for s, f in plans:
+        fractions_of.setdefault(s, []).append(f)
+    done = {(s, f, k) for (s, f), plan in plans.items() for k in range(asked) if finished(plan, k) is not None}
+    order = _schedule(plans, asked, generations, done)
+
+    def emit(k, s, f, record):
+        return [((s, g, k), record) for g in (fractions_of[s] if k == 0 else [f])]
+
+    results: dict[tuple[int, float, int], dict] = {}  # (seed, fraction, k) -> record; k = 0 under the first fraction
+    if jobs <= 1:
+        for k, s, f in order:
+            if k > 0 and not _has_previous(results, fractions_of, s, f, k):
+                continue  # its previous generation was not run by this command
+            plan = plans[(s, f)]
+            _start_log(claimed, plan, k, (s, f, k) in done or (k == 0 and (s, f, 0) in done))
+            results[(s, f, k)] = run_generation(plan, k)
+            claimed.record_tree(f"seed_{s:03d}/")
+            yield emit(k, s, f, results[(s, f, k)])
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    waiting = list(order)
+    running: dict = {}
+    held: list = []  # finished generations whose earlier ones (in yield order) have not finished yet
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs,
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        while waiting or running:
+            for item in list(waiting):
+                if len(running) >= jobs:
+                    break
+                k, s, f = item
+                if k > 0 and not _has_previous(results, fractions_of, s, f, k):
+                    if not any(_is_before(other, item) for other in list(waiting) + list(running.values())
+                               if other != item):
+                        waiting.remove(item)  # its predecessor will never come in this command
+                    continue
+                waiting.remove(item)
+                plan = plans[(s, f)]
+                _start_log(claimed, plan, k, (s, f, k) in done)
+                running[pool.submit(_run_in_worker, _portable(plan), k, _log_level(), os.getpid())] = item
+            if not running:
+                break
+            try:
+                finished_now, _ = concurrent.futures.wait(list(running),
+                                                          return_when=concurrent.futures.FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                # Ctrl-C reached the workers too: each stops at its next step with a checkpoint.
+                concurrent.futures.wait(list(running))
+                finished_now = set(running)
+            stops = []
+            for future in finished_now:
+                k, s, f = running.pop(future)
+                record = future.result()  # a failed generation stops the study (its error)
+                if "interrupted" in record:
+                    stops.append(record["interrupted"])
+                    continue
+                results[(s, f, k)] = record
+                claimed.record_tree(f"seed_{s:03d}/")
+                yield emit(k, s, f, results[(s, f, k)])
+            if stops:
+                from medvol.train.interrupt import TrainingInterrupted
+
+                for future in running:  # the other generations stop as well (same signal)
+                    future.cancel()
+                signum, iteration, checkpoint, advice = stops[0]
+                raise TrainingInterrupted(signum, iteration, None if checkpoint is None else Path(checkpoint),
+                                          advice=advice)
+
+
+def _is_before(other, item) -> bool:
+    """Whether ``other`` (k, seed, fraction) is a predecessor of ``item`` in its chain."""
+    k, s, f = item
+    ko, so, fo = other
+    return so == s and ko < k and (ko == 0 or fo == f)
+
+
+def _has_previous(results: dict, fractions_of: dict, s: int, f: float, k: int) -> bool:
+    return (s, fractions_of[s][0], 0) in results if k == 1 else (s, f, k - 1) in results
+
+
+def _start_log(claimed, plan, k: int, was_done: bool) -> None:
+    if was_done:
+        log.info("generation %d (seed %d, real fraction %g): finished earlier, not redone", k, plan.seed,
+                 plan.real_fraction)
+    else:
+        _folder(claimed, f"seed_{plan.seed:03d}")  # everything a seed's generations write is the study's
+
+
+def _log_level() -> int:
+    return logging.getLogger().getEffectiveLevel()
+
+
+def _portable(plan: Plan) -> Plan:
+    """``plan`` as a worker process can receive it: a 2D study's FID extractor (a TorchScript
+    network, which does not pickle) travels as its name and is loaded again there."""
+    fid = (plan.scoring or {}).get("fid")
+    if fid is None or isinstance(fid[0], str):
+        return plan
+    return dataclasses.replace(plan, scoring={**plan.scoring, "fid": ("inception", fid[1])})
+
+
+_EXTRACTORS: dict[str, Any] = {}
+
+
+def _restored(plan: Plan) -> Plan:
+    """:func:`_portable` undone in the worker (each extractor loaded once per worker)."""
+    fid = (plan.scoring or {}).get("fid")
+    if fid is None or not isinstance(fid[0], str):
+        return plan
+    if fid[0] not in _EXTRACTORS:
+        from medvol.eval.features import get_extractor
+
+        _EXTRACTORS[fid[0]] = get_extractor(fid[0])
+    return dataclasses.replace(plan, scoring={**plan.scoring, "fid": (_EXTRACTORS[fid[0]], fid[1])})
+
+
+def _run_in_worker(plan: Plan, k: int, level: int, parent: int) -> dict[str, Any]:
+    """One generation in a worker process (``jobs`` > 1): one torch thread unless the config says.
+
+    A stop by signal comes back as ``{"interrupted": (signum, iteration, checkpoint, advice)}``
+    (the exception itself does not cross processes); a worker whose study process died stops its
+    training with a checkpoint, as on SIGTERM, and exits (:func:`_exit_with_parent`).
+    """
+    import torch
+
+    from medvol.train.interrupt import TrainingInterrupted
+
+    _exit_with_parent(parent)
+    tag = f"seed {plan.seed} gen {k}" + ("" if k == 0 else f" real {plan.real_fraction:g}")
+    logging.basicConfig(level=level, format=f"[{tag}] %(message)s", force=True)  # a worker runs several
+    if not plan.cfg.train.threads:
+        torch.set_num_threads(1)
+    try:
+        return run_generation(_restored(plan), k)
+    except TrainingInterrupted as stop:
+        if os.getppid() != parent:
+            os._exit(143)  # nobody to tell: the study process is gone, the checkpoint is written
+        advice = str(stop).split("; ", 2)[-1]
+        return {"interrupted": (stop.signum, stop.iteration, None if stop.checkpoint is None else str(stop.checkpoint),
+                                advice)}
+
+
+_WATCHING: list[int] = []
+
+
+def _exit_with_parent(parent: int, every: float = 2.0) -> None:
+    """Watch (once per worker) that the study process ``parent`` lives; when it is gone, stop the
+    training here as SIGTERM does (checkpoint, then stop) and leave the process.
+
+    Without it a worker whose study was killed would wait for work forever.
+    """
+    if _WATCHING:
+        return
+    _WATCHING.append(parent)
+    import signal
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer checkpoints and stops; idle: the default ends it
+        time.sleep(120.0)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="medvol-study-parent", daemon=True).start()
 
 
 def _plan(root, cfg, real, identity, seed, fraction, n_synthetic, device, dims, scoring) -> Plan:
@@ -342,13 +534,15 @@ def _write_summary(claimed, study: dict, floor: dict, runs: dict, dims: int) -> 
     from medvol.utils import checked_write
 
     listed = [{"seed": s, "real_fraction": f, "generations": rows} for (s, f), rows in runs.items() if rows]
-    records = [r for run in listed for r in run["generations"]]
+    # generation 0 is listed under every fraction of its seed: counted once
+    records = list({(r["seed"], r["generation"], r["real_fraction"]): r
+                    for run in listed for r in run["generations"]}.values())
     summary = {"study": study, "floor": floor, "runs": listed,
                "aggregate": aggregate(listed, score_keys(dims, floor)),
                "changes": paired_changes(listed, score_keys(dims, floor)),
-               # generation 0 is listed under every fraction of its seed: counted once
-               "wall_seconds": sum(r["seconds"]["total"] for r in
-                                   {(r["seed"], r["generation"], r["real_fraction"]): r for r in records}.values()),
+               "wall_seconds": sum(r["seconds"]["total"] for r in records),
+               # each generation's own process CPU (records of an older medvol have none)
+               "cpu_seconds": sum(r.get("cpu_seconds", {}).get("total", 0.0) for r in records),
                "updated": _now(), "threads": torch_threads()}
     write_json(claimed.path("summary.json"), summary, "study summary")
     with checked_write(claimed.path("summary.md"), "study summary") as tmp:
