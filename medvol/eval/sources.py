@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
@@ -472,6 +473,26 @@ class GeneratedImages:
             yield name, np.clip(image, -1.0, 1.0).astype(np.float32)
 
 
+def _stored_unit(path: Path) -> bool:
+    """Whether ``path`` is a NIfTI image medvol generated in [-1, 1]: its sidecar (``X.json``,
+    ``"generated_by": "medvol"``) records ``"window": null``."""
+    if _suffix(path) == ".png":
+        return False
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            sidecar = path.with_name(name[: -len(ext)] + ".json")
+            break
+    else:
+        return False
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("generated_by") == "medvol" and "window" in meta \
+        and meta["window"] is None
+
+
 class ImageFiles:
     """A folder of 2D image files: yields ``(name, float32 (S, S))``, one file at a time."""
 
@@ -482,17 +503,24 @@ class ImageFiles:
         self.files = files[:n] if n else files
         self.window = window
         self.names = [p.name for p in self.files]
-        first = read_image(self.files[0], window)
+        # medvol writes a model's images in [-1, 1], not HU, when its training cache had no HU
+        # window (image files, MR): its sidecar says so ("window": null); an HU window would
+        # flatten them to one grey level.
+        self.stored_unit = [_stored_unit(path) for path in self.files]
+        first = read_image(self.files[0], None if self.stored_unit[0] else window)
         self.size = int(first.shape[0])
         if first.shape[0] != first.shape[1]:
             raise MedvolError(f"{self.files[0]}: images must be square, got {tuple(first.shape)}")
+        unit = sum(self.stored_unit)
         self.info = {"source": spec, "kind": "images", "files": len(self.files), "size": self.size,
                      "intensity": ("NIfTI in HU, window " + f"{window[0]:g},{window[1]:g}" if window
-                                   else "NIfTI taken as [-1, 1]") + "; PNG grey levels over the full range"}
+                                   else "NIfTI taken as [-1, 1]")
+                     + (f" ({unit} medvol NIfTI file(s) whose sidecar says [-1, 1] taken as [-1, 1])"
+                        if unit and window else "") + "; PNG grey levels over the full range"}
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        for path in self.files:
-            image = read_image(path, self.window)
+        for path, unit in zip(self.files, self.stored_unit):
+            image = read_image(path, None if unit else self.window)
             if image.shape != (self.size, self.size):
                 raise MedvolError(f"{path}: shape {tuple(image.shape)} differs from the first "
                                   f"image's {(self.size, self.size)}")

@@ -59,3 +59,25 @@ def test_probe_tells_volumes_from_images(tmp_path):
     image = sitk.GetImageFromArray(np.zeros((8, 8), np.float32))
     sitk.WriteImage(image, str(images / "a.nii.gz"))
     assert probe(str(images), "cpu") == (2, None, [images / "a.nii.gz"])
+
+
+def test_a_medvol_image_stored_in_unit_range_is_not_read_through_an_hu_window(tmp_path):
+    """A translation (or any 2D image) generated from an image cache without HU window is written
+    in [-1, 1] with ``"window": null`` in its sidecar: read as stored, not mapped as HU (which
+    would flatten it to one grey level); a file without that sidecar keeps the HU window."""
+    import json
+
+    values = np.linspace(-0.9, 0.9, 64, dtype=np.float32).reshape(8, 8)
+    for name, meta in (("unit", {"generated_by": "medvol", "window": None}),
+                       ("hu", {"generated_by": "medvol", "window": [-1024, 600]}), ("bare", None)):
+        sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / f"{name}.nii.gz"))
+        if meta is not None:
+            (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+    files = [tmp_path / f"{name}.nii.gz" for name in ("unit", "hu", "bare")]
+    source = ImageFiles(str(tmp_path), files, None, (-1024.0, 600.0))
+    images = dict(source)
+    np.testing.assert_allclose(images["unit.nii.gz"], values, atol=1e-6)
+    hu = (np.clip(values, -1024, 600) + 1024) / 1624 * 2 - 1  # an HU window: one grey level here
+    for name in ("hu.nii.gz", "bare.nii.gz"):
+        np.testing.assert_allclose(images[name], hu, atol=1e-6)
+    assert "1 medvol NIfTI" in source.info["intensity"]

@@ -116,6 +116,51 @@ def test_every_other_recipe_runs_end_to_end_on_phantom_data(tmp_path, name):
         folder = next(s["folder"] for s in summary["steps"] if s["name"] == "turing")
         key = json.loads((tmp_path / "out" / folder / "key.json").read_text(encoding="utf-8"))
         assert key["dims"] == 2 and set(key["sources"]) == {"real", "stylegan2"}
+        _check_empirical_segmentation(tmp_path / "out", summary)
+    if name == "ct_xray_thesis":
+        _check_ct_xray_cyclegans(tmp_path / "out", summary)
+
+
+def _check_ct_xray_cyclegans(out: Path, summary: dict) -> None:
+    """Three CycleGANs (PatchGAN 10 / 22 / 46) between the normal (A) and TB (B) training X-rays;
+    each translates every normal X-ray to B, scored with FID against the TB X-rays."""
+    import yaml
+
+    by_name = {s["name"]: s for s in summary["steps"]}
+    normal = json.loads((out / "xray_normal" / "manifest.json").read_text())["volumes"]
+    tb = json.loads((out / "xray_tb" / "manifest.json").read_text())["volumes"]
+    assert normal and tb and all("/train/normal/" in e["source"] for e in normal)
+    assert all("/train/tb/" in e["source"] for e in tb)
+    for patch in (10, 22, 46):
+        config = yaml.safe_load((out / f"cyclegan_p{patch}" / "config.yaml").read_text())
+        assert config["model"]["name"] == "cyclegan" and config["model"]["options"]["patch"] == patch
+        assert Path(config["data"]["source"]) == out / "xray_normal" and Path(config["data"]["cache_b"]) == out / "xray_tb"
+        generated = json.loads((out / f"translate_p{patch}" / "generated.json").read_text())["files"]
+        samples = {k: v for k, v in generated.items() if k.endswith(".nii.gz")}
+        assert len(samples) == len(normal) == by_name[f"translate_p{patch}"]["scores"]["samples"]
+        assert all(v["translation"] == "AB" and Path(v["input"]) == out / "xray_normal" for v in samples.values())
+        scores = json.loads((out / f"fid_cyclegan_p{patch}" / "scores.json").read_text())
+        assert Path(scores["real"]["source"]) == out / "xray_tb"
+        assert Path(scores["fake"]["source"]) == out / f"translate_p{patch}"
+        assert by_name[f"fid_cyclegan_p{patch}"]["scores"]["image/fid (inception)"] > 0
+
+
+def _check_empirical_segmentation(out: Path, summary: dict) -> None:
+    """Table 2's Dice: a 2D U-Net on the ACDC slices, the synthetic slices from a StyleGAN2 trained
+    on image + mask."""
+    import yaml
+
+    config = yaml.safe_load((out / "stylegan2_masks" / "config.yaml").read_text())
+    assert config["model"]["name"] == "stylegan2" and config["model"]["mask_channels"] == 1
+    assert Path(config["data"]["source"]) == out / "acdc"
+    result = json.loads((out / "unet_dice" / "results.json").read_text())
+    assert Path(result["config"]["real"]) == out / "acdc" and result["config"]["dims"] == 2
+    source = result["sources"]["stylegan2"]
+    assert Path(source["spec"]) == out / "stylegan2_masks" and source["dims"] == 2 and source["mask_labels"]
+    scores = next(s for s in summary["steps"] if s["name"] == "unet_dice")["scores"]
+    assert {"real mean_dice", "real+aug mean_dice"} <= set(scores) and any(
+        k.startswith("synthetic") and k.endswith("mean_dice") for k in scores), scores
+    assert json.loads((out / "sliver07" / "manifest.json").read_text())["dims"] == 2
 
 
 # ------------------------------------------------------------------------------ refusals
