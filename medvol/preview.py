@@ -171,10 +171,12 @@ def write_volume_preview(volumes: Sequence[tuple[str, np.ndarray]], path: str | 
     return write_png(labelled_grid(volume_rows(volumes, window), title=title), path)
 
 
-def training_preview(real: np.ndarray, fake: np.ndarray, iteration: int, per_row: int = 8) -> np.ndarray | None:
+def training_preview(real: np.ndarray, fake: np.ndarray, iteration: int, per_row: int = 8,
+                     channel_names: dict[str, Sequence[str]] | None = None) -> np.ndarray | None:
     """The labelled preview of a training run's samples: real ``[B, C, ...]`` and generated
     ``[B, C, ...]`` in [-1, 1], volumes or 2D images. Channel 0 is the image, channels 1.. a paired
-    model's mask classes.
+    model's mask classes, unless ``channel_names`` (``{"real": [...], "generated": [...]}``, a
+    model's ``preview_channels``) names them otherwise (cyclegan: domain A, domain B; A -> B, A).
 
     Volumes: one row per sample and channel (real i, then generated i), its three central
     planes. Images: real i then generated i (each channel a panel), ``per_row`` panels a row.
@@ -186,7 +188,11 @@ def training_preview(real: np.ndarray, fake: np.ndarray, iteration: int, per_row
     for i in range(min(len(real), len(fake))):
         for kind, batch in (("real", real), ("generated", fake)):
             sample = np.asarray(batch[i], dtype=np.float32)
-            names = [f"{kind} {i}"] + [f"{kind} {i} mask {c}" for c in range(1, len(sample))]
+            given = (channel_names or {}).get(kind)
+            if given is not None and len(given) == len(sample):
+                names = [f"{kind} {i} {name}" for name in given]
+            else:
+                names = [f"{kind} {i}"] + [f"{kind} {i} mask {c}" for c in range(1, len(sample))]
             if sample.ndim == 4:
                 rows.extend(volume_rows(list(zip(names, sample)), (-1.0, 1.0)))
             else:

@@ -257,7 +257,7 @@ class Trainer:
                 np.savez_compressed(handle, real=mid_slices(real).numpy(), generated=mid_slices(fake).numpy())
         # ... and as a labelled PNG (central planes, every panel captioned), also in TensorBoard.
         preview = training_preview(real.detach().float().cpu().numpy(), fake.detach().float().cpu().numpy(),
-                                   self.iteration)
+                                   self.iteration, channel_names=getattr(self.system, "preview_channels", None))
         if preview is not None:
             write_png(preview, path.with_suffix(".png"))
             monitor.preview(self.iteration, f"{kind}/preview", preview)

@@ -144,3 +144,22 @@ def test_2d_and_paired_samples_are_captioned_per_channel():
     assert (image[top - 28:top + 128, left:] == 255).all()  # no 13th panel
     volumes = P.training_preview(rng.uniform(-1, 1, (1, 3, 8, 8, 8)), rng.uniform(-1, 1, (1, 3, 8, 8, 8)), 1)
     cells(volumes, 6, 3, 128, title=True)  # a row per channel: image, mask 1, mask 2; real then generated
+
+
+def test_a_model_names_its_preview_channels():
+    """cyclegan's real items stack two domains, not an image and a mask: its own captions replace
+    "mask 1"; names of the wrong length fall back to the default ones."""
+    from medvol.models.gan2d.cyclegan import CycleGAN
+
+    rng = np.random.default_rng(1)
+    real, fake = rng.uniform(-1, 1, (2, 2, 16, 16)), rng.uniform(-1, 1, (2, 2, 16, 16))
+    default = P.training_preview(real, fake, 3)
+    named = P.training_preview(real, fake, 3, channel_names=CycleGAN.preview_channels)
+    wrong = P.training_preview(real, fake, 3, channel_names={"real": ("only one",)})
+    assert named.shape == default.shape and (wrong == default).all()
+    corners = cells(named, 1, 8, 128, title=True)
+    for top, left in corners:
+        assert (named[top:top + 128, left:left + 128] == default[top:top + 128, left:left + 128]).all()
+    captions = [(named[top - 28:top, left:left + 128] != default[top - 28:top, left:left + 128]).any()
+                for top, left in corners]
+    assert all(captions)

@@ -250,6 +250,10 @@ class CycleGAN(GANSystem2D):
             out = self.G[direction](images)
             return torch.cat([out, images.to(out.dtype)], dim=1)
 
+    #: The preview's channel captions (medvol.preview.training_preview): a real item stacks an A and
+    #: an unrelated B image; a generated one is A -> B beside its input.
+    preview_channels = {"real": ("domain A", "domain B"), "generated": ("A->B", "A (input)")}
+
     def preview(self, z: torch.Tensor, real: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """What training shows: G.AB of the real batch's domain-A images."""
         return self.generate(z, images=real[: z.shape[0], :1])
