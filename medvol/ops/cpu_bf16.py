@@ -18,7 +18,10 @@ Such a convolution is tiny (depth 2), so running it in fp32 costs next to nothin
 convolution keeps bf16. :func:`guard_depth_two_convs` makes a module's ``Conv3d`` layers do that,
 and only under CPU bf16 autocast; :func:`medvol.models.registry.build` applies it to every model.
 :func:`upsample_conv3d_needs_fp32` is the same rule for the functional upsample-conv op, whose
-convolution (kernel 2 or 3, padding 1) has output depth 2 on an input of depth 1.
+convolution (kernel 2 or 3, padding 1) has output depth 2 on an input of depth 1, and
+:func:`conv_forward` for convolutions that bypass a module's ``forward`` (the spectral-normalised
+discriminator stacks). The encoder's tiled forward (``Encoder.forward_tiled``) runs without
+gradients and pads depth itself, so it cannot meet the bug.
 """
 
 from __future__ import annotations
@@ -59,6 +62,16 @@ def upsample_conv3d_needs_fp32(x: torch.Tensor) -> bool:
     have output depth 2 and pad along depth (``torch``: 3^3 on the upsampled depth 2, padding 1;
     ``decomposed``: the 2^3 parity kernels on depth 1, padding 1)."""
     return x.dim() == 5 and x.shape[2] == 1 and cpu_bf16(x)
+
+
+def conv_forward(conv: nn.Conv3d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv._conv_forward(x, weight, bias)`` (a convolution with weights computed outside the
+    module, e.g. spectral-normalised ones) in fp32 where :func:`needs_fp32`, as the guarded
+    ``forward`` does; such calls bypass the module's ``forward`` and so its guard."""
+    if needs_fp32(conv, x):
+        with torch.autocast("cpu", enabled=False):
+            return conv._conv_forward(x.float(), weight.float(), None if bias is None else bias.float())
+    return conv._conv_forward(x, weight, bias)
 
 
 def _forward(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:

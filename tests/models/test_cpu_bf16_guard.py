@@ -80,3 +80,26 @@ def test_upsample_conv3d_depth_one_bf16_weight_gradient():
         (y.float() * grad_out).sum().backward()
         error = float((weight.grad - expected).norm() / expected.norm())
         assert error < 0.02, (backend, error)
+
+
+def test_spectral_norm_stack_conv_is_guarded():
+    """The SN discriminator stacks call ``_conv_forward`` with their normalised weight, bypassing
+    the module's guarded ``forward``: a padded 3^3 SN conv on depth 2 (16 -> 32 channels) through
+    :func:`medvol.models.blocks.sn_conv_stack` under bf16 autocast gets the fp32 weight gradient
+    (within 2 %). In the GANs' own stacks the depth-2 convolutions do not pad depth (measured right
+    unguarded), so this is the guard's own test."""
+    from medvol.models.blocks import SNConv3d, sn_conv_stack
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([SNConv3d(16, 32, 3, padding=1)]).eval()  # eval: u stays fixed
+    x = torch.randn(2, 16, 2, 6, 6)
+    grad_out = torch.randn(2, 32, 2, 6, 6)
+    grads = []
+    for amp in (False, True):
+        layers.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y = sn_conv_stack(layers, x, optimized=False, last_plain=True)
+        (y.float() * grad_out).sum().backward()
+        grads.append(layers[0].weight.grad.clone())
+    error = float((grads[1] - grads[0]).norm() / grads[0].norm())
+    assert error < 0.02, error
