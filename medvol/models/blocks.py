@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from medvol.ops.cpu_bf16 import conv_forward
+
 
 def norm_groups(channels: int) -> int:
     """GroupNorm group count: 8 as published, fewer for the narrow test/demo widths.
@@ -239,7 +241,9 @@ def sn_conv_stack(
         plain = last_plain and i == len(layers) - 1
 
         def stage(h, layer=layer, weight=weight, plain=plain):
-            h = layer._conv_forward(h, weight, layer.bias)
+            # Not layer(h): the normalised weight comes from outside; fp32 where the torch CPU bf16
+            # bug of depth-2 outputs could strike (medvol/ops/cpu_bf16.py).
+            h = conv_forward(layer, h, weight, layer.bias)
             return h if plain else F.leaky_relu(h, 0.2)
 
         x = run_stage(stage, x, optimized)

@@ -22,6 +22,7 @@ from medvol.models.gan2d import CycleGAN, CycleGANOptions, StyleGAN2, StyleGAN2O
 from medvol.models.hagan import HAGAN, HAGANOptions
 from medvol.models.networks import SIZES
 from medvol.models.options import NoOptions, option_defaults
+from medvol.ops.cpu_bf16 import guard_depth_two_convs
 
 #: What a model does with ``mask_channels`` K > 0: "native" (its constructor takes it), "channels"
 #: (a channel-generic 2D network built with 1 + K channels), "none" (refused).
@@ -176,6 +177,25 @@ def build(
     if isinstance(mask_channels, bool) or not isinstance(mask_channels, int) or mask_channels < 0:
         raise MedvolError(f"mask_channels: expected an integer >= 0, got {mask_channels!r}")
     common = dict(base_width=base_width, latent_dim=latent_dim, num_classes=num_classes)
+    return _guarded(_construct(entry, name, size, common, options, mask_channels))
+
+
+def _guarded(system: GenerativeSystem) -> GenerativeSystem:
+    """``system`` with every ``Conv3d`` guarded against the torch CPU bf16 bug of output depth 2
+    (:func:`medvol.ops.cpu_bf16.guard_depth_two_convs`: wrong weight gradients, up to 1e37).
+
+    Here rather than in the trainer: every model is made by :func:`build` (the trainer, resume,
+    the profiler, the sampler, tests), so none trains or is profiled unguarded, whoever drives it;
+    each model need not remember it, and a new one is covered. The guard only acts under CPU bf16
+    autocast on depth-2 outputs and leaves parameters, state dicts and the module tree unchanged.
+    """
+    guard_depth_two_convs(system)
+    return system
+
+
+def _construct(entry: ModelSpec, name: str, size: int, common: dict, options: dict,
+               mask_channels: int) -> GenerativeSystem:
+    """:func:`build`'s construction, its arguments checked."""
     if not mask_channels:
         return entry.system(size, **common, **options)
     if entry.paired == "none":

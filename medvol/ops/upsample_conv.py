@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from medvol.errors import MedvolError
 from medvol.ops import _dispatch
+from medvol.ops.cpu_bf16 import upsample_conv3d_needs_fp32
 
 BACKENDS = ("torch", "decomposed", "triton")
 
@@ -183,6 +184,15 @@ def upsample_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise MedvolError(f"upsample_conv3d: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
     chosen = _dispatch.choose("upsample_conv3d", backend, x, weight.shape[0])
+    if upsample_conv3d_needs_fp32(x):
+        # A torch CPU bug gives bf16 weight gradients of depth-2 outputs garbage (cpu_bf16.py): this
+        # small convolution runs in fp32 and returns the dtype it would have returned.
+        dtype = x.dtype if x.dtype == torch.bfloat16 else torch.bfloat16
+        with torch.autocast("cpu", enabled=False):
+            x32, w32 = x.float(), weight.float()
+            b32 = None if bias is None else bias.float()
+            y = upsample_conv3d_reference(x32, w32, b32) if chosen == "torch" else _decomposed(x32, w32, b32)
+        return y.to(dtype)
     if chosen == "torch":
         return upsample_conv3d_reference(x, weight, bias)
     return _decomposed(x, weight, bias)

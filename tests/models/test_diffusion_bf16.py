@@ -1,5 +1,5 @@
 """bf16 autocast on the CPU for the 3D latent diffusion model: a torch bug (wrong bf16 Conv3d
-weight gradients on inputs of depth 2, medvol/models/diffusion/cpu_bf16.py) made its U-Net loss
+weight gradients on inputs of depth 2, medvol/ops/cpu_bf16.py) made its U-Net loss
 NaN a few steps into a run; the model runs those convolutions in fp32."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from medvol.models import build
-from medvol.models.diffusion.cpu_bf16 import guard_depth_two_convs, needs_fp32
+from medvol.ops.cpu_bf16 import guard_depth_two_convs, needs_fp32
 from medvol.utils import cpu_has_native_bf16
 
 pytestmark = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (oneDNN)")

@@ -94,12 +94,8 @@ class LatentDiffusion(GenerativeSystem):
             spatial_dims=d, in_channels=latent_dim, out_channels=latent_dim, num_res_blocks=1, channels=widths,
             attention_levels=(False, False, opts.unet_attention), norm_num_groups=groups,
             num_head_channels=math.gcd(widths[-1], 32))
-        if d == 3:
-            # A torch CPU bug gives bf16 Conv3d wrong weight gradients at output depth 2 (the U-Net's
-            # lowest level and D's last conv at 32^3): those convolutions run in fp32 (cpu_bf16.py).
-            from medvol.models.diffusion.cpu_bf16 import guard_depth_two_convs
-
-            guard_depth_two_convs(self)
+        # A torch CPU bug gives bf16 Conv3d wrong weight gradients at output depth 2 (the U-Net's
+        # lowest level and D's last conv at 32^3): registry.build runs those in fp32 (ops/cpu_bf16.py).
         self.register_buffer("latent_scale", torch.tensor(float(opts.latent_scale)))
         # DDPM's cumulative alphas, for the training step's forward process (not saved: options make it).
         alphas = self._scheduler().alphas_cumprod if opts.scheduler == "ddpm" else torch.zeros(0)
@@ -125,7 +121,7 @@ class LatentDiffusion(GenerativeSystem):
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """One Adam per group of this stage, PyTorch's default implementation in both modes (fused
         Adam once looked like the cause of NaN bf16 steps on the CPU; the cause was a torch conv
-        bug, cpu_bf16.py)."""
+        bug, medvol/ops/cpu_bf16.py)."""
         return {k: torch.optim.Adam(m.parameters(), lr=LEARNING_RATES[k]) for k, m in self.groups().items()}
 
     def pretrained(self) -> dict[str, str]:

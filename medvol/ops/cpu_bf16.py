@@ -9,11 +9,19 @@ more, no depth padding, or 8 channels in and out are right; so is the same convo
 oneDNN switched off. The 3D latent diffusion model meets it twice at 32^3: in the U-Net's lowest
 level (latent 8^3, side 2) and in the patch discriminator's last convolution (3^3 -> 2^3). Those
 were the NaN losses a few bf16 steps into a CPU run, and, as the garbage changed from call to
-call, the stage-1 resume that was not bit-exact.
+call, the stage-1 resume that was not bit-exact. The 3D GANs meet it on their crops: at 32^3 the
+encoder's second convolution (4-slice crop -> depth 2) and G^H's first stage (1 embedding slice
+upsampled to 2), both in CRF-GAN and HA-GAN; deeper crops meet it wherever a stack halves a depth
+down to 2.
 
 Such a convolution is tiny (depth 2), so running it in fp32 costs next to nothing; every other
 convolution keeps bf16. :func:`guard_depth_two_convs` makes a module's ``Conv3d`` layers do that,
-and only under CPU bf16 autocast.
+and only under CPU bf16 autocast; :func:`medvol.models.registry.build` applies it to every model.
+:func:`upsample_conv3d_needs_fp32` is the same rule for the functional upsample-conv op, whose
+convolution (kernel 2 or 3, padding 1) has output depth 2 on an input of depth 1, and
+:func:`conv_forward` for convolutions that bypass a module's ``forward`` (the spectral-normalised
+discriminator stacks). The encoder's tiled forward (``Encoder.forward_tiled``) runs without
+gradients and pads depth itself, so it cannot meet the bug.
 """
 
 from __future__ import annotations
@@ -38,6 +46,32 @@ def needs_fp32(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dim() == 5
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
             and output_depth(conv, x.shape[2]) == 2)
+
+
+def cpu_bf16(x: torch.Tensor) -> bool:
+    """Whether a convolution of ``x`` would run in bf16 on the CPU (oneDNN): ``x`` is a CPU
+    tensor and either bf16 itself or under CPU bf16 autocast."""
+    return x.device.type == "cpu" and (
+        x.dtype == torch.bfloat16
+        or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+
+
+def upsample_conv3d_needs_fp32(x: torch.Tensor) -> bool:
+    """Whether :func:`medvol.ops.upsample_conv3d` on ``x`` ``[B, C, D, H, W]`` could meet the bug:
+    bf16 on the CPU (a bf16 input or bf16 autocast) and D = 1, where both backends' convolutions
+    have output depth 2 and pad along depth (``torch``: 3^3 on the upsampled depth 2, padding 1;
+    ``decomposed``: the 2^3 parity kernels on depth 1, padding 1)."""
+    return x.dim() == 5 and x.shape[2] == 1 and cpu_bf16(x)
+
+
+def conv_forward(conv: nn.Conv3d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv._conv_forward(x, weight, bias)`` (a convolution with weights computed outside the
+    module, e.g. spectral-normalised ones) in fp32 where :func:`needs_fp32`, as the guarded
+    ``forward`` does; such calls bypass the module's ``forward`` and so its guard."""
+    if needs_fp32(conv, x):
+        with torch.autocast("cpu", enabled=False):
+            return conv._conv_forward(x.float(), weight.float(), None if bias is None else bias.float())
+    return conv._conv_forward(x, weight, bias)
 
 
 def _forward(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
