@@ -129,23 +129,9 @@ def open_real(cache: str, split: str, wanted: Sequence[str] | None) -> tuple[Lab
     if load_manifest(cache).get("dims") == 2:
         return _real_images(cache, split, wanted)
     dataset = CachedVolumeDataset(cache, split=split)
-    if not dataset.has_labels:
-        missing = next(e["name"] for e in dataset.entries if not isinstance(e.get("labels"), str))
-        raise MedvolError(f"--real {cache}: {split} volume {missing!r} has no label map; the downstream study "
-                          "needs labels (put <name>_mask.nii.gz beside each scan and run `medvol preprocess` again)")
-    classes = tuple(wanted) if wanted else dataset.mask_labels
-    if not classes:
-        raise MedvolError(f"--real {cache}: the cache names no label classes (mask_labels)")
-    table = class_table(dataset.mask_labels, classes, f"--real {cache}")
-
-    def load(index: int) -> tuple[np.ndarray, np.ndarray]:
-        image, labels = dataset.volume_and_labels(index)
-        return np.array(image, dtype=np.float32), table[np.asarray(labels)]
-
-    info = {"cache": str(Path(cache).resolve()), "split": split, "n": len(dataset), "names": list(dataset.names),
-            "manifest_sha256": hashlib.sha256((Path(cache) / "manifest.json").read_bytes()).hexdigest(),
-            "size": dataset.size, "mask_labels": list(dataset.mask_labels)}
-    return LabelledSet(f"real-{split}", 3, [f"cache:{n}" for n in dataset.names], load, info), classes
+    return _labelled_real(cache, split, wanted, dataset, dataset.volume_and_labels, dims=3, side=dataset.size,
+                          unit="volume", hint="label map; the downstream study needs labels (put "
+                          "<name>_mask.nii.gz beside each scan and run `medvol preprocess` again)")
 
 
 def _real_images(cache: str, split: str, wanted: Sequence[str] | None) -> tuple[LabelledSet, tuple[str, ...]]:
@@ -153,27 +139,41 @@ def _real_images(cache: str, split: str, wanted: Sequence[str] | None) -> tuple[
     from medvol.data.image_datasets import CachedImageDataset
 
     images = CachedImageDataset(cache, split=split)  # refuses an empty split and synthetic entries
-    if not images.has_labels:
-        missing = next(e["name"] for e in images.entries if not isinstance(e.get("labels"), str))
-        raise MedvolError(f"--real {cache}: {split} image {missing!r} has no mask; the downstream segmentation study "
-                          "needs a mask for every image (build the 2D cache from images or volumes with their "
-                          "masks beside them: X_mask or masks/X)")
-    if images.channels != 1:
+    if images.has_labels and images.channels != 1:
         raise MedvolError(f"--real {cache}: a 2D cache of {images.channels}-channel (RGB) images; the U-Net reads "
                           "grey images (rebuild it with medvol preprocess --images images --colour grey)")
-    classes = tuple(wanted) if wanted else images.mask_labels
+
+    def pair(index: int):
+        image, labels = images.image_and_labels(index)
+        return image[0], labels
+
+    return _labelled_real(cache, split, wanted, images, pair, dims=2, side=images.side, unit="image",
+                          hint="mask; the downstream segmentation study needs a mask for every image (build the 2D "
+                          "cache from images or volumes with their masks beside them: X_mask or masks/X)")
+
+
+def _labelled_real(cache: str, split: str, wanted: Sequence[str] | None, dataset, pair, *, dims: int, side: int,
+                   unit: str, hint: str) -> tuple[LabelledSet, tuple[str, ...]]:
+    """A cache split's items (volumes or 2D images, ``pair(index)`` = (image, label map)) with the
+    study's classes: refuses items without labels and unknown class names; records provenance."""
+    if not dataset.has_labels:
+        missing = next(e["name"] for e in dataset.entries if not isinstance(e.get("labels"), str))
+        raise MedvolError(f"--real {cache}: {split} {unit} {missing!r} has no {hint}")
+    classes = tuple(wanted) if wanted else dataset.mask_labels
     if not classes:
         raise MedvolError(f"--real {cache}: the cache names no label classes (mask_labels)")
-    table = class_table(images.mask_labels, classes, f"--real {cache}")
+    table = class_table(dataset.mask_labels, classes, f"--real {cache}")
 
     def load(index: int) -> tuple[np.ndarray, np.ndarray]:
-        image, labels = images.image_and_labels(index)
-        return image[0].astype(np.float32), table[labels]
+        image, labels = pair(index)
+        return np.array(image, dtype=np.float32), table[np.asarray(labels)]
 
-    info = {"cache": str(Path(cache).resolve()), "split": split, "n": len(images), "names": list(images.names),
+    info = {"cache": str(Path(cache).resolve()), "split": split, "n": len(dataset), "names": list(dataset.names),
             "manifest_sha256": hashlib.sha256((Path(cache) / "manifest.json").read_bytes()).hexdigest(),
-            "size": images.side, "mask_labels": list(images.mask_labels), "dims": 2}
-    return LabelledSet(f"real-{split}", 2, [f"cache:{n}" for n in images.names], load, info), classes
+            "size": side, "mask_labels": list(dataset.mask_labels)}
+    if dims == 2:
+        info["dims"] = 2
+    return LabelledSet(f"real-{split}", dims, [f"cache:{n}" for n in dataset.names], load, info), classes
 
 
 def pooled_images(images: LabelledSet, side: int) -> LabelledSet:
