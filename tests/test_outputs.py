@@ -41,7 +41,7 @@ def test_a_folder_of_foreign_files_is_refused_and_overwrite_keeps_them(tmp_path)
     with pytest.raises(MedvolError, match="not written by medvol"):
         claimed.path("notes.txt")
     claimed.path("sample_0000.nii.gz").write_text("x")
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_the_same_job_continues_another_is_refused_and_overwrite_removes_only_its_files(tmp_path):
@@ -59,20 +59,20 @@ def test_the_same_job_continues_another_is_refused_and_overwrite_removes_only_it
     replaced = claim_output(out, "generate", {"n": 3}, overwrite=True)
     assert sorted(replaced.removed) == ["a.nii.gz", "sub/b.json"]
     assert not (out / "a.nii.gz").exists() and not (out / "sub").exists()
-    assert (out / "user.txt").read_text() == "keep"
-    assert json.loads((out / MARKER).read_text())["files"] == []
+    assert (out / "user.txt").read_text(encoding="utf-8") == "keep"
+    assert json.loads((out / MARKER).read_text(encoding="utf-8"))["files"] == []
 
 
 def test_overwrite_never_removes_an_input_or_a_crafted_marker_entry(tmp_path):
     out = tmp_path / "out"
     claimed = claim_output(out, "study", {"v": 1})
     claimed.path("in.nii.gz").write_text("input")
-    marker = json.loads((out / MARKER).read_text())
+    marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
     (tmp_path / "victim").write_text("victim")
     marker["files"] += ["../victim"]
     (out / MARKER).write_text(json.dumps(marker))
     result = claim_output(out, "study", {"v": 2}, overwrite=True, inputs=[out / "in.nii.gz"])
-    assert (out / "in.nii.gz").read_text() == "input" and (tmp_path / "victim").read_text() == "victim"
+    assert (out / "in.nii.gz").read_text(encoding="utf-8") == "input" and (tmp_path / "victim").read_text(encoding="utf-8") == "victim"
     assert result.removed == []
 
 
@@ -118,11 +118,11 @@ def test_paths_records_many_and_refuses_a_foreign_one_before_recording_any(tmp_p
     (out / "key.json").write_text("mine")
     with pytest.raises(MedvolError, match="key.json: exists and was not written by medvol"):
         claimed.paths(["page/index.html", "key.json"])
-    assert json.loads((out / MARKER).read_text())["files"] == []
+    assert json.loads((out / MARKER).read_text(encoding="utf-8"))["files"] == []
     (out / "key.json").unlink()
     paths = claimed.paths(["page/index.html", "page/images/a.png", "key.json"])
     assert paths[1] == out / "page" / "images" / "a.png" and paths[1].parent.is_dir()
-    assert json.loads((out / MARKER).read_text())["files"] == ["key.json", "page/images/a.png", "page/index.html"]
+    assert json.loads((out / MARKER).read_text(encoding="utf-8"))["files"] == ["key.json", "page/images/a.png", "page/index.html"]
     with pytest.raises(MedvolError, match="output"):
         claimed.paths(["../escape"])
 
@@ -133,7 +133,7 @@ def test_overwrite_refuses_a_planned_output_that_is_a_users_file_before_removing
     (out / "b.nii.gz").write_text("user")
     with pytest.raises(MedvolError, match="b.nii.gz: exists and was not written by medvol"):
         claim_output(out, "generate", {"n": 2}, overwrite=True, outputs=["a.nii.gz", "b.nii.gz"])
-    assert (out / "a.nii.gz").read_text() == "a" and (out / "b.nii.gz").read_text() == "user"
+    assert (out / "a.nii.gz").read_text(encoding="utf-8") == "a" and (out / "b.nii.gz").read_text(encoding="utf-8") == "user"
     with pytest.raises(MedvolError, match="b.nii.gz"):
         check_output(out, "generate", {"n": 2}, overwrite=True, outputs=["b.nii.gz"])
     check_output(out, "generate", {"n": 2}, overwrite=True, outputs=["a.nii.gz"])  # would be removed first
@@ -171,7 +171,7 @@ def test_write_all_on_a_full_disk_leaves_none_of_them(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "o")) == [MARKER]
     monkeypatch.undo()
     assert [p.name for p in out.write_all({"first.png": b"png", "second.json": "{}"})] == ["first.png", "second.json"]
-    assert (tmp_path / "o" / "second.json").read_text() == "{}"
+    assert (tmp_path / "o" / "second.json").read_text(encoding="utf-8") == "{}"
 
 
 def test_overwrite_keeps_another_jobs_outputs_when_they_hold_this_jobs_inputs(tmp_path):
@@ -182,8 +182,8 @@ def test_overwrite_keeps_another_jobs_outputs_when_they_hold_this_jobs_inputs(tm
     first.path("p.nii.gz").write_text("volume")
     first.path("p.factors.json").write_text("{}")
     claimed = claim_output(out, "study", {"s": 1}, overwrite=True, inputs=[out / "p.nii.gz"])
-    assert claimed.removed == [] and (out / "p.factors.json").read_text() == "{}"
-    assert json.loads((out / MARKER).read_text())["files"] == []
+    assert claimed.removed == [] and (out / "p.factors.json").read_text(encoding="utf-8") == "{}"
+    assert json.loads((out / MARKER).read_text(encoding="utf-8"))["files"] == []
     # Without the input, the other job's outputs are removed as usual.
     other = claim_output(tmp_path / "Y", "data phantom", {"n": 1})
     other.path("p.nii.gz").write_text("volume")

@@ -123,7 +123,7 @@ def test_bad_caches_are_refused(cache, tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(cache / "cache", bad)
-    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest = json.loads((bad / "manifest.json").read_text(encoding="utf-8"))
     manifest["volumes"][0]["file"] = "../../etc/passwd"
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(MedvolError, match="outside|relative|not named after its entry"):

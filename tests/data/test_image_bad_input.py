@@ -67,7 +67,7 @@ def test_mixed_sizes_and_colours_are_each_resized(tmp_path, good, capsys):
     _save(good.parent / "big.png", np.zeros((40, 24, 3), dtype=np.uint8))
     assert main(["preprocess", "--images", "images", "--src", str(good.parent), "--dst", str(tmp_path / "c"),
                  "--size", "16", "--workers", "1"]) == 0
-    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text(encoding="utf-8"))
     assert {tuple(e["original_shape"]) for e in manifest["volumes"]} == {(16, 16), (40, 24)}
     assert all(np.load(tmp_path / "c" / e["file"]).shape == (1, 16, 16) for e in manifest["volumes"])
 

@@ -20,7 +20,7 @@ def _save(path, array):
 
 
 def _cached(cache, name):
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = json.loads((cache / "manifest.json").read_text(encoding="utf-8"))
     entry = {e["name"]: e for e in manifest["volumes"]}[name]
     return np.load(cache / entry["file"]), entry
 

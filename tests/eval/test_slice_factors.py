@@ -78,7 +78,7 @@ def test_evaluate_cli_scores_2d_images_on_phantom_slices(tmp_path, capsys):
     assert main(base + ["--fake", str(tmp_path / "filled"), "--out", str(tmp_path / "ev_filled")]) == 0
     same, filled_scores = (json.loads((tmp_path / d / "scores.json").read_text(encoding="utf-8"))["factors"]
                            for d in ("ev_same", "ev_filled"))
-    assert same["n"] == [96, 96] and "Phantom factors" in (tmp_path / "ev_same" / "scores.md").read_text()
+    assert same["n"] == [96, 96] and "Phantom factors" in (tmp_path / "ev_same" / "scores.md").read_text(encoding="utf-8")
     assert same["continuous"]["lung_fraction"]["w1_norm"] < 0.6
     assert filled_scores["continuous"]["lung_fraction"]["w1_norm"] > 3 * same["continuous"]["lung_fraction"]["w1_norm"]
     capsys.readouterr()

@@ -90,5 +90,5 @@ def test_generate_writes_the_label_map(tmp_path):
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "gen" / f"sample_{i:04d}.nii.gz")))
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "gen" / f"sample_{i:04d}_mask.nii.gz")))
         assert mask.shape == image.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
-        sidecar = json.loads((tmp_path / "gen" / f"sample_{i:04d}_mask.json").read_text())
+        sidecar = json.loads((tmp_path / "gen" / f"sample_{i:04d}_mask.json").read_text(encoding="utf-8"))
         assert sidecar["kind"] == "mask" and sidecar["mask_labels"] == ["lungs"]

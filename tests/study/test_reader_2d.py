@@ -14,8 +14,8 @@ import pytest
 from medvol.cli import main
 from medvol.errors import MedvolError
 from medvol.study.reader.make import make_study
-from tests.study import test_reader_blind as blind
-from tests.study import test_reader_single as single
+import test_reader_blind as blind  # a module of this folder (no tests package on a bare machine)
+import test_reader_single as single
 
 ROOT = Path(__file__).resolve().parents[2]
 SIDE = 32

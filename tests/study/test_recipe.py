@@ -49,19 +49,19 @@ def test_the_recursive_note_recipe_runs_every_step_on_phantom_files(note):
     # The phantom data are PNG files in the recipe's layout, read by medvol preprocess as a user's.
     pngs = sorted((out / "data" / "images").glob("*.png"))
     assert len(pngs) == 64 and len(list((out / "data" / "masks").glob("*.png"))) == 64
-    manifest = json.loads((out / "cache" / "manifest.json").read_text())
+    manifest = json.loads((out / "cache" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["dims"] == 2 and len(manifest["volumes"]) == 64
     assert {Path(e["source"]).name for e in manifest["volumes"]} == {p.name for p in pngs}
-    half = json.loads((out / "half" / "manifest.json").read_text())
+    half = json.loads((out / "half" / "manifest.json").read_text(encoding="utf-8"))
     assert 0 < len(half["volumes"]) < 64  # --fraction 0.5
-    rec = json.loads((out / "recursive" / "summary.json").read_text())
+    rec = json.loads((out / "recursive" / "summary.json").read_text(encoding="utf-8"))
     assert rec["study"]["real_images"] is True and rec["study"]["real_cache"] == str(out / "cache")
     by_name = {s["name"]: s for s in summary["steps"]}
     assert by_name["cache"]["scores"] == {"entries": 64, "train": manifest["split"]["train"],
                                           "val": manifest["split"]["val"], "dims": 2}
     assert by_name["recursive"]["result"] == "summary.json"
     assert any(k.startswith("gen 1 real 0.5 ") for k in by_name["recursive"]["scores"])
-    text = (out / "summary.md").read_text()
+    text = (out / "summary.md").read_text(encoding="utf-8")
     assert "| recursive_half | study recursive | `recursive_half/` | `recursive_half/summary.json` |" in text
 
 
@@ -80,11 +80,11 @@ def test_a_generation_on_an_image_cache_trains_on_the_generated_and_the_kept_rea
 
     out = note["out"] / "recursive"
     gen1 = out / "seed_000" / "real_050" / "gen_001"
-    scores = json.loads((gen1 / "scores.json").read_text())
+    scores = json.loads((gen1 / "scores.json").read_text(encoding="utf-8"))
     real = CachedImageDataset(note["out"] / "cache", split="train", content_only=True)
     kept = round(0.5 * len(real))
     assert scores["training_data"]["synthetic"] == 8 and scores["training_data"]["real"] == kept
-    manifest = json.loads((gen1 / "cache" / "manifest.json").read_text())
+    manifest = json.loads((gen1 / "cache" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["dims"] == 2 and all(e["split"] == "train" for e in manifest["volumes"])
     assert sum(e.get("synthetic") is True for e in manifest["volumes"]) == 8
     gen = CachedImageDataset(gen1 / "cache", split="train", allow_synthetic=True)
@@ -98,7 +98,7 @@ def test_a_generation_on_an_image_cache_trains_on_the_generated_and_the_kept_rea
     assert compared == kept
     # Generation 0 and 1 scored on images: no phantom slice factors, pooled-pixel scores present.
     assert "factor_w1" not in scores["scores"] and "recall" in scores["scores"]
-    assert json.loads((gen1 / "scores.json").read_text())["training_data"]["synthetic_slices"] == 8
+    assert json.loads((gen1 / "scores.json").read_text(encoding="utf-8"))["training_data"]["synthetic_slices"] == 8
 
 
 # Each runs training, Inception scoring and studies at tiny sizes (40-110 s each on a loaded 2-core
@@ -128,19 +128,19 @@ def _check_ct_xray_cyclegans(out: Path, summary: dict) -> None:
     import yaml
 
     by_name = {s["name"]: s for s in summary["steps"]}
-    normal = json.loads((out / "xray_normal" / "manifest.json").read_text())["volumes"]
-    tb = json.loads((out / "xray_tb" / "manifest.json").read_text())["volumes"]
+    normal = json.loads((out / "xray_normal" / "manifest.json").read_text(encoding="utf-8"))["volumes"]
+    tb = json.loads((out / "xray_tb" / "manifest.json").read_text(encoding="utf-8"))["volumes"]
     assert normal and tb and all("/train/normal/" in e["source"] for e in normal)
     assert all("/train/tb/" in e["source"] for e in tb)
     for patch in (10, 22, 46):
-        config = yaml.safe_load((out / f"cyclegan_p{patch}" / "config.yaml").read_text())
+        config = yaml.safe_load((out / f"cyclegan_p{patch}" / "config.yaml").read_text(encoding="utf-8"))
         assert config["model"]["name"] == "cyclegan" and config["model"]["options"]["patch"] == patch
         assert Path(config["data"]["source"]) == out / "xray_normal" and Path(config["data"]["cache_b"]) == out / "xray_tb"
-        generated = json.loads((out / f"translate_p{patch}" / "generated.json").read_text())["files"]
+        generated = json.loads((out / f"translate_p{patch}" / "generated.json").read_text(encoding="utf-8"))["files"]
         samples = {k: v for k, v in generated.items() if k.endswith(".nii.gz")}
         assert len(samples) == len(normal) == by_name[f"translate_p{patch}"]["scores"]["samples"]
         assert all(v["translation"] == "AB" and Path(v["input"]) == out / "xray_normal" for v in samples.values())
-        scores = json.loads((out / f"fid_cyclegan_p{patch}" / "scores.json").read_text())
+        scores = json.loads((out / f"fid_cyclegan_p{patch}" / "scores.json").read_text(encoding="utf-8"))
         assert Path(scores["real"]["source"]) == out / "xray_tb"
         assert Path(scores["fake"]["source"]) == out / f"translate_p{patch}"
         assert by_name[f"fid_cyclegan_p{patch}"]["scores"]["image/fid (inception)"] > 0
@@ -151,17 +151,17 @@ def _check_empirical_segmentation(out: Path, summary: dict) -> None:
     on image + mask."""
     import yaml
 
-    config = yaml.safe_load((out / "stylegan2_masks" / "config.yaml").read_text())
+    config = yaml.safe_load((out / "stylegan2_masks" / "config.yaml").read_text(encoding="utf-8"))
     assert config["model"]["name"] == "stylegan2" and config["model"]["mask_channels"] == 1
     assert Path(config["data"]["source"]) == out / "acdc"
-    result = json.loads((out / "unet_dice" / "results.json").read_text())
+    result = json.loads((out / "unet_dice" / "results.json").read_text(encoding="utf-8"))
     assert Path(result["config"]["real"]) == out / "acdc" and result["config"]["dims"] == 2
     source = result["sources"]["stylegan2"]
     assert Path(source["spec"]) == out / "stylegan2_masks" and source["dims"] == 2 and source["mask_labels"]
     scores = next(s for s in summary["steps"] if s["name"] == "unet_dice")["scores"]
     assert {"real mean_dice", "real+aug mean_dice"} <= set(scores) and any(
         k.startswith("synthetic") and k.endswith("mean_dice") for k in scores), scores
-    assert json.loads((out / "sliver07" / "manifest.json").read_text())["dims"] == 2
+    assert json.loads((out / "sliver07" / "manifest.json").read_text(encoding="utf-8"))["dims"] == 2
 
 
 # ------------------------------------------------------------------------------ refusals
@@ -259,14 +259,14 @@ def test_a_user_folder_and_another_recipe_are_refused_and_overwrite_removes_only
     assert main(["study", "recipe", str(other), "--phantom", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "another medvol study recipe" in err, err
-    assert json.loads((out / "cache" / "manifest.json").read_text())["params"]["size"] == 16
+    assert json.loads((out / "cache" / "manifest.json").read_text(encoding="utf-8"))["params"]["size"] == 16
     (out / "cache" / "mine.txt").write_text("kept")
     with pytest.raises(MedvolError, match="cache: exists and was not made by medvol"):  # it holds a user file
         run_recipe(other, out, phantom=True, overwrite=True)
-    assert (out / "cache" / "mine.txt").read_text() == "kept"
+    assert (out / "cache" / "mine.txt").read_text(encoding="utf-8") == "kept"
     (out / "cache" / "mine.txt").unlink()
     run_recipe(other, out, phantom=True, overwrite=True)
-    assert json.loads((out / "cache" / "manifest.json").read_text())["params"]["size"] == 32
+    assert json.loads((out / "cache" / "manifest.json").read_text(encoding="utf-8"))["params"]["size"] == 32
 
 
 def test_every_shipped_recipe_loads_and_names_existing_configs():
@@ -295,11 +295,11 @@ def test_a_users_data_folder_is_read_in_place_and_recorded(tmp_path):
     summary = run_recipe(_recipe(tmp_path, MINI), tmp_path / "out", data=data)
     assert summary["identity"] == {"recipe": "mini", "sha256": summary["identity"]["sha256"], "phantom": False,
                                    "data": str(data.resolve())}
-    manifest = json.loads((tmp_path / "out" / "cache" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "cache" / "manifest.json").read_text(encoding="utf-8"))
     assert len(manifest["volumes"]) == 6 and all(Path(e["source"]).parent.parent == data.resolve()
                                                   for e in manifest["volumes"])
     assert not (tmp_path / "out" / "data").exists() and _mtimes(data) == before
-    record = json.loads((tmp_path / "out" / "steps" / "cache.json").read_text())
+    record = json.loads((tmp_path / "out" / "steps" / "cache.json").read_text(encoding="utf-8"))
     assert record["argv"][:3] == ["preprocess", "--images=images", f"--src={data.resolve()}"]
     assert record["argv"][-1] == f"--dst={(tmp_path / 'out' / 'cache').resolve()}"
 

@@ -400,5 +400,5 @@ def test_threads_reach_every_run_and_are_recorded(swept):
         assert record["command"][-2:] == ["--threads", "1"]
     for record in trained:
         run = swept / "runs" / record["id"]
-        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["threads"] == 1
+        assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["threads"] == 1
         assert json.loads((run / "eval" / "scores.json").read_text(encoding="utf-8"))["threads"] == 1

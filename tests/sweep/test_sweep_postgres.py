@@ -143,4 +143,4 @@ def test_the_planning_lock_excludes(backend, tmp_path, request):
         except BaseException:
             proc.kill()
             raise
-    assert proc.wait(timeout=60) == 0 and got.read_text() == "got it"
+    assert proc.wait(timeout=60) == 0 and got.read_text(encoding="utf-8") == "got it"

@@ -145,7 +145,7 @@ def test_published_learning_run_trains_narrowed_networks_on_the_cache(tmp_path, 
     assert result["first_nonfinite"] == {}  # no network gave NaN
     import json as _json
 
-    assert _json.loads((tmp_path / "curves.json").read_text())["E"][-1] == [4, 4.0]
+    assert _json.loads((tmp_path / "curves.json").read_text(encoding="utf-8"))["E"][-1] == [4, 4.0]
 
 
 def test_window_means_are_medvols_log_windows(vs_published):

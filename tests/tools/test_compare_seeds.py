@@ -80,7 +80,7 @@ def test_cpu_budget_sends_the_commands_output_to_a_file(cpu_budget, tmp_path):
         result = cpu_budget.run([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
                                 budget=None, watch=None, stdout=log)
     assert result["returncode"] == 0
-    assert (tmp_path / "log").read_text().split() == ["out", "err"]
+    assert (tmp_path / "log").read_text(encoding="utf-8").split() == ["out", "err"]
 
 
 def test_pairwise_ssim_in_processes_equals_one_process(compare_seeds):

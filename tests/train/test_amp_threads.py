@@ -72,7 +72,7 @@ def test_trainer_resolves_logs_and_records_auto(tiny, monkeypatch, caplog, nativ
     with caplog.at_level(logging.INFO, logger="medvol.train"):
         run_dir = trainer.train(cfg)
     expected = "bf16" if native else "none"
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["train"]
     assert saved["amp"] == expected and saved["threads"] == 1
     assert any(f"train.amp auto -> {expected}" in r.getMessage() for r in caplog.records)
     state = torch.load(next((run_dir / "checkpoints").glob("ckpt_*.pt")), weights_only=False)
@@ -142,7 +142,7 @@ def test_train_cli_threads_recorded(tiny, tmp_path, restore_threads):
     cfg = tiny(iterations=1)
     path = save_config(cfg, tmp_path / "cfg.yaml")
     assert cli.main(["train", "--config", str(path), "--threads", "1"]) == 0
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["threads"] == 1
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))["train"]["threads"] == 1
     assert torch.get_num_threads() == 1
 
 
