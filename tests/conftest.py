@@ -21,6 +21,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _keep_locale(request):
+    """A library that calls ``setlocale`` (with ``LC_ALL=C`` in the environment, as the ASCII
+    tests set for their children) can leave this process in the C locale, which turns the
+    default text codec into ASCII for every later test. Restore the locale each test found and
+    warn with the test's name, so the culprit shows in the summary."""
+    import locale
+    import warnings
+
+    before = locale.setlocale(locale.LC_ALL)
+    yield
+    after = locale.setlocale(locale.LC_ALL)
+    if after != before:
+        locale.setlocale(locale.LC_ALL, before)
+        warnings.warn(f"{request.node.nodeid} left the locale {after!r} (was {before!r}); restored")
+
+
 @pytest.fixture
 def medvol_with_file_limit():
     """``run(argv, limit)``: ``python -m medvol.cli *argv`` in a child whose files cannot grow

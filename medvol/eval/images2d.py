@@ -112,24 +112,32 @@ def image_pairs(report: dict, real: str, fake: str, *, sampler, files, features,
             lambda it: progress(it, len(src.names), f"features {ext.name} {role}", "image"))
         return ext.extract(src, progress=wrap)
 
-    if "factors" in metrics:
-        report["factors"] = score_slices([a for _, a in src_real], [a for _, a in src_fake],
-                                         src_real.dataset.spacing, src_real.dataset.window)
+    # The factor metric scores the arrays the feature pass reads (kept on the way through), so a
+    # 2D checkpoint's images are generated and the real set is read only once for both.
+    factors = "factors" in metrics
+    real_kept = fake_kept = None
     pairs = []
     set_sha256 = None
     if only_factors:  # no extractor reads the real set: checksum it here
-        sums = Checksums(src_real)
+        sums = Checksums(src_real, keep=True)
         for _ in sums:
             pass
-        set_sha256 = sums.set_sha256()
+        set_sha256, real_kept = sums.set_sha256(), sums.arrays
     for spec, ext in zip(features, extractors):
         key = ("real2d", memo_key(real_def, spec, ext.weights_sha256, size, seed))
         if key not in memo:
-            sums = Checksums(src_real)
+            sums = Checksums(src_real, keep=factors and real_kept is None)
             memo[key] = run(ext, sums, "real")
             memo[("set_sha256",) + key] = sums.set_sha256()
+            real_kept = sums.arrays if sums.keep else real_kept
         set_sha256 = memo[("set_sha256",) + key]
-        pairs.append((ext.info(), memo[key], run(ext, src_fake, "fake")))
+        fake = Checksums(src_fake, keep=True) if factors and fake_kept is None else src_fake
+        pairs.append((ext.info(), memo[key], run(ext, fake, "fake")))
+        fake_kept = fake.arrays if fake is not src_fake else fake_kept
+    if factors:
+        report["factors"] = score_slices(real_kept if real_kept is not None else [a for _, a in src_real],
+                                         fake_kept if fake_kept is not None else [a for _, a in src_fake],
+                                         src_real.dataset.spacing, src_real.dataset.window)
     report["real"] = dict(src_real.info, n_images=len(src_real.names), names=src_real.names, set_sha256=set_sha256)
     report["fake"] = dict(src_fake.info, n_images=len(src_fake.names), names=src_fake.names)
     if pairs:

@@ -248,10 +248,12 @@ class Keep:
 
 class Checksums:
     """Pass ``(name, array)`` through while taking each array's SHA-256 (float32 voxels and shape,
-    :func:`medvol.data.provenance.voxels_sha256`): the identity of the real set in scores.json."""
+    :func:`medvol.data.provenance.voxels_sha256`): the identity of the real set in scores.json.
+    With ``keep``, the arrays are kept too (``arrays``), for a score that reads the set after the
+    feature pass (the slice factors)."""
 
-    def __init__(self, source):
-        self.source, self.digests = source, []
+    def __init__(self, source, keep: bool = False):
+        self.source, self.digests, self.keep, self.arrays = source, [], keep, []
         self.role = getattr(source, "role", "real")
         self.names = getattr(source, "names", None)
 
@@ -261,9 +263,11 @@ class Checksums:
     def __iter__(self):
         from medvol.data.provenance import voxels_sha256
 
-        self.digests = []
+        self.digests, self.arrays = [], []
         for name, array in self.source:
             self.digests.append(voxels_sha256(array))
+            if self.keep:
+                self.arrays.append(array)
             yield name, array
 
     def set_sha256(self) -> str:

@@ -307,3 +307,30 @@ def test_a_2d_image_cache_is_a_real_set(tmp_path, weights, png_sets, capsys, col
     report, scores = scores_of(tmp_path / "ev")
     assert report["real"]["n_images"] == 8 and report["real"]["source"] == str(tmp_path / "cache")
     assert np.isfinite(scores["image/fid"]["value"])
+
+
+def test_factors_beside_features_read_each_set_once(tmp_path, weights, run_2d, capsys, monkeypatch):
+    """``--metrics factors`` with a feature metric scores the arrays the feature pass read: a
+    checkpoint's images are generated once (per extractor pass), not a second time for the
+    factors, and the factor scores equal those of ``--metrics factors`` alone."""
+    from medvol.eval import sources
+
+    passes = []
+    plain_iter = sources.GeneratedImages.__iter__
+
+    def counted(self):
+        passes.append(1)
+        return plain_iter(self)
+
+    monkeypatch.setattr(sources.GeneratedImages, "__iter__", counted)
+    common = ["--real", "phantom:7", "--plane", "axial", "--fake", run_2d, "--n", 8, "--seed", 2]
+    code, _, err = run_eval(capsys, *common, "--metrics", "factors,fid", "--features", f"inception:{weights}",
+                            "--bootstrap", 3, "--out", tmp_path / "both")
+    assert code == 0, err
+    assert len(passes) == 1
+    code, _, err = run_eval(capsys, *common, "--metrics", "factors", "--out", tmp_path / "alone")
+    assert code == 0, err
+    assert len(passes) == 2
+    both, alone = (json.loads((tmp_path / d / "scores.json").read_text(encoding="utf-8")) for d in ("both", "alone"))
+    assert both["factors"] == alone["factors"] and both["factors"]["n"] == [8, 8]
+    assert both["real"]["set_sha256"] == alone["real"]["set_sha256"]
