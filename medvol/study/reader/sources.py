@@ -155,6 +155,7 @@ def _image_cache_source(name: str, path: Path, split: str) -> Source:
     RGB PNG, so that both kinds of real image look alike."""
     from medvol.data.cache import MANIFEST
     from medvol.data.image_datasets import CachedImageDataset
+    from medvol.data.preprocess import to_intensity
 
     try:
         dataset = CachedImageDataset(path, split=split, allow_synthetic=True)
@@ -164,9 +165,7 @@ def _image_cache_source(name: str, path: Path, split: str) -> Source:
     def load(index: int):
         image = dataset[index]["image"].numpy().astype(np.float64)
         grey = image[0] if image.shape[0] < 3 else np.tensordot(LUMINANCE, image[:3], axes=1)
-        if dataset.window is not None:
-            low, high = dataset.window
-            grey = low + (grey + 1.0) / 2.0 * (high - low)
+        grey = to_intensity(grey, dataset.window)
         spacing = dataset.entries[index].get("spacing") or (1.0, 1.0)
         return grey.astype(np.float32), tuple(float(v) for v in spacing)
 
@@ -200,14 +199,11 @@ def _image_folder_source(name: str, spec: str) -> Source | None:
 def _generated_images(name: str, spec: str, sampler, n: int, seed: int) -> Source:
     """``n`` images of a 2D checkpoint, drawn once with ``seed`` (image ``i`` is sample ``i``, as
     ``medvol generate --seed`` writes it), CT mapped back to HU by the training window."""
+    from medvol.data.preprocess import to_intensity
     from medvol.eval.sources import GeneratedImages
 
     images = [image for _, image in GeneratedImages(sampler, n, seed, batch=16, device=str(sampler.device))]
-    window = sampler.window
-    if window is not None:
-        low, high = window
-        images = [(low + (image.astype(np.float64) + 1.0) / 2.0 * (high - low)).astype(np.float32)
-                  for image in images]
+    images = [to_intensity(image.astype(np.float64), sampler.window).astype(np.float32) for image in images]
     return Source(name, str(spec), [f"{spec} seed {seed} #{i}" for i in range(n)],
                   lambda index: (images[index], (1.0, 1.0)), dims=2)
 
