@@ -132,10 +132,7 @@ class TrainOptions:
     config.yaml records what it became. ``threads``: torch CPU threads, 0 for medvol's default
     (``medvol.utils.default_threads``); config.yaml records the count used. ``lr`` overrides the
     published learning rate of an optimiser by its key in ``GANSystem.make_optimizers()``
-    (e.g. ``{"G": 1e-4}``); ``beta1`` likewise overrides Adam's first beta. ``flush_denormal``:
-    CPU arithmetic treats float32 denormals as zero while training (:func:`medvol.utils.flush_denormals`:
-    without it a CPU run slows several times once Adam's moments reach them); false keeps IEEE
-    denormals, as PyTorch does by default.
+    (e.g. ``{"G": 1e-4}``); ``beta1`` likewise overrides Adam's first beta.
     """
 
     iterations: int = 80000
@@ -145,7 +142,6 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
-    flush_denormal: bool = True
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 10

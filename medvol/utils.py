@@ -369,39 +369,6 @@ def default_threads() -> int:
     return max(1, min(int(free), MAX_DEFAULT_THREADS))
 
 
-def denormals_flushed() -> bool:
-    """Whether this thread's CPU arithmetic treats float32 denormals as zero now
-    (:func:`torch.set_flush_denormal`, which has no getter: a denormal times one reads back 0)."""
-    import torch
-
-    return bool((torch.tensor([1e-40], dtype=torch.float32) * 1.0).item() == 0.0)
-
-
-@contextlib.contextmanager
-def flush_denormals(on: bool = True):
-    """Within the block, CPU float arithmetic treats denormals (|x| < 1.2e-38 in float32) as zero
-    when ``on``; the setting found is restored after.
-
-    Why: a training step's Adam second moments (squared gradients of near-zero weights) fall into
-    that range within a few hundred iterations, and x86 arithmetic on denormals is many times
-    slower. Measured: a FastGAN run at 64^2 on one thread slowed from 0.18 to about 1.5 CPU s per
-    iteration after iteration 200 without it, and kept 0.18 with it (docs/performance.md,
-    ``train.flush_denormal``). Values that small do not change a network's output; results are
-    not bit-identical to a run without flushing. A GPU's own arithmetic is not affected.
-    """
-    import torch
-
-    if not on:
-        yield
-        return
-    was = denormals_flushed()
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(was)
-
-
 def set_threads(threads: int | None) -> int:
     """Set torch's CPU thread count: ``threads``, or :func:`default_threads` for None; returns it.
 

@@ -69,8 +69,13 @@ def medvol_command() -> list[str]:
 def train(config: str, run: Path, overrides: list[str], log_path: Path) -> dict:
     """Train (or resume) into ``run``; the log lines go to ``log_path``; returns timings."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # --train.threads 1 as well: medvol's default thread count reads the machine's load, not
+    # OMP_NUM_THREADS, and a config without train.threads started on an idle 2-core machine takes
+    # two threads, which stall each other once other work arrives (a FastGAN run slowed from 0.18
+    # to about 1.5 CPU s per iteration; docs/performance.md, "Threads on a shared CPU").
+    threads = [] if any(o.startswith("--train.threads") for o in overrides) else ["--train.threads", "1"]
     cmd = [*medvol_command(), "train", "--config", config, "--train.out", str(run), "--resume", "auto",
-           "--train.progress", "false", *overrides]
+           "--train.progress", "false", *threads, *overrides]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before, t0 = load1(), time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as log:

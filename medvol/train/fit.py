@@ -166,8 +166,7 @@ def fit(build: Callable[[], torch.nn.Module], step: Callable[[torch.nn.Module, i
         device: str | torch.device = "cpu", threads: int | None = None, out: str | os.PathLike | None = None,
         ckpt_every: int = 0, resume: str | os.PathLike | None = None, allow_changes: bool = False,
         transform=None, record: dict[str, Any] | None = None, log: Callable[[str], None] | None = None,
-        log_every: int = 0, loss_name: str = "loss", what: str = "checkpoint",
-        flush_denormal: bool = True) -> FitResult:
+        log_every: int = 0, loss_name: str = "loss", what: str = "checkpoint") -> FitResult:
     """Train ``build()`` for ``iterations`` steps of ``step``; optionally checkpoint and resume.
 
     The order of random draws is fixed so that a seed gives one result: ``torch.manual_seed(seed)``
@@ -196,8 +195,6 @@ def fit(build: Callable[[], torch.nn.Module], step: Callable[[torch.nn.Module, i
         log: progress lines (every ``log_every`` iterations and the last; 0: none).
         loss_name: how progress lines name the loss.
         what: how a failed write names ``out``.
-        flush_denormal: CPU arithmetic treats float32 denormals as zero during the fit
-            (:func:`medvol.utils.flush_denormals`, as ``train.flush_denormal``).
 
     Returns:
         A :class:`FitResult`.
@@ -206,7 +203,7 @@ def fit(build: Callable[[], torch.nn.Module], step: Callable[[torch.nn.Module, i
         MedvolError: bad options, a checkpoint of another task or with changed settings (without
             a fork or ``allow_changes``), one beyond ``iterations``, or a non-finite loss.
     """
-    from medvol.utils import flush_denormals, set_threads
+    from medvol.utils import set_threads
 
     for flag, value in (("iterations", iterations), ("ckpt_every", ckpt_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if flag == "iterations" else 0):
@@ -269,21 +266,20 @@ def fit(build: Callable[[], torch.nn.Module], step: Callable[[torch.nn.Module, i
 
     net.train()
     path = None
-    with flush_denormals(flush_denormal):
-        for iteration in range(start, iterations):
-            loss = step(net, iteration, rng)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise MedvolError(f"{task} training diverged at iteration {iteration} (loss {value})")
-            losses.append(value)
-            if log is not None and log_every and (iteration % log_every == 0 or iteration == iterations - 1):
-                log(f"iteration {iteration:>5}  {loss_name} {value:.4f}")
-            done = iteration + 1
-            if out is not None and ckpt_every and done % ckpt_every == 0 and done < iterations:
-                path = save(done)
+    for iteration in range(start, iterations):
+        loss = step(net, iteration, rng)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise MedvolError(f"{task} training diverged at iteration {iteration} (loss {value})")
+        losses.append(value)
+        if log is not None and log_every and (iteration % log_every == 0 or iteration == iterations - 1):
+            log(f"iteration {iteration:>5}  {loss_name} {value:.4f}")
+        done = iteration + 1
+        if out is not None and ckpt_every and done % ckpt_every == 0 and done < iterations:
+            path = save(done)
     if out is not None:
         path = save(iterations)
     return FitResult(net.eval(), losses, iterations, path, history)

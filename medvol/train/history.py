@@ -40,8 +40,8 @@ HISTORY = "history.jsonl"
 #: and checkpoints, and data-loading workers. None of them changes the trained numbers.
 FREE_KEYS = frozenset({
     "train.iterations", "train.out", "train.device", "train.progress", "train.log_every",
-    "train.sample_every", "train.ckpt_every", "train.keep_checkpoints", "train.threads", "train.flush_denormal",
-    "data.workers", "data.prefetch",
+    "train.sample_every", "train.ckpt_every", "train.keep_checkpoints", "train.threads", "data.workers",
+    "data.prefetch",
 })
 
 _CONFIG = re.compile(r"^config(?:\.(\d+))?\.yaml$")

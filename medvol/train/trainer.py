@@ -41,7 +41,7 @@ from medvol.train.distributed import (DistInfo, all_finite, average_gradients, b
 from medvol.train.interrupt import StopSignals, TrainingInterrupted
 from medvol.train.monitor import Monitor, mid_slices, peak_memory_bytes
 from medvol.train.runfolder import RunFolderLock, existing_run, refuse_second_run
-from medvol.utils import checked_write, cpu_has_native_bf16, flush_denormals, resolve_amp, set_threads
+from medvol.utils import checked_write, cpu_has_native_bf16, resolve_amp, set_threads
 from medvol.preview import training_preview, write_png
 
 log = logging.getLogger("medvol.train")
@@ -521,8 +521,7 @@ def train(cfg: TrainConfig, resume: str | None = None, fork: str | Path | None =
     info = init_distributed(cfg.train.device)
     ok = False
     try:
-        with flush_denormals(cfg.train.flush_denormal):
-            run_dir = Trainer(cfg, info, fork_source=fork_source, allow_changes=allow_changes).run(resume)
+        run_dir = Trainer(cfg, info, fork_source=fork_source, allow_changes=allow_changes).run(resume)
         ok = True
         return run_dir
     finally:
