@@ -46,3 +46,21 @@ def test_factor_numbers_of_a_set_against_itself_and_a_shifted_one(learn_check):
     shifted = learn_check.factor_numbers(filled, real)["continuous"]
     assert shifted["lung_ml"]["fake_mean"] < shifted["lung_ml"]["real_mean"] and shifted["lung_ml"]["w1"] > 0
     assert shifted["body_width_mm"]["w1"] == 0
+
+
+def test_training_runs_on_one_thread_unless_asked(learn_check, tmp_path, monkeypatch):
+    """learn_check trains with ``--train.threads 1`` (medvol's default count ignores
+    OMP_NUM_THREADS, and two threads stall each other on a shared machine); an explicit
+    ``--train.threads`` override is kept instead."""
+    commands = []
+
+    def call(cmd, **kwargs):
+        commands.append(cmd)
+        return 0
+
+    monkeypatch.setattr(learn_check.subprocess, "call", call)
+    learn_check.train("configs/learn/dcgan_64.yaml", tmp_path / "run", [], tmp_path / "a.log")
+    learn_check.train("configs/learn/dcgan_64.yaml", tmp_path / "run", ["--train.threads", "2"], tmp_path / "b.log")
+    first, second = commands
+    assert first[first.index("--train.threads") + 1] == "1"
+    assert second.count("--train.threads") == 1 and second[second.index("--train.threads") + 1] == "2"
