@@ -21,21 +21,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+#: The locale this test process started in: every test ends in it.
+_START_LOCALE = __import__("locale").setlocale(__import__("locale").LC_ALL)
+
+
 @pytest.fixture(autouse=True)
 def _keep_locale(request):
-    """A library that calls ``setlocale`` (with ``LC_ALL=C`` in the environment, as the ASCII
-    tests set for their children) can leave this process in the C locale, which turns the
-    default text codec into ASCII for every later test. Restore the locale each test found and
-    warn with the test's name, so the culprit shows in the summary."""
+    """A library that calls ``setlocale`` (GDCM's DICOM writer sets "C"; Qt sets the
+    environment's) can leave this process in another locale, and "C" turns the default text
+    codec into ASCII for every later test. After each test (its fixtures included), go back to
+    the locale the session started in and warn with the test's name, so the culprit shows in the
+    summary (a module-scoped fixture's change shows at its module's first test)."""
     import locale
     import warnings
 
-    before = locale.setlocale(locale.LC_ALL)
     yield
-    after = locale.setlocale(locale.LC_ALL)
-    if after != before:
-        locale.setlocale(locale.LC_ALL, before)
-        warnings.warn(f"{request.node.nodeid} left the locale {after!r} (was {before!r}); restored")
+    now = locale.setlocale(locale.LC_ALL)
+    if now != _START_LOCALE:
+        locale.setlocale(locale.LC_ALL, _START_LOCALE)
+        warnings.warn(f"{request.node.nodeid} left the locale {now!r} (the session's is {_START_LOCALE!r}); restored")
 
 
 @pytest.fixture

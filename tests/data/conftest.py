@@ -23,9 +23,22 @@ def oblique_volume() -> Volume:
 
 
 def write_dicom_series(volume: Volume, folder, intercept: float = -1024.0, slope: float = 1.0) -> None:
-    """Write ``volume`` (HU) as a CT DICOM series with SimpleITK; stored values carry the rescale."""
+    """Write ``volume`` (HU) as a CT DICOM series with SimpleITK; stored values carry the rescale.
+
+    GDCM's writer sets the process's locale to "C" (the default text codec then becomes ASCII);
+    the locale found is restored after."""
+    import locale
+
     import SimpleITK as sitk
 
+    found = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_series(sitk, volume, folder, intercept, slope)
+    finally:
+        locale.setlocale(locale.LC_ALL, found)
+
+
+def _write_dicom_series(sitk, volume: Volume, folder, intercept: float, slope: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(volume.array.astype(np.float32))
     image.SetSpacing(tuple(reversed(volume.spacing)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import locale
+
 import numpy as np
 import pytest
 
@@ -42,7 +44,11 @@ def volumes_dir(tmp_path_factory):
     )
     write_volume(geom, folder / "geom.nrrd")
     write_volume(b, folder / "b.mhd")
-    _write_dicom_series(small, folder / "series")
+    found = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_series(small, folder / "series")
+    finally:  # GDCM's writer sets the locale to "C" (the default text codec becomes ASCII)
+        locale.setlocale(locale.LC_ALL, found)
     (folder / "garbage.nii.gz").write_bytes(b"this is not a NIfTI file" * 20)
     return folder
 
