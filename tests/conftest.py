@@ -1,5 +1,6 @@
 """Shared test setup: Triton runs in its interpreter where there is no GPU; GPU tests skip cleanly."""
 
+import locale
 import os
 import shutil
 
@@ -22,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 #: The locale this test process started in: every test ends in it.
-_START_LOCALE = __import__("locale").setlocale(__import__("locale").LC_ALL)
+_START_LOCALE = locale.setlocale(locale.LC_ALL)
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +33,6 @@ def _keep_locale(request):
     codec into ASCII for every later test. After each test (its fixtures included), go back to
     the locale the session started in and warn with the test's name, so the culprit shows in the
     summary (a module-scoped fixture's change shows at its module's first test)."""
-    import locale
     import warnings
 
     yield
