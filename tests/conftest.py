@@ -72,6 +72,27 @@ def medvol_with_file_limit():
 
 
 @pytest.fixture(scope="session")
+def tiny_dcgan_run():
+    """``make(out, iterations, ckpt_every, sample_every)``: train configs/dcgan_tiny.yaml narrowed
+    to a few seconds (base width 4, latent 8, 2 phantoms, batch 4) on 32^2 phantom slices into
+    ``out``; returns ``out``. The 2D checkpoints of the evaluate and reader tests."""
+    from pathlib import Path
+
+    from medvol.config import load_config
+    from medvol.train.trainer import train
+
+    def make(out, iterations: int, ckpt_every: int, sample_every: int):
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "dcgan_tiny.yaml", [
+            "--model.base_width", "4", "--model.latent_dim", "8", "--data.phantom_n", "2", "--data.batch", "4",
+            "--train.iterations", str(iterations), "--train.ckpt_every", str(ckpt_every),
+            "--train.sample_every", str(sample_every), "--train.log_every", "2", "--train.out", str(out)])
+        train(cfg)
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def unpaired_caches(tmp_path_factory):
     """Two tiny 2D image caches, domains A and B of ``cyclegan``: the 32 axial 32x32 slices of one
     32^3 phantom each, from different seeds (unpaired). ``{"A": folder, "B": folder}``."""

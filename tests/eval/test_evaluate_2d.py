@@ -16,7 +16,6 @@ from medvol.data.datasets import PhantomVolumeDataset, SliceDataset
 from medvol.errors import MedvolError
 from medvol.eval.features import get_extractor
 from medvol.eval.images2d import read_image
-from medvol.train.trainer import train
 from test_features import save_tiny_inception
 
 SIZE = 32
@@ -54,15 +53,9 @@ def png_sets(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_2d(tmp_path_factory):
+def run_2d(tmp_path_factory, tiny_dcgan_run):
     """A dcgan run of 4 iterations on 32^2 phantom slices, with checkpoints at 2 and 4."""
-    out = tmp_path_factory.mktemp("run2d") / "run"
-    cfg = load_config(ROOT / "configs" / "dcgan_tiny.yaml", [
-        "--model.base_width", "4", "--model.latent_dim", "8", "--data.phantom_n", "2", "--data.batch", "4",
-        "--train.iterations", "4", "--train.ckpt_every", "2", "--train.sample_every", "4",
-        "--train.log_every", "2", "--train.out", str(out)])
-    train(cfg)
-    return out
+    return tiny_dcgan_run(tmp_path_factory.mktemp("run2d") / "run", 4, ckpt_every=2, sample_every=4)
 
 
 def run_eval(capsys, *args):

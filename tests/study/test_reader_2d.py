@@ -17,7 +17,6 @@ from medvol.study.reader.make import make_study
 import test_reader_blind as blind  # a module of this folder (no tests package on a bare machine)
 import test_reader_single as single
 
-ROOT = Path(__file__).resolve().parents[2]
 SIDE = 32
 
 
@@ -66,18 +65,9 @@ def png_fakes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_2d(tmp_path_factory) -> Path:
+def run_2d(tmp_path_factory, tiny_dcgan_run) -> Path:
     """A dcgan run of 2 iterations on 32² phantom slices (configs/dcgan_tiny.yaml, narrowed)."""
-    from medvol.config import load_config
-    from medvol.train.trainer import train
-
-    out = tmp_path_factory.mktemp("run2d") / "run"
-    cfg = load_config(ROOT / "configs" / "dcgan_tiny.yaml", [
-        "--model.base_width", "4", "--model.latent_dim", "8", "--data.phantom_n", "2", "--data.batch", "4",
-        "--train.iterations", "2", "--train.ckpt_every", "2", "--train.sample_every", "2",
-        "--train.log_every", "2", "--train.out", str(out)])
-    train(cfg)
-    return out
+    return tiny_dcgan_run(tmp_path_factory.mktemp("run2d") / "run", 2, ckpt_every=2, sample_every=2)
 
 
 def _key(study: Path) -> dict:
